@@ -1,0 +1,135 @@
+//! The command line (contract): `export`, `status`, `check-config`.
+//!
+//! Exit codes: 0 success; 1 a run failed or a dependency is unreachable;
+//! 2 usage or configuration error, with one line on stderr.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::domain::{Deanery, RunStatus};
+use crate::export::{self, Exporter};
+use crate::store::Store;
+
+/// Exports NHS ESR applicant (APP) files from MongoDB, one per deanery.
+#[derive(Debug, Parser)]
+#[command(name = "esr-exporter", version, about)]
+pub struct Cli {
+    /// Settings file layered over the defaults (environment variables
+    /// ESR_<SECTION>__<KEY> layer over both).
+    #[arg(long, global = true, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run one export per deanery now, directly against MongoDB; prints one
+    /// JSON summary line per deanery.
+    Export(ExportArgs),
+    /// Show per-deanery record counts, the oldest waiting record and the last run.
+    Status {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Load and validate the settings and print them with secrets redacted.
+    CheckConfig,
+}
+
+/// Which deaneries to export.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct ExportArgs {
+    /// Deanery code (repeatable), e.g. --deanery MER --deanery EOE.
+    #[arg(long = "deanery", value_name = "CODE", value_parser = parse_deanery)]
+    pub deaneries: Vec<Deanery>,
+    /// Every deanery with records waiting or a run unfinished.
+    #[arg(long)]
+    pub all: bool,
+}
+
+fn parse_deanery(code: &str) -> Result<Deanery, String> {
+    Deanery::parse(code).map_err(|err| err.to_string())
+}
+
+/// Runs the parsed command and returns the process exit code.
+pub async fn execute(cli: Cli) -> ExitCode {
+    let settings = match Settings::load(cli.config.as_deref()) {
+        Ok(settings) => settings,
+        Err(err) => {
+            eprintln!("error: {err}");
+            return ExitCode::from(2);
+        }
+    };
+    crate::telemetry::init(&settings.log, std::io::stderr);
+    let result = match cli.command {
+        Command::CheckConfig => {
+            print!("{}", settings.to_redacted_toml());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Export(args) => run_export(&settings, args).await,
+        Command::Status { json } => run_status(&settings, json).await,
+    };
+    result.unwrap_or_else(|err| {
+        tracing::error!(error = format!("{err:#}"), "command failed");
+        eprintln!("error: {err:#}");
+        ExitCode::FAILURE
+    })
+}
+
+async fn run_export(settings: &Settings, args: ExportArgs) -> anyhow::Result<ExitCode> {
+    let store = Store::build(settings)
+        .await
+        .context("Failed to connect to MongoDB and prepare its indexes")?;
+    let deaneries = if args.all {
+        export::deaneries_to_export(&store)
+            .await
+            .context("Failed to list the deaneries with records to export")?
+    } else {
+        let mut named = args.deaneries;
+        named.dedup();
+        named
+    };
+    let exporter = Exporter::new(store, settings.export.clone());
+    let mut any_failed = false;
+    for deanery in &deaneries {
+        let summary = exporter.run(deanery).await;
+        any_failed |= summary.status == RunStatus::Failed;
+        let line = serde_json::to_string(&summary).context("Failed to encode a run summary")?;
+        let mut stdout = std::io::stdout().lock();
+        writeln!(stdout, "{line}").context("Failed to write to stdout")?;
+        stdout.flush().context("Failed to write to stdout")?;
+    }
+    Ok(if any_failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
+    let store = Store::build(settings)
+        .await
+        .context("Failed to connect to MongoDB")?;
+    let report = crate::status::report(&store)
+        .await
+        .context("Failed to read the status from MongoDB")?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&report).context("Failed to encode the report")?
+        );
+    } else {
+        print!("{}", crate::status::render_table(&report));
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,501 @@
+//! Settings: `config/default.toml` (compiled in) → `--config FILE` →
+//! `ESR_<SECTION>__<KEY>` environment variables, deserialised into typed
+//! [`Settings`] and validated once at start. Every error names its key.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize, Serializer};
+
+/// The defaults, exactly as shipped in `config/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+/// Why the settings could not be loaded. The message always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type or an unknown key.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value has the right type but is not acceptable.
+    #[error("invalid configuration: key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `export.chunk_size`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// All settings, one section per part of the daemon.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    /// MongoDB connection and collection names.
+    pub mongodb: MongoSettings,
+    /// RabbitMQ connection and queue.
+    pub amqp: AmqpSettings,
+    /// Export files and runs.
+    pub export: ExportSettings,
+    /// Retry policy for transient MongoDB errors.
+    pub retry: RetrySettings,
+    /// The daily generation schedule.
+    pub schedule: ScheduleSettings,
+    /// HTTP endpoint for health and metrics.
+    pub http: HttpSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+/// `[mongodb]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoSettings {
+    /// Connection string; redacted when printed.
+    pub uri: SecretUri,
+    /// Database name.
+    pub database: String,
+    /// GeneratedAppRecords collection.
+    pub records_collection: String,
+    /// Export run documents.
+    pub runs_collection: String,
+    /// Per-deanery leases.
+    pub leases_collection: String,
+    /// File sequence counters.
+    pub sequences_collection: String,
+    /// How long an operation waits for a reachable server.
+    pub server_selection_timeout_ms: u64,
+}
+
+/// `[amqp]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// Broker URI; redacted when printed.
+    pub uri: SecretUri,
+    /// Queue that carries generation commands.
+    pub queue: String,
+}
+
+/// `[export]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportSettings {
+    /// Folder for `.DAT` files and manifests.
+    pub output_dir: PathBuf,
+    /// Permissions of written files, octal digits such as `"0644"`.
+    pub file_mode: String,
+    /// Records claimed per transaction.
+    pub chunk_size: u32,
+    /// Records per batch when streaming claimed records back.
+    pub cursor_batch_size: u32,
+    /// Lease lifetime without renewal, in seconds.
+    pub lease_seconds: u64,
+}
+
+impl ExportSettings {
+    /// `file_mode` as permission bits (validated at load).
+    pub fn file_mode_bits(&self) -> u32 {
+        u32::from_str_radix(&self.file_mode, 8).unwrap_or(0o644)
+    }
+
+    /// Lease lifetime as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds)
+    }
+}
+
+/// `[retry]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// First backoff delay.
+    pub min_delay_ms: u64,
+    /// Largest backoff delay.
+    pub max_delay_ms: u64,
+    /// Attempts per transaction or operation, the first included.
+    pub max_attempts: u32,
+    /// No retry starts after this much time since the first attempt.
+    pub max_elapsed_ms: u64,
+}
+
+/// `[schedule]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleSettings {
+    /// Six-field cron expression: sec min hour day-of-month month day-of-week.
+    pub cron: String,
+    /// Time zone the expression is read in.
+    pub timezone: String,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Listen address, `host:port`.
+    pub listen: String,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Output format.
+    pub format: LogFormat,
+    /// Filter used when `RUST_LOG` is not set.
+    pub level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, for machines.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}
+
+/// A connection URI that may carry a password. `Debug`, `Display` and
+/// `Serialize` show it with the password replaced by `***`; only
+/// [`SecretUri::expose`] gives the real value.
+#[derive(Clone, Deserialize)]
+#[serde(transparent)]
+pub struct SecretUri(String);
+
+impl SecretUri {
+    /// Wraps a URI.
+    pub fn new(uri: impl Into<String>) -> Self {
+        Self(uri.into())
+    }
+
+    /// The real URI, for connecting. Never log this.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// The URI with any password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        redact_uri(&self.0)
+    }
+}
+
+impl fmt::Debug for SecretUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "SecretUri({})", self.redacted())
+    }
+}
+
+impl fmt::Display for SecretUri {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.redacted())
+    }
+}
+
+impl Serialize for SecretUri {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.redacted())
+    }
+}
+
+/// Replaces the password of `scheme://user:password@host...` with `***`.
+/// The user name and hosts stay visible, because operators need them.
+pub fn redact_uri(uri: &str) -> String {
+    let Some(scheme_end) = uri.find("://") else {
+        return uri.to_owned();
+    };
+    let rest_start = scheme_end + 3;
+    let rest = &uri[rest_start..];
+    // The user info ends at the last '@' before the query string; a password
+    // may itself contain '@' or '/' when it was not percent-encoded.
+    let authority_limit = rest.find('?').unwrap_or(rest.len());
+    let Some(at) = rest[..authority_limit].rfind('@') else {
+        return uri.to_owned();
+    };
+    let userinfo = &rest[..at];
+    match userinfo.find(':') {
+        Some(colon) => format!(
+            "{}{}:***{}",
+            &uri[..rest_start],
+            &userinfo[..colon],
+            &rest[at..]
+        ),
+        None => uri.to_owned(),
+    }
+}
+
+impl Settings {
+    /// Loads the layers and validates the result.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key that is missing, unknown, mistyped or invalid.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::load_with_env(file, None)
+    }
+
+    /// Like [`Settings::load`], reading the environment from `env` when given
+    /// (tests) instead of the process environment.
+    ///
+    /// # Errors
+    /// See [`Settings::load`].
+    pub fn load_with_env(
+        file: Option<&Path>,
+        env: Option<std::collections::HashMap<String, String>>,
+    ) -> Result<Self, ConfigError> {
+        use config::{Config, Environment, File, FileFormat};
+
+        let mut builder =
+            Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
+        if let Some(path) = file {
+            builder = builder.add_source(File::from(path).format(FileFormat::Toml).required(true));
+        }
+        let environment = Environment::with_prefix("ESR")
+            .prefix_separator("_")
+            .separator("__")
+            .try_parsing(true)
+            .source(env);
+        let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// Checks values the types alone cannot.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] for the first bad key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        fn invalid(key: &'static str, reason: impl Into<String>) -> ConfigError {
+            ConfigError::Invalid {
+                key,
+                reason: reason.into(),
+            }
+        }
+        let uri = self.mongodb.uri.expose();
+        if !(uri.starts_with("mongodb://") || uri.starts_with("mongodb+srv://")) {
+            return Err(invalid(
+                "mongodb.uri",
+                "must start with mongodb:// or mongodb+srv://",
+            ));
+        }
+        let names = [
+            ("mongodb.database", &self.mongodb.database),
+            (
+                "mongodb.records_collection",
+                &self.mongodb.records_collection,
+            ),
+            ("mongodb.runs_collection", &self.mongodb.runs_collection),
+            ("mongodb.leases_collection", &self.mongodb.leases_collection),
+            (
+                "mongodb.sequences_collection",
+                &self.mongodb.sequences_collection,
+            ),
+            ("amqp.queue", &self.amqp.queue),
+        ];
+        for (key, value) in names {
+            if value.trim().is_empty() || value.contains('\0') || value.contains('$') {
+                return Err(invalid(key, "must be a non-empty name without '$' or NUL"));
+            }
+        }
+        if self.mongodb.database.contains(['/', '\\', '.', ' ', '"']) {
+            return Err(invalid(
+                "mongodb.database",
+                "must not contain '/', '\\', '.', ' ' or '\"'",
+            ));
+        }
+        if self.mongodb.server_selection_timeout_ms == 0 {
+            return Err(invalid(
+                "mongodb.server_selection_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        let amqp = self.amqp.uri.expose();
+        if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
+            return Err(invalid("amqp.uri", "must start with amqp:// or amqps://"));
+        }
+        if self.export.output_dir.as_os_str().is_empty() {
+            return Err(invalid("export.output_dir", "must not be empty"));
+        }
+        match u32::from_str_radix(&self.export.file_mode, 8) {
+            Ok(bits) if bits <= 0o777 && bits & 0o600 == 0o600 => {}
+            _ => return Err(invalid(
+                "export.file_mode",
+                "must be octal permissions such as \"0644\", readable and writable by the owner",
+            )),
+        }
+        if !(1..=100_000).contains(&self.export.chunk_size) {
+            return Err(invalid("export.chunk_size", "must be between 1 and 100000"));
+        }
+        if !(1..=100_000).contains(&self.export.cursor_batch_size) {
+            return Err(invalid(
+                "export.cursor_batch_size",
+                "must be between 1 and 100000",
+            ));
+        }
+        if !(1..=86_400).contains(&self.export.lease_seconds) {
+            return Err(invalid(
+                "export.lease_seconds",
+                "must be between 1 and 86400",
+            ));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(invalid("retry.max_attempts", "must be at least 1"));
+        }
+        if self.retry.min_delay_ms == 0 {
+            return Err(invalid("retry.min_delay_ms", "must be greater than 0"));
+        }
+        if self.retry.max_delay_ms < self.retry.min_delay_ms {
+            return Err(invalid(
+                "retry.max_delay_ms",
+                "must not be less than retry.min_delay_ms",
+            ));
+        }
+        if self.schedule.cron.split_whitespace().count() != 6 {
+            return Err(invalid(
+                "schedule.cron",
+                "must have six fields: sec min hour day-of-month month day-of-week",
+            ));
+        }
+        if self.schedule.timezone.trim().is_empty() {
+            return Err(invalid("schedule.timezone", "must not be empty"));
+        }
+        if self.http.listen.parse::<SocketAddr>().is_err() {
+            return Err(invalid(
+                "http.listen",
+                format!("`{}` is not a host:port address", self.http.listen),
+            ));
+        }
+        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+            return Err(invalid(
+                "log.level",
+                format!("`{}` is not a valid log filter", self.log.level),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings as TOML, secrets redacted (for `check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+        Some(
+            pairs
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        )
+    }
+
+    #[test]
+    fn defaults_load_and_match_the_contract() {
+        let s = Settings::load_with_env(None, env(&[])).expect("defaults are valid");
+        assert_eq!(
+            s.mongodb.uri.expose(),
+            "mongodb://127.0.0.1:27017/?directConnection=true"
+        );
+        assert_eq!(s.mongodb.database, "esr");
+        assert_eq!(s.mongodb.records_collection, "generatedAppRecords");
+        assert_eq!(
+            s.amqp.queue,
+            "esr.queue.appfilegenerationcommand.create.dataexporter"
+        );
+        assert_eq!(s.export.output_dir, PathBuf::from("./exports"));
+        assert_eq!(s.schedule.cron, "0 0 13 * * *");
+        assert_eq!(s.schedule.timezone, "UTC");
+        assert_eq!(s.http.listen, "127.0.0.1:8080");
+        assert_eq!(s.log.format, LogFormat::Json);
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys() {
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("ESR_EXPORT__CHUNK_SIZE", "250"),
+                ("ESR_MONGODB__DATABASE", "other"),
+                ("ESR_LOG__FORMAT", "pretty"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(s.export.chunk_size, 250);
+        assert_eq!(s.mongodb.database, "other");
+        assert_eq!(s.log.format, LogFormat::Pretty);
+    }
+
+    #[test]
+    fn a_mistyped_value_names_its_key() {
+        let err = Settings::load_with_env(None, env(&[("ESR_EXPORT__CHUNK_SIZE", "lots")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("chunk_size"), "{err}");
+    }
+
+    #[test]
+    fn an_out_of_range_value_names_its_key() {
+        let err = Settings::load_with_env(None, env(&[("ESR_EXPORT__CHUNK_SIZE", "0")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("export.chunk_size"), "{err}");
+    }
+
+    #[test]
+    fn an_unknown_key_in_a_file_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bad.toml");
+        std::fs::write(&path, "[export]\nchunk_sise = 10\n").unwrap();
+        let err = Settings::load_with_env(Some(&path), env(&[]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("chunk_sise"), "{err}");
+    }
+
+    #[test]
+    fn a_file_layer_sits_under_the_environment() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.toml");
+        std::fs::write(&path, "[export]\nchunk_size = 10\nlease_seconds = 5\n").unwrap();
+        let s = Settings::load_with_env(Some(&path), env(&[("ESR_EXPORT__LEASE_SECONDS", "7")]))
+            .unwrap();
+        assert_eq!(s.export.chunk_size, 10);
+        assert_eq!(s.export.lease_seconds, 7);
+    }
+
+    #[test]
+    fn passwords_are_redacted_everywhere_they_are_shown() {
+        let uri = SecretUri::new("mongodb://esr:s3cr%40t@db1:27017,db2:27017/?replicaSet=rs0");
+        assert_eq!(
+            uri.redacted(),
+            "mongodb://esr:***@db1:27017,db2:27017/?replicaSet=rs0"
+        );
+        assert!(!format!("{uri:?}").contains("s3cr"));
+        assert!(!format!("{uri}").contains("s3cr"));
+        let s = Settings::load_with_env(
+            None,
+            env(&[
+                ("ESR_MONGODB__URI", "mongodb://u:hunter2@h/"),
+                ("ESR_AMQP__URI", "amqp://guest:rabbitpw@h:5672/%2f"),
+            ]),
+        )
+        .unwrap();
+        let printed = s.to_redacted_toml();
+        assert!(!printed.contains("hunter2") && !printed.contains("rabbitpw"));
+        assert!(printed.contains("mongodb://u:***@h/"), "{printed}");
+        assert!(!format!("{s:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn uris_without_password_are_shown_unchanged() {
+        assert_eq!(redact_uri("mongodb://h:27017/"), "mongodb://h:27017/");
+        assert_eq!(redact_uri("mongodb://user@h/"), "mongodb://user@h/");
+        assert_eq!(redact_uri("not a uri"), "not a uri");
+    }
+}

@@ -1,0 +1,319 @@
+use bson::oid::ObjectId;
+use bson::{Bson, Document};
+
+/// Lifecycle of a GeneratedAppRecord (contract):
+/// `TO_EXPORT` → `EXPORTING` (claimed by a run) → `EXPORTED`, or `REJECTED`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RecordStatus {
+    /// Waiting to be exported.
+    ToExport,
+    /// Claimed by an export run (`exportRunId`), not yet confirmed in a file.
+    Exporting,
+    /// In a file (`exportFileName`).
+    Exported,
+    /// Cannot be exported (`rejectionReason`).
+    Rejected,
+}
+
+impl RecordStatus {
+    /// The value stored in the `status` field.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::ToExport => "TO_EXPORT",
+            Self::Exporting => "EXPORTING",
+            Self::Exported => "EXPORTED",
+            Self::Rejected => "REJECTED",
+        }
+    }
+}
+
+/// One validated APP detail line, ready to be written.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AppRow {
+    /// Record `_id`.
+    pub id: ObjectId,
+    /// The 16 CSV fields of the detail line, `APP` first.
+    fields: [String; 16],
+}
+
+impl AppRow {
+    /// Builds the detail line of a record document, or explains every reason
+    /// it cannot be written. Unknown fields are ignored.
+    ///
+    /// # Errors
+    /// The rejection reason, all problems joined by `"; "`.
+    pub fn from_document(doc: &Document) -> Result<Self, String> {
+        let mut problems = Vec::new();
+        let id = match doc.get("_id") {
+            Some(Bson::ObjectId(id)) => Some(*id),
+            Some(other) => {
+                problems.push(format!(
+                    "_id: expected objectId, found {}",
+                    type_name(other)
+                ));
+                None
+            }
+            None => {
+                problems.push("missing required field _id".to_owned());
+                None
+            }
+        };
+        let mut text = |name: &str, required: bool| -> String {
+            match string_field(doc, name, required) {
+                Ok(value) => value,
+                Err(problem) => {
+                    problems.push(problem);
+                    String::new()
+                }
+            }
+        };
+        let position_number = text("positionNumber", true);
+        let gmc_number = text("gmcNumber", false);
+        let title = text("title", false);
+        let last_name = text("lastName", true);
+        let first_name = text("firstName", true);
+        let gender = text("gender", false);
+        let ni_number = text("niNumber", false);
+        let email = text("emailAddress", false);
+        let grade = text("gradeAbbreviation", false);
+        let specialty = text("specialty", false);
+        let mut date = |name: &str, required: bool| -> String {
+            match date_field(doc, name, required) {
+                Ok(value) => value,
+                Err(problem) => {
+                    problems.push(problem);
+                    String::new()
+                }
+            }
+        };
+        let date_of_birth = date("dateOfBirth", false);
+        let start = date("placementStartDate", true);
+        let end = date("placementEndDate", false);
+        let wte = match wte_field(doc) {
+            Ok(value) => value,
+            Err(problem) => {
+                problems.push(problem);
+                String::new()
+            }
+        };
+        match id {
+            Some(id) if problems.is_empty() => Ok(Self {
+                id,
+                fields: [
+                    "APP".to_owned(),
+                    id.to_hex(),
+                    position_number,
+                    gmc_number,
+                    title,
+                    last_name,
+                    first_name,
+                    date_of_birth,
+                    gender,
+                    ni_number,
+                    email,
+                    start,
+                    end,
+                    grade,
+                    specialty,
+                    wte,
+                ],
+            }),
+            _ => Err(problems.join("; ")),
+        }
+    }
+
+    /// The CSV fields of the detail line.
+    pub fn fields(&self) -> &[String; 16] {
+        &self.fields
+    }
+}
+
+fn type_name(value: &Bson) -> &'static str {
+    match value {
+        Bson::Double(_) => "double",
+        Bson::String(_) => "string",
+        Bson::Array(_) => "array",
+        Bson::Document(_) => "object",
+        Bson::Boolean(_) => "bool",
+        Bson::Null => "null",
+        Bson::Int32(_) => "int",
+        Bson::Int64(_) => "long",
+        Bson::DateTime(_) => "date",
+        Bson::ObjectId(_) => "objectId",
+        Bson::Decimal128(_) => "decimal",
+        Bson::Timestamp(_) => "timestamp",
+        Bson::Binary(_) => "binData",
+        _ => "an unsupported type",
+    }
+}
+
+/// Absent and `null` are the same for an optional field.
+fn present<'a>(doc: &'a Document, name: &str) -> Option<&'a Bson> {
+    match doc.get(name) {
+        None | Some(Bson::Null) => None,
+        Some(value) => Some(value),
+    }
+}
+
+fn string_field(doc: &Document, name: &str, required: bool) -> Result<String, String> {
+    match present(doc, name) {
+        None if required => Err(format!("missing required field {name}")),
+        None => Ok(String::new()),
+        Some(Bson::String(s)) => {
+            if s.chars().any(char::is_control) {
+                Err(format!("{name}: contains a control character"))
+            } else if required && s.trim().is_empty() {
+                Err(format!("{name}: is empty"))
+            } else {
+                Ok(s.clone())
+            }
+        }
+        Some(other) => Err(format!(
+            "{name}: expected string, found {}",
+            type_name(other)
+        )),
+    }
+}
+
+fn date_field(doc: &Document, name: &str, required: bool) -> Result<String, String> {
+    match present(doc, name) {
+        None if required => Err(format!("missing required field {name}")),
+        None => Ok(String::new()),
+        Some(Bson::DateTime(dt)) => {
+            let date = dt.to_chrono().date_naive();
+            let year = chrono::Datelike::year(&date);
+            if (1..=9999).contains(&year) {
+                Ok(date.format("%Y-%m-%d").to_string())
+            } else {
+                Err(format!("{name}: year {year} is out of range"))
+            }
+        }
+        Some(other) => Err(format!("{name}: expected date, found {}", type_name(other))),
+    }
+}
+
+fn wte_field(doc: &Document) -> Result<String, String> {
+    let value = match present(doc, "wte") {
+        None => return Ok(String::new()),
+        Some(Bson::Double(v)) => *v,
+        Some(Bson::Int32(v)) => f64::from(*v),
+        Some(Bson::Int64(v)) => *v as f64,
+        Some(other) => return Err(format!("wte: expected double, found {}", type_name(other))),
+    };
+    if value.is_finite() && value >= 0.0 {
+        Ok(value.to_string())
+    } else {
+        Err(format!("wte: {value} is not a non-negative number"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::{doc, DateTime};
+
+    fn date(y: i32, m: u32, d: u32) -> Bson {
+        let dt = chrono::NaiveDate::from_ymd_opt(y, m, d)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap()
+            .and_utc();
+        Bson::DateTime(DateTime::from_chrono(dt))
+    }
+
+    fn valid() -> Document {
+        doc! {
+            "_id": ObjectId::parse_str("65f000000000000000000001").unwrap(),
+            "deanery": "MER",
+            "status": "TO_EXPORT",
+            "positionNumber": "MER/RTH01/IMT/001",
+            "gmcNumber": "7012345",
+            "title": "Dr",
+            "firstName": "Ada",
+            "lastName": "O'Brien, Jr",
+            "dateOfBirth": date(1994, 3, 9),
+            "gender": "F",
+            "niNumber": "QQ123456C",
+            "emailAddress": "ada@example.nhs.uk",
+            "placementStartDate": date(2026, 12, 2),
+            "placementEndDate": Bson::Null,
+            "gradeAbbreviation": "CT1",
+            "specialty": "Internal Medicine",
+            "wte": 0.8,
+            "someFutureField": {"x": 1},
+        }
+    }
+
+    #[test]
+    fn a_complete_record_becomes_a_detail_line_in_contract_order() {
+        let row = AppRow::from_document(&valid()).unwrap();
+        assert_eq!(
+            row.fields().to_vec(),
+            vec![
+                "APP",
+                "65f000000000000000000001",
+                "MER/RTH01/IMT/001",
+                "7012345",
+                "Dr",
+                "O'Brien, Jr",
+                "Ada",
+                "1994-03-09",
+                "F",
+                "QQ123456C",
+                "ada@example.nhs.uk",
+                "2026-12-02",
+                "",
+                "CT1",
+                "Internal Medicine",
+                "0.8"
+            ]
+        );
+    }
+
+    #[test]
+    fn optional_fields_may_be_absent() {
+        let d = doc! {
+            "_id": ObjectId::new(), "positionNumber": "P1", "firstName": "A",
+            "lastName": "B", "placementStartDate": date(2026, 1, 1),
+        };
+        let row = AppRow::from_document(&d).unwrap();
+        assert_eq!(row.fields()[15], "");
+        assert_eq!(row.fields()[7], "");
+    }
+
+    #[test]
+    fn every_problem_of_a_bad_record_is_named() {
+        let mut d = valid();
+        d.remove("positionNumber");
+        d.insert("firstName", 42);
+        d.insert("placementStartDate", "2026-12-02");
+        d.insert("wte", f64::NAN);
+        let reason = AppRow::from_document(&d).unwrap_err();
+        assert!(
+            reason.contains("missing required field positionNumber"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("firstName: expected string, found int"),
+            "{reason}"
+        );
+        assert!(
+            reason.contains("placementStartDate: expected date, found string"),
+            "{reason}"
+        );
+        assert!(reason.contains("wte:"), "{reason}");
+    }
+
+    #[test]
+    fn blank_required_text_and_control_characters_are_rejected() {
+        let mut d = valid();
+        d.insert("lastName", "   ");
+        d.insert("title", "Dr\r\nAPP,forged");
+        let reason = AppRow::from_document(&d).unwrap_err();
+        assert!(reason.contains("lastName: is empty"), "{reason}");
+        assert!(
+            reason.contains("title: contains a control character"),
+            "{reason}"
+        );
+    }
+}

@@ -1,0 +1,322 @@
+//! Writing one export file atomically: CSV (RFC 4180 quoting, CRLF) to a
+//! temporary name in the output folder, hashing the bytes as they go, then
+//! fsync, rename to the final name, the `.json` manifest the same way, and
+//! fsync of the folder. A reader never sees a partial file.
+
+use std::fs::File;
+use std::io::{self, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+use tempfile::NamedTempFile;
+
+use crate::domain::{AppRow, Deanery};
+
+/// Header values of a file.
+#[derive(Debug, Clone)]
+pub struct FileHeader {
+    /// Deanery code.
+    pub deanery: Deanery,
+    /// Run date, `YYYYMMDD`.
+    pub date: String,
+    /// Run time, `HHMMSS`.
+    pub time: String,
+    /// Sequence number.
+    pub seq: i64,
+    /// Run id.
+    pub run_id: String,
+    /// Final file name.
+    pub file_name: String,
+    /// Permission bits of the final files.
+    pub mode: u32,
+}
+
+/// The `<file>.json` manifest (contract).
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// Run id.
+    pub run_id: String,
+    /// Deanery code.
+    pub deanery: String,
+    /// The `.DAT` file name.
+    pub file_name: String,
+    /// Detail lines.
+    pub record_count: u64,
+    /// SHA-256 of the `.DAT` bytes, lowercase hex.
+    pub sha256: String,
+    /// When the file was completed, RFC 3339 UTC.
+    pub created_at: String,
+}
+
+/// Passes bytes through to the inner writer and hashes exactly the bytes
+/// that were accepted.
+struct HashingWriter<W> {
+    inner: W,
+    hasher: Sha256,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let written = self.inner.write(buf)?;
+        self.hasher.update(&buf[..written]);
+        Ok(written)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// A file being written. Dropping it without [`ExportFile::finish`] removes
+/// the temporary file, so a failed run leaves nothing behind.
+pub struct ExportFile {
+    dir: PathBuf,
+    header: FileHeader,
+    csv: csv::Writer<HashingWriter<NamedTempFile>>,
+    count: u64,
+}
+
+impl std::fmt::Debug for ExportFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExportFile")
+            .field("dir", &self.dir)
+            .field("file_name", &self.header.file_name)
+            .field("count", &self.count)
+            .finish()
+    }
+}
+
+/// The temporary-name prefix of a final file name; stale temporaries of a
+/// crashed run are found by it.
+fn temp_prefix(file_name: &str) -> String {
+    format!(".{file_name}.")
+}
+
+const TEMP_SUFFIX: &str = ".tmp";
+
+fn csv_writer<W: Write>(inner: W) -> csv::Writer<W> {
+    csv::WriterBuilder::new()
+        .has_headers(false)
+        .flexible(true)
+        .terminator(csv::Terminator::CRLF)
+        .quote_style(csv::QuoteStyle::Necessary)
+        .from_writer(inner)
+}
+
+impl ExportFile {
+    /// Creates the temporary file and writes the header line.
+    ///
+    /// # Errors
+    /// When the folder cannot be created or written.
+    pub fn create(dir: &Path, header: FileHeader) -> io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        let temp = tempfile::Builder::new()
+            .prefix(&temp_prefix(&header.file_name))
+            .suffix(TEMP_SUFFIX)
+            .permissions(std::fs::Permissions::from_mode(header.mode))
+            .tempfile_in(dir)?;
+        let mut csv = csv_writer(HashingWriter {
+            inner: temp,
+            hasher: Sha256::new(),
+        });
+        let seq = format!("{:05}", header.seq);
+        csv.write_record([
+            "HDR",
+            "APP",
+            header.deanery.as_str(),
+            &header.date,
+            &header.time,
+            &seq,
+            &header.run_id,
+        ])?;
+        Ok(Self {
+            dir: dir.to_owned(),
+            header,
+            csv,
+            count: 0,
+        })
+    }
+
+    /// Appends detail lines.
+    ///
+    /// # Errors
+    /// When the file cannot be written.
+    pub fn write_rows(&mut self, rows: &[AppRow]) -> io::Result<()> {
+        for row in rows {
+            self.csv.write_record(row.fields())?;
+            self.count += 1;
+        }
+        Ok(())
+    }
+
+    /// Detail lines written so far.
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    /// Writes the trailer, makes the file durable under its final name,
+    /// then writes the manifest the same way.
+    ///
+    /// # Errors
+    /// When any step fails; the temporary file is then removed.
+    pub fn finish(mut self) -> io::Result<Manifest> {
+        self.csv
+            .write_record(["TRL".to_owned(), self.count.to_string()])?;
+        self.csv.flush()?;
+        let hashing = self
+            .csv
+            .into_inner()
+            .map_err(|err| io::Error::other(err.to_string()))?;
+        let sha256 = hex::encode(hashing.hasher.finalize());
+        let temp = hashing.inner;
+        temp.as_file().sync_all()?;
+        let final_path = self.dir.join(&self.header.file_name);
+        temp.persist(&final_path).map_err(|err| err.error)?;
+
+        let manifest = Manifest {
+            run_id: self.header.run_id.clone(),
+            deanery: self.header.deanery.to_string(),
+            file_name: self.header.file_name.clone(),
+            record_count: self.count,
+            sha256,
+            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+        };
+        let manifest_name = format!("{}.json", self.header.file_name);
+        let mut temp = tempfile::Builder::new()
+            .prefix(&temp_prefix(&manifest_name))
+            .suffix(TEMP_SUFFIX)
+            .permissions(std::fs::Permissions::from_mode(self.header.mode))
+            .tempfile_in(&self.dir)?;
+        serde_json::to_writer_pretty(&mut temp, &manifest)?;
+        temp.write_all(b"\n")?;
+        temp.as_file().sync_all()?;
+        temp.persist(self.dir.join(&manifest_name))
+            .map_err(|err| err.error)?;
+        File::open(&self.dir)?.sync_all()?;
+        Ok(manifest)
+    }
+}
+
+/// Removes temporary files a crashed process left for this deanery. Only
+/// safe while holding the deanery's lease.
+///
+/// # Errors
+/// When the folder cannot be listed.
+pub fn remove_stale_temporaries(dir: &Path, deanery: &Deanery) -> io::Result<usize> {
+    let prefix = format!(".DE_{deanery}_APP_");
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(0),
+        Err(err) => return Err(err),
+    };
+    let mut removed = 0;
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(&prefix) && name.ends_with(TEMP_SUFFIX) {
+            std::fs::remove_file(entry.path())?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
+
+/// Reads a manifest back (to resume a run whose file was already final).
+///
+/// # Errors
+/// When it is missing or not a manifest.
+pub fn read_manifest(dir: &Path, file_name: &str) -> io::Result<serde_json::Value> {
+    let bytes = std::fs::read(dir.join(format!("{file_name}.json")))?;
+    serde_json::from_slice(&bytes).map_err(io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+    use bson::oid::ObjectId;
+
+    fn row(last_name: &str) -> AppRow {
+        let start = bson::DateTime::from_millis(1_764_547_200_000); // 2025-12-01
+        AppRow::from_document(&doc! {
+            "_id": ObjectId::new(), "positionNumber": "P1", "firstName": "A",
+            "lastName": last_name, "placementStartDate": start,
+        })
+        .unwrap()
+    }
+
+    fn header(name: &str) -> FileHeader {
+        FileHeader {
+            deanery: Deanery::parse("MER").unwrap(),
+            date: "20261128".into(),
+            time: "130000".into(),
+            seq: 1,
+            run_id: "run-1".into(),
+            file_name: name.into(),
+            mode: 0o644,
+        }
+    }
+
+    #[test]
+    fn a_finished_file_is_crlf_csv_with_header_trailer_and_a_matching_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "DE_MER_APP_20261128_00001.DAT";
+        let mut file = ExportFile::create(dir.path(), header(name)).unwrap();
+        file.write_rows(&[row("Smith"), row("O\"Neil, \"Jr\"")])
+            .unwrap();
+        let manifest = file.finish().unwrap();
+
+        let bytes = std::fs::read(dir.path().join(name)).unwrap();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        let lines: Vec<&str> = text.split_terminator("\r\n").collect();
+        assert_eq!(lines[0], "HDR,APP,MER,20261128,130000,00001,run-1");
+        assert!(
+            lines[2].contains(",\"O\"\"Neil, \"\"Jr\"\"\","),
+            "{}",
+            lines[2]
+        );
+        assert_eq!(lines[3], "TRL,2");
+        assert_eq!(lines.len(), 4);
+        assert!(!text.replace("\r\n", "").contains('\n'));
+        assert_eq!(manifest.sha256, hex::encode(Sha256::digest(&bytes)));
+        assert_eq!(manifest.record_count, 2);
+        let stored = read_manifest(dir.path(), name).unwrap();
+        assert_eq!(stored["sha256"], manifest.sha256.as_str());
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(TEMP_SUFFIX))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    #[test]
+    fn an_abandoned_file_leaves_nothing_under_any_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut file =
+            ExportFile::create(dir.path(), header("DE_MER_APP_20261128_00001.DAT")).unwrap();
+        file.write_rows(&[row("Smith")]).unwrap();
+        drop(file);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn stale_temporaries_of_one_deanery_are_removed_and_others_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in [
+            ".DE_MER_APP_20261128_00001.DAT.abc.tmp",
+            ".DE_EOE_APP_20261128_00001.DAT.abc.tmp",
+            "DE_MER_APP_20261127_00001.DAT",
+        ] {
+            std::fs::write(dir.path().join(name), b"x").unwrap();
+        }
+        let removed =
+            remove_stale_temporaries(dir.path(), &Deanery::parse("MER").unwrap()).unwrap();
+        assert_eq!(removed, 1);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 2);
+    }
+}

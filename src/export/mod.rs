@@ -1,0 +1,528 @@
+//! One export run per deanery.
+//!
+//! A run takes the deanery's lease, then:
+//! 1. **claims** `TO_EXPORT` records in chunks, one short transaction per
+//!    chunk (valid ones become `EXPORTING` with the run id, invalid ones
+//!    `REJECTED` with a reason), appending each claimed chunk to a temporary
+//!    file as it goes: memory holds one chunk, never the backlog;
+//! 2. **writes** the file atomically (trailer, fsync, rename, manifest);
+//! 3. **marks** the claimed records `EXPORTED` with the file name, again one
+//!    short transaction per chunk;
+//! 4. **completes** the run document.
+//!
+//! Every step is recorded in the run document before the next starts, so an
+//! attempt that dies anywhere is finished by the next attempt for the same
+//! deanery: same records, same file name, never a second file.
+
+pub mod file;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bson::{doc, Bson};
+use futures_util::TryStreamExt;
+use tracing::Instrument;
+
+use crate::config::ExportSettings;
+use crate::domain::{AppRow, Deanery, RunStatus, RunSummary};
+use crate::store::{Attempts, LeaseOutcome, RunDoc, RunPhase, Store, StoreError};
+use file::{ExportFile, FileHeader};
+
+/// Why an export attempt stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// MongoDB failed (after retries, if transient), or the lease was lost.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The export file could not be written.
+    #[error("failed to write export file in {dir}: {source}")]
+    File {
+        /// Output folder.
+        dir: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The run document contradicts itself.
+    #[error("export run {run_id} is inconsistent: {reason}")]
+    Inconsistent {
+        /// Run id.
+        run_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ExportError {
+    /// True when trying again later may succeed without anyone fixing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Store(err) => err.is_transient(),
+            Self::File { .. } | Self::Inconsistent { .. } => false,
+        }
+    }
+}
+
+/// Runs exports against a [`Store`]; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Exporter {
+    store: Store,
+    settings: ExportSettings,
+}
+
+/// What an attempt got done, for its summary (also when it fails).
+#[derive(Debug, Default)]
+struct Progress {
+    run_id: Option<String>,
+    resumed: bool,
+    exported: u64,
+    rejected: u64,
+    file: Option<String>,
+}
+
+impl Exporter {
+    /// An exporter writing into `settings.output_dir`.
+    pub fn new(store: Store, settings: ExportSettings) -> Self {
+        Self { store, settings }
+    }
+
+    /// The store this exporter uses.
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Runs (or resumes) the deanery's export and summarises the attempt.
+    /// Never panics on a failure: a failed attempt is a summary with
+    /// `status: failed`, logged at ERROR, and its run is left to resume.
+    pub async fn run(&self, deanery: &Deanery) -> RunSummary {
+        let span = tracing::info_span!("export_run", deanery = %deanery);
+        self.run_inner(deanery).instrument(span).await
+    }
+
+    async fn run_inner(&self, deanery: &Deanery) -> RunSummary {
+        let started = Instant::now();
+        let owner = uuid::Uuid::new_v4().to_string();
+        let mut attempts = Attempts::default();
+        let mut progress = Progress::default();
+
+        let outcome = match self
+            .store
+            .acquire_lease(deanery, &owner, self.settings.lease(), &mut attempts)
+            .await
+        {
+            Ok(LeaseOutcome::Acquired) => {
+                let result = self
+                    .try_run(deanery, &owner, &mut attempts, &mut progress)
+                    .await;
+                if let Err(err) = self
+                    .store
+                    .release_lease(deanery, &owner, &mut attempts)
+                    .await
+                {
+                    tracing::warn!(deanery = %deanery, error = %err, "failed to release lease; it lapses on its own");
+                }
+                result.map(|()| None)
+            }
+            Ok(LeaseOutcome::Held { owner, expires_at }) => Ok(Some(format!(
+                "deanery {deanery} is being exported by another process (lease {owner} until {})",
+                expires_at.map_or_else(|| "unknown".to_owned(), |t| t.to_string())
+            ))),
+            Err(err) => Err(ExportError::from(err)),
+        };
+
+        let status = match &outcome {
+            Ok(None) => RunStatus::Completed,
+            Ok(Some(_)) => RunStatus::Skipped,
+            Err(_) => RunStatus::Failed,
+        };
+        let error = match &outcome {
+            Ok(reason) => reason.clone(),
+            Err(err) => Some(err.to_string()),
+        };
+        let summary = RunSummary {
+            deanery: deanery.to_string(),
+            run_id: progress.run_id.clone(),
+            status,
+            exported: progress.exported,
+            rejected: progress.rejected,
+            file: progress.file.clone(),
+            attempts: attempts.transactions,
+            retries: attempts.retries,
+            write_conflicts: attempts.write_conflicts,
+            duration_ms: started.elapsed().as_millis() as u64,
+            resumed: progress.resumed,
+            error,
+        };
+        match &outcome {
+            Ok(None) => tracing::info!(
+                deanery = %deanery,
+                run_id = summary.run_id.as_deref().unwrap_or(""),
+                exported = summary.exported,
+                rejected = summary.rejected,
+                file = summary.file.as_deref().unwrap_or(""),
+                attempts = summary.attempts,
+                retries = summary.retries,
+                write_conflicts = summary.write_conflicts,
+                duration_ms = summary.duration_ms,
+                resumed = summary.resumed,
+                "export run completed"
+            ),
+            Ok(Some(reason)) => {
+                tracing::warn!(deanery = %deanery, reason = %reason, "export run skipped")
+            }
+            Err(err) => {
+                tracing::error!(
+                    deanery = %deanery,
+                    run_id = summary.run_id.as_deref().unwrap_or(""),
+                    attempts = summary.attempts,
+                    duration_ms = summary.duration_ms,
+                    transient = err.is_transient(),
+                    error = %err,
+                    "export run failed; the next attempt resumes it"
+                );
+                if let Some(run_id) = &progress.run_id {
+                    let mut ignored = Attempts::default();
+                    let _ = self
+                        .store
+                        .update_run(
+                            run_id,
+                            deanery,
+                            doc! {"lastError": err.to_string(), "lastErrorAt": crate::store::now()},
+                            i64::from(attempts.transactions),
+                            &mut ignored,
+                        )
+                        .await;
+                }
+            }
+        }
+        summary
+    }
+
+    async fn try_run(
+        &self,
+        deanery: &Deanery,
+        owner: &str,
+        attempts: &mut Attempts,
+        progress: &mut Progress,
+    ) -> Result<(), ExportError> {
+        let mut session = self.store.start_session(attempts).await?;
+        let mut run = match self.store.find_open_run(deanery, attempts).await? {
+            Some(run) => {
+                tracing::info!(deanery = %deanery, run_id = %run.id, phase = run.phase.as_str(), "resuming interrupted export run");
+                progress.resumed = true;
+                run
+            }
+            None => {
+                let up_to = self.store.max_to_export_id(deanery, attempts).await?;
+                let run = RunDoc::new(deanery, up_to);
+                self.store.insert_run(&run, deanery, attempts).await?;
+                tracing::info!(deanery = %deanery, run_id = %run.id, "export run started");
+                run
+            }
+        };
+        progress.run_id = Some(run.id.clone());
+
+        if run.phase == RunPhase::Claiming {
+            self.claim_and_write(&mut session, &mut run, deanery, owner, attempts)
+                .await?;
+        }
+        progress.rejected = run.rejected.max(0) as u64;
+        if run.phase == RunPhase::Written {
+            self.mark_exported(&mut session, &run, deanery, owner, attempts)
+                .await?;
+        }
+        let exported = run.record_count.unwrap_or(0).max(0) as u64;
+        let attempts_so_far = i64::from(attempts.transactions);
+        self.store
+            .update_run(
+                &run.id,
+                deanery,
+                doc! {
+                    "phase": RunPhase::Completed.as_str(),
+                    "finishedAt": crate::store::now(),
+                    "lastError": Bson::Null,
+                },
+                attempts_so_far,
+                attempts,
+            )
+            .await?;
+        progress.exported = exported;
+        progress.file = run.file_name.clone().filter(|_| exported > 0);
+        Ok(())
+    }
+
+    /// Phase 1 and 2: claim everything, write the file, record it.
+    async fn claim_and_write(
+        &self,
+        session: &mut mongodb::ClientSession,
+        run: &mut RunDoc,
+        deanery: &Deanery,
+        owner: &str,
+        attempts: &mut Attempts,
+    ) -> Result<(), ExportError> {
+        let dir = self.settings.output_dir.clone();
+        let chunk_size = self.settings.chunk_size;
+        {
+            let (dir, code) = (dir.clone(), deanery.clone());
+            let removed = blocking(&self.settings.output_dir, move || {
+                file::remove_stale_temporaries(&dir, &code)
+            })
+            .await?;
+            if removed > 0 {
+                tracing::info!(deanery = %deanery, removed, "removed temporary files of an interrupted run");
+            }
+        }
+
+        let mut writer: Option<ExportFile> = None;
+        // Records an earlier attempt claimed: its temporary file died with
+        // it, so they are written again, in order, before claiming more.
+        if run.claimed > 0 {
+            writer = Some(self.open_file(run, deanery).await?);
+            let mut cursor = self
+                .store
+                .claimed_records(&run.id, deanery, self.settings.cursor_batch_size, attempts)
+                .await?;
+            let mut batch = Vec::with_capacity(chunk_size as usize);
+            let mut rejections = Vec::new();
+            while let Some(document) = cursor
+                .try_next()
+                .await
+                .map_err(|err| StoreError::Mongo(stream_error(err)))?
+            {
+                match AppRow::from_document(&document) {
+                    Ok(row) => batch.push(row),
+                    Err(reason) => {
+                        if let Ok(id) = document.get_object_id("_id") {
+                            rejections.push((id, reason));
+                        }
+                    }
+                }
+                if batch.len() >= chunk_size as usize {
+                    writer = Some(self.write(writer, std::mem::take(&mut batch)).await?);
+                }
+            }
+            if !batch.is_empty() {
+                writer = Some(self.write(writer, batch).await?);
+            }
+            if !rejections.is_empty() {
+                self.store
+                    .reject_claimed(&run.id, deanery, &rejections, attempts)
+                    .await?;
+                run.claimed -= rejections.len() as i64;
+                run.rejected += rejections.len() as i64;
+            }
+        }
+
+        loop {
+            let chunk = self
+                .store
+                .claim_chunk(
+                    session,
+                    run,
+                    deanery,
+                    owner,
+                    self.settings.lease(),
+                    chunk_size,
+                    attempts,
+                )
+                .await?;
+            if chunk.scanned == 0 {
+                break;
+            }
+            run.last_claimed_id = chunk.last_id;
+            run.claimed += chunk.rows.len() as i64;
+            run.rejected += chunk.rejected as i64;
+            if let Some((seq, name)) = chunk.assigned_file {
+                run.seq = Some(seq);
+                run.file_name = Some(name);
+            }
+            if !chunk.rows.is_empty() {
+                if writer.is_none() {
+                    writer = Some(self.open_file(run, deanery).await?);
+                }
+                writer = Some(self.write(writer, chunk.rows).await?);
+            }
+            if chunk.scanned < chunk_size as usize {
+                break;
+            }
+        }
+
+        let (record_count, sha256) = match writer {
+            Some(writer) if writer.count() > 0 => {
+                let manifest = blocking(&dir, move || writer.finish()).await?;
+                tracing::info!(
+                    deanery = %deanery,
+                    run_id = %run.id,
+                    file = %manifest.file_name,
+                    records = manifest.record_count,
+                    sha256 = %manifest.sha256,
+                    "export file written"
+                );
+                (manifest.record_count as i64, Some(manifest.sha256))
+            }
+            // Nothing valid to write: no file (dropping a writer removes
+            // its temporary file).
+            _ => (0, None),
+        };
+        self.store
+            .update_run(
+                &run.id,
+                deanery,
+                doc! {
+                    "phase": RunPhase::Written.as_str(),
+                    "recordCount": record_count,
+                    "sha256": sha256.clone(),
+                },
+                0,
+                attempts,
+            )
+            .await?;
+        run.phase = RunPhase::Written;
+        run.record_count = Some(record_count);
+        run.sha256 = sha256;
+        Ok(())
+    }
+
+    /// Phase 3: mark the run's claimed records `EXPORTED`, chunk by chunk.
+    async fn mark_exported(
+        &self,
+        session: &mut mongodb::ClientSession,
+        run: &RunDoc,
+        deanery: &Deanery,
+        owner: &str,
+        attempts: &mut Attempts,
+    ) -> Result<(), ExportError> {
+        let Some(file_name) = run
+            .file_name
+            .as_deref()
+            .filter(|_| run.record_count > Some(0))
+        else {
+            return Ok(());
+        };
+        let renew_every = self.settings.lease() / 3;
+        let mut renewed = Instant::now();
+        loop {
+            if renewed.elapsed() >= renew_every {
+                self.store
+                    .renew_lease(deanery, owner, self.settings.lease(), attempts)
+                    .await?;
+                renewed = Instant::now();
+            }
+            let more = self
+                .store
+                .mark_exported_chunk(
+                    session,
+                    &run.id,
+                    deanery,
+                    file_name,
+                    self.settings.chunk_size,
+                    attempts,
+                )
+                .await?;
+            if !more {
+                return Ok(());
+            }
+        }
+    }
+
+    async fn open_file(&self, run: &RunDoc, deanery: &Deanery) -> Result<ExportFile, ExportError> {
+        let (Some(file_name), Some(seq)) = (run.file_name.clone(), run.seq) else {
+            return Err(ExportError::Inconsistent {
+                run_id: run.id.clone(),
+                reason: "records are claimed but no file name is allocated".to_owned(),
+            });
+        };
+        let header = FileHeader {
+            deanery: deanery.clone(),
+            date: run.file_date(),
+            time: run.file_time(),
+            seq,
+            run_id: run.id.clone(),
+            file_name,
+            mode: self.settings.file_mode_bits(),
+        };
+        let dir = self.settings.output_dir.clone();
+        blocking(&self.settings.output_dir, move || {
+            ExportFile::create(&dir, header)
+        })
+        .await
+    }
+
+    async fn write(
+        &self,
+        writer: Option<ExportFile>,
+        rows: Vec<AppRow>,
+    ) -> Result<ExportFile, ExportError> {
+        let mut writer = writer.expect("a file is open before rows are written");
+        blocking(&self.settings.output_dir, move || {
+            writer.write_rows(&rows).map(|()| writer)
+        })
+        .await
+    }
+}
+
+/// Runs blocking file work off the async worker threads.
+async fn blocking<T: Send + 'static>(
+    dir: &Path,
+    work: impl FnOnce() -> std::io::Result<T> + Send + 'static,
+) -> Result<T, ExportError> {
+    let file_error = |source| ExportError::File {
+        dir: dir.to_owned(),
+        source,
+    };
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|join| file_error(std::io::Error::other(join.to_string())))?
+        .map_err(file_error)
+}
+
+fn stream_error(err: mongodb::error::Error) -> crate::store::RetryError {
+    // A cursor cannot be resumed mid-stream; a transient failure ends this
+    // attempt and the next attempt streams again from the start.
+    let code = crate::store::retry::error_code(&err);
+    match crate::store::retry::classify(&err, false) {
+        crate::store::retry::Transience::Permanent => crate::store::RetryError::Permanent {
+            op: "stream_claimed",
+            code,
+            source: err,
+        },
+        _ => crate::store::RetryError::Exhausted {
+            op: "stream_claimed",
+            attempts: 1,
+            elapsed_ms: 0,
+            code,
+            source: err,
+        },
+    }
+}
+
+/// Lists the deaneries `export --all` should run: every valid code with
+/// records waiting or a run unfinished. Waiting records whose deanery is
+/// not a valid code are marked `REJECTED` with the reason and reported at
+/// ERROR, so they are never silently left behind.
+///
+/// # Errors
+/// When MongoDB fails beyond the retry policy.
+pub async fn deaneries_to_export(store: &Store) -> Result<Vec<Deanery>, StoreError> {
+    let mut attempts = Attempts::default();
+    let mut deaneries = Vec::new();
+    for value in store.deaneries_with_work(&mut attempts).await? {
+        match value.as_str().map(Deanery::parse) {
+            Some(Ok(deanery)) => deaneries.push(deanery),
+            other => {
+                let reason = match other {
+                    Some(Err(err)) => err.to_string(),
+                    _ => format!("invalid deanery value {value}: expected a string code"),
+                };
+                let count = store
+                    .reject_invalid_deanery(&value, &reason, &mut attempts)
+                    .await?;
+                if count > 0 {
+                    tracing::error!(deanery = %value, count, reason = %reason, "records with an invalid deanery code rejected");
+                }
+            }
+        }
+    }
+    deaneries.sort();
+    Ok(deaneries)
+}

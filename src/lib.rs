@@ -1,0 +1,32 @@
+//! esr-exporter: exports NHS ESR applicant ("APP") files from MongoDB, one
+//! file per deanery, without losing or duplicating a record.
+//!
+//! Module map:
+//!
+//! - [`cli`]: the command line (`export`, `status`, `check-config`) and exit codes.
+//! - [`config`]: layered settings (`config/default.toml` → `--config` → `ESR_*`
+//!   environment), validated once, secrets redacted.
+//! - [`telemetry`]: the tracing subscriber (JSON lines or pretty).
+//! - [`domain`]: validated types: [`domain::Deanery`] codes, APP detail rows
+//!   built from record documents, run summaries.
+//! - [`store`]: MongoDB: collections, indexes, the bounded retry policy and
+//!   the retrying transaction, run documents, leases and sequence numbers.
+//! - [`export`]: one export run per deanery: claim in chunks, write the file
+//!   atomically, mark records exported, resume after a crash.
+//! - [`status`]: the per-deanery status report.
+
+#![forbid(unsafe_code)]
+#![warn(
+    unreachable_pub,
+    missing_debug_implementations,
+    missing_docs,
+    clippy::await_holding_lock
+)]
+
+pub mod cli;
+pub mod config;
+pub mod domain;
+pub mod export;
+pub mod status;
+pub mod store;
+pub mod telemetry;

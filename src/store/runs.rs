@@ -1,0 +1,223 @@
+//! Export run documents: one per run, the audit trail and the point an
+//! interrupted run resumes from.
+
+use bson::oid::ObjectId;
+use bson::{doc, DateTime, Document};
+use serde::{Deserialize, Serialize};
+
+use super::{now, scope, Attempts, Store, StoreError};
+use crate::domain::Deanery;
+
+/// Where a run is. A run only moves forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum RunPhase {
+    /// Claiming records chunk by chunk; the file is not final yet.
+    Claiming,
+    /// The file and its manifest are final; records are being marked.
+    Written,
+    /// Every claimed record is `EXPORTED` (or `REJECTED`).
+    Completed,
+}
+
+impl RunPhase {
+    /// The stored value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Claiming => "CLAIMING",
+            Self::Written => "WRITTEN",
+            Self::Completed => "COMPLETED",
+        }
+    }
+}
+
+/// An `exportRuns` document.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunDoc {
+    /// Run id (UUID).
+    #[serde(rename = "_id")]
+    pub id: String,
+    /// Deanery code.
+    pub deanery: String,
+    /// Progress.
+    pub phase: RunPhase,
+    /// Start of the run; its UTC date and time go into the file name and header.
+    pub started_at: DateTime,
+    /// Highest record `_id` the run claims (fixed at start).
+    pub claim_up_to: Option<ObjectId>,
+    /// Highest record `_id` claimed so far.
+    pub last_claimed_id: Option<ObjectId>,
+    /// Valid records claimed.
+    pub claimed: i64,
+    /// Records rejected.
+    pub rejected: i64,
+    /// File sequence number, once allocated.
+    pub seq: Option<i64>,
+    /// File name, once allocated.
+    pub file_name: Option<String>,
+    /// SHA-256 of the file, once written.
+    pub sha256: Option<String>,
+    /// Detail lines in the file, once written.
+    pub record_count: Option<i64>,
+    /// When the run completed.
+    pub finished_at: Option<DateTime>,
+    /// Transaction and operation attempts over all of the run's attempts.
+    #[serde(default)]
+    pub attempts: i64,
+    /// The last error an attempt stopped on.
+    #[serde(default)]
+    pub last_error: Option<String>,
+}
+
+impl RunDoc {
+    /// A new run, claiming up to `claim_up_to` (none: nothing to claim).
+    pub fn new(deanery: &Deanery, claim_up_to: Option<ObjectId>) -> Self {
+        Self {
+            id: uuid::Uuid::new_v4().to_string(),
+            deanery: deanery.to_string(),
+            phase: RunPhase::Claiming,
+            started_at: now(),
+            claim_up_to,
+            last_claimed_id: None,
+            claimed: 0,
+            rejected: 0,
+            seq: None,
+            file_name: None,
+            sha256: None,
+            record_count: None,
+            finished_at: None,
+            attempts: 0,
+            last_error: None,
+        }
+    }
+
+    /// The run's UTC date, `YYYYMMDD`.
+    pub fn file_date(&self) -> String {
+        self.started_at.to_chrono().format("%Y%m%d").to_string()
+    }
+
+    /// The run's UTC time, `HHMMSS`.
+    pub fn file_time(&self) -> String {
+        self.started_at.to_chrono().format("%H%M%S").to_string()
+    }
+}
+
+/// `DE_<DEANERY>_APP_<YYYYMMDD>_<SEQ>.DAT` (contract).
+pub fn file_name(deanery: &Deanery, date: &str, seq: i64) -> String {
+    format!("DE_{deanery}_APP_{date}_{seq:05}.DAT")
+}
+
+impl Store {
+    /// The deanery's unfinished run, if there is one.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy or the document is malformed.
+    pub async fn find_open_run(
+        &self,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<Option<RunDoc>, StoreError> {
+        let runs = &self.runs;
+        let found = self
+            .retry
+            .run(scope("find_open_run", deanery), attempts, async || {
+                runs.find_one(doc! {
+                    "deanery": deanery.as_str(),
+                    "phase": {"$ne": RunPhase::Completed.as_str()},
+                })
+                .sort(doc! {"startedAt": 1})
+                .await
+            })
+            .await?;
+        found.map(decode_run).transpose()
+    }
+
+    /// Stores a new run.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn insert_run(
+        &self,
+        run: &RunDoc,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<(), StoreError> {
+        let document = bson::to_document(run).map_err(|err| StoreError::Malformed {
+            what: "export run",
+            reason: err.to_string(),
+        })?;
+        let runs = &self.runs;
+        self.retry
+            .run(scope("insert_run", deanery), attempts, async || {
+                match runs.insert_one(document.clone()).await {
+                    Ok(_) => Ok(()),
+                    // A retried insert whose first try did land.
+                    Err(err) if super::retry::error_code(&err) == Some(11000) => Ok(()),
+                    Err(err) => Err(err),
+                }
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Applies `$set` (and `$inc` of attempts) to a run document.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn update_run(
+        &self,
+        run_id: &str,
+        deanery: &Deanery,
+        set: Document,
+        add_attempts: i64,
+        attempts: &mut Attempts,
+    ) -> Result<(), StoreError> {
+        let runs = &self.runs;
+        self.retry
+            .run(scope("update_run", deanery), attempts, async || {
+                runs.update_one(
+                    doc! {"_id": run_id},
+                    doc! {"$set": set.clone(), "$inc": {"attempts": add_attempts}},
+                )
+                .await
+            })
+            .await?;
+        Ok(())
+    }
+}
+
+fn decode_run(document: Document) -> Result<RunDoc, StoreError> {
+    bson::from_document(document).map_err(|err| StoreError::Malformed {
+        what: "export run",
+        reason: err.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_names_follow_the_contract() {
+        let d = Deanery::parse("MER").unwrap();
+        assert_eq!(
+            file_name(&d, "20261128", 1),
+            "DE_MER_APP_20261128_00001.DAT"
+        );
+        assert_eq!(
+            file_name(&d, "20261128", 12345),
+            "DE_MER_APP_20261128_12345.DAT"
+        );
+    }
+
+    #[test]
+    fn a_run_document_round_trips_through_bson() {
+        let run = RunDoc::new(&Deanery::parse("EOE").unwrap(), Some(ObjectId::new()));
+        let document = bson::to_document(&run).unwrap();
+        assert_eq!(document.get_str("phase").unwrap(), "CLAIMING");
+        let back = decode_run(document).unwrap();
+        assert_eq!(back.id, run.id);
+        assert_eq!(back.claim_up_to, run.claim_up_to);
+    }
+}
