@@ -100,7 +100,7 @@ pub async fn report(store: &Store) -> Result<StatusReport, StoreError> {
                            attempts: &mut Attempts|
            -> Result<Vec<Document>, StoreError> {
         Ok(policy
-            .run(scope, attempts, async || {
+            .run(scope, attempts, || async {
                 collection
                     .aggregate(pipeline.clone())
                     .await?

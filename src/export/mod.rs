@@ -342,7 +342,7 @@ impl Exporter {
                 }
                 writer = Some(self.write(writer, chunk.rows).await?);
             }
-            if chunk.scanned < chunk_size as usize {
+            if chunk.exhausted {
                 break;
             }
         }

@@ -82,8 +82,11 @@ pub struct ClaimedChunk {
     pub rows: Vec<AppRow>,
     /// Records rejected by this chunk.
     pub rejected: u64,
-    /// Records looked at; 0 means nothing is left to claim.
+    /// Records looked at.
     pub scanned: usize,
+    /// True when fewer records were found than asked for: nothing is left
+    /// to claim.
+    pub exhausted: bool,
     /// Highest `_id` looked at.
     pub last_id: Option<ObjectId>,
     /// `(seq, file name)` when this chunk allocated the run's file name.
@@ -180,7 +183,7 @@ impl Store {
                     deanery: None,
                 },
                 attempts,
-                async || client.start_session().await,
+                || async move { client.start_session().await },
             )
             .await?)
     }
@@ -223,6 +226,7 @@ impl Store {
             ),
         ];
         for (collection, models) in plan {
+            let models = &models;
             self.retry
                 .run(
                     RetryScope {
@@ -230,7 +234,7 @@ impl Store {
                         deanery: None,
                     },
                     &mut attempts,
-                    async || collection.create_indexes(models.clone()).await.map(drop),
+                    || async move { collection.create_indexes(models.clone()).await.map(drop) },
                 )
                 .await?;
         }
@@ -252,7 +256,7 @@ impl Store {
         let leases = &self.leases;
         let acquired = self
             .retry
-            .run(scope("acquire_lease", deanery), attempts, async || {
+            .run(scope("acquire_lease", deanery), attempts, || async move {
                 let now = now();
                 let result = leases
                     .find_one_and_update(
@@ -277,7 +281,7 @@ impl Store {
         }
         let holder = self
             .retry
-            .run(scope("read_lease", deanery), attempts, async || {
+            .run(scope("read_lease", deanery), attempts, || async move {
                 leases.find_one(doc! {"_id": deanery.as_str()}).await
             })
             .await?
@@ -302,7 +306,7 @@ impl Store {
         let leases = &self.leases;
         let result = self
             .retry
-            .run(scope("renew_lease", deanery), attempts, async || {
+            .run(scope("renew_lease", deanery), attempts, || async move {
                 leases
                     .update_one(
                         doc! {"_id": deanery.as_str(), "owner": owner},
@@ -331,7 +335,7 @@ impl Store {
     ) -> Result<(), StoreError> {
         let leases = &self.leases;
         self.retry
-            .run(scope("release_lease", deanery), attempts, async || {
+            .run(scope("release_lease", deanery), attempts, || async move {
                 leases
                     .delete_one(doc! {"_id": deanery.as_str(), "owner": owner})
                     .await
@@ -354,7 +358,7 @@ impl Store {
         let records = &self.records;
         let found = self
             .retry
-            .run(scope("find_backlog", deanery), attempts, async || {
+            .run(scope("find_backlog", deanery), attempts, || async move {
                 records
                     .find_one(doc! {"deanery": deanery.as_str(), "status": RecordStatus::ToExport.as_str()})
                     .sort(doc! {"_id": -1})
@@ -386,125 +390,29 @@ impl Store {
         attempts: &mut Attempts,
     ) -> Result<ClaimedChunk, StoreError> {
         let Some(up_to) = run.claim_up_to else {
-            return Ok(ClaimedChunk::default());
+            return Ok(ClaimedChunk {
+                exhausted: true,
+                ..ClaimedChunk::default()
+            });
         };
-        let (records, runs, leases, sequences) =
-            (&self.records, &self.runs, &self.leases, &self.sequences);
-        let result = self
-            .retry
-            .transaction(scope("claim_chunk", deanery), session, attempts, async |s| {
-                let renewed = leases
-                    .update_one(
-                        doc! {"_id": deanery.as_str(), "owner": owner},
-                        doc! {"$set": {"expiresAt": in_future(lease_ttl)}},
-                    )
-                    .session(&mut *s)
-                    .await?;
-                if renewed.matched_count == 0 {
-                    return Err(MongoError::custom(LeaseLost));
+        let mut txn = self.retry.transaction(scope("claim_chunk", deanery));
+        // After a conflict the retry claims half as many records: a smaller
+        // transaction has a smaller window for another writer to hit.
+        let mut limit = chunk_size;
+        let result = async {
+            loop {
+                txn.begin(session, attempts).await?;
+                let outcome = self
+                    .try_claim_chunk(session, run, up_to, deanery, owner, lease_ttl, limit)
+                    .await;
+                match txn.end(session, outcome, attempts).await? {
+                    Some(chunk) => return Ok(chunk),
+                    None => limit = (limit / 2).max(1),
                 }
-                let mut id_range = doc! {"$lte": up_to};
-                if let Some(after) = run.last_claimed_id {
-                    id_range.insert("$gt", after);
-                }
-                let mut cursor = records
-                    .find(doc! {
-                        "deanery": deanery.as_str(),
-                        "status": RecordStatus::ToExport.as_str(),
-                        "_id": id_range,
-                    })
-                    .sort(doc! {"_id": 1})
-                    .limit(i64::from(chunk_size))
-                    .session(&mut *s)
-                    .await?;
-                let mut chunk = ClaimedChunk::default();
-                let mut rejections: Vec<(Bson, String)> = Vec::new();
-                while let Some(document) = cursor.next(&mut *s).await {
-                    let document = document?;
-                    chunk.scanned += 1;
-                    if let Ok(id) = document.get_object_id("_id") {
-                        chunk.last_id = Some(id);
-                    }
-                    match AppRow::from_document(&document) {
-                        Ok(row) => chunk.rows.push(row),
-                        Err(reason) => rejections.push((
-                            document.get("_id").cloned().unwrap_or(Bson::Null),
-                            reason,
-                        )),
-                    }
-                }
-                if chunk.scanned == 0 {
-                    return Ok(chunk);
-                }
-                if !chunk.rows.is_empty() {
-                    let ids: Vec<ObjectId> = chunk.rows.iter().map(|r| r.id).collect();
-                    records
-                        .update_many(
-                            doc! {"_id": {"$in": ids}, "status": RecordStatus::ToExport.as_str()},
-                            doc! {"$set": {
-                                "status": RecordStatus::Exporting.as_str(),
-                                "exportRunId": &run.id,
-                            }},
-                        )
-                        .session(&mut *s)
-                        .await?;
-                }
-                for (id, reason) in &rejections {
-                    records
-                        .update_one(
-                            doc! {"_id": id, "status": RecordStatus::ToExport.as_str()},
-                            doc! {"$set": {
-                                "status": RecordStatus::Rejected.as_str(),
-                                "rejectionReason": reason,
-                                "exportRunId": &run.id,
-                                "rejectedAt": now(),
-                            }},
-                        )
-                        .session(&mut *s)
-                        .await?;
-                }
-                chunk.rejected = rejections.len() as u64;
-                let mut set = doc! {"lastClaimedId": chunk.last_id};
-                if run.file_name.is_none() && !chunk.rows.is_empty() {
-                    let date = run.file_date();
-                    let counter = sequences
-                        .find_one_and_update(
-                            doc! {"_id": format!("{deanery}:{date}")},
-                            doc! {"$inc": {"seq": 1_i64}},
-                        )
-                        .upsert(true)
-                        .return_document(mongodb::options::ReturnDocument::After)
-                        .session(&mut *s)
-                        .await?
-                        .unwrap_or_default();
-                    let seq = match counter.get("seq") {
-                        Some(Bson::Int64(n)) => *n,
-                        Some(Bson::Int32(n)) => i64::from(*n),
-                        _ => return Err(MongoError::custom("sequence counter without seq")),
-                    };
-                    if !(1..=99_999).contains(&seq) {
-                        return Err(MongoError::custom(format!(
-                            "file sequence {seq} for {deanery} on {date} is outside 1..=99999"
-                        )));
-                    }
-                    let name = runs::file_name(deanery, &date, seq);
-                    set.insert("seq", seq);
-                    set.insert("fileName", &name);
-                    chunk.assigned_file = Some((seq, name));
-                }
-                runs.update_one(
-                    doc! {"_id": &run.id},
-                    doc! {
-                        "$set": set,
-                        "$inc": {"claimed": chunk.rows.len() as i64, "rejected": chunk.rejected as i64},
-                    },
-                )
-                .session(&mut *s)
-                .await?;
-                Ok(chunk)
-            })
-            .await;
-        result.map_err(|err| {
+            }
+        }
+        .await;
+        result.map_err(|err: RetryError| {
             if err.mongo().get_custom::<LeaseLost>().is_some() {
                 StoreError::LeaseLost {
                     deanery: deanery.to_string(),
@@ -513,6 +421,132 @@ impl Store {
                 StoreError::Mongo(err)
             }
         })
+    }
+
+    /// One attempt of [`Store::claim_chunk`]'s transaction body.
+    #[allow(clippy::too_many_arguments)]
+    async fn try_claim_chunk(
+        &self,
+        s: &mut ClientSession,
+        run: &RunDoc,
+        up_to: ObjectId,
+        deanery: &Deanery,
+        owner: &str,
+        lease_ttl: Duration,
+        chunk_size: u32,
+    ) -> Result<ClaimedChunk, MongoError> {
+        let (records, runs, leases, sequences) =
+            (&self.records, &self.runs, &self.leases, &self.sequences);
+
+        let renewed = leases
+            .update_one(
+                doc! {"_id": deanery.as_str(), "owner": owner},
+                doc! {"$set": {"expiresAt": in_future(lease_ttl)}},
+            )
+            .session(&mut *s)
+            .await?;
+        if renewed.matched_count == 0 {
+            return Err(MongoError::custom(LeaseLost));
+        }
+        let mut id_range = doc! {"$lte": up_to};
+        if let Some(after) = run.last_claimed_id {
+            id_range.insert("$gt", after);
+        }
+        let mut cursor = records
+            .find(doc! {
+                "deanery": deanery.as_str(),
+                "status": RecordStatus::ToExport.as_str(),
+                "_id": id_range,
+            })
+            .sort(doc! {"_id": 1})
+            .limit(i64::from(chunk_size))
+            .session(&mut *s)
+            .await?;
+        let mut chunk = ClaimedChunk::default();
+        let mut rejections: Vec<(Bson, String)> = Vec::new();
+        while let Some(document) = cursor.next(&mut *s).await {
+            let document = document?;
+            chunk.scanned += 1;
+            if let Ok(id) = document.get_object_id("_id") {
+                chunk.last_id = Some(id);
+            }
+            match AppRow::from_document(&document) {
+                Ok(row) => chunk.rows.push(row),
+                Err(reason) => {
+                    rejections.push((document.get("_id").cloned().unwrap_or(Bson::Null), reason))
+                }
+            }
+        }
+        chunk.exhausted = chunk.scanned < chunk_size as usize;
+        if chunk.scanned == 0 {
+            return Ok(chunk);
+        }
+        if !chunk.rows.is_empty() {
+            let ids: Vec<ObjectId> = chunk.rows.iter().map(|r| r.id).collect();
+            records
+                .update_many(
+                    doc! {"_id": {"$in": ids}, "status": RecordStatus::ToExport.as_str()},
+                    doc! {"$set": {
+                        "status": RecordStatus::Exporting.as_str(),
+                        "exportRunId": &run.id,
+                    }},
+                )
+                .session(&mut *s)
+                .await?;
+        }
+        for (id, reason) in &rejections {
+            records
+                .update_one(
+                    doc! {"_id": id, "status": RecordStatus::ToExport.as_str()},
+                    doc! {"$set": {
+                        "status": RecordStatus::Rejected.as_str(),
+                        "rejectionReason": reason,
+                        "exportRunId": &run.id,
+                        "rejectedAt": now(),
+                    }},
+                )
+                .session(&mut *s)
+                .await?;
+        }
+        chunk.rejected = rejections.len() as u64;
+        let mut set = doc! {"lastClaimedId": chunk.last_id};
+        if run.file_name.is_none() && !chunk.rows.is_empty() {
+            let date = run.file_date();
+            let counter = sequences
+                .find_one_and_update(
+                    doc! {"_id": format!("{deanery}:{date}")},
+                    doc! {"$inc": {"seq": 1_i64}},
+                )
+                .upsert(true)
+                .return_document(mongodb::options::ReturnDocument::After)
+                .session(&mut *s)
+                .await?
+                .unwrap_or_default();
+            let seq = match counter.get("seq") {
+                Some(Bson::Int64(n)) => *n,
+                Some(Bson::Int32(n)) => i64::from(*n),
+                _ => return Err(MongoError::custom("sequence counter without seq")),
+            };
+            if !(1..=99_999).contains(&seq) {
+                return Err(MongoError::custom(format!(
+                    "file sequence {seq} for {deanery} on {date} is outside 1..=99999"
+                )));
+            }
+            let name = runs::file_name(deanery, &date, seq);
+            set.insert("seq", seq);
+            set.insert("fileName", &name);
+            chunk.assigned_file = Some((seq, name));
+        }
+        runs.update_one(
+            doc! {"_id": &run.id},
+            doc! {
+                "$set": set,
+                "$inc": {"claimed": chunk.rows.len() as i64, "rejected": chunk.rejected as i64},
+            },
+        )
+        .session(&mut *s)
+        .await?;
+        Ok(chunk)
     }
 
     /// Streams the records a run has claimed and not yet marked, in `_id`
@@ -530,7 +564,7 @@ impl Store {
         let records = &self.records;
         Ok(self
             .retry
-            .run(scope("stream_claimed", deanery), attempts, async || {
+            .run(scope("stream_claimed", deanery), attempts, || async move {
                 records
                     .find(doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()})
                     .sort(doc! {"_id": 1})
@@ -555,7 +589,7 @@ impl Store {
         let (records, runs) = (&self.records, &self.runs);
         for (id, reason) in rejections {
             self.retry
-                .run(scope("reject_claimed", deanery), attempts, async || {
+                .run(scope("reject_claimed", deanery), attempts, || async move {
                     let result = records
                         .update_one(
                             doc! {"_id": id, "exportRunId": run_id, "status": RecordStatus::Exporting.as_str()},
@@ -597,45 +631,45 @@ impl Store {
     ) -> Result<bool, StoreError> {
         let records = &self.records;
         let claimed = doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()};
+        let claimed_ref = &claimed;
         // The last _id of the next chunk bounds the update, so each
         // transaction touches at most `chunk_size` records.
         let boundary = self
             .retry
-            .run(scope("find_mark_boundary", deanery), attempts, async || {
-                records
-                    .find_one(claimed.clone())
-                    .sort(doc! {"_id": 1})
-                    .skip(u64::from(chunk_size.saturating_sub(1)))
-                    .projection(doc! {"_id": 1})
-                    .await
-            })
+            .run(
+                scope("find_mark_boundary", deanery),
+                attempts,
+                || async move {
+                    records
+                        .find_one(claimed_ref.clone())
+                        .sort(doc! {"_id": 1})
+                        .skip(u64::from(chunk_size.saturating_sub(1)))
+                        .projection(doc! {"_id": 1})
+                        .await
+                },
+            )
             .await?
             .and_then(|d| d.get_object_id("_id").ok());
         let mut filter = claimed.clone();
         if let Some(boundary) = boundary {
             filter.insert("_id", doc! {"$lte": boundary});
         }
-        self.retry
-            .transaction(
-                scope("mark_exported", deanery),
-                session,
-                attempts,
-                async |s| {
-                    records
-                        .update_many(
-                            filter.clone(),
-                            doc! {"$set": {
-                                "status": RecordStatus::Exported.as_str(),
-                                "exportedAt": now(),
-                                "exportFileName": file_name,
-                            }},
-                        )
-                        .session(&mut *s)
-                        .await
-                        .map(drop)
-                },
-            )
-            .await?;
+        let update = doc! {"$set": {
+            "status": RecordStatus::Exported.as_str(),
+            "exportedAt": now(),
+            "exportFileName": file_name,
+        }};
+        let mut txn = self.retry.transaction(scope("mark_exported", deanery));
+        loop {
+            txn.begin(session, attempts).await?;
+            let outcome = records
+                .update_many(filter.clone(), update.clone())
+                .session(&mut *session)
+                .await;
+            if txn.end(session, outcome, attempts).await?.is_some() {
+                break;
+            }
+        }
         Ok(boundary.is_some())
     }
 
@@ -655,7 +689,7 @@ impl Store {
         };
         let mut codes = self
             .retry
-            .run(scope, attempts, async || {
+            .run(scope, attempts, || async move {
                 records
                     .distinct(
                         "deanery",
@@ -666,7 +700,7 @@ impl Store {
             .await?;
         let open = self
             .retry
-            .run(scope, attempts, async || {
+            .run(scope, attempts, || async move {
                 runs.distinct(
                     "deanery",
                     doc! {"phase": {"$ne": RunPhase::Completed.as_str()}},
@@ -703,7 +737,7 @@ impl Store {
                     deanery: None,
                 },
                 attempts,
-                async || {
+                || async move {
                     records
                         .update_many(
                             doc! {"deanery": value.clone(), "status": RecordStatus::ToExport.as_str()},

@@ -7,9 +7,10 @@
 //! `commit_transaction` / `abort_transaction` itself so that every retry is
 //! bounded by settings and logged with its error code.
 
+use std::future::Future;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use mongodb::error::{
     Error as MongoError, ErrorKind, WriteFailure, TRANSIENT_TRANSACTION_ERROR,
     UNKNOWN_TRANSACTION_COMMIT_RESULT,
@@ -146,7 +147,7 @@ impl RetryPolicy {
         Self { settings }
     }
 
-    fn backoff(&self) -> impl Iterator<Item = Duration> {
+    fn backoff(&self) -> ExponentialBackoff {
         ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(self.settings.min_delay_ms))
             .with_max_delay(Duration::from_millis(self.settings.max_delay_ms))
@@ -172,12 +173,16 @@ impl RetryPolicy {
     ///
     /// # Errors
     /// [`RetryError`] with the last error.
-    pub async fn run<T>(
+    pub async fn run<T, F, Fut>(
         &self,
         scope: RetryScope<'_>,
         attempts: &mut Attempts,
-        mut op: impl AsyncFnMut() -> Result<T, MongoError>,
-    ) -> Result<T, RetryError> {
+        mut op: F,
+    ) -> Result<T, RetryError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, MongoError>>,
+    {
         let started = Instant::now();
         let mut backoff = self.backoff();
         let mut attempt = 0u32;
@@ -195,82 +200,28 @@ impl RetryPolicy {
         }
     }
 
-    /// Runs `body` inside a transaction (read concern `snapshot`, write
-    /// concern `majority`) and commits it. A transient error anywhere
-    /// retries the whole transaction; `UnknownTransactionCommitResult`
-    /// retries the commit alone; anything else aborts and fails fast.
-    /// `attempts` counts transaction attempts and retries.
+    /// Starts driving one transaction under the policy. The caller loops:
     ///
-    /// `body` may run several times, so it must not change outside state:
-    /// it returns what it did and the caller applies it after commit.
+    /// ```ignore
+    /// let mut txn = policy.transaction(scope);
+    /// let value = loop {
+    ///     txn.begin(session, attempts).await?;
+    ///     let outcome = body(session).await; // reads and writes in the session
+    ///     if let Some(value) = txn.end(session, outcome, attempts).await? {
+    ///         break value;
+    ///     }
+    /// };
+    /// ```
     ///
-    /// # Errors
-    /// [`RetryError`] with the last error.
-    pub async fn transaction<T>(
-        &self,
-        scope: RetryScope<'_>,
-        session: &mut ClientSession,
-        attempts: &mut Attempts,
-        mut body: impl AsyncFnMut(&mut ClientSession) -> Result<T, MongoError>,
-    ) -> Result<T, RetryError> {
-        let started = Instant::now();
-        let mut backoff = self.backoff();
-        let mut attempt = 0u32;
-        'transaction: loop {
-            attempt += 1;
-            attempts.transactions += 1;
-            let outcome = match session
-                .start_transaction()
-                .read_concern(ReadConcern::snapshot())
-                .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
-                .await
-            {
-                Ok(()) => body(session).await,
-                Err(err) => Err(err),
-            };
-            let value = match outcome {
-                Ok(value) => value,
-                Err(err) => {
-                    // Aborting may itself fail (e.g. the server already
-                    // aborted); the session is usable again either way.
-                    let _ = session.abort_transaction().await;
-                    if classify(&err, false) == Transience::Permanent {
-                        return Err(permanent(scope.op, err));
-                    }
-                    self.wait_or_give_up(scope, attempt, started, &mut backoff, err, attempts)
-                        .await?;
-                    continue 'transaction;
-                }
-            };
-            loop {
-                let err = match session.commit_transaction().await {
-                    Ok(()) => return Ok(value),
-                    Err(err) => err,
-                };
-                match classify(&err, true) {
-                    Transience::UnknownCommitResult => {
-                        attempt += 1;
-                        self.wait_or_give_up(
-                            RetryScope {
-                                op: "commit_transaction",
-                                ..scope
-                            },
-                            attempt - 1,
-                            started,
-                            &mut backoff,
-                            err,
-                            attempts,
-                        )
-                        .await?;
-                    }
-                    Transience::Transient => {
-                        self.wait_or_give_up(scope, attempt, started, &mut backoff, err, attempts)
-                            .await?;
-                        continue 'transaction;
-                    }
-                    Transience::Permanent => return Err(permanent(scope.op, err)),
-                }
-            }
+    /// The body may run several times, so it must not change outside
+    /// state: it returns what it did and the caller applies it after commit.
+    pub fn transaction<'a>(&'a self, scope: RetryScope<'a>) -> Transaction<'a> {
+        Transaction {
+            policy: self,
+            scope,
+            started: Instant::now(),
+            backoff: self.backoff(),
+            attempt: 0,
         }
     }
 
@@ -311,6 +262,126 @@ impl RetryPolicy {
                 source: err,
             }),
         }
+    }
+}
+
+/// One transaction under a [`RetryPolicy`] (see [`RetryPolicy::transaction`]):
+/// read concern `snapshot`, write concern `majority`. A transient error
+/// anywhere retries the whole transaction; `UnknownTransactionCommitResult`
+/// retries the commit alone; anything else aborts and fails fast.
+#[derive(Debug)]
+pub struct Transaction<'a> {
+    policy: &'a RetryPolicy,
+    scope: RetryScope<'a>,
+    started: Instant,
+    backoff: ExponentialBackoff,
+    attempt: u32,
+}
+
+impl Transaction<'_> {
+    /// Starts the next attempt.
+    ///
+    /// # Errors
+    /// [`RetryError`] when the transaction cannot be started within the policy.
+    pub async fn begin(
+        &mut self,
+        session: &mut ClientSession,
+        attempts: &mut Attempts,
+    ) -> Result<(), RetryError> {
+        loop {
+            self.attempt += 1;
+            attempts.transactions += 1;
+            let err = match session
+                .start_transaction()
+                .read_concern(ReadConcern::snapshot())
+                .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(err) => err,
+            };
+            if classify(&err, false) == Transience::Permanent {
+                return Err(permanent(self.scope.op, err));
+            }
+            self.retry_after(err, attempts).await?;
+        }
+    }
+
+    /// Ends the attempt with the body's outcome: commits on success.
+    /// Returns the value once committed, or `None` when the whole
+    /// transaction must run again (after the backoff delay).
+    ///
+    /// # Errors
+    /// [`RetryError`] for a permanent error or an exhausted policy; the
+    /// transaction is aborted.
+    pub async fn end<T>(
+        &mut self,
+        session: &mut ClientSession,
+        outcome: Result<T, MongoError>,
+        attempts: &mut Attempts,
+    ) -> Result<Option<T>, RetryError> {
+        let value = match outcome {
+            Ok(value) => value,
+            Err(err) => {
+                // Aborting may itself fail (the server may have aborted
+                // already); the session is usable again either way.
+                let _ = session.abort_transaction().await;
+                if classify(&err, false) == Transience::Permanent {
+                    return Err(permanent(self.scope.op, err));
+                }
+                self.retry_after(err, attempts).await?;
+                return Ok(None);
+            }
+        };
+        loop {
+            let err = match session.commit_transaction().await {
+                Ok(()) => return Ok(Some(value)),
+                Err(err) => err,
+            };
+            match classify(&err, true) {
+                Transience::UnknownCommitResult => {
+                    // Retry the commit alone: it is idempotent.
+                    self.policy
+                        .wait_or_give_up(
+                            RetryScope {
+                                op: "commit_transaction",
+                                ..self.scope
+                            },
+                            self.attempt,
+                            self.started,
+                            &mut self.backoff,
+                            err,
+                            attempts,
+                        )
+                        .await?;
+                }
+                Transience::Transient => {
+                    self.retry_after(err, attempts).await?;
+                    return Ok(None);
+                }
+                Transience::Permanent => {
+                    let _ = session.abort_transaction().await;
+                    return Err(permanent(self.scope.op, err));
+                }
+            }
+        }
+    }
+
+    async fn retry_after(
+        &mut self,
+        err: MongoError,
+        attempts: &mut Attempts,
+    ) -> Result<(), RetryError> {
+        self.policy
+            .wait_or_give_up(
+                self.scope,
+                self.attempt,
+                self.started,
+                &mut self.backoff,
+                err,
+                attempts,
+            )
+            .await
     }
 }
 
@@ -363,12 +434,15 @@ mod tests {
                     deanery: Some("MER"),
                 },
                 &mut attempts,
-                async || {
+                || {
                     calls += 1;
-                    if calls < 3 {
-                        Err(io_error())
-                    } else {
-                        Ok(calls)
+                    let n = calls;
+                    async move {
+                        if n < 3 {
+                            Err(io_error())
+                        } else {
+                            Ok(n)
+                        }
                     }
                 },
             )
@@ -389,7 +463,7 @@ mod tests {
                     deanery: None,
                 },
                 &mut attempts,
-                async || Err::<(), _>(io_error()),
+                || async { Err::<(), _>(io_error()) },
             )
             .await
             .unwrap_err();
@@ -410,7 +484,7 @@ mod tests {
                     deanery: None,
                 },
                 &mut attempts,
-                async || Err::<(), _>(io_error()),
+                || async { Err::<(), _>(io_error()) },
             )
             .await
             .unwrap_err();
@@ -429,7 +503,7 @@ mod tests {
                     deanery: None,
                 },
                 &mut attempts,
-                async || Err::<(), _>(MongoError::custom("bad")),
+                || async { Err::<(), _>(MongoError::custom("bad")) },
             )
             .await
             .unwrap_err();

@@ -121,7 +121,7 @@ impl Store {
         let runs = &self.runs;
         let found = self
             .retry
-            .run(scope("find_open_run", deanery), attempts, async || {
+            .run(scope("find_open_run", deanery), attempts, || async move {
                 runs.find_one(doc! {
                     "deanery": deanery.as_str(),
                     "phase": {"$ne": RunPhase::Completed.as_str()},
@@ -147,9 +147,9 @@ impl Store {
             what: "export run",
             reason: err.to_string(),
         })?;
-        let runs = &self.runs;
+        let (runs, document) = (&self.runs, &document);
         self.retry
-            .run(scope("insert_run", deanery), attempts, async || {
+            .run(scope("insert_run", deanery), attempts, || async move {
                 match runs.insert_one(document.clone()).await {
                     Ok(_) => Ok(()),
                     // A retried insert whose first try did land.
@@ -173,9 +173,9 @@ impl Store {
         add_attempts: i64,
         attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
-        let runs = &self.runs;
+        let (runs, set) = (&self.runs, &set);
         self.retry
-            .run(scope("update_run", deanery), attempts, async || {
+            .run(scope("update_run", deanery), attempts, || async move {
                 runs.update_one(
                     doc! {"_id": run_id},
                     doc! {"$set": set.clone(), "$inc": {"attempts": add_attempts}},

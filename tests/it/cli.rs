@@ -1,0 +1,133 @@
+//! The binary's contract: exit codes, stdout, stderr.
+
+use std::process::Output;
+
+use bson::doc;
+
+use crate::helpers::{spawn_app, TestApp};
+
+async fn run(app: &TestApp, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
+        .args(args)
+        .env_clear()
+        .envs(&app.env)
+        .envs(extra_env.iter().copied())
+        .output()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn an_invalid_deanery_is_refused_before_any_path_is_built() {
+    let app = spawn_app().await;
+    app.seed("MER", 2).await;
+
+    let output = run(&app, &["export", "--deanery", "../../etc"], &[]).await;
+
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("invalid deanery code"), "{stderr}");
+    assert!(!app.export_dir().exists(), "nothing was written");
+    assert_eq!(app.count(doc! {"status": "TO_EXPORT"}).await, 2);
+}
+
+#[tokio::test]
+async fn export_all_prints_one_json_summary_per_deanery_and_status_shows_them() {
+    let app = spawn_app().await;
+    app.seed("MER", 3).await;
+    app.seed("EOE", 2).await;
+
+    let output = run(&app, &["export", "--all"], &[]).await;
+
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let summaries: Vec<serde_json::Value> = String::from_utf8(output.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(summaries.len(), 2);
+    for (summary, (code, n)) in summaries.iter().zip([("EOE", 2), ("MER", 3)]) {
+        assert_eq!(summary["deanery"], code);
+        assert_eq!(summary["status"], "completed");
+        assert_eq!(summary["exported"], n);
+        assert_eq!(summary["rejected"], 0);
+        for key in ["runId", "file", "attempts", "durationMs"] {
+            assert!(!summary[key].is_null(), "{key} in {summary}");
+        }
+    }
+    // Logs went to stderr as JSON lines with stable fields.
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    let completed: Vec<serde_json::Value> = stderr
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).expect("JSON log line"))
+        .filter(|l| l["message"] == "export run completed")
+        .collect();
+    assert_eq!(completed.len(), 2, "{stderr}");
+    assert_eq!(completed[0]["level"], "INFO");
+    assert_eq!(completed[0]["deanery"], "EOE");
+
+    let status = run(&app, &["status", "--json"], &[]).await;
+    assert_eq!(status.status.code(), Some(0));
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let mer = report["deaneries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["deanery"] == "MER")
+        .unwrap();
+    assert_eq!(mer["counts"]["EXPORTED"], 3);
+    assert_eq!(mer["lastRun"]["phase"], "COMPLETED");
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_2_naming_the_key_and_secrets_stay_hidden() {
+    let app = spawn_app().await;
+
+    let bad = run(&app, &["check-config"], &[("ESR_EXPORT__CHUNK_SIZE", "0")]).await;
+    assert_eq!(bad.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.contains("export.chunk_size"), "{stderr}");
+
+    let good = run(
+        &app,
+        &["check-config"],
+        &[("ESR_AMQP__URI", "amqp://esr:pa55word@broker:5672/%2f")],
+    )
+    .await;
+    assert_eq!(good.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&good.stdout);
+    assert!(
+        stdout.contains("amqp://esr:***@broker:5672/%2f"),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("pa55word"));
+}
+
+#[tokio::test]
+async fn an_unreachable_database_fails_the_export_with_exit_1() {
+    let app = spawn_app().await;
+
+    let output = run(
+        &app,
+        &["export", "--deanery", "MER"],
+        &[
+            (
+                "ESR_MONGODB__URI",
+                "mongodb://127.0.0.1:1/?directConnection=true",
+            ),
+            ("ESR_MONGODB__SERVER_SELECTION_TIMEOUT_MS", "200"),
+            ("ESR_RETRY__MAX_ELAPSED_MS", "500"),
+        ],
+    )
+    .await;
+
+    assert_eq!(output.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Failed to connect to MongoDB"), "{stderr}");
+}

@@ -1,0 +1,171 @@
+//! The export run against a real MongoDB-wire server: files, records,
+//! rejections, backlog, leases.
+
+use bson::{doc, Bson};
+use esr_exporter::domain::RunStatus;
+
+use crate::helpers::{deanery, spawn_app, spawn_app_with, valid_record, ExportedFile};
+
+#[tokio::test]
+async fn a_deaneries_records_land_in_one_well_formed_file_and_others_are_untouched() {
+    // Arrange: chunks of 7 so the file is assembled over several transactions.
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "7")]).await;
+    let mer = app.seed("MER", 25).await;
+    let eoe = app.seed("EOE", 10).await;
+
+    // Act
+    let summary = app.exporter.run(&deanery("MER")).await;
+
+    // Assert
+    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.exported, 25);
+    assert_eq!(summary.rejected, 0);
+    let file = app.assert_exported_once("MER", &mer).await;
+    assert_eq!(summary.file.as_deref(), Some(file.name.as_str()));
+    let today = chrono::Utc::now().format("%Y%m%d").to_string();
+    assert_eq!(file.name, format!("DE_MER_APP_{today}_00001.DAT"));
+    let run_id = summary.run_id.clone().unwrap();
+    assert_eq!(file.header[2], "MER");
+    assert_eq!(file.header[3], today);
+    assert_eq!(file.header[4].len(), 6);
+    assert_eq!(file.header[5], "00001");
+    assert_eq!(file.header[6], run_id);
+    assert_eq!(file.manifest["runId"], run_id.as_str());
+    // Every detail field comes from its record, in contract order.
+    let first = app.find(doc! {"_id": mer[0]}).await.remove(0);
+    let line = &file.details[0];
+    assert_eq!(line[1], mer[0].to_hex());
+    assert_eq!(line[2], first.get_str("positionNumber").unwrap());
+    assert_eq!(line[5], first.get_str("lastName").unwrap());
+    assert_eq!(line[6], first.get_str("firstName").unwrap());
+    assert_eq!(line[11], "2026-12-13");
+    assert_eq!(line[15], "0.5");
+    assert_eq!(first.get_str("exportRunId").unwrap(), run_id);
+    assert!(first.get_datetime("exportedAt").is_ok());
+    // The other deanery is untouched.
+    assert_eq!(
+        app.count(doc! {"deanery": "EOE", "status": "TO_EXPORT"})
+            .await,
+        eoe.len() as u64
+    );
+    assert_eq!(
+        app.count(doc! {"deanery": "EOE", "exportRunId": {"$exists": true}})
+            .await,
+        0
+    );
+}
+
+#[tokio::test]
+async fn a_deanery_with_nothing_to_export_writes_no_file_and_sequences_continue() {
+    let app = spawn_app().await;
+    app.seed("LDN", 3).await;
+    let first = app.exporter.run(&deanery("LDN")).await;
+    assert_eq!(first.status, RunStatus::Completed);
+
+    let empty = app.exporter.run(&deanery("LDN")).await;
+    assert_eq!(empty.status, RunStatus::Completed, "{empty:?}");
+    assert_eq!(empty.exported, 0);
+    assert_eq!(empty.file, None);
+    assert_eq!(app.files().len(), 2, "one .DAT and its manifest");
+
+    app.seed("LDN", 2).await;
+    let second = app.exporter.run(&deanery("LDN")).await;
+    let name = second.file.unwrap();
+    assert!(name.ends_with("_00002.DAT"), "{name}");
+    assert_eq!(app.files().len(), 4);
+}
+
+#[tokio::test]
+async fn invalid_records_are_rejected_with_their_reasons_and_do_not_stop_the_rest() {
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "4")]).await;
+    let mut good = app.seed("OXF", 5).await;
+    let mut missing = valid_record("OXF", 100);
+    missing.remove("positionNumber");
+    let mut mistyped = valid_record("OXF", 101);
+    mistyped.insert("placementStartDate", "2026-12-01");
+    let mut forged = valid_record("OXF", 102);
+    forged.insert("lastName", "Evans\r\nAPP,forged");
+    let bad = app.insert(vec![missing, mistyped, forged]).await;
+    good.extend(app.seed("OXF", 3).await);
+
+    let summary = app.exporter.run(&deanery("OXF")).await;
+
+    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!((summary.exported, summary.rejected), (8, 3));
+    let file = ExportedFile::read(&app.export_dir(), summary.file.as_deref().unwrap());
+    let mut expected: Vec<String> = good.iter().map(|id| id.to_hex()).collect();
+    expected.sort();
+    assert_eq!(file.ids(), expected);
+    let reasons: Vec<String> = app
+        .find(doc! {"_id": {"$in": bad}})
+        .await
+        .iter()
+        .map(|r| {
+            assert_eq!(r.get_str("status").unwrap(), "REJECTED");
+            r.get_str("rejectionReason").unwrap().to_owned()
+        })
+        .collect();
+    assert!(reasons[0].contains("missing required field positionNumber"));
+    assert!(reasons[1].contains("placementStartDate: expected date, found string"));
+    assert!(reasons[2].contains("lastName: contains a control character"));
+}
+
+#[tokio::test]
+async fn a_backlog_of_many_chunks_exports_completely() {
+    let app = spawn_app().await; // default chunk size: 1000
+    let ids = app.seed("KSS", 20_000).await;
+
+    let summary = app.exporter.run(&deanery("KSS")).await;
+
+    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.exported, 20_000);
+    assert!(
+        summary.attempts >= 40,
+        "20 claim and 20 mark transactions at least: {summary:?}"
+    );
+    app.assert_exported_once("KSS", &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_exporters_racing_for_one_deanery_write_one_file() {
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "50")]).await;
+    let ids = app.seed("WES", 2_000).await;
+    let racer = |exporter: esr_exporter::export::Exporter| {
+        tokio::spawn(async move { exporter.run(&deanery("WES")).await })
+    };
+
+    let (a, b) = (racer(app.exporter.clone()), racer(app.exporter.clone()));
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+
+    for summary in [&a, &b] {
+        assert_ne!(summary.status, RunStatus::Failed, "{summary:?}");
+    }
+    assert_eq!(a.exported + b.exported, 2_000, "{a:?} {b:?}");
+    app.assert_exported_once("WES", &ids).await;
+}
+
+#[tokio::test]
+async fn export_all_covers_every_deanery_and_rejects_invalid_deanery_codes() {
+    let app = spawn_app().await;
+    app.seed("MER", 3).await;
+    app.seed("SEV", 2).await;
+    let stray = app.insert(vec![valid_record("../etc", 1)]).await;
+
+    let deaneries = esr_exporter::export::deaneries_to_export(&app.store)
+        .await
+        .unwrap();
+
+    let codes: Vec<&str> = deaneries.iter().map(|d| d.as_str()).collect();
+    assert_eq!(codes, ["MER", "SEV"]);
+    let stray = app.find(doc! {"_id": stray[0]}).await.remove(0);
+    assert_eq!(stray.get_str("status").unwrap(), "REJECTED");
+    assert!(stray
+        .get_str("rejectionReason")
+        .unwrap()
+        .contains("invalid deanery code"));
+    assert!(
+        app.files().is_empty(),
+        "no path was built from the bad code"
+    );
+    assert_eq!(stray.get("exportFileName"), None::<&Bson>);
+}

@@ -1,0 +1,245 @@
+//! Transient and permanent MongoDB failures: real WriteConflicts from a
+//! concurrent writer, and errors injected with `configureFailPoint`.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use bson::{doc, Document};
+use esr_exporter::domain::RunStatus;
+use futures_util::TryStreamExt;
+
+use crate::helpers::{deanery, spawn_app, spawn_app_with};
+
+#[tokio::test]
+async fn a_concurrent_writer_causes_write_conflicts_and_every_record_is_still_exported_once() {
+    // Arrange: small chunks, and a writer that keeps updating exactly the
+    // records the next claim transaction is about to take.
+    let app = spawn_app_with(&[
+        ("ESR_EXPORT__CHUNK_SIZE", "40"),
+        ("ESR_RETRY__MAX_ATTEMPTS", "50"),
+    ])
+    .await;
+    let ids = app.seed("MER", 2_000).await;
+    let records = app.records();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let writer = {
+        let (stop, writes) = (stop.clone(), writes.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let next: Vec<Document> = match records
+                    .find(doc! {"deanery": "MER", "status": "TO_EXPORT"})
+                    .sort(doc! {"_id": 1})
+                    .limit(10)
+                    .projection(doc! {"_id": 1})
+                    .await
+                {
+                    Ok(cursor) => cursor.try_collect().await.unwrap_or_default(),
+                    Err(_) => continue,
+                };
+                // A busy service, not a livelock: a short pause per round.
+                tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                for record in next {
+                    // Another service touching the record: a write outside
+                    // any transaction. It may itself lose a conflict.
+                    let result = records
+                        .update_one(
+                            doc! {"_id": record.get_object_id("_id").unwrap(), "status": "TO_EXPORT"},
+                            doc! {"$set": {"updatedAt": bson::DateTime::now()}, "$inc": {"touched": 1}},
+                        )
+                        .await;
+                    if matches!(result, Ok(r) if r.modified_count == 1) {
+                        writes.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+        })
+    };
+
+    // Act
+    let summary = app.exporter.run(&deanery("MER")).await;
+    stop.store(true, Ordering::Relaxed);
+    writer.await.unwrap();
+
+    // Assert
+    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert!(writes.load(Ordering::Relaxed) > 0, "the writer did write");
+    assert!(
+        summary.write_conflicts > 0 && summary.retries > 0,
+        "a real WriteConflict was met and retried: {summary:?}"
+    );
+    assert_eq!(summary.exported, 2_000);
+    app.assert_exported_once("MER", &ids).await;
+}
+
+/// Arms `failCommand` on `commands` with `error_code` and `labels`,
+/// `times` times, runs an export of 300 records, and returns its summary
+/// after checking every record was exported once.
+async fn export_through_failpoint(
+    commands: &[&str],
+    error_code: i32,
+    labels: &[&str],
+    times: i32,
+) -> esr_exporter::domain::RunSummary {
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "100")]).await;
+    let ids = app.seed("EOE", 300).await;
+    let guard = app
+        .arm_failpoint(
+            doc! {"failCommands": commands, "errorCode": error_code, "errorLabels": labels},
+            times,
+        )
+        .await;
+    let summary = app.exporter.run(&deanery("EOE")).await;
+    app.disarm().await;
+    drop(guard);
+    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    app.assert_exported_once("EOE", &ids).await;
+    summary
+}
+
+#[tokio::test]
+async fn write_conflicts_injected_on_the_claims_find_are_retried() {
+    let summary = export_through_failpoint(&["find"], 112, &["TransientTransactionError"], 3).await;
+    assert!(summary.write_conflicts >= 3, "{summary:?}");
+    assert!(summary.retries >= 3, "{summary:?}");
+}
+
+#[tokio::test]
+async fn write_conflicts_injected_on_the_claims_update_are_retried() {
+    let summary =
+        export_through_failpoint(&["update"], 112, &["TransientTransactionError"], 3).await;
+    assert!(summary.write_conflicts >= 3, "{summary:?}");
+}
+
+#[tokio::test]
+async fn write_conflicts_injected_on_commit_retry_the_whole_transaction() {
+    let summary = export_through_failpoint(
+        &["commitTransaction"],
+        112,
+        &["TransientTransactionError"],
+        2,
+    )
+    .await;
+    assert!(summary.write_conflicts >= 2, "{summary:?}");
+    // Each conflict on commit costs a whole new transaction attempt.
+    assert!(summary.attempts >= 2 + 2 + 2, "{summary:?}");
+}
+
+#[tokio::test]
+async fn an_unknown_commit_result_retries_the_commit_and_succeeds() {
+    // 91 ShutdownInProgress is retryable: the driver retries the commit
+    // once itself, then our policy retries the commit alone.
+    let summary = export_through_failpoint(
+        &["commitTransaction"],
+        91,
+        &["UnknownTransactionCommitResult"],
+        3,
+    )
+    .await;
+    assert!(summary.retries >= 1, "{summary:?}");
+    assert_eq!(summary.write_conflicts, 0, "{summary:?}");
+}
+
+#[tokio::test]
+async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_file() {
+    // Arrange: a run with many chunks, so it is mid-file when the error comes.
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
+    let ids = app.seed("SEV", 5_000).await;
+    let run = {
+        let exporter = app.exporter.clone();
+        tokio::spawn(async move { exporter.run(&deanery("SEV")).await })
+    };
+    while app.count(doc! {"status": "EXPORTING"}).await == 0 {
+        assert!(
+            !run.is_finished(),
+            "the run ended before it could be interrupted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+
+    // Act: 13 Unauthorized on the next claim's update.
+    let guard = app
+        .arm_failpoint(doc! {"failCommands": ["update"], "errorCode": 13}, 1)
+        .await;
+    let summary = run.await.unwrap();
+    app.disarm().await;
+    drop(guard);
+
+    // Assert
+    assert_eq!(summary.status, RunStatus::Failed, "{summary:?}");
+    assert_eq!(summary.retries, 0, "not retried: {summary:?}");
+    let error = summary.error.clone().unwrap();
+    assert!(
+        error.contains("non-transient") && error.contains("13"),
+        "clear message: {error}"
+    );
+    assert!(
+        app.count(doc! {"status": "EXPORTING"}).await > 0,
+        "it failed mid-run"
+    );
+    assert!(
+        app.files().is_empty(),
+        "no file, not even a temporary one: {:?}",
+        app.files()
+    );
+    // The failed run is resumed by the next attempt and finishes the job.
+    let retry = app.exporter.run(&deanery("SEV")).await;
+    assert_eq!(retry.status, RunStatus::Completed, "{retry:?}");
+    assert!(retry.resumed);
+    assert_eq!(retry.run_id, summary.run_id);
+    app.assert_exported_once("SEV", &ids).await;
+}
+
+#[tokio::test]
+async fn an_exhausted_retry_budget_fails_the_run_and_the_next_attempt_completes_it() {
+    let app = spawn_app_with(&[
+        ("ESR_EXPORT__CHUNK_SIZE", "50"),
+        ("ESR_RETRY__MAX_ATTEMPTS", "3"),
+    ])
+    .await;
+    let ids = app.seed("NWN", 120).await;
+    let guard = app
+        .arm_failpoint(
+            doc! {"failCommands": ["find"], "errorCode": 112, "errorLabels": ["TransientTransactionError"]},
+            10,
+        )
+        .await;
+    let failed = app.exporter.run(&deanery("NWN")).await;
+    app.disarm().await;
+    drop(guard);
+
+    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
+    assert!(
+        failed
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("still failing after 3 attempts"),
+        "{failed:?}"
+    );
+    let resumed = app.exporter.run(&deanery("NWN")).await;
+    assert_eq!(resumed.status, RunStatus::Completed, "{resumed:?}");
+    app.assert_exported_once("NWN", &ids).await;
+}
+
+#[tokio::test]
+async fn status_reports_counts_oldest_wait_and_last_run() {
+    let app = spawn_app().await;
+    app.seed("MER", 4).await;
+    app.exporter.run(&deanery("MER")).await;
+    app.seed("MER", 2).await;
+
+    let report = esr_exporter::status::report(&app.store).await.unwrap();
+
+    let mer = report
+        .deaneries
+        .iter()
+        .find(|d| d.deanery == "MER")
+        .unwrap();
+    assert_eq!(mer.counts.get("EXPORTED"), Some(&4));
+    assert_eq!(mer.counts.get("TO_EXPORT"), Some(&2));
+    assert!(mer.oldest_to_export_age_seconds.is_some());
+    let last = mer.last_run.as_ref().unwrap();
+    assert_eq!(last.phase, "COMPLETED");
+    assert_eq!(last.exported, Some(4));
+}

@@ -1,0 +1,310 @@
+//! Test support: an isolated app per test (its own database, output folder
+//! and MongoDB appName, so failpoints hit only its own commands), seeding,
+//! and readers for files and records.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+
+use bson::{doc, oid::ObjectId, DateTime, Document};
+use esr_exporter::config::Settings;
+use esr_exporter::domain::Deanery;
+use esr_exporter::export::Exporter;
+use esr_exporter::store::Store;
+use futures_util::TryStreamExt;
+use mongodb::{Client, Collection, Database};
+use sha2::{Digest, Sha256};
+use tokio::sync::{Mutex, MutexGuard};
+
+/// The server under test: `ESR_TEST_MONGODB_URI`, else the local default.
+pub fn base_uri() -> String {
+    std::env::var("ESR_TEST_MONGODB_URI")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".to_owned())
+}
+
+fn with_app_name(uri: &str, app_name: &str) -> String {
+    let separator = if uri.contains('?') { '&' } else { '?' };
+    format!("{uri}{separator}appName={app_name}")
+}
+
+static TRACING: Once = Once::new();
+
+/// `failCommand` is one server-wide failpoint: tests that arm it take turns.
+static FAILPOINT: Mutex<()> = Mutex::const_new(());
+
+pub struct TestApp {
+    pub settings: Settings,
+    pub store: Store,
+    pub exporter: Exporter,
+    pub db: Database,
+    pub client: Client,
+    pub app_name: String,
+    pub env: HashMap<String, String>,
+    _dir: tempfile::TempDir,
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// An app whose settings are the defaults plus these `ESR_*` overrides.
+pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
+    TRACING.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter("esr_exporter=debug")
+                .with_test_writer()
+                .try_init();
+        }
+    });
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let app_name = format!("esr-test-{}", &id[..12]);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut env: HashMap<String, String> = [
+        ("ESR_MONGODB__URI", with_app_name(&base_uri(), &app_name)),
+        ("ESR_MONGODB__DATABASE", format!("esr_test_{}", &id[..16])),
+        (
+            "ESR_EXPORT__OUTPUT_DIR",
+            dir.path().join("exports").display().to_string(),
+        ),
+        ("ESR_RETRY__MIN_DELAY_MS", "5".to_owned()),
+        ("ESR_RETRY__MAX_DELAY_MS", "100".to_owned()),
+        ("ESR_LOG__FORMAT", "json".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (key, value) in overrides {
+        env.insert((*key).to_owned(), (*value).to_owned());
+    }
+    let settings = Settings::load_with_env(None, Some(env.clone())).expect("test settings");
+    let store = Store::build(&settings).await.expect("store");
+    let client = Client::with_uri_str(base_uri()).await.expect("client");
+    let db = client.database(&settings.mongodb.database);
+    let exporter = Exporter::new(store.clone(), settings.export.clone());
+    TestApp {
+        settings,
+        store,
+        exporter,
+        db,
+        client,
+        app_name,
+        env,
+        _dir: dir,
+    }
+}
+
+pub fn deanery(code: &str) -> Deanery {
+    Deanery::parse(code).unwrap()
+}
+
+/// A complete, valid record; `n` varies the values.
+pub fn valid_record(deanery: &str, n: usize) -> Document {
+    let day = 86_400_000_i64;
+    doc! {
+        "_id": ObjectId::new(),
+        "deanery": deanery,
+        "status": "TO_EXPORT",
+        "positionNumber": format!("{deanery}/POS/{n:06}"),
+        "gmcNumber": format!("{}", 7_100_000 + n),
+        "title": "Dr",
+        "firstName": format!("First{n}"),
+        "lastName": if n.is_multiple_of(5) { "Smith, \"Jr\"".to_owned() } else { format!("Last{n}") },
+        "dateOfBirth": DateTime::from_millis(9_500 * day),
+        "gender": "X",
+        "niNumber": "QQ123456C",
+        "emailAddress": format!("t{n}@example.nhs.uk"),
+        "placementStartDate": DateTime::from_millis(20_800 * day),
+        "placementEndDate": DateTime::from_millis(21_200 * day),
+        "gradeAbbreviation": "ST3",
+        "specialty": "Paediatrics",
+        "wte": 0.5,
+        "createdAt": DateTime::now(),
+        "updatedAt": DateTime::now(),
+    }
+}
+
+impl TestApp {
+    pub fn records(&self) -> Collection<Document> {
+        self.db
+            .collection(&self.settings.mongodb.records_collection)
+    }
+
+    pub fn export_dir(&self) -> PathBuf {
+        self.settings.export.output_dir.clone()
+    }
+
+    /// Inserts `n` valid `TO_EXPORT` records; returns their ids in order.
+    pub async fn seed(&self, deanery: &str, n: usize) -> Vec<ObjectId> {
+        let docs: Vec<Document> = (0..n).map(|i| valid_record(deanery, i)).collect();
+        self.insert(docs).await
+    }
+
+    pub async fn insert(&self, docs: Vec<Document>) -> Vec<ObjectId> {
+        let ids = docs
+            .iter()
+            .map(|d| d.get_object_id("_id").unwrap())
+            .collect();
+        for batch in docs.chunks(5_000) {
+            self.records().insert_many(batch.to_vec()).await.unwrap();
+        }
+        ids
+    }
+
+    pub async fn count(&self, filter: Document) -> u64 {
+        self.records().count_documents(filter).await.unwrap()
+    }
+
+    pub async fn find(&self, filter: Document) -> Vec<Document> {
+        self.records()
+            .find(filter)
+            .sort(doc! {"_id": 1})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    }
+
+    /// Names of the files in the output folder, sorted.
+    pub fn files(&self) -> Vec<String> {
+        list(&self.export_dir())
+    }
+
+    /// Arms `failCommand` for this app's connections only, `times` times.
+    /// Holds the server-wide failpoint until the guard is dropped; call
+    /// [`TestApp::disarm`] before dropping it.
+    pub async fn arm_failpoint(&self, data: Document, times: i32) -> MutexGuard<'static, ()> {
+        let guard = FAILPOINT.lock().await;
+        let mut data = data;
+        data.insert("appName", &self.app_name);
+        self.client
+            .database("admin")
+            .run_command(doc! {
+                "configureFailPoint": "failCommand",
+                "mode": {"times": times},
+                "data": data,
+            })
+            .await
+            .expect("configureFailPoint (start the server with --enable-test-commands)");
+        guard
+    }
+
+    pub async fn disarm(&self) {
+        self.client
+            .database("admin")
+            .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+            .await
+            .unwrap();
+    }
+
+    /// Asserts the contract's guarantee for a deanery whose records were
+    /// all valid: every id in `ids` is `EXPORTED` exactly once, in exactly
+    /// one well-formed file whose manifest matches; returns that file.
+    pub async fn assert_exported_once(&self, deanery: &str, ids: &[ObjectId]) -> ExportedFile {
+        let files: Vec<String> = self
+            .files()
+            .into_iter()
+            .filter(|f| f.starts_with(&format!("DE_{deanery}_APP_")) && f.ends_with(".DAT"))
+            .collect();
+        assert_eq!(files.len(), 1, "exactly one file for {deanery}: {files:?}");
+        let file = ExportedFile::read(&self.export_dir(), &files[0]);
+        let mut expected: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
+        expected.sort();
+        assert_eq!(
+            file.ids(),
+            expected,
+            "file holds every record once, in _id order"
+        );
+        let exported = self
+            .find(doc! {"deanery": deanery, "status": "EXPORTED"})
+            .await;
+        assert_eq!(exported.len(), ids.len(), "every record is EXPORTED");
+        for record in &exported {
+            assert_eq!(record.get_str("exportFileName").unwrap(), files[0]);
+        }
+        assert_eq!(
+            self.count(doc! {"deanery": deanery, "status": {"$ne": "EXPORTED"}})
+                .await,
+            0
+        );
+        assert!(
+            list(&self.export_dir())
+                .iter()
+                .all(|f| !f.ends_with(".tmp")),
+            "no temporary files left"
+        );
+        file
+    }
+}
+
+pub fn list(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect(),
+        Err(_) => Vec::new(),
+    };
+    names.sort();
+    names
+}
+
+/// A parsed export file, checked for well-formedness on reading.
+#[derive(Debug)]
+pub struct ExportedFile {
+    pub name: String,
+    pub header: Vec<String>,
+    pub details: Vec<Vec<String>>,
+    pub manifest: serde_json::Value,
+}
+
+impl ExportedFile {
+    pub fn read(dir: &Path, name: &str) -> Self {
+        let bytes = std::fs::read(dir.join(name)).unwrap();
+        let text = std::str::from_utf8(&bytes).expect("UTF-8");
+        assert!(text.ends_with("\r\n"), "CRLF line ends");
+        let mut reader = csv::ReaderBuilder::new()
+            .has_headers(false)
+            .flexible(true)
+            .from_reader(bytes.as_slice());
+        let lines: Vec<Vec<String>> = reader
+            .records()
+            .map(|r| r.unwrap().iter().map(str::to_owned).collect())
+            .collect();
+        let header = lines.first().expect("header").clone();
+        assert_eq!(&header[..2], &["HDR", "APP"]);
+        assert_eq!(header.len(), 7);
+        let trailer = lines.last().expect("trailer").clone();
+        assert_eq!(trailer[0], "TRL");
+        let details = lines[1..lines.len() - 1].to_vec();
+        assert_eq!(trailer[1], details.len().to_string(), "trailer count");
+        for detail in &details {
+            assert_eq!(detail.len(), 16, "detail line fields: {detail:?}");
+            assert_eq!(detail[0], "APP");
+        }
+        let ids: Vec<&String> = details.iter().map(|d| &d[1]).collect();
+        let mut sorted = ids.clone();
+        sorted.sort();
+        assert_eq!(ids, sorted, "details are in _id order");
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap())
+                .unwrap();
+        assert_eq!(
+            manifest["sha256"],
+            hex::encode(Sha256::digest(&bytes)),
+            "manifest hash matches the bytes"
+        );
+        assert_eq!(manifest["recordCount"], details.len());
+        assert_eq!(manifest["fileName"], name);
+        Self {
+            name: name.to_owned(),
+            header,
+            details,
+            manifest,
+        }
+    }
+
+    pub fn ids(&self) -> Vec<String> {
+        self.details.iter().map(|d| d[1].clone()).collect()
+    }
+}
