@@ -24,6 +24,9 @@ struct Args {
     /// Make every Nth record invalid (0: none).
     #[arg(long, default_value_t = 97)]
     invalid_every: usize,
+    /// Drop the configured database first (a fresh demo).
+    #[arg(long)]
+    drop_database: bool,
     /// Records per insert batch.
     #[arg(long, default_value_t = 5_000)]
     batch: usize,
@@ -99,9 +102,11 @@ async fn main() -> anyhow::Result<()> {
     let client = mongodb::Client::with_uri_str(settings.mongodb.uri.expose())
         .await
         .context("Failed to connect to MongoDB")?;
-    let records = client
-        .database(&settings.mongodb.database)
-        .collection::<Document>(&settings.mongodb.records_collection);
+    let db = client.database(&settings.mongodb.database);
+    if args.drop_database {
+        db.drop().await.context("Failed to drop the database")?;
+    }
+    let records = db.collection::<Document>(&settings.mongodb.records_collection);
     let deaneries = if args.deaneries.is_empty() {
         ["MER", "EOE", "LDN", "OXF", "WES", "SEV"]
             .map(String::from)
