@@ -202,7 +202,7 @@ impl RetryPolicy {
 
     /// Starts driving one transaction under the policy. The caller loops:
     ///
-    /// ```ignore
+    /// ```text
     /// let mut txn = policy.transaction(scope);
     /// let value = loop {
     ///     txn.begin(session, attempts).await?;
