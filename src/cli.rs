@@ -1,4 +1,5 @@
-//! The command line (contract): `export`, `status`, `check-config`.
+//! The command line (contract): `run`, `export`, `trigger`, `status`,
+//! `check-config`.
 //!
 //! Exit codes: 0 success; 1 a run failed or a dependency is unreachable;
 //! 2 usage or configuration error, with one line on stderr.
@@ -32,6 +33,16 @@ pub struct Cli {
 /// Subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The daemon: scheduler and command consumer, until SIGTERM/SIGINT.
+    Run,
+    /// Publish generation commands now and wait for the broker's confirms;
+    /// prints each command id. Without --deanery: every deanery with
+    /// records to export.
+    Trigger {
+        /// Deanery code (repeatable).
+        #[arg(long = "deanery", value_name = "CODE", value_parser = parse_deanery)]
+        deaneries: Vec<Deanery>,
+    },
     /// Run one export per deanery now, directly against MongoDB; prints one
     /// JSON summary line per deanery.
     Export(ExportArgs),
@@ -77,6 +88,10 @@ pub async fn execute(cli: Cli) -> ExitCode {
             Ok(ExitCode::SUCCESS)
         }
         Command::Export(args) => run_export(&settings, args).await,
+        Command::Run => crate::daemon::run(settings, shutdown_signal())
+            .await
+            .map(|()| ExitCode::SUCCESS),
+        Command::Trigger { deaneries } => run_trigger(&settings, deaneries).await,
         Command::Status { json } => run_status(&settings, json).await,
     };
     result.unwrap_or_else(|err| {
@@ -114,6 +129,58 @@ async fn run_export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exi
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Completes on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    let mut terminate = match tokio::signal::unix::signal(
+        tokio::signal::unix::SignalKind::terminate(),
+    ) {
+        Ok(stream) => stream,
+        Err(err) => {
+            tracing::error!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the daemon");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = terminate.recv() => tracing::info!(signal = "SIGTERM", "signal received"),
+        _ = tokio::signal::ctrl_c() => tracing::info!(signal = "SIGINT", "signal received"),
+    }
+}
+
+async fn run_trigger(settings: &Settings, deaneries: Vec<Deanery>) -> anyhow::Result<ExitCode> {
+    let deaneries = if deaneries.is_empty() {
+        let store = Store::build(settings)
+            .await
+            .context("Failed to connect to MongoDB to list the deaneries with records to export")?;
+        export::deaneries_to_export(&store)
+            .await
+            .context("Failed to list the deaneries with records to export")?
+    } else {
+        let mut named = deaneries;
+        named.dedup();
+        named
+    };
+    let publisher = crate::broker::Publisher::connect(&settings.amqp, "trigger")
+        .await
+        .context("Failed to connect to RabbitMQ")?;
+    let by = crate::broker::requester("trigger");
+    for deanery in &deaneries {
+        let command =
+            crate::domain::GenerationCommand::new(deanery, crate::domain::Slot::Manual, by.clone());
+        publisher
+            .publish(&command)
+            .await
+            .with_context(|| format!("Failed to publish the command for {deanery}"))?;
+        tracing::info!(deanery = %deanery, command_id = %command.command_id, "generation command published");
+        println!("{}", command.command_id);
+    }
+    publisher.close().await;
+    if deaneries.is_empty() {
+        eprintln!("no deanery has records to export; nothing published");
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {

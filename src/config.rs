@@ -42,6 +42,8 @@ pub struct Settings {
     pub retry: RetrySettings,
     /// The daily generation schedule.
     pub schedule: ScheduleSettings,
+    /// The daemon's own behaviour.
+    pub daemon: DaemonSettings,
     /// HTTP endpoint for health and metrics.
     pub http: HttpSettings,
     /// Logging.
@@ -64,6 +66,8 @@ pub struct MongoSettings {
     pub leases_collection: String,
     /// File sequence counters.
     pub sequences_collection: String,
+    /// Schedule slot documents.
+    pub slots_collection: String,
     /// How long an operation waits for a reachable server.
     pub server_selection_timeout_ms: u64,
 }
@@ -76,6 +80,51 @@ pub struct AmqpSettings {
     pub uri: SecretUri,
     /// Queue that carries generation commands.
     pub queue: String,
+    /// `quorum` or `classic`.
+    pub queue_type: QueueType,
+    /// Unacknowledged deliveries per replica.
+    pub prefetch: u16,
+    /// Quorum queues: deliveries before the broker dead-letters a message.
+    pub delivery_limit: u32,
+    /// Processing attempts of one command before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before a transiently failed command is tried again.
+    pub retry_delay_ms: u64,
+    /// An export attempt stops at a safe point after this many seconds.
+    pub processing_timeout_seconds: u64,
+    /// First reconnect delay.
+    pub reconnect_min_delay_ms: u64,
+    /// Largest reconnect delay.
+    pub reconnect_max_delay_ms: u64,
+    /// Connection name shown by the broker.
+    pub connection_name: String,
+}
+
+impl AmqpSettings {
+    /// The dead-letter exchange.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.queue)
+    }
+
+    /// The dead-letter queue.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    /// The delay queue for retries.
+    pub fn retry_queue(&self) -> String {
+        format!("{}.retry", self.queue)
+    }
+}
+
+/// RabbitMQ queue type of the command queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated, with a delivery limit and a dead-letter exchange.
+    Quorum,
+    /// Plain durable queue (reuse of an existing one).
+    Classic,
 }
 
 /// `[export]`
@@ -124,10 +173,26 @@ pub struct RetrySettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleSettings {
+    /// Whether this replica publishes scheduled commands.
+    pub enabled: bool,
     /// Six-field cron expression: sec min hour day-of-month month day-of-week.
     pub cron: String,
-    /// Time zone the expression is read in.
+    /// IANA time zone the expression is read in.
     pub timezone: String,
+    /// Deaneries commanded at every slot.
+    pub deaneries: Vec<String>,
+    /// Window in which a missed slot is caught up on start.
+    pub catch_up_window_minutes: u64,
+    /// Lease on a slot being fired.
+    pub slot_lease_seconds: u64,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSettings {
+    /// Grace period for in-flight work on shutdown.
+    pub shutdown_grace_seconds: u64,
 }
 
 /// `[http]`
@@ -255,6 +320,8 @@ impl Settings {
             .prefix_separator("_")
             .separator("__")
             .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("schedule.deaneries")
             .source(env);
         let settings: Settings = builder.add_source(environment).build()?.try_deserialize()?;
         settings.validate()?;
@@ -291,6 +358,8 @@ impl Settings {
                 "mongodb.sequences_collection",
                 &self.mongodb.sequences_collection,
             ),
+            ("mongodb.slots_collection", &self.mongodb.slots_collection),
+            ("amqp.connection_name", &self.amqp.connection_name),
             ("amqp.queue", &self.amqp.queue),
         ];
         for (key, value) in names {
@@ -351,14 +420,51 @@ impl Settings {
                 "must not be less than retry.min_delay_ms",
             ));
         }
-        if self.schedule.cron.split_whitespace().count() != 6 {
+        if self.amqp.queue.len() > 240 {
+            return Err(invalid("amqp.queue", "must be at most 240 bytes"));
+        }
+        if self.amqp.prefetch == 0 {
+            return Err(invalid("amqp.prefetch", "must be at least 1"));
+        }
+        if self.amqp.delivery_limit == 0 {
+            return Err(invalid("amqp.delivery_limit", "must be at least 1"));
+        }
+        if self.amqp.max_attempts == 0 {
+            return Err(invalid("amqp.max_attempts", "must be at least 1"));
+        }
+        if self.amqp.retry_delay_ms == 0 || self.amqp.retry_delay_ms > u64::from(u32::MAX) {
             return Err(invalid(
-                "schedule.cron",
-                "must have six fields: sec min hour day-of-month month day-of-week",
+                "amqp.retry_delay_ms",
+                "must be between 1 and 4294967295",
             ));
         }
-        if self.schedule.timezone.trim().is_empty() {
-            return Err(invalid("schedule.timezone", "must not be empty"));
+        if !(1..=1_500).contains(&self.amqp.processing_timeout_seconds) {
+            return Err(invalid(
+                "amqp.processing_timeout_seconds",
+                "must be between 1 and 1500 (RabbitMQ's acknowledgement timeout is 30 minutes)",
+            ));
+        }
+        if self.amqp.reconnect_min_delay_ms == 0
+            || self.amqp.reconnect_max_delay_ms < self.amqp.reconnect_min_delay_ms
+        {
+            return Err(invalid(
+                "amqp.reconnect_max_delay_ms",
+                "delays must be positive and max must not be less than min",
+            ));
+        }
+        if let Err(err) = crate::scheduler::parse_cron(&self.schedule.cron) {
+            return Err(invalid("schedule.cron", err));
+        }
+        if let Err(err) = crate::scheduler::parse_timezone(&self.schedule.timezone) {
+            return Err(invalid("schedule.timezone", err));
+        }
+        for code in &self.schedule.deaneries {
+            if let Err(err) = crate::domain::Deanery::parse(code) {
+                return Err(invalid("schedule.deaneries", err.to_string()));
+            }
+        }
+        if self.schedule.slot_lease_seconds == 0 {
+            return Err(invalid("schedule.slot_lease_seconds", "must be at least 1"));
         }
         if self.http.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
@@ -411,6 +517,8 @@ mod tests {
         assert_eq!(s.export.output_dir, PathBuf::from("./exports"));
         assert_eq!(s.schedule.cron, "0 0 13 * * *");
         assert_eq!(s.schedule.timezone, "UTC");
+        assert_eq!(s.amqp.queue_type, QueueType::Quorum);
+        assert!(s.schedule.enabled);
         assert_eq!(s.http.listen, "127.0.0.1:8080");
         assert_eq!(s.log.format, LogFormat::Json);
     }
@@ -429,6 +537,9 @@ mod tests {
         assert_eq!(s.export.chunk_size, 250);
         assert_eq!(s.mongodb.database, "other");
         assert_eq!(s.log.format, LogFormat::Pretty);
+        let s =
+            Settings::load_with_env(None, env(&[("ESR_SCHEDULE__DEANERIES", "MER,EOE")])).unwrap();
+        assert_eq!(s.schedule.deaneries, ["MER", "EOE"]);
     }
 
     #[test]
@@ -456,6 +567,19 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(err.contains("chunk_sise"), "{err}");
+    }
+
+    #[test]
+    fn a_bad_cron_or_timezone_is_refused_by_key() {
+        let err = Settings::load_with_env(None, env(&[("ESR_SCHEDULE__CRON", "0 0 25 * * *")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("schedule.cron"), "{err}");
+        let err =
+            Settings::load_with_env(None, env(&[("ESR_SCHEDULE__TIMEZONE", "Europe/Atlantis")]))
+                .unwrap_err()
+                .to_string();
+        assert!(err.contains("schedule.timezone"), "{err}");
     }
 
     #[test]

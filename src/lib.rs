@@ -3,7 +3,9 @@
 //!
 //! Module map:
 //!
-//! - [`cli`]: the command line (`export`, `status`, `check-config`) and exit codes.
+//! - [`cli`]: the command line (`run`, `export`, `trigger`, `status`,
+//!   `check-config`) and exit codes.
+//! - [`daemon`]: `run`: the consumer and the scheduler until shutdown.
 //! - [`config`]: layered settings (`config/default.toml` → `--config` → `ESR_*`
 //!   environment), validated once, secrets redacted.
 //! - [`telemetry`]: the tracing subscriber (JSON lines or pretty).
@@ -13,6 +15,10 @@
 //!   the retrying transaction, run documents, leases and sequence numbers.
 //! - [`export`]: one export run per deanery: claim in chunks, write the file
 //!   atomically, mark records exported, resume after a crash.
+//! - [`broker`]: RabbitMQ topology, confirmed publishing, the command consumer.
+//! - [`scheduler`]: daily slots (DST-aware), fired once across replicas,
+//!   missed slots caught up on start.
+//! - [`shutdown`]: the shutdown signal tasks stop on.
 //! - [`status`]: the per-deanery status report.
 
 #![forbid(unsafe_code)]
@@ -23,10 +29,14 @@
     clippy::await_holding_lock
 )]
 
+pub mod broker;
 pub mod cli;
 pub mod config;
+pub mod daemon;
 pub mod domain;
 pub mod export;
+pub mod scheduler;
+pub mod shutdown;
 pub mod status;
 pub mod store;
 pub mod telemetry;

@@ -13,7 +13,7 @@ pub enum RunStatus {
 }
 
 /// The JSON summary line printed per deanery by `export` (contract).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunSummary {
     /// Deanery code.
@@ -41,4 +41,8 @@ pub struct RunSummary {
     /// What went wrong (failed) or why nothing was done (skipped).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// True when trying again later may succeed (skipped, transient
+    /// failure, interrupted); false when completed or failed for good.
+    #[serde(skip)]
+    pub retryable: bool,
 }

@@ -19,12 +19,13 @@ pub mod file;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use bson::{doc, Bson};
+use bson::doc;
 use futures_util::TryStreamExt;
 use tracing::Instrument;
 
 use crate::config::ExportSettings;
 use crate::domain::{AppRow, Deanery, RunStatus, RunSummary};
+use crate::shutdown::Shutdown;
 use crate::store::{Attempts, LeaseOutcome, RunDoc, RunPhase, Store, StoreError};
 use file::{ExportFile, FileHeader};
 
@@ -43,6 +44,10 @@ pub enum ExportError {
         #[source]
         source: std::io::Error,
     },
+    /// Shutdown was signalled or the processing deadline passed: the
+    /// attempt stopped at a safe point and the run resumes later.
+    #[error("export run stopped at a safe point ({0}); the next attempt resumes it")]
+    Interrupted(&'static str),
     /// The run document contradicts itself.
     #[error("export run {run_id} is inconsistent: {reason}")]
     Inconsistent {
@@ -58,6 +63,7 @@ impl ExportError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Store(err) => err.is_transient(),
+            Self::Interrupted(_) => true,
             Self::File { .. } | Self::Inconsistent { .. } => false,
         }
     }
@@ -68,6 +74,39 @@ impl ExportError {
 pub struct Exporter {
     store: Store,
     settings: ExportSettings,
+}
+
+/// What triggered a run and when it must stop.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The command's slot id (`manual` or an RFC 3339 instant), recorded
+    /// on the completed run so a duplicate command is a no-op.
+    pub slot: Option<String>,
+    /// The command's id, recorded likewise.
+    pub command_id: Option<String>,
+    /// Stop at the next safe point once this fires.
+    pub shutdown: Option<Shutdown>,
+    /// Stop at the next safe point after this instant.
+    pub deadline: Option<Instant>,
+}
+
+impl RunOptions {
+    fn interruption(&self) -> Option<&'static str> {
+        if self.shutdown.as_ref().is_some_and(Shutdown::is_shutdown) {
+            Some("shutdown")
+        } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            Some("processing deadline")
+        } else {
+            None
+        }
+    }
+
+    fn check(&self) -> Result<(), ExportError> {
+        match self.interruption() {
+            Some(why) => Err(ExportError::Interrupted(why)),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What an attempt got done, for its summary (also when it fails).
@@ -95,11 +134,17 @@ impl Exporter {
     /// Never panics on a failure: a failed attempt is a summary with
     /// `status: failed`, logged at ERROR, and its run is left to resume.
     pub async fn run(&self, deanery: &Deanery) -> RunSummary {
-        let span = tracing::info_span!("export_run", deanery = %deanery);
-        self.run_inner(deanery).instrument(span).await
+        self.run_with(deanery, &RunOptions::default()).await
     }
 
-    async fn run_inner(&self, deanery: &Deanery) -> RunSummary {
+    /// Like [`Exporter::run`], for a command, stopping at a safe point
+    /// (between chunks) on shutdown or after a deadline.
+    pub async fn run_with(&self, deanery: &Deanery, options: &RunOptions) -> RunSummary {
+        let span = tracing::info_span!("export_run", deanery = %deanery);
+        self.run_inner(deanery, options).instrument(span).await
+    }
+
+    async fn run_inner(&self, deanery: &Deanery, options: &RunOptions) -> RunSummary {
         let started = Instant::now();
         let owner = uuid::Uuid::new_v4().to_string();
         let mut attempts = Attempts::default();
@@ -112,7 +157,7 @@ impl Exporter {
         {
             Ok(LeaseOutcome::Acquired) => {
                 let result = self
-                    .try_run(deanery, &owner, &mut attempts, &mut progress)
+                    .try_run(deanery, &owner, options, &mut attempts, &mut progress)
                     .await;
                 if let Err(err) = self
                     .store
@@ -152,6 +197,11 @@ impl Exporter {
             duration_ms: started.elapsed().as_millis() as u64,
             resumed: progress.resumed,
             error,
+            retryable: match &outcome {
+                Ok(None) => false,
+                Ok(Some(_)) => true,
+                Err(err) => err.is_transient(),
+            },
         };
         match &outcome {
             Ok(None) => tracing::info!(
@@ -202,6 +252,7 @@ impl Exporter {
         &self,
         deanery: &Deanery,
         owner: &str,
+        options: &RunOptions,
         attempts: &mut Attempts,
         progress: &mut Progress,
     ) -> Result<(), ExportError> {
@@ -223,26 +274,23 @@ impl Exporter {
         progress.run_id = Some(run.id.clone());
 
         if run.phase == RunPhase::Claiming {
-            self.claim_and_write(&mut session, &mut run, deanery, owner, attempts)
+            self.claim_and_write(&mut session, &mut run, deanery, owner, options, attempts)
                 .await?;
         }
         progress.rejected = run.rejected.max(0) as u64;
         if run.phase == RunPhase::Written {
-            self.mark_exported(&mut session, &run, deanery, owner, attempts)
+            self.mark_exported(&mut session, &run, deanery, owner, options, attempts)
                 .await?;
         }
         let exported = run.record_count.unwrap_or(0).max(0) as u64;
         let attempts_so_far = i64::from(attempts.transactions);
         self.store
-            .update_run(
+            .complete_run(
                 &run.id,
                 deanery,
-                doc! {
-                    "phase": RunPhase::Completed.as_str(),
-                    "finishedAt": crate::store::now(),
-                    "lastError": Bson::Null,
-                },
                 attempts_so_far,
+                options.slot.as_deref(),
+                options.command_id.as_deref(),
                 attempts,
             )
             .await?;
@@ -258,6 +306,7 @@ impl Exporter {
         run: &mut RunDoc,
         deanery: &Deanery,
         owner: &str,
+        options: &RunOptions,
         attempts: &mut Attempts,
     ) -> Result<(), ExportError> {
         let dir = self.settings.output_dir.clone();
@@ -314,6 +363,7 @@ impl Exporter {
         }
 
         loop {
+            options.check()?;
             let chunk = self
                 .store
                 .claim_chunk(
@@ -390,6 +440,7 @@ impl Exporter {
         run: &RunDoc,
         deanery: &Deanery,
         owner: &str,
+        options: &RunOptions,
         attempts: &mut Attempts,
     ) -> Result<(), ExportError> {
         let Some(file_name) = run
@@ -402,6 +453,7 @@ impl Exporter {
         let renew_every = self.settings.lease() / 3;
         let mut renewed = Instant::now();
         loop {
+            options.check()?;
             if renewed.elapsed() >= renew_every {
                 self.store
                     .renew_lease(deanery, owner, self.settings.lease(), attempts)

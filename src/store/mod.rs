@@ -4,6 +4,7 @@
 
 pub mod retry;
 mod runs;
+mod slots;
 
 use std::time::Duration;
 
@@ -15,6 +16,7 @@ use mongodb::{Client, ClientSession, Collection, Cursor, IndexModel};
 
 pub use retry::{Attempts, RetryError, RetryPolicy, RetryScope};
 pub use runs::{file_name, RunDoc, RunPhase};
+pub use slots::SlotClaim;
 
 use crate::config::Settings;
 use crate::domain::{AppRow, Deanery, RecordStatus};
@@ -101,6 +103,7 @@ pub struct Store {
     runs: Collection<Document>,
     leases: Collection<Document>,
     sequences: Collection<Document>,
+    slots: Collection<Document>,
     retry: RetryPolicy,
 }
 
@@ -144,6 +147,7 @@ impl Store {
             runs: db.collection(&settings.mongodb.runs_collection),
             leases: db.collection(&settings.mongodb.leases_collection),
             sequences: db.collection(&settings.mongodb.sequences_collection),
+            slots: db.collection(&settings.mongodb.slots_collection),
             client,
             retry: RetryPolicy::new(settings.retry.clone()),
         };
@@ -222,6 +226,8 @@ impl Store {
                         "deanery_phase_startedAt",
                     ),
                     index(doc! {"deanery": 1, "startedAt": -1}, "deanery_startedAt"),
+                    index(doc! {"deanery": 1, "slots": 1}, "deanery_slots"),
+                    index(doc! {"deanery": 1, "commands": 1}, "deanery_commands"),
                 ],
             ),
         ];

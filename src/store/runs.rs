@@ -187,6 +187,86 @@ impl Store {
     }
 }
 
+impl Store {
+    /// Marks a run `COMPLETED`, recording the slot and command that
+    /// triggered it (so a duplicate of either is recognised as done).
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn complete_run(
+        &self,
+        run_id: &str,
+        deanery: &Deanery,
+        add_attempts: i64,
+        slot: Option<&str>,
+        command_id: Option<&str>,
+        attempts: &mut Attempts,
+    ) -> Result<(), StoreError> {
+        let mut update = doc! {
+            "$set": {
+                "phase": RunPhase::Completed.as_str(),
+                "finishedAt": now(),
+                "lastError": bson::Bson::Null,
+            },
+            "$inc": {"attempts": add_attempts},
+        };
+        let mut add = Document::new();
+        if let Some(slot) = slot {
+            add.insert("slots", slot);
+        }
+        if let Some(command_id) = command_id {
+            add.insert("commands", command_id);
+        }
+        if !add.is_empty() {
+            update.insert("$addToSet", add);
+        }
+        let (runs, update) = (&self.runs, &update);
+        self.retry
+            .run(scope("complete_run", deanery), attempts, || async move {
+                runs.update_one(doc! {"_id": run_id}, update.clone()).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// True when a completed run of the deanery already carries this
+    /// scheduled slot or this command id.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn trigger_done(
+        &self,
+        deanery: &Deanery,
+        slot: Option<&str>,
+        command_id: &str,
+        attempts: &mut Attempts,
+    ) -> Result<bool, StoreError> {
+        let mut either = vec![doc! {"commands": command_id}];
+        if let Some(slot) = slot.filter(|s| *s != "manual") {
+            either.push(doc! {"slots": slot});
+        }
+        let filter = doc! {
+            "deanery": deanery.as_str(),
+            "phase": RunPhase::Completed.as_str(),
+            "$or": either,
+        };
+        let (runs, filter) = (&self.runs, &filter);
+        let found = self
+            .retry
+            .run(
+                scope("find_done_trigger", deanery),
+                attempts,
+                || async move {
+                    runs.find_one(filter.clone())
+                        .projection(doc! {"_id": 1})
+                        .await
+                },
+            )
+            .await?;
+        Ok(found.is_some())
+    }
+}
+
 fn decode_run(document: Document) -> Result<RunDoc, StoreError> {
     bson::from_document(document).map_err(|err| StoreError::Malformed {
         what: "export run",

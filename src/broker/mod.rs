@@ -1,0 +1,267 @@
+//! RabbitMQ: connections, the topology (command queue, dead-letter exchange
+//! and queue, retry delay queue), and publishing with publisher confirms
+//! and persistent messages. The consumer lives in [`consumer`].
+//!
+//! Topology, declared idempotently on every (re)connect:
+//!
+//! - `<queue>`: durable; for `queue_type = "quorum"` with
+//!   `x-dead-letter-exchange = <queue>.dlx` and `x-delivery-limit`;
+//!   for `"classic"` plain, so an existing classic queue is reused as is.
+//! - `<queue>.dlx`: durable direct exchange; `<queue>.dlq` is bound to it
+//!   with the routing key `<queue>`.
+//! - `<queue>.retry`: durable classic queue whose messages expire after
+//!   `retry_delay_ms` back into `<queue>` (through the default exchange).
+
+pub mod consumer;
+
+use lapin::options::{
+    BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions, QueueBindOptions,
+    QueueDeclareOptions,
+};
+use lapin::publisher_confirm::Confirmation;
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::{BasicProperties, Channel, Connection, ConnectionProperties, ExchangeKind};
+
+use crate::config::{AmqpSettings, QueueType};
+use crate::domain::GenerationCommand;
+
+/// Header carrying why a message was dead-lettered by this daemon.
+pub const REASON_HEADER: &str = "x-esr-dead-letter-reason";
+/// Header counting processing attempts of a command.
+pub const ATTEMPT_HEADER: &str = "x-esr-attempt";
+
+/// A broker operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// Connecting, or an operation on a connection or channel.
+    #[error("RabbitMQ {op} failed: {source}")]
+    Amqp {
+        /// What was being done.
+        op: &'static str,
+        /// The client error.
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker refused a published message.
+    #[error("RabbitMQ did not confirm the message published to {routing_key:?} (nack)")]
+    Nacked {
+        /// Where it was published.
+        routing_key: String,
+    },
+    /// The consumer's delivery stream ended (connection or channel lost).
+    #[error("RabbitMQ stopped delivering to the consumer (connection or channel closed)")]
+    ConsumerEnded,
+}
+
+impl BrokerError {
+    pub(crate) fn amqp(op: &'static str) -> impl FnOnce(lapin::Error) -> Self {
+        move |source| Self::Amqp { op, source }
+    }
+}
+
+/// Opens a connection driven by the tokio runtime, named
+/// `<connection_name>:<role>` in the broker's connection list.
+///
+/// # Errors
+/// [`BrokerError::Amqp`] when the broker cannot be reached.
+pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, BrokerError> {
+    let properties = ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio::current())
+        .with_connection_name(LongString::from(format!(
+            "{}:{role}",
+            settings.connection_name
+        )));
+    Connection::connect(settings.uri.expose(), properties)
+        .await
+        .map_err(BrokerError::amqp("connect"))
+}
+
+fn long_string(value: impl Into<String>) -> AMQPValue {
+    AMQPValue::LongString(LongString::from(value.into()))
+}
+
+/// Declares the topology (see the module docs). Idempotent.
+///
+/// # Errors
+/// [`BrokerError::Amqp`], e.g. when an existing queue was declared with
+/// other arguments (PRECONDITION_FAILED names the argument).
+pub async fn declare_topology(
+    channel: &Channel,
+    settings: &AmqpSettings,
+) -> Result<(), BrokerError> {
+    let durable = QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    };
+    let dlx = settings.dead_letter_exchange();
+    channel
+        .exchange_declare(
+            &dlx,
+            ExchangeKind::Direct,
+            ExchangeDeclareOptions {
+                durable: true,
+                ..ExchangeDeclareOptions::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BrokerError::amqp("exchange.declare (dead-letter exchange)"))?;
+
+    let mut main_args = FieldTable::default();
+    if settings.queue_type == QueueType::Quorum {
+        main_args.insert("x-queue-type".into(), long_string("quorum"));
+        main_args.insert("x-dead-letter-exchange".into(), long_string(dlx.clone()));
+        main_args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(i64::from(settings.delivery_limit)),
+        );
+    }
+    channel
+        .queue_declare(&settings.queue, durable, main_args)
+        .await
+        .map_err(BrokerError::amqp("queue.declare (command queue)"))?;
+
+    let mut dlq_args = FieldTable::default();
+    if settings.queue_type == QueueType::Quorum {
+        dlq_args.insert("x-queue-type".into(), long_string("quorum"));
+    }
+    let dlq = settings.dead_letter_queue();
+    channel
+        .queue_declare(&dlq, durable, dlq_args)
+        .await
+        .map_err(BrokerError::amqp("queue.declare (dead-letter queue)"))?;
+    channel
+        .queue_bind(
+            &dlq,
+            &dlx,
+            &settings.queue,
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(BrokerError::amqp("queue.bind (dead-letter queue)"))?;
+
+    let mut retry_args = FieldTable::default();
+    retry_args.insert(
+        "x-message-ttl".into(),
+        AMQPValue::LongLongInt(settings.retry_delay_ms as i64),
+    );
+    retry_args.insert("x-dead-letter-exchange".into(), long_string(""));
+    retry_args.insert(
+        "x-dead-letter-routing-key".into(),
+        long_string(settings.queue.clone()),
+    );
+    channel
+        .queue_declare(&settings.retry_queue(), durable, retry_args)
+        .await
+        .map_err(BrokerError::amqp("queue.declare (retry queue)"))?;
+    Ok(())
+}
+
+/// Persistent JSON message properties with the given headers.
+pub fn message_properties(message_id: &str, headers: FieldTable) -> BasicProperties {
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(ShortString::from("application/json"))
+        .with_message_id(ShortString::from(message_id))
+        .with_app_id(ShortString::from("esr-exporter"))
+        .with_headers(headers)
+}
+
+/// Publishes and waits for the broker's confirm.
+///
+/// # Errors
+/// [`BrokerError::Amqp`] when the channel fails, [`BrokerError::Nacked`]
+/// when the broker refuses the message.
+pub async fn publish_confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+) -> Result<(), BrokerError> {
+    let confirm = channel
+        .basic_publish(
+            exchange,
+            routing_key,
+            BasicPublishOptions::default(),
+            body,
+            properties,
+        )
+        .await
+        .map_err(BrokerError::amqp("basic.publish"))?
+        .await
+        .map_err(BrokerError::amqp("publisher confirm"))?;
+    match confirm {
+        Confirmation::Ack(_) => Ok(()),
+        Confirmation::Nack(_) | Confirmation::NotRequested => Err(BrokerError::Nacked {
+            routing_key: routing_key.to_owned(),
+        }),
+    }
+}
+
+/// Publishes generation commands with confirms: one connection, one
+/// confirm-mode channel, topology declared.
+#[derive(Debug)]
+pub struct Publisher {
+    connection: Connection,
+    channel: Channel,
+    queue: String,
+}
+
+impl Publisher {
+    /// Connects, declares the topology and enables publisher confirms.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker cannot be reached or refuses.
+    pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Self, BrokerError> {
+        let connection = connect(settings, role).await?;
+        let channel = connection
+            .create_channel()
+            .await
+            .map_err(BrokerError::amqp("channel.open"))?;
+        declare_topology(&channel, settings).await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(BrokerError::amqp("confirm.select"))?;
+        Ok(Self {
+            connection,
+            channel,
+            queue: settings.queue.clone(),
+        })
+    }
+
+    /// Publishes one command as a persistent message and waits for the
+    /// broker's confirm.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when it is not confirmed.
+    pub async fn publish(&self, command: &GenerationCommand) -> Result<(), BrokerError> {
+        let mut headers = FieldTable::default();
+        headers.insert(ATTEMPT_HEADER.into(), AMQPValue::LongLongInt(1));
+        publish_confirmed(
+            &self.channel,
+            "",
+            &self.queue,
+            &command.to_json(),
+            message_properties(&command.command_id.to_string(), headers),
+        )
+        .await
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(self) {
+        let _ = self.channel.close(200, "done").await;
+        let _ = self.connection.close(200, "done").await;
+    }
+}
+
+/// `<user>@<host>` style identity for `requestedBy`.
+pub fn requester(role: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_else(|_| "unknown-host".to_owned());
+    format!("{role}@{host}")
+}
