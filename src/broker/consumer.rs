@@ -324,7 +324,9 @@ impl Consumer {
             "",
             &self.settings.retry_queue(),
             &delivery.data,
-            message_properties(&Self::message_id(delivery, command_id), headers),
+            message_properties(&Self::message_id(delivery, command_id), headers).with_expiration(
+                lapin::types::ShortString::from(self.settings.retry_delay_ms.to_string()),
+            ),
         )
         .await?;
         delivery

@@ -9,8 +9,9 @@
 //!   for `"classic"` plain, so an existing classic queue is reused as is.
 //! - `<queue>.dlx`: durable direct exchange; `<queue>.dlq` is bound to it
 //!   with the routing key `<queue>`.
-//! - `<queue>.retry`: durable classic queue whose messages expire after
-//!   `retry_delay_ms` back into `<queue>` (through the default exchange).
+//! - `<queue>.retry`: durable classic queue whose messages (published with
+//!   an `expiration` of `retry_delay_ms`) expire back into `<queue>`
+//!   through the default exchange.
 
 pub mod consumer;
 
@@ -142,11 +143,9 @@ pub async fn declare_topology(
         .await
         .map_err(BrokerError::amqp("queue.bind (dead-letter queue)"))?;
 
+    // The delay is set per message (`expiration`), not as the queue's
+    // x-message-ttl, so changing `retry_delay_ms` needs no re-declaration.
     let mut retry_args = FieldTable::default();
-    retry_args.insert(
-        "x-message-ttl".into(),
-        AMQPValue::LongLongInt(settings.retry_delay_ms as i64),
-    );
     retry_args.insert("x-dead-letter-exchange".into(), long_string(""));
     retry_args.insert(
         "x-dead-letter-routing-key".into(),

@@ -3,18 +3,20 @@
 //! and readers for files and records.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Once;
+use std::time::Duration;
 
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use esr_exporter::config::Settings;
-use esr_exporter::domain::Deanery;
+use esr_exporter::domain::{Deanery, GenerationCommand, Slot};
 use esr_exporter::export::Exporter;
 use esr_exporter::store::Store;
 use futures_util::TryStreamExt;
 use mongodb::{Client, Collection, Database};
 use sha2::{Digest, Sha256};
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{oneshot, Mutex, MutexGuard};
 
 /// The server under test: `ESR_TEST_MONGODB_URI`, else the local default.
 pub fn base_uri() -> String {
@@ -70,6 +72,13 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         ("ESR_RETRY__MIN_DELAY_MS", "5".to_owned()),
         ("ESR_RETRY__MAX_DELAY_MS", "100".to_owned()),
         ("ESR_LOG__FORMAT", "json".to_owned()),
+        ("ESR_AMQP__QUEUE", format!("esr.test.{}", &id[..12])),
+        ("ESR_AMQP__CONNECTION_NAME", app_name.clone()),
+        ("ESR_AMQP__RETRY_DELAY_MS", "300".to_owned()),
+        ("ESR_AMQP__RECONNECT_MIN_DELAY_MS", "50".to_owned()),
+        ("ESR_AMQP__RECONNECT_MAX_DELAY_MS", "1000".to_owned()),
+        ("ESR_SCHEDULE__ENABLED", "false".to_owned()),
+        ("ESR_DAEMON__SHUTDOWN_GRACE_SECONDS", "20".to_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
@@ -235,6 +244,191 @@ impl TestApp {
             "no temporary files left"
         );
         file
+    }
+}
+
+/// Polls `check` every 50 ms until it holds; panics after `timeout`.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A daemon running in this process; [`RunningDaemon::stop`] is its SIGTERM.
+pub struct RunningDaemon {
+    stop_tx: oneshot::Sender<()>,
+    handle: tokio::task::JoinHandle<anyhow::Result<()>>,
+}
+
+impl RunningDaemon {
+    pub async fn stop(self) {
+        let _ = self.stop_tx.send(());
+        tokio::time::timeout(Duration::from_secs(60), self.handle)
+            .await
+            .expect("the daemon stops within its grace period")
+            .expect("the daemon task did not panic")
+            .expect("the daemon stopped cleanly");
+    }
+}
+
+impl TestApp {
+    /// `esr-exporter run` in this process, with these settings.
+    pub fn spawn_daemon(&self) -> RunningDaemon {
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let settings = self.settings.clone();
+        let handle = tokio::spawn(esr_exporter::daemon::run(settings, async move {
+            let _ = stop_rx.await;
+        }));
+        RunningDaemon { stop_tx, handle }
+    }
+
+    pub async fn amqp_channel(&self) -> (lapin::Connection, lapin::Channel) {
+        let connection = esr_exporter::broker::connect(&self.settings.amqp, "test")
+            .await
+            .expect("RabbitMQ");
+        let channel = connection.create_channel().await.unwrap();
+        channel
+            .confirm_select(lapin::options::ConfirmSelectOptions::default())
+            .await
+            .unwrap();
+        esr_exporter::broker::declare_topology(&channel, &self.settings.amqp)
+            .await
+            .unwrap();
+        (connection, channel)
+    }
+
+    /// Publishes any body onto the command queue, confirmed.
+    pub async fn publish_raw(&self, body: &[u8]) {
+        let (connection, channel) = self.amqp_channel().await;
+        esr_exporter::broker::publish_confirmed(
+            &channel,
+            "",
+            &self.settings.amqp.queue,
+            body,
+            esr_exporter::broker::message_properties("raw", Default::default()),
+        )
+        .await
+        .unwrap();
+        let _ = connection.close(200, "done").await;
+    }
+
+    /// Publishes a command for `deanery`, confirmed; returns it.
+    pub async fn publish_command(&self, deanery: &str, slot: Slot) -> GenerationCommand {
+        let publisher = esr_exporter::broker::Publisher::connect(&self.settings.amqp, "test")
+            .await
+            .unwrap();
+        let command = GenerationCommand::new(&Deanery::parse(deanery).unwrap(), slot, "test");
+        publisher.publish(&command).await.unwrap();
+        publisher.close().await;
+        command
+    }
+
+    /// Ready messages in a queue.
+    pub async fn queue_len(&self, queue: &str) -> u32 {
+        let (connection, channel) = self.amqp_channel().await;
+        let declared = channel
+            .queue_declare(
+                queue,
+                lapin::options::QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await
+            .unwrap();
+        let _ = connection.close(200, "done").await;
+        declared.message_count()
+    }
+
+    /// Takes every message off the dead-letter queue: (body, reason).
+    pub async fn take_dead_letters(&self) -> Vec<(String, String)> {
+        let (connection, channel) = self.amqp_channel().await;
+        let mut taken = Vec::new();
+        while let Some(message) = channel
+            .basic_get(
+                &self.settings.amqp.dead_letter_queue(),
+                lapin::options::BasicGetOptions { no_ack: true },
+            )
+            .await
+            .unwrap()
+        {
+            let reason = message
+                .delivery
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| h.inner().get(esr_exporter::broker::REASON_HEADER).cloned())
+                .map(|v| match v {
+                    lapin::types::AMQPValue::LongString(s) => s.to_string(),
+                    other => format!("{other:?}"),
+                })
+                .unwrap_or_default();
+            taken.push((
+                String::from_utf8_lossy(&message.delivery.data).into_owned(),
+                reason,
+            ));
+        }
+        let _ = connection.close(200, "done").await;
+        taken
+    }
+
+    /// Forcibly closes this app's broker connections, as an operator's
+    /// `rabbitmqctl close_connection` (or a broker restart) would.
+    pub async fn close_broker_connections(&self) -> usize {
+        let listing = tokio::process::Command::new("rabbitmqctl")
+            .args([
+                "list_connections",
+                "pid",
+                "client_properties",
+                "-q",
+                "--no-table-headers",
+            ])
+            .output()
+            .await
+            .expect("rabbitmqctl");
+        let text = String::from_utf8_lossy(&listing.stdout);
+        let mut closed = 0;
+        for line in text.lines().filter(|l| l.contains(&self.app_name)) {
+            let pid = line.split_whitespace().next().unwrap();
+            let status = tokio::process::Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "test: forced close"])
+                .status()
+                .await
+                .unwrap();
+            assert!(status.success());
+            closed += 1;
+        }
+        closed
+    }
+
+    /// Deletes this app's queues and exchange.
+    pub async fn delete_broker_topology(&self) {
+        let (connection, channel) = self.amqp_channel().await;
+        let amqp = &self.settings.amqp;
+        for queue in [
+            amqp.queue.clone(),
+            amqp.dead_letter_queue(),
+            amqp.retry_queue(),
+        ] {
+            let _ = channel.queue_delete(&queue, Default::default()).await;
+        }
+        let _ = channel
+            .exchange_delete(&amqp.dead_letter_exchange(), Default::default())
+            .await;
+        let _ = connection.close(200, "done").await;
     }
 }
 

@@ -1,8 +1,11 @@
 //! Integration tests against a real MongoDB-wire server (SecantusDB in CI;
-//! `ESR_TEST_MONGODB_URI` points elsewhere, e.g. a `mongod` replica set).
+//! `ESR_TEST_MONGODB_URI` points elsewhere, e.g. a `mongod` replica set)
+//! and a real RabbitMQ on 127.0.0.1:5672.
 
 mod cli;
+mod commands;
 mod crash;
 mod export;
 mod faults;
 mod helpers;
+mod replicas;

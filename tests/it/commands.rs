@@ -1,0 +1,247 @@
+//! The command flow against real RabbitMQ and a MongoDB-wire server:
+//! consumer, dead-lettering, retries, reconnects, the scheduler.
+
+use std::time::Duration;
+
+use bson::doc;
+use chrono::{Timelike, Utc};
+use esr_exporter::domain::Slot;
+
+use crate::helpers::{eventually, spawn_app_with, TestApp};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+async fn all_exported(app: &TestApp, deanery: &str) -> bool {
+    app.count(doc! {"deanery": deanery, "status": {"$ne": "EXPORTED"}})
+        .await
+        == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_becomes_a_file_of_exported_records_and_the_queue_drains() {
+    // Arrange
+    let app = spawn_app_with(&[]).await;
+    let mer = app.seed("MER", 120).await;
+    app.seed("EOE", 5).await;
+    let daemon = app.spawn_daemon();
+
+    // Act
+    let command = app.publish_command("MER", Slot::Manual).await;
+
+    // Assert
+    eventually("MER exported", WAIT, || all_exported(&app, "MER")).await;
+    app.assert_exported_once("MER", &mer).await;
+    assert_eq!(
+        app.count(doc! {"deanery": "EOE", "status": "TO_EXPORT"})
+            .await,
+        5
+    );
+    let run = app
+        .db
+        .collection::<bson::Document>("exportRuns")
+        .find_one(doc! {"deanery": "MER"})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        run.get_array("commands").unwrap()[0].as_str(),
+        Some(command.command_id.to_string().as_str())
+    );
+    eventually("queue drained", WAIT, || async {
+        app.queue_len(&app.settings.amqp.queue).await == 0
+    })
+    .await;
+    daemon.stop().await;
+    app.delete_broker_topology().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_invalid_commands_are_dead_lettered_with_their_reasons_once() {
+    let app = spawn_app_with(&[]).await;
+    let daemon = app.spawn_daemon();
+
+    app.publish_raw(b"this is not JSON").await;
+    app.publish_raw(br#"{"commandId":"6f1c1d2e-8a53-4c59-9d7e-0b1f2a3c4d5e","deanery":"../../etc","slot":"manual","requestedBy":"t"}"#).await;
+    app.publish_raw(br#"{"commandId":"6f1c1d2e-8a53-4c59-9d7e-0b1f2a3c4d5f","deanery":7,"slot":"manual","requestedBy":"t"}"#).await;
+
+    let dlq = app.settings.amqp.dead_letter_queue();
+    eventually("three dead letters", WAIT, || async {
+        app.queue_len(&dlq).await == 3
+    })
+    .await;
+    // Nothing loops: the queues stay as they are.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert_eq!(app.queue_len(&app.settings.amqp.queue).await, 0);
+    assert_eq!(app.queue_len(&app.settings.amqp.retry_queue()).await, 0);
+    let letters = app.take_dead_letters().await;
+    assert_eq!(letters.len(), 3, "{letters:?}");
+    assert_eq!(letters[0].0, "this is not JSON");
+    assert!(letters[0].1.starts_with("malformed command"), "{letters:?}");
+    assert!(letters[1].1.contains("invalid deanery code"), "{letters:?}");
+    assert!(letters[2].1.contains("malformed command"), "{letters:?}");
+    assert!(app.files().is_empty());
+    daemon.stop().await;
+    app.delete_broker_topology().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicate_command_for_a_completed_slot_is_a_no_op() {
+    let app = spawn_app_with(&[]).await;
+    let ids = app.seed("LDN", 40).await;
+    let daemon = app.spawn_daemon();
+    let slot = Slot::Scheduled(Utc::now().with_nanosecond(0).unwrap());
+
+    app.publish_command("LDN", slot).await;
+    eventually("LDN exported", WAIT, || all_exported(&app, "LDN")).await;
+    app.seed("LDN", 3).await; // new work that the old slot must not pick up
+    app.publish_command("LDN", slot).await;
+    eventually("queue drained", WAIT, || async {
+        app.queue_len(&app.settings.amqp.queue).await == 0
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let runs = app
+        .db
+        .collection::<bson::Document>("exportRuns")
+        .count_documents(doc! {"deanery": "LDN"})
+        .await
+        .unwrap();
+    assert_eq!(runs, 1, "the duplicate started no run");
+    assert_eq!(
+        app.count(doc! {"deanery": "LDN", "status": "TO_EXPORT"})
+            .await,
+        3
+    );
+    let file = app
+        .files()
+        .into_iter()
+        .filter(|f| f.ends_with(".DAT"))
+        .collect::<Vec<_>>();
+    assert_eq!(file.len(), 1);
+    let exported = app.find(doc! {"status": "EXPORTED"}).await;
+    assert_eq!(exported.len(), ids.len());
+    daemon.stop().await;
+    app.delete_broker_topology().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_connection_closed_during_a_run_is_recovered_and_the_work_completes() {
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
+    let ids = app.seed("OXF", 8_000).await;
+    let daemon = app.spawn_daemon();
+
+    app.publish_command("OXF", Slot::Manual).await;
+    eventually("the run is under way", WAIT, || async {
+        app.count(doc! {"status": "EXPORTING"}).await > 0
+    })
+    .await;
+    let closed = app.close_broker_connections().await;
+    assert!(closed >= 1, "the consumer's connection was closed");
+
+    eventually("OXF exported", WAIT, || all_exported(&app, "OXF")).await;
+    app.assert_exported_once("OXF", &ids).await;
+    // The command (unacked when the connection died) was redelivered and
+    // acknowledged as done after the reconnect.
+    eventually("queue drained after reconnect", WAIT, || async {
+        app.queue_len(&app.settings.amqp.queue).await == 0
+    })
+    .await;
+    // A command published after the outage is consumed too.
+    let more = app.seed("OXF", 10).await;
+    app.publish_command("OXF", Slot::Manual).await;
+    eventually("the new records exported", WAIT, || async {
+        app.count(doc! {"_id": {"$in": more.clone()}, "status": "EXPORTED"})
+            .await
+            == 10
+    })
+    .await;
+    daemon.stop().await;
+    app.delete_broker_topology().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transient_failure_is_retried_later_through_the_retry_queue() {
+    let app = spawn_app_with(&[
+        ("ESR_RETRY__MAX_ATTEMPTS", "2"),
+        ("ESR_AMQP__RETRY_DELAY_MS", "1000"),
+    ])
+    .await;
+    let ids = app.seed("WES", 30).await;
+    // Four WriteConflicts on reads: the first two processing attempts
+    // exhaust their two tries each; the third attempt succeeds.
+    let guard = app
+        .arm_failpoint(
+            doc! {"failCommands": ["find"], "errorCode": 112, "errorLabels": ["TransientTransactionError"]},
+            4,
+        )
+        .await;
+    let daemon = app.spawn_daemon();
+
+    app.publish_command("WES", Slot::Manual).await;
+    let retry_queue = app.settings.amqp.retry_queue();
+    eventually("the command waits in the retry queue", WAIT, || async {
+        app.queue_len(&retry_queue).await == 1
+    })
+    .await;
+    eventually("WES exported", WAIT, || all_exported(&app, "WES")).await;
+    app.disarm().await;
+    drop(guard);
+
+    app.assert_exported_once("WES", &ids).await;
+    assert_eq!(
+        app.queue_len(&app.settings.amqp.dead_letter_queue()).await,
+        0
+    );
+    daemon.stop().await;
+    app.delete_broker_topology().await;
+}
+
+/// A cron expression whose daily slot was `minutes_ago` minutes ago.
+pub fn cron_minutes_ago(minutes_ago: i64) -> String {
+    let slot = Utc::now() - chrono::Duration::minutes(minutes_ago);
+    format!("0 {} {} * * *", slot.minute(), slot.hour())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_slot_is_caught_up_once_on_start() {
+    let cron = cron_minutes_ago(10);
+    let app = spawn_app_with(&[
+        ("ESR_SCHEDULE__ENABLED", "true"),
+        ("ESR_SCHEDULE__CRON", &cron),
+        ("ESR_SCHEDULE__CATCH_UP_WINDOW_MINUTES", "60"),
+    ])
+    .await;
+    let ids = app.seed("SEV", 30).await;
+
+    let daemon = app.spawn_daemon();
+    eventually("SEV exported", WAIT, || all_exported(&app, "SEV")).await;
+    daemon.stop().await;
+    app.assert_exported_once("SEV", &ids).await;
+
+    // Started again: the slot is already fired, so nothing new is published.
+    app.seed("SEV", 4).await;
+    let daemon = app.spawn_daemon();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    daemon.stop().await;
+    assert_eq!(
+        app.count(doc! {"deanery": "SEV", "status": "TO_EXPORT"})
+            .await,
+        4
+    );
+    let slots: Vec<bson::Document> = {
+        use futures_util::TryStreamExt;
+        app.db
+            .collection::<bson::Document>("scheduleSlots")
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect()
+            .await
+            .unwrap()
+    };
+    assert_eq!(slots.len(), 1);
+    assert_eq!(slots[0].get_str("state").unwrap(), "PUBLISHED");
+    assert_eq!(slots[0].get_array("commands").unwrap().len(), 1);
+    app.delete_broker_topology().await;
+}
