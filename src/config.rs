@@ -616,6 +616,54 @@ mod tests {
         assert!(!format!("{s:?}").contains("hunter2"));
     }
 
+    /// The README's configuration table lists exactly the keys of
+    /// `config/default.toml`, with the same defaults.
+    #[test]
+    fn the_readme_configuration_reference_matches_the_defaults() {
+        let defaults: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
+        let mut expected = std::collections::BTreeMap::new();
+        for (section, table) in &defaults {
+            for (key, value) in table.as_table().unwrap() {
+                let shown = match value {
+                    toml::Value::String(s) => s.clone(),
+                    toml::Value::Array(a) if a.is_empty() => "[]".to_owned(),
+                    other => other.to_string(),
+                };
+                expected.insert(format!("{section}.{key}"), shown);
+            }
+        }
+        let readme = include_str!("../README.md");
+        let mut documented = std::collections::BTreeMap::new();
+        for line in readme.lines() {
+            let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+            if cells.len() < 4 || !cells[1].starts_with('`') {
+                continue;
+            }
+            let key = cells[1].trim_matches('`');
+            let looks_like_key = key.split('.').count() == 2
+                && key
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.');
+            if !looks_like_key {
+                continue;
+            }
+            let default = cells[2].trim_matches('`').trim_matches('"');
+            documented.insert(key.to_owned(), default.to_owned());
+        }
+        let missing: Vec<_> = expected
+            .keys()
+            .filter(|k| !documented.contains_key(*k))
+            .collect();
+        assert!(missing.is_empty(), "undocumented keys: {missing:?}");
+        for (key, default) in &documented {
+            assert_eq!(
+                Some(default),
+                expected.get(key),
+                "README default of `{key}`"
+            );
+        }
+    }
+
     #[test]
     fn uris_without_password_are_shown_unchanged() {
         assert_eq!(redact_uri("mongodb://h:27017/"), "mongodb://h:27017/");
