@@ -42,6 +42,8 @@ pub struct Settings {
     pub retry: RetrySettings,
     /// The daily generation schedule.
     pub schedule: ScheduleSettings,
+    /// The stuck-record watchdog.
+    pub watchdog: WatchdogSettings,
     /// The daemon's own behaviour.
     pub daemon: DaemonSettings,
     /// HTTP endpoint for health and metrics.
@@ -185,6 +187,20 @@ pub struct ScheduleSettings {
     pub catch_up_window_minutes: u64,
     /// Lease on a slot being fired.
     pub slot_lease_seconds: u64,
+}
+
+/// `[watchdog]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogSettings {
+    /// Whether this replica runs the watchdog.
+    pub enabled: bool,
+    /// Seconds between checks.
+    pub period_seconds: u64,
+    /// Minutes after a slot before its waiting records count as stuck.
+    pub grace_minutes: u64,
+    /// Publish catch-up commands for stuck deaneries.
+    pub catch_up: bool,
 }
 
 /// `[daemon]`
@@ -462,6 +478,9 @@ impl Settings {
             if let Err(err) = crate::domain::Deanery::parse(code) {
                 return Err(invalid("schedule.deaneries", err.to_string()));
             }
+        }
+        if self.watchdog.period_seconds == 0 {
+            return Err(invalid("watchdog.period_seconds", "must be at least 1"));
         }
         if self.schedule.slot_lease_seconds == 0 {
             return Err(invalid("schedule.slot_lease_seconds", "must be at least 1"));

@@ -18,6 +18,8 @@
 //! - [`broker`]: RabbitMQ topology, confirmed publishing, the command consumer.
 //! - [`scheduler`]: daily slots (DST-aware), fired once across replicas,
 //!   missed slots caught up on start.
+//! - [`ops`]: metrics, HTTP health/readiness/metrics, the stuck-record
+//!   watchdog, systemd notifications.
 //! - [`shutdown`]: the shutdown signal tasks stop on.
 //! - [`status`]: the per-deanery status report.
 
@@ -35,6 +37,7 @@ pub mod config;
 pub mod daemon;
 pub mod domain;
 pub mod export;
+pub mod ops;
 pub mod scheduler;
 pub mod shutdown;
 pub mod status;

@@ -266,6 +266,7 @@ impl Scheduler {
         self.store
             .slot_published(&slot_id, &self.owner, documents, &mut attempts)
             .await?;
+        crate::ops::metrics::record_slot_fired();
         tracing::info!(slot = %slot_id, commands = published.len(), "schedule slot fired");
         Ok(Fired::Published(published))
     }

@@ -34,6 +34,7 @@ use super::{
 use crate::config::AmqpSettings;
 use crate::domain::{GenerationCommand, RunStatus, RunSummary};
 use crate::export::{Exporter, RunOptions};
+use crate::ops::{metrics, Readiness};
 use crate::shutdown::Shutdown;
 use crate::store::Attempts;
 
@@ -58,11 +59,25 @@ pub enum Outcome {
     Requeued,
 }
 
+impl Outcome {
+    /// The `outcome` label of `esr_commands_total`.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Self::Exported(_) => "exported",
+            Self::AlreadyDone => "no_op",
+            Self::RetryScheduled { .. } => "retry",
+            Self::DeadLettered { .. } => "dead_lettered",
+            Self::Requeued => "requeued",
+        }
+    }
+}
+
 /// Consumes generation commands and runs exports.
 #[derive(Debug, Clone)]
 pub struct Consumer {
     settings: AmqpSettings,
     exporter: Exporter,
+    readiness: Readiness,
 }
 
 fn attempt_of(delivery: &Delivery) -> i64 {
@@ -83,8 +98,12 @@ fn attempt_of(delivery: &Delivery) -> i64 {
 
 impl Consumer {
     /// A consumer of `settings.queue` running exports with `exporter`.
-    pub fn new(settings: AmqpSettings, exporter: Exporter) -> Self {
-        Self { settings, exporter }
+    pub fn new(settings: AmqpSettings, exporter: Exporter, readiness: Readiness) -> Self {
+        Self {
+            settings,
+            exporter,
+            readiness,
+        }
     }
 
     fn reconnect_backoff(&self) -> impl Iterator<Item = Duration> {
@@ -103,7 +122,9 @@ impl Consumer {
         let mut backoff = self.reconnect_backoff();
         while !shutdown.is_shutdown() {
             let mut connected = false;
-            let err = match self.consume(&mut shutdown, &mut connected).await {
+            let result = self.consume(&mut shutdown, &mut connected).await;
+            self.readiness.set_consumer_attached(false);
+            let err = match result {
                 Ok(()) => break,
                 Err(err) => err,
             };
@@ -159,6 +180,7 @@ impl Consumer {
             .await
             .map_err(BrokerError::amqp("basic.consume"))?;
         *connected = true;
+        self.readiness.set_consumer_attached(true);
         tracing::info!(queue = %self.settings.queue, prefetch = self.settings.prefetch, "consuming generation commands");
         let stop = shutdown.clone();
         let result = loop {
@@ -167,8 +189,9 @@ impl Consumer {
                 _ = shutdown.recv() => break Ok(()),
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
-                        if let Err(err) = self.handle(&channel, delivery, &stop).await {
-                            break Err(err);
+                        match self.handle(&channel, delivery, &stop).await {
+                            Ok(outcome) => metrics::record_command(outcome.label()),
+                            Err(err) => break Err(err),
                         }
                     }
                     Some(Err(err)) => break Err(BrokerError::amqp("consume")(err)),

@@ -203,6 +203,7 @@ impl Exporter {
                 Err(err) => err.is_transient(),
             },
         };
+        crate::ops::metrics::record_run(&summary);
         match &outcome {
             Ok(None) => tracing::info!(
                 deanery = %deanery,

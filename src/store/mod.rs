@@ -16,7 +16,7 @@ use mongodb::{Client, ClientSession, Collection, Cursor, IndexModel};
 
 pub use retry::{Attempts, RetryError, RetryPolicy, RetryScope};
 pub use runs::{file_name, RunDoc, RunPhase};
-pub use slots::SlotClaim;
+pub use slots::{SlotClaim, StuckRecords};
 
 use crate::config::Settings;
 use crate::domain::{AppRow, Deanery, RecordStatus};
@@ -124,13 +124,22 @@ fn scope<'a>(op: &'static str, deanery: &'a Deanery) -> RetryScope<'a> {
 }
 
 impl Store {
-    /// Connects (lazily: the driver connects on first use) and creates the
-    /// indexes this daemon needs, idempotently.
+    /// Connects and creates the indexes this daemon needs, idempotently.
     ///
     /// # Errors
     /// [`StoreError::Configuration`] for an unusable URI; a
     /// [`StoreError::Mongo`] when the indexes cannot be created.
     pub async fn build(settings: &Settings) -> Result<Self, StoreError> {
+        let store = Self::connect(settings).await?;
+        store.ensure_indexes().await?;
+        Ok(store)
+    }
+
+    /// A handle without any I/O yet (the driver connects on first use).
+    ///
+    /// # Errors
+    /// [`StoreError::Configuration`] for an unusable URI.
+    pub async fn connect(settings: &Settings) -> Result<Self, StoreError> {
         let mut options = ClientOptions::parse(settings.mongodb.uri.expose())
             .await
             .map_err(StoreError::Configuration)?;
@@ -151,8 +160,26 @@ impl Store {
             client,
             retry: RetryPolicy::new(settings.retry.clone()),
         };
-        store.ensure_indexes().await?;
         Ok(store)
+    }
+
+    /// One `ping` to the server, not retried (readiness).
+    ///
+    /// # Errors
+    /// The driver's error, as a permanent [`RetryError`].
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        self.client
+            .database("admin")
+            .run_command(doc! {"ping": 1})
+            .await
+            .map(drop)
+            .map_err(|source| {
+                StoreError::Mongo(RetryError::Permanent {
+                    op: "ping",
+                    code: retry::error_code(&source),
+                    source,
+                })
+            })
     }
 
     /// The records collection (tests and tools seed through it).
@@ -192,7 +219,11 @@ impl Store {
             .await?)
     }
 
-    async fn ensure_indexes(&self) -> Result<(), StoreError> {
+    /// Creates the indexes this daemon needs; a no-op when they exist.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         let index = |keys: Document, name: &str| {
             IndexModel::builder()
                 .keys(keys)

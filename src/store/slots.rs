@@ -126,3 +126,103 @@ impl Store {
             .await?)
     }
 }
+
+/// Waiting records of one deanery that a past slot should have exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StuckRecords {
+    /// Deanery value as stored.
+    pub deanery: bson::Bson,
+    /// How many.
+    pub count: u64,
+    /// Creation time of the oldest (by `createdAt`, else its `_id`).
+    pub oldest: Option<bson::DateTime>,
+}
+
+impl Store {
+    /// `TO_EXPORT` or `EXPORTING` records created before `before`, per
+    /// deanery (records without `createdAt` are dated by their `_id`).
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn stuck_records(
+        &self,
+        before: bson::DateTime,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<StuckRecords>, StoreError> {
+        use futures_util::TryStreamExt;
+
+        let seconds = u32::try_from(before.timestamp_millis() / 1000).unwrap_or(u32::MAX);
+        let mut bytes = [0u8; 12];
+        bytes[..4].copy_from_slice(&seconds.to_be_bytes());
+        let id_before = bson::oid::ObjectId::from_bytes(bytes);
+        let pipeline = vec![
+            doc! {"$match": {
+                "status": {"$in": ["TO_EXPORT", "EXPORTING"]},
+                "$or": [
+                    {"createdAt": {"$lt": before}},
+                    {"createdAt": {"$exists": false}, "_id": {"$lt": id_before}},
+                ],
+            }},
+            doc! {"$group": {
+                "_id": "$deanery",
+                "n": {"$sum": 1},
+                "oldest": {"$min": "$createdAt"},
+                "firstId": {"$min": "$_id"},
+            }},
+        ];
+        let (records, pipeline) = (&self.records, &pipeline);
+        let rows: Vec<Document> = self
+            .retry
+            .run(scope("find_stuck_records"), attempts, || async move {
+                records
+                    .aggregate(pipeline.clone())
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?;
+        Ok(rows
+            .into_iter()
+            .map(|row| {
+                let count = match row.get("n") {
+                    Some(bson::Bson::Int32(n)) => u64::try_from(*n).unwrap_or(0),
+                    Some(bson::Bson::Int64(n)) => u64::try_from(*n).unwrap_or(0),
+                    Some(bson::Bson::Double(n)) => *n as u64,
+                    _ => 0,
+                };
+                let oldest = row
+                    .get_datetime("oldest")
+                    .ok()
+                    .copied()
+                    .or_else(|| row.get_object_id("firstId").ok().map(|id| id.timestamp()));
+                StuckRecords {
+                    deanery: row.get("_id").cloned().unwrap_or(bson::Bson::Null),
+                    count,
+                    oldest,
+                }
+            })
+            .collect())
+    }
+
+    /// Claims the right to publish one catch-up command for `key` (a
+    /// deanery and a watchdog period); false if any replica already did.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn claim_once(&self, key: &str, attempts: &mut Attempts) -> Result<bool, StoreError> {
+        let slots = &self.slots;
+        Ok(self
+            .retry
+            .run(scope("claim_catch_up"), attempts, || async move {
+                match slots
+                    .insert_one(doc! {"_id": key, "state": "PUBLISHED", "claimedAt": now()})
+                    .await
+                {
+                    Ok(_) => Ok(true),
+                    Err(err) if retry::error_code(&err) == Some(11000) => Ok(false),
+                    Err(err) => Err(err),
+                }
+            })
+            .await?)
+    }
+}

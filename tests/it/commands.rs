@@ -23,7 +23,7 @@ async fn a_command_becomes_a_file_of_exported_records_and_the_queue_drains() {
     let app = spawn_app_with(&[]).await;
     let mer = app.seed("MER", 120).await;
     app.seed("EOE", 5).await;
-    let daemon = app.spawn_daemon();
+    let daemon = app.spawn_daemon().await;
 
     // Act
     let command = app.publish_command("MER", Slot::Manual).await;
@@ -58,7 +58,7 @@ async fn a_command_becomes_a_file_of_exported_records_and_the_queue_drains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_invalid_commands_are_dead_lettered_with_their_reasons_once() {
     let app = spawn_app_with(&[]).await;
-    let daemon = app.spawn_daemon();
+    let daemon = app.spawn_daemon().await;
 
     app.publish_raw(b"this is not JSON").await;
     app.publish_raw(br#"{"commandId":"6f1c1d2e-8a53-4c59-9d7e-0b1f2a3c4d5e","deanery":"../../etc","slot":"manual","requestedBy":"t"}"#).await;
@@ -88,7 +88,7 @@ async fn malformed_and_invalid_commands_are_dead_lettered_with_their_reasons_onc
 async fn a_duplicate_command_for_a_completed_slot_is_a_no_op() {
     let app = spawn_app_with(&[]).await;
     let ids = app.seed("LDN", 40).await;
-    let daemon = app.spawn_daemon();
+    let daemon = app.spawn_daemon().await;
     let slot = Slot::Scheduled(Utc::now().with_nanosecond(0).unwrap());
 
     app.publish_command("LDN", slot).await;
@@ -129,7 +129,7 @@ async fn a_duplicate_command_for_a_completed_slot_is_a_no_op() {
 async fn a_broker_connection_closed_during_a_run_is_recovered_and_the_work_completes() {
     let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
     let ids = app.seed("OXF", 8_000).await;
-    let daemon = app.spawn_daemon();
+    let daemon = app.spawn_daemon().await;
 
     app.publish_command("OXF", Slot::Manual).await;
     eventually("the run is under way", WAIT, || async {
@@ -176,7 +176,7 @@ async fn a_transient_failure_is_retried_later_through_the_retry_queue() {
             4,
         )
         .await;
-    let daemon = app.spawn_daemon();
+    let daemon = app.spawn_daemon().await;
 
     app.publish_command("WES", Slot::Manual).await;
     let retry_queue = app.settings.amqp.retry_queue();
@@ -214,14 +214,14 @@ async fn a_missed_slot_is_caught_up_once_on_start() {
     .await;
     let ids = app.seed("SEV", 30).await;
 
-    let daemon = app.spawn_daemon();
+    let daemon = app.spawn_daemon().await;
     eventually("SEV exported", WAIT, || all_exported(&app, "SEV")).await;
     daemon.stop().await;
     app.assert_exported_once("SEV", &ids).await;
 
     // Started again: the slot is already fired, so nothing new is published.
     app.seed("SEV", 4).await;
-    let daemon = app.spawn_daemon();
+    let daemon = app.spawn_daemon().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
     daemon.stop().await;
     assert_eq!(

@@ -78,6 +78,8 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
         ("ESR_AMQP__RECONNECT_MIN_DELAY_MS", "50".to_owned()),
         ("ESR_AMQP__RECONNECT_MAX_DELAY_MS", "1000".to_owned()),
         ("ESR_SCHEDULE__ENABLED", "false".to_owned()),
+        ("ESR_WATCHDOG__ENABLED", "false".to_owned()),
+        ("ESR_HTTP__LISTEN", "127.0.0.1:0".to_owned()),
         ("ESR_DAEMON__SHUTDOWN_GRACE_SECONDS", "20".to_owned()),
     ]
     .into_iter()
@@ -268,6 +270,7 @@ where
 
 /// A daemon running in this process; [`RunningDaemon::stop`] is its SIGTERM.
 pub struct RunningDaemon {
+    pub http: std::net::SocketAddr,
     stop_tx: oneshot::Sender<()>,
     handle: tokio::task::JoinHandle<anyhow::Result<()>>,
 }
@@ -285,13 +288,24 @@ impl RunningDaemon {
 
 impl TestApp {
     /// `esr-exporter run` in this process, with these settings.
-    pub fn spawn_daemon(&self) -> RunningDaemon {
+    pub async fn spawn_daemon(&self) -> RunningDaemon {
+        self.spawn_daemon_with(self.settings.clone()).await
+    }
+
+    pub async fn spawn_daemon_with(&self, settings: Settings) -> RunningDaemon {
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
-        let settings = self.settings.clone();
-        let handle = tokio::spawn(esr_exporter::daemon::run(settings, async move {
+        let daemon = esr_exporter::daemon::Daemon::build(settings)
+            .await
+            .expect("daemon builds");
+        let http = daemon.http_addr().unwrap();
+        let handle = tokio::spawn(daemon.run(async move {
             let _ = stop_rx.await;
         }));
-        RunningDaemon { stop_tx, handle }
+        RunningDaemon {
+            http,
+            stop_tx,
+            handle,
+        }
     }
 
     pub async fn amqp_channel(&self) -> (lapin::Connection, lapin::Channel) {
@@ -501,4 +515,109 @@ impl ExportedFile {
     pub fn ids(&self) -> Vec<String> {
         self.details.iter().map(|d| d[1].clone()).collect()
     }
+}
+
+/// A TCP proxy in front of a real service, switched off and on to simulate
+/// an outage of that service for one daemon only.
+pub struct TcpProxy {
+    pub addr: std::net::SocketAddr,
+    enabled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>>,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl TcpProxy {
+    pub async fn start(upstream: &str) -> Self {
+        use std::sync::atomic::Ordering;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let enabled = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let connections: std::sync::Arc<std::sync::Mutex<Vec<tokio::task::JoinHandle<()>>>> =
+            Default::default();
+        let upstream = upstream.to_owned();
+        let accept = {
+            let (enabled, connections) = (enabled.clone(), connections.clone());
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut inbound, _)) = listener.accept().await else {
+                        return;
+                    };
+                    if !enabled.load(Ordering::SeqCst) {
+                        continue; // dropped: connection refused in effect
+                    }
+                    let upstream = upstream.clone();
+                    let task = tokio::spawn(async move {
+                        if let Ok(mut outbound) = tokio::net::TcpStream::connect(&upstream).await {
+                            let _ =
+                                tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                        }
+                    });
+                    connections.lock().unwrap().push(task);
+                }
+            })
+        };
+        Self {
+            addr,
+            enabled,
+            connections,
+            accept,
+        }
+    }
+
+    /// Off: every open connection is cut and new ones are dropped.
+    pub fn set_enabled(&self, on: bool) {
+        self.enabled.store(on, std::sync::atomic::Ordering::SeqCst);
+        if !on {
+            for task in self.connections.lock().unwrap().drain(..) {
+                task.abort();
+            }
+        }
+    }
+}
+
+impl Drop for TcpProxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        self.set_enabled(false);
+    }
+}
+
+/// `GET path` over plain HTTP/1.1: (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("HTTP port");
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .expect("status line");
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one Prometheus sample, e.g. `esr_records_exported_total{deanery="X"}`.
+pub fn metric(text: &str, sample: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(sample) && line[sample.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+}
+
+/// A deanery code no other test uses (metrics are per process).
+pub fn unique_deanery() -> String {
+    let id = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
+    format!("Z{}", &id[..6])
 }

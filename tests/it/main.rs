@@ -8,4 +8,5 @@ mod crash;
 mod export;
 mod faults;
 mod helpers;
+mod ops;
 mod replicas;

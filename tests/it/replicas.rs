@@ -141,7 +141,7 @@ async fn sigterm_during_a_run_exits_cleanly_and_a_later_run_completes_it() {
     );
 
     // The requeued command is picked up by the next start and finished.
-    let daemon = app.spawn_daemon();
+    let daemon = app.spawn_daemon().await;
     eventually("NWN exported", WAIT, || async {
         app.count(doc! {"status": {"$ne": "EXPORTED"}}).await == 0
     })

@@ -1,0 +1,31 @@
+//! Operations: Prometheus metrics, the HTTP endpoints (health, readiness,
+//! metrics), the stuck-record watchdog, and systemd notifications.
+
+pub mod http;
+pub mod metrics;
+pub mod systemd;
+pub mod watchdog;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+/// What readiness knows besides a database ping: whether the consumer is
+/// attached to its queue (which also says RabbitMQ is reachable). Cheap to
+/// clone; the consumer sets it, `/readyz` reads it.
+#[derive(Debug, Clone, Default)]
+pub struct Readiness {
+    consumer_attached: Arc<AtomicBool>,
+}
+
+impl Readiness {
+    /// Records whether the consumer is attached.
+    pub fn set_consumer_attached(&self, attached: bool) {
+        self.consumer_attached.store(attached, Ordering::SeqCst);
+        metrics::set_consumer_attached(attached);
+    }
+
+    /// True while the consumer is attached to its queue.
+    pub fn consumer_attached(&self) -> bool {
+        self.consumer_attached.load(Ordering::SeqCst)
+    }
+}

@@ -1,0 +1,42 @@
+//! systemd notifications (`Type=notify`): READY=1 once started, WATCHDOG=1
+//! at half the unit's `WatchdogSec` while the runtime is responsive,
+//! STOPPING=1 on shutdown. Without `NOTIFY_SOCKET` (not under systemd),
+//! all of this does nothing.
+
+use std::time::Duration;
+
+use sd_notify::NotifyState;
+
+use crate::shutdown::Shutdown;
+
+/// Tells systemd the daemon is ready.
+pub fn ready() {
+    if let Err(err) = sd_notify::notify(false, &[NotifyState::Ready]) {
+        tracing::warn!(error = %err, "cannot notify systemd (READY=1)");
+    }
+}
+
+/// Tells systemd the daemon is stopping.
+pub fn stopping() {
+    let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
+}
+
+/// Pings systemd's watchdog until shutdown, if the unit asks for it.
+pub async fn run_watchdog_pings(mut shutdown: Shutdown) {
+    let mut usec = 0;
+    if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
+        return;
+    }
+    let period = Duration::from_micros(usec / 2);
+    tracing::info!(
+        period_ms = period.as_millis() as u64,
+        "systemd watchdog enabled"
+    );
+    loop {
+        let _ = sd_notify::notify(false, &[NotifyState::Watchdog]);
+        tokio::select! {
+            _ = tokio::time::sleep(period) => {}
+            _ = shutdown.recv() => return,
+        }
+    }
+}

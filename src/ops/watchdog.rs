@@ -1,0 +1,174 @@
+//! The stuck-record watchdog. Every `watchdog.period_seconds` it looks for
+//! records still `TO_EXPORT` (or `EXPORTING`) that the latest schedule slot
+//! should have exported: created before that slot, with the slot more than
+//! `watchdog.grace_minutes` ago. For each such deanery it logs an ERROR
+//! (`stuck records`, with `deanery`, `count`, `oldest_age_seconds`, `slot`),
+//! sets the `esr_stuck_records` gauge, and, when `watchdog.catch_up` is on,
+//! publishes a catch-up command: at most once per deanery per period across
+//! all replicas (a claim document in the slots collection decides).
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::Utc;
+
+use crate::broker::{requester, Publisher};
+use crate::config::{AmqpSettings, ScheduleSettings, WatchdogSettings};
+use crate::domain::{Deanery, GenerationCommand, Slot};
+use crate::scheduler::SlotClock;
+use crate::shutdown::Shutdown;
+use crate::store::{Attempts, Store, StoreError};
+
+use super::metrics;
+
+/// Looks for stuck records; one per replica.
+#[derive(Debug, Clone)]
+pub struct Watchdog {
+    settings: WatchdogSettings,
+    amqp: AmqpSettings,
+    clock: SlotClock,
+    store: Store,
+    /// Deaneries the previous check found stuck, so their gauges can be
+    /// reset when they recover.
+    previous: Arc<Mutex<Vec<(String, u64)>>>,
+}
+
+/// One check's findings.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    /// The slot that should have exported the records.
+    pub slot: Option<String>,
+    /// `(deanery, count)` of each stuck deanery.
+    pub stuck: Vec<(String, u64)>,
+    /// Deaneries a catch-up command was published for.
+    pub caught_up: Vec<String>,
+}
+
+impl Watchdog {
+    /// A watchdog for validated settings.
+    ///
+    /// # Errors
+    /// When the schedule cannot be read.
+    pub fn new(
+        settings: WatchdogSettings,
+        schedule: &ScheduleSettings,
+        amqp: AmqpSettings,
+        store: Store,
+    ) -> Result<Self, String> {
+        Ok(Self {
+            settings,
+            amqp,
+            clock: SlotClock::new(schedule)?,
+            store,
+            previous: Arc::default(),
+        })
+    }
+
+    /// Checks every period until shutdown.
+    pub async fn run(self, mut shutdown: Shutdown) {
+        let period = Duration::from_secs(self.settings.period_seconds);
+        loop {
+            if let Err(err) = self.check().await {
+                tracing::error!(error = %err, "stuck-record check failed; trying again next period");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(period) => {}
+                _ = shutdown.recv() => return,
+            }
+        }
+    }
+
+    /// One check (see the module docs).
+    ///
+    /// # Errors
+    /// When MongoDB fails; publishing failures are logged and retried next period.
+    pub async fn check(&self) -> Result<Report, StoreError> {
+        let now = Utc::now();
+        let grace = chrono::Duration::minutes(self.settings.grace_minutes as i64);
+        // The latest slot whose grace period is over.
+        let Some(slot) = self
+            .clock
+            .latest_within(now - grace, chrono::Duration::days(35))
+        else {
+            return Ok(Report::default());
+        };
+        let slot_id = Slot::Scheduled(slot).id();
+        let mut attempts = Attempts::default();
+        let stuck = self
+            .store
+            .stuck_records(bson::DateTime::from_chrono(slot), &mut attempts)
+            .await?;
+        let mut report = Report {
+            slot: Some(slot_id.clone()),
+            ..Report::default()
+        };
+        let period = self.settings.period_seconds.max(1) as i64;
+        let bucket = now.timestamp() / period;
+        for found in &stuck {
+            let code = match &found.deanery {
+                bson::Bson::String(code) => code.clone(),
+                other => other.to_string(),
+            };
+            let oldest_age = found
+                .oldest
+                .map(|t| (now - t.to_chrono()).num_seconds().max(0))
+                .unwrap_or(0);
+            metrics::set_stuck(&code, found.count, oldest_age);
+            tracing::error!(
+                deanery = %code,
+                count = found.count,
+                oldest_age_seconds = oldest_age,
+                slot = %slot_id,
+                "stuck records: still waiting after the slot that should have exported them"
+            );
+            report.stuck.push((code.clone(), found.count));
+            let Ok(deanery) = Deanery::parse(&code) else {
+                continue;
+            };
+            if !self.settings.catch_up {
+                continue;
+            }
+            let key = format!("watchdog/{deanery}/{bucket}");
+            if !self.store.claim_once(&key, &mut attempts).await? {
+                continue;
+            }
+            match self.publish_catch_up(&deanery).await {
+                Ok(command_id) => {
+                    metrics::record_catch_up(deanery.as_str());
+                    tracing::warn!(deanery = %deanery, command_id = %command_id, "catch-up command published for stuck records");
+                    report.caught_up.push(deanery.to_string());
+                }
+                Err(err) => {
+                    tracing::error!(deanery = %deanery, error = %err, "failed to publish a catch-up command");
+                }
+            }
+        }
+        // Deaneries no longer stuck go back to zero.
+        for (code, _) in self.previously_stuck(&report) {
+            metrics::set_stuck(&code, 0, 0);
+        }
+        Ok(report)
+    }
+
+    fn previously_stuck(&self, report: &Report) -> Vec<(String, u64)> {
+        let mut known = self.previous.lock().unwrap_or_else(|e| e.into_inner());
+        let gone = known
+            .iter()
+            .filter(|(code, _)| !report.stuck.iter().any(|(c, _)| c == code))
+            .cloned()
+            .collect();
+        known.clone_from(&report.stuck);
+        gone
+    }
+
+    async fn publish_catch_up(
+        &self,
+        deanery: &Deanery,
+    ) -> Result<String, crate::broker::BrokerError> {
+        let publisher = Publisher::connect(&self.amqp, "watchdog").await?;
+        let command = GenerationCommand::new(deanery, Slot::Manual, requester("watchdog"));
+        let result = publisher.publish(&command).await;
+        publisher.close().await;
+        result.map(|()| command.command_id.to_string())
+    }
+}

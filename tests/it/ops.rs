@@ -1,0 +1,393 @@
+//! Operations: readiness, metrics, the watchdog, secrets in logs, and the
+//! deployment files.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bson::{doc, DateTime};
+use esr_exporter::domain::Slot;
+use tokio::io::AsyncReadExt;
+
+use crate::commands::cron_minutes_ago;
+use crate::helpers::{
+    base_uri, eventually, http_get, metric, spawn_app_with, unique_deanery, valid_record, TcpProxy,
+};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+fn mongo_host_port() -> String {
+    let uri = base_uri();
+    let rest = uri.split("://").nth(1).unwrap();
+    rest.split(['/', '?']).next().unwrap().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_follows_mongodb_and_rabbitmq_going_away_and_coming_back() {
+    // Arrange: this daemon reaches both services through proxies we control.
+    let app = spawn_app_with(&[]).await;
+    let mongo = TcpProxy::start(&mongo_host_port()).await;
+    let rabbit = TcpProxy::start("127.0.0.1:5672").await;
+    let mut settings = app.settings.clone();
+    settings.mongodb.uri = esr_exporter::config::SecretUri::new(format!(
+        "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=1000",
+        mongo.addr
+    ));
+    settings.amqp.uri =
+        esr_exporter::config::SecretUri::new(format!("amqp://guest:guest@{}/%2f", rabbit.addr));
+    let daemon = app.spawn_daemon_with(settings).await;
+    let ready = |expected: u16, needle: &'static str| {
+        let addr = daemon.http;
+        async move {
+            let (status, body) = http_get(addr, "/readyz").await;
+            status == expected && body.contains(needle)
+        }
+    };
+
+    eventually("ready", WAIT, || ready(200, "\"ready\"")).await;
+    assert_eq!(http_get(daemon.http, "/healthz").await.0, 200);
+
+    // RabbitMQ away, then back.
+    rabbit.set_enabled(false);
+    eventually("503 naming RabbitMQ", WAIT, || {
+        ready(503, "consumer not attached")
+    })
+    .await;
+    assert_eq!(
+        http_get(daemon.http, "/healthz").await.0,
+        200,
+        "still alive"
+    );
+    rabbit.set_enabled(true);
+    eventually("ready again after RabbitMQ", WAIT, || {
+        ready(200, "\"ready\"")
+    })
+    .await;
+
+    // MongoDB away, then back.
+    mongo.set_enabled(false);
+    eventually("503 naming MongoDB", WAIT, || async {
+        let (status, body) = http_get(daemon.http, "/readyz").await;
+        let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+        status == 503 && json["checks"]["mongodb"] != "ok" && json["checks"]["rabbitmq"] == "ok"
+    })
+    .await;
+    mongo.set_enabled(true);
+    eventually("ready again after MongoDB", WAIT, || {
+        ready(200, "\"ready\"")
+    })
+    .await;
+
+    daemon.stop().await;
+    app.delete_broker_topology().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_move_as_runs_happen_including_write_conflicts() {
+    let app = spawn_app_with(&[]).await;
+    let code = unique_deanery();
+    app.seed(&code, 30).await;
+    let daemon = app.spawn_daemon().await;
+    let exported = format!("esr_records_exported_total{{deanery=\"{code}\"}}");
+    let conflicts = format!("esr_write_conflicts_total{{deanery=\"{code}\"}}");
+    let runs = format!("esr_export_runs_total{{deanery=\"{code}\",outcome=\"completed\"}}");
+    let (_, before) = http_get(daemon.http, "/metrics").await;
+    assert_eq!(metric(&before, &exported), None, "nothing yet for {code}");
+
+    // A WriteConflict on the claim transaction's first update.
+    let guard = app
+        .arm_failpoint(
+            doc! {"failCommands": ["update"], "errorCode": 112, "errorLabels": ["TransientTransactionError"]},
+            1,
+        )
+        .await;
+    app.publish_command(&code, Slot::Manual).await;
+    eventually("exported", WAIT, || async {
+        app.count(doc! {"deanery": &code, "status": "EXPORTED"})
+            .await
+            == 30
+    })
+    .await;
+    app.disarm().await;
+    drop(guard);
+
+    eventually("metrics recorded", WAIT, || {
+        let (addr, runs) = (daemon.http, runs.clone());
+        async move { metric(&http_get(addr, "/metrics").await.1, &runs).is_some() }
+    })
+    .await;
+    let text = http_get(daemon.http, "/metrics").await.1;
+    assert_eq!(metric(&text, &runs), Some(1.0), "{text}");
+    assert_eq!(metric(&text, &exported), Some(30.0));
+    assert!(metric(&text, &conflicts).unwrap() >= 1.0, "{text}");
+    assert!(metric(&text, "esr_commands_total{outcome=\"exported\"}").unwrap() >= 1.0);
+    assert!(
+        metric(
+            &text,
+            &format!("esr_last_successful_run_timestamp_seconds{{deanery=\"{code}\"}}")
+        )
+        .unwrap()
+            > 1.7e9
+    );
+    daemon.stop().await;
+    app.delete_broker_topology().await;
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Runs `esr-exporter run` as a process until `until` holds (or a fixed
+/// time), then SIGTERMs it; returns exit code, stdout+stderr.
+async fn run_process(
+    env: &std::collections::HashMap<String, String>,
+    extra: &[(&str, String)],
+    until: impl std::future::Future<Output = ()>,
+) -> (Option<i32>, String) {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
+        .arg("run")
+        .env_clear()
+        .envs(env)
+        .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
+        .env("RUST_LOG", "debug")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (mut out, mut err) = (String::new(), String::new());
+    let reading = async {
+        let _ = tokio::join!(
+            stdout.read_to_string(&mut out),
+            stderr.read_to_string(&mut err)
+        );
+    };
+    let pid = child.id().unwrap().to_string();
+    let driving = async {
+        until.await;
+        tokio::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .await
+            .unwrap();
+    };
+    let (_, _, status) = tokio::join!(reading, driving, async {
+        tokio::time::timeout(Duration::from_secs(90), child.wait()).await
+    });
+    let status = status.expect("exits after SIGTERM").unwrap();
+    (status.code(), format!("{out}{err}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_reports_stuck_records_and_its_catch_up_command_exports_them() {
+    // Arrange: yesterday's-style slot 10 minutes ago that nobody fired, and
+    // records created an hour before it.
+    let cron = cron_minutes_ago(10);
+    let app = spawn_app_with(&[]).await;
+    let code = unique_deanery();
+    let created = DateTime::from_millis(DateTime::now().timestamp_millis() - 3_600_000);
+    let records: Vec<_> = (0..25)
+        .map(|n| {
+            let mut record = valid_record(&code, n);
+            record.insert("createdAt", created);
+            record
+        })
+        .collect();
+    let ids = app.insert(records).await;
+    let port = free_port();
+
+    // Act
+    let (status, logs) = run_process(
+        &app.env,
+        &[
+            ("ESR_SCHEDULE__CRON", cron),
+            ("ESR_WATCHDOG__ENABLED", "true".into()),
+            ("ESR_WATCHDOG__PERIOD_SECONDS", "1".into()),
+            ("ESR_WATCHDOG__GRACE_MINUTES", "0".into()),
+            ("ESR_HTTP__LISTEN", format!("127.0.0.1:{port}")),
+        ],
+        async {
+            eventually("exported by the catch-up", WAIT, || async {
+                app.count(doc! {"deanery": &code, "status": "EXPORTED"})
+                    .await
+                    == 25
+            })
+            .await;
+            let addr = format!("127.0.0.1:{port}").parse().unwrap();
+            eventually("stuck gauge back to zero", WAIT, || async {
+                let (_, text) = http_get(addr, "/metrics").await;
+                metric(&text, &format!("esr_stuck_records{{deanery=\"{code}\"}}")) == Some(0.0)
+            })
+            .await;
+        },
+    )
+    .await;
+
+    // Assert
+    assert_eq!(status, Some(0));
+    let lines: Vec<serde_json::Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let stuck = lines
+        .iter()
+        .find(|l| l["level"] == "ERROR" && l["deanery"] == code.as_str())
+        .unwrap_or_else(|| panic!("an ERROR line names the deanery: {logs}"));
+    assert!(stuck["message"]
+        .as_str()
+        .unwrap()
+        .starts_with("stuck records"));
+    assert_eq!(stuck["count"], 25);
+    assert!(stuck["oldest_age_seconds"].as_i64().unwrap() >= 3_600);
+    assert!(lines.iter().any(
+        |l| l["message"] == "catch-up command published for stuck records"
+            && l["deanery"] == code.as_str()
+    ));
+    app.assert_exported_once(&code, &ids).await;
+    app.delete_broker_topology().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_password_from_the_configured_uris_appears_in_any_log_line() {
+    let app = spawn_app_with(&[]).await;
+    let port = free_port();
+    let (status, logs) = run_process(
+        &app.env,
+        &[
+            // Unreachable MongoDB and refused RabbitMQ credentials: the
+            // daemon logs errors about both, over and over.
+            (
+                "ESR_MONGODB__URI",
+                "mongodb://esr:Mongo-Pa55-Secret@127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=200".into(),
+            ),
+            ("ESR_AMQP__URI", "amqp://guest:Amqp-Pa55-Secret@127.0.0.1:5672/%2f".into()),
+            ("ESR_HTTP__LISTEN", format!("127.0.0.1:{port}")),
+        ],
+        tokio::time::sleep(Duration::from_secs(4)),
+    )
+    .await;
+
+    assert_eq!(status, Some(0));
+    assert!(logs.lines().count() > 3, "{logs}");
+    assert!(logs.contains("mongodb://esr:***@127.0.0.1:1/"), "{logs}");
+    assert!(logs.contains("amqp://guest:***@127.0.0.1:5672"), "{logs}");
+    for line in logs.lines() {
+        assert!(
+            !line.contains("Pa55-Secret"),
+            "a password leaked into the logs: {line}"
+        );
+    }
+}
+
+fn yaml(path: &str) -> Vec<yaml_rust2::Yaml> {
+    let text = std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_else(|err| panic!("{path}: {err}"));
+    yaml_rust2::YamlLoader::load_from_str(&text).unwrap_or_else(|err| panic!("{path}: {err}"))
+}
+
+#[test]
+fn docker_compose_parses_and_starts_every_part_with_health_checks() {
+    let docs = yaml("docker-compose.yml");
+    let services = &docs[0]["services"];
+    for name in ["mongo", "rabbitmq", "esr-exporter"] {
+        assert!(
+            !services[name]["healthcheck"]["test"].is_badvalue(),
+            "{name} has a health check"
+        );
+    }
+    assert!(services["mongo"]["command"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .any(|a| a.as_str() == Some("--replSet")));
+    let depends = &services["esr-exporter"]["depends_on"];
+    assert_eq!(
+        depends["mongo"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+    assert_eq!(
+        depends["rabbitmq"]["condition"].as_str(),
+        Some("service_healthy")
+    );
+}
+
+#[test]
+fn the_kubernetes_manifests_parse_and_probe_the_http_endpoints() {
+    let mut kinds = Vec::new();
+    for file in ["deploy/kubernetes/esr-exporter.yaml"] {
+        for doc in yaml(file) {
+            let kind = doc["kind"].as_str().unwrap().to_owned();
+            if kind == "Deployment" {
+                let container = &doc["spec"]["template"]["spec"]["containers"][0];
+                assert_eq!(
+                    container["livenessProbe"]["httpGet"]["path"].as_str(),
+                    Some("/healthz")
+                );
+                assert_eq!(
+                    container["readinessProbe"]["httpGet"]["path"].as_str(),
+                    Some("/readyz")
+                );
+                assert_eq!(
+                    doc["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"].as_bool(),
+                    Some(true)
+                );
+            }
+            kinds.push(kind);
+        }
+    }
+    for kind in ["Deployment", "ConfigMap", "Secret", "PersistentVolumeClaim"] {
+        assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+}
+
+#[test]
+fn the_systemd_unit_passes_systemd_analyze_verify() {
+    let unit = std::fs::read_to_string(format!(
+        "{}/deploy/systemd/esr-exporter.service",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    for required in [
+        "Type=notify",
+        "WatchdogSec=",
+        "Restart=on-failure",
+        "NoNewPrivileges=yes",
+        "ProtectSystem=strict",
+        "ReadWritePaths=",
+    ] {
+        assert!(unit.contains(required), "{required}");
+    }
+    if std::process::Command::new("systemd-analyze")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("systemd-analyze is not installed here; only the unit's text was checked");
+        return;
+    }
+    // Verify a copy whose ExecStart points at the binary just built.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("esr-exporter.service");
+    let unit = unit.replace(
+        "/usr/local/bin/esr-exporter",
+        env!("CARGO_BIN_EXE_esr-exporter"),
+    );
+    std::fs::write(&path, unit).unwrap();
+    let output = std::process::Command::new("systemd-analyze")
+        .arg("verify")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "systemd-analyze verify: {stderr}");
+    assert!(
+        !stderr.contains("esr-exporter.service:"),
+        "warnings about the unit: {stderr}"
+    );
+}
