@@ -1,5 +1,5 @@
 //! The command line (contract): `run`, `export`, `trigger`, `status`,
-//! `check-config`.
+//! `check-config`; and `dead-letters` for operators.
 //!
 //! Exit codes: 0 success; 1 a run failed or a dependency is unreachable;
 //! 2 usage or configuration error, with one line on stderr.
@@ -52,6 +52,13 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List the dead-letter queue (one JSON line per message), or move its
+    /// messages back to the command queue.
+    DeadLetters {
+        /// Move every message back to the command queue with a fresh attempt count.
+        #[arg(long)]
+        replay: bool,
+    },
     /// Load and validate the settings and print them with secrets redacted.
     CheckConfig,
 }
@@ -92,6 +99,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Trigger { deaneries } => run_trigger(&settings, deaneries).await,
+        Command::DeadLetters { replay } => run_dead_letters(&settings, replay).await,
         Command::Status { json } => run_status(&settings, json).await,
     };
     result.unwrap_or_else(|err| {
@@ -179,6 +187,31 @@ async fn run_trigger(settings: &Settings, deaneries: Vec<Deanery>) -> anyhow::Re
     publisher.close().await;
     if deaneries.is_empty() {
         eprintln!("no deanery has records to export; nothing published");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_dead_letters(settings: &Settings, replay: bool) -> anyhow::Result<ExitCode> {
+    if replay {
+        let moved = crate::broker::replay_dead_letters(&settings.amqp)
+            .await
+            .context("Failed to replay the dead-letter queue")?;
+        println!("{moved}");
+        eprintln!(
+            "moved {moved} message(s) from {} back to {}",
+            settings.amqp.dead_letter_queue(),
+            settings.amqp.queue
+        );
+    } else {
+        let letters = crate::broker::list_dead_letters(&settings.amqp)
+            .await
+            .context("Failed to read the dead-letter queue")?;
+        for letter in &letters {
+            println!(
+                "{}",
+                serde_json::to_string(letter).context("Failed to encode a dead letter")?
+            );
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

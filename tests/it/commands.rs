@@ -245,3 +245,83 @@ async fn a_missed_slot_is_caught_up_once_on_start() {
     assert_eq!(slots[0].get_array("commands").unwrap().len(), 1);
     app.delete_broker_topology().await;
 }
+
+async fn cli(app: &TestApp, args: &[&str]) -> (Option<i32>, String) {
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
+        .args(args)
+        .env_clear()
+        .envs(&app.env)
+        .output()
+        .await
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_can_be_inspected_and_replayed_once_the_cause_is_fixed() {
+    // Arrange: one try per command, and MongoDB "down" for the first one.
+    let app = spawn_app_with(&[
+        ("ESR_AMQP__MAX_ATTEMPTS", "1"),
+        ("ESR_RETRY__MAX_ATTEMPTS", "1"),
+    ])
+    .await;
+    let ids = app.seed("PEN", 20).await;
+    let guard = app
+        .arm_failpoint(
+            doc! {"failCommands": ["find"], "errorCode": 112, "errorLabels": ["TransientTransactionError"]},
+            1,
+        )
+        .await;
+    let daemon = app.spawn_daemon().await;
+    let command = app.publish_command("PEN", Slot::Manual).await;
+    app.publish_raw(b"{broken").await;
+    let dlq = app.settings.amqp.dead_letter_queue();
+    eventually("two dead letters", WAIT, || async {
+        app.queue_len(&dlq).await == 2
+    })
+    .await;
+    app.disarm().await;
+    drop(guard);
+
+    // Inspect: both listed with their reasons, and left in place.
+    let (code, listed) = cli(&app, &["dead-letters"]).await;
+    assert_eq!(code, Some(0));
+    let letters: Vec<serde_json::Value> = listed
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(letters.len(), 2, "{listed}");
+    let ours = letters
+        .iter()
+        .find(|l| l["messageId"] == command.command_id.to_string().as_str())
+        .expect("the command is listed by its id");
+    assert!(
+        ours["reason"]
+            .as_str()
+            .unwrap()
+            .contains("gave up after 1 attempts"),
+        "{ours}"
+    );
+    assert_eq!(app.queue_len(&dlq).await, 2, "listing consumed nothing");
+    assert_eq!(
+        app.count(doc! {"deanery": "PEN", "status": "TO_EXPORT"})
+            .await,
+        20
+    );
+
+    // Replay: the command now succeeds; the broken message comes back.
+    let (code, moved) = cli(&app, &["dead-letters", "--replay"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(moved.trim(), "2");
+    eventually("PEN exported", WAIT, || all_exported(&app, "PEN")).await;
+    app.assert_exported_once("PEN", &ids).await;
+    eventually("the broken message is back", WAIT, || async {
+        app.queue_len(&dlq).await == 1
+    })
+    .await;
+    daemon.stop().await;
+    app.delete_broker_topology().await;
+}
