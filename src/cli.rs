@@ -88,7 +88,8 @@ pub async fn execute(cli: Cli) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    crate::telemetry::init(&settings.log, std::io::stderr);
+    let short_lived = !matches!(cli.command, Command::Run);
+    crate::telemetry::init(&settings.log, std::io::stderr, short_lived);
     let result = match cli.command {
         Command::CheckConfig => {
             print!("{}", settings.to_redacted_toml());

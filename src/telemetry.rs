@@ -14,12 +14,21 @@ use crate::config::{LogFormat, LogSettings};
 
 /// Installs the global subscriber. Does nothing if one is already installed
 /// (tests install their own).
-pub fn init<W>(settings: &LogSettings, sink: W)
+///
+/// `short_lived` is for one-off commands: the AMQP client's own log lines
+/// are left out there (unless `RUST_LOG` asks for them), because its I/O
+/// thread can report the process's own exit as an error.
+pub fn init<W>(settings: &LogSettings, sink: W, short_lived: bool)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&settings.level));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        if short_lived {
+            EnvFilter::new(format!("{},lapin=off", settings.level))
+        } else {
+            EnvFilter::new(&settings.level)
+        }
+    });
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(sink)
