@@ -16,10 +16,12 @@
 
 pub mod file;
 
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use bson::doc;
+use bson::oid::ObjectId;
 use futures_util::TryStreamExt;
 use tracing::Instrument;
 
@@ -150,14 +152,17 @@ impl Exporter {
         let mut attempts = Attempts::default();
         let mut progress = Progress::default();
 
-        let outcome = match self
-            .store
-            .acquire_lease(deanery, &owner, self.settings.lease(), &mut attempts)
-            .await
-        {
-            Ok(LeaseOutcome::Acquired) => {
+        let outcome = match self.lease(deanery, &owner, &mut attempts).await {
+            Ok(Ok(mut session)) => {
                 let result = self
-                    .try_run(deanery, &owner, options, &mut attempts, &mut progress)
+                    .try_run(
+                        &mut session,
+                        deanery,
+                        &owner,
+                        options,
+                        &mut attempts,
+                        &mut progress,
+                    )
                     .await;
                 if let Err(err) = self
                     .store
@@ -168,10 +173,7 @@ impl Exporter {
                 }
                 result.map(|()| None)
             }
-            Ok(LeaseOutcome::Held { owner, expires_at }) => Ok(Some(format!(
-                "deanery {deanery} is being exported by another process (lease {owner} until {})",
-                expires_at.map_or_else(|| "unknown".to_owned(), |t| t.to_string())
-            ))),
+            Ok(Err(held)) => Ok(Some(held)),
             Err(err) => Err(ExportError::from(err)),
         };
 
@@ -249,15 +251,50 @@ impl Exporter {
         summary
     }
 
+    /// Starts this attempt's session and takes the deanery's lease with it.
+    /// A lease taken over from a dead holder ends that holder's session, so
+    /// its open transaction stops holding records (otherwise the server
+    /// keeps it for up to `transactionLifetimeLimitSeconds`, 60 s).
+    async fn lease(
+        &self,
+        deanery: &Deanery,
+        owner: &str,
+        attempts: &mut Attempts,
+    ) -> Result<Result<mongodb::ClientSession, String>, StoreError> {
+        let session = self.store.start_session(attempts).await?;
+        let outcome = self
+            .store
+            .acquire_lease(
+                deanery,
+                owner,
+                session.id(),
+                self.settings.lease(),
+                attempts,
+            )
+            .await?;
+        match outcome {
+            LeaseOutcome::Acquired { lapsed_session } => {
+                if lapsed_session.is_some() {
+                    tracing::warn!(deanery = %deanery, "took over a lapsed lease; ended the previous holder's session");
+                }
+                Ok(Ok(session))
+            }
+            LeaseOutcome::Held { owner, expires_at } => Ok(Err(format!(
+                "deanery {deanery} is being exported by another process (lease {owner} until {})",
+                expires_at.map_or_else(|| "unknown".to_owned(), |t| t.to_string())
+            ))),
+        }
+    }
+
     async fn try_run(
         &self,
+        session: &mut mongodb::ClientSession,
         deanery: &Deanery,
         owner: &str,
         options: &RunOptions,
         attempts: &mut Attempts,
         progress: &mut Progress,
     ) -> Result<(), ExportError> {
-        let mut session = self.store.start_session(attempts).await?;
         let mut run = match self.store.find_open_run(deanery, attempts).await? {
             Some(run) => {
                 tracing::info!(deanery = %deanery, run_id = %run.id, phase = run.phase.as_str(), "resuming interrupted export run");
@@ -274,13 +311,16 @@ impl Exporter {
         };
         progress.run_id = Some(run.id.clone());
 
+        let mut boundaries = None;
         if run.phase == RunPhase::Claiming {
-            self.claim_and_write(&mut session, &mut run, deanery, owner, options, attempts)
-                .await?;
+            boundaries = Some(
+                self.claim_and_write(session, &mut run, deanery, owner, options, attempts)
+                    .await?,
+            );
         }
         progress.rejected = run.rejected.max(0) as u64;
         if run.phase == RunPhase::Written {
-            self.mark_exported(&mut session, &run, deanery, owner, options, attempts)
+            self.mark_exported(session, &run, deanery, owner, boundaries, options, attempts)
                 .await?;
         }
         let exported = run.record_count.unwrap_or(0).max(0) as u64;
@@ -309,9 +349,12 @@ impl Exporter {
         owner: &str,
         options: &RunOptions,
         attempts: &mut Attempts,
-    ) -> Result<(), ExportError> {
+    ) -> Result<Vec<ObjectId>, ExportError> {
         let dir = self.settings.output_dir.clone();
         let chunk_size = self.settings.chunk_size;
+        // The last `_id` of each batch written: the mark phase marks the
+        // records between consecutive boundaries, one transaction each.
+        let mut boundaries = Vec::new();
         {
             let (dir, code) = (dir.clone(), deanery.clone());
             let removed = blocking(&self.settings.output_dir, move || {
@@ -348,10 +391,12 @@ impl Exporter {
                     }
                 }
                 if batch.len() >= chunk_size as usize {
+                    boundaries.extend(batch.last().map(|row: &AppRow| row.id));
                     writer = Some(self.write(writer, std::mem::take(&mut batch)).await?);
                 }
             }
             if !batch.is_empty() {
+                boundaries.extend(batch.last().map(|row| row.id));
                 writer = Some(self.write(writer, batch).await?);
             }
             if !rejections.is_empty() {
@@ -363,38 +408,57 @@ impl Exporter {
             }
         }
 
-        loop {
-            options.check()?;
-            let chunk = self
+        if let Some(up_to) = run.claim_up_to {
+            let mut waiting = self
                 .store
-                .claim_chunk(
-                    session,
-                    run,
-                    deanery,
-                    owner,
-                    self.settings.lease(),
-                    chunk_size,
-                    attempts,
-                )
+                .waiting_ids(deanery, run.last_claimed_id, up_to, chunk_size, attempts)
                 .await?;
-            if chunk.scanned == 0 {
-                break;
-            }
-            run.last_claimed_id = chunk.last_id;
-            run.claimed += chunk.rows.len() as i64;
-            run.rejected += chunk.rejected as i64;
-            if let Some((seq, name)) = chunk.assigned_file {
-                run.seq = Some(seq);
-                run.file_name = Some(name);
-            }
-            if !chunk.rows.is_empty() {
-                if writer.is_none() {
-                    writer = Some(self.open_file(run, deanery).await?);
+            let mut pending: VecDeque<ObjectId> = VecDeque::new();
+            let mut drained = false;
+            loop {
+                options.check()?;
+                while !drained && pending.len() < chunk_size as usize {
+                    match waiting
+                        .try_next()
+                        .await
+                        .map_err(|err| StoreError::Mongo(stream_error(err)))?
+                    {
+                        Some(document) => pending.extend(document.get_object_id("_id").ok()),
+                        None => drained = true,
+                    }
                 }
-                writer = Some(self.write(writer, chunk.rows).await?);
-            }
-            if chunk.exhausted {
-                break;
+                if pending.is_empty() {
+                    break;
+                }
+                let ids: Vec<ObjectId> =
+                    pending.iter().take(chunk_size as usize).copied().collect();
+                let chunk = self
+                    .store
+                    .claim_chunk(
+                        session,
+                        run,
+                        deanery,
+                        owner,
+                        self.settings.lease(),
+                        &ids,
+                        attempts,
+                    )
+                    .await?;
+                pending.drain(..chunk.covered);
+                run.last_claimed_id = chunk.last_id;
+                run.claimed += chunk.rows.len() as i64;
+                run.rejected += chunk.rejected as i64;
+                if let Some((seq, name)) = chunk.assigned_file {
+                    run.seq = Some(seq);
+                    run.file_name = Some(name);
+                }
+                if !chunk.rows.is_empty() {
+                    if writer.is_none() {
+                        writer = Some(self.open_file(run, deanery).await?);
+                    }
+                    boundaries.extend(chunk.rows.last().map(|row| row.id));
+                    writer = Some(self.write(writer, chunk.rows).await?);
+                }
             }
         }
 
@@ -431,16 +495,47 @@ impl Exporter {
         run.phase = RunPhase::Written;
         run.record_count = Some(record_count);
         run.sha256 = sha256;
-        Ok(())
+        Ok(boundaries)
     }
 
-    /// Phase 3: mark the run's claimed records `EXPORTED`, chunk by chunk.
+    /// The mark boundaries of a run resumed after its file was written:
+    /// every `chunk_size`-th claimed `_id`, from one cursor.
+    async fn boundaries_of(
+        &self,
+        run: &RunDoc,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<ObjectId>, ExportError> {
+        let chunk = self.settings.chunk_size as usize;
+        let mut cursor = self
+            .store
+            .claimed_ids(&run.id, deanery, self.settings.cursor_batch_size, attempts)
+            .await?;
+        let mut boundaries = Vec::new();
+        let mut seen = 0usize;
+        while let Some(document) = cursor
+            .try_next()
+            .await
+            .map_err(|err| StoreError::Mongo(stream_error(err)))?
+        {
+            seen += 1;
+            if seen.is_multiple_of(chunk) {
+                boundaries.extend(document.get_object_id("_id").ok());
+            }
+        }
+        Ok(boundaries)
+    }
+
+    /// Phase 3: mark the run's claimed records `EXPORTED`, one transaction
+    /// per chunk (between consecutive boundaries), then any rest.
+    #[allow(clippy::too_many_arguments)]
     async fn mark_exported(
         &self,
         session: &mut mongodb::ClientSession,
         run: &RunDoc,
         deanery: &Deanery,
         owner: &str,
+        boundaries: Option<Vec<ObjectId>>,
         options: &RunOptions,
         attempts: &mut Attempts,
     ) -> Result<(), ExportError> {
@@ -451,9 +546,14 @@ impl Exporter {
         else {
             return Ok(());
         };
+        let boundaries = match boundaries {
+            Some(known) => known,
+            None => self.boundaries_of(run, deanery, attempts).await?,
+        };
         let renew_every = self.settings.lease() / 3;
         let mut renewed = Instant::now();
-        loop {
+        let mut after = None;
+        for up_to in boundaries.into_iter().map(Some).chain([None]) {
             options.check()?;
             if renewed.elapsed() >= renew_every {
                 self.store
@@ -461,21 +561,12 @@ impl Exporter {
                     .await?;
                 renewed = Instant::now();
             }
-            let more = self
-                .store
-                .mark_exported_chunk(
-                    session,
-                    &run.id,
-                    deanery,
-                    file_name,
-                    self.settings.chunk_size,
-                    attempts,
-                )
+            self.store
+                .mark_exported(session, &run.id, deanery, file_name, after, up_to, attempts)
                 .await?;
-            if !more {
-                return Ok(());
-            }
+            after = up_to;
         }
+        Ok(())
     }
 
     async fn open_file(&self, run: &RunDoc, deanery: &Deanery) -> Result<ExportFile, ExportError> {

@@ -64,10 +64,14 @@ impl StoreError {
 struct LeaseLost;
 
 /// Outcome of asking for a deanery's lease.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum LeaseOutcome {
     /// This process holds the lease now.
-    Acquired,
+    Acquired {
+        /// The session of a previous holder whose lease had lapsed (it
+        /// died), which was ended so its open transaction let go.
+        lapsed_session: Option<Document>,
+    },
     /// Another process holds it.
     Held {
         /// Its owner id.
@@ -84,12 +88,10 @@ pub struct ClaimedChunk {
     pub rows: Vec<AppRow>,
     /// Records rejected by this chunk.
     pub rejected: u64,
-    /// Records looked at.
-    pub scanned: usize,
-    /// True when fewer records were found than asked for: nothing is left
-    /// to claim.
-    pub exhausted: bool,
-    /// Highest `_id` looked at.
+    /// How many of the ids offered were dealt with (all, unless a conflict
+    /// made the transaction take fewer).
+    pub covered: usize,
+    /// The end of the `_id` range dealt with.
     pub last_id: Option<ObjectId>,
     /// `(seq, file name)` when this chunk allocated the run's file name.
     pub assigned_file: Option<(i64, String)>,
@@ -278,8 +280,8 @@ impl Store {
         Ok(())
     }
 
-    /// Takes the deanery's lease for `owner` when it is free, lapsed, or
-    /// already `owner`'s.
+    /// Takes the deanery's lease for `owner` (whose MongoDB session is
+    /// `session_id`) when it is free, lapsed, or already `owner`'s.
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
@@ -287,10 +289,36 @@ impl Store {
         &self,
         deanery: &Deanery,
         owner: &str,
+        session_id: &Document,
         ttl: Duration,
         attempts: &mut Attempts,
     ) -> Result<LeaseOutcome, StoreError> {
         let leases = &self.leases;
+        // A holder that died inside a transaction left that transaction
+        // open, holding the lease document itself: end its session before
+        // writing the lease, or the write waits for the server to time the
+        // transaction out (transactionLifetimeLimitSeconds, 60 s).
+        let current = self
+            .retry
+            .run(scope("read_lease", deanery), attempts, || async move {
+                leases.find_one(doc! {"_id": deanery.as_str()}).await
+            })
+            .await?;
+        let mut lapsed_session = None;
+        if let Some(current) = current {
+            let lapsed = current
+                .get_datetime("expiresAt")
+                .is_ok_and(|expires| *expires <= now());
+            let other = current.get_str("owner").is_ok_and(|o| o != owner);
+            if lapsed && other {
+                if let Ok(session) = current.get_document("sessionId") {
+                    if let Err(err) = self.kill_session(session).await {
+                        tracing::warn!(deanery = %deanery, error = %err, "could not end the lapsed lease holder's session");
+                    }
+                    lapsed_session = Some(session.clone());
+                }
+            }
+        }
         let acquired = self
             .retry
             .run(scope("acquire_lease", deanery), attempts, || async move {
@@ -301,7 +329,12 @@ impl Store {
                             "_id": deanery.as_str(),
                             "$or": [{"expiresAt": {"$lte": now}}, {"owner": owner}],
                         },
-                        doc! {"$set": {"owner": owner, "expiresAt": in_future(ttl), "acquiredAt": now}},
+                        doc! {"$set": {
+                            "owner": owner,
+                            "sessionId": session_id.clone(),
+                            "expiresAt": in_future(ttl),
+                            "acquiredAt": now,
+                        }},
                     )
                     .upsert(true)
                     .await;
@@ -314,7 +347,7 @@ impl Store {
             })
             .await?;
         if acquired {
-            return Ok(LeaseOutcome::Acquired);
+            return Ok(LeaseOutcome::Acquired { lapsed_session });
         }
         let holder = self
             .retry
@@ -327,6 +360,23 @@ impl Store {
             owner: holder.get_str("owner").unwrap_or("unknown").to_owned(),
             expires_at: holder.get_datetime("expiresAt").ok().copied(),
         })
+    }
+
+    /// Ends a session (and aborts its open transaction) so the records it
+    /// had written inside the transaction are free at once; best effort.
+    pub async fn kill_session(&self, session_id: &Document) -> Result<(), StoreError> {
+        self.client
+            .database("admin")
+            .run_command(doc! {"killSessions": [session_id.clone()]})
+            .await
+            .map(drop)
+            .map_err(|source| {
+                StoreError::Mongo(RetryError::Permanent {
+                    op: "kill_session",
+                    code: retry::error_code(&source),
+                    source,
+                })
+            })
     }
 
     /// Extends the lease if `owner` still holds it.
@@ -406,12 +456,59 @@ impl Store {
         Ok(found.and_then(|d| d.get_object_id("_id").ok()))
     }
 
-    /// Claims the next chunk of the run's records in one short transaction:
-    /// renews the lease (and stops if it was lost), reads up to `chunk_size`
-    /// `TO_EXPORT` records after the run's last claimed `_id`, marks the
-    /// valid ones `EXPORTING` and the invalid ones `REJECTED` with their
-    /// reasons, allocates the run's file name on the first valid record,
-    /// and moves the run document forward; all or nothing.
+    /// The `_id`s of the deanery's waiting records after `after` and up to
+    /// `up_to`, in order: one cursor for the whole run, read a chunk at a
+    /// time. Each claim then reads its records by a tight `_id` range, which
+    /// costs the same however large the backlog behind it is.
+    ///
+    /// # Errors
+    /// When the query cannot be started within the retry policy.
+    pub async fn waiting_ids(
+        &self,
+        deanery: &Deanery,
+        after: Option<ObjectId>,
+        up_to: ObjectId,
+        batch_size: u32,
+        attempts: &mut Attempts,
+    ) -> Result<Cursor<Document>, StoreError> {
+        let mut id_range = doc! {"$lte": up_to};
+        if let Some(after) = after {
+            id_range.insert("$gt", after);
+        }
+        let (records, filter) = (
+            &self.records,
+            &doc! {
+                "deanery": deanery.as_str(),
+                "status": RecordStatus::ToExport.as_str(),
+                "_id": id_range,
+            },
+        );
+        Ok(self
+            .retry
+            .run(
+                scope("find_waiting_ids", deanery),
+                attempts,
+                || async move {
+                    records
+                        .find(filter.clone())
+                        .sort(doc! {"_id": 1})
+                        .projection(doc! {"_id": 1})
+                        .batch_size(batch_size)
+                        .await
+                },
+            )
+            .await?)
+    }
+
+    /// Claims records in one short transaction: renews the lease (and stops
+    /// if it was lost), reads the `TO_EXPORT` records in the `_id` range of
+    /// `ids` (sorted, from [`Store::waiting_ids`]), marks the valid ones
+    /// `EXPORTING` and the invalid ones `REJECTED` with their reasons,
+    /// allocates the run's file name on the first valid record, and moves
+    /// the run document forward; all or nothing. After a transient failure
+    /// the retry covers half as many ids: a smaller transaction gives
+    /// another writer a smaller window. [`ClaimedChunk::covered`] says how
+    /// many of `ids` were dealt with.
     ///
     /// # Errors
     /// [`StoreError::LeaseLost`], or MongoDB failing beyond the policy.
@@ -423,28 +520,27 @@ impl Store {
         deanery: &Deanery,
         owner: &str,
         lease_ttl: Duration,
-        chunk_size: u32,
+        ids: &[ObjectId],
         attempts: &mut Attempts,
     ) -> Result<ClaimedChunk, StoreError> {
-        let Some(up_to) = run.claim_up_to else {
-            return Ok(ClaimedChunk {
-                exhausted: true,
-                ..ClaimedChunk::default()
-            });
-        };
+        if ids.is_empty() {
+            return Ok(ClaimedChunk::default());
+        }
         let mut txn = self.retry.transaction(scope("claim_chunk", deanery));
-        // After a conflict the retry claims half as many records: a smaller
-        // transaction has a smaller window for another writer to hit.
-        let mut limit = chunk_size;
+        let mut covered = ids.len();
         let result = async {
             loop {
                 txn.begin(session, attempts).await?;
+                let (first, last) = (ids[0], ids[covered - 1]);
                 let outcome = self
-                    .try_claim_chunk(session, run, up_to, deanery, owner, lease_ttl, limit)
+                    .try_claim_chunk(session, run, (first, last), deanery, owner, lease_ttl)
                     .await;
                 match txn.end(session, outcome, attempts).await? {
-                    Some(chunk) => return Ok(chunk),
-                    None => limit = (limit / 2).max(1),
+                    Some(mut chunk) => {
+                        chunk.covered = covered;
+                        return Ok(chunk);
+                    }
+                    None => covered = (covered / 2).max(1),
                 }
             }
         }
@@ -461,16 +557,14 @@ impl Store {
     }
 
     /// One attempt of [`Store::claim_chunk`]'s transaction body.
-    #[allow(clippy::too_many_arguments)]
     async fn try_claim_chunk(
         &self,
         s: &mut ClientSession,
         run: &RunDoc,
-        up_to: ObjectId,
+        (first, last): (ObjectId, ObjectId),
         deanery: &Deanery,
         owner: &str,
         lease_ttl: Duration,
-        chunk_size: u32,
     ) -> Result<ClaimedChunk, MongoError> {
         let (records, runs, leases, sequences) =
             (&self.records, &self.runs, &self.leases, &self.sequences);
@@ -485,51 +579,29 @@ impl Store {
         if renewed.matched_count == 0 {
             return Err(MongoError::custom(LeaseLost));
         }
-        let mut id_range = doc! {"$lte": up_to};
-        if let Some(after) = run.last_claimed_id {
-            id_range.insert("$gt", after);
-        }
+        let in_range = doc! {
+            "deanery": deanery.as_str(),
+            "status": RecordStatus::ToExport.as_str(),
+            "_id": {"$gte": first, "$lte": last},
+        };
         let mut cursor = records
-            .find(doc! {
-                "deanery": deanery.as_str(),
-                "status": RecordStatus::ToExport.as_str(),
-                "_id": id_range,
-            })
+            .find(in_range.clone())
             .sort(doc! {"_id": 1})
-            .limit(i64::from(chunk_size))
             .session(&mut *s)
             .await?;
-        let mut chunk = ClaimedChunk::default();
+        let mut chunk = ClaimedChunk {
+            last_id: Some(last),
+            ..ClaimedChunk::default()
+        };
         let mut rejections: Vec<(Bson, String)> = Vec::new();
         while let Some(document) = cursor.next(&mut *s).await {
             let document = document?;
-            chunk.scanned += 1;
-            if let Ok(id) = document.get_object_id("_id") {
-                chunk.last_id = Some(id);
-            }
             match AppRow::from_document(&document) {
                 Ok(row) => chunk.rows.push(row),
                 Err(reason) => {
                     rejections.push((document.get("_id").cloned().unwrap_or(Bson::Null), reason))
                 }
             }
-        }
-        chunk.exhausted = chunk.scanned < chunk_size as usize;
-        if chunk.scanned == 0 {
-            return Ok(chunk);
-        }
-        if !chunk.rows.is_empty() {
-            let ids: Vec<ObjectId> = chunk.rows.iter().map(|r| r.id).collect();
-            records
-                .update_many(
-                    doc! {"_id": {"$in": ids}, "status": RecordStatus::ToExport.as_str()},
-                    doc! {"$set": {
-                        "status": RecordStatus::Exporting.as_str(),
-                        "exportRunId": &run.id,
-                    }},
-                )
-                .session(&mut *s)
-                .await?;
         }
         for (id, reason) in &rejections {
             records
@@ -545,8 +617,23 @@ impl Store {
                 .session(&mut *s)
                 .await?;
         }
+        if !chunk.rows.is_empty() {
+            // The snapshot (plus this transaction's own rejections) makes the
+            // range hold exactly the rows just read; a range update is
+            // cheaper for the server than an `$in` list of ids.
+            records
+                .update_many(
+                    in_range,
+                    doc! {"$set": {
+                        "status": RecordStatus::Exporting.as_str(),
+                        "exportRunId": &run.id,
+                    }},
+                )
+                .session(&mut *s)
+                .await?;
+        }
         chunk.rejected = rejections.len() as u64;
-        let mut set = doc! {"lastClaimedId": chunk.last_id};
+        let mut set = doc! {"lastClaimedId": last};
         if run.file_name.is_none() && !chunk.rows.is_empty() {
             let date = run.file_date();
             let counter = sequences
@@ -651,45 +738,64 @@ impl Store {
         Ok(())
     }
 
-    /// Marks up to `chunk_size` of the run's claimed records `EXPORTED` with
-    /// the file name, in one short transaction. Returns whether claimed
-    /// records may remain (false once the last chunk is marked).
+    /// The `_id`s of the records a run has claimed and not yet marked, in
+    /// order (to find the mark boundaries of a resumed run).
+    ///
+    /// # Errors
+    /// When the query cannot be started within the retry policy.
+    pub async fn claimed_ids(
+        &self,
+        run_id: &str,
+        deanery: &Deanery,
+        batch_size: u32,
+        attempts: &mut Attempts,
+    ) -> Result<Cursor<Document>, StoreError> {
+        let records = &self.records;
+        Ok(self
+            .retry
+            .run(
+                scope("find_claimed_ids", deanery),
+                attempts,
+                || async move {
+                    records
+                    .find(doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()})
+                    .sort(doc! {"_id": 1})
+                    .projection(doc! {"_id": 1})
+                    .batch_size(batch_size)
+                    .await
+                },
+            )
+            .await?)
+    }
+
+    /// Marks the run's claimed records with `_id` in `(after, up_to]`
+    /// `EXPORTED` with the file name, in one short transaction (`up_to`
+    /// `None`: all the rest).
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn mark_exported_chunk(
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mark_exported(
         &self,
         session: &mut ClientSession,
         run_id: &str,
         deanery: &Deanery,
         file_name: &str,
-        chunk_size: u32,
+        after: Option<ObjectId>,
+        up_to: Option<ObjectId>,
         attempts: &mut Attempts,
-    ) -> Result<bool, StoreError> {
+    ) -> Result<(), StoreError> {
         let records = &self.records;
-        let claimed = doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()};
-        let claimed_ref = &claimed;
-        // The last _id of the next chunk bounds the update, so each
-        // transaction touches at most `chunk_size` records.
-        let boundary = self
-            .retry
-            .run(
-                scope("find_mark_boundary", deanery),
-                attempts,
-                || async move {
-                    records
-                        .find_one(claimed_ref.clone())
-                        .sort(doc! {"_id": 1})
-                        .skip(u64::from(chunk_size.saturating_sub(1)))
-                        .projection(doc! {"_id": 1})
-                        .await
-                },
-            )
-            .await?
-            .and_then(|d| d.get_object_id("_id").ok());
-        let mut filter = claimed.clone();
-        if let Some(boundary) = boundary {
-            filter.insert("_id", doc! {"$lte": boundary});
+        let mut filter = doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()};
+        let mut id_range = Document::new();
+        if let Some(after) = after {
+            id_range.insert("$gt", after);
+        }
+        if let Some(up_to) = up_to {
+            id_range.insert("$lte", up_to);
+        }
+        if !id_range.is_empty() {
+            filter.insert("_id", id_range);
         }
         let update = doc! {"$set": {
             "status": RecordStatus::Exported.as_str(),
@@ -704,10 +810,9 @@ impl Store {
                 .session(&mut *session)
                 .await;
             if txn.end(session, outcome, attempts).await?.is_some() {
-                break;
+                return Ok(());
             }
         }
-        Ok(boundary.is_some())
     }
 
     /// Deanery codes, as stored, of records waiting to be exported or

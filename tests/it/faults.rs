@@ -144,7 +144,9 @@ async fn an_unknown_commit_result_retries_the_commit_and_succeeds() {
 async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_file() {
     // Arrange: a run with many chunks, so it is mid-file when the error comes.
     let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
-    let ids = app.seed("SEV", 5_000).await;
+    let ids = app.seed("SEV", 10_000).await;
+    // Hold the failpoint before the run starts, so arming it later is immediate.
+    let guard = app.hold_failpoint().await;
     let run = {
         let exporter = app.exporter.clone();
         tokio::spawn(async move { exporter.run(&deanery("SEV")).await })
@@ -158,8 +160,7 @@ async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_fi
     }
 
     // Act: 13 Unauthorized on the next claim's update.
-    let guard = app
-        .arm_failpoint(doc! {"failCommands": ["update"], "errorCode": 13}, 1)
+    app.arm_failpoint_held(doc! {"failCommands": ["update"], "errorCode": 13}, 1)
         .await;
     let summary = run.await.unwrap();
     app.disarm().await;

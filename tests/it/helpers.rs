@@ -187,6 +187,17 @@ impl TestApp {
     /// [`TestApp::disarm`] before dropping it.
     pub async fn arm_failpoint(&self, data: Document, times: i32) -> MutexGuard<'static, ()> {
         let guard = FAILPOINT.lock().await;
+        self.arm_failpoint_held(data, times).await;
+        guard
+    }
+
+    /// Takes the server-wide failpoint without arming it yet.
+    pub async fn hold_failpoint(&self) -> MutexGuard<'static, ()> {
+        FAILPOINT.lock().await
+    }
+
+    /// Arms `failCommand` while holding the guard from [`TestApp::hold_failpoint`].
+    pub async fn arm_failpoint_held(&self, data: Document, times: i32) {
         let mut data = data;
         data.insert("appName", &self.app_name);
         self.client
@@ -198,7 +209,6 @@ impl TestApp {
             })
             .await
             .expect("configureFailPoint (start the server with --enable-test-commands)");
-        guard
     }
 
     pub async fn disarm(&self) {

@@ -1,0 +1,525 @@
+//! Fault-injection harness: `cargo test --test fault_harness [-- --rounds 20]`
+//! (`-- --quick` for the short run CI does).
+//!
+//! Each round seeds records for a few deaneries, starts `esr-exporter run`,
+//! publishes a command per deanery, injects one fault at a random moment
+//! (SIGKILL of the daemon, its RabbitMQ connections closed, or a MongoDB
+//! failpoint), restarts what was stopped, waits for completion, and checks:
+//! every seeded record `EXPORTED` exactly once; each record id in exactly
+//! one `.DAT` file, one file per deanery; trailer counts and manifest
+//! hashes match; no temporary files; nothing dead-lettered (every command
+//! was valid). Prints a table and exits non-zero on any violation.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bson::{doc, oid::ObjectId, DateTime, Document};
+use clap::Parser;
+use esr_exporter::config::Settings;
+use esr_exporter::domain::{Deanery, GenerationCommand, Slot};
+use futures_util::TryStreamExt;
+use mongodb::Client;
+use sha2::{Digest, Sha256};
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Rounds to run.
+    #[arg(long, default_value_t = 20)]
+    rounds: usize,
+    /// Short run for CI: 6 rounds of smaller data.
+    #[arg(long)]
+    quick: bool,
+    /// Random seed (printed, to replay a run).
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Test-harness flags cargo may pass; ignored.
+    #[arg(long, hide = true)]
+    nocapture: bool,
+}
+
+/// xorshift64*: enough randomness for choosing faults, reproducible by seed.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Fault {
+    KillDaemon,
+    CloseBrokerConnections,
+    FailPoint {
+        command: &'static str,
+        data: Document,
+        times: i32,
+        label: String,
+    },
+}
+
+impl Fault {
+    fn pick(rng: &mut Rng) -> Self {
+        match rng.below(5) {
+            0 | 1 => Self::KillDaemon,
+            2 => Self::CloseBrokerConnections,
+            _ => {
+                let times = 1 + rng.below(4) as i32;
+                let (command, data, what) = match rng.below(4) {
+                    0 => (
+                        "find",
+                        doc! {"errorCode": 112, "errorLabels": ["TransientTransactionError"]},
+                        "112",
+                    ),
+                    1 => (
+                        "update",
+                        doc! {"errorCode": 112, "errorLabels": ["TransientTransactionError"]},
+                        "112",
+                    ),
+                    2 => (
+                        "commitTransaction",
+                        doc! {"errorCode": 91, "errorLabels": ["UnknownTransactionCommitResult"]},
+                        "unknown-commit",
+                    ),
+                    _ => ("find", doc! {"closeConnection": true}, "net-close"),
+                };
+                Self::FailPoint {
+                    command,
+                    data,
+                    times,
+                    label: format!("failpoint {what} on {command} x{times}"),
+                }
+            }
+        }
+    }
+
+    fn label(&self) -> String {
+        match self {
+            Self::KillDaemon => "SIGKILL daemon".to_owned(),
+            Self::CloseBrokerConnections => "close AMQP conns".to_owned(),
+            Self::FailPoint { label, .. } => label.clone(),
+        }
+    }
+}
+
+const CODES: [&str; 8] = ["MER", "EOE", "LDN", "OXF", "WES", "SEV", "KSS", "NWN"];
+
+fn base_uri() -> String {
+    std::env::var("ESR_TEST_MONGODB_URI")
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".to_owned())
+}
+
+fn record(deanery: &str, n: usize) -> Document {
+    let day = 86_400_000_i64;
+    doc! {
+        "_id": ObjectId::new(), "deanery": deanery, "status": "TO_EXPORT",
+        "positionNumber": format!("{deanery}/F/{n:06}"), "firstName": "Rhys",
+        "lastName": format!("Evans-{n}"), "placementStartDate": DateTime::from_millis(20_800 * day),
+        "wte": 1.0, "createdAt": DateTime::now(),
+    }
+}
+
+struct Round {
+    id: String,
+    env: HashMap<String, String>,
+    settings: Settings,
+    dir: PathBuf,
+    log_dir: PathBuf,
+    daemons_started: usize,
+}
+
+impl Round {
+    fn spawn_daemon(&mut self) -> anyhow::Result<Child> {
+        self.daemons_started += 1;
+        let log = std::fs::File::create(
+            self.log_dir
+                .join(format!("daemon-{}.log", self.daemons_started)),
+        )?;
+        Ok(Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
+            .arg("run")
+            .env_clear()
+            .envs(&self.env)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()?)
+    }
+}
+
+async fn close_connections(name: &str) -> anyhow::Result<usize> {
+    let listing = Command::new("rabbitmqctl")
+        .args([
+            "list_connections",
+            "pid",
+            "client_properties",
+            "-q",
+            "--no-table-headers",
+        ])
+        .output()
+        .await?;
+    let mut closed = 0;
+    for line in String::from_utf8_lossy(&listing.stdout).lines() {
+        if line.contains(name) {
+            let pid = line.split_whitespace().next().unwrap_or_default();
+            Command::new("rabbitmqctl")
+                .args(["close_connection", pid, "fault harness"])
+                .output()
+                .await?;
+            closed += 1;
+        }
+    }
+    Ok(closed)
+}
+
+async fn queue_len(settings: &Settings, queue: &str) -> anyhow::Result<u32> {
+    let connection = esr_exporter::broker::connect(&settings.amqp, "harness").await?;
+    let channel = connection.create_channel().await?;
+    let q = channel
+        .queue_declare(
+            queue,
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            Default::default(),
+        )
+        .await?;
+    let _ = connection.close(200, "done").await;
+    Ok(q.message_count())
+}
+
+/// Checks the round's guarantees; returns the violations.
+async fn check(
+    client: &Client,
+    round: &Round,
+    seeded: &HashMap<String, Vec<ObjectId>>,
+) -> anyhow::Result<Vec<String>> {
+    let mut violations = Vec::new();
+    let records = client
+        .database(&round.settings.mongodb.database)
+        .collection::<Document>("generatedAppRecords");
+    let total: usize = seeded.values().map(Vec::len).sum();
+    let exported = records.count_documents(doc! {"status": "EXPORTED"}).await?;
+    if exported != total as u64 {
+        violations.push(format!("{exported} of {total} records EXPORTED"));
+    }
+    let mut file_of: HashMap<String, String> = HashMap::new();
+    let mut files_per_deanery: HashMap<String, usize> = HashMap::new();
+    for entry in std::fs::read_dir(&round.dir)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            violations.push(format!("temporary file left: {name}"));
+            continue;
+        }
+        if !name.ends_with(".DAT") {
+            continue;
+        }
+        let bytes = std::fs::read(&path)?;
+        let text = String::from_utf8_lossy(&bytes);
+        let lines: Vec<&str> = text.split_terminator("\r\n").collect();
+        let deanery = lines
+            .first()
+            .and_then(|h| h.split(',').nth(2))
+            .unwrap_or("?")
+            .to_owned();
+        *files_per_deanery.entry(deanery).or_default() += 1;
+        let details: Vec<&str> = lines
+            .iter()
+            .copied()
+            .filter(|l| l.starts_with("APP,"))
+            .collect();
+        if lines.last() != Some(&format!("TRL,{}", details.len()).as_str()) {
+            violations.push(format!(
+                "{name}: trailer does not count {} details",
+                details.len()
+            ));
+        }
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(path.with_file_name(format!("{name}.json")))?)?;
+        if manifest["sha256"] != hex::encode(Sha256::digest(&bytes)) {
+            violations.push(format!("{name}: manifest hash does not match"));
+        }
+        if manifest["recordCount"] != details.len() {
+            violations.push(format!("{name}: manifest count does not match"));
+        }
+        for line in details {
+            let id = line.split(',').nth(1).unwrap_or_default().to_owned();
+            if let Some(other) = file_of.insert(id.clone(), name.clone()) {
+                violations.push(format!("record {id} in {other} and {name}"));
+            }
+        }
+    }
+    for (deanery, ids) in seeded {
+        let files = files_per_deanery.get(deanery).copied().unwrap_or(0);
+        if files != 1 {
+            violations.push(format!("{deanery}: {files} files"));
+        }
+        let expected: HashSet<String> = ids.iter().map(|id| id.to_hex()).collect();
+        let missing = expected
+            .iter()
+            .filter(|id| !file_of.contains_key(*id))
+            .count();
+        if missing > 0 {
+            violations.push(format!("{deanery}: {missing} records in no file"));
+        }
+    }
+    let mut cursor = records
+        .find(doc! {})
+        .projection(doc! {"_id": 1, "exportFileName": 1})
+        .await?;
+    let mut mismatched = 0;
+    while let Some(record) = cursor.try_next().await? {
+        let id = record.get_object_id("_id")?.to_hex();
+        if record.get_str("exportFileName").ok() != file_of.get(&id).map(String::as_str) {
+            mismatched += 1;
+        }
+    }
+    if mismatched > 0 {
+        violations.push(format!(
+            "{mismatched} records name another file than theirs"
+        ));
+    }
+    let dead = queue_len(&round.settings, &round.settings.amqp.dead_letter_queue()).await?;
+    if dead > 0 {
+        violations.push(format!("{dead} valid commands dead-lettered"));
+    }
+    Ok(violations)
+}
+
+async fn run_round(
+    client: &Client,
+    rng: &mut Rng,
+    index: usize,
+    quick: bool,
+    work: &Path,
+) -> anyhow::Result<(String, usize, u64, Duration, Vec<String>)> {
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+    let dir = work.join(format!("round-{index:02}"));
+    let log_dir = dir.join("logs");
+    let out = dir.join("exports");
+    std::fs::create_dir_all(&log_dir)?;
+    let app = format!("esr-faults-{id}");
+    let chunk = [10u64, 25, 50, 100, 250][rng.below(5) as usize];
+    let env: HashMap<String, String> = [
+        ("ESR_MONGODB__URI", format!("{}&appName={app}", base_uri())),
+        ("ESR_MONGODB__DATABASE", format!("esr_faults_{id}")),
+        ("ESR_EXPORT__OUTPUT_DIR", out.display().to_string()),
+        ("ESR_EXPORT__CHUNK_SIZE", chunk.to_string()),
+        ("ESR_EXPORT__LEASE_SECONDS", "2".into()),
+        ("ESR_AMQP__QUEUE", format!("esr.faults.{id}")),
+        ("ESR_AMQP__CONNECTION_NAME", app.clone()),
+        ("ESR_AMQP__RETRY_DELAY_MS", "300".into()),
+        ("ESR_AMQP__MAX_ATTEMPTS", "100".into()),
+        ("ESR_AMQP__RECONNECT_MIN_DELAY_MS", "50".into()),
+        ("ESR_AMQP__RECONNECT_MAX_DELAY_MS", "1000".into()),
+        ("ESR_RETRY__MIN_DELAY_MS", "5".into()),
+        ("ESR_RETRY__MAX_DELAY_MS", "200".into()),
+        ("ESR_SCHEDULE__ENABLED", "false".into()),
+        ("ESR_WATCHDOG__ENABLED", "false".into()),
+        ("ESR_HTTP__LISTEN", "127.0.0.1:0".into()),
+        ("ESR_LOG__FORMAT", "json".into()),
+        ("PATH", std::env::var("PATH").unwrap_or_default()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let settings = Settings::load_with_env(None, Some(env.clone()))?;
+    let mut round = Round {
+        id,
+        env,
+        settings,
+        dir: out,
+        log_dir,
+        daemons_started: 0,
+    };
+
+    // Seed.
+    let records = client
+        .database(&round.settings.mongodb.database)
+        .collection::<Document>("generatedAppRecords");
+    let deaneries = 2 + rng.below(2) as usize;
+    let mut seeded: HashMap<String, Vec<ObjectId>> = HashMap::new();
+    let first = rng.below(CODES.len() as u64) as usize;
+    for k in 0..deaneries {
+        let code = CODES[(first + k) % CODES.len()];
+        let n = if quick {
+            500 + rng.below(1_500)
+        } else {
+            1_000 + rng.below(4_000)
+        } as usize;
+        let docs: Vec<Document> = (0..n).map(|i| record(code, i)).collect();
+        seeded.insert(
+            code.to_owned(),
+            docs.iter()
+                .map(|d| d.get_object_id("_id").unwrap())
+                .collect(),
+        );
+        records.insert_many(docs).await?;
+    }
+    let total: usize = seeded.values().map(Vec::len).sum();
+
+    // Start, command, fault.
+    let started = Instant::now();
+    let mut daemon = round.spawn_daemon()?;
+    let publisher =
+        esr_exporter::broker::Publisher::connect(&round.settings.amqp, "harness").await?;
+    for code in seeded.keys() {
+        let command = GenerationCommand::new(&Deanery::parse(code)?, Slot::Manual, "fault-harness");
+        publisher.publish(&command).await?;
+    }
+    publisher.close().await;
+    let fault = Fault::pick(rng);
+    let at_ms = rng.below(if quick { 800 } else { 2_000 });
+    tokio::time::sleep(Duration::from_millis(at_ms)).await;
+    let admin = client.database("admin");
+    match &fault {
+        Fault::KillDaemon => {
+            daemon.kill().await?; // SIGKILL
+            daemon = round.spawn_daemon()?;
+        }
+        Fault::CloseBrokerConnections => {
+            close_connections(&app).await?;
+        }
+        Fault::FailPoint {
+            command,
+            data,
+            times,
+            ..
+        } => {
+            let mut data = data.clone();
+            data.insert("failCommands", vec![*command]);
+            data.insert("appName", &app);
+            admin
+                .run_command(doc! {"configureFailPoint": "failCommand", "mode": {"times": *times}, "data": data})
+                .await
+                .context("configureFailPoint (SecantusDB needs --enable-test-commands)")?;
+        }
+    }
+
+    // Wait for completion.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    loop {
+        let done = records.count_documents(doc! {"status": "EXPORTED"}).await? == total as u64
+            && queue_len(&round.settings, &round.settings.amqp.queue).await? == 0
+            && queue_len(&round.settings, &round.settings.amqp.retry_queue()).await? == 0;
+        if done {
+            break;
+        }
+        if Instant::now() > deadline {
+            break;
+        }
+        if let Some(status) = daemon.try_wait()? {
+            bail!(
+                "round {}: the daemon exited on its own ({status}); logs in {}",
+                round.id,
+                round.log_dir.display()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let elapsed = started.elapsed();
+    if matches!(fault, Fault::FailPoint { .. }) {
+        admin
+            .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
+            .await?;
+    }
+    // Stop cleanly.
+    let pid = daemon.id().context("daemon pid")?.to_string();
+    Command::new("kill").args(["-TERM", &pid]).status().await?;
+    let status = tokio::time::timeout(Duration::from_secs(60), daemon.wait()).await??;
+    let mut violations = check(client, &round, &seeded).await?;
+    if !status.success() {
+        violations.push(format!("daemon exited with {status} on SIGTERM"));
+    }
+    if !violations.is_empty() {
+        violations.push(format!("logs in {}", round.log_dir.display()));
+    }
+
+    // Clean up the round's queues and database.
+    if let Ok(connection) = esr_exporter::broker::connect(&round.settings.amqp, "harness").await {
+        if let Ok(channel) = connection.create_channel().await {
+            let amqp = &round.settings.amqp;
+            for queue in [
+                amqp.queue.clone(),
+                amqp.dead_letter_queue(),
+                amqp.retry_queue(),
+            ] {
+                let _ = channel.queue_delete(&queue, Default::default()).await;
+            }
+            let _ = channel
+                .exchange_delete(&amqp.dead_letter_exchange(), Default::default())
+                .await;
+        }
+        let _ = connection.close(200, "done").await;
+    }
+    client
+        .database(&round.settings.mongodb.database)
+        .drop()
+        .await?;
+    Ok((
+        format!("{} (chunk {chunk})", fault.label()),
+        total,
+        at_ms,
+        elapsed,
+        violations,
+    ))
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let rounds = if args.quick { 6 } else { args.rounds };
+    let seed = args.seed.unwrap_or_else(|| {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(1)
+            | 1
+    });
+    let mut rng = Rng(seed);
+    let client = Client::with_uri_str(base_uri()).await?;
+    let work = tempfile::Builder::new().prefix("esr-faults-").tempdir()?;
+    println!("fault-injection harness: {rounds} rounds, seed {seed}");
+    println!(
+        "{:>5}  {:<44} {:>7} {:>8} {:>9}  result",
+        "round", "fault", "records", "fault at", "took"
+    );
+    let mut failed = 0;
+    for index in 1..=rounds {
+        let (fault, records, at_ms, took, violations) =
+            run_round(&client, &mut rng, index, args.quick, work.path()).await?;
+        let result = if violations.is_empty() {
+            "ok".to_owned()
+        } else {
+            failed += 1;
+            format!("VIOLATED: {}", violations.join("; "))
+        };
+        println!(
+            "{index:>5}  {fault:<44} {records:>7} {:>6}ms {:>8.1}s  {result}",
+            at_ms,
+            took.as_secs_f64()
+        );
+    }
+    if failed > 0 {
+        // Keep the logs of failed rounds.
+        let kept = work.keep();
+        println!("logs kept in {}", kept.display());
+    }
+    println!("faults: {} passed, {failed} failed", rounds - failed);
+    if failed > 0 {
+        std::process::exit(1);
+    }
+    Ok(())
+}
