@@ -5,7 +5,8 @@
 //! in one run:
 //!
 //! 1. the floor: stream every `TO_EXPORT` record with a plain cursor, then
-//!    set all their statuses with one `updateMany`, on the same server;
+//!    set all their statuses with one `updateMany`, on the same server and
+//!    collection (with the indexes `esr-exporter` creates);
 //! 2. `esr-exporter export --all` (the release binary, as a process):
 //!    records per second, transaction attempts, peak RSS (`VmHWM`);
 //! 3. the same export on a fresh seed while a concurrent writer keeps
@@ -123,6 +124,20 @@ fn record(deanery: &str, n: usize) -> Document {
         "createdAt": DateTime::now(),
         "updatedAt": DateTime::now(),
     }
+}
+
+/// Creates the collection's indexes first (as `esr-exporter` does at
+/// start), so the floor is measured on the same collection the export sees.
+async fn prepare(uri: &str, db: &str) -> anyhow::Result<()> {
+    let env = [
+        ("ESR_MONGODB__URI".to_owned(), uri.to_owned()),
+        ("ESR_MONGODB__DATABASE".to_owned(), db.to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    let settings = esr_exporter::config::Settings::load_with_env(None, Some(env))?;
+    esr_exporter::store::Store::build(&settings).await?;
+    Ok(())
 }
 
 async fn seed(records: &Collection<Document>, n: usize) -> anyhow::Result<Duration> {

@@ -10,6 +10,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use futures_util::StreamExt;
 
 use crate::config::Settings;
 use crate::domain::{Deanery, RunStatus};
@@ -125,8 +126,14 @@ async fn run_export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exi
     };
     let exporter = Exporter::new(store, settings.export.clone());
     let mut any_failed = false;
-    for deanery in &deaneries {
-        let summary = exporter.run(deanery).await;
+    // Deaneries are independent (one lease each): run a few at once, and
+    // print the summaries in deanery order as they finish.
+    let mut summaries = futures_util::stream::iter(deaneries.iter().map(|deanery| {
+        let exporter = exporter.clone();
+        async move { exporter.run(deanery).await }
+    }))
+    .buffered(settings.export.parallel_runs as usize);
+    while let Some(summary) = summaries.next().await {
         any_failed |= summary.status == RunStatus::Failed;
         let line = serde_json::to_string(&summary).context("Failed to encode a run summary")?;
         let mut stdout = std::io::stdout().lock();

@@ -143,6 +143,8 @@ pub struct ExportSettings {
     pub cursor_batch_size: u32,
     /// Lease lifetime without renewal, in seconds.
     pub lease_seconds: u64,
+    /// Deaneries exported at once by `export --all`.
+    pub parallel_runs: u32,
 }
 
 impl ExportSettings {
@@ -423,6 +425,9 @@ impl Settings {
                 "export.lease_seconds",
                 "must be between 1 and 86400",
             ));
+        }
+        if !(1..=64).contains(&self.export.parallel_runs) {
+            return Err(invalid("export.parallel_runs", "must be between 1 and 64"));
         }
         if self.retry.max_attempts == 0 {
             return Err(invalid("retry.max_attempts", "must be at least 1"));

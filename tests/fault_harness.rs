@@ -88,7 +88,7 @@ impl Fault {
                     ),
                     2 => (
                         "commitTransaction",
-                        doc! {"errorCode": 91, "errorLabels": ["UnknownTransactionCommitResult"]},
+                        doc! {"errorCode": 50, "errorLabels": ["UnknownTransactionCommitResult"]},
                         "unknown-commit",
                     ),
                     _ => ("find", doc! {"closeConnection": true}, "net-close"),

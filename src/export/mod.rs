@@ -18,7 +18,7 @@ pub mod file;
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bson::doc;
 use bson::oid::ObjectId;
@@ -408,6 +408,7 @@ impl Exporter {
             }
         }
 
+        let (mut claim_time, mut write_time) = (Duration::ZERO, Duration::ZERO);
         if let Some(up_to) = run.claim_up_to {
             let mut waiting = self
                 .store
@@ -432,6 +433,7 @@ impl Exporter {
                 }
                 let ids: Vec<ObjectId> =
                     pending.iter().take(chunk_size as usize).copied().collect();
+                let claiming = Instant::now();
                 let chunk = self
                     .store
                     .claim_chunk(
@@ -444,6 +446,7 @@ impl Exporter {
                         attempts,
                     )
                     .await?;
+                claim_time += claiming.elapsed();
                 pending.drain(..chunk.covered);
                 run.last_claimed_id = chunk.last_id;
                 run.claimed += chunk.rows.len() as i64;
@@ -457,20 +460,26 @@ impl Exporter {
                         writer = Some(self.open_file(run, deanery).await?);
                     }
                     boundaries.extend(chunk.rows.last().map(|row| row.id));
+                    let writing = Instant::now();
                     writer = Some(self.write(writer, chunk.rows).await?);
+                    write_time += writing.elapsed();
                 }
             }
         }
 
         let (record_count, sha256) = match writer {
             Some(writer) if writer.count() > 0 => {
+                let finishing = Instant::now();
                 let manifest = blocking(&dir, move || writer.finish()).await?;
+                write_time += finishing.elapsed();
                 tracing::info!(
                     deanery = %deanery,
                     run_id = %run.id,
                     file = %manifest.file_name,
                     records = manifest.record_count,
                     sha256 = %manifest.sha256,
+                    claim_ms = claim_time.as_millis() as u64,
+                    write_ms = write_time.as_millis() as u64,
                     "export file written"
                 );
                 (manifest.record_count as i64, Some(manifest.sha256))
@@ -552,6 +561,7 @@ impl Exporter {
         };
         let renew_every = self.settings.lease() / 3;
         let mut renewed = Instant::now();
+        let marking = Instant::now();
         let mut after = None;
         for up_to in boundaries.into_iter().map(Some).chain([None]) {
             options.check()?;
@@ -566,6 +576,12 @@ impl Exporter {
                 .await?;
             after = up_to;
         }
+        tracing::info!(
+            deanery = %deanery,
+            run_id = %run.id,
+            mark_ms = marking.elapsed().as_millis() as u64,
+            "records marked exported"
+        );
         Ok(())
     }
 
