@@ -316,6 +316,7 @@ async fn main() -> anyhow::Result<()> {
     let records = client
         .database(&db_name)
         .collection::<Document>("generatedAppRecords");
+    prepare(&server.uri, &db_name).await?;
     let seeded = seed(&records, n).await?;
     println!("seeded in {:.1} s", seeded.as_secs_f64());
     let (streamed, updated, counted) = floor(&records).await?;
@@ -354,6 +355,7 @@ async fn main() -> anyhow::Result<()> {
     let records = client
         .database(&db_name)
         .collection::<Document>("generatedAppRecords");
+    prepare(&server.uri, &db_name).await?;
     seed(&records, n).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
