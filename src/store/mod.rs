@@ -475,28 +475,35 @@ impl Store {
         if let Some(after) = after {
             id_range.insert("$gt", after);
         }
-        let (records, filter) = (
-            &self.records,
-            &doc! {
-                "deanery": deanery.as_str(),
-                "status": RecordStatus::ToExport.as_str(),
-                "_id": id_range,
-            },
-        );
+        let filter = doc! {
+            "deanery": deanery.as_str(),
+            "status": RecordStatus::ToExport.as_str(),
+            "_id": id_range,
+        };
+        self.id_cursor("find_waiting_ids", deanery, filter, batch_size, attempts)
+            .await
+    }
+
+    /// `_id`s of the records matching `filter`, in order, `batch_size` at a time.
+    async fn id_cursor(
+        &self,
+        op: &'static str,
+        deanery: &Deanery,
+        filter: Document,
+        batch_size: u32,
+        attempts: &mut Attempts,
+    ) -> Result<Cursor<Document>, StoreError> {
+        let (records, filter) = (&self.records, &filter);
         Ok(self
             .retry
-            .run(
-                scope("find_waiting_ids", deanery),
-                attempts,
-                || async move {
-                    records
-                        .find(filter.clone())
-                        .sort(doc! {"_id": 1})
-                        .projection(doc! {"_id": 1})
-                        .batch_size(batch_size)
-                        .await
-                },
-            )
+            .run(scope(op, deanery), attempts, || async move {
+                records
+                    .find(filter.clone())
+                    .sort(doc! {"_id": 1})
+                    .projection(doc! {"_id": 1})
+                    .batch_size(batch_size)
+                    .await
+            })
             .await?)
     }
 
@@ -750,22 +757,9 @@ impl Store {
         batch_size: u32,
         attempts: &mut Attempts,
     ) -> Result<Cursor<Document>, StoreError> {
-        let records = &self.records;
-        Ok(self
-            .retry
-            .run(
-                scope("find_claimed_ids", deanery),
-                attempts,
-                || async move {
-                    records
-                    .find(doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()})
-                    .sort(doc! {"_id": 1})
-                    .projection(doc! {"_id": 1})
-                    .batch_size(batch_size)
-                    .await
-                },
-            )
-            .await?)
+        let filter = doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()};
+        self.id_cursor("find_claimed_ids", deanery, filter, batch_size, attempts)
+            .await
     }
 
     /// Marks the run's claimed records with `_id` in `(after, up_to]`
