@@ -192,6 +192,15 @@ impl Scheduler {
             .build();
         loop {
             match self.fire(slot).await {
+                // Another replica is firing it: not done until it says so.
+                // If that replica dies, its lease lapses and this one takes over.
+                Ok(Fired::HeldByOther(_)) => {
+                    let wait = Duration::from_secs(self.settings.slot_lease_seconds.clamp(1, 10));
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.recv() => return false,
+                    }
+                }
                 Ok(_) => return true,
                 Err(err) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));

@@ -298,6 +298,12 @@ impl Consumer {
                 tracing::info!(command_id = %command_id, deanery = %deanery, "shutdown: command requeued for a later resume");
                 Ok(Outcome::Requeued)
             }
+            // Another replica holds the deanery's lease and is exporting
+            // it: wait without using up an attempt (its run may be long).
+            RunStatus::Skipped => {
+                self.retry_later(channel, &delivery, attempt - 1, &command_id, error)
+                    .await
+            }
             _ if summary.retryable => {
                 self.retry_later(channel, &delivery, attempt, &command_id, error)
                     .await

@@ -157,12 +157,13 @@ impl ExportFile {
         self.count
     }
 
-    /// Writes the trailer, makes the file durable under its final name,
-    /// then writes the manifest the same way.
+    /// Writes the trailer and makes the file durable under its staging
+    /// name `.<file>.final.tmp` (not yet visible to readers). The run then
+    /// records the hash and count, and [`publish`] renames it.
     ///
     /// # Errors
     /// When any step fails; the temporary file is then removed.
-    pub fn finish(mut self) -> io::Result<Manifest> {
+    pub fn stage(mut self) -> io::Result<Staged> {
         self.csv
             .write_record(["TRL".to_owned(), self.count.to_string()])?;
         self.csv.flush()?;
@@ -173,31 +174,87 @@ impl ExportFile {
         let sha256 = hex::encode(hashing.hasher.finalize());
         let temp = hashing.inner;
         temp.as_file().sync_all()?;
-        let final_path = self.dir.join(&self.header.file_name);
-        temp.persist(&final_path).map_err(|err| err.error)?;
-
-        let manifest = Manifest {
-            run_id: self.header.run_id.clone(),
-            deanery: self.header.deanery.to_string(),
-            file_name: self.header.file_name.clone(),
-            record_count: self.count,
-            sha256,
-            created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-        };
-        let manifest_name = format!("{}.json", self.header.file_name);
-        let mut temp = tempfile::Builder::new()
-            .prefix(&temp_prefix(&manifest_name))
-            .suffix(TEMP_SUFFIX)
-            .permissions(std::fs::Permissions::from_mode(self.header.mode))
-            .tempfile_in(&self.dir)?;
-        serde_json::to_writer_pretty(&mut temp, &manifest)?;
-        temp.write_all(b"\n")?;
-        temp.as_file().sync_all()?;
-        temp.persist(self.dir.join(&manifest_name))
+        temp.persist(staging_path(&self.dir, &self.header.file_name))
             .map_err(|err| err.error)?;
         File::open(&self.dir)?.sync_all()?;
-        Ok(manifest)
+        Ok(Staged {
+            sha256,
+            record_count: self.count,
+        })
     }
+}
+
+/// A staged file's identity, recorded in the run before it is published.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// SHA-256 of the bytes.
+    pub sha256: String,
+    /// Detail lines.
+    pub record_count: u64,
+}
+
+fn staging_path(dir: &Path, file_name: &str) -> PathBuf {
+    dir.join(format!(".{file_name}.final{TEMP_SUFFIX}"))
+}
+
+/// What [`publish`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Published {
+    /// The file is under its final name, with its manifest.
+    Final,
+    /// Neither the staged nor the final file is there: it was published
+    /// and a reader has taken it already. Nothing is written again.
+    TakenByReader,
+}
+
+/// Makes a staged file final: renames it (never over an existing file) and
+/// writes its manifest. Idempotent, so a run that died anywhere in here is
+/// finished by calling it again with what the run recorded.
+///
+/// # Errors
+/// When the staged bytes do not match the recorded hash, when the final
+/// name holds another run's file, or on I/O errors.
+pub fn publish(dir: &Path, header: &FileHeader, staged: &Staged) -> io::Result<Published> {
+    let final_path = dir.join(&header.file_name);
+    let staging = staging_path(dir, &header.file_name);
+    if !final_path.exists() {
+        if !staging.exists() {
+            return Ok(Published::TakenByReader);
+        }
+        let bytes = std::fs::read(&staging)?;
+        if hex::encode(Sha256::digest(&bytes)) != staged.sha256 {
+            return Err(io::Error::other(format!(
+                "{} does not match the hash the run recorded; refusing to publish it",
+                staging.display()
+            )));
+        }
+        // Never replace a final file: a reader may have taken it already.
+        std::fs::hard_link(&staging, &final_path)?;
+        std::fs::remove_file(&staging)?;
+    } else {
+        let bytes = std::fs::read(&final_path)?;
+        if hex::encode(Sha256::digest(&bytes)) != staged.sha256 {
+            return Err(io::Error::other(format!(
+                "{} already exists and is not this run's file; refusing to overwrite it",
+                final_path.display()
+            )));
+        }
+        let _ = std::fs::remove_file(&staging);
+    }
+    let manifest = Manifest {
+        run_id: header.run_id.clone(),
+        deanery: header.deanery.to_string(),
+        file_name: header.file_name.clone(),
+        record_count: staged.record_count,
+        sha256: staged.sha256.clone(),
+        created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
+    };
+    let existing = read_manifest(dir, &header.file_name).ok();
+    if existing.is_none_or(|m| m["sha256"] != manifest.sha256.as_str()) {
+        write_manifest(dir, &manifest, header.mode)?;
+    }
+    File::open(dir)?.sync_all()?;
+    Ok(Published::Final)
 }
 
 /// Removes temporary files a crashed process left for this deanery. Only
@@ -225,13 +282,28 @@ pub fn remove_stale_temporaries(dir: &Path, deanery: &Deanery) -> io::Result<usi
     Ok(removed)
 }
 
-/// Reads a manifest back (to resume a run whose file was already final).
+/// Reads a manifest back.
 ///
 /// # Errors
 /// When it is missing or not a manifest.
 pub fn read_manifest(dir: &Path, file_name: &str) -> io::Result<serde_json::Value> {
     let bytes = std::fs::read(dir.join(format!("{file_name}.json")))?;
     serde_json::from_slice(&bytes).map_err(io::Error::other)
+}
+
+fn write_manifest(dir: &Path, manifest: &Manifest, mode: u32) -> io::Result<()> {
+    let manifest_name = format!("{}.json", manifest.file_name);
+    let mut temp = tempfile::Builder::new()
+        .prefix(&temp_prefix(&manifest_name))
+        .suffix(TEMP_SUFFIX)
+        .permissions(std::fs::Permissions::from_mode(mode))
+        .tempfile_in(dir)?;
+    serde_json::to_writer_pretty(&mut temp, manifest)?;
+    temp.write_all(b"\n")?;
+    temp.as_file().sync_all()?;
+    temp.persist(dir.join(&manifest_name))
+        .map_err(|err| err.error)?;
+    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]
@@ -268,7 +340,20 @@ mod tests {
         let mut file = ExportFile::create(dir.path(), header(name)).unwrap();
         file.write_rows(&[row("Smith"), row("O\"Neil, \"Jr\"")])
             .unwrap();
-        let manifest = file.finish().unwrap();
+        let staged = file.stage().unwrap();
+        assert!(
+            !dir.path().join(name).exists(),
+            "not visible before publishing"
+        );
+        assert_eq!(
+            publish(dir.path(), &header(name), &staged).unwrap(),
+            Published::Final
+        );
+        let manifest = Manifest {
+            sha256: staged.sha256.clone(),
+            record_count: staged.record_count,
+            ..read_manifest_typed(dir.path(), name)
+        };
 
         let bytes = std::fs::read(dir.path().join(name)).unwrap();
         let text = String::from_utf8(bytes.clone()).unwrap();
@@ -292,6 +377,67 @@ mod tests {
             .filter(|n| n.ends_with(TEMP_SUFFIX))
             .collect();
         assert!(leftovers.is_empty(), "{leftovers:?}");
+    }
+
+    fn read_manifest_typed(dir: &Path, name: &str) -> Manifest {
+        let value = read_manifest(dir, name).unwrap();
+        Manifest {
+            run_id: value["runId"].as_str().unwrap().to_owned(),
+            deanery: value["deanery"].as_str().unwrap().to_owned(),
+            file_name: value["fileName"].as_str().unwrap().to_owned(),
+            record_count: value["recordCount"].as_u64().unwrap(),
+            sha256: value["sha256"].as_str().unwrap().to_owned(),
+            created_at: value["createdAt"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    #[test]
+    fn publishing_again_after_a_crash_neither_rewrites_nor_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "DE_MER_APP_20261128_00001.DAT";
+        let mut file = ExportFile::create(dir.path(), header(name)).unwrap();
+        file.write_rows(&[row("Smith")]).unwrap();
+        let staged = file.stage().unwrap();
+
+        // Published, then the process died before recording it: again is a no-op.
+        publish(dir.path(), &header(name), &staged).unwrap();
+        let first = std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(
+            publish(dir.path(), &header(name), &staged).unwrap(),
+            Published::Final
+        );
+        let again = std::fs::metadata(dir.path().join(name))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert_eq!(first, again, "the final file was not rewritten");
+
+        // A reader took the file: nothing is written again.
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+        assert_eq!(
+            publish(dir.path(), &header(name), &staged).unwrap(),
+            Published::TakenByReader
+        );
+        assert!(!dir.path().join(name).exists());
+    }
+
+    #[test]
+    fn another_runs_file_under_the_name_is_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "DE_MER_APP_20261128_00001.DAT";
+        std::fs::write(dir.path().join(name), b"someone else's bytes").unwrap();
+        let mut file = ExportFile::create(dir.path(), header(name)).unwrap();
+        file.write_rows(&[row("Smith")]).unwrap();
+        let staged = file.stage().unwrap();
+        let err = publish(dir.path(), &header(name), &staged).unwrap_err();
+        assert!(err.to_string().contains("refusing"), "{err}");
+        assert_eq!(
+            std::fs::read(dir.path().join(name)).unwrap(),
+            b"someone else's bytes"
+        );
     }
 
     #[test]

@@ -295,49 +295,66 @@ impl Exporter {
         attempts: &mut Attempts,
         progress: &mut Progress,
     ) -> Result<(), ExportError> {
-        let mut run = match self.store.find_open_run(deanery, attempts).await? {
-            Some(run) => {
-                tracing::info!(deanery = %deanery, run_id = %run.id, phase = run.phase.as_str(), "resuming interrupted export run");
-                progress.resumed = true;
-                run
-            }
-            None => {
-                let up_to = self.store.max_to_export_id(deanery, attempts).await?;
-                let run = RunDoc::new(deanery, up_to);
-                self.store.insert_run(&run, deanery, attempts).await?;
-                tracing::info!(deanery = %deanery, run_id = %run.id, "export run started");
-                run
-            }
-        };
-        progress.run_id = Some(run.id.clone());
+        // An unfinished run is finished first. It only claims up to the
+        // newest record of its own start, so a fresh run follows it for
+        // what came since; the trigger is recorded on that last run.
+        loop {
+            let (mut run, resumed) = match self.store.find_open_run(deanery, attempts).await? {
+                Some(run) => {
+                    tracing::info!(deanery = %deanery, run_id = %run.id, phase = run.phase.as_str(), "resuming interrupted export run");
+                    progress.resumed = true;
+                    (run, true)
+                }
+                None => {
+                    let up_to = self.store.max_to_export_id(deanery, attempts).await?;
+                    let run = RunDoc::new(deanery, up_to);
+                    self.store.insert_run(&run, deanery, attempts).await?;
+                    tracing::info!(deanery = %deanery, run_id = %run.id, "export run started");
+                    (run, false)
+                }
+            };
+            progress.run_id = Some(run.id.clone());
 
-        let mut boundaries = None;
-        if run.phase == RunPhase::Claiming {
-            boundaries = Some(
-                self.claim_and_write(session, &mut run, deanery, owner, options, attempts)
-                    .await?,
-            );
-        }
-        progress.rejected = run.rejected.max(0) as u64;
-        if run.phase == RunPhase::Written {
-            self.mark_exported(session, &run, deanery, owner, boundaries, options, attempts)
+            let mut boundaries = None;
+            if run.phase == RunPhase::Claiming {
+                boundaries = self
+                    .claim_and_write(session, &mut run, deanery, owner, options, attempts)
+                    .await?;
+            }
+            if run.phase == RunPhase::Finalizing {
+                self.publish(&mut run, deanery, attempts).await?;
+            }
+            if run.phase == RunPhase::Written {
+                self.mark_exported(session, &run, deanery, owner, boundaries, options, attempts)
+                    .await?;
+            }
+            let exported = run.record_count.unwrap_or(0).max(0) as u64;
+            let attempts_so_far = i64::from(attempts.transactions);
+            let (slot, command_id) = if resumed {
+                (None, None)
+            } else {
+                (options.slot.as_deref(), options.command_id.as_deref())
+            };
+            self.store
+                .complete_run(
+                    &run.id,
+                    deanery,
+                    attempts_so_far,
+                    slot,
+                    command_id,
+                    attempts,
+                )
                 .await?;
+            progress.exported += exported;
+            progress.rejected += run.rejected.max(0) as u64;
+            if exported > 0 {
+                progress.file = run.file_name.clone();
+            }
+            if !resumed {
+                return Ok(());
+            }
+            tracing::info!(deanery = %deanery, run_id = %run.id, exported, "resumed run completed; starting a run for records that came since");
         }
-        let exported = run.record_count.unwrap_or(0).max(0) as u64;
-        let attempts_so_far = i64::from(attempts.transactions);
-        self.store
-            .complete_run(
-                &run.id,
-                deanery,
-                attempts_so_far,
-                options.slot.as_deref(),
-                options.command_id.as_deref(),
-                attempts,
-            )
-            .await?;
-        progress.exported = exported;
-        progress.file = run.file_name.clone().filter(|_| exported > 0);
-        Ok(())
     }
 
     /// Phase 1 and 2: claim everything, write the file, record it.
@@ -349,7 +366,7 @@ impl Exporter {
         owner: &str,
         options: &RunOptions,
         attempts: &mut Attempts,
-    ) -> Result<Vec<ObjectId>, ExportError> {
+    ) -> Result<Option<Vec<ObjectId>>, ExportError> {
         let dir = self.settings.output_dir.clone();
         let chunk_size = self.settings.chunk_size;
         // The last `_id` of each batch written: the mark phase marks the
@@ -377,6 +394,7 @@ impl Exporter {
                 .await?;
             let mut batch = Vec::with_capacity(chunk_size as usize);
             let mut rejections = Vec::new();
+            let mut renewed = Instant::now();
             while let Some(document) = cursor
                 .try_next()
                 .await
@@ -391,6 +409,13 @@ impl Exporter {
                     }
                 }
                 if batch.len() >= chunk_size as usize {
+                    // A long rewrite must not let the lease lapse under it.
+                    if renewed.elapsed() >= self.settings.lease() / 3 {
+                        self.store
+                            .renew_lease(deanery, owner, self.settings.lease(), attempts)
+                            .await?;
+                        renewed = Instant::now();
+                    }
                     boundaries.extend(batch.last().map(|row: &AppRow| row.id));
                     writer = Some(self.write(writer, std::mem::take(&mut batch)).await?);
                 }
@@ -467,44 +492,104 @@ impl Exporter {
             }
         }
 
-        let (record_count, sha256) = match writer {
-            Some(writer) if writer.count() > 0 => {
-                let finishing = Instant::now();
-                let manifest = blocking(&dir, move || writer.finish()).await?;
-                write_time += finishing.elapsed();
-                tracing::info!(
-                    deanery = %deanery,
-                    run_id = %run.id,
-                    file = %manifest.file_name,
-                    records = manifest.record_count,
-                    sha256 = %manifest.sha256,
-                    claim_ms = claim_time.as_millis() as u64,
-                    write_ms = write_time.as_millis() as u64,
-                    "export file written"
-                );
-                (manifest.record_count as i64, Some(manifest.sha256))
-            }
+        let Some(writer) = writer.filter(|w| w.count() > 0) else {
             // Nothing valid to write: no file (dropping a writer removes
             // its temporary file).
-            _ => (0, None),
+            self.store
+                .update_run(
+                    &run.id,
+                    deanery,
+                    doc! {"phase": RunPhase::Written.as_str(), "recordCount": 0_i64},
+                    0,
+                    attempts,
+                )
+                .await?;
+            run.phase = RunPhase::Written;
+            run.record_count = Some(0);
+            return Ok(Some(boundaries));
         };
+        let finishing = Instant::now();
+        let staged = blocking(&dir, move || writer.stage()).await?;
+        // Only the lease holder may make the file final: renew (and stop
+        // if another process took over) before recording it.
+        self.store
+            .renew_lease(deanery, owner, self.settings.lease(), attempts)
+            .await?;
         self.store
             .update_run(
                 &run.id,
                 deanery,
                 doc! {
-                    "phase": RunPhase::Written.as_str(),
-                    "recordCount": record_count,
-                    "sha256": sha256.clone(),
+                    "phase": RunPhase::Finalizing.as_str(),
+                    "recordCount": staged.record_count as i64,
+                    "sha256": &staged.sha256,
                 },
                 0,
                 attempts,
             )
             .await?;
+        run.phase = RunPhase::Finalizing;
+        run.record_count = Some(staged.record_count as i64);
+        run.sha256 = Some(staged.sha256.clone());
+        write_time += finishing.elapsed();
+        tracing::info!(
+            deanery = %deanery,
+            run_id = %run.id,
+            file = run.file_name.as_deref().unwrap_or(""),
+            records = staged.record_count,
+            sha256 = %staged.sha256,
+            claim_ms = claim_time.as_millis() as u64,
+            write_ms = write_time.as_millis() as u64,
+            "export file written"
+        );
+        Ok(Some(boundaries))
+    }
+
+    /// Phase 2b: rename the staged file to its final name and write its
+    /// manifest, then record `WRITTEN`. Safe to repeat after a crash: a
+    /// final file is never rewritten, and a file a reader already took is
+    /// not written again.
+    async fn publish(
+        &self,
+        run: &mut RunDoc,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<(), ExportError> {
+        let (Some(sha256), Some(count)) = (run.sha256.clone(), run.record_count) else {
+            return Err(ExportError::Inconsistent {
+                run_id: run.id.clone(),
+                reason: "finalizing without a recorded hash and count".to_owned(),
+            });
+        };
+        let header = self.header(run, deanery)?;
+        let staged = file::Staged {
+            sha256,
+            record_count: count.max(0) as u64,
+        };
+        let dir = self.settings.output_dir.clone();
+        let published = blocking(&self.settings.output_dir, move || {
+            file::publish(&dir, &header, &staged)
+        })
+        .await?;
+        if published == file::Published::TakenByReader {
+            tracing::warn!(
+                deanery = %deanery,
+                run_id = %run.id,
+                file = run.file_name.as_deref().unwrap_or(""),
+                "the file was published before an interruption and a reader has taken it; not writing it again"
+            );
+        }
+        self.store
+            .update_run(
+                &run.id,
+                deanery,
+                doc! {"phase": RunPhase::Written.as_str()},
+                0,
+                attempts,
+            )
+            .await?;
         run.phase = RunPhase::Written;
-        run.record_count = Some(record_count);
-        run.sha256 = sha256;
-        Ok(boundaries)
+        Ok(())
     }
 
     /// The mark boundaries of a run resumed after its file was written:
@@ -585,14 +670,14 @@ impl Exporter {
         Ok(())
     }
 
-    async fn open_file(&self, run: &RunDoc, deanery: &Deanery) -> Result<ExportFile, ExportError> {
+    fn header(&self, run: &RunDoc, deanery: &Deanery) -> Result<FileHeader, ExportError> {
         let (Some(file_name), Some(seq)) = (run.file_name.clone(), run.seq) else {
             return Err(ExportError::Inconsistent {
                 run_id: run.id.clone(),
                 reason: "records are claimed but no file name is allocated".to_owned(),
             });
         };
-        let header = FileHeader {
+        Ok(FileHeader {
             deanery: deanery.clone(),
             date: run.file_date(),
             time: run.file_time(),
@@ -600,7 +685,11 @@ impl Exporter {
             run_id: run.id.clone(),
             file_name,
             mode: self.settings.file_mode_bits(),
-        };
+        })
+    }
+
+    async fn open_file(&self, run: &RunDoc, deanery: &Deanery) -> Result<ExportFile, ExportError> {
+        let header = self.header(run, deanery)?;
         let dir = self.settings.output_dir.clone();
         blocking(&self.settings.output_dir, move || {
             ExportFile::create(&dir, header)

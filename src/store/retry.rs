@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
 use mongodb::error::{
-    Error as MongoError, ErrorKind, WriteFailure, TRANSIENT_TRANSACTION_ERROR,
-    UNKNOWN_TRANSACTION_COMMIT_RESULT,
+    Error as MongoError, ErrorKind, WriteFailure, RETRYABLE_WRITE_ERROR,
+    TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
 };
 use mongodb::options::{Acknowledgment, ReadConcern, WriteConcern};
 use mongodb::ClientSession;
@@ -22,6 +22,26 @@ use crate::config::RetrySettings;
 
 /// MongoDB's WriteConflict error code.
 pub const WRITE_CONFLICT: i32 = 112;
+
+/// Codes of a replica set changing primary or a node going away (the
+/// retryable-error codes of MongoDB's driver specifications), plus a cursor
+/// lost on such a change: worth another try after a delay.
+const FAILOVER_CODES: [i32; 14] = [
+    6,     // HostUnreachable
+    7,     // HostNotFound
+    43,    // CursorNotFound
+    89,    // NetworkTimeout
+    91,    // ShutdownInProgress
+    134,   // ReadConcernMajorityNotAvailableYet
+    189,   // PrimarySteppedDown
+    262,   // ExceededTimeLimit
+    9001,  // SocketException
+    10107, // NotWritablePrimary
+    11600, // InterruptedAtShutdown
+    11602, // InterruptedDueToReplStateChange
+    13435, // NotPrimaryNoSecondaryOk
+    13436, // NotPrimaryOrSecondary
+];
 
 /// Every transient MongoDB error is one of these; everything else is
 /// permanent. This is the one place failures are classified.
@@ -57,7 +77,12 @@ pub fn classify(err: &MongoError, during_commit: bool) -> Transience {
     if during_commit && err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) {
         return Transience::UnknownCommitResult;
     }
-    if err.contains_label(TRANSIENT_TRANSACTION_ERROR) || error_code(err) == Some(WRITE_CONFLICT) {
+    let failover = error_code(err).is_some_and(|code| FAILOVER_CODES.contains(&code));
+    if err.contains_label(TRANSIENT_TRANSACTION_ERROR)
+        || err.contains_label(RETRYABLE_WRITE_ERROR)
+        || error_code(err) == Some(WRITE_CONFLICT)
+        || failover
+    {
         return Transience::Transient;
     }
     match err.kind.as_ref() {

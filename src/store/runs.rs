@@ -14,6 +14,8 @@ use crate::domain::Deanery;
 pub enum RunPhase {
     /// Claiming records chunk by chunk; the file is not final yet.
     Claiming,
+    /// The file is staged (hash and count recorded) and being made final.
+    Finalizing,
     /// The file and its manifest are final; records are being marked.
     Written,
     /// Every claimed record is `EXPORTED` (or `REJECTED`).
@@ -25,6 +27,7 @@ impl RunPhase {
     pub const fn as_str(self) -> &'static str {
         match self {
             Self::Claiming => "CLAIMING",
+            Self::Finalizing => "FINALIZING",
             Self::Written => "WRITTEN",
             Self::Completed => "COMPLETED",
         }

@@ -95,7 +95,8 @@ impl Store {
         attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
         let (slots, commands) = (&self.slots, &commands);
-        self.retry
+        let result = self
+            .retry
             .run(scope("slot_published"), attempts, || async move {
                 slots
                     .update_one(
@@ -105,6 +106,12 @@ impl Store {
                     .await
             })
             .await?;
+        if result.matched_count == 0 {
+            // The lease lapsed while publishing and another replica took
+            // the slot: it publishes too; consumers treat the duplicates
+            // of a completed slot as no-ops.
+            tracing::warn!(slot = %slot_id, "slot lease lost while publishing; another replica fires it too");
+        }
         Ok(())
     }
 

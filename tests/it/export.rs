@@ -169,3 +169,112 @@ async fn export_all_covers_every_deanery_and_rejects_invalid_deanery_codes() {
     );
     assert_eq!(stray.get("exportFileName"), None::<&Bson>);
 }
+
+#[tokio::test]
+async fn a_run_that_died_after_publishing_its_file_never_writes_it_again() {
+    // Arrange: a completed run, wound back to the moment after its file
+    // was published and a reader took it, before the run recorded that.
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "10")]).await;
+    let ids = app.seed("EMD", 35).await;
+    let first = app.exporter.run(&deanery("EMD")).await;
+    let name = first.file.clone().unwrap();
+    let runs = app.db.collection::<bson::Document>("exportRuns");
+    runs.update_one(
+        doc! {"_id": first.run_id.clone().unwrap()},
+        doc! {"$set": {"phase": "FINALIZING"}},
+    )
+    .await
+    .unwrap();
+    app.records()
+        .update_many(
+            doc! {"deanery": "EMD"},
+            doc! {"$set": {"status": "EXPORTING"}, "$unset": {"exportFileName": ""}},
+        )
+        .await
+        .unwrap();
+    let taken = app.export_dir().join(&name);
+    std::fs::remove_file(&taken).unwrap();
+
+    // Act
+    let again = app.exporter.run(&deanery("EMD")).await;
+
+    // Assert: resumed and completed, every record EXPORTED with the file
+    // name, and no file written again.
+    assert_eq!(again.status, RunStatus::Completed, "{again:?}");
+    assert!(again.resumed);
+    assert!(
+        !taken.exists(),
+        "the file the reader took was not written again"
+    );
+    assert!(
+        app.files().iter().all(|f| !f.ends_with(".DAT")),
+        "{:?}",
+        app.files()
+    );
+    let exported = app
+        .find(doc! {"deanery": "EMD", "status": "EXPORTED"})
+        .await;
+    assert_eq!(exported.len(), ids.len());
+    assert!(exported
+        .iter()
+        .all(|r| r.get_str("exportFileName").unwrap() == name));
+}
+
+#[tokio::test]
+async fn finishing_an_old_run_is_followed_by_a_run_for_records_that_came_since() {
+    // Arrange: an unfinished run from earlier (its claim limit is fixed
+    // at its start), then new records.
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "10")]).await;
+    let old = app.seed("WMD", 30).await;
+    let runs = app.db.collection::<bson::Document>("exportRuns");
+    let first = app.exporter.run(&deanery("WMD")).await;
+    runs.update_one(
+        doc! {"_id": first.run_id.clone().unwrap()},
+        doc! {"$set": {"phase": "WRITTEN"}},
+    )
+    .await
+    .unwrap();
+    app.records()
+        .update_many(
+            doc! {"deanery": "WMD"},
+            doc! {"$set": {"status": "EXPORTING"}},
+        )
+        .await
+        .unwrap();
+    let new = app.seed("WMD", 12).await;
+
+    // Act
+    let summary = app
+        .exporter
+        .run_with(
+            &deanery("WMD"),
+            &esr_exporter::export::RunOptions {
+                slot: Some("2026-11-28T13:00:00Z".into()),
+                ..Default::default()
+            },
+        )
+        .await;
+
+    // Assert: the old run finished, a new run exported the rest, and the
+    // slot is recorded on the new run only.
+    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert!(summary.resumed);
+    assert_eq!(summary.exported, 30 + 12);
+    assert_eq!(
+        app.count(doc! {"deanery": "WMD", "status": "EXPORTED"})
+            .await,
+        (old.len() + new.len()) as u64
+    );
+    let files: Vec<String> = app
+        .files()
+        .into_iter()
+        .filter(|f| f.ends_with(".DAT"))
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    assert_eq!(summary.file.as_deref(), Some(files[1].as_str()));
+    let with_slot = runs
+        .count_documents(doc! {"deanery": "WMD", "slots": "2026-11-28T13:00:00Z"})
+        .await
+        .unwrap();
+    assert_eq!(with_slot, 1);
+}
