@@ -114,7 +114,11 @@ impl RunOptions {
 /// What an attempt got done, for its summary (also when it fails).
 #[derive(Debug, Default)]
 struct Progress {
+    /// The run being worked on (a failure is recorded on it).
     run_id: Option<String>,
+    /// The run a completed attempt reports: the last one that wrote a file,
+    /// else the last one.
+    completed_run_id: Option<String>,
     resumed: bool,
     exported: u64,
     rejected: u64,
@@ -188,7 +192,13 @@ impl Exporter {
         };
         let summary = RunSummary {
             deanery: deanery.to_string(),
-            run_id: progress.run_id.clone(),
+            run_id: match &outcome {
+                Ok(None) => progress
+                    .completed_run_id
+                    .clone()
+                    .or_else(|| progress.run_id.clone()),
+                _ => progress.run_id.clone(),
+            },
             status,
             exported: progress.exported,
             rejected: progress.rejected,
@@ -349,6 +359,9 @@ impl Exporter {
             progress.rejected += run.rejected.max(0) as u64;
             if exported > 0 {
                 progress.file = run.file_name.clone();
+                progress.completed_run_id = Some(run.id.clone());
+            } else if progress.file.is_none() {
+                progress.completed_run_id = Some(run.id.clone());
             }
             if !resumed {
                 return Ok(());

@@ -187,7 +187,20 @@ async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_fi
     let retry = app.exporter.run(&deanery("SEV")).await;
     assert_eq!(retry.status, RunStatus::Completed, "{retry:?}");
     assert!(retry.resumed);
-    assert_eq!(retry.run_id, summary.run_id);
+    // The failed run itself was finished (a fresh run then found nothing new).
+    let failed_run = app
+        .db
+        .collection::<bson::Document>("exportRuns")
+        .find_one(doc! {"_id": summary.run_id.clone().unwrap()})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(failed_run.get_str("phase").unwrap(), "COMPLETED");
+    assert_eq!(retry.exported, 10_000);
+    assert_eq!(
+        retry.run_id, summary.run_id,
+        "the summary names the run that wrote the file"
+    );
     app.assert_exported_once("SEV", &ids).await;
 }
 
