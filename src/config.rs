@@ -117,6 +117,19 @@ impl AmqpSettings {
     pub fn retry_queue(&self) -> String {
         format!("{}.retry", self.queue)
     }
+
+    /// Unbounded backoff with jitter between the reconnect delays: for
+    /// waiting out a dependency that is away (broker, database at start,
+    /// firing a slot).
+    pub fn reconnect_backoff(&self) -> impl Iterator<Item = Duration> {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.reconnect_min_delay_ms))
+            .with_max_delay(Duration::from_millis(self.reconnect_max_delay_ms))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
 }
 
 /// RabbitMQ queue type of the command queue.

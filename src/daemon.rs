@@ -7,7 +7,6 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use anyhow::Context;
-use backon::{BackoffBuilder, ExponentialBuilder};
 use tokio::net::TcpListener;
 
 use crate::broker::consumer::Consumer;
@@ -151,12 +150,7 @@ impl Daemon {
 /// shutdown comes: a database briefly away at start does not stop the
 /// daemon (and `/readyz` says so meanwhile). False if shutdown came first.
 async fn ensure_indexes(settings: &Settings, store: &Store, shutdown: &mut Shutdown) -> bool {
-    let mut backoff = ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(settings.amqp.reconnect_min_delay_ms))
-        .with_max_delay(Duration::from_millis(settings.amqp.reconnect_max_delay_ms))
-        .with_jitter()
-        .without_max_times()
-        .build();
+    let mut backoff = settings.amqp.reconnect_backoff();
     loop {
         match store.ensure_indexes().await {
             Ok(()) => return true,

@@ -18,7 +18,6 @@
 use std::str::FromStr;
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use bson::doc;
 use chrono::{DateTime, Utc};
 use chrono_tz::Tz;
@@ -184,24 +183,15 @@ impl Scheduler {
     /// Fires `slot`, retrying with backoff while MongoDB or RabbitMQ is
     /// away. Returns false if shutdown came first.
     async fn fire_until_done(&self, slot: DateTime<Utc>, shutdown: &mut Shutdown) -> bool {
-        let mut backoff = ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.amqp.reconnect_min_delay_ms))
-            .with_max_delay(Duration::from_millis(self.amqp.reconnect_max_delay_ms))
-            .with_jitter()
-            .without_max_times()
-            .build();
+        let mut backoff = self.amqp.reconnect_backoff();
         loop {
-            match self.fire(slot).await {
+            let wait = match self.fire(slot).await {
+                Ok(Fired::Published(_) | Fired::AlreadyPublished) => return true,
                 // Another replica is firing it: not done until it says so.
                 // If that replica dies, its lease lapses and this one takes over.
                 Ok(Fired::HeldByOther(_)) => {
-                    let wait = Duration::from_secs(self.settings.slot_lease_seconds.clamp(1, 10));
-                    tokio::select! {
-                        _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.recv() => return false,
-                    }
+                    Duration::from_secs(self.settings.slot_lease_seconds.clamp(1, 10))
                 }
-                Ok(_) => return true,
                 Err(err) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                     tracing::error!(
@@ -210,11 +200,12 @@ impl Scheduler {
                         delay_ms = delay.as_millis() as u64,
                         "failed to fire schedule slot; retrying"
                     );
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.recv() => return false,
-                    }
+                    delay
                 }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(wait) => {}
+                _ = shutdown.recv() => return false,
             }
         }
     }

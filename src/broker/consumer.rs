@@ -18,7 +18,6 @@
 
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
 use lapin::message::Delivery;
 use lapin::options::{
@@ -106,20 +105,11 @@ impl Consumer {
         }
     }
 
-    fn reconnect_backoff(&self) -> impl Iterator<Item = Duration> {
-        ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(self.settings.reconnect_min_delay_ms))
-            .with_max_delay(Duration::from_millis(self.settings.reconnect_max_delay_ms))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    }
-
     /// Consumes until shutdown. A lost connection or channel is
     /// re-established with backoff, the topology re-declared and consuming
     /// resumed; the loop never gives up while the process runs.
     pub async fn run(self, mut shutdown: Shutdown) {
-        let mut backoff = self.reconnect_backoff();
+        let mut backoff = self.settings.reconnect_backoff();
         while !shutdown.is_shutdown() {
             let mut connected = false;
             let result = self.consume(&mut shutdown, &mut connected).await;
@@ -129,7 +119,7 @@ impl Consumer {
                 Err(err) => err,
             };
             if connected {
-                backoff = self.reconnect_backoff();
+                backoff = self.settings.reconnect_backoff();
             }
             let delay = backoff
                 .next()

@@ -334,6 +334,20 @@ async fn dead_letter_channel(
     Ok((connection, channel, waiting))
 }
 
+/// The next dead letter, fetched unacknowledged.
+async fn next_dead_letter(
+    channel: &Channel,
+    settings: &AmqpSettings,
+) -> Result<Option<lapin::message::BasicGetMessage>, BrokerError> {
+    channel
+        .basic_get(
+            &settings.dead_letter_queue(),
+            lapin::options::BasicGetOptions { no_ack: false },
+        )
+        .await
+        .map_err(BrokerError::amqp("basic.get"))
+}
+
 /// Lists the dead-letter queue without consuming it: the messages are
 /// fetched unacknowledged and return to the queue when the channel closes.
 ///
@@ -343,14 +357,7 @@ pub async fn list_dead_letters(settings: &AmqpSettings) -> Result<Vec<DeadLetter
     let (connection, channel, waiting) = dead_letter_channel(settings, "dead-letters").await?;
     let mut letters = Vec::new();
     for _ in 0..waiting {
-        let Some(message) = channel
-            .basic_get(
-                &settings.dead_letter_queue(),
-                lapin::options::BasicGetOptions { no_ack: false },
-            )
-            .await
-            .map_err(BrokerError::amqp("basic.get"))?
-        else {
+        let Some(message) = next_dead_letter(&channel, settings).await? else {
             break;
         };
         letters.push(describe(
@@ -379,14 +386,7 @@ pub async fn replay_dead_letters(settings: &AmqpSettings) -> Result<u32, BrokerE
     // Only what is there now: a message that fails again comes back to the
     // dead-letter queue and must not be replayed in a loop.
     for _ in 0..waiting {
-        let Some(message) = channel
-            .basic_get(
-                &settings.dead_letter_queue(),
-                lapin::options::BasicGetOptions { no_ack: false },
-            )
-            .await
-            .map_err(BrokerError::amqp("basic.get"))?
-        else {
+        let Some(message) = next_dead_letter(&channel, settings).await? else {
             break;
         };
         let delivery = &message.delivery;

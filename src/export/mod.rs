@@ -739,20 +739,16 @@ async fn blocking<T: Send + 'static>(
 }
 
 fn stream_error(err: mongodb::error::Error) -> crate::store::RetryError {
+    use crate::store::retry;
     // A cursor cannot be resumed mid-stream; a transient failure ends this
     // attempt and the next attempt streams again from the start.
-    let code = crate::store::retry::error_code(&err);
-    match crate::store::retry::classify(&err, false) {
-        crate::store::retry::Transience::Permanent => crate::store::RetryError::Permanent {
-            op: "stream_claimed",
-            code,
-            source: err,
-        },
+    match retry::classify(&err, false) {
+        retry::Transience::Permanent => retry::permanent("read_cursor", err),
         _ => crate::store::RetryError::Exhausted {
-            op: "stream_claimed",
+            op: "read_cursor",
             attempts: 1,
             elapsed_ms: 0,
-            code,
+            code: retry::error_code(&err),
             source: err,
         },
     }

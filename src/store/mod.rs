@@ -170,18 +170,17 @@ impl Store {
     /// # Errors
     /// The driver's error, as a permanent [`RetryError`].
     pub async fn ping(&self) -> Result<(), StoreError> {
+        self.admin_command("ping", doc! {"ping": 1}).await
+    }
+
+    /// One admin command, not retried.
+    async fn admin_command(&self, op: &'static str, command: Document) -> Result<(), StoreError> {
         self.client
             .database("admin")
-            .run_command(doc! {"ping": 1})
+            .run_command(command)
             .await
             .map(drop)
-            .map_err(|source| {
-                StoreError::Mongo(RetryError::Permanent {
-                    op: "ping",
-                    code: retry::error_code(&source),
-                    source,
-                })
-            })
+            .map_err(|source| StoreError::Mongo(retry::permanent(op, source)))
     }
 
     /// The records collection (tests and tools seed through it).
@@ -341,7 +340,7 @@ impl Store {
                 match result {
                     Ok(_) => Ok(true),
                     // The document exists and did not match: someone else holds it.
-                    Err(err) if retry::error_code(&err) == Some(11000) => Ok(false),
+                    Err(err) if retry::is_duplicate_key(&err) => Ok(false),
                     Err(err) => Err(err),
                 }
             })
@@ -365,18 +364,8 @@ impl Store {
     /// Ends a session (and aborts its open transaction) so the records it
     /// had written inside the transaction are free at once; best effort.
     pub async fn kill_session(&self, session_id: &Document) -> Result<(), StoreError> {
-        self.client
-            .database("admin")
-            .run_command(doc! {"killSessions": [session_id.clone()]})
+        self.admin_command("kill_session", doc! {"killSessions": [session_id.clone()]})
             .await
-            .map(drop)
-            .map_err(|source| {
-                StoreError::Mongo(RetryError::Permanent {
-                    op: "kill_session",
-                    code: retry::error_code(&source),
-                    source,
-                })
-            })
     }
 
     /// Extends the lease if `owner` still holds it.

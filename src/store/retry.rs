@@ -71,6 +71,15 @@ pub fn error_code(err: &MongoError) -> Option<i32> {
     }
 }
 
+/// MongoDB's DuplicateKey error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// True for a duplicate `_id` or unique key: an upsert or insert that found
+/// the document already there.
+pub fn is_duplicate_key(err: &MongoError) -> bool {
+    error_code(err) == Some(DUPLICATE_KEY)
+}
+
 /// Classifies an error. `UnknownTransactionCommitResult` only means
 /// "retry the commit" for the commit itself; the caller says which it was.
 pub fn classify(err: &MongoError, during_commit: bool) -> Transience {
@@ -410,7 +419,8 @@ impl Transaction<'_> {
     }
 }
 
-fn permanent(op: &'static str, err: MongoError) -> RetryError {
+/// A permanent [`RetryError`] for an operation that is not retried.
+pub(crate) fn permanent(op: &'static str, err: MongoError) -> RetryError {
     RetryError::Permanent {
         op,
         code: error_code(&err),

@@ -156,7 +156,7 @@ impl Store {
                 match runs.insert_one(document.clone()).await {
                     Ok(_) => Ok(()),
                     // A retried insert whose first try did land.
-                    Err(err) if super::retry::error_code(&err) == Some(11000) => Ok(()),
+                    Err(err) if super::retry::is_duplicate_key(&err) => Ok(()),
                     Err(err) => Err(err),
                 }
             })

@@ -60,7 +60,7 @@ impl Store {
                     .await;
                 match result {
                     Ok(_) => Ok(true),
-                    Err(err) if retry::error_code(&err) == Some(11000) => Ok(false),
+                    Err(err) if retry::is_duplicate_key(&err) => Ok(false),
                     Err(err) => Err(err),
                 }
             })
@@ -226,7 +226,7 @@ impl Store {
                     .await
                 {
                     Ok(_) => Ok(true),
-                    Err(err) if retry::error_code(&err) == Some(11000) => Ok(false),
+                    Err(err) if retry::is_duplicate_key(&err) => Ok(false),
                     Err(err) => Err(err),
                 }
             })
