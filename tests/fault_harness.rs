@@ -1,5 +1,6 @@
-//! Fault-injection harness: `cargo test --test fault_harness [-- --rounds 20]`
-//! (`-- --quick` for the short run CI does).
+//! Fault-injection harness: `cargo test --test fault_harness -- --rounds 20`
+//! (`-- --seed N` replays a run; `cargo test --test fault_harness -- --quick`
+//! is the short run `scripts/test` and CI do).
 //!
 //! Each round seeds records for a few deaneries, starts `esr-exporter run`,
 //! publishes a command per deanery, injects one fault at a random moment
@@ -24,6 +25,9 @@ use futures_util::TryStreamExt;
 use mongodb::Client;
 use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
+
+#[path = "support/broker.rs"]
+mod support;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -157,48 +161,6 @@ impl Round {
     }
 }
 
-async fn close_connections(name: &str) -> anyhow::Result<usize> {
-    let listing = Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "pid",
-            "client_properties",
-            "-q",
-            "--no-table-headers",
-        ])
-        .output()
-        .await?;
-    let mut closed = 0;
-    for line in String::from_utf8_lossy(&listing.stdout).lines() {
-        if line.contains(name) {
-            let pid = line.split_whitespace().next().unwrap_or_default();
-            Command::new("rabbitmqctl")
-                .args(["close_connection", pid, "fault harness"])
-                .output()
-                .await?;
-            closed += 1;
-        }
-    }
-    Ok(closed)
-}
-
-async fn queue_len(settings: &Settings, queue: &str) -> anyhow::Result<u32> {
-    let connection = esr_exporter::broker::connect(&settings.amqp, "harness").await?;
-    let channel = connection.create_channel().await?;
-    let q = channel
-        .queue_declare(
-            queue,
-            lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await?;
-    let _ = connection.close(200, "done").await;
-    Ok(q.message_count())
-}
-
 /// Checks the round's guarantees; returns the violations.
 async fn check(
     client: &Client,
@@ -291,7 +253,11 @@ async fn check(
             "{mismatched} records name another file than theirs"
         ));
     }
-    let dead = queue_len(&round.settings, &round.settings.amqp.dead_letter_queue()).await?;
+    let dead = support::queue_len(
+        &round.settings.amqp,
+        &round.settings.amqp.dead_letter_queue(),
+    )
+    .await?;
     if dead > 0 {
         violations.push(format!("{dead} valid commands dead-lettered"));
     }
@@ -390,7 +356,7 @@ async fn run_round(
             daemon = round.spawn_daemon()?;
         }
         Fault::CloseBrokerConnections => {
-            close_connections(&app).await?;
+            support::close_connections(&app).await?;
         }
         Fault::FailPoint {
             command,
@@ -412,8 +378,9 @@ async fn run_round(
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let done = records.count_documents(doc! {"status": "EXPORTED"}).await? == total as u64
-            && queue_len(&round.settings, &round.settings.amqp.queue).await? == 0
-            && queue_len(&round.settings, &round.settings.amqp.retry_queue()).await? == 0;
+            && support::queue_len(&round.settings.amqp, &round.settings.amqp.queue).await? == 0
+            && support::queue_len(&round.settings.amqp, &round.settings.amqp.retry_queue()).await?
+                == 0;
         if done {
             break;
         }
@@ -448,22 +415,7 @@ async fn run_round(
     }
 
     // Clean up the round's queues and database.
-    if let Ok(connection) = esr_exporter::broker::connect(&round.settings.amqp, "harness").await {
-        if let Ok(channel) = connection.create_channel().await {
-            let amqp = &round.settings.amqp;
-            for queue in [
-                amqp.queue.clone(),
-                amqp.dead_letter_queue(),
-                amqp.retry_queue(),
-            ] {
-                let _ = channel.queue_delete(&queue, Default::default()).await;
-            }
-            let _ = channel
-                .exchange_delete(&amqp.dead_letter_exchange(), Default::default())
-                .await;
-        }
-        let _ = connection.close(200, "done").await;
-    }
+    support::delete_topology(&round.settings.amqp).await;
     client
         .database(&round.settings.mongodb.database)
         .drop()

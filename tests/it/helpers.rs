@@ -361,20 +361,9 @@ impl TestApp {
 
     /// Ready messages in a queue.
     pub async fn queue_len(&self, queue: &str) -> u32 {
-        let (connection, channel) = self.amqp_channel().await;
-        let declared = channel
-            .queue_declare(
-                queue,
-                lapin::options::QueueDeclareOptions {
-                    passive: true,
-                    ..Default::default()
-                },
-                Default::default(),
-            )
+        crate::support::queue_len(&self.settings.amqp, queue)
             .await
-            .unwrap();
-        let _ = connection.close(200, "done").await;
-        declared.message_count()
+            .unwrap()
     }
 
     /// Takes every message off the dead-letter queue: (body, reason).
@@ -412,47 +401,14 @@ impl TestApp {
     /// Forcibly closes this app's broker connections, as an operator's
     /// `rabbitmqctl close_connection` (or a broker restart) would.
     pub async fn close_broker_connections(&self) -> usize {
-        let listing = tokio::process::Command::new("rabbitmqctl")
-            .args([
-                "list_connections",
-                "pid",
-                "client_properties",
-                "-q",
-                "--no-table-headers",
-            ])
-            .output()
+        crate::support::close_connections(&self.app_name)
             .await
-            .expect("rabbitmqctl");
-        let text = String::from_utf8_lossy(&listing.stdout);
-        let mut closed = 0;
-        for line in text.lines().filter(|l| l.contains(&self.app_name)) {
-            let pid = line.split_whitespace().next().unwrap();
-            let status = tokio::process::Command::new("rabbitmqctl")
-                .args(["close_connection", pid, "test: forced close"])
-                .status()
-                .await
-                .unwrap();
-            assert!(status.success());
-            closed += 1;
-        }
-        closed
+            .unwrap()
     }
 
     /// Deletes this app's queues and exchange.
     pub async fn delete_broker_topology(&self) {
-        let (connection, channel) = self.amqp_channel().await;
-        let amqp = &self.settings.amqp;
-        for queue in [
-            amqp.queue.clone(),
-            amqp.dead_letter_queue(),
-            amqp.retry_queue(),
-        ] {
-            let _ = channel.queue_delete(&queue, Default::default()).await;
-        }
-        let _ = channel
-            .exchange_delete(&amqp.dead_letter_exchange(), Default::default())
-            .await;
-        let _ = connection.close(200, "done").await;
+        crate::support::delete_topology(&self.settings.amqp).await;
     }
 }
 

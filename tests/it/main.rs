@@ -10,3 +10,5 @@ mod faults;
 mod helpers;
 mod ops;
 mod replicas;
+#[path = "../support/broker.rs"]
+mod support;
