@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime, Document};
+use futures_util::TryStreamExt;
 use mongodb::error::Error as MongoError;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, ClientSession, Collection, Cursor, IndexModel};
@@ -20,6 +21,19 @@ pub use slots::{SlotClaim, StuckRecords};
 
 use crate::config::Settings;
 use crate::domain::{AppRow, Deanery, RecordStatus};
+
+/// The records index every status query uses: waiting records by deanery
+/// in `_id` order, the deaneries with work, the stuck-record watchdog. With
+/// `status` first, each reads only the records in that status, however many
+/// have been exported before.
+pub const RECORDS_BY_STATUS_INDEX: &str = "esr_exporter_status_deanery_id";
+/// The records index earlier versions created (`deanery`, `status`, `_id`),
+/// dropped at start.
+pub const LEGACY_RECORDS_INDEX: &str = "esr_exporter_deanery_status_id";
+/// An index with the same keys exists under another name.
+const INDEX_OPTIONS_CONFLICT: i32 = 85;
+/// `dropIndexes` found no such index (another replica dropped it first).
+const INDEX_NOT_FOUND: i32 = 27;
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -220,10 +234,16 @@ impl Store {
             .await?)
     }
 
-    /// Creates the indexes this daemon needs; a no-op when they exist.
+    /// Creates the indexes this daemon needs; a no-op when they exist. An
+    /// index with the same keys under another name (say, created by the
+    /// service that writes the records) serves as well and is kept. The
+    /// records index of earlier versions, `deanery` first, is dropped: it
+    /// cost every write and made finding the deaneries with work scan the
+    /// whole collection.
     ///
     /// # Errors
-    /// When MongoDB fails beyond the retry policy.
+    /// When MongoDB fails beyond the retry policy, or one of this daemon's
+    /// index names is taken by an index with other keys.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         let index = |keys: Document, name: &str| {
             IndexModel::builder()
@@ -236,13 +256,17 @@ impl Store {
                 .build()
         };
         let mut attempts = Attempts::default();
+        let scope = RetryScope {
+            op: "create_indexes",
+            deanery: None,
+        };
         let plan: [(&Collection<Document>, Vec<IndexModel>); 2] = [
             (
                 &self.records,
                 vec![
                     index(
-                        doc! {"deanery": 1, "status": 1, "_id": 1},
-                        "esr_exporter_deanery_status_id",
+                        doc! {"status": 1, "deanery": 1, "_id": 1},
+                        RECORDS_BY_STATUS_INDEX,
                     ),
                     index(
                         doc! {"exportRunId": 1, "status": 1, "_id": 1},
@@ -264,17 +288,50 @@ impl Store {
             ),
         ];
         for (collection, models) in plan {
-            let models = &models;
+            for model in &models {
+                let equivalent_exists = self
+                    .retry
+                    .run(scope, &mut attempts, || async move {
+                        match collection.create_index(model.clone()).await {
+                            Ok(_) => Ok(false),
+                            Err(err) if retry::error_code(&err) == Some(INDEX_OPTIONS_CONFLICT) => {
+                                Ok(true)
+                            }
+                            Err(err) => Err(err),
+                        }
+                    })
+                    .await?;
+                if equivalent_exists {
+                    tracing::info!(
+                        collection = collection.name(),
+                        keys = %model.keys,
+                        "an index with these keys exists under another name; using it"
+                    );
+                }
+            }
+        }
+        let records = &self.records;
+        let names = self
+            .retry
+            .run(scope, &mut attempts, || async move {
+                records.list_index_names().await
+            })
+            .await?;
+        if names.iter().any(|name| name == LEGACY_RECORDS_INDEX) {
             self.retry
-                .run(
-                    RetryScope {
-                        op: "create_indexes",
-                        deanery: None,
-                    },
-                    &mut attempts,
-                    || async move { collection.create_indexes(models.clone()).await.map(drop) },
-                )
+                .run(scope, &mut attempts, || async move {
+                    match records.drop_index(LEGACY_RECORDS_INDEX).await {
+                        Err(err) if retry::error_code(&err) == Some(INDEX_NOT_FOUND) => Ok(()),
+                        other => other,
+                    }
+                })
                 .await?;
+            tracing::info!(
+                collection = records.name(),
+                index = LEGACY_RECORDS_INDEX,
+                replaced_by = RECORDS_BY_STATUS_INDEX,
+                "dropped the records index of earlier versions"
+            );
         }
         Ok(())
     }
@@ -812,17 +869,28 @@ impl Store {
             op: "list_deaneries",
             deanery: None,
         };
-        let mut codes = self
+        // A `$group` on the status-first index reads only the waiting and
+        // claimed records (a `distinct` on SecantusDB reads every document).
+        // A record without a deanery groups under null and is rejected.
+        let pipeline = vec![
+            doc! {"$match": {"status": {"$in": [RecordStatus::ToExport.as_str(), RecordStatus::Exporting.as_str()]}}},
+            doc! {"$group": {"_id": "$deanery"}},
+        ];
+        let pipeline = &pipeline;
+        let groups: Vec<Document> = self
             .retry
             .run(scope, attempts, || async move {
                 records
-                    .distinct(
-                        "deanery",
-                        doc! {"status": {"$in": [RecordStatus::ToExport.as_str(), RecordStatus::Exporting.as_str()]}},
-                    )
+                    .aggregate(pipeline.clone())
+                    .await?
+                    .try_collect()
                     .await
             })
             .await?;
+        let mut codes: Vec<Bson> = groups
+            .into_iter()
+            .map(|group| group.get("_id").cloned().unwrap_or(Bson::Null))
+            .collect();
         let open = self
             .retry
             .run(scope, attempts, || async move {

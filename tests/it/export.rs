@@ -1,7 +1,7 @@
 //! The export run against a real MongoDB-wire server: files, records,
 //! rejections, backlog, leases.
 
-use bson::{doc, Bson};
+use bson::{doc, Bson, Document};
 use esr_exporter::domain::RunStatus;
 
 use crate::helpers::{deanery, spawn_app, spawn_app_with, valid_record, ExportedFile};
@@ -150,6 +150,11 @@ async fn export_all_covers_every_deanery_and_rejects_invalid_deanery_codes() {
     app.seed("MER", 3).await;
     app.seed("SEV", 2).await;
     let stray = app.insert(vec![valid_record("../etc", 1)]).await;
+    let mut no_deanery = valid_record("MER", 2);
+    no_deanery.remove("deanery");
+    let mut numeric = valid_record("MER", 3);
+    numeric.insert("deanery", 12);
+    let others = app.insert(vec![no_deanery, numeric]).await;
 
     let deaneries = esr_exporter::export::deaneries_to_export(&app.store)
         .await
@@ -168,6 +173,72 @@ async fn export_all_covers_every_deanery_and_rejects_invalid_deanery_codes() {
         "no path was built from the bad code"
     );
     assert_eq!(stray.get("exportFileName"), None::<&Bson>);
+    for id in others {
+        let record = app.find(doc! {"_id": id}).await.remove(0);
+        assert_eq!(record.get_str("status").unwrap(), "REJECTED", "{record}");
+    }
+}
+
+#[tokio::test]
+async fn an_equivalent_index_is_reused_and_the_index_of_earlier_versions_dropped() {
+    use esr_exporter::store::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
+    use mongodb::{options::IndexOptions, IndexModel};
+    let named = |keys: Document, name: &str| {
+        IndexModel::builder()
+            .keys(keys)
+            .options(IndexOptions::builder().name(name.to_owned()).build())
+            .build()
+    };
+    let app = spawn_app().await;
+    let records = app.records();
+    // The writer of the records made our status index under its own name,
+    // and an earlier version left its deanery-first index.
+    records.drop_indexes().await.unwrap();
+    records
+        .create_index(named(
+            doc! {"status": 1, "deanery": 1, "_id": 1},
+            "writer_status",
+        ))
+        .await
+        .unwrap();
+    records
+        .create_index(named(
+            doc! {"deanery": 1, "status": 1, "_id": 1},
+            LEGACY_RECORDS_INDEX,
+        ))
+        .await
+        .unwrap();
+
+    app.store.ensure_indexes().await.unwrap();
+    app.store.ensure_indexes().await.unwrap();
+
+    let mut names = records.list_index_names().await.unwrap();
+    names.sort();
+    assert_eq!(
+        names,
+        ["_id_", "esr_exporter_run_status_id", "writer_status"]
+    );
+    assert_ne!(RECORDS_BY_STATUS_INDEX, "writer_status");
+    let ids = app.seed("MER", 3).await;
+    let summary = app.exporter.run(&deanery("MER")).await;
+    assert_eq!(summary.exported, 3, "{summary:?}");
+    assert_eq!(
+        app.count(doc! {"_id": {"$in": ids}, "status": "EXPORTED"})
+            .await,
+        3
+    );
+
+    // Our index name taken by other keys is an error that names the index.
+    records.drop_index("writer_status").await.unwrap();
+    records
+        .create_index(named(
+            doc! {"deanery": 1, "_id": 1},
+            RECORDS_BY_STATUS_INDEX,
+        ))
+        .await
+        .unwrap();
+    let err = app.store.ensure_indexes().await.unwrap_err().to_string();
+    assert!(err.contains(RECORDS_BY_STATUS_INDEX), "{err}");
 }
 
 #[tokio::test]
