@@ -438,11 +438,22 @@ impl Exporter {
                 writer = Some(self.write(writer, batch).await?);
             }
             if !rejections.is_empty() {
-                self.store
-                    .reject_claimed(&run.id, deanery, &rejections, attempts)
-                    .await?;
-                run.claimed -= rejections.len() as i64;
-                run.rejected += rejections.len() as i64;
+                let rejected = self
+                    .store
+                    .reject_claimed(
+                        session,
+                        &run.id,
+                        deanery,
+                        &rejections,
+                        chunk_size as usize,
+                        attempts,
+                    )
+                    .await? as i64;
+                for (id, reason) in &rejections {
+                    tracing::warn!(deanery = %deanery, run_id = %run.id, record_id = %id, reason = %reason, "record rejected: it changed after it was claimed");
+                }
+                run.claimed -= rejected;
+                run.rejected += rejected;
             }
         }
 
@@ -488,7 +499,10 @@ impl Exporter {
                 pending.drain(..chunk.covered);
                 run.last_claimed_id = chunk.last_id;
                 run.claimed += chunk.rows.len() as i64;
-                run.rejected += chunk.rejected as i64;
+                run.rejected += chunk.rejections.len() as i64;
+                for (id, reason) in &chunk.rejections {
+                    tracing::warn!(deanery = %deanery, run_id = %run.id, record_id = %id, reason = %reason, "record rejected");
+                }
                 if let Some((seq, name)) = chunk.assigned_file {
                     run.seq = Some(seq);
                     run.file_name = Some(name);

@@ -100,8 +100,8 @@ pub enum LeaseOutcome {
 pub struct ClaimedChunk {
     /// Valid records claimed (now `EXPORTING`), in `_id` order.
     pub rows: Vec<AppRow>,
-    /// Records rejected by this chunk.
-    pub rejected: u64,
+    /// Records rejected by this chunk: `_id` and reason.
+    pub rejections: Vec<(Bson, String)>,
     /// How many of the ids offered were dealt with (all, unless a conflict
     /// made the transaction take fewer).
     pub covered: usize,
@@ -685,7 +685,6 @@ impl Store {
                 .session(&mut *s)
                 .await?;
         }
-        chunk.rejected = rejections.len() as u64;
         let mut set = doc! {"lastClaimedId": last};
         if run.file_name.is_none() && !chunk.rows.is_empty() {
             let date = run.file_date();
@@ -718,11 +717,12 @@ impl Store {
             doc! {"_id": &run.id},
             doc! {
                 "$set": set,
-                "$inc": {"claimed": chunk.rows.len() as i64, "rejected": chunk.rejected as i64},
+                "$inc": {"claimed": chunk.rows.len() as i64, "rejected": rejections.len() as i64},
             },
         )
         .session(&mut *s)
         .await?;
+        chunk.rejections = rejections;
         Ok(chunk)
     }
 
@@ -752,43 +752,63 @@ impl Store {
     }
 
     /// Rejects records a run had claimed but which turned invalid before
-    /// they were written (another writer changed them).
+    /// they were written (another writer changed them), and moves the run's
+    /// counters by as many as were rejected, in one transaction per
+    /// `batch` records: the counters never drift from the records. Returns
+    /// how many records were rejected (an earlier, interrupted attempt may
+    /// have rejected some already).
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
     pub async fn reject_claimed(
         &self,
+        session: &mut ClientSession,
         run_id: &str,
         deanery: &Deanery,
         rejections: &[(ObjectId, String)],
+        batch: usize,
         attempts: &mut Attempts,
-    ) -> Result<(), StoreError> {
+    ) -> Result<u64, StoreError> {
         let (records, runs) = (&self.records, &self.runs);
-        for (id, reason) in rejections {
-            self.retry
-                .run(scope("reject_claimed", deanery), attempts, || async move {
-                    let result = records
-                        .update_one(
-                            doc! {"_id": id, "exportRunId": run_id, "status": RecordStatus::Exporting.as_str()},
-                            doc! {"$set": {
-                                "status": RecordStatus::Rejected.as_str(),
-                                "rejectionReason": reason,
-                                "rejectedAt": now(),
-                            }},
-                        )
-                        .await?;
-                    if result.modified_count == 1 {
+        let mut rejected = 0;
+        for part in rejections.chunks(batch.max(1)) {
+            let mut txn = self.retry.transaction(scope("reject_claimed", deanery));
+            loop {
+                txn.begin(session, attempts).await?;
+                let outcome = async {
+                    let mut modified = 0_i64;
+                    for (id, reason) in part {
+                        let result = records
+                            .update_one(
+                                doc! {"_id": id, "exportRunId": run_id, "status": RecordStatus::Exporting.as_str()},
+                                doc! {"$set": {
+                                    "status": RecordStatus::Rejected.as_str(),
+                                    "rejectionReason": reason,
+                                    "rejectedAt": now(),
+                                }},
+                            )
+                            .session(&mut *session)
+                            .await?;
+                        modified += result.modified_count as i64;
+                    }
+                    if modified > 0 {
                         runs.update_one(
                             doc! {"_id": run_id},
-                            doc! {"$inc": {"claimed": -1_i64, "rejected": 1_i64}},
+                            doc! {"$inc": {"claimed": -modified, "rejected": modified}},
                         )
+                        .session(&mut *session)
                         .await?;
                     }
-                    Ok(())
-                })
-                .await?;
+                    Ok(modified)
+                }
+                .await;
+                if let Some(modified) = txn.end(session, outcome, attempts).await? {
+                    rejected += modified as u64;
+                    break;
+                }
+            }
         }
-        Ok(())
+        Ok(rejected)
     }
 
     /// The `_id`s of the records a run has claimed and not yet marked, in

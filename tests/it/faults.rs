@@ -206,6 +206,80 @@ async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_fi
 }
 
 #[tokio::test]
+async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_counts_agree() {
+    // Arrange: a run stopped mid-claim by a non-transient error.
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
+    let ids = app.seed("KSS", 2_000).await;
+    let guard = app.hold_failpoint().await;
+    let run = {
+        let exporter = app.exporter.clone();
+        tokio::spawn(async move { exporter.run(&deanery("KSS")).await })
+    };
+    while app.count(doc! {"status": "EXPORTING"}).await < 2 {
+        assert!(
+            !run.is_finished(),
+            "the run ended before it could be interrupted"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    }
+    app.arm_failpoint_held(doc! {"failCommands": ["update"], "errorCode": 13}, 1)
+        .await;
+    let failed = run.await.unwrap();
+    app.disarm().await;
+    drop(guard);
+    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
+    // Another writer breaks two records the stopped run had claimed.
+    let claimed = app.find(doc! {"status": "EXPORTING"}).await;
+    let broken = [
+        (claimed[0].get_object_id("_id").unwrap(), "positionNumber"),
+        (claimed[1].get_object_id("_id").unwrap(), "lastName"),
+    ];
+    for (id, field) in broken {
+        app.records()
+            .update_one(doc! {"_id": id}, doc! {"$unset": {field: ""}})
+            .await
+            .unwrap();
+    }
+
+    // Act
+    let resumed = app.exporter.run(&deanery("KSS")).await;
+
+    // Assert: rejected with their reasons, counted once, the rest exported.
+    assert_eq!(resumed.status, RunStatus::Completed, "{resumed:?}");
+    assert!(resumed.resumed);
+    assert_eq!(
+        (resumed.exported, resumed.rejected),
+        (1_998, 2),
+        "{resumed:?}"
+    );
+    for (id, field) in broken {
+        let record = app.find(doc! {"_id": id}).await.remove(0);
+        assert_eq!(record.get_str("status").unwrap(), "REJECTED", "{record}");
+        let reason = record.get_str("rejectionReason").unwrap();
+        assert!(reason.contains(field), "{reason}");
+    }
+    let valid: Vec<_> = ids
+        .iter()
+        .filter(|id| broken.iter().all(|(b, _)| b != *id))
+        .map(|id| id.to_hex())
+        .collect();
+    let file =
+        crate::helpers::ExportedFile::read(&app.export_dir(), resumed.file.as_deref().unwrap());
+    assert_eq!(file.ids(), valid, "every valid record once, in order");
+    assert_eq!(app.count(doc! {"status": "EXPORTED"}).await, 1_998);
+    let run_doc = app
+        .db
+        .collection::<Document>("exportRuns")
+        .find_one(doc! {"_id": failed.run_id.clone().unwrap()})
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(run_doc.get_i64("claimed").unwrap(), 1_998, "{run_doc}");
+    assert_eq!(run_doc.get_i64("rejected").unwrap(), 2, "{run_doc}");
+    assert_eq!(run_doc.get_i64("recordCount").unwrap(), 1_998, "{run_doc}");
+}
+
+#[tokio::test]
 async fn an_exhausted_retry_budget_fails_the_run_and_the_next_attempt_completes_it() {
     let app = spawn_app_with(&[
         ("ESR_EXPORT__CHUNK_SIZE", "50"),
