@@ -7,9 +7,14 @@
 //! 1. the floor: stream every `TO_EXPORT` record with a plain cursor, then
 //!    set all their statuses with one `updateMany`, on the same server and
 //!    collection (with the indexes `esr-exporter` creates);
-//! 2. `esr-exporter export --all` (the release binary, as a process):
+//! 2. the design's commands alone: the claim and mark transactions an
+//!    export sends (id cursor, range read, `EXPORTING` update, `EXPORTED`
+//!    update; two deaneries at a time), with no lease, run document or
+//!    file, sent from this process; what `esr-exporter` adds shows as the
+//!    difference to (3);
+//! 3. `esr-exporter export --all` (the release binary, as a process):
 //!    records per second, transaction attempts, peak RSS (`VmHWM`);
-//! 3. the same export on a fresh seed while a concurrent writer keeps
+//! 4. the same export on a fresh seed while a concurrent writer keeps
 //!    updating random `TO_EXPORT` records: retries, WriteConflicts,
 //!    throughput relative to the uncontended run, and a check that every
 //!    record is in exactly one file.
@@ -188,6 +193,89 @@ async fn floor(records: &Collection<Document>) -> anyhow::Result<(Duration, Dura
     Ok((streamed, updated, n))
 }
 
+/// The claim and mark commands of an export, and nothing else, for every
+/// deanery, two deaneries at a time (as `export.parallel_runs = 2`).
+async fn design_commands(
+    client: &Client,
+    records: &Collection<Document>,
+    chunk: usize,
+) -> anyhow::Result<Duration> {
+    use mongodb::options::{Acknowledgment, ReadConcern, WriteConcern};
+    let started = Instant::now();
+    let queue = Arc::new(std::sync::Mutex::new(DEANERIES.to_vec()));
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let (client, records, queue) = (client.clone(), records.clone(), queue.clone());
+        workers.push(tokio::spawn(async move {
+            let mut session = client.start_session().await?;
+            loop {
+                let Some(deanery) = queue.lock().unwrap().pop() else {
+                    return anyhow::Ok(());
+                };
+                let run_id = uuid::Uuid::new_v4().to_string();
+                let ids: Vec<ObjectId> = records
+                    .find(doc! {"status": "TO_EXPORT", "deanery": deanery})
+                    .sort(doc! {"_id": 1})
+                    .projection(doc! {"_id": 1})
+                    .batch_size(chunk as u32)
+                    .await?
+                    .map_ok(|d| d.get_object_id("_id").unwrap())
+                    .try_collect()
+                    .await?;
+                let ranges: Vec<(ObjectId, ObjectId)> = ids
+                    .chunks(chunk)
+                    .map(|c| (c[0], c[c.len() - 1]))
+                    .collect();
+                let begin = async |session: &mut mongodb::ClientSession| {
+                    session
+                        .start_transaction()
+                        .read_concern(ReadConcern::snapshot())
+                        .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
+                        .await
+                };
+                for &(first, last) in &ranges {
+                    let range = doc! {"status": "TO_EXPORT", "deanery": deanery, "_id": {"$gte": first, "$lte": last}};
+                    begin(&mut session).await?;
+                    let mut cursor = records.find(range.clone()).session(&mut session).await?;
+                    let mut bytes = 0;
+                    while let Some(d) = cursor.next(&mut session).await {
+                        bytes += d?.len();
+                    }
+                    std::hint::black_box(bytes);
+                    records
+                        .update_many(range, doc! {"$set": {"status": "EXPORTING", "exportRunId": &run_id}})
+                        .session(&mut session)
+                        .await?;
+                    session.commit_transaction().await?;
+                }
+                for &(first, last) in &ranges {
+                    begin(&mut session).await?;
+                    records
+                        .update_many(
+                            doc! {"exportRunId": &run_id, "status": "EXPORTING", "_id": {"$gte": first, "$lte": last}},
+                            doc! {"$set": {"status": "EXPORTED", "exportedAt": DateTime::now(), "exportFileName": "DE_X_APP_20261128_00001.DAT"}},
+                        )
+                        .session(&mut session)
+                        .await?;
+                    session.commit_transaction().await?;
+                }
+            }
+        }));
+    }
+    for worker in workers {
+        worker.await??;
+    }
+    let elapsed = started.elapsed();
+    // Put them back for the export (not measured).
+    records
+        .update_many(
+            doc! {},
+            doc! {"$set": {"status": "TO_EXPORT"}, "$unset": {"exportRunId": "", "exportedAt": "", "exportFileName": ""}},
+        )
+        .await?;
+    Ok(elapsed)
+}
+
 struct ExportRun {
     wall: Duration,
     peak_rss_kib: u64,
@@ -326,6 +414,13 @@ async fn main() -> anyhow::Result<()> {
         rate(counted, floor_time),
         streamed.as_secs_f64(),
         updated.as_secs_f64()
+    );
+    let commands = design_commands(&client, &records, args.chunk_size as usize).await?;
+    println!(
+        "commands: {:>8.0} records/s  (the claim and mark transactions alone in {:.2} s; ratio to the floor {:.2})",
+        rate(n as u64, commands),
+        commands.as_secs_f64(),
+        commands.as_secs_f64() / floor_time.as_secs_f64()
     );
     let dir = tempfile::tempdir()?;
     let run = export_all(&server.uri, &db_name, dir.path(), args.chunk_size).await?;
