@@ -17,7 +17,7 @@ use crate::ops::watchdog::Watchdog;
 use crate::ops::{metrics, systemd, Readiness};
 use crate::scheduler::Scheduler;
 use crate::shutdown::Shutdown;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// A daemon with its HTTP port bound, ready to run.
 #[derive(Debug)]
@@ -96,7 +96,15 @@ impl Daemon {
 
         let indexed = tokio::select! {
             indexed = ensure_indexes(&settings, &store, &mut shutdown) => indexed,
-            _ = &mut signal => false,
+            _ = &mut signal => Ok(false),
+        };
+        let indexed = match indexed {
+            Ok(indexed) => indexed,
+            Err(err) => {
+                trigger.trigger();
+                futures_util::future::join_all(tasks).await;
+                return Err(err).context("Failed to prepare MongoDB's indexes");
+            }
         };
         if indexed {
             let exporter = Exporter::new(store.clone(), settings.export.clone());
@@ -149,17 +157,26 @@ impl Daemon {
 /// Creates the indexes, retrying with backoff until MongoDB answers or
 /// shutdown comes: a database briefly away at start does not stop the
 /// daemon (and `/readyz` says so meanwhile). False if shutdown came first.
-async fn ensure_indexes(settings: &Settings, store: &Store, shutdown: &mut Shutdown) -> bool {
+///
+/// # Errors
+/// A permanent error (an index name taken by other keys, no permission,
+/// ...): retrying cannot help, so the daemon stops with it.
+async fn ensure_indexes(
+    settings: &Settings,
+    store: &Store,
+    shutdown: &mut Shutdown,
+) -> Result<bool, StoreError> {
     let mut backoff = settings.amqp.reconnect_backoff();
     loop {
         match store.ensure_indexes().await {
-            Ok(()) => return true,
+            Ok(()) => return Ok(true),
+            Err(err) if !err.is_transient() => return Err(err),
             Err(err) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 tracing::error!(error = %err, delay_ms = delay.as_millis() as u64, "MongoDB unavailable at start; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.recv() => return false,
+                    _ = shutdown.recv() => return Ok(false),
                 }
             }
         }

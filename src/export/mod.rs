@@ -448,12 +448,12 @@ impl Exporter {
                         chunk_size as usize,
                         attempts,
                     )
-                    .await? as i64;
-                for (id, reason) in &rejections {
+                    .await?;
+                for (id, reason) in &rejected {
                     tracing::warn!(deanery = %deanery, run_id = %run.id, record_id = %id, reason = %reason, "record rejected: it changed after it was claimed");
                 }
-                run.claimed -= rejected;
-                run.rejected += rejected;
+                run.claimed -= rejected.len() as i64;
+                run.rejected += rejected.len() as i64;
             }
         }
 

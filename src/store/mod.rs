@@ -27,13 +27,15 @@ use crate::domain::{AppRow, Deanery, RecordStatus};
 /// `status` first, each reads only the records in that status, however many
 /// have been exported before.
 pub const RECORDS_BY_STATUS_INDEX: &str = "esr_exporter_status_deanery_id";
+/// The records index of a run's claimed records.
+pub const RECORDS_BY_RUN_INDEX: &str = "esr_exporter_run_status_id";
 /// The records index earlier versions created (`deanery`, `status`, `_id`),
-/// dropped at start.
+/// no longer used; a WARN at start says how to drop it.
 pub const LEGACY_RECORDS_INDEX: &str = "esr_exporter_deanery_status_id";
-/// An index with the same keys exists under another name.
+/// An index with the same keys exists under another name or options.
 const INDEX_OPTIONS_CONFLICT: i32 = 85;
-/// `dropIndexes` found no such index (another replica dropped it first).
-const INDEX_NOT_FOUND: i32 = 27;
+/// An index with the same name exists with other keys.
+const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 
 /// A store operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +53,17 @@ pub enum StoreError {
         /// Deanery code.
         deanery: String,
     },
+    /// One of this daemon's indexes cannot be had as it needs: its name is
+    /// taken by other keys, or an index with its keys cannot serve queries.
+    #[error("index `{name}` on `{collection}`: {reason}")]
+    Index {
+        /// Collection name.
+        collection: String,
+        /// This daemon's name for the index.
+        name: String,
+        /// What is wrong, and what to do.
+        reason: String,
+    },
     /// A stored document does not have the expected shape.
     #[error("malformed {what}: {reason}")]
     Malformed {
@@ -67,7 +80,7 @@ impl StoreError {
         match self {
             Self::Mongo(err) => err.is_transient(),
             Self::LeaseLost { .. } => true,
-            Self::Configuration(_) | Self::Malformed { .. } => false,
+            Self::Configuration(_) | Self::Index { .. } | Self::Malformed { .. } => false,
         }
     }
 }
@@ -130,6 +143,24 @@ pub fn now() -> DateTime {
 
 fn in_future(duration: Duration) -> DateTime {
     DateTime::from_millis(DateTime::now().timestamp_millis() + duration.as_millis() as i64)
+}
+
+/// An index this daemon needs: its name and keys.
+type IndexSpec = (&'static str, Document);
+
+/// What keeps an index from serving every query on its keys, if anything.
+fn index_flaw(options: &mongodb::options::IndexOptions) -> Option<&'static str> {
+    if options.hidden == Some(true) {
+        Some("hidden")
+    } else if options.partial_filter_expression.is_some() {
+        Some("partial")
+    } else if options.sparse == Some(true) {
+        Some("sparse")
+    } else if options.collation.is_some() {
+        Some("under a collation")
+    } else {
+        None
+    }
 }
 
 fn scope<'a>(op: &'static str, deanery: &'a Deanery) -> RetryScope<'a> {
@@ -236,14 +267,15 @@ impl Store {
 
     /// Creates the indexes this daemon needs; a no-op when they exist. An
     /// index with the same keys under another name (say, created by the
-    /// service that writes the records) serves as well and is kept. The
-    /// records index of earlier versions, `deanery` first, is dropped: it
-    /// cost every write and made finding the deaneries with work scan the
-    /// whole collection.
+    /// service that writes the records) serves as well and is used, unless
+    /// it is hidden, partial, sparse or has a collation. The records index
+    /// of earlier versions (`deanery` first) is left for operators to drop
+    /// once no replica runs an earlier version; a WARN says so.
     ///
     /// # Errors
-    /// When MongoDB fails beyond the retry policy, or one of this daemon's
-    /// index names is taken by an index with other keys.
+    /// [`StoreError::Index`] when one of this daemon's index names is taken
+    /// by other keys or an index with its keys cannot serve queries; or
+    /// MongoDB failing beyond the retry policy.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         let index = |keys: Document, name: &str| {
             IndexModel::builder()
@@ -260,53 +292,82 @@ impl Store {
             op: "create_indexes",
             deanery: None,
         };
-        let plan: [(&Collection<Document>, Vec<IndexModel>); 2] = [
+        let plan: [(&Collection<Document>, Vec<IndexSpec>); 2] = [
             (
                 &self.records,
                 vec![
-                    index(
-                        doc! {"status": 1, "deanery": 1, "_id": 1},
+                    (
                         RECORDS_BY_STATUS_INDEX,
+                        doc! {"status": 1, "deanery": 1, "_id": 1},
                     ),
-                    index(
+                    (
+                        RECORDS_BY_RUN_INDEX,
                         doc! {"exportRunId": 1, "status": 1, "_id": 1},
-                        "esr_exporter_run_status_id",
                     ),
                 ],
             ),
             (
                 &self.runs,
                 vec![
-                    index(
-                        doc! {"deanery": 1, "phase": 1, "startedAt": 1},
+                    (
                         "deanery_phase_startedAt",
+                        doc! {"deanery": 1, "phase": 1, "startedAt": 1},
                     ),
-                    index(doc! {"deanery": 1, "startedAt": -1}, "deanery_startedAt"),
-                    index(doc! {"deanery": 1, "slots": 1}, "deanery_slots"),
-                    index(doc! {"deanery": 1, "commands": 1}, "deanery_commands"),
+                    ("deanery_startedAt", doc! {"deanery": 1, "startedAt": -1}),
+                    ("deanery_slots", doc! {"deanery": 1, "slots": 1}),
+                    ("deanery_commands", doc! {"deanery": 1, "commands": 1}),
                 ],
             ),
         ];
-        for (collection, models) in plan {
-            for model in &models {
-                let equivalent_exists = self
+        for (collection, indexes) in plan {
+            for (name, keys) in indexes {
+                let model = &index(keys, name);
+                let conflict = self
                     .retry
                     .run(scope, &mut attempts, || async move {
                         match collection.create_index(model.clone()).await {
-                            Ok(_) => Ok(false),
-                            Err(err) if retry::error_code(&err) == Some(INDEX_OPTIONS_CONFLICT) => {
-                                Ok(true)
-                            }
-                            Err(err) => Err(err),
+                            Ok(_) => Ok(None),
+                            Err(err) => match retry::error_code(&err) {
+                                Some(
+                                    code @ (INDEX_OPTIONS_CONFLICT | INDEX_KEY_SPECS_CONFLICT),
+                                ) => Ok(Some((code, err.to_string()))),
+                                _ => Err(err),
+                            },
                         }
                     })
                     .await?;
-                if equivalent_exists {
-                    tracing::info!(
-                        collection = collection.name(),
-                        keys = %model.keys,
-                        "an index with these keys exists under another name; using it"
-                    );
+                let index_error = |reason: String| StoreError::Index {
+                    collection: collection.name().to_owned(),
+                    name: name.to_owned(),
+                    reason,
+                };
+                match conflict {
+                    None => {}
+                    Some((INDEX_KEY_SPECS_CONFLICT, message)) => {
+                        return Err(index_error(format!(
+                            "the name is taken by an index with other keys; drop or rename that index ({message})"
+                        )))
+                    }
+                    Some((_, message)) => {
+                        let existing = self
+                            .index_with_keys(collection, &model.keys, &mut attempts)
+                            .await?;
+                        match existing {
+                            Some((existing, None)) => tracing::info!(
+                                collection = collection.name(),
+                                index = name,
+                                existing = %existing,
+                                "an index with these keys exists under another name; using it"
+                            ),
+                            Some((existing, Some(flaw))) => {
+                                return Err(index_error(format!(
+                                    "index `{existing}` has these keys but is {flaw}, so queries cannot rely on it; \
+                                     drop it or make it a plain index"
+                                )))
+                            }
+                            None => return Err(index_error(message)),
+                        }
+                    }
                 }
             }
         }
@@ -318,22 +379,43 @@ impl Store {
             })
             .await?;
         if names.iter().any(|name| name == LEGACY_RECORDS_INDEX) {
-            self.retry
-                .run(scope, &mut attempts, || async move {
-                    match records.drop_index(LEGACY_RECORDS_INDEX).await {
-                        Err(err) if retry::error_code(&err) == Some(INDEX_NOT_FOUND) => Ok(()),
-                        other => other,
-                    }
-                })
-                .await?;
-            tracing::info!(
+            tracing::warn!(
                 collection = records.name(),
                 index = LEGACY_RECORDS_INDEX,
                 replaced_by = RECORDS_BY_STATUS_INDEX,
-                "dropped the records index of earlier versions"
+                "the records index of earlier versions is no longer used and costs every write; \
+                 drop it once no replica runs an earlier version"
             );
         }
         Ok(())
+    }
+
+    /// The index of `collection` with exactly `keys`: its name, and what
+    /// keeps it from serving every query (hidden, partial, ...), if anything.
+    async fn index_with_keys(
+        &self,
+        collection: &Collection<Document>,
+        keys: &Document,
+        attempts: &mut Attempts,
+    ) -> Result<Option<(String, Option<&'static str>)>, StoreError> {
+        let scope = RetryScope {
+            op: "list_indexes",
+            deanery: None,
+        };
+        let indexes: Vec<IndexModel> = self
+            .retry
+            .run(scope, attempts, || async move {
+                collection.list_indexes().await?.try_collect().await
+            })
+            .await?;
+        Ok(indexes
+            .into_iter()
+            .find(|index| &index.keys == keys)
+            .map(|index| {
+                let options = index.options.unwrap_or_default();
+                let flaw = index_flaw(&options);
+                (options.name.unwrap_or_default(), flaw)
+            }))
     }
 
     /// Takes the deanery's lease for `owner` (whose MongoDB session is
@@ -755,8 +837,8 @@ impl Store {
     /// they were written (another writer changed them), and moves the run's
     /// counters by as many as were rejected, in one transaction per
     /// `batch` records: the counters never drift from the records. Returns
-    /// how many records were rejected (an earlier, interrupted attempt may
-    /// have rejected some already).
+    /// the records this call rejected (an earlier, interrupted attempt may
+    /// have rejected some already; another writer may have moved some).
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
@@ -768,15 +850,15 @@ impl Store {
         rejections: &[(ObjectId, String)],
         batch: usize,
         attempts: &mut Attempts,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Vec<(ObjectId, String)>, StoreError> {
         let (records, runs) = (&self.records, &self.runs);
-        let mut rejected = 0;
+        let mut rejected = Vec::new();
         for part in rejections.chunks(batch.max(1)) {
             let mut txn = self.retry.transaction(scope("reject_claimed", deanery));
             loop {
                 txn.begin(session, attempts).await?;
                 let outcome = async {
-                    let mut modified = 0_i64;
+                    let mut modified = Vec::new();
                     for (id, reason) in part {
                         let result = records
                             .update_one(
@@ -789,12 +871,15 @@ impl Store {
                             )
                             .session(&mut *session)
                             .await?;
-                        modified += result.modified_count as i64;
+                        if result.modified_count == 1 {
+                            modified.push((*id, reason.clone()));
+                        }
                     }
-                    if modified > 0 {
+                    if !modified.is_empty() {
+                        let n = modified.len() as i64;
                         runs.update_one(
                             doc! {"_id": run_id},
-                            doc! {"$inc": {"claimed": -modified, "rejected": modified}},
+                            doc! {"$inc": {"claimed": -n, "rejected": n}},
                         )
                         .session(&mut *session)
                         .await?;
@@ -803,7 +888,7 @@ impl Store {
                 }
                 .await;
                 if let Some(modified) = txn.end(session, outcome, attempts).await? {
-                    rejected += modified as u64;
+                    rejected.extend(modified);
                     break;
                 }
             }
@@ -965,5 +1050,30 @@ impl Store {
             )
             .await?;
         Ok(result.modified_count)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use mongodb::options::{Collation, IndexOptions};
+
+    #[test]
+    fn only_a_plain_index_serves_every_query_on_its_keys() {
+        assert_eq!(index_flaw(&IndexOptions::default()), None);
+        let named = IndexOptions::builder().name("writer".to_owned()).build();
+        assert_eq!(index_flaw(&named), None);
+        let hidden = IndexOptions::builder().hidden(true).build();
+        assert_eq!(index_flaw(&hidden), Some("hidden"));
+        let partial = IndexOptions::builder()
+            .partial_filter_expression(doc! {"status": "TO_EXPORT"})
+            .build();
+        assert_eq!(index_flaw(&partial), Some("partial"));
+        let sparse = IndexOptions::builder().sparse(true).build();
+        assert_eq!(index_flaw(&sparse), Some("sparse"));
+        let collated = IndexOptions::builder()
+            .collation(Collation::builder().locale("en".to_owned()).build())
+            .build();
+        assert_eq!(index_flaw(&collated), Some("under a collation"));
     }
 }

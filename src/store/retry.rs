@@ -25,14 +25,16 @@ pub const WRITE_CONFLICT: i32 = 112;
 
 /// Codes of a replica set changing primary or a node going away (the
 /// retryable-error codes of MongoDB's driver specifications), plus a cursor
-/// lost on such a change: worth another try after a delay.
-const FAILOVER_CODES: [i32; 14] = [
+/// or query plan lost on such a change or to an index being dropped: worth
+/// another try after a delay.
+const FAILOVER_CODES: [i32; 15] = [
     6,     // HostUnreachable
     7,     // HostNotFound
     43,    // CursorNotFound
     89,    // NetworkTimeout
     91,    // ShutdownInProgress
     134,   // ReadConcernMajorityNotAvailableYet
+    175,   // QueryPlanKilled
     189,   // PrimarySteppedDown
     262,   // ExceededTimeLimit
     9001,  // SocketException

@@ -209,7 +209,7 @@ async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_fi
 async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_counts_agree() {
     // Arrange: a run stopped mid-claim by a non-transient error.
     let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
-    let ids = app.seed("KSS", 2_000).await;
+    let ids = app.seed("KSS", 6_000).await;
     let guard = app.hold_failpoint().await;
     let run = {
         let exporter = app.exporter.clone();
@@ -249,7 +249,7 @@ async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_co
     assert!(resumed.resumed);
     assert_eq!(
         (resumed.exported, resumed.rejected),
-        (1_998, 2),
+        (5_998, 2),
         "{resumed:?}"
     );
     for (id, field) in broken {
@@ -266,7 +266,7 @@ async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_co
     let file =
         crate::helpers::ExportedFile::read(&app.export_dir(), resumed.file.as_deref().unwrap());
     assert_eq!(file.ids(), valid, "every valid record once, in order");
-    assert_eq!(app.count(doc! {"status": "EXPORTED"}).await, 1_998);
+    assert_eq!(app.count(doc! {"status": "EXPORTED"}).await, 5_998);
     let run_doc = app
         .db
         .collection::<Document>("exportRuns")
@@ -274,9 +274,9 @@ async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_co
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(run_doc.get_i64("claimed").unwrap(), 1_998, "{run_doc}");
+    assert_eq!(run_doc.get_i64("claimed").unwrap(), 5_998, "{run_doc}");
     assert_eq!(run_doc.get_i64("rejected").unwrap(), 2, "{run_doc}");
-    assert_eq!(run_doc.get_i64("recordCount").unwrap(), 1_998, "{run_doc}");
+    assert_eq!(run_doc.get_i64("recordCount").unwrap(), 5_998, "{run_doc}");
 }
 
 #[tokio::test]
