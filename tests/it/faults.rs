@@ -5,10 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bson::{doc, Document};
-use esr_exporter::domain::RunStatus;
+use esr_exporter::domain::{RunStatus, RunSummary};
 use futures_util::TryStreamExt;
 
-use crate::helpers::{deanery, spawn_app, spawn_app_with};
+use crate::helpers::{deanery, spawn_app, spawn_app_with, TestApp};
 
 #[tokio::test]
 async fn a_concurrent_writer_causes_write_conflicts_and_every_record_is_still_exported_once() {
@@ -141,16 +141,15 @@ async fn an_unknown_commit_result_retries_the_commit_and_succeeds() {
     assert_eq!(summary.write_conflicts, 0, "{summary:?}");
 }
 
-#[tokio::test]
-async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_file() {
-    // Arrange: a run with many chunks, so it is mid-file when the error comes.
-    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
-    let ids = app.seed("SEV", 10_000).await;
+/// Starts a run of `code` (seeded with many chunks) and, once its first
+/// chunk is claimed, fails a later claim with 13 Unauthorized, which is not
+/// retried: the run stops mid-claim. Returns its summary.
+async fn fail_mid_claim(app: &TestApp, code: &str) -> RunSummary {
     // Hold the failpoint before the run starts, so arming it later is immediate.
     let guard = app.hold_failpoint().await;
     let run = {
-        let exporter = app.exporter.clone();
-        tokio::spawn(async move { exporter.run(&deanery("SEV")).await })
+        let (exporter, code) = (app.exporter.clone(), code.to_owned());
+        tokio::spawn(async move { exporter.run(&deanery(&code)).await })
     };
     while app.count(doc! {"status": "EXPORTING"}).await == 0 {
         assert!(
@@ -159,13 +158,22 @@ async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_fi
         );
         tokio::time::sleep(std::time::Duration::from_millis(2)).await;
     }
-
-    // Act: 13 Unauthorized on the next claim's update.
     app.arm_failpoint_held(doc! {"failCommands": ["update"], "errorCode": 13}, 1)
         .await;
     let summary = run.await.unwrap();
     app.disarm().await;
     drop(guard);
+    summary
+}
+
+#[tokio::test]
+async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_file() {
+    // Arrange: a run with many chunks, so it is mid-file when the error comes.
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
+    let ids = app.seed("SEV", 10_000).await;
+
+    // Act: 13 Unauthorized on a claim's update once the first chunk is in.
+    let summary = fail_mid_claim(&app, "SEV").await;
 
     // Assert
     assert_eq!(summary.status, RunStatus::Failed, "{summary:?}");
@@ -210,23 +218,7 @@ async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_co
     // Arrange: a run stopped mid-claim by a non-transient error.
     let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
     let ids = app.seed("KSS", 6_000).await;
-    let guard = app.hold_failpoint().await;
-    let run = {
-        let exporter = app.exporter.clone();
-        tokio::spawn(async move { exporter.run(&deanery("KSS")).await })
-    };
-    while app.count(doc! {"status": "EXPORTING"}).await < 2 {
-        assert!(
-            !run.is_finished(),
-            "the run ended before it could be interrupted"
-        );
-        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
-    }
-    app.arm_failpoint_held(doc! {"failCommands": ["update"], "errorCode": 13}, 1)
-        .await;
-    let failed = run.await.unwrap();
-    app.disarm().await;
-    drop(guard);
+    let failed = fail_mid_claim(&app, "KSS").await;
     assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
     // Another writer breaks two records the stopped run had claimed.
     let claimed = app.find(doc! {"status": "EXPORTING"}).await;
