@@ -50,6 +50,21 @@ pub enum ExportError {
     /// attempt stopped at a safe point and the run resumes later.
     #[error("export run stopped at a safe point ({0}); the next attempt resumes it")]
     Interrupted(&'static str),
+    /// MongoDB holds a different number of records claimed by the run than
+    /// its file: nothing is published, and the next attempt rewrites the
+    /// file from the claimed records.
+    #[error(
+        "export run {run_id} has {claimed} records claimed in MongoDB but {written} in its file; \
+         nothing was published and the next attempt rewrites the file from the claimed records"
+    )]
+    ClaimMismatch {
+        /// Run id.
+        run_id: String,
+        /// Records `EXPORTING` under the run.
+        claimed: u64,
+        /// Detail lines in the temporary file.
+        written: u64,
+    },
     /// The run document contradicts itself.
     #[error("export run {run_id} is inconsistent: {reason}")]
     Inconsistent {
@@ -65,7 +80,7 @@ impl ExportError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Store(err) => err.is_transient(),
-            Self::Interrupted(_) => true,
+            Self::Interrupted(_) | Self::ClaimMismatch { .. } => true,
             Self::File { .. } | Self::Inconsistent { .. } => false,
         }
     }
@@ -519,6 +534,18 @@ impl Exporter {
             }
         }
 
+        // The file must hold exactly the records the run has claimed: a
+        // claim whose outcome was lost, or another writer's change, shows
+        // here rather than as a record marked with a file it is not in.
+        let written = writer.as_ref().map_or(0, ExportFile::count);
+        let claimed = self.store.count_claimed(&run.id, deanery, attempts).await?;
+        if claimed != written {
+            return Err(ExportError::ClaimMismatch {
+                run_id: run.id.clone(),
+                claimed,
+                written,
+            });
+        }
         let Some(writer) = writer.filter(|w| w.count() > 0) else {
             // Nothing valid to write: no file (dropping a writer removes
             // its temporary file).

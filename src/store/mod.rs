@@ -896,6 +896,29 @@ impl Store {
         Ok(rejected)
     }
 
+    /// How many records the run has claimed and not yet marked.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn count_claimed(
+        &self,
+        run_id: &str,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<u64, StoreError> {
+        let records = &self.records;
+        Ok(self
+            .retry
+            .run(scope("count_claimed", deanery), attempts, || async move {
+                records
+                    .count_documents(
+                        doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()},
+                    )
+                    .await
+            })
+            .await?)
+    }
+
     /// The `_id`s of the records a run has claimed and not yet marked, in
     /// order (to find the mark boundaries of a resumed run).
     ///

@@ -30,27 +30,39 @@ async fn a_concurrent_writer_causes_write_conflicts_and_every_record_is_still_ex
                 let next: Vec<Document> = match records
                     .find(doc! {"deanery": "MER", "status": "TO_EXPORT"})
                     .sort(doc! {"_id": 1})
-                    .limit(10)
+                    .limit(20)
                     .projection(doc! {"_id": 1})
                     .await
                 {
                     Ok(cursor) => cursor.try_collect().await.unwrap_or_default(),
                     Err(_) => continue,
                 };
-                // As busy as it can be: a claim that meets a conflict
-                // retries with half as many records, so it still gets through.
-                tokio::task::yield_now().await;
-                for record in next {
-                    // Another service touching the record: a write outside
-                    // any transaction. It may itself lose a conflict.
-                    let result = records
-                        .update_one(
-                            doc! {"_id": record.get_object_id("_id").unwrap(), "status": "TO_EXPORT"},
-                            doc! {"$set": {"updatedAt": bson::DateTime::now()}, "$inc": {"touched": 1}},
-                        )
-                        .await;
-                    if matches!(result, Ok(r) if r.modified_count == 1) {
-                        writes.fetch_add(1, Ordering::Relaxed);
+                if next.is_empty() {
+                    tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+                    continue;
+                }
+                // As busy as it can be on exactly these records until a
+                // claim takes them (a claim that meets a conflict retries
+                // with half as many records, so it still gets through).
+                loop {
+                    let mut touched = 0;
+                    for record in &next {
+                        // Another service touching the record: a write
+                        // outside any transaction. It may itself lose a
+                        // conflict.
+                        let result = records
+                            .update_one(
+                                doc! {"_id": record.get_object_id("_id").unwrap(), "status": "TO_EXPORT"},
+                                doc! {"$set": {"updatedAt": bson::DateTime::now()}, "$inc": {"touched": 1}},
+                            )
+                            .await;
+                        if matches!(result, Ok(r) if r.modified_count == 1) {
+                            touched += 1;
+                        }
+                    }
+                    writes.fetch_add(touched, Ordering::Relaxed);
+                    if touched == 0 || stop.load(Ordering::Relaxed) {
+                        break;
                     }
                 }
             }
@@ -323,4 +335,48 @@ async fn status_reports_counts_oldest_wait_and_last_run() {
     let last = mer.last_run.as_ref().unwrap();
     assert_eq!(last.phase, "COMPLETED");
     assert_eq!(last.exported, Some(4));
+}
+
+#[tokio::test]
+async fn a_claimed_record_missing_from_the_file_stops_the_run_before_publishing() {
+    // Arrange: a run under way, and a record claimed by it that it never
+    // read, as if a claim's outcome had been lost.
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
+    let mut ids = app.seed("LDN", 6_000).await;
+    let run = {
+        let exporter = app.exporter.clone();
+        tokio::spawn(async move { exporter.run(&deanery("LDN")).await })
+    };
+    let runs = app.db.collection::<Document>("exportRuns");
+    let run_id = loop {
+        if let Some(doc) = runs.find_one(doc! {"deanery": "LDN"}).await.unwrap() {
+            break doc.get_str("_id").unwrap().to_owned();
+        }
+        assert!(!run.is_finished(), "the run ended before it was seen");
+        tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+    };
+    let mut lost = crate::helpers::valid_record("LDN", 6_000);
+    let lost_id = bson::oid::ObjectId::from_bytes([0; 12]);
+    lost.insert("_id", lost_id);
+    lost.insert("status", "EXPORTING");
+    lost.insert("exportRunId", &run_id);
+    app.insert(vec![lost]).await;
+
+    // Act
+    let failed = run.await.unwrap();
+
+    // Assert: nothing published, and the next attempt writes every record.
+    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
+    let error = failed.error.clone().unwrap();
+    assert!(
+        error.contains("6001 records claimed in MongoDB but 6000 in its file"),
+        "{error}"
+    );
+    assert!(app.files().is_empty(), "{:?}", app.files());
+    assert_eq!(app.count(doc! {"status": "EXPORTED"}).await, 0);
+    let resumed = app.exporter.run(&deanery("LDN")).await;
+    assert_eq!(resumed.status, RunStatus::Completed, "{resumed:?}");
+    assert_eq!(resumed.exported, 6_001, "{resumed:?}");
+    ids.insert(0, lost_id);
+    app.assert_exported_once("LDN", &ids).await;
 }
