@@ -27,7 +27,7 @@ use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::Channel;
 
 use super::{
-    connect, declare_topology, message_properties, publish_confirmed, BrokerError, ATTEMPT_HEADER,
+    message_properties, open_declared, publish_confirmed, BrokerError, ATTEMPT_HEADER,
     REASON_HEADER,
 };
 use crate::config::AmqpSettings;
@@ -144,12 +144,7 @@ impl Consumer {
         shutdown: &mut Shutdown,
         connected: &mut bool,
     ) -> Result<(), BrokerError> {
-        let connection = connect(&self.settings, "consumer").await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(BrokerError::amqp("channel.open"))?;
-        declare_topology(&channel, &self.settings).await?;
+        let (connection, channel) = open_declared(&self.settings, "consumer").await?;
         // Confirms for the republishing to the retry queue and the DLX.
         channel
             .confirm_select(ConfirmSelectOptions::default())

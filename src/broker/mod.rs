@@ -78,6 +78,25 @@ pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Connection, 
         .map_err(BrokerError::amqp("connect"))
 }
 
+/// Connects (see [`connect`]), opens a channel and declares the topology
+/// on it: how every publisher and consumer starts.
+///
+/// # Errors
+/// [`BrokerError::Amqp`] when the broker cannot be reached or refuses the
+/// declarations.
+pub async fn open_declared(
+    settings: &AmqpSettings,
+    role: &str,
+) -> Result<(Connection, Channel), BrokerError> {
+    let connection = connect(settings, role).await?;
+    let channel = connection
+        .create_channel()
+        .await
+        .map_err(BrokerError::amqp("channel.open"))?;
+    declare_topology(&channel, settings).await?;
+    Ok((connection, channel))
+}
+
 fn long_string(value: impl Into<String>) -> AMQPValue {
     AMQPValue::LongString(LongString::from(value.into()))
 }
@@ -215,12 +234,7 @@ impl Publisher {
     /// # Errors
     /// [`BrokerError`] when the broker cannot be reached or refuses.
     pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Self, BrokerError> {
-        let connection = connect(settings, role).await?;
-        let channel = connection
-            .create_channel()
-            .await
-            .map_err(BrokerError::amqp("channel.open"))?;
-        declare_topology(&channel, settings).await?;
+        let (connection, channel) = open_declared(settings, role).await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -313,12 +327,7 @@ async fn dead_letter_channel(
     settings: &AmqpSettings,
     role: &str,
 ) -> Result<(Connection, Channel, u32), BrokerError> {
-    let connection = connect(settings, role).await?;
-    let channel = connection
-        .create_channel()
-        .await
-        .map_err(BrokerError::amqp("channel.open"))?;
-    declare_topology(&channel, settings).await?;
+    let (connection, channel) = open_declared(settings, role).await?;
     let waiting = channel
         .queue_declare(
             &settings.dead_letter_queue(),

@@ -319,15 +319,12 @@ impl TestApp {
     }
 
     pub async fn amqp_channel(&self) -> (lapin::Connection, lapin::Channel) {
-        let connection = esr_exporter::broker::connect(&self.settings.amqp, "test")
-            .await
-            .expect("RabbitMQ");
-        let channel = connection.create_channel().await.unwrap();
+        let (connection, channel) =
+            esr_exporter::broker::open_declared(&self.settings.amqp, "test")
+                .await
+                .expect("RabbitMQ");
         channel
             .confirm_select(lapin::options::ConfirmSelectOptions::default())
-            .await
-            .unwrap();
-        esr_exporter::broker::declare_topology(&channel, &self.settings.amqp)
             .await
             .unwrap();
         (connection, channel)

@@ -40,9 +40,7 @@ pub async fn close_connections(name: &str) -> anyhow::Result<usize> {
 /// Ready messages in a queue of `amqp`'s topology (declared first, so the
 /// queue exists).
 pub async fn queue_len(amqp: &AmqpSettings, queue: &str) -> anyhow::Result<u32> {
-    let connection = esr_exporter::broker::connect(amqp, "test").await?;
-    let channel = connection.create_channel().await?;
-    esr_exporter::broker::declare_topology(&channel, amqp).await?;
+    let (connection, channel) = esr_exporter::broker::open_declared(amqp, "test").await?;
     let declared = channel
         .queue_declare(
             queue,
