@@ -163,6 +163,11 @@ fn index_flaw(options: &mongodb::options::IndexOptions) -> Option<&'static str> 
     }
 }
 
+/// The records a run has claimed and not yet marked (or rejected).
+fn claimed_by(run_id: &str) -> Document {
+    doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()}
+}
+
 fn scope<'a>(op: &'static str, deanery: &'a Deanery) -> RetryScope<'a> {
     RetryScope {
         op,
@@ -825,7 +830,7 @@ impl Store {
             .retry
             .run(scope("stream_claimed", deanery), attempts, || async move {
                 records
-                    .find(doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()})
+                    .find(claimed_by(run_id))
                     .sort(doc! {"_id": 1})
                     .batch_size(batch_size)
                     .await
@@ -860,9 +865,11 @@ impl Store {
                 let outcome = async {
                     let mut modified = Vec::new();
                     for (id, reason) in part {
+                        let mut filter = claimed_by(run_id);
+                        filter.insert("_id", id);
                         let result = records
                             .update_one(
-                                doc! {"_id": id, "exportRunId": run_id, "status": RecordStatus::Exporting.as_str()},
+                                filter,
                                 doc! {"$set": {
                                     "status": RecordStatus::Rejected.as_str(),
                                     "rejectionReason": reason,
@@ -910,11 +917,7 @@ impl Store {
         Ok(self
             .retry
             .run(scope("count_claimed", deanery), attempts, || async move {
-                records
-                    .count_documents(
-                        doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()},
-                    )
-                    .await
+                records.count_documents(claimed_by(run_id)).await
             })
             .await?)
     }
@@ -931,7 +934,7 @@ impl Store {
         batch_size: u32,
         attempts: &mut Attempts,
     ) -> Result<Cursor<Document>, StoreError> {
-        let filter = doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()};
+        let filter = claimed_by(run_id);
         self.id_cursor("find_claimed_ids", deanery, filter, batch_size, attempts)
             .await
     }
@@ -954,7 +957,7 @@ impl Store {
         attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
         let records = &self.records;
-        let mut filter = doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()};
+        let mut filter = claimed_by(run_id);
         let mut id_range = Document::new();
         if let Some(after) = after {
             id_range.insert("$gt", after);
