@@ -5,6 +5,7 @@
 mod cli;
 mod commands;
 mod crash;
+mod deploy;
 mod export;
 mod faults;
 mod helpers;
