@@ -2,12 +2,11 @@
 //! `ESR_<SECTION>__<KEY>` environment variables, deserialised into typed
 //! [`Settings`] and validated once at start. Every error names its key.
 
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 
 /// The defaults, exactly as shipped in `config/default.toml`.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
@@ -254,73 +253,9 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// A connection URI that may carry a password. `Debug`, `Display` and
-/// `Serialize` show it with the password replaced by `***`; only
-/// [`SecretUri::expose`] gives the real value.
-#[derive(Clone, Deserialize)]
-#[serde(transparent)]
-pub struct SecretUri(String);
+mod secret;
 
-impl SecretUri {
-    /// Wraps a URI.
-    pub fn new(uri: impl Into<String>) -> Self {
-        Self(uri.into())
-    }
-
-    /// The real URI, for connecting. Never log this.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-
-    /// The URI with any password replaced by `***`.
-    pub fn redacted(&self) -> String {
-        redact_uri(&self.0)
-    }
-}
-
-impl fmt::Debug for SecretUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "SecretUri({})", self.redacted())
-    }
-}
-
-impl fmt::Display for SecretUri {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.redacted())
-    }
-}
-
-impl Serialize for SecretUri {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.redacted())
-    }
-}
-
-/// Replaces the password of `scheme://user:password@host...` with `***`.
-/// The user name and hosts stay visible, because operators need them.
-pub fn redact_uri(uri: &str) -> String {
-    let Some(scheme_end) = uri.find("://") else {
-        return uri.to_owned();
-    };
-    let rest_start = scheme_end + 3;
-    let rest = &uri[rest_start..];
-    // The user info ends at the last '@' before the query string; a password
-    // may itself contain '@' or '/' when it was not percent-encoded.
-    let authority_limit = rest.find('?').unwrap_or(rest.len());
-    let Some(at) = rest[..authority_limit].rfind('@') else {
-        return uri.to_owned();
-    };
-    let userinfo = &rest[..at];
-    match userinfo.find(':') {
-        Some(colon) => format!(
-            "{}{}:***{}",
-            &uri[..rest_start],
-            &userinfo[..colon],
-            &rest[at..]
-        ),
-        None => uri.to_owned(),
-    }
-}
+pub use secret::{redact_uri, SecretUri};
 
 impl Settings {
     /// Loads the layers and validates the result.
@@ -377,6 +312,7 @@ impl Settings {
                 "must start with mongodb:// or mongodb+srv://",
             ));
         }
+        self.validate_uris()?;
         let names = [
             ("mongodb.database", &self.mongodb.database),
             (
@@ -404,18 +340,17 @@ impl Settings {
                 "must not contain '/', '\\', '.', ' ' or '\"'",
             ));
         }
-        if self.mongodb.server_selection_timeout_ms == 0 {
-            return Err(invalid(
-                "mongodb.server_selection_timeout_ms",
-                "must be greater than 0",
-            ));
-        }
         let amqp = self.amqp.uri.expose();
         if !(amqp.starts_with("amqp://") || amqp.starts_with("amqps://")) {
             return Err(invalid("amqp.uri", "must start with amqp:// or amqps://"));
         }
-        if self.export.output_dir.as_os_str().is_empty() {
-            return Err(invalid("export.output_dir", "must not be empty"));
+        self.validate_bounds()?;
+        let dir = self.export.output_dir.as_os_str();
+        if dir.to_string_lossy().trim().is_empty() || dir.as_encoded_bytes().contains(&0) {
+            return Err(invalid(
+                "export.output_dir",
+                "must be a folder path, not blank",
+            ));
         }
         match u32::from_str_radix(&self.export.file_mode, 8) {
             Ok(bits) if bits <= 0o777 && bits & 0o600 == 0o600 => {}
@@ -433,20 +368,8 @@ impl Settings {
                 "must be between 1 and 100000",
             ));
         }
-        if !(1..=86_400).contains(&self.export.lease_seconds) {
-            return Err(invalid(
-                "export.lease_seconds",
-                "must be between 1 and 86400",
-            ));
-        }
         if !(1..=64).contains(&self.export.parallel_runs) {
             return Err(invalid("export.parallel_runs", "must be between 1 and 64"));
-        }
-        if self.retry.max_attempts == 0 {
-            return Err(invalid("retry.max_attempts", "must be at least 1"));
-        }
-        if self.retry.min_delay_ms == 0 {
-            return Err(invalid("retry.min_delay_ms", "must be greater than 0"));
         }
         if self.retry.max_delay_ms < self.retry.min_delay_ms {
             return Err(invalid(
@@ -459,18 +382,6 @@ impl Settings {
         }
         if self.amqp.prefetch == 0 {
             return Err(invalid("amqp.prefetch", "must be at least 1"));
-        }
-        if self.amqp.delivery_limit == 0 {
-            return Err(invalid("amqp.delivery_limit", "must be at least 1"));
-        }
-        if self.amqp.max_attempts == 0 {
-            return Err(invalid("amqp.max_attempts", "must be at least 1"));
-        }
-        if self.amqp.retry_delay_ms == 0 || self.amqp.retry_delay_ms > u64::from(u32::MAX) {
-            return Err(invalid(
-                "amqp.retry_delay_ms",
-                "must be between 1 and 4294967295",
-            ));
         }
         if !(1..=1_500).contains(&self.amqp.processing_timeout_seconds) {
             return Err(invalid(
@@ -486,22 +397,16 @@ impl Settings {
                 "delays must be positive and max must not be less than min",
             ));
         }
-        if let Err(err) = crate::scheduler::parse_cron(&self.schedule.cron) {
+        if let Err(err) = crate::domain::parse_cron(&self.schedule.cron) {
             return Err(invalid("schedule.cron", err));
         }
-        if let Err(err) = crate::scheduler::parse_timezone(&self.schedule.timezone) {
+        if let Err(err) = crate::domain::parse_timezone(&self.schedule.timezone) {
             return Err(invalid("schedule.timezone", err));
         }
         for code in &self.schedule.deaneries {
             if let Err(err) = crate::domain::Deanery::parse(code) {
                 return Err(invalid("schedule.deaneries", err.to_string()));
             }
-        }
-        if self.watchdog.period_seconds == 0 {
-            return Err(invalid("watchdog.period_seconds", "must be at least 1"));
-        }
-        if self.schedule.slot_lease_seconds == 0 {
-            return Err(invalid("schedule.slot_lease_seconds", "must be at least 1"));
         }
         if self.http.listen.parse::<SocketAddr>().is_err() {
             return Err(invalid(
@@ -514,6 +419,122 @@ impl Settings {
                 "log.level",
                 format!("`{}` is not a valid log filter", self.log.level),
             ));
+        }
+        Ok(())
+    }
+
+    /// Both URIs parse as their clients will read them. A URI that does
+    /// not is reported by its scheme alone: the rest may hold a password
+    /// that was not percent-encoded, and a parser's message would echo it.
+    fn validate_uris(&self) -> Result<(), ConfigError> {
+        let unparsable = |key: &'static str, uri: &str, what: &str| ConfigError::Invalid {
+            key,
+            reason: format!(
+                "{} cannot be parsed as {what}: an unsupported option, or special \
+                 characters in the user name or password that are not percent-encoded \
+                 (? as %3F, @ as %40, / as %2F)",
+                secret::scheme_only(uri)
+            ),
+        };
+        let mongodb = self.mongodb.uri.expose();
+        if mongodb::options::ConnectionString::parse(mongodb).is_err() {
+            return Err(unparsable(
+                "mongodb.uri",
+                mongodb,
+                "a MongoDB connection string",
+            ));
+        }
+        let amqp = self.amqp.uri.expose();
+        if amqp.parse::<lapin::uri::AMQPUri>().is_err() {
+            return Err(unparsable("amqp.uri", amqp, "an AMQP URI"));
+        }
+        Ok(())
+    }
+
+    /// Every duration, count and window within a range that no arithmetic
+    /// on it can overflow and no operator means to exceed.
+    fn validate_bounds(&self) -> Result<(), ConfigError> {
+        const DAY_MS: u64 = 86_400_000;
+        let bounds: [(&'static str, u64, u64, u64); 16] = [
+            (
+                "mongodb.server_selection_timeout_ms",
+                self.mongodb.server_selection_timeout_ms,
+                1,
+                600_000,
+            ),
+            ("retry.min_delay_ms", self.retry.min_delay_ms, 1, 3_600_000),
+            ("retry.max_delay_ms", self.retry.max_delay_ms, 1, 3_600_000),
+            ("retry.max_elapsed_ms", self.retry.max_elapsed_ms, 0, DAY_MS),
+            (
+                "retry.max_attempts",
+                u64::from(self.retry.max_attempts),
+                1,
+                1_000,
+            ),
+            (
+                "amqp.delivery_limit",
+                u64::from(self.amqp.delivery_limit),
+                1,
+                1_000,
+            ),
+            (
+                "amqp.max_attempts",
+                u64::from(self.amqp.max_attempts),
+                1,
+                1_000,
+            ),
+            (
+                "amqp.reconnect_min_delay_ms",
+                self.amqp.reconnect_min_delay_ms,
+                1,
+                3_600_000,
+            ),
+            (
+                "amqp.reconnect_max_delay_ms",
+                self.amqp.reconnect_max_delay_ms,
+                1,
+                3_600_000,
+            ),
+            (
+                "schedule.catch_up_window_minutes",
+                self.schedule.catch_up_window_minutes,
+                0,
+                43_200,
+            ),
+            (
+                "schedule.slot_lease_seconds",
+                self.schedule.slot_lease_seconds,
+                1,
+                86_400,
+            ),
+            (
+                "watchdog.period_seconds",
+                self.watchdog.period_seconds,
+                1,
+                86_400,
+            ),
+            (
+                "watchdog.grace_minutes",
+                self.watchdog.grace_minutes,
+                0,
+                43_200,
+            ),
+            (
+                "daemon.shutdown_grace_seconds",
+                self.daemon.shutdown_grace_seconds,
+                0,
+                3_600,
+            ),
+            ("amqp.retry_delay_ms", self.amqp.retry_delay_ms, 1, DAY_MS),
+            ("export.lease_seconds", self.export.lease_seconds, 1, 86_400),
+        ];
+        for (key, value, low, high) in bounds {
+            if !(low..=high).contains(&value) {
+                return Err(ConfigError::Invalid {
+                    key,
+                    reason: format!("{value} is out of range: must be between {low} and {high}"),
+                });
+            }
         }
         Ok(())
     }
@@ -699,12 +720,5 @@ mod tests {
                 "README default of `{key}`"
             );
         }
-    }
-
-    #[test]
-    fn uris_without_password_are_shown_unchanged() {
-        assert_eq!(redact_uri("mongodb://h:27017/"), "mongodb://h:27017/");
-        assert_eq!(redact_uri("mongodb://user@h/"), "mongodb://user@h/");
-        assert_eq!(redact_uri("not a uri"), "not a uri");
     }
 }

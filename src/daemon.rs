@@ -87,6 +87,7 @@ impl Daemon {
             store: store.clone(),
             readiness: readiness.clone(),
             metrics: metrics::install(),
+            output_dir: settings.export.output_dir.clone(),
         };
         let mut tasks = vec![tokio::spawn(crate::ops::http::serve(
             listener,

@@ -15,7 +15,6 @@
 //! while no replica ran is caught up once on start, within
 //! `catch_up_window_minutes`.
 
-use std::str::FromStr;
 use std::time::Duration;
 
 use bson::doc;
@@ -28,25 +27,7 @@ use crate::domain::{Deanery, GenerationCommand, Slot};
 use crate::shutdown::Shutdown;
 use crate::store::{Attempts, SlotClaim, Store, StoreError};
 
-/// Parses a six-field cron expression (sec min hour dom mon dow).
-///
-/// # Errors
-/// A message saying what is wrong.
-pub fn parse_cron(expression: &str) -> Result<cron::Schedule, String> {
-    if expression.split_whitespace().count() != 6 {
-        return Err("must have six fields: sec min hour day-of-month month day-of-week".to_owned());
-    }
-    cron::Schedule::from_str(expression).map_err(|err| format!("`{expression}`: {err}"))
-}
-
-/// Parses an IANA time zone name.
-///
-/// # Errors
-/// A message naming the zone.
-pub fn parse_timezone(name: &str) -> Result<Tz, String> {
-    name.parse::<Tz>()
-        .map_err(|_| format!("`{name}` is not an IANA time zone name (e.g. UTC, Europe/London)"))
-}
+pub use crate::domain::{parse_cron, parse_timezone};
 
 /// Slot arithmetic: pure, clock passed in.
 #[derive(Debug, Clone)]

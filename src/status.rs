@@ -56,11 +56,13 @@ pub struct LastRun {
     pub last_error: Option<String>,
 }
 
+/// A stored deanery value as shown: escaped and bounded, since another
+/// service wrote it and it may hold line breaks or terminal escapes.
 fn deanery_key(value: Option<&Bson>) -> String {
     match value {
-        Some(Bson::String(s)) => s.clone(),
+        Some(Bson::String(s)) => crate::domain::printable(s, 64),
         Some(Bson::Null) | None => "(none)".to_owned(),
-        Some(other) => other.to_string(),
+        Some(other) => crate::domain::printable(&other.to_string(), 64),
     }
 }
 

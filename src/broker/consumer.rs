@@ -216,7 +216,7 @@ impl Consumer {
             deanery = %deanery,
             slot = %slot,
             attempt,
-            requested_by = %command.requested_by,
+            requested_by = %crate::domain::printable(&command.requested_by, 200),
             redelivered = delivery.redelivered,
             "command received"
         );

@@ -273,10 +273,7 @@ impl Publisher {
 
 /// `<user>@<host>` style identity for `requestedBy`.
 pub fn requester(role: &str) -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .unwrap_or_else(|_| "unknown-host".to_owned());
-    format!("{role}@{host}")
+    format!("{role}@{}", crate::domain::host_name())
 }
 
 /// A message in the dead-letter queue, as `dead-letters` shows it.

@@ -4,6 +4,10 @@ use uuid::Uuid;
 
 use super::Deanery;
 
+/// How far a command's slot may lie ahead of this replica's clock: the
+/// replica that fired it may run a little ahead.
+const SLOT_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
 /// Which schedule slot a command belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Slot {
@@ -70,6 +74,17 @@ pub enum CommandError {
     /// Not JSON, or not the command's shape.
     #[error("malformed command: {0}")]
     Malformed(String),
+    /// A scheduled slot later than now: exporting now would use that slot
+    /// up, and the genuine command for it would be a no-op.
+    #[error("invalid command {command_id}: slot {slot} is in the future (beyond the {allowance_s} s allowed for clock skew)")]
+    FutureSlot {
+        /// The command's id.
+        command_id: Uuid,
+        /// The slot, as sent.
+        slot: String,
+        /// The clock-skew allowance, in seconds.
+        allowance_s: i64,
+    },
     /// Well-formed, but the deanery code is not valid.
     #[error("invalid command {command_id}: {reason}")]
     InvalidDeanery {
@@ -97,6 +112,28 @@ impl GenerationCommand {
     /// # Errors
     /// [`CommandError`] saying what is wrong.
     pub fn parse(body: &[u8]) -> Result<(Self, Deanery), CommandError> {
+        Self::parse_at(body, Utc::now())
+    }
+
+    /// Like [`GenerationCommand::parse`], with the clock passed in.
+    ///
+    /// # Errors
+    /// [`CommandError`] saying what is wrong.
+    pub fn parse_at(body: &[u8], now: DateTime<Utc>) -> Result<(Self, Deanery), CommandError> {
+        let (command, deanery) = Self::parse_shape(body)?;
+        if let Slot::Scheduled(at) = command.slot {
+            if at > now + SLOT_CLOCK_SKEW {
+                return Err(CommandError::FutureSlot {
+                    command_id: command.command_id,
+                    slot: command.slot.id(),
+                    allowance_s: SLOT_CLOCK_SKEW.num_seconds(),
+                });
+            }
+        }
+        Ok((command, deanery))
+    }
+
+    fn parse_shape(body: &[u8]) -> Result<(Self, Deanery), CommandError> {
         let command: Self =
             serde_json::from_slice(body).map_err(|err| CommandError::Malformed(err.to_string()))?;
         let deanery =
@@ -126,6 +163,24 @@ mod tests {
         assert_eq!(command.slot.id(), "2026-11-28T13:00:00Z");
         let again = GenerationCommand::parse(&command.to_json()).unwrap().0;
         assert_eq!(again, command);
+    }
+
+    #[test]
+    fn a_slot_beyond_the_clock_skew_allowance_is_refused() {
+        let now = DateTime::parse_from_rfc3339("2026-11-28T12:58:00Z")
+            .unwrap()
+            .to_utc();
+        let body = |slot: &str| {
+            format!(
+                r#"{{"commandId":"6f1c1d2e-8a53-4c59-9d7e-0b1f2a3c4d5e","deanery":"MER","slot":"{slot}","requestedBy":"a"}}"#
+            )
+        };
+        assert!(GenerationCommand::parse_at(body("2026-11-28T13:00:00Z").as_bytes(), now).is_ok());
+        assert!(GenerationCommand::parse_at(body("2026-11-27T13:00:00Z").as_bytes(), now).is_ok());
+        let err =
+            GenerationCommand::parse_at(body("2026-11-29T13:00:00Z").as_bytes(), now).unwrap_err();
+        assert!(matches!(err, CommandError::FutureSlot { .. }), "{err}");
+        assert!(err.to_string().contains("in the future"), "{err}");
     }
 
     #[test]

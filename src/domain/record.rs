@@ -1,6 +1,8 @@
 use bson::oid::ObjectId;
 use bson::{Bson, Document};
 
+use super::Deanery;
+
 /// Lifecycle of a GeneratedAppRecord (contract):
 /// `TO_EXPORT` → `EXPORTING` (claimed by a run) → `EXPORTED`, or `REJECTED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,13 +39,17 @@ pub struct AppRow {
 }
 
 impl AppRow {
-    /// Builds the detail line of a record document, or explains every reason
-    /// it cannot be written. Unknown fields are ignored.
+    /// Builds the detail line of a record document of `deanery`'s run, or
+    /// explains every reason it cannot be written. Unknown fields are
+    /// ignored.
     ///
     /// # Errors
     /// The rejection reason, all problems joined by `"; "`.
-    pub fn from_document(doc: &Document) -> Result<Self, String> {
+    pub fn from_document(doc: &Document, deanery: &Deanery) -> Result<Self, String> {
         let mut problems = Vec::new();
+        if let Err(problem) = deanery_field(doc, deanery) {
+            problems.push(problem);
+        }
         let id = match doc.get("_id") {
             Some(Bson::ObjectId(id)) => Some(*id),
             Some(other) => {
@@ -128,7 +134,8 @@ impl AppRow {
     }
 }
 
-fn type_name(value: &Bson) -> &'static str {
+/// The BSON type of a value, by the name MongoDB's `$type` uses.
+pub fn type_name(value: &Bson) -> &'static str {
     match value {
         Bson::Double(_) => "double",
         Bson::String(_) => "string",
@@ -192,6 +199,36 @@ fn date_field(doc: &Document, name: &str, required: bool) -> Result<String, Stri
     }
 }
 
+/// The record's `deanery` must be exactly the run's code: a query for
+/// `{deanery: "EOE"}` also matches the array `["MER", "EOE"]`.
+fn deanery_field(doc: &Document, deanery: &Deanery) -> Result<(), String> {
+    match doc.get("deanery") {
+        Some(Bson::String(code)) if code == deanery.as_str() => Ok(()),
+        Some(Bson::String(_)) => Err(format!("deanery: expected {deanery}")),
+        Some(other) => Err(format!(
+            "deanery: expected the string {deanery}, found {}",
+            type_name(other)
+        )),
+        None => Err("missing required field deanery".to_owned()),
+    }
+}
+
+/// Largest `wte` accepted: a whole-time equivalent is a small fraction;
+/// anything beyond this is a data error, not a contract.
+const MAX_WTE: f64 = 10.0;
+
+/// `wte` as written: at most six decimal places, no `-0`, no exponent.
+fn format_wte(value: f64) -> String {
+    let rounded = (value * 1e6).round() / 1e6;
+    let text = format!("{:.6}", rounded + 0.0);
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text == "-0" {
+        "0".to_owned()
+    } else {
+        text.to_owned()
+    }
+}
+
 fn wte_field(doc: &Document) -> Result<String, String> {
     let value = match present(doc, "wte") {
         None => return Ok(String::new()),
@@ -200,10 +237,12 @@ fn wte_field(doc: &Document) -> Result<String, String> {
         Some(Bson::Int64(v)) => *v as f64,
         Some(other) => return Err(format!("wte: expected double, found {}", type_name(other))),
     };
-    if value.is_finite() && value >= 0.0 {
-        Ok(value.to_string())
+    if value.is_finite() && (0.0..=MAX_WTE).contains(&value) {
+        Ok(format_wte(value))
     } else {
-        Err(format!("wte: {value} is not a non-negative number"))
+        Err(format!(
+            "wte: {value:e} is not a number between 0 and {MAX_WTE}"
+        ))
     }
 }
 
@@ -246,7 +285,7 @@ mod tests {
 
     #[test]
     fn a_complete_record_becomes_a_detail_line_in_contract_order() {
-        let row = AppRow::from_document(&valid()).unwrap();
+        let row = AppRow::from_document(&valid(), &mer()).unwrap();
         assert_eq!(
             row.fields().to_vec(),
             vec![
@@ -273,10 +312,10 @@ mod tests {
     #[test]
     fn optional_fields_may_be_absent() {
         let d = doc! {
-            "_id": ObjectId::new(), "positionNumber": "P1", "firstName": "A",
+            "_id": ObjectId::new(), "deanery": "MER", "positionNumber": "P1", "firstName": "A",
             "lastName": "B", "placementStartDate": date(2026, 1, 1),
         };
-        let row = AppRow::from_document(&d).unwrap();
+        let row = AppRow::from_document(&d, &mer()).unwrap();
         assert_eq!(row.fields()[15], "");
         assert_eq!(row.fields()[7], "");
     }
@@ -288,7 +327,7 @@ mod tests {
         d.insert("firstName", 42);
         d.insert("placementStartDate", "2026-12-02");
         d.insert("wte", f64::NAN);
-        let reason = AppRow::from_document(&d).unwrap_err();
+        let reason = AppRow::from_document(&d, &mer()).unwrap_err();
         assert!(
             reason.contains("missing required field positionNumber"),
             "{reason}"
@@ -304,12 +343,73 @@ mod tests {
         assert!(reason.contains("wte:"), "{reason}");
     }
 
+    fn mer() -> Deanery {
+        Deanery::parse("MER").unwrap()
+    }
+
+    #[test]
+    fn a_deanery_that_is_not_exactly_the_runs_code_is_rejected() {
+        let mut d = valid();
+        d.insert("deanery", vec!["EOE", "MER"]);
+        let reason = AppRow::from_document(&d, &mer()).unwrap_err();
+        assert!(
+            reason.contains("deanery: expected the string MER, found array"),
+            "{reason}"
+        );
+        d.remove("deanery");
+        let reason = AppRow::from_document(&d, &mer()).unwrap_err();
+        assert!(
+            reason.contains("missing required field deanery"),
+            "{reason}"
+        );
+    }
+
+    #[test]
+    fn wte_is_written_plainly_and_absurd_values_are_rejected() {
+        let cases = [
+            (-0.0, "0"),
+            (0.5, "0.5"),
+            (1.0, "1"),
+            (0.1 + 0.2, "0.3"),
+            (1e-300, "0"),
+        ];
+        for (value, expected) in cases {
+            let mut d = valid();
+            d.insert("wte", value);
+            let row = AppRow::from_document(&d, &mer()).unwrap();
+            assert_eq!(row.fields()[15], expected, "{value:e}");
+        }
+        for value in [1e300, -0.5, f64::INFINITY] {
+            let mut d = valid();
+            d.insert("wte", value);
+            let reason = AppRow::from_document(&d, &mer()).unwrap_err();
+            assert!(
+                reason.contains("is not a number between 0 and 10"),
+                "{reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn an_id_that_is_not_an_object_id_is_named() {
+        for id in [
+            Bson::String("abc".into()),
+            Bson::Boolean(true),
+            Bson::Int32(7),
+        ] {
+            let mut d = valid();
+            d.insert("_id", id);
+            let reason = AppRow::from_document(&d, &mer()).unwrap_err();
+            assert!(reason.contains("_id: expected objectId"), "{reason}");
+        }
+    }
+
     #[test]
     fn blank_required_text_and_control_characters_are_rejected() {
         let mut d = valid();
         d.insert("lastName", "   ");
         d.insert("title", "Dr\r\nAPP,forged");
-        let reason = AppRow::from_document(&d).unwrap_err();
+        let reason = AppRow::from_document(&d, &mer()).unwrap_err();
         assert!(reason.contains("lastName: is empty"), "{reason}");
         assert!(
             reason.contains("title: contains a control character"),

@@ -118,6 +118,9 @@ impl ExportFile {
             .suffix(TEMP_SUFFIX)
             .permissions(std::fs::Permissions::from_mode(header.mode))
             .tempfile_in(dir)?;
+        // The umask trims the mode a file is created with; the folder's
+        // readers need exactly `export.file_mode`.
+        exact_mode(temp.as_file(), header.mode)?;
         let mut csv = csv_writer(HashingWriter {
             inner: temp,
             hasher: Sha256::new(),
@@ -200,46 +203,109 @@ fn staging_path(dir: &Path, file_name: &str) -> PathBuf {
 /// What [`publish`] found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Published {
-    /// The file is under its final name, with its manifest.
+    /// The file is under its final name, with its manifest beside it.
     Final,
-    /// Neither the staged nor the final file is there: it was published
-    /// and a reader has taken it already. Nothing is written again.
-    TakenByReader,
+    /// Neither the final file nor a staged file with the recorded hash is
+    /// in this folder (another host staged it, or a reader took it before
+    /// the publication was recorded): the caller stages it again from the
+    /// claimed records. Nothing is assumed delivered.
+    NotStaged,
 }
 
-/// Makes a staged file final: renames it (never over an existing file) and
-/// writes its manifest. Idempotent, so a run that died anywhere in here is
-/// finished by calling it again with what the run recorded.
+/// Makes a staged file final: writes its manifest, then links the `.DAT`
+/// under its final name (never over an existing file), so a reader that
+/// sees the `.DAT` always finds its manifest. Idempotent, so a run that
+/// died anywhere in here is finished by calling it again with what the run
+/// recorded.
 ///
 /// # Errors
-/// When the staged bytes do not match the recorded hash, when the final
-/// name holds another run's file, or on I/O errors.
+/// When the final name holds anything but this run's file (another file, a
+/// symlink, a folder), or on I/O errors.
 pub fn publish(dir: &Path, header: &FileHeader, staged: &Staged) -> io::Result<Published> {
     let final_path = dir.join(&header.file_name);
     let staging = staging_path(dir, &header.file_name);
-    if !final_path.exists() {
-        if !staging.exists() {
-            return Ok(Published::TakenByReader);
+    match final_state(&final_path, &staged.sha256)? {
+        FinalState::Ours => {
+            ensure_manifest(dir, header, staged)?;
+            remove_if_present(&staging)?;
+            File::open(dir)?.sync_all()?;
+            return Ok(Published::Final);
         }
-        let bytes = std::fs::read(&staging)?;
-        if hex::encode(Sha256::digest(&bytes)) != staged.sha256 {
-            return Err(io::Error::other(format!(
-                "{} does not match the hash the run recorded; refusing to publish it",
-                staging.display()
-            )));
+        FinalState::Foreign(what) => {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                format!(
+                    "{} {what}; refusing to publish over it (move it away, and the next attempt publishes)",
+                    final_path.display()
+                ),
+            ))
         }
-        // Never replace a final file: a reader may have taken it already.
-        std::fs::hard_link(&staging, &final_path)?;
-        std::fs::remove_file(&staging)?;
+        FinalState::Absent => {}
+    }
+    if !file_has_hash(&staging, &staged.sha256)? {
+        remove_if_present(&staging)?;
+        return Ok(Published::NotStaged);
+    }
+    ensure_manifest(dir, header, staged)?;
+    // Never replace a final file: a reader may have taken it already.
+    std::fs::hard_link(&staging, &final_path)?;
+    std::fs::remove_file(&staging)?;
+    File::open(dir)?.sync_all()?;
+    Ok(Published::Final)
+}
+
+/// What holds a final file name.
+enum FinalState {
+    Absent,
+    Ours,
+    Foreign(&'static str),
+}
+
+fn final_state(path: &Path, sha256: &str) -> io::Result<FinalState> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(FinalState::Absent),
+        Err(err) => return Err(err),
+    };
+    if !meta.file_type().is_file() {
+        return Ok(FinalState::Foreign(
+            "exists and is not a regular file (a symlink or a folder holds the name)",
+        ));
+    }
+    if file_has_hash(path, sha256)? {
+        Ok(FinalState::Ours)
     } else {
-        let bytes = std::fs::read(&final_path)?;
-        if hex::encode(Sha256::digest(&bytes)) != staged.sha256 {
-            return Err(io::Error::other(format!(
-                "{} already exists and is not this run's file; refusing to overwrite it",
-                final_path.display()
-            )));
-        }
-        let _ = std::fs::remove_file(&staging);
+        Ok(FinalState::Foreign(
+            "already exists and is not this run's file",
+        ))
+    }
+}
+
+/// True when `path` is a regular file whose SHA-256 is `sha256`; false
+/// when it is absent.
+fn file_has_hash(path: &Path, sha256: &str) -> io::Result<bool> {
+    let mut file = match File::open(path) {
+        Ok(file) => file,
+        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
+        Err(err) => return Err(err),
+    };
+    let mut hasher = Sha256::new();
+    io::copy(&mut file, &mut hasher)?;
+    Ok(hex::encode(hasher.finalize()) == sha256)
+}
+
+fn remove_if_present(path: &Path) -> io::Result<()> {
+    match std::fs::remove_file(path) {
+        Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
+        _ => Ok(()),
+    }
+}
+
+/// Writes the manifest unless one for these bytes is already there.
+fn ensure_manifest(dir: &Path, header: &FileHeader, staged: &Staged) -> io::Result<()> {
+    let existing = read_manifest(dir, &header.file_name).ok();
+    if existing.is_some_and(|m| m["sha256"] == staged.sha256.as_str()) {
+        return Ok(());
     }
     let manifest = Manifest {
         run_id: header.run_id.clone(),
@@ -249,12 +315,7 @@ pub fn publish(dir: &Path, header: &FileHeader, staged: &Staged) -> io::Result<P
         sha256: staged.sha256.clone(),
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
     };
-    let existing = read_manifest(dir, &header.file_name).ok();
-    if existing.is_none_or(|m| m["sha256"] != manifest.sha256.as_str()) {
-        write_manifest(dir, &manifest, header.mode)?;
-    }
-    File::open(dir)?.sync_all()?;
-    Ok(Published::Final)
+    write_manifest(dir, &manifest, header.mode)
 }
 
 /// Removes temporary files a crashed process left for this deanery. Only
@@ -282,6 +343,11 @@ pub fn remove_stale_temporaries(dir: &Path, deanery: &Deanery) -> io::Result<usi
     Ok(removed)
 }
 
+/// Sets the permission bits exactly (`fchmod` is not subject to the umask).
+fn exact_mode(file: &File, mode: u32) -> io::Result<()> {
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+}
+
 /// Reads a manifest back.
 ///
 /// # Errors
@@ -298,6 +364,7 @@ fn write_manifest(dir: &Path, manifest: &Manifest, mode: u32) -> io::Result<()> 
         .suffix(TEMP_SUFFIX)
         .permissions(std::fs::Permissions::from_mode(mode))
         .tempfile_in(dir)?;
+    exact_mode(temp.as_file(), mode)?;
     serde_json::to_writer_pretty(&mut temp, manifest)?;
     temp.write_all(b"\n")?;
     temp.as_file().sync_all()?;
@@ -314,10 +381,13 @@ mod tests {
 
     fn row(last_name: &str) -> AppRow {
         let start = bson::DateTime::from_millis(1_764_547_200_000); // 2025-12-01
-        AppRow::from_document(&doc! {
-            "_id": ObjectId::new(), "positionNumber": "P1", "firstName": "A",
-            "lastName": last_name, "placementStartDate": start,
-        })
+        AppRow::from_document(
+            &doc! {
+                "_id": ObjectId::new(), "deanery": "MER", "positionNumber": "P1", "firstName": "A",
+                "lastName": last_name, "placementStartDate": start,
+            },
+            &Deanery::parse("MER").unwrap(),
+        )
         .unwrap()
     }
 
@@ -415,13 +485,93 @@ mod tests {
             .unwrap();
         assert_eq!(first, again, "the final file was not rewritten");
 
-        // A reader took the file: nothing is written again.
+        // The file is gone (a reader took it, or it was staged on another
+        // host): never assumed delivered, the caller must stage it again.
         std::fs::remove_file(dir.path().join(name)).unwrap();
         assert_eq!(
             publish(dir.path(), &header(name), &staged).unwrap(),
-            Published::TakenByReader
+            Published::NotStaged
         );
         assert!(!dir.path().join(name).exists());
+    }
+
+    #[test]
+    fn a_staged_file_with_other_bytes_is_staged_again_not_published() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "DE_MER_APP_20261128_00001.DAT";
+        let mut file = ExportFile::create(dir.path(), header(name)).unwrap();
+        file.write_rows(&[row("Smith")]).unwrap();
+        let staged = file.stage().unwrap();
+        std::fs::write(staging_path(dir.path(), name), b"torn").unwrap();
+        assert_eq!(
+            publish(dir.path(), &header(name), &staged).unwrap(),
+            Published::NotStaged
+        );
+        assert_eq!(list(dir.path()), Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_dangling_symlink_under_the_final_name_is_refused_not_taken_for_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "DE_MER_APP_20261128_00001.DAT";
+        std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join(name)).unwrap();
+        let mut file = ExportFile::create(dir.path(), header(name)).unwrap();
+        file.write_rows(&[row("Smith")]).unwrap();
+        let staged = file.stage().unwrap();
+        let err = publish(dir.path(), &header(name), &staged).unwrap_err();
+        assert!(err.to_string().contains("not a regular file"), "{err}");
+        assert!(
+            staging_path(dir.path(), name).exists(),
+            "the staged file is kept"
+        );
+    }
+
+    #[test]
+    fn the_manifest_is_in_place_before_the_file_becomes_visible() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "DE_MER_APP_20261128_00001.DAT";
+        let mut file = ExportFile::create(dir.path(), header(name)).unwrap();
+        file.write_rows(&[row("Smith")]).unwrap();
+        let staged = file.stage().unwrap();
+        // A folder under the manifest's name makes writing it fail, as a
+        // full disk would: the `.DAT` must not be visible without it.
+        std::fs::create_dir(dir.path().join(format!("{name}.json"))).unwrap();
+        assert!(publish(dir.path(), &header(name), &staged).is_err());
+        assert!(!dir.path().join(name).exists());
+        std::fs::remove_dir(dir.path().join(format!("{name}.json"))).unwrap();
+        assert_eq!(
+            publish(dir.path(), &header(name), &staged).unwrap(),
+            Published::Final
+        );
+        assert!(read_manifest(dir.path(), name).is_ok());
+    }
+
+    #[test]
+    fn files_get_exactly_the_configured_mode_whatever_the_umask() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = "DE_MER_APP_20261128_00001.DAT";
+        let mut wide = header(name);
+        wide.mode = 0o666; // a umask of 022 would make this 0644
+        let mut file = ExportFile::create(dir.path(), wide.clone()).unwrap();
+        file.write_rows(&[row("Smith")]).unwrap();
+        let staged = file.stage().unwrap();
+        publish(dir.path(), &wide, &staged).unwrap();
+        for path in [name.to_owned(), format!("{name}.json")] {
+            let mode = std::fs::metadata(dir.path().join(path))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o666);
+        }
+    }
+
+    fn list(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
     }
 
     #[test]

@@ -80,8 +80,10 @@ impl ExportError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Store(err) => err.is_transient(),
-            Self::Interrupted(_) | Self::ClaimMismatch { .. } => true,
-            Self::File { .. } | Self::Inconsistent { .. } => false,
+            // A full disk, a read-only mount, too many open files: the
+            // folder may be fixed while the command waits to be retried.
+            Self::Interrupted(_) | Self::ClaimMismatch { .. } | Self::File { .. } => true,
+            Self::Inconsistent { .. } => false,
         }
     }
 }
@@ -249,6 +251,16 @@ impl Exporter {
                 tracing::warn!(deanery = %deanery, reason = %reason, "export run skipped")
             }
             Err(err) => {
+                if let ExportError::File { dir, source } = err {
+                    crate::ops::output_folder::record_failure(dir, source);
+                    tracing::error!(
+                        deanery = %deanery,
+                        path = %dir.display(),
+                        errno = %crate::ops::output_folder::errno_name(source),
+                        error = %source,
+                        "the output folder cannot be written; the command is retried"
+                    );
+                }
                 tracing::error!(
                     deanery = %deanery,
                     run_id = summary.run_id.as_deref().unwrap_or(""),
@@ -331,6 +343,7 @@ impl Exporter {
                     (run, true)
                 }
                 None => {
+                    progress.rejected += self.reject_unexportable(deanery, attempts).await?;
                     let up_to = self.store.max_to_export_id(deanery, attempts).await?;
                     let run = RunDoc::new(deanery, up_to);
                     self.store.insert_run(&run, deanery, attempts).await?;
@@ -347,7 +360,8 @@ impl Exporter {
                     .await?;
             }
             if run.phase == RunPhase::Finalizing {
-                self.publish(&mut run, deanery, attempts).await?;
+                self.publish(session, &mut run, deanery, owner, attempts)
+                    .await?;
             }
             if run.phase == RunPhase::Written {
                 self.mark_exported(session, &run, deanery, owner, boundaries, options, attempts)
@@ -385,6 +399,23 @@ impl Exporter {
         }
     }
 
+    /// Rejects the deanery's waiting records no run can claim (an `_id`
+    /// that is not an ObjectId), each logged with its reason.
+    async fn reject_unexportable(
+        &self,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<u64, ExportError> {
+        let rejected = self
+            .store
+            .reject_unexportable_ids(deanery, attempts)
+            .await?;
+        for (id, reason) in &rejected {
+            tracing::warn!(deanery = %deanery, record_id = %id, reason = %reason, "record rejected");
+        }
+        Ok(rejected.len() as u64)
+    }
+
     /// Phase 1 and 2: claim everything, write the file, record it.
     async fn claim_and_write(
         &self,
@@ -395,83 +426,13 @@ impl Exporter {
         options: &RunOptions,
         attempts: &mut Attempts,
     ) -> Result<Option<Vec<ObjectId>>, ExportError> {
-        let dir = self.settings.output_dir.clone();
         let chunk_size = self.settings.chunk_size;
-        // The last `_id` of each batch written: the mark phase marks the
-        // records between consecutive boundaries, one transaction each.
-        let mut boundaries = Vec::new();
-        {
-            let (dir, code) = (dir.clone(), deanery.clone());
-            let removed = blocking(&self.settings.output_dir, move || {
-                file::remove_stale_temporaries(&dir, &code)
-            })
-            .await?;
-            if removed > 0 {
-                tracing::info!(deanery = %deanery, removed, "removed temporary files of an interrupted run");
-            }
-        }
-
-        let mut writer: Option<ExportFile> = None;
+        self.remove_stale_temporaries(deanery).await?;
         // Records an earlier attempt claimed: its temporary file died with
         // it, so they are written again, in order, before claiming more.
-        if run.claimed > 0 {
-            writer = Some(self.open_file(run, deanery).await?);
-            let mut cursor = self
-                .store
-                .claimed_records(&run.id, deanery, self.settings.cursor_batch_size, attempts)
-                .await?;
-            let mut batch = Vec::with_capacity(chunk_size as usize);
-            let mut rejections = Vec::new();
-            let mut renewed = Instant::now();
-            while let Some(document) = cursor
-                .try_next()
-                .await
-                .map_err(|err| StoreError::Mongo(stream_error(err)))?
-            {
-                match AppRow::from_document(&document) {
-                    Ok(row) => batch.push(row),
-                    Err(reason) => {
-                        if let Ok(id) = document.get_object_id("_id") {
-                            rejections.push((id, reason));
-                        }
-                    }
-                }
-                if batch.len() >= chunk_size as usize {
-                    // A long rewrite must not let the lease lapse under it.
-                    if renewed.elapsed() >= self.settings.lease() / 3 {
-                        self.store
-                            .renew_lease(deanery, owner, self.settings.lease(), attempts)
-                            .await?;
-                        renewed = Instant::now();
-                    }
-                    boundaries.extend(batch.last().map(|row: &AppRow| row.id));
-                    writer = Some(self.write(writer, std::mem::take(&mut batch)).await?);
-                }
-            }
-            if !batch.is_empty() {
-                boundaries.extend(batch.last().map(|row| row.id));
-                writer = Some(self.write(writer, batch).await?);
-            }
-            if !rejections.is_empty() {
-                let rejected = self
-                    .store
-                    .reject_claimed(
-                        session,
-                        &run.id,
-                        deanery,
-                        &rejections,
-                        chunk_size as usize,
-                        attempts,
-                    )
-                    .await?;
-                for (id, reason) in &rejected {
-                    tracing::warn!(deanery = %deanery, run_id = %run.id, record_id = %id, reason = %reason, "record rejected: it changed after it was claimed");
-                }
-                run.claimed -= rejected.len() as i64;
-                run.rejected += rejected.len() as i64;
-            }
-        }
-
+        let (mut writer, mut boundaries) = self
+            .rewrite_claimed(session, run, deanery, owner, attempts)
+            .await?;
         let (mut claim_time, mut write_time) = (Duration::ZERO, Duration::ZERO);
         if let Some(up_to) = run.claim_up_to {
             let mut waiting = self
@@ -538,53 +499,15 @@ impl Exporter {
         // claim whose outcome was lost, or another writer's change, shows
         // here rather than as a record marked with a file it is not in.
         let written = writer.as_ref().map_or(0, ExportFile::count);
-        let claimed = self.store.count_claimed(&run.id, deanery, attempts).await?;
-        if claimed != written {
-            return Err(ExportError::ClaimMismatch {
-                run_id: run.id.clone(),
-                claimed,
-                written,
-            });
-        }
+        self.verify_claimed(run, deanery, written, attempts).await?;
         let Some(writer) = writer.filter(|w| w.count() > 0) else {
             // Nothing valid to write: no file (dropping a writer removes
             // its temporary file).
-            self.store
-                .update_run(
-                    &run.id,
-                    deanery,
-                    doc! {"phase": RunPhase::Written.as_str(), "recordCount": 0_i64},
-                    0,
-                    attempts,
-                )
-                .await?;
-            run.phase = RunPhase::Written;
-            run.record_count = Some(0);
+            self.record_nothing_to_write(run, deanery, attempts).await?;
             return Ok(Some(boundaries));
         };
         let finishing = Instant::now();
-        let staged = blocking(&dir, move || writer.stage()).await?;
-        // Only the lease holder may make the file final: renew (and stop
-        // if another process took over) before recording it.
-        self.store
-            .renew_lease(deanery, owner, self.settings.lease(), attempts)
-            .await?;
-        self.store
-            .update_run(
-                &run.id,
-                deanery,
-                doc! {
-                    "phase": RunPhase::Finalizing.as_str(),
-                    "recordCount": staged.record_count as i64,
-                    "sha256": &staged.sha256,
-                },
-                0,
-                attempts,
-            )
-            .await?;
-        run.phase = RunPhase::Finalizing;
-        run.record_count = Some(staged.record_count as i64);
-        run.sha256 = Some(staged.sha256.clone());
+        let staged = self.stage(writer, run, deanery, owner, attempts).await?;
         write_time += finishing.elapsed();
         tracing::info!(
             deanery = %deanery,
@@ -599,14 +522,185 @@ impl Exporter {
         Ok(Some(boundaries))
     }
 
-    /// Phase 2b: rename the staged file to its final name and write its
-    /// manifest, then record `WRITTEN`. Safe to repeat after a crash: a
-    /// final file is never rewritten, and a file a reader already took is
-    /// not written again.
-    async fn publish(
+    /// Removes the deanery's temporary files an interrupted attempt left
+    /// in this folder (only ever called while holding its lease).
+    async fn remove_stale_temporaries(&self, deanery: &Deanery) -> Result<(), ExportError> {
+        let (dir, code) = (self.settings.output_dir.clone(), deanery.clone());
+        let removed = blocking(&self.settings.output_dir, move || {
+            file::remove_stale_temporaries(&dir, &code)
+        })
+        .await?;
+        if removed > 0 {
+            tracing::info!(deanery = %deanery, removed, "removed temporary files of an interrupted run");
+        }
+        Ok(())
+    }
+
+    /// Writes the records the run has claimed so far into a new temporary
+    /// file, in `_id` order, rejecting those that turned invalid since.
+    /// Returns the file (none when nothing is claimed) and the mark
+    /// boundaries: the last `_id` of each batch written, so the mark phase
+    /// marks the records between consecutive boundaries, one transaction each.
+    async fn rewrite_claimed(
+        &self,
+        session: &mut mongodb::ClientSession,
+        run: &mut RunDoc,
+        deanery: &Deanery,
+        owner: &str,
+        attempts: &mut Attempts,
+    ) -> Result<(Option<ExportFile>, Vec<ObjectId>), ExportError> {
+        let chunk_size = self.settings.chunk_size;
+        let mut boundaries = Vec::new();
+        if run.claimed <= 0 {
+            return Ok((None, boundaries));
+        }
+        let mut writer = Some(self.open_file(run, deanery).await?);
+        let mut cursor = self
+            .store
+            .claimed_records(&run.id, deanery, self.settings.cursor_batch_size, attempts)
+            .await?;
+        let mut batch = Vec::with_capacity(chunk_size as usize);
+        let mut rejections = Vec::new();
+        let mut renewed = Instant::now();
+        while let Some(document) = cursor
+            .try_next()
+            .await
+            .map_err(|err| StoreError::Mongo(stream_error(err)))?
+        {
+            match AppRow::from_document(&document, deanery) {
+                Ok(row) => batch.push(row),
+                Err(reason) => {
+                    if let Ok(id) = document.get_object_id("_id") {
+                        rejections.push((id, reason));
+                    }
+                }
+            }
+            if batch.len() >= chunk_size as usize {
+                // A long rewrite must not let the lease lapse under it.
+                if renewed.elapsed() >= self.settings.lease() / 3 {
+                    self.store
+                        .renew_lease(deanery, owner, self.settings.lease(), attempts)
+                        .await?;
+                    renewed = Instant::now();
+                }
+                boundaries.extend(batch.last().map(|row: &AppRow| row.id));
+                writer = Some(self.write(writer, std::mem::take(&mut batch)).await?);
+            }
+        }
+        if !batch.is_empty() {
+            boundaries.extend(batch.last().map(|row| row.id));
+            writer = Some(self.write(writer, batch).await?);
+        }
+        self.reject_changed(session, run, deanery, &rejections, attempts)
+            .await?;
+        Ok((writer, boundaries))
+    }
+
+    /// Rejects claimed records that turned invalid after their claim.
+    async fn reject_changed(
+        &self,
+        session: &mut mongodb::ClientSession,
+        run: &mut RunDoc,
+        deanery: &Deanery,
+        rejections: &[(ObjectId, String)],
+        attempts: &mut Attempts,
+    ) -> Result<(), ExportError> {
+        if rejections.is_empty() {
+            return Ok(());
+        }
+        let batch = self.settings.chunk_size as usize;
+        let rejected = self
+            .store
+            .reject_claimed(session, &run.id, deanery, rejections, batch, attempts)
+            .await?;
+        for (id, reason) in &rejected {
+            tracing::warn!(deanery = %deanery, run_id = %run.id, record_id = %id, reason = %reason, "record rejected: it changed after it was claimed");
+        }
+        run.claimed -= rejected.len() as i64;
+        run.rejected += rejected.len() as i64;
+        Ok(())
+    }
+
+    /// The file must hold exactly the records the run has claimed: a claim
+    /// whose outcome was lost, or another writer's change, shows here
+    /// rather than as a record marked with a file it is not in.
+    async fn verify_claimed(
+        &self,
+        run: &RunDoc,
+        deanery: &Deanery,
+        written: u64,
+        attempts: &mut Attempts,
+    ) -> Result<(), ExportError> {
+        let claimed = self.store.count_claimed(&run.id, deanery, attempts).await?;
+        if claimed != written {
+            return Err(ExportError::ClaimMismatch {
+                run_id: run.id.clone(),
+                claimed,
+                written,
+            });
+        }
+        Ok(())
+    }
+
+    /// A run whose claimed records all turned out invalid writes no file.
+    async fn record_nothing_to_write(
         &self,
         run: &mut RunDoc,
         deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<(), ExportError> {
+        let set = doc! {"phase": RunPhase::Written.as_str(), "recordCount": 0_i64};
+        self.store
+            .update_run(&run.id, deanery, set, 0, attempts)
+            .await?;
+        run.phase = RunPhase::Written;
+        run.record_count = Some(0);
+        Ok(())
+    }
+
+    /// Phase 2a: trailer, fsync and the staging name; then, as lease
+    /// holder, record the file's hash and count (`FINALIZING`).
+    async fn stage(
+        &self,
+        writer: ExportFile,
+        run: &mut RunDoc,
+        deanery: &Deanery,
+        owner: &str,
+        attempts: &mut Attempts,
+    ) -> Result<file::Staged, ExportError> {
+        let staged = blocking(&self.settings.output_dir, move || writer.stage()).await?;
+        // Only the lease holder may make the file final: renew (and stop
+        // if another process took over) before recording it.
+        self.store
+            .renew_lease(deanery, owner, self.settings.lease(), attempts)
+            .await?;
+        let set = doc! {
+            "phase": RunPhase::Finalizing.as_str(),
+            "recordCount": staged.record_count as i64,
+            "sha256": &staged.sha256,
+        };
+        self.store
+            .update_run(&run.id, deanery, set, 0, attempts)
+            .await?;
+        run.phase = RunPhase::Finalizing;
+        run.record_count = Some(staged.record_count as i64);
+        run.sha256 = Some(staged.sha256.clone());
+        Ok(staged)
+    }
+
+    /// Phase 2b: make the staged file final (manifest first, then the
+    /// `.DAT` under its final name) and record where it was published;
+    /// only then are records marked. When this folder holds neither the
+    /// final file nor the staged one (it was staged on another host, or a
+    /// reader took it before its publication was recorded), the file is
+    /// staged again from the claimed records and published again under
+    /// the same name: nothing is ever assumed delivered.
+    async fn publish(
+        &self,
+        session: &mut mongodb::ClientSession,
+        run: &mut RunDoc,
+        deanery: &Deanery,
+        owner: &str,
         attempts: &mut Attempts,
     ) -> Result<(), ExportError> {
         let (Some(sha256), Some(count)) = (run.sha256.clone(), run.record_count) else {
@@ -615,34 +709,114 @@ impl Exporter {
                 reason: "finalizing without a recorded hash and count".to_owned(),
             });
         };
-        let header = self.header(run, deanery)?;
-        let staged = file::Staged {
+        let mut staged = file::Staged {
             sha256,
             record_count: count.max(0) as u64,
         };
-        let dir = self.settings.output_dir.clone();
-        let published = blocking(&self.settings.output_dir, move || {
-            file::publish(&dir, &header, &staged)
-        })
-        .await?;
-        if published == file::Published::TakenByReader {
+        if self.publish_staged(run, deanery, &staged).await? == file::Published::NotStaged {
             tracing::warn!(
                 deanery = %deanery,
                 run_id = %run.id,
                 file = run.file_name.as_deref().unwrap_or(""),
-                "the file was published before an interruption and a reader has taken it; not writing it again"
+                folder = %self.settings.output_dir.display(),
+                "the run's staged file is not in this folder and its publication was never recorded; \
+                 staging it again from the claimed records"
+            );
+            let Some(again) = self.restage(session, run, deanery, owner, attempts).await? else {
+                return self.record_nothing_to_write(run, deanery, attempts).await;
+            };
+            staged = again;
+            if self.publish_staged(run, deanery, &staged).await? != file::Published::Final {
+                return Err(ExportError::Inconsistent {
+                    run_id: run.id.clone(),
+                    reason: "the file staged again vanished before it could be published"
+                        .to_owned(),
+                });
+            }
+        }
+        self.record_publication(run, deanery, &staged, attempts)
+            .await
+    }
+
+    async fn publish_staged(
+        &self,
+        run: &RunDoc,
+        deanery: &Deanery,
+        staged: &file::Staged,
+    ) -> Result<file::Published, ExportError> {
+        let header = self.header(run, deanery)?;
+        let (dir, staged) = (self.settings.output_dir.clone(), staged.clone());
+        blocking(&self.settings.output_dir, move || {
+            file::publish(&dir, &header, &staged)
+        })
+        .await
+    }
+
+    /// Writes the claimed records into a new staged file. Unchanged
+    /// records give the same bytes as before; if another writer changed a
+    /// claimed record since, the new hash and count are recorded.
+    async fn restage(
+        &self,
+        session: &mut mongodb::ClientSession,
+        run: &mut RunDoc,
+        deanery: &Deanery,
+        owner: &str,
+        attempts: &mut Attempts,
+    ) -> Result<Option<file::Staged>, ExportError> {
+        self.remove_stale_temporaries(deanery).await?;
+        let recorded = run.sha256.clone();
+        let (writer, _) = self
+            .rewrite_claimed(session, run, deanery, owner, attempts)
+            .await?;
+        let written = writer.as_ref().map_or(0, ExportFile::count);
+        self.verify_claimed(run, deanery, written, attempts).await?;
+        let Some(writer) = writer.filter(|w| w.count() > 0) else {
+            return Ok(None);
+        };
+        let staged = self.stage(writer, run, deanery, owner, attempts).await?;
+        if recorded.as_deref() != Some(staged.sha256.as_str()) {
+            tracing::warn!(
+                deanery = %deanery,
+                run_id = %run.id,
+                sha256 = %staged.sha256,
+                records = staged.record_count,
+                "the file staged again differs from the first (claimed records changed since); publishing the new bytes"
             );
         }
+        Ok(Some(staged))
+    }
+
+    /// Records where the file now exists under its final name (`WRITTEN`).
+    async fn record_publication(
+        &self,
+        run: &mut RunDoc,
+        deanery: &Deanery,
+        staged: &file::Staged,
+        attempts: &mut Attempts,
+    ) -> Result<(), ExportError> {
+        let file_name = run.file_name.clone().unwrap_or_default();
+        let path = self.settings.output_dir.join(&file_name);
+        let path = std::path::absolute(&path).unwrap_or(path);
+        let publication = crate::store::Publication {
+            host: crate::domain::host_name(),
+            path: path.display().to_string(),
+            sha256: staged.sha256.clone(),
+            published_at: crate::store::now(),
+        };
+        crate::ops::output_folder::record_success(&self.settings.output_dir);
         self.store
-            .update_run(
-                &run.id,
-                deanery,
-                doc! {"phase": RunPhase::Written.as_str()},
-                0,
-                attempts,
-            )
+            .record_publication(&run.id, deanery, &publication, attempts)
             .await?;
+        tracing::info!(
+            deanery = %deanery,
+            run_id = %run.id,
+            host = %publication.host,
+            path = %publication.path,
+            sha256 = %publication.sha256,
+            "export file published"
+        );
         run.phase = RunPhase::Written;
+        run.publication = Some(publication);
         Ok(())
     }
 
@@ -817,11 +991,32 @@ pub async fn deaneries_to_export(store: &Store) -> Result<Vec<Deanery>, StoreErr
                     .reject_invalid_deanery(&value, &reason, &mut attempts)
                     .await?;
                 if count > 0 {
-                    tracing::error!(deanery = %value, count, reason = %reason, "records with an invalid deanery code rejected");
+                    tracing::error!(deanery = %crate::domain::printable(&value.to_string(), 64), count, reason = %reason, "records with an invalid deanery code rejected");
                 }
             }
         }
     }
     deaneries.sort();
     Ok(deaneries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_folder_errors_are_transient_and_inconsistencies_are_not() {
+        for errno in [28, 30, 24, 5] {
+            let err = ExportError::File {
+                dir: PathBuf::from("/exports"),
+                source: std::io::Error::from_raw_os_error(errno),
+            };
+            assert!(err.is_transient(), "errno {errno}");
+        }
+        let err = ExportError::Inconsistent {
+            run_id: "r".to_owned(),
+            reason: "x".to_owned(),
+        };
+        assert!(!err.is_transient());
+    }
 }

@@ -1,7 +1,9 @@
 //! HTTP on `http.listen` (axum): `GET /healthz` (alive), `GET /readyz`
-//! (MongoDB answers a ping and the consumer is attached to its queue, else
-//! 503 with the reasons), `GET /metrics` (Prometheus text format).
+//! (MongoDB answers a ping, the consumer is attached to its queue and the
+//! output folder can be written, else 503 with the reasons), `GET /metrics`
+//! (Prometheus text format).
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
@@ -12,6 +14,7 @@ use axum::{Json, Router};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::net::TcpListener;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Readiness;
 use crate::shutdown::Shutdown;
@@ -29,6 +32,8 @@ pub struct HttpState {
     pub readiness: Readiness,
     /// Renders `/metrics`.
     pub metrics: PrometheusHandle,
+    /// The export folder, probed for writing.
+    pub output_dir: std::path::PathBuf,
 }
 
 /// The routes.
@@ -40,14 +45,56 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
-/// Serves until shutdown.
+/// Connections served at once; more are closed as soon as they are
+/// accepted, so a flood cannot use up the process's file descriptors.
+pub const MAX_CONNECTIONS: usize = 64;
+/// A request's headers must arrive within this.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+/// No connection, idle or not, is kept longer than this (a scrape or probe
+/// takes milliseconds; Prometheus reconnects).
+pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+
+/// Serves until shutdown, within [`MAX_CONNECTIONS`], [`HEADER_TIMEOUT`]
+/// and [`CONNECTION_LIFETIME`].
 pub async fn serve(listener: TcpListener, state: HttpState, mut shutdown: Shutdown) {
-    let result = axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move { shutdown.recv().await })
-        .await;
-    if let Err(err) = result {
-        tracing::error!(error = %err, "HTTP server failed");
+    let service = hyper_util::service::TowerToHyperService::new(router(state));
+    let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            _ = shutdown.recv() => break,
+            Some(_) = connections.join_next() => continue,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => stream,
+            Err(err) => {
+                // EMFILE and the like: wait a little rather than spin.
+                tracing::warn!(error = %err, "HTTP accept failed");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            drop(stream); // over the limit: closed at once
+            continue;
+        };
+        connections.spawn(serve_connection(stream, service.clone(), permit));
     }
+    connections.shutdown().await;
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    service: hyper_util::service::TowerToHyperService<Router>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let connection = hyper::server::conn::http1::Builder::new()
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_TIMEOUT)
+        .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+    // Errors here are a client's (reset, timeout): nothing to report.
+    let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
 }
 
 async fn healthz() -> impl IntoResponse {
@@ -65,14 +112,32 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     } else {
         Err("consumer not attached to its queue (RabbitMQ unreachable or reconnecting)".to_owned())
     };
-    let ready = mongodb.is_ok() && rabbitmq.is_ok();
+    let dir = state.output_dir.clone();
+    let folder = match tokio::time::timeout(
+        PING_TIMEOUT,
+        tokio::task::spawn_blocking(move || super::output_folder::check(&dir)),
+    )
+    .await
+    {
+        Ok(Ok(checked)) => checked,
+        Ok(Err(join)) => Err(format!("probe failed: {join}")),
+        Err(_) => Err(format!(
+            "no answer from the folder within {} s",
+            PING_TIMEOUT.as_secs()
+        )),
+    };
+    let ready = mongodb.is_ok() && rabbitmq.is_ok() && folder.is_ok();
     let show = |check: &Result<(), String>| match check {
         Ok(()) => "ok".to_owned(),
         Err(reason) => reason.clone(),
     };
     let body = Json(json!({
         "status": if ready { "ready" } else { "not ready" },
-        "checks": {"mongodb": show(&mongodb), "rabbitmq": show(&rabbitmq)},
+        "checks": {
+            "mongodb": show(&mongodb),
+            "rabbitmq": show(&rabbitmq),
+            "outputFolder": show(&folder),
+        },
     }));
     let code = if ready {
         StatusCode::OK

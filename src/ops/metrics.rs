@@ -16,6 +16,8 @@
 //! | `esr_stuck_records_oldest_age_seconds` | gauge | `deanery` |
 //! | `esr_watchdog_catch_up_commands_total` | counter | `deanery` |
 //! | `esr_consumer_attached` | gauge | |
+//! | `esr_output_folder_errors_total` | counter | `error` (errno name: `ENOSPC`, `EROFS`, `EMFILE`, ...) |
+//! | `esr_output_folder_writable` | gauge | |
 
 use std::sync::OnceLock;
 
@@ -31,14 +33,82 @@ static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
-            PrometheusBuilder::new()
+            let handle = PrometheusBuilder::new()
                 .install_recorder()
                 .unwrap_or_else(|err| {
                     tracing::error!(error = %err, "cannot install the metrics recorder; /metrics stays empty");
                     PrometheusBuilder::new().build_recorder().handle()
-                })
+                });
+            describe();
+            handle
         })
         .clone()
+}
+
+/// The HELP text of every metric (the table above, in words).
+fn describe() {
+    use metrics::{describe_counter, describe_gauge};
+    describe_counter!(
+        "esr_export_runs_total",
+        "Export attempts by deanery and outcome: completed, failed or skipped."
+    );
+    describe_counter!(
+        "esr_records_exported_total",
+        "Records written to a file and marked EXPORTED."
+    );
+    describe_counter!(
+        "esr_records_rejected_total",
+        "Records marked REJECTED with a reason."
+    );
+    describe_counter!(
+        "esr_transaction_attempts_total",
+        "MongoDB transaction attempts."
+    );
+    describe_counter!(
+        "esr_write_conflicts_total",
+        "MongoDB WriteConflicts (error 112) met and retried."
+    );
+    describe_counter!("esr_retries_total", "Retries of any MongoDB operation.");
+    describe_gauge!(
+        "esr_last_successful_run_timestamp_seconds",
+        "Unix time when the deanery's last export run completed."
+    );
+    describe_counter!(
+        "esr_commands_total",
+        "Command deliveries by how they were settled."
+    );
+    describe_counter!(
+        "esr_commands_dead_lettered_total",
+        "Commands sent to the dead-letter queue."
+    );
+    describe_counter!(
+        "esr_schedule_slots_fired_total",
+        "Schedule slots this replica fired."
+    );
+    describe_gauge!(
+        "esr_stuck_records",
+        "Records the last slot should have exported and did not."
+    );
+    describe_gauge!(
+        "esr_stuck_records_oldest_age_seconds",
+        "Age of the oldest stuck record."
+    );
+    describe_counter!(
+        "esr_watchdog_catch_up_commands_total",
+        "Catch-up commands the watchdog published."
+    );
+    describe_gauge!(
+        "esr_consumer_attached",
+        "1 while the command consumer is attached to its queue."
+    );
+    describe_counter!(
+        "esr_output_folder_errors_total",
+        "I/O errors met writing the output folder, by errno name."
+    );
+    describe_gauge!(
+        "esr_output_folder_writable",
+        "0 after an export failed to write the output folder, 1 after one published there."
+    );
 }
 
 /// Records one export attempt.
@@ -100,4 +170,14 @@ pub fn record_catch_up(deanery: &str) {
 /// Sets the consumer-attached gauge.
 pub fn set_consumer_attached(attached: bool) {
     gauge!("esr_consumer_attached").set(if attached { 1.0 } else { 0.0 });
+}
+
+/// Counts an I/O error met in the output folder, by errno name.
+pub fn record_output_folder_error(error: &str) {
+    counter!("esr_output_folder_errors_total", "error" => error.to_owned()).increment(1);
+}
+
+/// Sets whether the last export could write its output folder.
+pub fn set_output_folder_writable(writable: bool) {
+    gauge!("esr_output_folder_writable").set(if writable { 1.0 } else { 0.0 });
 }

@@ -3,6 +3,7 @@
 
 pub mod http;
 pub mod metrics;
+pub mod output_folder;
 pub mod systemd;
 pub mod watchdog;
 

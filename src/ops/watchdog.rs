@@ -106,8 +106,8 @@ impl Watchdog {
         let bucket = now.timestamp() / period;
         for found in &stuck {
             let code = match &found.deanery {
-                bson::Bson::String(code) => code.clone(),
-                other => other.to_string(),
+                bson::Bson::String(code) => crate::domain::printable(code, 64),
+                other => crate::domain::printable(&other.to_string(), 64),
             };
             let oldest_age = found
                 .oldest

@@ -5,6 +5,7 @@
 pub mod retry;
 mod runs;
 mod slots;
+mod unexportable;
 
 use std::time::Duration;
 
@@ -16,7 +17,7 @@ use mongodb::options::ClientOptions;
 use mongodb::{Client, ClientSession, Collection, Cursor, IndexModel};
 
 pub use retry::{Attempts, RetryError, RetryPolicy, RetryScope};
-pub use runs::{file_name, RunDoc, RunPhase};
+pub use runs::{file_name, Publication, RunDoc, RunPhase};
 pub use slots::{SlotClaim, StuckRecords};
 
 use crate::config::Settings;
@@ -42,7 +43,7 @@ const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 pub enum StoreError {
     /// The connection string could not be used.
     #[error("invalid MongoDB configuration (key `mongodb.uri`): {0}")]
-    Configuration(#[source] MongoError),
+    Configuration(String),
     /// A MongoDB operation failed for good (after retries, if transient).
     #[error(transparent)]
     Mongo(#[from] RetryError),
@@ -194,14 +195,18 @@ impl Store {
     pub async fn connect(settings: &Settings) -> Result<Self, StoreError> {
         let mut options = ClientOptions::parse(settings.mongodb.uri.expose())
             .await
-            .map_err(StoreError::Configuration)?;
+            .map_err(|err| {
+                StoreError::Configuration(settings.mongodb.uri.scrub(&err.to_string()))
+            })?;
         options.server_selection_timeout = Some(Duration::from_millis(
             settings.mongodb.server_selection_timeout_ms,
         ));
         if options.app_name.is_none() {
             options.app_name = Some("esr-exporter".to_owned());
         }
-        let client = Client::with_options(options).map_err(StoreError::Configuration)?;
+        let client = Client::with_options(options).map_err(|err| {
+            StoreError::Configuration(settings.mongodb.uri.scrub(&err.to_string()))
+        })?;
         let db = client.database(&settings.mongodb.database);
         let store = Self {
             records: db.collection(&settings.mongodb.records_collection),
@@ -580,7 +585,11 @@ impl Store {
             .retry
             .run(scope("find_backlog", deanery), attempts, || async move {
                 records
-                    .find_one(doc! {"deanery": deanery.as_str(), "status": RecordStatus::ToExport.as_str()})
+                    .find_one(doc! {
+                        "deanery": deanery.as_str(),
+                        "status": RecordStatus::ToExport.as_str(),
+                        "_id": {"$type": "objectId"},
+                    })
                     .sort(doc! {"_id": -1})
                     .projection(doc! {"_id": 1})
                     .await
@@ -736,7 +745,7 @@ impl Store {
         let mut rejections: Vec<(Bson, String)> = Vec::new();
         while let Some(document) = cursor.next(&mut *s).await {
             let document = document?;
-            match AppRow::from_document(&document) {
+            match AppRow::from_document(&document, deanery) {
                 Ok(row) => chunk.rows.push(row),
                 Err(reason) => {
                     rejections.push((document.get("_id").cloned().unwrap_or(Bson::Null), reason))

@@ -71,6 +71,24 @@ pub struct RunDoc {
     /// The last error an attempt stopped on.
     #[serde(default)]
     pub last_error: Option<String>,
+    /// Where and when the file was made final, recorded the moment its
+    /// final name existed; records are marked only after this.
+    #[serde(default)]
+    pub publication: Option<Publication>,
+}
+
+/// Where a run's file was published.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Publication {
+    /// Host whose output folder holds the file.
+    pub host: String,
+    /// The file's full path on that host.
+    pub path: String,
+    /// SHA-256 of the published bytes.
+    pub sha256: String,
+    /// When the final name came to exist.
+    pub published_at: DateTime,
 }
 
 impl RunDoc {
@@ -92,6 +110,7 @@ impl RunDoc {
             finished_at: None,
             attempts: 0,
             last_error: None,
+            publication: None,
         }
     }
 
@@ -191,6 +210,26 @@ impl Store {
 }
 
 impl Store {
+    /// Records that the run's file exists under its final name, and where:
+    /// the run moves to `WRITTEN`, after which its records are marked.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn record_publication(
+        &self,
+        run_id: &str,
+        deanery: &Deanery,
+        publication: &Publication,
+        attempts: &mut Attempts,
+    ) -> Result<(), StoreError> {
+        let publication = bson::to_bson(publication).map_err(|err| StoreError::Malformed {
+            what: "publication",
+            reason: err.to_string(),
+        })?;
+        let set = doc! {"phase": RunPhase::Written.as_str(), "publication": publication};
+        self.update_run(run_id, deanery, set, 0, attempts).await
+    }
+
     /// Marks a run `COMPLETED`, recording the slot and command that
     /// triggered it (so a duplicate of either is recognised as done).
     ///

@@ -168,6 +168,8 @@ impl Store {
                 "$or": [
                     {"createdAt": {"$lt": before}},
                     {"createdAt": {"$exists": false}, "_id": {"$lt": id_before}},
+                    // No creation time to judge by: waiting at all is stuck.
+                    {"createdAt": {"$exists": false}, "_id": {"$not": {"$type": "objectId"}}},
                 ],
             }},
             doc! {"$group": {

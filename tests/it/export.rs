@@ -253,9 +253,10 @@ async fn an_equivalent_index_is_reused_and_a_name_taken_by_other_keys_is_a_clear
 }
 
 #[tokio::test]
-async fn a_run_that_died_after_publishing_its_file_never_writes_it_again() {
+async fn a_file_gone_before_its_publication_was_recorded_is_published_again_with_the_same_bytes() {
     // Arrange: a completed run, wound back to the moment after its file
     // was published and a reader took it, before the run recorded that.
+    // Nothing says where the file went, so it is not assumed delivered.
     let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "10")]).await;
     let ids = app.seed("EMD", 35).await;
     let first = app.exporter.run(&deanery("EMD")).await;
@@ -263,7 +264,7 @@ async fn a_run_that_died_after_publishing_its_file_never_writes_it_again() {
     let runs = app.db.collection::<bson::Document>("exportRuns");
     runs.update_one(
         doc! {"_id": first.run_id.clone().unwrap()},
-        doc! {"$set": {"phase": "FINALIZING"}},
+        doc! {"$set": {"phase": "FINALIZING"}, "$unset": {"publication": ""}},
     )
     .await
     .unwrap();
@@ -275,31 +276,34 @@ async fn a_run_that_died_after_publishing_its_file_never_writes_it_again() {
         .await
         .unwrap();
     let taken = app.export_dir().join(&name);
+    let bytes = std::fs::read(&taken).unwrap();
     std::fs::remove_file(&taken).unwrap();
+    std::fs::remove_file(app.export_dir().join(format!("{name}.json"))).unwrap();
 
     // Act
     let again = app.exporter.run(&deanery("EMD")).await;
 
-    // Assert: resumed and completed, every record EXPORTED with the file
-    // name, and no file written again.
+    // Assert: resumed and completed; the same name holds the same bytes
+    // again, with its manifest, and every record is EXPORTED with it.
     assert_eq!(again.status, RunStatus::Completed, "{again:?}");
     assert!(again.resumed);
-    assert!(
-        !taken.exists(),
-        "the file the reader took was not written again"
+    assert_eq!(
+        std::fs::read(&taken).unwrap(),
+        bytes,
+        "same name, same bytes"
     );
-    assert!(
-        app.files().iter().all(|f| !f.ends_with(".DAT")),
-        "{:?}",
-        app.files()
+    app.assert_exported_once("EMD", &ids).await;
+    let run = runs
+        .find_one(doc! {"_id": first.run_id.clone().unwrap()})
+        .await
+        .unwrap()
+        .unwrap();
+    let publication = run.get_document("publication").unwrap();
+    assert_eq!(
+        publication.get_str("path").unwrap(),
+        std::path::absolute(&taken).unwrap().display().to_string()
     );
-    let exported = app
-        .find(doc! {"deanery": "EMD", "status": "EXPORTED"})
-        .await;
-    assert_eq!(exported.len(), ids.len());
-    assert!(exported
-        .iter()
-        .all(|r| r.get_str("exportFileName").unwrap() == name));
+    assert!(!publication.get_str("host").unwrap().is_empty());
 }
 
 #[tokio::test]

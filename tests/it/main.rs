@@ -9,6 +9,7 @@ mod deploy;
 mod export;
 mod faults;
 mod helpers;
+mod hostile;
 mod ops;
 mod replicas;
 #[path = "../support/broker.rs"]

@@ -1,0 +1,105 @@
+//! Waiting records no run can claim: their `_id` is not an ObjectId, so
+//! they sort apart from the others and cannot be written (a file carries
+//! 24 hex characters). Each is rejected with its reason instead of
+//! waiting for ever.
+
+use bson::{doc, Bson, Document};
+use futures_util::TryStreamExt;
+
+use super::{now, scope, Attempts, Store, StoreError};
+use crate::domain::{bson_type_name, Deanery, RecordStatus};
+
+/// Records looked at per round.
+const ROUND: i64 = 1_000;
+
+impl Store {
+    /// Rejects the deanery's waiting records whose `_id` is not an
+    /// ObjectId; returns each rejected `_id` with its reason.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn reject_unexportable_ids(
+        &self,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<(Bson, String)>, StoreError> {
+        let mut rejected = Vec::new();
+        loop {
+            let found = self.unexportable_ids(deanery, attempts).await?;
+            for id in &found {
+                let reason = format!("_id: expected objectId, found {}", bson_type_name(id));
+                if self.reject_waiting(deanery, id, &reason, attempts).await? {
+                    rejected.push((id.clone(), reason));
+                }
+            }
+            if (found.len() as i64) < ROUND {
+                return Ok(rejected);
+            }
+        }
+    }
+
+    async fn unexportable_ids(
+        &self,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<Bson>, StoreError> {
+        let records = &self.records;
+        let filter = doc! {
+            "deanery": deanery.as_str(),
+            "status": RecordStatus::ToExport.as_str(),
+            "_id": {"$not": {"$type": "objectId"}},
+        };
+        let filter = &filter;
+        let found: Vec<Document> = self
+            .retry
+            .run(
+                scope("find_unexportable_ids", deanery),
+                attempts,
+                || async move {
+                    records
+                        .find(filter.clone())
+                        .projection(doc! {"_id": 1})
+                        .limit(ROUND)
+                        .await?
+                        .try_collect()
+                        .await
+                },
+            )
+            .await?;
+        Ok(found
+            .into_iter()
+            .filter_map(|mut d| d.remove("_id"))
+            .collect())
+    }
+
+    /// Rejects one waiting record; false when it no longer waits.
+    async fn reject_waiting(
+        &self,
+        deanery: &Deanery,
+        id: &Bson,
+        reason: &str,
+        attempts: &mut Attempts,
+    ) -> Result<bool, StoreError> {
+        let records = &self.records;
+        let result = self
+            .retry
+            .run(
+                scope("reject_unexportable", deanery),
+                attempts,
+                || async move {
+                    records
+                        .update_one(
+                            doc! {"_id": id.clone(), "status": RecordStatus::ToExport.as_str()},
+                            doc! {"$set": {
+                                "status": RecordStatus::Rejected.as_str(),
+                                "rejectionReason": reason,
+                                "rejectedAt": now(),
+                            }},
+                        )
+                        .await
+                },
+            )
+            .await?;
+        Ok(result.modified_count == 1)
+    }
+}
