@@ -521,3 +521,47 @@ async fn promtool_check_metrics_passes_over_a_real_scrape_of_the_daemon() {
         5
     );
 }
+
+#[test]
+fn the_kubernetes_replicas_are_spread_limited_and_covered_by_a_disruption_budget() {
+    let docs = yaml_rust2::YamlLoader::load_from_str(&read("deploy/kubernetes/esr-exporter.yaml"))
+        .expect("manifests parse");
+    let find = |kind: &str| {
+        docs.iter()
+            .find(|d| d["kind"].as_str() == Some(kind))
+            .unwrap_or_else(|| panic!("a {kind}"))
+    };
+    let deployment = find("Deployment");
+    let app = deployment["spec"]["selector"]["matchLabels"]["app"]
+        .as_str()
+        .unwrap();
+    assert!(deployment["spec"]["replicas"].as_i64().unwrap() >= 2);
+    let pod = &deployment["spec"]["template"]["spec"];
+    let spread = pod["topologySpreadConstraints"].as_vec().expect("spread");
+    assert!(
+        spread.iter().any(|c| {
+            c["topologyKey"].as_str() == Some("kubernetes.io/hostname")
+                && c["whenUnsatisfiable"].as_str() == Some("DoNotSchedule")
+                && c["labelSelector"]["matchLabels"]["app"].as_str() == Some(app)
+        }),
+        "one replica per node"
+    );
+    for container in pod["containers"].as_vec().unwrap() {
+        for resource in ["cpu", "memory"] {
+            assert!(
+                !container["resources"]["limits"][resource].is_badvalue(),
+                "a {resource} limit"
+            );
+            assert!(
+                !container["resources"]["requests"][resource].is_badvalue(),
+                "a {resource} request"
+            );
+        }
+    }
+    let budget = find("PodDisruptionBudget");
+    assert_eq!(
+        budget["spec"]["selector"]["matchLabels"]["app"].as_str(),
+        Some(app)
+    );
+    assert!(budget["spec"]["minAvailable"].as_i64().unwrap() >= 1);
+}
