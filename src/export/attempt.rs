@@ -1,0 +1,189 @@
+//! One export attempt from start to summary: take the deanery's lease, run
+//! the steps, give the lease back, then summarise, count and log what
+//! happened (a failure also goes on the run document).
+
+use std::time::Instant;
+
+use bson::doc;
+
+use super::context::{LeaseKeeper, Progress, RunContext, RunOptions};
+use super::{ExportError, Exporter};
+use crate::domain::{Deanery, RunStatus, RunSummary};
+use crate::ops::{metrics, output_folder};
+use crate::store::{Attempts, LeaseOutcome, StoreError};
+
+/// How an attempt ended: completed (`Ok(None)`), skipped because another
+/// process holds the lease (`Ok(Some(why))`), or failed.
+type Outcome = Result<Option<String>, ExportError>;
+
+impl Exporter {
+    /// Runs one attempt for the deanery and summarises it. Never panics on
+    /// a failure: a failed attempt is a summary with `status: failed`,
+    /// logged at ERROR, and its run is left to resume.
+    pub(super) async fn attempt(&self, deanery: &Deanery, options: &RunOptions) -> RunSummary {
+        let started = Instant::now();
+        let owner = uuid::Uuid::new_v4().to_string();
+        let mut attempts = Attempts::default();
+        let (outcome, progress, attempts) =
+            match self.take_lease(deanery, &owner, &mut attempts).await {
+                Ok(Ok(session)) => {
+                    let mut ctx = RunContext {
+                        deanery,
+                        options,
+                        session,
+                        attempts,
+                        lease: LeaseKeeper::new(owner, self.settings.lease()),
+                        progress: Progress::default(),
+                    };
+                    let result = self.run_all(&mut ctx).await.map(|()| None);
+                    self.release_lease(&mut ctx).await;
+                    (result, ctx.progress, ctx.attempts)
+                }
+                Ok(Err(held)) => (Ok(Some(held)), Progress::default(), attempts),
+                Err(err) => (Err(err.into()), Progress::default(), attempts),
+            };
+        let summary = summarise(deanery, &outcome, &progress, &attempts, started);
+        metrics::record_run(&summary);
+        match &outcome {
+            Ok(None) => log_completed(&summary),
+            Ok(Some(reason)) => {
+                tracing::warn!(deanery = %deanery, reason = %reason, "export run skipped")
+            }
+            Err(err) => self.report_failure(deanery, err, &summary, &progress).await,
+        }
+        summary
+    }
+
+    /// Starts this attempt's session and takes the deanery's lease with it.
+    /// A lease taken over from a dead holder ends that holder's session, so
+    /// its open transaction stops holding records (otherwise the server
+    /// keeps it for up to `transactionLifetimeLimitSeconds`, 60 s).
+    async fn take_lease(
+        &self,
+        deanery: &Deanery,
+        owner: &str,
+        attempts: &mut Attempts,
+    ) -> Result<Result<mongodb::ClientSession, String>, StoreError> {
+        let session = self.store.start_session(attempts).await?;
+        let ttl = self.settings.lease();
+        let outcome = self
+            .store
+            .acquire_lease(deanery, owner, session.id(), ttl, attempts)
+            .await?;
+        match outcome {
+            LeaseOutcome::Acquired { lapsed_session } => {
+                if lapsed_session.is_some() {
+                    tracing::warn!(deanery = %deanery, "took over a lapsed lease; ended the previous holder's session");
+                }
+                Ok(Ok(session))
+            }
+            LeaseOutcome::Held { owner, expires_at } => Ok(Err(format!(
+                "deanery {deanery} is being exported by another process (lease {owner} until {})",
+                expires_at.map_or_else(|| "unknown".to_owned(), |t| t.to_string())
+            ))),
+        }
+    }
+
+    /// Gives the lease up so the next attempt need not wait for it to lapse.
+    async fn release_lease(&self, ctx: &mut RunContext<'_>) {
+        let released = self
+            .store
+            .release_lease(ctx.deanery, &ctx.lease.owner, &mut ctx.attempts)
+            .await;
+        if let Err(err) = released {
+            tracing::warn!(deanery = %ctx.deanery, error = %err, "failed to release lease; it lapses on its own");
+        }
+    }
+
+    /// Logs a failed attempt at ERROR (and the folder, when it was the
+    /// output folder that failed) and records the error on its run.
+    async fn report_failure(
+        &self,
+        deanery: &Deanery,
+        err: &ExportError,
+        summary: &RunSummary,
+        progress: &Progress,
+    ) {
+        if let ExportError::File { dir, source } = err {
+            output_folder::record_failure(dir, source);
+            tracing::error!(
+                deanery = %deanery,
+                path = %dir.display(),
+                errno = %output_folder::errno_name(source),
+                error = %source,
+                "the output folder cannot be written; the command is retried"
+            );
+        }
+        tracing::error!(
+            deanery = %deanery,
+            run_id = summary.run_id.as_deref().unwrap_or(""),
+            attempts = summary.attempts,
+            duration_ms = summary.duration_ms,
+            transient = err.is_transient(),
+            error = %err,
+            "export run failed; the next attempt resumes it"
+        );
+        let Some(run_id) = &progress.run_id else {
+            return;
+        };
+        let set = doc! {"lastError": err.to_string(), "lastErrorAt": crate::store::now()};
+        let add_attempts = i64::from(summary.attempts);
+        let mut ignored = Attempts::default();
+        let _ = self
+            .store
+            .update_run(run_id, deanery, set, add_attempts, &mut ignored)
+            .await;
+    }
+}
+
+fn summarise(
+    deanery: &Deanery,
+    outcome: &Outcome,
+    progress: &Progress,
+    attempts: &Attempts,
+    started: Instant,
+) -> RunSummary {
+    let (status, error, retryable) = match outcome {
+        Ok(None) => (RunStatus::Completed, None, false),
+        Ok(Some(reason)) => (RunStatus::Skipped, Some(reason.clone()), true),
+        Err(err) => (RunStatus::Failed, Some(err.to_string()), err.is_transient()),
+    };
+    let run_id = match status {
+        RunStatus::Completed => progress
+            .completed_run_id
+            .clone()
+            .or_else(|| progress.run_id.clone()),
+        _ => progress.run_id.clone(),
+    };
+    RunSummary {
+        deanery: deanery.to_string(),
+        run_id,
+        status,
+        exported: progress.exported,
+        rejected: progress.rejected,
+        file: progress.file.clone(),
+        attempts: attempts.transactions,
+        retries: attempts.retries,
+        write_conflicts: attempts.write_conflicts,
+        duration_ms: started.elapsed().as_millis() as u64,
+        resumed: progress.resumed,
+        error,
+        retryable,
+    }
+}
+
+fn log_completed(summary: &RunSummary) {
+    tracing::info!(
+        deanery = %summary.deanery,
+        run_id = summary.run_id.as_deref().unwrap_or(""),
+        exported = summary.exported,
+        rejected = summary.rejected,
+        file = summary.file.as_deref().unwrap_or(""),
+        attempts = summary.attempts,
+        retries = summary.retries,
+        write_conflicts = summary.write_conflicts,
+        duration_ms = summary.duration_ms,
+        resumed = summary.resumed,
+        "export run completed"
+    );
+}

@@ -1,0 +1,184 @@
+//! Claiming: `TO_EXPORT` records in chunks, one short transaction each,
+//! every claimed chunk appended to the temporary file as it commits, so
+//! memory holds one chunk, never the backlog. Then the count check and
+//! staging.
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+use bson::oid::ObjectId;
+use futures_util::TryStreamExt;
+use mongodb::Cursor;
+
+use super::context::RunContext;
+use super::file::ExportFile;
+use super::io::stream_error;
+use super::{ExportError, Exporter};
+use crate::store::{ClaimedChunk, RunDoc};
+
+/// Where the claim's time went, for the log line of the written file.
+#[derive(Debug, Default)]
+struct Timings {
+    claim: Duration,
+    write: Duration,
+}
+
+/// The `_id`s still to claim: read ahead from one cursor, a chunk at a time.
+struct Waiting {
+    cursor: Cursor<bson::Document>,
+    pending: VecDeque<ObjectId>,
+    drained: bool,
+}
+
+impl Waiting {
+    /// Reads ahead until a chunk's worth of ids is pending or the cursor ends.
+    async fn fill(&mut self, chunk: usize) -> Result<(), ExportError> {
+        while !self.drained && self.pending.len() < chunk {
+            match self.cursor.try_next().await.map_err(stream_error)? {
+                Some(document) => self.pending.extend(document.get_object_id("_id").ok()),
+                None => self.drained = true,
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Exporter {
+    /// Phase 1 and 2: rewrite what is claimed, claim the rest, check the
+    /// count, stage the file and record it (`FINALIZING`), or record that
+    /// there is nothing to write. Returns the mark boundaries.
+    pub(super) async fn claim_and_stage(
+        &self,
+        ctx: &mut RunContext<'_>,
+        run: &mut RunDoc,
+    ) -> Result<Vec<ObjectId>, ExportError> {
+        self.remove_stale_temporaries(ctx.deanery).await?;
+        let (mut writer, mut boundaries) = self.rewrite_claimed(ctx, run).await?;
+        let timings = self
+            .claim_waiting(ctx, run, &mut writer, &mut boundaries)
+            .await?;
+        let written = writer.as_ref().map_or(0, ExportFile::count);
+        self.verify_claimed(ctx, run, written).await?;
+        let Some(writer) = writer.filter(|w| w.count() > 0) else {
+            // Nothing valid to write: no file (dropping a writer removes
+            // its temporary file).
+            self.record_nothing_to_write(ctx, run).await?;
+            return Ok(boundaries);
+        };
+        let finishing = Instant::now();
+        let staged = self.stage(ctx, writer, run).await?;
+        tracing::info!(
+            deanery = %ctx.deanery,
+            run_id = %run.id,
+            file = run.file_name.as_deref().unwrap_or(""),
+            records = staged.record_count,
+            sha256 = %staged.sha256,
+            claim_ms = timings.claim.as_millis() as u64,
+            write_ms = (timings.write + finishing.elapsed()).as_millis() as u64,
+            "export file written"
+        );
+        Ok(boundaries)
+    }
+
+    /// Claims the waiting records up to the run's limit, chunk by chunk,
+    /// stopping at a safe point on shutdown or the deadline.
+    async fn claim_waiting(
+        &self,
+        ctx: &mut RunContext<'_>,
+        run: &mut RunDoc,
+        writer: &mut Option<ExportFile>,
+        boundaries: &mut Vec<ObjectId>,
+    ) -> Result<Timings, ExportError> {
+        let mut timings = Timings::default();
+        let Some(up_to) = run.claim_up_to else {
+            return Ok(timings);
+        };
+        let chunk = self.settings.chunk_size;
+        let cursor = self
+            .store
+            .waiting_ids(
+                ctx.deanery,
+                run.last_claimed_id,
+                up_to,
+                chunk,
+                &mut ctx.attempts,
+            )
+            .await?;
+        let mut waiting = Waiting {
+            cursor,
+            pending: VecDeque::new(),
+            drained: false,
+        };
+        loop {
+            ctx.options.check()?;
+            waiting.fill(chunk as usize).await?;
+            if waiting.pending.is_empty() {
+                return Ok(timings);
+            }
+            let ids: Vec<ObjectId> = waiting
+                .pending
+                .iter()
+                .take(chunk as usize)
+                .copied()
+                .collect();
+            let claiming = Instant::now();
+            let claimed = self.claim_chunk(ctx, run, &ids).await?;
+            timings.claim += claiming.elapsed();
+            waiting.pending.drain(..claimed.covered);
+            let writing = Instant::now();
+            self.take_chunk(ctx, run, claimed, writer, boundaries)
+                .await?;
+            timings.write += writing.elapsed();
+        }
+    }
+
+    async fn claim_chunk(
+        &self,
+        ctx: &mut RunContext<'_>,
+        run: &RunDoc,
+        ids: &[ObjectId],
+    ) -> Result<ClaimedChunk, ExportError> {
+        let (owner, ttl) = (&ctx.lease.owner, ctx.lease.ttl);
+        Ok(self
+            .store
+            .claim_chunk(
+                &mut ctx.session,
+                run,
+                ctx.deanery,
+                owner,
+                ttl,
+                ids,
+                &mut ctx.attempts,
+            )
+            .await?)
+    }
+
+    /// Applies a committed claim to the run and appends its rows.
+    async fn take_chunk(
+        &self,
+        ctx: &mut RunContext<'_>,
+        run: &mut RunDoc,
+        chunk: ClaimedChunk,
+        writer: &mut Option<ExportFile>,
+        boundaries: &mut Vec<ObjectId>,
+    ) -> Result<(), ExportError> {
+        run.last_claimed_id = chunk.last_id;
+        run.claimed += chunk.rows.len() as i64;
+        run.rejected += chunk.rejections.len() as i64;
+        for (id, reason) in &chunk.rejections {
+            tracing::warn!(deanery = %ctx.deanery, run_id = %run.id, record_id = %id, reason = %reason, "record rejected");
+        }
+        if let Some((seq, name)) = chunk.assigned_file {
+            run.seq = Some(seq);
+            run.file_name = Some(name);
+        }
+        if chunk.rows.is_empty() {
+            return Ok(());
+        }
+        if writer.is_none() {
+            *writer = Some(self.open_file(run, ctx.deanery).await?);
+        }
+        boundaries.extend(chunk.rows.last().map(|row| row.id));
+        self.append(writer, chunk.rows).await
+    }
+}

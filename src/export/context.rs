@@ -1,0 +1,111 @@
+//! What one export attempt carries from step to step: the deanery, the
+//! MongoDB session its transactions run in, the attempt counters, the
+//! lease and when it was last renewed, and what got done so far.
+
+use std::time::{Duration, Instant};
+
+use mongodb::ClientSession;
+
+use super::ExportError;
+use crate::domain::Deanery;
+use crate::shutdown::Shutdown;
+use crate::store::{Attempts, Store, StoreError};
+
+/// What triggered a run and when it must stop.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// The command's slot id (`manual` or an RFC 3339 instant), recorded
+    /// on the completed run so a duplicate command is a no-op.
+    pub slot: Option<String>,
+    /// The command's id, recorded likewise.
+    pub command_id: Option<String>,
+    /// Stop at the next safe point once this fires.
+    pub shutdown: Option<Shutdown>,
+    /// Stop at the next safe point after this instant.
+    pub deadline: Option<Instant>,
+}
+
+impl RunOptions {
+    fn interruption(&self) -> Option<&'static str> {
+        if self.shutdown.as_ref().is_some_and(Shutdown::is_shutdown) {
+            Some("shutdown")
+        } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
+            Some("processing deadline")
+        } else {
+            None
+        }
+    }
+
+    /// Stops the attempt at this safe point if shutdown or the deadline came.
+    pub(super) fn check(&self) -> Result<(), ExportError> {
+        match self.interruption() {
+            Some(why) => Err(ExportError::Interrupted(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// What an attempt got done, for its summary (also when it fails).
+#[derive(Debug, Default)]
+pub(super) struct Progress {
+    /// The run being worked on (a failure is recorded on it).
+    pub(super) run_id: Option<String>,
+    /// The run a completed attempt reports: the last one that wrote a file,
+    /// else the last one.
+    pub(super) completed_run_id: Option<String>,
+    pub(super) resumed: bool,
+    pub(super) exported: u64,
+    pub(super) rejected: u64,
+    pub(super) file: Option<String>,
+}
+
+/// The deanery's lease as this attempt holds it. Renewal happens here
+/// only, so a long step cannot let it lapse under it by forgetting.
+#[derive(Debug)]
+pub(super) struct LeaseKeeper {
+    pub(super) owner: String,
+    pub(super) ttl: Duration,
+    renewed: Instant,
+}
+
+impl LeaseKeeper {
+    pub(super) fn new(owner: String, ttl: Duration) -> Self {
+        Self {
+            owner,
+            ttl,
+            renewed: Instant::now(),
+        }
+    }
+}
+
+/// One attempt's state, handed to every step.
+#[derive(Debug)]
+pub(super) struct RunContext<'a> {
+    pub(super) deanery: &'a Deanery,
+    pub(super) options: &'a RunOptions,
+    pub(super) session: ClientSession,
+    pub(super) attempts: Attempts,
+    pub(super) lease: LeaseKeeper,
+    pub(super) progress: Progress,
+}
+
+impl RunContext<'_> {
+    /// Extends the lease now; fails with [`StoreError::LeaseLost`] when
+    /// another process took it over (this attempt must then stop).
+    pub(super) async fn renew_lease(&mut self, store: &Store) -> Result<(), StoreError> {
+        let (owner, ttl) = (&self.lease.owner, self.lease.ttl);
+        store
+            .renew_lease(self.deanery, owner, ttl, &mut self.attempts)
+            .await?;
+        self.lease.renewed = Instant::now();
+        Ok(())
+    }
+
+    /// Extends the lease once a third of its lifetime has passed.
+    pub(super) async fn renew_lease_if_due(&mut self, store: &Store) -> Result<(), StoreError> {
+        if self.lease.renewed.elapsed() >= self.lease.ttl / 3 {
+            self.renew_lease(store).await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,87 @@
+//! Why an export attempt stopped, and whether trying again may help.
+
+use std::path::PathBuf;
+
+use crate::store::StoreError;
+
+/// Why an export attempt stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ExportError {
+    /// MongoDB failed (after retries, if transient), or the lease was lost.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The export file could not be written.
+    #[error("failed to write export file in {dir}: {source}")]
+    File {
+        /// Output folder.
+        dir: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Shutdown was signalled or the processing deadline passed: the
+    /// attempt stopped at a safe point and the run resumes later.
+    #[error("export run stopped at a safe point ({0}); the next attempt resumes it")]
+    Interrupted(&'static str),
+    /// MongoDB holds a different number of records claimed by the run than
+    /// its file: nothing is published, and the next attempt rewrites the
+    /// file from the claimed records.
+    #[error(
+        "export run {run_id} has {claimed} records claimed in MongoDB but {written} in its file; \
+         nothing was published and the next attempt rewrites the file from the claimed records"
+    )]
+    ClaimMismatch {
+        /// Run id.
+        run_id: String,
+        /// Records `EXPORTING` under the run.
+        claimed: u64,
+        /// Detail lines in the temporary file.
+        written: u64,
+    },
+    /// The run document contradicts itself.
+    #[error("export run {run_id} is inconsistent: {reason}")]
+    Inconsistent {
+        /// Run id.
+        run_id: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+impl ExportError {
+    /// True when trying again later may succeed without anyone fixing anything.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Self::Store(err) => err.is_transient(),
+            // A full disk, a read-only mount, too many open files: the
+            // folder may be fixed while the command waits to be retried.
+            Self::Interrupted(_) | Self::ClaimMismatch { .. } | Self::File { .. } => true,
+            Self::Inconsistent { .. } => false,
+        }
+    }
+
+    pub(super) fn inconsistent(run_id: &str, reason: &str) -> Self {
+        Self::Inconsistent {
+            run_id: run_id.to_owned(),
+            reason: reason.to_owned(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn output_folder_errors_are_transient_and_inconsistencies_are_not() {
+        for errno in [28, 30, 24, 5] {
+            let err = ExportError::File {
+                dir: PathBuf::from("/exports"),
+                source: std::io::Error::from_raw_os_error(errno),
+            };
+            assert!(err.is_transient(), "errno {errno}");
+        }
+        assert!(!ExportError::inconsistent("r", "x").is_transient());
+        assert!(ExportError::Interrupted("shutdown").is_transient());
+    }
+}

@@ -1,0 +1,124 @@
+//! The steps of a run, in order: resume or start, claim (rewriting what an
+//! earlier attempt claimed first), verify the count, stage, publish, mark,
+//! complete. Every step is recorded in the run document before the next
+//! starts, so an attempt that dies anywhere is finished by the next one.
+
+use super::context::RunContext;
+use super::{ExportError, Exporter};
+use crate::store::{RunDoc, RunPhase};
+
+impl Exporter {
+    /// Finishes the deanery's unfinished run, if any, then runs a fresh
+    /// one. An unfinished run only claims up to the newest record of its
+    /// own start, so a fresh run follows it for what came since; the
+    /// trigger is recorded on that last run.
+    pub(super) async fn run_all(&self, ctx: &mut RunContext<'_>) -> Result<(), ExportError> {
+        loop {
+            let (mut run, resumed) = self.resume_or_start(ctx).await?;
+            ctx.progress.run_id = Some(run.id.clone());
+            self.advance(ctx, &mut run).await?;
+            self.complete(ctx, &run, resumed).await?;
+            if !resumed {
+                return Ok(());
+            }
+            tracing::info!(
+                deanery = %ctx.deanery,
+                run_id = %run.id,
+                exported = run.record_count.unwrap_or(0),
+                "resumed run completed; starting a run for records that came since"
+            );
+        }
+    }
+
+    /// The deanery's unfinished run, or a new one claiming up to the
+    /// newest waiting record (after rejecting records no run can claim).
+    async fn resume_or_start(
+        &self,
+        ctx: &mut RunContext<'_>,
+    ) -> Result<(RunDoc, bool), ExportError> {
+        let deanery = ctx.deanery;
+        if let Some(run) = self.store.find_open_run(deanery, &mut ctx.attempts).await? {
+            tracing::info!(deanery = %deanery, run_id = %run.id, phase = run.phase.as_str(), "resuming interrupted export run");
+            ctx.progress.resumed = true;
+            return Ok((run, true));
+        }
+        ctx.progress.rejected += self.reject_unexportable(ctx).await?;
+        let up_to = self
+            .store
+            .max_to_export_id(deanery, &mut ctx.attempts)
+            .await?;
+        let run = RunDoc::new(deanery, up_to);
+        self.store
+            .insert_run(&run, deanery, &mut ctx.attempts)
+            .await?;
+        tracing::info!(deanery = %deanery, run_id = %run.id, "export run started");
+        Ok((run, false))
+    }
+
+    /// Rejects the deanery's waiting records no run can claim (an `_id`
+    /// that is not an ObjectId), each logged with its reason.
+    async fn reject_unexportable(&self, ctx: &mut RunContext<'_>) -> Result<u64, ExportError> {
+        let rejected = self
+            .store
+            .reject_unexportable_ids(ctx.deanery, &mut ctx.attempts)
+            .await?;
+        for (id, reason) in &rejected {
+            tracing::warn!(deanery = %ctx.deanery, record_id = %id, reason = %reason, "record rejected");
+        }
+        Ok(rejected.len() as u64)
+    }
+
+    /// Takes the run from wherever it is to `WRITTEN` and its records marked.
+    async fn advance(&self, ctx: &mut RunContext<'_>, run: &mut RunDoc) -> Result<(), ExportError> {
+        let mut boundaries = None;
+        if run.phase == RunPhase::Claiming {
+            boundaries = Some(self.claim_and_stage(ctx, run).await?);
+        }
+        if run.phase == RunPhase::Finalizing {
+            self.publish(ctx, run).await?;
+        }
+        if run.phase == RunPhase::Written {
+            self.mark_exported(ctx, run, boundaries).await?;
+        }
+        Ok(())
+    }
+
+    /// Records the run `COMPLETED` (with the trigger, unless it was an
+    /// older run resumed) and adds it to the attempt's progress.
+    async fn complete(
+        &self,
+        ctx: &mut RunContext<'_>,
+        run: &RunDoc,
+        resumed: bool,
+    ) -> Result<(), ExportError> {
+        let exported = run.record_count.unwrap_or(0).max(0) as u64;
+        let attempts_so_far = i64::from(ctx.attempts.transactions);
+        let (slot, command_id) = match resumed {
+            true => (None, None),
+            false => (
+                ctx.options.slot.as_deref(),
+                ctx.options.command_id.as_deref(),
+            ),
+        };
+        self.store
+            .complete_run(
+                &run.id,
+                ctx.deanery,
+                attempts_so_far,
+                slot,
+                command_id,
+                &mut ctx.attempts,
+            )
+            .await?;
+        let progress = &mut ctx.progress;
+        progress.exported += exported;
+        progress.rejected += run.rejected.max(0) as u64;
+        if exported > 0 {
+            progress.file = run.file_name.clone();
+            progress.completed_run_id = Some(run.id.clone());
+        } else if progress.file.is_none() {
+            progress.completed_run_id = Some(run.id.clone());
+        }
+        Ok(())
+    }
+}
