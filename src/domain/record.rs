@@ -47,90 +47,82 @@ impl AppRow {
     /// The rejection reason, all problems joined by `"; "`.
     pub fn from_document(doc: &Document, deanery: &Deanery) -> Result<Self, String> {
         let mut problems = Vec::new();
-        if let Err(problem) = deanery_field(doc, deanery) {
-            problems.push(problem);
-        }
-        let id = match doc.get("_id") {
-            Some(Bson::ObjectId(id)) => Some(*id),
-            Some(other) => {
-                problems.push(format!(
-                    "_id: expected objectId, found {}",
-                    type_name(other)
-                ));
-                None
-            }
-            None => {
-                problems.push("missing required field _id".to_owned());
-                None
-            }
-        };
-        let mut text = |name: &str, required: bool| -> String {
-            match string_field(doc, name, required) {
-                Ok(value) => value,
-                Err(problem) => {
-                    problems.push(problem);
-                    String::new()
-                }
-            }
-        };
-        let position_number = text("positionNumber", true);
-        let gmc_number = text("gmcNumber", false);
-        let title = text("title", false);
-        let last_name = text("lastName", true);
-        let first_name = text("firstName", true);
-        let gender = text("gender", false);
-        let ni_number = text("niNumber", false);
-        let email = text("emailAddress", false);
-        let grade = text("gradeAbbreviation", false);
-        let specialty = text("specialty", false);
-        let mut date = |name: &str, required: bool| -> String {
-            match date_field(doc, name, required) {
-                Ok(value) => value,
-                Err(problem) => {
-                    problems.push(problem);
-                    String::new()
-                }
-            }
-        };
-        let date_of_birth = date("dateOfBirth", false);
-        let start = date("placementStartDate", true);
-        let end = date("placementEndDate", false);
-        let wte = match wte_field(doc) {
-            Ok(value) => value,
-            Err(problem) => {
+        problems.extend(deanery_field(doc, deanery).err());
+        let id = id_field(doc).map_err(|problem| problems.push(problem)).ok();
+        let values = DETAIL_FIELDS.map(|(name, kind)| {
+            field_value(doc, name, kind).unwrap_or_else(|problem| {
                 problems.push(problem);
                 String::new()
-            }
-        };
+            })
+        });
         match id {
-            Some(id) if problems.is_empty() => Ok(Self {
-                id,
-                fields: [
-                    "APP".to_owned(),
-                    id.to_hex(),
-                    position_number,
-                    gmc_number,
-                    title,
-                    last_name,
-                    first_name,
-                    date_of_birth,
-                    gender,
-                    ni_number,
-                    email,
-                    start,
-                    end,
-                    grade,
-                    specialty,
-                    wte,
-                ],
-            }),
+            Some(id) if problems.is_empty() => Ok(Self::detail_line(id, values)),
             _ => Err(problems.join("; ")),
         }
+    }
+
+    /// `APP`, the record id, then the detail fields in contract order.
+    fn detail_line(id: ObjectId, values: [String; 14]) -> Self {
+        let mut fields: [String; 16] = Default::default();
+        fields[0] = "APP".to_owned();
+        fields[1] = id.to_hex();
+        for (slot, value) in fields[2..].iter_mut().zip(values) {
+            *slot = value;
+        }
+        Self { id, fields }
     }
 
     /// The CSV fields of the detail line.
     pub fn fields(&self) -> &[String; 16] {
         &self.fields
+    }
+}
+
+/// How a detail field is read.
+#[derive(Debug, Clone, Copy)]
+enum FieldKind {
+    /// A string; `true` when required.
+    Text(bool),
+    /// A date, written `YYYY-MM-DD`; `true` when required.
+    Date(bool),
+    /// The whole-time equivalent.
+    Wte,
+}
+
+/// The detail line's fields after the record id, in contract order.
+const DETAIL_FIELDS: [(&str, FieldKind); 14] = [
+    ("positionNumber", FieldKind::Text(true)),
+    ("gmcNumber", FieldKind::Text(false)),
+    ("title", FieldKind::Text(false)),
+    ("lastName", FieldKind::Text(true)),
+    ("firstName", FieldKind::Text(true)),
+    ("dateOfBirth", FieldKind::Date(false)),
+    ("gender", FieldKind::Text(false)),
+    ("niNumber", FieldKind::Text(false)),
+    ("emailAddress", FieldKind::Text(false)),
+    ("placementStartDate", FieldKind::Date(true)),
+    ("placementEndDate", FieldKind::Date(false)),
+    ("gradeAbbreviation", FieldKind::Text(false)),
+    ("specialty", FieldKind::Text(false)),
+    ("wte", FieldKind::Wte),
+];
+
+fn field_value(doc: &Document, name: &str, kind: FieldKind) -> Result<String, String> {
+    match kind {
+        FieldKind::Text(required) => string_field(doc, name, required),
+        FieldKind::Date(required) => date_field(doc, name, required),
+        FieldKind::Wte => wte_field(doc),
+    }
+}
+
+fn id_field(doc: &Document) -> Result<ObjectId, String> {
+    match doc.get("_id") {
+        Some(Bson::ObjectId(id)) => Ok(*id),
+        Some(other) => Err(format!(
+            "_id: expected objectId, found {}",
+            type_name(other)
+        )),
+        None => Err("missing required field _id".to_owned()),
     }
 }
 
