@@ -60,6 +60,23 @@ impl Exporter {
         &self.store
     }
 
+    /// True when a completed run of the deanery already carries this
+    /// scheduled slot or this command id: the command is a no-op.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn already_done(
+        &self,
+        deanery: &Deanery,
+        slot: Option<&str>,
+        command_id: &str,
+    ) -> Result<bool, crate::store::StoreError> {
+        let mut attempts = crate::store::Attempts::default();
+        self.store
+            .trigger_done(deanery, slot, command_id, &mut attempts)
+            .await
+    }
+
     /// Runs (or resumes) the deanery's export and summarises the attempt.
     /// Never panics on a failure: a failed attempt is a summary with
     /// `status: failed`, logged at ERROR, and its run is left to resume.
