@@ -22,23 +22,18 @@
 //!
 //! Prints the figures; targets are in BENCHMARKS.md.
 
-use std::collections::HashSet;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, Context};
+use anyhow::bail;
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use clap::Parser;
 use futures_util::TryStreamExt;
 use mongodb::{Client, Collection};
 
-const DEANERIES: [&str; 14] = [
-    "MER", "EOE", "LDN", "OXF", "WES", "SEV", "KSS", "NWN", "YHD", "EMD", "WMD", "NTH", "PEN",
-    "TVD",
-];
+mod common;
+use common::{export_all, prepare, seed, start_server, verify, DEANERIES};
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -57,108 +52,6 @@ struct Args {
     /// cargo bench passes --bench; accepted and ignored.
     #[arg(long, hide = true)]
     bench: bool,
-}
-
-struct Server {
-    uri: String,
-    child: Option<std::process::Child>,
-    _dir: Option<tempfile::TempDir>,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(child) = &mut self.child {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-fn start_server(uri: Option<String>) -> anyhow::Result<Server> {
-    if let Some(uri) = uri {
-        return Ok(Server {
-            uri,
-            child: None,
-            _dir: None,
-        });
-    }
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let dir = tempfile::tempdir()?;
-    let child = std::process::Command::new("secantusd-rs")
-        .args(["--port", &port.to_string(), "--storage-path"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("Failed to start secantusd-rs (install it with scripts/services, or pass --mongodb-uri)")?;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        if Instant::now() > deadline {
-            bail!("secantusd-rs did not start on port {port}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Ok(Server {
-        uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
-        child: Some(child),
-        _dir: Some(dir),
-    })
-}
-
-fn record(deanery: &str, n: usize) -> Document {
-    let day = 86_400_000_i64;
-    doc! {
-        "_id": ObjectId::new(),
-        "deanery": deanery,
-        "status": "TO_EXPORT",
-        "positionNumber": format!("{deanery}/RX{:03}/ST3/{n:07}", n % 500),
-        "gmcNumber": format!("{}", 7_000_000 + n),
-        "title": "Dr",
-        "firstName": "Amelia",
-        "lastName": if n.is_multiple_of(9) { "O'Connor, Jr" } else { "Smith" },
-        "gender": "F",
-        "niNumber": "QQ123456C",
-        "emailAddress": format!("doctor.{n}@example.nhs.uk"),
-        "gradeAbbreviation": "ST3",
-        "specialty": "General Practice",
-        "dateOfBirth": DateTime::from_millis(9_000 * day),
-        "placementStartDate": DateTime::from_millis(20_700 * day),
-        "placementEndDate": DateTime::from_millis(21_100 * day),
-        "wte": 0.8,
-        "createdAt": DateTime::now(),
-        "updatedAt": DateTime::now(),
-    }
-}
-
-/// Creates the collection's indexes first (as `esr-exporter` does at
-/// start), so the floor is measured on the same collection the export sees.
-async fn prepare(uri: &str, db: &str) -> anyhow::Result<()> {
-    let env = [
-        ("ESR_MONGODB__URI".to_owned(), uri.to_owned()),
-        ("ESR_MONGODB__DATABASE".to_owned(), db.to_owned()),
-    ]
-    .into_iter()
-    .collect();
-    let settings = esr_exporter::config::Settings::load_with_env(None, Some(env))?;
-    esr_exporter::store::Store::build(&settings).await?;
-    Ok(())
-}
-
-async fn seed(records: &Collection<Document>, n: usize) -> anyhow::Result<Duration> {
-    let started = Instant::now();
-    let mut batch = Vec::with_capacity(10_000);
-    for i in 0..n {
-        batch.push(record(DEANERIES[i % DEANERIES.len()], i));
-        if batch.len() == 10_000 {
-            records.insert_many(std::mem::take(&mut batch)).await?;
-        }
-    }
-    if !batch.is_empty() {
-        records.insert_many(batch).await?;
-    }
-    Ok(started.elapsed())
 }
 
 /// The floor: one plain cursor over every waiting record, one updateMany.
@@ -280,112 +173,6 @@ async fn design_commands(
         bail!("the commands claimed {claimed} and marked {marked} of {n} records");
     }
     Ok(elapsed)
-}
-
-struct ExportRun {
-    wall: Duration,
-    peak_rss_kib: u64,
-    exported: u64,
-    attempts: u64,
-    retries: u64,
-    write_conflicts: u64,
-    failed: usize,
-}
-
-fn peak_rss_kib(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-}
-
-async fn export_all(uri: &str, db: &str, dir: &Path, chunk: u32) -> anyhow::Result<ExportRun> {
-    let started = Instant::now();
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
-        .args(["export", "--all"])
-        .env("ESR_MONGODB__URI", uri)
-        .env("ESR_MONGODB__DATABASE", db)
-        .env("ESR_EXPORT__OUTPUT_DIR", dir)
-        .env("ESR_EXPORT__CHUNK_SIZE", chunk.to_string())
-        .env("ESR_RETRY__MAX_ATTEMPTS", "50")
-        .env("ESR_LOG__LEVEL", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
-    let pid = child.id().context("no pid")?;
-    let mut stdout = child.stdout.take().context("no stdout")?;
-    let reader = tokio::spawn(async move {
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
-            .await
-            .map(|_| text)
-    });
-    // VmHWM is the peak; sample it until the process exits.
-    let mut peak = 0;
-    let status = loop {
-        if let Some(kib) = peak_rss_kib(pid) {
-            peak = peak.max(kib);
-        }
-        if let Some(status) = child.try_wait()? {
-            break status;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    };
-    let wall = started.elapsed();
-    let text = reader.await??;
-    if !status.success() {
-        bail!("export --all exited with {status}: {text}");
-    }
-    let mut run = ExportRun {
-        wall,
-        peak_rss_kib: peak,
-        exported: 0,
-        attempts: 0,
-        retries: 0,
-        write_conflicts: 0,
-        failed: 0,
-    };
-    for line in text.lines() {
-        let summary: serde_json::Value = serde_json::from_str(line)?;
-        run.exported += summary["exported"].as_u64().unwrap_or(0);
-        run.attempts += summary["attempts"].as_u64().unwrap_or(0);
-        run.retries += summary["retries"].as_u64().unwrap_or(0);
-        run.write_conflicts += summary["writeConflicts"].as_u64().unwrap_or(0);
-        run.failed += usize::from(summary["status"] != "completed");
-    }
-    Ok(run)
-}
-
-/// Every record EXPORTED, each id in exactly one .DAT file.
-async fn verify(records: &Collection<Document>, dir: &Path, n: usize) -> anyhow::Result<()> {
-    let exported = records.count_documents(doc! {"status": "EXPORTED"}).await?;
-    if exported != n as u64 {
-        bail!("{exported} of {n} records EXPORTED");
-    }
-    let mut seen = HashSet::with_capacity(n);
-    for entry in std::fs::read_dir(dir)? {
-        let path: PathBuf = entry?.path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.ends_with(".tmp") {
-            bail!("temporary file left: {name}");
-        }
-        if !name.ends_with(".DAT") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&path)?;
-        for line in text.split("\r\n").filter(|l| l.starts_with("APP,")) {
-            let id = line.split(',').nth(1).unwrap_or_default().to_owned();
-            if !seen.insert(id.clone()) {
-                bail!("record {id} is in more than one file line");
-            }
-        }
-    }
-    if seen.len() != n {
-        bail!("{} distinct records in files, expected {n}", seen.len());
-    }
-    Ok(())
 }
 
 fn rate(n: u64, d: Duration) -> f64 {
