@@ -12,6 +12,7 @@
 //! - `claim`: the claim transaction of one chunk of records;
 //! - `runs`: export run documents and their transitions;
 //! - `slots`: schedule slots (on the lease primitive) and catch-up claims;
+//! - `status`: the status report's queries;
 //! - `unexportable`: waiting records whose `_id` cannot be written;
 //! - [`retry`]: the retry policy and the retrying transaction.
 
@@ -22,6 +23,7 @@ mod records;
 pub mod retry;
 mod runs;
 mod slots;
+mod status;
 mod unexportable;
 
 use std::time::Duration;
@@ -38,6 +40,7 @@ pub use records::StuckRecords;
 pub use retry::{Attempts, RetryError, RetryPolicy, RetryScope};
 pub use runs::{file_name, Publication, RunDoc, RunPhase};
 pub use slots::SlotClaim;
+pub(crate) use status::{LatestRun, OldestWaiting, StatusCount};
 
 use crate::config::Settings;
 use crate::domain::Deanery;
