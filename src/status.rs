@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 
-use bson::{doc, Bson, Document};
-use futures_util::TryStreamExt;
+use bson::Bson;
+use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use crate::store::{Attempts, RetryScope, Store, StoreError};
+use crate::domain::RecordStatus;
+use crate::store::{Attempts, LatestRun, OldestWaiting, StatusCount, Store, StoreError};
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
@@ -66,22 +67,54 @@ fn deanery_key(value: Option<&Bson>) -> String {
     }
 }
 
-fn int(value: Option<&Bson>) -> Option<i64> {
-    match value? {
-        Bson::Int32(n) => Some(i64::from(*n)),
-        Bson::Int64(n) => Some(*n),
-        Bson::Double(n) => Some(*n as i64),
-        _ => None,
+fn rfc3339(time: Option<bson::DateTime>) -> Option<String> {
+    time.map(|t| {
+        t.to_chrono()
+            .to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    })
+}
+
+/// The report's lines, one per deanery value, sorted by it.
+type Lines = BTreeMap<String, DeaneryStatus>;
+
+/// The line of a deanery value, created empty on first use.
+fn line<'a>(lines: &'a mut Lines, deanery: &Bson) -> &'a mut DeaneryStatus {
+    let key = deanery_key(Some(deanery));
+    lines.entry(key.clone()).or_insert_with(|| DeaneryStatus {
+        deanery: key,
+        counts: BTreeMap::new(),
+        oldest_to_export_age_seconds: None,
+        last_run: None,
+    })
+}
+
+fn add_counts(lines: &mut Lines, counts: Vec<StatusCount>) {
+    for row in counts {
+        let status = deanery_key(Some(&row.status));
+        *line(lines, &row.deanery).counts.entry(status).or_default() += row.count;
     }
 }
 
-fn rfc3339(value: Option<&Bson>) -> Option<String> {
-    match value? {
-        Bson::DateTime(dt) => Some(
-            dt.to_chrono()
-                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        ),
-        _ => None,
+fn add_oldest(lines: &mut Lines, oldest: Vec<OldestWaiting>, now: DateTime<Utc>) {
+    for row in oldest {
+        line(lines, &row.deanery).oldest_to_export_age_seconds = row
+            .created
+            .map(|t| (now - t.to_chrono()).num_seconds().max(0));
+    }
+}
+
+fn add_last_runs(lines: &mut Lines, runs: Vec<LatestRun>) {
+    for run in runs {
+        line(lines, &run.deanery).last_run = Some(LastRun {
+            run_id: deanery_key(Some(&run.run_id)),
+            phase: deanery_key(Some(&run.phase)),
+            started_at: rfc3339(run.started_at),
+            finished_at: rfc3339(run.finished_at),
+            file: run.file_name,
+            exported: run.record_count,
+            rejected: run.rejected,
+            last_error: run.last_error,
+        });
     }
 }
 
@@ -90,146 +123,73 @@ fn rfc3339(value: Option<&Bson>) -> Option<String> {
 /// # Errors
 /// When MongoDB fails beyond the retry policy.
 pub async fn report(store: &Store) -> Result<StatusReport, StoreError> {
-    let policy = store.retry_policy();
     let mut attempts = Attempts::default();
-    let scope = RetryScope {
-        op: "status",
-        deanery: None,
-    };
-    let (records, runs) = (store.records(), store.runs());
-    let aggregate = async |collection: &mongodb::Collection<Document>,
-                           pipeline: Vec<Document>,
-                           attempts: &mut Attempts|
-           -> Result<Vec<Document>, StoreError> {
-        Ok(policy
-            .run(scope, attempts, || async {
-                collection
-                    .aggregate(pipeline.clone())
-                    .await?
-                    .try_collect::<Vec<_>>()
-                    .await
-            })
-            .await?)
-    };
+    let counts = store.status_counts(&mut attempts).await?;
+    let oldest = store.oldest_waiting(&mut attempts).await?;
+    let last_runs = store.latest_runs(&mut attempts).await?;
 
-    let counts = aggregate(
-        records,
-        vec![doc! {"$group": {"_id": {"deanery": "$deanery", "status": "$status"}, "n": {"$sum": 1}}}],
-        &mut attempts,
-    )
-    .await?;
-    let oldest = aggregate(
-        records,
-        vec![
-            doc! {"$match": {"status": "TO_EXPORT"}},
-            doc! {"$group": {"_id": "$deanery", "createdAt": {"$min": "$createdAt"}, "firstId": {"$min": "$_id"}}},
-        ],
-        &mut attempts,
-    )
-    .await?;
-    let last_runs = aggregate(
-        runs,
-        vec![
-            doc! {"$sort": {"startedAt": -1}},
-            doc! {"$group": {"_id": "$deanery", "run": {"$first": "$$ROOT"}}},
-        ],
-        &mut attempts,
-    )
-    .await?;
-
-    let now = chrono::Utc::now();
-    let mut by_deanery: BTreeMap<String, DeaneryStatus> = BTreeMap::new();
-    fn entry(by_deanery: &mut BTreeMap<String, DeaneryStatus>, key: String) -> &mut DeaneryStatus {
-        by_deanery
-            .entry(key.clone())
-            .or_insert_with(|| DeaneryStatus {
-                deanery: key,
-                counts: BTreeMap::new(),
-                oldest_to_export_age_seconds: None,
-                last_run: None,
-            })
-    }
-    for row in counts {
-        let id = row.get_document("_id").cloned().unwrap_or_default();
-        let status = deanery_key(id.get("status"));
-        let n = int(row.get("n")).unwrap_or(0);
-        *entry(&mut by_deanery, deanery_key(id.get("deanery")))
-            .counts
-            .entry(status)
-            .or_default() += n;
-    }
-    for row in oldest {
-        let created = match row.get("createdAt") {
-            Some(Bson::DateTime(dt)) => Some(dt.to_chrono()),
-            _ => match row.get("firstId") {
-                Some(Bson::ObjectId(id)) => Some(id.timestamp().to_chrono()),
-                _ => None,
-            },
-        };
-        entry(&mut by_deanery, deanery_key(row.get("_id"))).oldest_to_export_age_seconds =
-            created.map(|t| (now - t).num_seconds().max(0));
-    }
-    for row in last_runs {
-        let run = row.get_document("run").cloned().unwrap_or_default();
-        entry(&mut by_deanery, deanery_key(row.get("_id"))).last_run = Some(LastRun {
-            run_id: deanery_key(run.get("_id")),
-            phase: deanery_key(run.get("phase")),
-            started_at: rfc3339(run.get("startedAt")),
-            finished_at: rfc3339(run.get("finishedAt")),
-            file: run.get_str("fileName").ok().map(str::to_owned),
-            exported: int(run.get("recordCount")),
-            rejected: int(run.get("rejected")),
-            last_error: run.get_str("lastError").ok().map(str::to_owned),
-        });
-    }
+    let now = Utc::now();
+    let mut lines = Lines::new();
+    add_counts(&mut lines, counts);
+    add_oldest(&mut lines, oldest, now);
+    add_last_runs(&mut lines, last_runs);
     Ok(StatusReport {
         generated_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
-        deaneries: by_deanery.into_values().collect(),
+        deaneries: lines.into_values().collect(),
     })
 }
 
+/// The statuses the table has a column for, in order.
+const COLUMNS: [RecordStatus; 4] = [
+    RecordStatus::ToExport,
+    RecordStatus::Exporting,
+    RecordStatus::Exported,
+    RecordStatus::Rejected,
+];
+
 /// The report as a table for people.
 pub fn render_table(report: &StatusReport) -> String {
-    let statuses = ["TO_EXPORT", "EXPORTING", "EXPORTED", "REJECTED"];
+    let [a, b, c, d] = COLUMNS.map(RecordStatus::as_str);
     let mut out = format!(
         "{:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  {}\n",
-        "DEANERY", "TO_EXPORT", "EXPORTING", "EXPORTED", "REJECTED", "OLDEST_WAIT", "LAST RUN"
+        "DEANERY", a, b, c, d, "OLDEST_WAIT", "LAST RUN"
     );
-    for d in &report.deaneries {
-        let count = |s: &str| d.counts.get(s).copied().unwrap_or(0);
-        let oldest = d
-            .oldest_to_export_age_seconds
-            .map_or_else(|| "-".to_owned(), human_age);
-        let last = d.last_run.as_ref().map_or_else(
-            || "never".to_owned(),
-            |r| {
-                format!(
-                    "{} {} {} file={} exported={} rejected={}{}",
-                    r.phase,
-                    r.started_at.as_deref().unwrap_or("?"),
-                    r.run_id,
-                    r.file.as_deref().unwrap_or("-"),
-                    r.exported.unwrap_or(0),
-                    r.rejected.unwrap_or(0),
-                    r.last_error
-                        .as_deref()
-                        .map(|e| format!(" last_error={e}"))
-                        .unwrap_or_default()
-                )
-            },
-        );
-        out.push_str(&format!(
-            "{:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  {}\n",
-            d.deanery,
-            count(statuses[0]),
-            count(statuses[1]),
-            count(statuses[2]),
-            count(statuses[3]),
-            oldest,
-            last
-        ));
+    for line in &report.deaneries {
+        out.push_str(&render_line(line));
     }
     out
+}
+
+/// One deanery's row of the table.
+fn render_line(d: &DeaneryStatus) -> String {
+    let [a, b, c, e] = COLUMNS.map(|s| d.counts.get(s.as_str()).copied().unwrap_or(0));
+    let oldest = d
+        .oldest_to_export_age_seconds
+        .map_or_else(|| "-".to_owned(), human_age);
+    let last = d
+        .last_run
+        .as_ref()
+        .map_or_else(|| "never".to_owned(), render_last_run);
+    format!(
+        "{:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  {}\n",
+        d.deanery, a, b, c, e, oldest, last
+    )
+}
+
+fn render_last_run(r: &LastRun) -> String {
+    format!(
+        "{} {} {} file={} exported={} rejected={}{}",
+        r.phase,
+        r.started_at.as_deref().unwrap_or("?"),
+        r.run_id,
+        r.file.as_deref().unwrap_or("-"),
+        r.exported.unwrap_or(0),
+        r.rejected.unwrap_or(0),
+        r.last_error
+            .as_deref()
+            .map(|e| format!(" last_error={e}"))
+            .unwrap_or_default()
+    )
 }
 
 fn human_age(seconds: i64) -> String {

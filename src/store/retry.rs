@@ -7,102 +7,20 @@
 //! `commit_transaction` / `abort_transaction` itself so that every retry is
 //! bounded by settings and logged with its error code.
 
+mod classify;
+mod transaction;
+
 use std::future::Future;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
-use mongodb::error::{
-    Error as MongoError, ErrorKind, WriteFailure, RETRYABLE_WRITE_ERROR,
-    TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
-};
-use mongodb::options::{Acknowledgment, ReadConcern, WriteConcern};
-use mongodb::ClientSession;
+use mongodb::error::Error as MongoError;
 
 use crate::config::RetrySettings;
 
-/// MongoDB's WriteConflict error code.
-pub const WRITE_CONFLICT: i32 = 112;
-
-/// Codes of a replica set changing primary or a node going away (the
-/// retryable-error codes of MongoDB's driver specifications), plus a cursor
-/// or query plan lost on such a change or to an index being dropped: worth
-/// another try after a delay.
-const FAILOVER_CODES: [i32; 15] = [
-    6,     // HostUnreachable
-    7,     // HostNotFound
-    43,    // CursorNotFound
-    89,    // NetworkTimeout
-    91,    // ShutdownInProgress
-    134,   // ReadConcernMajorityNotAvailableYet
-    175,   // QueryPlanKilled
-    189,   // PrimarySteppedDown
-    262,   // ExceededTimeLimit
-    9001,  // SocketException
-    10107, // NotWritablePrimary
-    11600, // InterruptedAtShutdown
-    11602, // InterruptedDueToReplStateChange
-    13435, // NotPrimaryNoSecondaryOk
-    13436, // NotPrimaryOrSecondary
-];
-
-/// Every transient MongoDB error is one of these; everything else is
-/// permanent. This is the one place failures are classified.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transience {
-    /// Retry the whole transaction (or the whole operation): 112
-    /// WriteConflict, the TransientTransactionError label, network errors.
-    Transient,
-    /// The commit may or may not have happened: retry the commit alone.
-    UnknownCommitResult,
-    /// Fail fast.
-    Permanent,
-}
-
-/// The server error code of an error, if it has one.
-pub fn error_code(err: &MongoError) -> Option<i32> {
-    match err.kind.as_ref() {
-        ErrorKind::Command(command) => Some(command.code),
-        ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
-        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => Some(concern.code),
-        ErrorKind::InsertMany(many) => many
-            .write_errors
-            .as_ref()
-            .and_then(|errors| errors.first().map(|e| e.code))
-            .or_else(|| many.write_concern_error.as_ref().map(|e| e.code)),
-        _ => None,
-    }
-}
-
-/// MongoDB's DuplicateKey error code.
-const DUPLICATE_KEY: i32 = 11000;
-
-/// True for a duplicate `_id` or unique key: an upsert or insert that found
-/// the document already there.
-pub fn is_duplicate_key(err: &MongoError) -> bool {
-    error_code(err) == Some(DUPLICATE_KEY)
-}
-
-/// Classifies an error. `UnknownTransactionCommitResult` only means
-/// "retry the commit" for the commit itself; the caller says which it was.
-pub fn classify(err: &MongoError, during_commit: bool) -> Transience {
-    if during_commit && err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) {
-        return Transience::UnknownCommitResult;
-    }
-    let failover = error_code(err).is_some_and(|code| FAILOVER_CODES.contains(&code));
-    if err.contains_label(TRANSIENT_TRANSACTION_ERROR)
-        || err.contains_label(RETRYABLE_WRITE_ERROR)
-        || error_code(err) == Some(WRITE_CONFLICT)
-        || failover
-    {
-        return Transience::Transient;
-    }
-    match err.kind.as_ref() {
-        ErrorKind::Io(_)
-        | ErrorKind::ConnectionPoolCleared { .. }
-        | ErrorKind::ServerSelection { .. } => Transience::Transient,
-        _ => Transience::Permanent,
-    }
-}
+pub use classify::{classify, error_code, is_duplicate_key, Transience, WRITE_CONFLICT};
+pub use transaction::Transaction;
+pub(crate) use transaction::TransactionBody;
 
 /// A store operation failed for good.
 #[derive(Debug, thiserror::Error)]
@@ -236,31 +154,6 @@ impl RetryPolicy {
         }
     }
 
-    /// Starts driving one transaction under the policy. The caller loops:
-    ///
-    /// ```text
-    /// let mut txn = policy.transaction(scope);
-    /// let value = loop {
-    ///     txn.begin(session, attempts).await?;
-    ///     let outcome = body(session).await; // reads and writes in the session
-    ///     if let Some(value) = txn.end(session, outcome, attempts).await? {
-    ///         break value;
-    ///     }
-    /// };
-    /// ```
-    ///
-    /// The body may run several times, so it must not change outside
-    /// state: it returns what it did and the caller applies it after commit.
-    pub fn transaction<'a>(&'a self, scope: RetryScope<'a>) -> Transaction<'a> {
-        Transaction {
-            policy: self,
-            scope,
-            started: Instant::now(),
-            backoff: self.backoff(),
-            attempt: 0,
-        }
-    }
-
     /// Logs the retry and sleeps, or returns the exhausted error.
     async fn wait_or_give_up(
         &self,
@@ -301,126 +194,6 @@ impl RetryPolicy {
     }
 }
 
-/// One transaction under a [`RetryPolicy`] (see [`RetryPolicy::transaction`]):
-/// read concern `snapshot`, write concern `majority`. A transient error
-/// anywhere retries the whole transaction; `UnknownTransactionCommitResult`
-/// retries the commit alone; anything else aborts and fails fast.
-#[derive(Debug)]
-pub struct Transaction<'a> {
-    policy: &'a RetryPolicy,
-    scope: RetryScope<'a>,
-    started: Instant,
-    backoff: ExponentialBackoff,
-    attempt: u32,
-}
-
-impl Transaction<'_> {
-    /// Starts the next attempt.
-    ///
-    /// # Errors
-    /// [`RetryError`] when the transaction cannot be started within the policy.
-    pub async fn begin(
-        &mut self,
-        session: &mut ClientSession,
-        attempts: &mut Attempts,
-    ) -> Result<(), RetryError> {
-        loop {
-            self.attempt += 1;
-            attempts.transactions += 1;
-            let err = match session
-                .start_transaction()
-                .read_concern(ReadConcern::snapshot())
-                .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
-                .await
-            {
-                Ok(()) => return Ok(()),
-                Err(err) => err,
-            };
-            if classify(&err, false) == Transience::Permanent {
-                return Err(permanent(self.scope.op, err));
-            }
-            self.retry_after(err, attempts).await?;
-        }
-    }
-
-    /// Ends the attempt with the body's outcome: commits on success.
-    /// Returns the value once committed, or `None` when the whole
-    /// transaction must run again (after the backoff delay).
-    ///
-    /// # Errors
-    /// [`RetryError`] for a permanent error or an exhausted policy; the
-    /// transaction is aborted.
-    pub async fn end<T>(
-        &mut self,
-        session: &mut ClientSession,
-        outcome: Result<T, MongoError>,
-        attempts: &mut Attempts,
-    ) -> Result<Option<T>, RetryError> {
-        let value = match outcome {
-            Ok(value) => value,
-            Err(err) => {
-                // Aborting may itself fail (the server may have aborted
-                // already); the session is usable again either way.
-                let _ = session.abort_transaction().await;
-                if classify(&err, false) == Transience::Permanent {
-                    return Err(permanent(self.scope.op, err));
-                }
-                self.retry_after(err, attempts).await?;
-                return Ok(None);
-            }
-        };
-        loop {
-            let err = match session.commit_transaction().await {
-                Ok(()) => return Ok(Some(value)),
-                Err(err) => err,
-            };
-            match classify(&err, true) {
-                Transience::UnknownCommitResult => {
-                    // Retry the commit alone: it is idempotent.
-                    self.policy
-                        .wait_or_give_up(
-                            RetryScope {
-                                op: "commit_transaction",
-                                ..self.scope
-                            },
-                            self.attempt,
-                            self.started,
-                            &mut self.backoff,
-                            err,
-                            attempts,
-                        )
-                        .await?;
-                }
-                Transience::Transient => {
-                    self.retry_after(err, attempts).await?;
-                    return Ok(None);
-                }
-                Transience::Permanent => {
-                    let _ = session.abort_transaction().await;
-                    return Err(permanent(self.scope.op, err));
-                }
-            }
-        }
-    }
-
-    async fn retry_after(
-        &mut self,
-        err: MongoError,
-        attempts: &mut Attempts,
-    ) -> Result<(), RetryError> {
-        self.policy
-            .wait_or_give_up(
-                self.scope,
-                self.attempt,
-                self.started,
-                &mut self.backoff,
-                err,
-                attempts,
-            )
-            .await
-    }
-}
-
 /// A permanent [`RetryError`] for an operation that is not retried.
 pub(crate) fn permanent(op: &'static str, err: MongoError) -> RetryError {
     RetryError::Permanent {
@@ -431,120 +204,4 @@ pub(crate) fn permanent(op: &'static str, err: MongoError) -> RetryError {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn settings(max_attempts: u32, max_elapsed_ms: u64) -> RetrySettings {
-        RetrySettings {
-            min_delay_ms: 10,
-            max_delay_ms: 40,
-            max_attempts,
-            max_elapsed_ms,
-        }
-    }
-
-    fn io_error() -> MongoError {
-        MongoError::from(std::io::Error::new(
-            std::io::ErrorKind::ConnectionReset,
-            "reset",
-        ))
-    }
-
-    #[test]
-    fn network_errors_are_transient_and_custom_errors_permanent() {
-        assert_eq!(classify(&io_error(), false), Transience::Transient);
-        assert_eq!(
-            classify(&MongoError::custom("lease lost"), false),
-            Transience::Permanent
-        );
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn transient_errors_are_retried_until_success() {
-        let policy = RetryPolicy::new(settings(5, 60_000));
-        let mut attempts = Attempts::default();
-        let mut calls = 0;
-        let result = policy
-            .run(
-                RetryScope {
-                    op: "test",
-                    deanery: Some("MER"),
-                },
-                &mut attempts,
-                || {
-                    calls += 1;
-                    let n = calls;
-                    async move {
-                        if n < 3 {
-                            Err(io_error())
-                        } else {
-                            Ok(n)
-                        }
-                    }
-                },
-            )
-            .await
-            .unwrap();
-        assert_eq!(result, 3);
-        assert_eq!(attempts.retries, 2);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retries_stop_at_the_attempt_bound() {
-        let policy = RetryPolicy::new(settings(4, 60_000));
-        let mut attempts = Attempts::default();
-        let err = policy
-            .run(
-                RetryScope {
-                    op: "test",
-                    deanery: None,
-                },
-                &mut attempts,
-                || async { Err::<(), _>(io_error()) },
-            )
-            .await
-            .unwrap_err();
-        assert!(err.is_transient());
-        assert_eq!(attempts.retries, 3);
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn retries_stop_at_the_elapsed_time_bound() {
-        // Delays are at least 10 ms; a 25 ms budget allows few retries
-        // however many attempts are allowed.
-        let policy = RetryPolicy::new(settings(1_000, 25));
-        let mut attempts = Attempts::default();
-        let err = policy
-            .run(
-                RetryScope {
-                    op: "test",
-                    deanery: None,
-                },
-                &mut attempts,
-                || async { Err::<(), _>(io_error()) },
-            )
-            .await
-            .unwrap_err();
-        assert!(err.is_transient());
-        assert!(attempts.retries < 4, "{attempts:?}");
-    }
-
-    #[tokio::test(start_paused = true)]
-    async fn permanent_errors_fail_at_once() {
-        let policy = RetryPolicy::new(settings(10, 60_000));
-        let mut attempts = Attempts::default();
-        let err = policy
-            .run(
-                RetryScope {
-                    op: "test",
-                    deanery: None,
-                },
-                &mut attempts,
-                || async { Err::<(), _>(MongoError::custom("bad")) },
-            )
-            .await
-            .unwrap_err();
-        assert!(!err.is_transient());
-        assert_eq!(attempts.retries, 0);
-    }
-}
+mod tests;

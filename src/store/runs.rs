@@ -183,7 +183,10 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `$set` (and `$inc` of attempts) to a run document.
+    /// Applies `$set` (and `$inc` of attempts) to a run document. Prefer
+    /// the named transitions ([`Store::record_staged`],
+    /// [`Store::record_nothing_to_write`], [`Store::record_publication`],
+    /// [`Store::record_run_error`], [`Store::complete_run`]).
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
@@ -210,6 +213,61 @@ impl Store {
 }
 
 impl Store {
+    /// Records the staged file's detail count and SHA-256: the run moves to
+    /// `FINALIZING`, after which only the lease holder makes the file final.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn record_staged(
+        &self,
+        run_id: &str,
+        deanery: &Deanery,
+        record_count: u64,
+        sha256: &str,
+        attempts: &mut Attempts,
+    ) -> Result<(), StoreError> {
+        let set = doc! {
+            "phase": RunPhase::Finalizing.as_str(),
+            "recordCount": record_count as i64,
+            "sha256": sha256,
+        };
+        self.update_run(run_id, deanery, set, 0, attempts).await
+    }
+
+    /// Records that the run has nothing to write (every record it claimed
+    /// turned out invalid): it moves to `WRITTEN` with `recordCount` 0 and
+    /// no file.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn record_nothing_to_write(
+        &self,
+        run_id: &str,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<(), StoreError> {
+        let set = doc! {"phase": RunPhase::Written.as_str(), "recordCount": 0_i64};
+        self.update_run(run_id, deanery, set, 0, attempts).await
+    }
+
+    /// Records the error an attempt of the run stopped on (`lastError`,
+    /// `lastErrorAt`) and adds the attempt's transaction attempts.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn record_run_error(
+        &self,
+        run_id: &str,
+        deanery: &Deanery,
+        error: &str,
+        add_attempts: i64,
+        attempts: &mut Attempts,
+    ) -> Result<(), StoreError> {
+        let set = doc! {"lastError": error, "lastErrorAt": now()};
+        self.update_run(run_id, deanery, set, add_attempts, attempts)
+            .await
+    }
+
     /// Records that the run's file exists under its final name, and where:
     /// the run moves to `WRITTEN`, after which its records are marked.
     ///

@@ -1,0 +1,332 @@
+//! The claim of one chunk of waiting records, in one short transaction:
+//! lease check, read, reject the invalid, mark the valid `EXPORTING`,
+//! allocate the run's file name, move the run forward; all or nothing.
+
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+use bson::{doc, Bson, Document};
+use mongodb::error::Error as MongoError;
+use mongodb::options::ReturnDocument;
+use mongodb::ClientSession;
+
+use futures_util::future::BoxFuture;
+
+use super::leases::lease_renewal;
+use super::retry::TransactionBody;
+use super::{now, runs, scope, Attempts, RetryError, RunDoc, Store, StoreError};
+use crate::domain::{AppRow, Deanery, RecordStatus};
+
+/// What one claim transaction did, applied by the caller after commit.
+#[derive(Debug, Default)]
+pub struct ClaimedChunk {
+    /// Valid records claimed (now `EXPORTING`), in `_id` order.
+    pub rows: Vec<AppRow>,
+    /// Records rejected by this chunk: `_id` and reason.
+    pub rejections: Vec<(Bson, String)>,
+    /// How many of the ids offered were dealt with (all, unless a conflict
+    /// made the transaction take fewer).
+    pub covered: usize,
+    /// The end of the `_id` range dealt with.
+    pub last_id: Option<ObjectId>,
+    /// `(seq, file name)` when this chunk allocated the run's file name.
+    pub assigned_file: Option<(i64, String)>,
+}
+
+/// Marker carried inside a driver error when the lease check in a claim
+/// transaction fails, so the transaction aborts without retrying.
+#[derive(Debug)]
+struct LeaseLost;
+
+/// What one claim covers: the run and its lease holder.
+struct Claim<'a> {
+    run: &'a RunDoc,
+    deanery: &'a Deanery,
+    owner: &'a str,
+    lease_ttl: Duration,
+}
+
+/// The claim transaction's body. After a transient failure the retry
+/// covers half as many ids: a smaller transaction gives another writer a
+/// smaller window.
+struct ClaimAttempt<'a> {
+    store: &'a Store,
+    claim: Claim<'a>,
+    /// The ids offered, sorted.
+    ids: &'a [ObjectId],
+    /// How many of `ids` the attempt covers.
+    covered: usize,
+    /// Whether an attempt ran before (only a whole-transaction retry runs
+    /// the body again).
+    retrying: bool,
+}
+
+impl TransactionBody for ClaimAttempt<'_> {
+    type Output = ClaimedChunk;
+
+    fn attempt<'s>(
+        &'s mut self,
+        session: &'s mut ClientSession,
+    ) -> BoxFuture<'s, Result<ClaimedChunk, MongoError>> {
+        if self.retrying {
+            self.covered = (self.covered / 2).max(1);
+        }
+        self.retrying = true;
+        let range = (self.ids[0], self.ids[self.covered - 1]);
+        Box::pin(async move {
+            let mut chunk = self
+                .store
+                .try_claim_chunk(session, &self.claim, range)
+                .await?;
+            chunk.covered = self.covered;
+            Ok(chunk)
+        })
+    }
+}
+
+/// The waiting records of the deanery with `_id` in `[first, last]`.
+fn waiting_in(deanery: &Deanery, (first, last): (ObjectId, ObjectId)) -> Document {
+    doc! {
+        "deanery": deanery.as_str(),
+        "status": RecordStatus::ToExport.as_str(),
+        "_id": {"$gte": first, "$lte": last},
+    }
+}
+
+/// A stored counter as an `i64`.
+fn counter_seq(counter: &Document) -> Result<i64, MongoError> {
+    match counter.get("seq") {
+        Some(Bson::Int64(n)) => Ok(*n),
+        Some(Bson::Int32(n)) => Ok(i64::from(*n)),
+        _ => Err(MongoError::custom("sequence counter without seq")),
+    }
+}
+
+impl Store {
+    /// Claims records in one short transaction: renews the lease (and stops
+    /// if it was lost), reads the `TO_EXPORT` records in the `_id` range of
+    /// `ids` (sorted, from [`Store::waiting_ids`]), marks the valid ones
+    /// `EXPORTING` and the invalid ones `REJECTED` with their reasons,
+    /// allocates the run's file name on the first valid record, and moves
+    /// the run document forward; all or nothing. After a transient failure
+    /// the retry covers half as many ids: a smaller transaction gives
+    /// another writer a smaller window. [`ClaimedChunk::covered`] says how
+    /// many of `ids` were dealt with.
+    ///
+    /// # Errors
+    /// [`StoreError::LeaseLost`], or MongoDB failing beyond the policy.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn claim_chunk(
+        &self,
+        session: &mut ClientSession,
+        run: &RunDoc,
+        deanery: &Deanery,
+        owner: &str,
+        lease_ttl: Duration,
+        ids: &[ObjectId],
+        attempts: &mut Attempts,
+    ) -> Result<ClaimedChunk, StoreError> {
+        if ids.is_empty() {
+            return Ok(ClaimedChunk::default());
+        }
+        let body = ClaimAttempt {
+            store: self,
+            claim: Claim {
+                run,
+                deanery,
+                owner,
+                lease_ttl,
+            },
+            ids,
+            covered: ids.len(),
+            retrying: false,
+        };
+        let result = self
+            .retry
+            .in_transaction(scope("claim_chunk", deanery), session, attempts, body)
+            .await;
+        result.map_err(|err| lease_lost_or_mongo(err, deanery))
+    }
+
+    /// One attempt of [`Store::claim_chunk`]'s transaction body.
+    async fn try_claim_chunk(
+        &self,
+        s: &mut ClientSession,
+        claim: &Claim<'_>,
+        range: (ObjectId, ObjectId),
+    ) -> Result<ClaimedChunk, MongoError> {
+        self.renew_lease_in(s, claim).await?;
+        let in_range = waiting_in(claim.deanery, range);
+        let (rows, rejections) = self.read_chunk(s, &in_range, claim.deanery).await?;
+        self.reject_in_claim(s, &rejections, &claim.run.id).await?;
+        if !rows.is_empty() {
+            // The snapshot (plus this transaction's own rejections) makes the
+            // range hold exactly the rows just read; a range update is
+            // cheaper for the server than an `$in` list of ids.
+            self.mark_exporting(s, in_range, &claim.run.id).await?;
+        }
+        let mut set = doc! {"lastClaimedId": range.1};
+        let mut assigned_file = None;
+        if claim.run.file_name.is_none() && !rows.is_empty() {
+            let (seq, name) = self.allocate_file_name(s, claim).await?;
+            set.insert("seq", seq);
+            set.insert("fileName", &name);
+            assigned_file = Some((seq, name));
+        }
+        let counts = (rows.len() as i64, rejections.len() as i64);
+        self.advance_run(s, &claim.run.id, set, counts).await?;
+        Ok(ClaimedChunk {
+            rows,
+            rejections,
+            covered: 0,
+            last_id: Some(range.1),
+            assigned_file,
+        })
+    }
+
+    /// Renews the lease inside the transaction; a lost lease aborts it.
+    async fn renew_lease_in(
+        &self,
+        s: &mut ClientSession,
+        claim: &Claim<'_>,
+    ) -> Result<(), MongoError> {
+        let (filter, update) = lease_renewal(claim.deanery, claim.owner, claim.lease_ttl);
+        let renewed = self.leases.update_one(filter, update).session(s).await?;
+        if renewed.matched_count == 0 {
+            return Err(MongoError::custom(LeaseLost));
+        }
+        Ok(())
+    }
+
+    /// The chunk's records in `_id` order: valid rows, and the `_id` and
+    /// reason of each invalid one.
+    async fn read_chunk(
+        &self,
+        s: &mut ClientSession,
+        in_range: &Document,
+        deanery: &Deanery,
+    ) -> Result<(Vec<AppRow>, Vec<(Bson, String)>), MongoError> {
+        let mut cursor = self
+            .records
+            .find(in_range.clone())
+            .sort(doc! {"_id": 1})
+            .session(&mut *s)
+            .await?;
+        let (mut rows, mut rejections) = (Vec::new(), Vec::new());
+        while let Some(document) = cursor.next(&mut *s).await {
+            let document = document?;
+            match AppRow::from_document(&document, deanery) {
+                Ok(row) => rows.push(row),
+                Err(reason) => {
+                    rejections.push((document.get("_id").cloned().unwrap_or(Bson::Null), reason))
+                }
+            }
+        }
+        Ok((rows, rejections))
+    }
+
+    /// Rejects the chunk's invalid records, each with its reason.
+    async fn reject_in_claim(
+        &self,
+        s: &mut ClientSession,
+        rejections: &[(Bson, String)],
+        run_id: &str,
+    ) -> Result<(), MongoError> {
+        for (id, reason) in rejections {
+            self.records
+                .update_one(
+                    doc! {"_id": id, "status": RecordStatus::ToExport.as_str()},
+                    doc! {"$set": {
+                        "status": RecordStatus::Rejected.as_str(),
+                        "rejectionReason": reason,
+                        "exportRunId": run_id,
+                        "rejectedAt": now(),
+                    }},
+                )
+                .session(&mut *s)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Marks the waiting records of the range `EXPORTING` for the run.
+    async fn mark_exporting(
+        &self,
+        s: &mut ClientSession,
+        in_range: Document,
+        run_id: &str,
+    ) -> Result<(), MongoError> {
+        self.records
+            .update_many(
+                in_range,
+                doc! {"$set": {
+                    "status": RecordStatus::Exporting.as_str(),
+                    "exportRunId": run_id,
+                }},
+            )
+            .session(s)
+            .await?;
+        Ok(())
+    }
+
+    /// The next file sequence number of the deanery on the run's date,
+    /// and the file name it gives.
+    async fn allocate_file_name(
+        &self,
+        s: &mut ClientSession,
+        claim: &Claim<'_>,
+    ) -> Result<(i64, String), MongoError> {
+        let (deanery, date) = (claim.deanery, claim.run.file_date());
+        let counter = self
+            .sequences
+            .find_one_and_update(
+                doc! {"_id": format!("{deanery}:{date}")},
+                doc! {"$inc": {"seq": 1_i64}},
+            )
+            .upsert(true)
+            .return_document(ReturnDocument::After)
+            .session(s)
+            .await?
+            .unwrap_or_default();
+        let seq = counter_seq(&counter)?;
+        if !(1..=99_999).contains(&seq) {
+            return Err(MongoError::custom(format!(
+                "file sequence {seq} for {deanery} on {date} is outside 1..=99999"
+            )));
+        }
+        Ok((seq, runs::file_name(deanery, &date, seq)))
+    }
+
+    /// Moves the run document forward by one chunk: `set`, and its
+    /// `(claimed, rejected)` counters.
+    async fn advance_run(
+        &self,
+        s: &mut ClientSession,
+        run_id: &str,
+        set: Document,
+        (claimed, rejected): (i64, i64),
+    ) -> Result<(), MongoError> {
+        self.runs
+            .update_one(
+                doc! {"_id": run_id},
+                doc! {
+                    "$set": set,
+                    "$inc": {"claimed": claimed, "rejected": rejected},
+                },
+            )
+            .session(s)
+            .await?;
+        Ok(())
+    }
+}
+
+/// A claim that stopped on a lost lease is [`StoreError::LeaseLost`].
+fn lease_lost_or_mongo(err: RetryError, deanery: &Deanery) -> StoreError {
+    if err.mongo().get_custom::<LeaseLost>().is_some() {
+        StoreError::LeaseLost {
+            deanery: deanery.to_string(),
+        }
+    } else {
+        StoreError::Mongo(err)
+    }
+}

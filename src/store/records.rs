@@ -1,0 +1,486 @@
+//! The records: the `_id` cursors a run reads, the records it has claimed,
+//! rejecting and marking them, the deaneries with work, and the stuck
+//! records the watchdog reports.
+
+use bson::oid::ObjectId;
+use bson::{doc, Bson, DateTime, Document};
+use futures_util::future::BoxFuture;
+use mongodb::error::Error as MongoError;
+use mongodb::results::UpdateResult;
+use mongodb::{ClientSession, Cursor};
+
+use super::retry::TransactionBody;
+use super::{int, now, oldest_created, scope, Attempts, RetryScope, RunPhase, Store, StoreError};
+use crate::domain::{Deanery, RecordStatus};
+
+/// Waiting records of one deanery that a past slot should have exported.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StuckRecords {
+    /// Deanery value as stored.
+    pub deanery: Bson,
+    /// How many.
+    pub count: u64,
+    /// Creation time of the oldest (by `createdAt`, else its `_id`).
+    pub oldest: Option<DateTime>,
+}
+
+/// The records a run has claimed and not yet marked (or rejected).
+fn claimed_by(run_id: &str) -> Document {
+    doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()}
+}
+
+/// The run's claimed records with `_id` in `(after, up_to]`.
+fn claimed_between(run_id: &str, after: Option<ObjectId>, up_to: Option<ObjectId>) -> Document {
+    let mut filter = claimed_by(run_id);
+    let mut id_range = Document::new();
+    if let Some(after) = after {
+        id_range.insert("$gt", after);
+    }
+    if let Some(up_to) = up_to {
+        id_range.insert("$lte", up_to);
+    }
+    if !id_range.is_empty() {
+        filter.insert("_id", id_range);
+    }
+    filter
+}
+
+/// The update rejecting a record with `reason`.
+fn rejected_because(reason: &str) -> Document {
+    doc! {"$set": {
+        "status": RecordStatus::Rejected.as_str(),
+        "rejectionReason": reason,
+        "rejectedAt": now(),
+    }}
+}
+
+/// An `ObjectId` as old as `time` (to the second) and lower than every id
+/// generated from then on.
+fn first_id_at(time: DateTime) -> ObjectId {
+    let seconds = u32::try_from(time.timestamp_millis() / 1000).unwrap_or(u32::MAX);
+    let mut bytes = [0u8; 12];
+    bytes[..4].copy_from_slice(&seconds.to_be_bytes());
+    ObjectId::from_bytes(bytes)
+}
+
+/// The stuck-record pipeline: waiting or claimed records created before
+/// `before`, grouped by deanery.
+fn stuck_pipeline(before: DateTime) -> Vec<Document> {
+    vec![
+        doc! {"$match": {
+            "status": {"$in": [RecordStatus::ToExport.as_str(), RecordStatus::Exporting.as_str()]},
+            "$or": [
+                {"createdAt": {"$lt": before}},
+                {"createdAt": {"$exists": false}, "_id": {"$lt": first_id_at(before)}},
+                // No creation time to judge by: waiting at all is stuck.
+                {"createdAt": {"$exists": false}, "_id": {"$not": {"$type": "objectId"}}},
+            ],
+        }},
+        doc! {"$group": {
+            "_id": "$deanery",
+            "n": {"$sum": 1},
+            "oldest": {"$min": "$createdAt"},
+            "firstId": {"$min": "$_id"},
+        }},
+    ]
+}
+
+fn stuck_row(row: &Document) -> StuckRecords {
+    StuckRecords {
+        deanery: row.get("_id").cloned().unwrap_or(Bson::Null),
+        count: int(row.get("n")).map_or(0, |n| u64::try_from(n).unwrap_or(0)),
+        oldest: oldest_created(row, "oldest", "firstId"),
+    }
+}
+
+/// One transaction of [`Store::reject_claimed`]: a part of the rejections.
+struct RejectAttempt<'a> {
+    store: &'a Store,
+    run_id: &'a str,
+    part: &'a [(ObjectId, String)],
+}
+
+impl TransactionBody for RejectAttempt<'_> {
+    type Output = Vec<(ObjectId, String)>;
+
+    fn attempt<'s>(
+        &'s mut self,
+        session: &'s mut ClientSession,
+    ) -> BoxFuture<'s, Result<Self::Output, MongoError>> {
+        Box::pin(
+            self.store
+                .try_reject_claimed(session, self.run_id, self.part),
+        )
+    }
+}
+
+/// The transaction of [`Store::mark_exported`].
+struct MarkAttempt<'a> {
+    store: &'a Store,
+    filter: Document,
+    update: Document,
+}
+
+impl TransactionBody for MarkAttempt<'_> {
+    type Output = UpdateResult;
+
+    fn attempt<'s>(
+        &'s mut self,
+        session: &'s mut ClientSession,
+    ) -> BoxFuture<'s, Result<UpdateResult, MongoError>> {
+        let records = &self.store.records;
+        let (filter, update) = (self.filter.clone(), self.update.clone());
+        Box::pin(async move { records.update_many(filter, update).session(session).await })
+    }
+}
+
+impl Store {
+    /// The highest `_id` among the deanery's `TO_EXPORT` records: a new run
+    /// claims up to it, so a writer that keeps adding records cannot keep a
+    /// run going for ever.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn max_to_export_id(
+        &self,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<Option<ObjectId>, StoreError> {
+        let records = &self.records;
+        let found = self
+            .retry
+            .run(scope("find_backlog", deanery), attempts, || async move {
+                records
+                    .find_one(doc! {
+                        "deanery": deanery.as_str(),
+                        "status": RecordStatus::ToExport.as_str(),
+                        "_id": {"$type": "objectId"},
+                    })
+                    .sort(doc! {"_id": -1})
+                    .projection(doc! {"_id": 1})
+                    .await
+            })
+            .await?;
+        Ok(found.and_then(|d| d.get_object_id("_id").ok()))
+    }
+
+    /// The `_id`s of the deanery's waiting records after `after` and up to
+    /// `up_to`, in order: one cursor for the whole run, read a chunk at a
+    /// time. Each claim then reads its records by a tight `_id` range, which
+    /// costs the same however large the backlog behind it is.
+    ///
+    /// # Errors
+    /// When the query cannot be started within the retry policy.
+    pub async fn waiting_ids(
+        &self,
+        deanery: &Deanery,
+        after: Option<ObjectId>,
+        up_to: ObjectId,
+        batch_size: u32,
+        attempts: &mut Attempts,
+    ) -> Result<Cursor<Document>, StoreError> {
+        let mut id_range = doc! {"$lte": up_to};
+        if let Some(after) = after {
+            id_range.insert("$gt", after);
+        }
+        let filter = doc! {
+            "deanery": deanery.as_str(),
+            "status": RecordStatus::ToExport.as_str(),
+            "_id": id_range,
+        };
+        self.id_cursor("find_waiting_ids", deanery, filter, batch_size, attempts)
+            .await
+    }
+
+    /// The `_id`s of the records a run has claimed and not yet marked, in
+    /// order (to find the mark boundaries of a resumed run).
+    ///
+    /// # Errors
+    /// When the query cannot be started within the retry policy.
+    pub async fn claimed_ids(
+        &self,
+        run_id: &str,
+        deanery: &Deanery,
+        batch_size: u32,
+        attempts: &mut Attempts,
+    ) -> Result<Cursor<Document>, StoreError> {
+        let filter = claimed_by(run_id);
+        self.id_cursor("find_claimed_ids", deanery, filter, batch_size, attempts)
+            .await
+    }
+
+    /// `_id`s of the records matching `filter`, in order, `batch_size` at a time.
+    async fn id_cursor(
+        &self,
+        op: &'static str,
+        deanery: &Deanery,
+        filter: Document,
+        batch_size: u32,
+        attempts: &mut Attempts,
+    ) -> Result<Cursor<Document>, StoreError> {
+        let (records, filter) = (&self.records, &filter);
+        Ok(self
+            .retry
+            .run(scope(op, deanery), attempts, || async move {
+                records
+                    .find(filter.clone())
+                    .sort(doc! {"_id": 1})
+                    .projection(doc! {"_id": 1})
+                    .batch_size(batch_size)
+                    .await
+            })
+            .await?)
+    }
+
+    /// Streams the records a run has claimed and not yet marked, in `_id`
+    /// order, `batch_size` at a time (memory stays flat).
+    ///
+    /// # Errors
+    /// When the query cannot be started.
+    pub async fn claimed_records(
+        &self,
+        run_id: &str,
+        deanery: &Deanery,
+        batch_size: u32,
+        attempts: &mut Attempts,
+    ) -> Result<Cursor<Document>, StoreError> {
+        let records = &self.records;
+        Ok(self
+            .retry
+            .run(scope("stream_claimed", deanery), attempts, || async move {
+                records
+                    .find(claimed_by(run_id))
+                    .sort(doc! {"_id": 1})
+                    .batch_size(batch_size)
+                    .await
+            })
+            .await?)
+    }
+
+    /// How many records the run has claimed and not yet marked.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn count_claimed(
+        &self,
+        run_id: &str,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<u64, StoreError> {
+        let records = &self.records;
+        Ok(self
+            .retry
+            .run(scope("count_claimed", deanery), attempts, || async move {
+                records.count_documents(claimed_by(run_id)).await
+            })
+            .await?)
+    }
+
+    /// Rejects records a run had claimed but which turned invalid before
+    /// they were written (another writer changed them), and moves the run's
+    /// counters by as many as were rejected, in one transaction per
+    /// `batch` records: the counters never drift from the records. Returns
+    /// the records this call rejected (an earlier, interrupted attempt may
+    /// have rejected some already; another writer may have moved some).
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn reject_claimed(
+        &self,
+        session: &mut ClientSession,
+        run_id: &str,
+        deanery: &Deanery,
+        rejections: &[(ObjectId, String)],
+        batch: usize,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<(ObjectId, String)>, StoreError> {
+        let mut rejected = Vec::new();
+        for part in rejections.chunks(batch.max(1)) {
+            let body = RejectAttempt {
+                store: self,
+                run_id,
+                part,
+            };
+            let modified = self
+                .retry
+                .in_transaction(scope("reject_claimed", deanery), session, attempts, body)
+                .await?;
+            rejected.extend(modified);
+        }
+        Ok(rejected)
+    }
+
+    /// One attempt of one transaction of [`Store::reject_claimed`].
+    async fn try_reject_claimed(
+        &self,
+        s: &mut ClientSession,
+        run_id: &str,
+        part: &[(ObjectId, String)],
+    ) -> Result<Vec<(ObjectId, String)>, MongoError> {
+        let mut modified = Vec::new();
+        for (id, reason) in part {
+            let mut filter = claimed_by(run_id);
+            filter.insert("_id", id);
+            let result = self
+                .records
+                .update_one(filter, rejected_because(reason))
+                .session(&mut *s)
+                .await?;
+            if result.modified_count == 1 {
+                modified.push((*id, reason.clone()));
+            }
+        }
+        if !modified.is_empty() {
+            let n = modified.len() as i64;
+            self.runs
+                .update_one(
+                    doc! {"_id": run_id},
+                    doc! {"$inc": {"claimed": -n, "rejected": n}},
+                )
+                .session(&mut *s)
+                .await?;
+        }
+        Ok(modified)
+    }
+
+    /// Marks the run's claimed records with `_id` in `(after, up_to]`
+    /// `EXPORTED` with the file name, in one short transaction (`up_to`
+    /// `None`: all the rest).
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    #[allow(clippy::too_many_arguments)]
+    pub async fn mark_exported(
+        &self,
+        session: &mut ClientSession,
+        run_id: &str,
+        deanery: &Deanery,
+        file_name: &str,
+        after: Option<ObjectId>,
+        up_to: Option<ObjectId>,
+        attempts: &mut Attempts,
+    ) -> Result<(), StoreError> {
+        let body = MarkAttempt {
+            store: self,
+            filter: claimed_between(run_id, after, up_to),
+            update: doc! {"$set": {
+                "status": RecordStatus::Exported.as_str(),
+                "exportedAt": now(),
+                "exportFileName": file_name,
+            }},
+        };
+        self.retry
+            .in_transaction(scope("mark_exported", deanery), session, attempts, body)
+            .await?;
+        Ok(())
+    }
+
+    /// Deanery codes, as stored, of records waiting to be exported or
+    /// claimed by an unfinished run.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn deaneries_with_work(
+        &self,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<Bson>, StoreError> {
+        let scope = RetryScope {
+            op: "list_deaneries",
+            deanery: None,
+        };
+        let mut codes = self.deaneries_waiting(scope, attempts).await?;
+        let runs = &self.runs;
+        let open = self
+            .retry
+            .run(scope, attempts, || async move {
+                runs.distinct(
+                    "deanery",
+                    doc! {"phase": {"$ne": RunPhase::Completed.as_str()}},
+                )
+                .await
+            })
+            .await?;
+        for code in open {
+            if !codes.contains(&code) {
+                codes.push(code);
+            }
+        }
+        Ok(codes)
+    }
+
+    /// Deanery values of the waiting and claimed records.
+    async fn deaneries_waiting(
+        &self,
+        scope: RetryScope<'_>,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<Bson>, StoreError> {
+        // A `$group` on the status-first index reads only the waiting and
+        // claimed records (a `distinct` on SecantusDB reads every document).
+        // A record without a deanery groups under null and is rejected.
+        let pipeline = vec![
+            doc! {"$match": {"status": {"$in": [RecordStatus::ToExport.as_str(), RecordStatus::Exporting.as_str()]}}},
+            doc! {"$group": {"_id": "$deanery"}},
+        ];
+        let groups = self
+            .aggregate(scope, &self.records, pipeline, attempts)
+            .await?;
+        Ok(groups
+            .into_iter()
+            .map(|group| group.get("_id").cloned().unwrap_or(Bson::Null))
+            .collect())
+    }
+
+    /// Rejects the waiting records whose deanery value is not a valid code,
+    /// so they are visible instead of silently never exported. Returns how
+    /// many were rejected.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn reject_invalid_deanery(
+        &self,
+        value: &Bson,
+        reason: &str,
+        attempts: &mut Attempts,
+    ) -> Result<u64, StoreError> {
+        let records = &self.records;
+        let scope = RetryScope {
+            op: "reject_invalid_deanery",
+            deanery: None,
+        };
+        let result = self
+            .retry
+            .run(scope, attempts, || async move {
+                records
+                    .update_many(
+                        doc! {"deanery": value.clone(), "status": RecordStatus::ToExport.as_str()},
+                        rejected_because(reason),
+                    )
+                    .await
+            })
+            .await?;
+        Ok(result.modified_count)
+    }
+
+    /// `TO_EXPORT` or `EXPORTING` records created before `before`, per
+    /// deanery (records without `createdAt` are dated by their `_id`).
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn stuck_records(
+        &self,
+        before: DateTime,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<StuckRecords>, StoreError> {
+        let scope = RetryScope {
+            op: "find_stuck_records",
+            deanery: None,
+        };
+        let rows = self
+            .aggregate(scope, &self.records, stuck_pipeline(before), attempts)
+            .await?;
+        Ok(rows.iter().map(stuck_row).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests;

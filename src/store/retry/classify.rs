@@ -1,0 +1,91 @@
+//! Which MongoDB errors are transient: the one place failures are
+//! classified.
+
+use mongodb::error::{
+    Error as MongoError, ErrorKind, WriteFailure, RETRYABLE_WRITE_ERROR,
+    TRANSIENT_TRANSACTION_ERROR, UNKNOWN_TRANSACTION_COMMIT_RESULT,
+};
+
+/// MongoDB's WriteConflict error code.
+pub const WRITE_CONFLICT: i32 = 112;
+
+/// Codes of a replica set changing primary or a node going away (the
+/// retryable-error codes of MongoDB's driver specifications), plus a cursor
+/// or query plan lost on such a change or to an index being dropped: worth
+/// another try after a delay.
+const FAILOVER_CODES: [i32; 15] = [
+    6,     // HostUnreachable
+    7,     // HostNotFound
+    43,    // CursorNotFound
+    89,    // NetworkTimeout
+    91,    // ShutdownInProgress
+    134,   // ReadConcernMajorityNotAvailableYet
+    175,   // QueryPlanKilled
+    189,   // PrimarySteppedDown
+    262,   // ExceededTimeLimit
+    9001,  // SocketException
+    10107, // NotWritablePrimary
+    11600, // InterruptedAtShutdown
+    11602, // InterruptedDueToReplStateChange
+    13435, // NotPrimaryNoSecondaryOk
+    13436, // NotPrimaryOrSecondary
+];
+
+/// Every transient MongoDB error is one of these; everything else is
+/// permanent. This is the one place failures are classified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transience {
+    /// Retry the whole transaction (or the whole operation): 112
+    /// WriteConflict, the TransientTransactionError label, network errors.
+    Transient,
+    /// The commit may or may not have happened: retry the commit alone.
+    UnknownCommitResult,
+    /// Fail fast.
+    Permanent,
+}
+
+/// The server error code of an error, if it has one.
+pub fn error_code(err: &MongoError) -> Option<i32> {
+    match err.kind.as_ref() {
+        ErrorKind::Command(command) => Some(command.code),
+        ErrorKind::Write(WriteFailure::WriteError(write)) => Some(write.code),
+        ErrorKind::Write(WriteFailure::WriteConcernError(concern)) => Some(concern.code),
+        ErrorKind::InsertMany(many) => many
+            .write_errors
+            .as_ref()
+            .and_then(|errors| errors.first().map(|e| e.code))
+            .or_else(|| many.write_concern_error.as_ref().map(|e| e.code)),
+        _ => None,
+    }
+}
+
+/// MongoDB's DuplicateKey error code.
+const DUPLICATE_KEY: i32 = 11000;
+
+/// True for a duplicate `_id` or unique key: an upsert or insert that found
+/// the document already there.
+pub fn is_duplicate_key(err: &MongoError) -> bool {
+    error_code(err) == Some(DUPLICATE_KEY)
+}
+
+/// Classifies an error. `UnknownTransactionCommitResult` only means
+/// "retry the commit" for the commit itself; the caller says which it was.
+pub fn classify(err: &MongoError, during_commit: bool) -> Transience {
+    if during_commit && err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) {
+        return Transience::UnknownCommitResult;
+    }
+    let failover = error_code(err).is_some_and(|code| FAILOVER_CODES.contains(&code));
+    if err.contains_label(TRANSIENT_TRANSACTION_ERROR)
+        || err.contains_label(RETRYABLE_WRITE_ERROR)
+        || error_code(err) == Some(WRITE_CONFLICT)
+        || failover
+    {
+        return Transience::Transient;
+    }
+    match err.kind.as_ref() {
+        ErrorKind::Io(_)
+        | ErrorKind::ConnectionPoolCleared { .. }
+        | ErrorKind::ServerSelection { .. } => Transience::Transient,
+        _ => Transience::Permanent,
+    }
+}

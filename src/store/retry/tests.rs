@@ -1,0 +1,115 @@
+use super::*;
+
+fn settings(max_attempts: u32, max_elapsed_ms: u64) -> RetrySettings {
+    RetrySettings {
+        min_delay_ms: 10,
+        max_delay_ms: 40,
+        max_attempts,
+        max_elapsed_ms,
+    }
+}
+
+fn io_error() -> MongoError {
+    MongoError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "reset",
+    ))
+}
+
+#[test]
+fn network_errors_are_transient_and_custom_errors_permanent() {
+    assert_eq!(classify(&io_error(), false), Transience::Transient);
+    assert_eq!(
+        classify(&MongoError::custom("lease lost"), false),
+        Transience::Permanent
+    );
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_are_retried_until_success() {
+    let policy = RetryPolicy::new(settings(5, 60_000));
+    let mut attempts = Attempts::default();
+    let mut calls = 0;
+    let result = policy
+        .run(
+            RetryScope {
+                op: "test",
+                deanery: Some("MER"),
+            },
+            &mut attempts,
+            || {
+                calls += 1;
+                let n = calls;
+                async move {
+                    if n < 3 {
+                        Err(io_error())
+                    } else {
+                        Ok(n)
+                    }
+                }
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(result, 3);
+    assert_eq!(attempts.retries, 2);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stop_at_the_attempt_bound() {
+    let policy = RetryPolicy::new(settings(4, 60_000));
+    let mut attempts = Attempts::default();
+    let err = policy
+        .run(
+            RetryScope {
+                op: "test",
+                deanery: None,
+            },
+            &mut attempts,
+            || async { Err::<(), _>(io_error()) },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_transient());
+    assert_eq!(attempts.retries, 3);
+}
+
+#[tokio::test(start_paused = true)]
+async fn retries_stop_at_the_elapsed_time_bound() {
+    // Delays are at least 10 ms; a 25 ms budget allows few retries
+    // however many attempts are allowed.
+    let policy = RetryPolicy::new(settings(1_000, 25));
+    let mut attempts = Attempts::default();
+    let err = policy
+        .run(
+            RetryScope {
+                op: "test",
+                deanery: None,
+            },
+            &mut attempts,
+            || async { Err::<(), _>(io_error()) },
+        )
+        .await
+        .unwrap_err();
+    assert!(err.is_transient());
+    assert!(attempts.retries < 4, "{attempts:?}");
+}
+
+#[tokio::test(start_paused = true)]
+async fn permanent_errors_fail_at_once() {
+    let policy = RetryPolicy::new(settings(10, 60_000));
+    let mut attempts = Attempts::default();
+    let err = policy
+        .run(
+            RetryScope {
+                op: "test",
+                deanery: None,
+            },
+            &mut attempts,
+            || async { Err::<(), _>(MongoError::custom("bad")) },
+        )
+        .await
+        .unwrap_err();
+    assert!(!err.is_transient());
+    assert_eq!(attempts.retries, 0);
+}

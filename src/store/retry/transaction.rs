@@ -1,0 +1,217 @@
+//! One transaction under the retry policy: `start_transaction` /
+//! `commit_transaction` / `abort_transaction` driven by hand, so every
+//! retry is bounded by settings and logged with its error code.
+
+use std::time::Instant;
+
+use backon::ExponentialBackoff;
+use futures_util::future::BoxFuture;
+use mongodb::error::Error as MongoError;
+use mongodb::options::{Acknowledgment, ReadConcern, WriteConcern};
+use mongodb::ClientSession;
+
+use super::{classify, permanent, Attempts, RetryError, RetryPolicy, RetryScope, Transience};
+
+/// The work of one transaction: [`RetryPolicy::in_transaction`] runs it
+/// once per attempt, in the attempt's session.
+///
+/// An attempt may be followed by another, so it must not change outside
+/// state: it returns what it did and the caller applies it after commit.
+/// State of the body's own, such as a range it narrows on each new
+/// attempt, is fine. (A trait rather than a closure: the attempt's future
+/// borrows the session, which an `async` closure cannot promise is `Send`.)
+pub(crate) trait TransactionBody: Send {
+    /// What a committed attempt returns.
+    type Output: Send;
+
+    /// One attempt's reads and writes, in `session`.
+    fn attempt<'s>(
+        &'s mut self,
+        session: &'s mut ClientSession,
+    ) -> BoxFuture<'s, Result<Self::Output, MongoError>>;
+}
+
+impl RetryPolicy {
+    /// Starts driving one transaction under the policy by hand (see
+    /// [`Transaction`]); [`RetryPolicy::in_transaction`] is the loop every
+    /// store operation uses.
+    pub fn transaction<'a>(&'a self, scope: RetryScope<'a>) -> Transaction<'a> {
+        Transaction {
+            policy: self,
+            scope,
+            started: Instant::now(),
+            backoff: self.backoff(),
+            attempt: 0,
+        }
+    }
+
+    /// Runs `body` as one transaction under the policy and returns its
+    /// value once committed: read concern `snapshot`, write concern
+    /// `majority`. A transient error anywhere runs the whole transaction
+    /// (`body` included) again after the backoff delay;
+    /// `UnknownTransactionCommitResult` retries the commit alone; anything
+    /// else aborts and fails fast. Every attempt and retry is counted in
+    /// `attempts` and every retry logged.
+    ///
+    /// # Errors
+    /// [`RetryError`] for a permanent error or an exhausted policy.
+    pub(crate) async fn in_transaction<B: TransactionBody>(
+        &self,
+        scope: RetryScope<'_>,
+        session: &mut ClientSession,
+        attempts: &mut Attempts,
+        mut body: B,
+    ) -> Result<B::Output, RetryError> {
+        let mut txn = self.transaction(scope);
+        loop {
+            txn.begin(session, attempts).await?;
+            let outcome = body.attempt(session).await;
+            if let Some(value) = txn.end(session, outcome, attempts).await? {
+                return Ok(value);
+            }
+        }
+    }
+}
+
+/// One transaction under a [`RetryPolicy`], driven by hand:
+///
+/// ```text
+/// let mut txn = policy.transaction(scope);
+/// let value = loop {
+///     txn.begin(session, attempts).await?;
+///     let outcome = body(session).await; // reads and writes in the session
+///     if let Some(value) = txn.end(session, outcome, attempts).await? {
+///         break value;
+///     }
+/// };
+/// ```
+///
+/// Read concern `snapshot`, write concern `majority`. A transient error
+/// anywhere retries the whole transaction; `UnknownTransactionCommitResult`
+/// retries the commit alone; anything else aborts and fails fast.
+#[derive(Debug)]
+pub struct Transaction<'a> {
+    policy: &'a RetryPolicy,
+    scope: RetryScope<'a>,
+    started: Instant,
+    backoff: ExponentialBackoff,
+    attempt: u32,
+}
+
+impl Transaction<'_> {
+    /// Starts the next attempt.
+    ///
+    /// # Errors
+    /// [`RetryError`] when the transaction cannot be started within the policy.
+    pub async fn begin(
+        &mut self,
+        session: &mut ClientSession,
+        attempts: &mut Attempts,
+    ) -> Result<(), RetryError> {
+        loop {
+            self.attempt += 1;
+            attempts.transactions += 1;
+            let err = match session
+                .start_transaction()
+                .read_concern(ReadConcern::snapshot())
+                .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
+                .await
+            {
+                Ok(()) => return Ok(()),
+                Err(err) => err,
+            };
+            if classify(&err, false) == Transience::Permanent {
+                return Err(permanent(self.scope.op, err));
+            }
+            self.retry_after(err, attempts).await?;
+        }
+    }
+
+    /// Ends the attempt with the body's outcome: commits on success.
+    /// Returns the value once committed, or `None` when the whole
+    /// transaction must run again (after the backoff delay).
+    ///
+    /// # Errors
+    /// [`RetryError`] for a permanent error or an exhausted policy; the
+    /// transaction is aborted.
+    pub async fn end<T>(
+        &mut self,
+        session: &mut ClientSession,
+        outcome: Result<T, MongoError>,
+        attempts: &mut Attempts,
+    ) -> Result<Option<T>, RetryError> {
+        let value = match outcome {
+            Ok(value) => value,
+            Err(err) => {
+                // Aborting may itself fail (the server may have aborted
+                // already); the session is usable again either way.
+                let _ = session.abort_transaction().await;
+                if classify(&err, false) == Transience::Permanent {
+                    return Err(permanent(self.scope.op, err));
+                }
+                self.retry_after(err, attempts).await?;
+                return Ok(None);
+            }
+        };
+        self.commit(session, value, attempts).await
+    }
+
+    /// Commits, retrying the commit alone while its result is unknown.
+    /// `None` when the whole transaction must run again.
+    async fn commit<T>(
+        &mut self,
+        session: &mut ClientSession,
+        value: T,
+        attempts: &mut Attempts,
+    ) -> Result<Option<T>, RetryError> {
+        loop {
+            let err = match session.commit_transaction().await {
+                Ok(()) => return Ok(Some(value)),
+                Err(err) => err,
+            };
+            match classify(&err, true) {
+                Transience::UnknownCommitResult => {
+                    // Retry the commit alone: it is idempotent.
+                    self.policy
+                        .wait_or_give_up(
+                            RetryScope {
+                                op: "commit_transaction",
+                                ..self.scope
+                            },
+                            self.attempt,
+                            self.started,
+                            &mut self.backoff,
+                            err,
+                            attempts,
+                        )
+                        .await?;
+                }
+                Transience::Transient => {
+                    self.retry_after(err, attempts).await?;
+                    return Ok(None);
+                }
+                Transience::Permanent => {
+                    let _ = session.abort_transaction().await;
+                    return Err(permanent(self.scope.op, err));
+                }
+            }
+        }
+    }
+
+    async fn retry_after(
+        &mut self,
+        err: MongoError,
+        attempts: &mut Attempts,
+    ) -> Result<(), RetryError> {
+        self.policy
+            .wait_or_give_up(
+                self.scope,
+                self.attempt,
+                self.started,
+                &mut self.backoff,
+                err,
+                attempts,
+            )
+            .await
+    }
+}

@@ -1,0 +1,183 @@
+//! The status report's queries: record counts by deanery and status, the
+//! oldest waiting record per deanery, each deanery's latest run. Plain
+//! rows, as stored; the report (`crate::status`) shows them.
+
+use bson::{doc, Bson, DateTime, Document};
+
+use super::{int, oldest_created, Attempts, RetryScope, Store, StoreError};
+use crate::domain::RecordStatus;
+
+const STATUS: RetryScope<'static> = RetryScope {
+    op: "status",
+    deanery: None,
+};
+
+/// How many records of one deanery value are in one status value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct StatusCount {
+    /// Deanery value as stored (null when absent).
+    pub(crate) deanery: Bson,
+    /// Status value as stored (null when absent).
+    pub(crate) status: Bson,
+    /// How many.
+    pub(crate) count: i64,
+}
+
+/// The oldest `TO_EXPORT` record of one deanery value.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct OldestWaiting {
+    /// Deanery value as stored (null when absent).
+    pub(crate) deanery: Bson,
+    /// Its creation time (by `createdAt`, else by its `_id`), if known.
+    pub(crate) created: Option<DateTime>,
+}
+
+/// The most recently started run of one deanery value, read leniently: a
+/// field of an unexpected type is absent here.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LatestRun {
+    /// Deanery value as stored.
+    pub(crate) deanery: Bson,
+    /// Run id as stored.
+    pub(crate) run_id: Bson,
+    /// Phase as stored (a `RunPhase` value, unless malformed).
+    pub(crate) phase: Bson,
+    /// Start.
+    pub(crate) started_at: Option<DateTime>,
+    /// End, while unfinished none.
+    pub(crate) finished_at: Option<DateTime>,
+    /// File name, if one was allocated.
+    pub(crate) file_name: Option<String>,
+    /// Records in the file.
+    pub(crate) record_count: Option<i64>,
+    /// Records rejected.
+    pub(crate) rejected: Option<i64>,
+    /// The error the last attempt stopped on.
+    pub(crate) last_error: Option<String>,
+}
+
+fn value(document: &Document, key: &str) -> Bson {
+    document.get(key).cloned().unwrap_or(Bson::Null)
+}
+
+fn status_count(row: &Document) -> StatusCount {
+    let id = row.get_document("_id").cloned().unwrap_or_default();
+    StatusCount {
+        deanery: value(&id, "deanery"),
+        status: value(&id, "status"),
+        count: int(row.get("n")).unwrap_or(0),
+    }
+}
+
+fn oldest_waiting(row: &Document) -> OldestWaiting {
+    OldestWaiting {
+        deanery: value(row, "_id"),
+        created: oldest_created(row, "createdAt", "firstId"),
+    }
+}
+
+fn latest_run(row: &Document) -> LatestRun {
+    let run = row.get_document("run").cloned().unwrap_or_default();
+    let text = |key| run.get_str(key).ok().map(str::to_owned);
+    let time = |key| run.get_datetime(key).ok().copied();
+    LatestRun {
+        deanery: value(row, "_id"),
+        run_id: value(&run, "_id"),
+        phase: value(&run, "phase"),
+        started_at: time("startedAt"),
+        finished_at: time("finishedAt"),
+        file_name: text("fileName"),
+        record_count: int(run.get("recordCount")),
+        rejected: int(run.get("rejected")),
+        last_error: text("lastError"),
+    }
+}
+
+impl Store {
+    /// Record counts by deanery and status value, over every record.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub(crate) async fn status_counts(
+        &self,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<StatusCount>, StoreError> {
+        let pipeline = vec![
+            doc! {"$group": {"_id": {"deanery": "$deanery", "status": "$status"}, "n": {"$sum": 1}}},
+        ];
+        let rows = self
+            .aggregate(STATUS, &self.records, pipeline, attempts)
+            .await?;
+        Ok(rows.iter().map(status_count).collect())
+    }
+
+    /// The oldest `TO_EXPORT` record of each deanery value.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub(crate) async fn oldest_waiting(
+        &self,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<OldestWaiting>, StoreError> {
+        let pipeline = vec![
+            doc! {"$match": {"status": RecordStatus::ToExport.as_str()}},
+            doc! {"$group": {"_id": "$deanery", "createdAt": {"$min": "$createdAt"}, "firstId": {"$min": "$_id"}}},
+        ];
+        let rows = self
+            .aggregate(STATUS, &self.records, pipeline, attempts)
+            .await?;
+        Ok(rows.iter().map(oldest_waiting).collect())
+    }
+
+    /// The most recently started run of each deanery value.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub(crate) async fn latest_runs(
+        &self,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<LatestRun>, StoreError> {
+        let pipeline = vec![
+            doc! {"$sort": {"startedAt": -1}},
+            doc! {"$group": {"_id": "$deanery", "run": {"$first": "$$ROOT"}}},
+        ];
+        let rows = self
+            .aggregate(STATUS, &self.runs, pipeline, attempts)
+            .await?;
+        Ok(rows.iter().map(latest_run).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::RunPhase;
+
+    #[test]
+    fn a_latest_run_row_reads_its_fields_leniently() {
+        let started = DateTime::from_millis(1_000);
+        let row = doc! {"_id": "MER", "run": {
+            "_id": "r1",
+            "phase": RunPhase::Written.as_str(),
+            "startedAt": started,
+            "fileName": 7,
+            "recordCount": 2.0,
+        }};
+        let run = latest_run(&row);
+        assert_eq!(run.deanery, Bson::from("MER"));
+        assert_eq!(run.phase, Bson::from("WRITTEN"));
+        assert_eq!(run.started_at, Some(started));
+        assert_eq!(run.finished_at, None);
+        assert_eq!(run.file_name, None);
+        assert_eq!(run.record_count, Some(2));
+    }
+
+    #[test]
+    fn a_count_row_without_a_deanery_counts_under_null() {
+        let row = doc! {"_id": {"status": "TO_EXPORT"}, "n": 4};
+        let count = status_count(&row);
+        assert_eq!(count.deanery, Bson::Null);
+        assert_eq!(count.status, Bson::from("TO_EXPORT"));
+        assert_eq!(count.count, 4);
+    }
+}
