@@ -4,8 +4,6 @@
 
 use std::time::Instant;
 
-use bson::doc;
-
 use super::context::{LeaseKeeper, Progress, RunContext, RunOptions};
 use super::{ExportError, Exporter};
 use crate::domain::{Deanery, RunStatus, RunSummary};
@@ -126,12 +124,17 @@ impl Exporter {
         let Some(run_id) = &progress.run_id else {
             return;
         };
-        let set = doc! {"lastError": err.to_string(), "lastErrorAt": crate::store::now()};
         let add_attempts = i64::from(summary.attempts);
         let mut ignored = Attempts::default();
         let _ = self
             .store
-            .update_run(run_id, deanery, set, add_attempts, &mut ignored)
+            .record_run_error(
+                run_id,
+                deanery,
+                &err.to_string(),
+                add_attempts,
+                &mut ignored,
+            )
             .await;
     }
 }

@@ -4,8 +4,6 @@
 //! Records are marked only after that. A file this folder cannot find is
 //! staged again from the claimed records: nothing is assumed delivered.
 
-use bson::doc;
-
 use super::context::RunContext;
 use super::file::{self, ExportFile, Published, Staged};
 use super::io::blocking;
@@ -20,9 +18,8 @@ impl Exporter {
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
     ) -> Result<(), ExportError> {
-        let set = doc! {"phase": RunPhase::Written.as_str(), "recordCount": 0_i64};
         self.store
-            .update_run(&run.id, ctx.deanery, set, 0, &mut ctx.attempts)
+            .record_nothing_to_write(&run.id, ctx.deanery, &mut ctx.attempts)
             .await?;
         run.phase = RunPhase::Written;
         run.record_count = Some(0);
@@ -41,13 +38,14 @@ impl Exporter {
         // Only the lease holder may make the file final: renew (and stop
         // if another process took over) before recording it.
         ctx.renew_lease(&self.store).await?;
-        let set = doc! {
-            "phase": RunPhase::Finalizing.as_str(),
-            "recordCount": staged.record_count as i64,
-            "sha256": &staged.sha256,
-        };
         self.store
-            .update_run(&run.id, ctx.deanery, set, 0, &mut ctx.attempts)
+            .record_staged(
+                &run.id,
+                ctx.deanery,
+                staged.record_count,
+                &staged.sha256,
+                &mut ctx.attempts,
+            )
             .await?;
         run.phase = RunPhase::Finalizing;
         run.record_count = Some(staged.record_count as i64);

@@ -190,7 +190,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn update_run(
+    async fn update_run(
         &self,
         run_id: &str,
         deanery: &Deanery,
