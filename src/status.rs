@@ -1,5 +1,9 @@
-//! The status report: per deanery, record counts by status, the age of the
-//! oldest `TO_EXPORT` record, and the last export run.
+//! The status report: per deanery, the records waiting (`TO_EXPORT`) and
+//! claimed (`EXPORTING`), the records exported and rejected by the runs of
+//! the last [`WINDOW_DAYS`] days, the age of the oldest waiting record, and
+//! the last export run. It reads only waiting and in-flight records and
+//! recent or open runs, through the daemon's indexes; when those are
+//! missing it says so instead of scanning the history.
 
 use std::collections::BTreeMap;
 
@@ -10,12 +14,17 @@ use serde::Serialize;
 use crate::domain::RecordStatus;
 use crate::store::{Attempts, LatestRun, OldestWaiting, StatusCount, Store, StoreError};
 
+/// The days of runs whose exported and rejected records are counted.
+pub const WINDOW_DAYS: i64 = 30;
+
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusReport {
     /// When the report was made, RFC 3339 UTC.
     pub generated_at: String,
+    /// `EXPORTED` and `REJECTED` count the runs started in this many days.
+    pub window_days: i64,
     /// One entry per deanery value found, sorted.
     pub deaneries: Vec<DeaneryStatus>,
 }
@@ -26,7 +35,8 @@ pub struct StatusReport {
 pub struct DeaneryStatus {
     /// Deanery value as stored.
     pub deanery: String,
-    /// Record counts by status value.
+    /// Records by status: `TO_EXPORT` and `EXPORTING` as they are now;
+    /// `EXPORTED` and `REJECTED` by the runs of the last `windowDays` days.
     pub counts: BTreeMap<String, i64>,
     /// Age in seconds of the oldest `TO_EXPORT` record (by `createdAt`,
     /// else by its `_id` timestamp); null when none waits.
@@ -123,18 +133,26 @@ fn add_last_runs(lines: &mut Lines, runs: Vec<LatestRun>) {
 /// # Errors
 /// When MongoDB fails beyond the retry policy.
 pub async fn report(store: &Store) -> Result<StatusReport, StoreError> {
+    let missing = store.missing_indexes().await?;
+    if !missing.is_empty() {
+        return Err(StoreError::IndexesMissing(missing));
+    }
+    let now = Utc::now();
+    let since = bson::DateTime::from_chrono(now - chrono::Duration::days(WINDOW_DAYS));
     let mut attempts = Attempts::default();
     let counts = store.status_counts(&mut attempts).await?;
+    let totals = store.recent_run_totals(since, &mut attempts).await?;
     let oldest = store.oldest_waiting(&mut attempts).await?;
-    let last_runs = store.latest_runs(&mut attempts).await?;
+    let last_runs = store.latest_runs(since, &mut attempts).await?;
 
-    let now = Utc::now();
     let mut lines = Lines::new();
     add_counts(&mut lines, counts);
+    add_counts(&mut lines, totals);
     add_oldest(&mut lines, oldest, now);
     add_last_runs(&mut lines, last_runs);
     Ok(StatusReport {
         generated_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        window_days: WINDOW_DAYS,
         deaneries: lines.into_values().collect(),
     })
 }
@@ -151,6 +169,10 @@ const COLUMNS: [RecordStatus; 4] = [
 pub fn render_table(report: &StatusReport) -> String {
     let [a, b, c, d] = COLUMNS.map(RecordStatus::as_str);
     let mut out = format!(
+        "EXPORTED and REJECTED: by the runs of the last {} days\n",
+        report.window_days
+    );
+    out += &format!(
         "{:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  {}\n",
         "DEANERY", a, b, c, d, "OLDEST_WAIT", "LAST RUN"
     );

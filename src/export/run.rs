@@ -42,12 +42,14 @@ impl Exporter {
             ctx.progress.resumed = true;
             return Ok((run, true));
         }
-        ctx.progress.rejected += self.reject_unexportable(ctx).await?;
+        let unexportable = self.reject_unexportable(ctx).await?;
         let up_to = self
             .store
             .max_to_export_id(deanery, &mut ctx.attempts)
             .await?;
-        let run = RunDoc::new(deanery, up_to);
+        let mut run = RunDoc::new(deanery, up_to);
+        // Counted on the run, so its summary and the status report show them.
+        run.rejected = unexportable as i64;
         self.store
             .insert_run(&run, deanery, &mut ctx.attempts)
             .await?;

@@ -211,6 +211,7 @@ impl Store {
             .find(in_range.clone())
             .sort(doc! {"_id": 1})
             .session(&mut *s)
+            .max_time(self.max_time)
             .await?;
         let (mut rows, mut rejections) = (Vec::new(), Vec::new());
         while let Some(document) = cursor.next(&mut *s).await {

@@ -58,6 +58,9 @@ fn runs_indexes() -> Vec<IndexSpec> {
             doc! {"deanery": 1, "phase": 1, "startedAt": 1},
         ),
         ("deanery_startedAt", doc! {"deanery": 1, "startedAt": -1}),
+        // The status report's recent runs and every open-run lookup.
+        ("startedAt", doc! {"startedAt": -1}),
+        ("phase_startedAt", doc! {"phase": 1, "startedAt": -1}),
         ("deanery_slots", doc! {"deanery": 1, "slots": 1}),
         ("deanery_commands", doc! {"deanery": 1, "commands": 1}),
     ]
@@ -83,6 +86,27 @@ fn index_flaw(options: &IndexOptions) -> Option<&'static str> {
     } else {
         None
     }
+}
+
+/// Key specs compared as the server does: by field order and value, so
+/// `{status: 1}`, `{status: 1.0}` and `{status: 1_i64}` are one index.
+pub(super) fn same_keys(a: &Document, b: &Document) -> bool {
+    fn number(value: &bson::Bson) -> Option<f64> {
+        match value {
+            bson::Bson::Int32(n) => Some(f64::from(*n)),
+            bson::Bson::Int64(n) => Some(*n as f64),
+            bson::Bson::Double(n) => Some(*n),
+            _ => None,
+        }
+    }
+    a.len() == b.len()
+        && a.iter().zip(b.iter()).all(|((ka, va), (kb, vb))| {
+            ka == kb
+                && match (number(va), number(vb)) {
+                    (Some(x), Some(y)) => x == y,
+                    _ => va == vb,
+                }
+        })
 }
 
 fn index_error(collection: &Collection<Document>, name: &str, reason: String) -> StoreError {
@@ -221,12 +245,38 @@ impl Store {
             .await?;
         Ok(indexes
             .into_iter()
-            .find(|index| &index.keys == keys)
+            .find(|index| same_keys(&index.keys, keys))
             .map(|index| {
                 let options = index.options.unwrap_or_default();
                 let flaw = index_flaw(&options);
                 (options.name.unwrap_or_default(), flaw)
             }))
+    }
+
+    /// The indexes this daemon needs that are missing (or cannot serve),
+    /// as `collection.name`: reads that rely on them would scan the whole
+    /// collection, history included.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn missing_indexes(&self) -> Result<Vec<String>, StoreError> {
+        let mut attempts = Attempts::default();
+        let mut missing = Vec::new();
+        let plan = [
+            (&self.records, records_indexes()),
+            (&self.runs, runs_indexes()),
+        ];
+        for (collection, indexes) in plan {
+            for (name, keys) in indexes {
+                let found = self
+                    .index_with_keys(collection, &keys, &mut attempts)
+                    .await?;
+                if !matches!(found, Some((_, None))) {
+                    missing.push(format!("{}.{name}", collection.name()));
+                }
+            }
+        }
+        Ok(missing)
     }
 
     /// A WARN when the records index of earlier versions still exists.
@@ -255,6 +305,29 @@ impl Store {
 mod tests {
     use super::*;
     use mongodb::options::Collation;
+
+    #[test]
+    fn key_specs_compare_by_value_like_the_server() {
+        let ours = doc! {"status": 1, "deanery": 1, "_id": 1};
+        assert!(same_keys(
+            &ours,
+            &doc! {"status": 1.0, "deanery": 1.0, "_id": 1.0}
+        ));
+        assert!(same_keys(
+            &ours,
+            &doc! {"status": 1_i64, "deanery": 1, "_id": 1_i64}
+        ));
+        assert!(!same_keys(
+            &ours,
+            &doc! {"status": 1, "deanery": -1, "_id": 1}
+        ));
+        assert!(!same_keys(
+            &ours,
+            &doc! {"deanery": 1, "status": 1, "_id": 1}
+        ));
+        assert!(!same_keys(&ours, &doc! {"status": 1, "deanery": 1}));
+        assert!(!same_keys(&doc! {"a": "text"}, &doc! {"a": 1}));
+    }
 
     #[test]
     fn only_a_plain_index_serves_every_query_on_its_keys() {

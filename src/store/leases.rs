@@ -139,7 +139,11 @@ impl Store {
         Ok(self
             .retry
             .run(read, attempts, || async move {
-                lease.collection.find_one(doc! {"_id": lease.id}).await
+                lease
+                    .collection
+                    .find_one(doc! {"_id": lease.id})
+                    .max_time(self.max_time)
+                    .await
             })
             .await?)
     }

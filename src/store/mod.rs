@@ -72,6 +72,14 @@ pub enum StoreError {
         /// What is wrong, and what to do.
         reason: String,
     },
+    /// Indexes the reads need are missing: they would scan every record
+    /// ever exported, so they are not made.
+    #[error(
+        "the indexes {} are missing, so this would read the whole collection; \
+         create them with `esr-exporter ensure-indexes` (the daemon also creates them at start)",
+        .0.join(", ")
+    )]
+    IndexesMissing(Vec<String>),
     /// A stored document does not have the expected shape.
     #[error("malformed {what}: {reason}")]
     Malformed {
@@ -88,7 +96,10 @@ impl StoreError {
         match self {
             Self::Mongo(err) => err.is_transient(),
             Self::LeaseLost { .. } => true,
-            Self::Configuration(_) | Self::Index { .. } | Self::Malformed { .. } => false,
+            Self::Configuration(_)
+            | Self::Index { .. }
+            | Self::IndexesMissing(_)
+            | Self::Malformed { .. } => false,
         }
     }
 }
@@ -103,6 +114,21 @@ pub struct Store {
     sequences: Collection<Document>,
     slots: Collection<Document>,
     retry: RetryPolicy,
+    /// `maxTimeMS` of every query and aggregation: one an operator gave up
+    /// on does not go on grinding the server.
+    max_time: Duration,
+}
+
+/// The default bound of a query or aggregation on the server.
+pub const DEFAULT_MAX_TIME: Duration = Duration::from_secs(30);
+
+/// Runs not yet `COMPLETED`, by the phases an index can serve.
+fn open_runs() -> Document {
+    doc! {"phase": {"$in": [
+        RunPhase::Claiming.as_str(),
+        RunPhase::Finalizing.as_str(),
+        RunPhase::Written.as_str(),
+    ]}}
 }
 
 /// Milliseconds-precision "now", as stored in documents.
@@ -181,6 +207,7 @@ impl Store {
             slots: db.collection(&settings.mongodb.slots_collection),
             client,
             retry: RetryPolicy::new(settings.retry.clone()),
+            max_time: DEFAULT_MAX_TIME,
         };
         Ok(store)
     }
@@ -248,12 +275,13 @@ impl Store {
         pipeline: Vec<Document>,
         attempts: &mut Attempts,
     ) -> Result<Vec<Document>, StoreError> {
-        let pipeline = &pipeline;
+        let (pipeline, max_time) = (&pipeline, self.max_time);
         Ok(self
             .retry
             .run(scope, attempts, || async move {
                 collection
                     .aggregate(pipeline.clone())
+                    .max_time(max_time)
                     .await?
                     .try_collect()
                     .await

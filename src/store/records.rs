@@ -10,7 +10,7 @@ use mongodb::results::UpdateResult;
 use mongodb::{ClientSession, Cursor};
 
 use super::retry::TransactionBody;
-use super::{int, now, oldest_created, scope, Attempts, RetryScope, RunPhase, Store, StoreError};
+use super::{int, now, oldest_created, open_runs, scope, Attempts, RetryScope, Store, StoreError};
 use crate::domain::{Deanery, RecordStatus};
 
 /// Waiting records of one deanery that a past slot should have exported.
@@ -67,8 +67,12 @@ fn first_id_at(time: DateTime) -> ObjectId {
 /// `before`, grouped by deanery.
 fn stuck_pipeline(before: DateTime) -> Vec<Document> {
     vec![
+        // The status stage alone first, so the status-first index serves
+        // it: only waiting and claimed records are read, whatever the history.
         doc! {"$match": {
             "status": {"$in": [RecordStatus::ToExport.as_str(), RecordStatus::Exporting.as_str()]},
+        }},
+        doc! {"$match": {
             "$or": [
                 {"createdAt": {"$lt": before}},
                 {"createdAt": {"$exists": false}, "_id": {"$lt": first_id_at(before)}},
@@ -158,6 +162,7 @@ impl Store {
                     })
                     .sort(doc! {"_id": -1})
                     .projection(doc! {"_id": 1})
+                    .max_time(self.max_time)
                     .await
             })
             .await?;
@@ -227,6 +232,7 @@ impl Store {
                     .sort(doc! {"_id": 1})
                     .projection(doc! {"_id": 1})
                     .batch_size(batch_size)
+                    .max_time(self.max_time)
                     .await
             })
             .await?)
@@ -252,6 +258,7 @@ impl Store {
                     .find(claimed_by(run_id))
                     .sort(doc! {"_id": 1})
                     .batch_size(batch_size)
+                    .max_time(self.max_time)
                     .await
             })
             .await?)
@@ -271,7 +278,10 @@ impl Store {
         Ok(self
             .retry
             .run(scope("count_claimed", deanery), attempts, || async move {
-                records.count_documents(claimed_by(run_id)).await
+                records
+                    .count_documents(claimed_by(run_id))
+                    .max_time(self.max_time)
+                    .await
             })
             .await?)
     }
@@ -389,15 +399,13 @@ impl Store {
             deanery: None,
         };
         let mut codes = self.deaneries_waiting(scope, attempts).await?;
-        let runs = &self.runs;
+        let (runs, max_time) = (&self.runs, self.max_time);
         let open = self
             .retry
             .run(scope, attempts, || async move {
-                runs.distinct(
-                    "deanery",
-                    doc! {"phase": {"$ne": RunPhase::Completed.as_str()}},
-                )
-                .await
+                runs.distinct("deanery", open_runs())
+                    .max_time(max_time)
+                    .await
             })
             .await?;
         for code in open {

@@ -149,6 +149,7 @@ impl Store {
                     "phase": {"$ne": RunPhase::Completed.as_str()},
                 })
                 .sort(doc! {"startedAt": 1})
+                .max_time(self.max_time)
                 .await
             })
             .await?;
@@ -359,6 +360,7 @@ impl Store {
                 || async move {
                     runs.find_one(filter.clone())
                         .projection(doc! {"_id": 1})
+                        .max_time(self.max_time)
                         .await
                 },
             )

@@ -108,7 +108,10 @@ impl Store {
         Ok(self
             .retry
             .run(scope("read_slot"), attempts, || async move {
-                slots.find_one(doc! {"_id": slot_id}).await
+                slots
+                    .find_one(doc! {"_id": slot_id})
+                    .max_time(self.max_time)
+                    .await
             })
             .await?)
     }

@@ -1,11 +1,15 @@
-//! The status report's queries: record counts by deanery and status, the
-//! oldest waiting record per deanery, each deanery's latest run. Plain
-//! rows, as stored; the report (`crate::status`) shows them.
+//! The status report's queries: counts of the waiting and claimed records
+//! by deanery, the oldest waiting record per deanery, what recent runs
+//! exported and rejected, each deanery's latest run. Each reads only
+//! waiting and in-flight records and recent or open runs, through indexes,
+//! so its cost never grows with the exported history. Plain rows, as
+//! stored; the report (`crate::status`) shows them.
 
 use bson::{doc, Bson, DateTime, Document};
 
-use super::{int, oldest_created, Attempts, RetryScope, Store, StoreError};
+use super::{int, oldest_created, open_runs, Attempts, RetryScope, Store, StoreError};
 use crate::domain::RecordStatus;
+use crate::store::RunPhase;
 
 const STATUS: RetryScope<'static> = RetryScope {
     op: "status",
@@ -69,6 +73,18 @@ fn status_count(row: &Document) -> StatusCount {
     }
 }
 
+fn run_totals(row: &Document) -> [StatusCount; 2] {
+    let count = |status: RecordStatus, key| StatusCount {
+        deanery: value(row, "_id"),
+        status: Bson::from(status.as_str()),
+        count: int(row.get(key)).unwrap_or(0),
+    };
+    [
+        count(RecordStatus::Exported, "exported"),
+        count(RecordStatus::Rejected, "rejected"),
+    ]
+}
+
 fn oldest_waiting(row: &Document) -> OldestWaiting {
     OldestWaiting {
         deanery: value(row, "_id"),
@@ -94,7 +110,7 @@ fn latest_run(row: &Document) -> LatestRun {
 }
 
 impl Store {
-    /// Record counts by deanery and status value, over every record.
+    /// Counts of the waiting and claimed records by deanery and status.
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
@@ -103,6 +119,10 @@ impl Store {
         attempts: &mut Attempts,
     ) -> Result<Vec<StatusCount>, StoreError> {
         let pipeline = vec![
+            doc! {"$match": {"status": {"$in": [
+                RecordStatus::ToExport.as_str(),
+                RecordStatus::Exporting.as_str(),
+            ]}}},
             doc! {"$group": {"_id": {"deanery": "$deanery", "status": "$status"}, "n": {"$sum": 1}}},
         ];
         let rows = self
@@ -129,15 +149,43 @@ impl Store {
         Ok(rows.iter().map(oldest_waiting).collect())
     }
 
-    /// The most recently started run of each deanery value.
+    /// Records exported (by completed runs) and rejected by the runs
+    /// started since `since`, per deanery, as `EXPORTED` and `REJECTED` counts.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub(crate) async fn recent_run_totals(
+        &self,
+        since: DateTime,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<StatusCount>, StoreError> {
+        let completed = doc! {"$eq": ["$phase", RunPhase::Completed.as_str()]};
+        let pipeline = vec![
+            doc! {"$match": {"startedAt": {"$gte": since}}},
+            doc! {"$group": {
+                "_id": "$deanery",
+                "exported": {"$sum": {"$cond": [completed, {"$ifNull": ["$recordCount", 0]}, 0]}},
+                "rejected": {"$sum": {"$ifNull": ["$rejected", 0]}},
+            }},
+        ];
+        let rows = self
+            .aggregate(STATUS, &self.runs, pipeline, attempts)
+            .await?;
+        Ok(rows.iter().flat_map(run_totals).collect())
+    }
+
+    /// The most recently started run of each deanery value, among the runs
+    /// started since `since` and those still open.
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
     pub(crate) async fn latest_runs(
         &self,
+        since: DateTime,
         attempts: &mut Attempts,
     ) -> Result<Vec<LatestRun>, StoreError> {
         let pipeline = vec![
+            doc! {"$match": {"$or": [{"startedAt": {"$gte": since}}, open_runs()]}},
             doc! {"$sort": {"startedAt": -1}},
             doc! {"$group": {"_id": "$deanery", "run": {"$first": "$$ROOT"}}},
         ];

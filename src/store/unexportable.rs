@@ -60,6 +60,7 @@ impl Store {
                         .find(filter.clone())
                         .projection(doc! {"_id": 1})
                         .limit(ROUND)
+                        .max_time(self.max_time)
                         .await?
                         .try_collect()
                         .await

@@ -9,6 +9,7 @@ mod deploy;
 mod export;
 mod faults;
 mod helpers;
+mod history;
 mod hostile;
 mod ops;
 mod replicas;
