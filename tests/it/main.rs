@@ -10,7 +10,9 @@ mod export;
 mod faults;
 mod helpers;
 mod hostile;
+mod named_deaneries;
 mod ops;
 mod replicas;
+mod supervision;
 #[path = "../support/broker.rs"]
 mod support;
