@@ -146,7 +146,23 @@ impl Consumer {
         connected: &mut bool,
     ) -> Result<(), BrokerError> {
         let (connection, channel) = open_declared(&self.settings, "consumer").await?;
-        // Confirms for the republishing to the retry queue and the DLX.
+        let result = match self.attach(&channel).await {
+            Ok(deliveries) => {
+                *connected = true;
+                self.readiness.set_consumer_attached(true);
+                tracing::info!(queue = %self.settings.queue, prefetch = self.settings.prefetch, "consuming generation commands");
+                self.settle_each(&channel, deliveries, shutdown).await
+            }
+            Err(err) => Err(err),
+        };
+        let _ = channel.close(200, "consumer stopping").await;
+        let _ = connection.close(200, "consumer stopping").await;
+        result
+    }
+
+    /// Enables confirms (for the republishing to the retry queue and the
+    /// DLX), sets the prefetch, and starts consuming.
+    async fn attach(&self, channel: &Channel) -> Result<lapin::Consumer, BrokerError> {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -156,7 +172,7 @@ impl Consumer {
             .await
             .map_err(BrokerError::amqp("basic.qos"))?;
         let tag = format!("esr-exporter-{}", uuid::Uuid::new_v4().simple());
-        let mut deliveries = channel
+        channel
             .basic_consume(
                 &self.settings.queue,
                 &tag,
@@ -164,30 +180,32 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await
-            .map_err(BrokerError::amqp("basic.consume"))?;
-        *connected = true;
-        self.readiness.set_consumer_attached(true);
-        tracing::info!(queue = %self.settings.queue, prefetch = self.settings.prefetch, "consuming generation commands");
+            .map_err(BrokerError::amqp("basic.consume"))
+    }
+
+    /// Settles deliveries one by one until shutdown (Ok) or until the
+    /// connection or channel is lost (Err).
+    async fn settle_each(
+        &self,
+        channel: &Channel,
+        mut deliveries: lapin::Consumer,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), BrokerError> {
         let stop = shutdown.clone();
-        let result = loop {
+        loop {
             tokio::select! {
                 biased;
-                _ = shutdown.recv() => break Ok(()),
+                _ = shutdown.recv() => return Ok(()),
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
-                        match self.handle(&channel, delivery, &stop).await {
-                            Ok(outcome) => metrics::record_command(outcome.label()),
-                            Err(err) => break Err(err),
-                        }
+                        let outcome = self.handle(channel, delivery, &stop).await?;
+                        metrics::record_command(outcome.label());
                     }
-                    Some(Err(err)) => break Err(BrokerError::amqp("consume")(err)),
-                    None => break Err(BrokerError::ConsumerEnded),
+                    Some(Err(err)) => return Err(BrokerError::amqp("consume")(err)),
+                    None => return Err(BrokerError::ConsumerEnded),
                 },
             }
-        };
-        let _ = channel.close(200, "consumer stopping").await;
-        let _ = connection.close(200, "consumer stopping").await;
-        result
+        }
     }
 
     /// Settles one delivery (see the module docs). Errors mean the channel
