@@ -120,9 +120,7 @@ async fn run_export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exi
             .await
             .context("Failed to list the deaneries with records to export")?
     } else {
-        let mut named = args.deaneries;
-        named.dedup();
-        named
+        each_once(args.deaneries)
     };
     let exporter = Exporter::new(store, settings.export.clone());
     let mut any_failed = false;
@@ -174,29 +172,31 @@ async fn run_trigger(settings: &Settings, deaneries: Vec<Deanery>) -> anyhow::Re
             .await
             .context("Failed to list the deaneries with records to export")?
     } else {
-        let mut named = deaneries;
-        named.dedup();
-        named
+        each_once(deaneries)
     };
-    let publisher = crate::broker::Publisher::connect(&settings.amqp, "trigger")
-        .await
-        .context("Failed to connect to RabbitMQ")?;
-    let by = crate::broker::requester("trigger");
-    for deanery in &deaneries {
-        let command =
-            crate::domain::GenerationCommand::new(deanery, crate::domain::Slot::Manual, by.clone());
-        publisher
-            .publish(&command)
-            .await
-            .with_context(|| format!("Failed to publish the command for {deanery}"))?;
-        tracing::info!(deanery = %deanery, command_id = %command.command_id, "generation command published");
-        println!("{}", command.command_id);
-    }
-    publisher.close().await;
+    let print_id = |command: &crate::domain::GenerationCommand| println!("{}", command.command_id);
+    crate::broker::publish_commands(
+        &settings.amqp,
+        "trigger",
+        &deaneries,
+        crate::domain::Slot::Manual,
+        print_id,
+    )
+    .await
+    .context("Failed to publish the generation commands to RabbitMQ")?;
     if deaneries.is_empty() {
         eprintln!("no deanery has records to export; nothing published");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// The deaneries named, each once, in the order first named.
+fn each_once(named: Vec<Deanery>) -> Vec<Deanery> {
+    let mut seen = std::collections::HashSet::new();
+    named
+        .into_iter()
+        .filter(|deanery| seen.insert(deanery.clone()))
+        .collect()
 }
 
 async fn run_dead_letters(settings: &Settings, replay: bool) -> anyhow::Result<ExitCode> {
@@ -240,4 +240,19 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
         print!("{}", crate::status::render_table(&report));
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn codes(list: &[&str]) -> Vec<Deanery> {
+        list.iter().map(|c| Deanery::parse(c).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_deanery_named_twice_is_taken_once_in_the_order_first_named() {
+        let named = codes(&["MER", "EOE", "MER", "LDN", "EOE"]);
+        assert_eq!(each_once(named), codes(&["MER", "EOE", "LDN"]));
+    }
 }

@@ -5,7 +5,8 @@
 //!
 //! - [`cli`]: the command line (`run`, `export`, `trigger`, `status`,
 //!   `check-config`) and exit codes.
-//! - [`daemon`]: `run`: the consumer and the scheduler until shutdown.
+//! - [`daemon`]: `run`: the HTTP endpoints, the consumer, the scheduler and
+//!   the watchdog, supervised, until shutdown.
 //! - [`config`]: layered settings (`config/default.toml` → `--config` → `ESR_*`
 //!   environment), validated once, secrets redacted.
 //! - [`telemetry`]: the tracing subscriber (JSON lines or pretty).
@@ -16,12 +17,16 @@
 //! - [`export`]: one export run per deanery: claim in chunks, write the file
 //!   atomically, mark records exported, resume after a crash.
 //! - [`broker`]: RabbitMQ topology, confirmed publishing, the command consumer.
-//! - [`scheduler`]: daily slots (DST-aware), fired once across replicas,
-//!   missed slots caught up on start.
-//! - [`ops`]: metrics, HTTP health/readiness/metrics, the stuck-record
-//!   watchdog, systemd notifications.
+//! - [`schedule`]: daily slots (DST-aware), fired once across replicas,
+//!   missed slots caught up on start; the stuck-record watchdog.
+//! - [`ops`]: metrics, HTTP health/readiness/metrics, the output folder's
+//!   health, systemd notifications.
 //! - [`shutdown`]: the shutdown signal tasks stop on.
 //! - [`status`]: the per-deanery status report.
+//!
+//! Imports go one way, bottom to top: `domain`, `config`, `telemetry`,
+//! `shutdown`; `store`; `ops`; `export`; `broker`; `schedule`; `status`;
+//! `daemon` and `cli`.
 
 #![forbid(unsafe_code)]
 #![warn(
@@ -38,7 +43,7 @@ pub mod daemon;
 pub mod domain;
 pub mod export;
 pub mod ops;
-pub mod scheduler;
+pub mod schedule;
 pub mod shutdown;
 pub mod status;
 pub mod store;

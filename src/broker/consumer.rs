@@ -23,15 +23,16 @@ use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
 };
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
 use lapin::Channel;
 
+use super::decision::{decide, retry_or_give_up, Disposition};
 use super::{
     message_properties, open_declared, publish_confirmed, BrokerError, ATTEMPT_HEADER,
     REASON_HEADER,
 };
 use crate::config::AmqpSettings;
-use crate::domain::{GenerationCommand, RunStatus, RunSummary};
+use crate::domain::{Deanery, GenerationCommand, RunSummary};
 use crate::export::{Exporter, RunOptions};
 use crate::ops::{metrics, Readiness};
 use crate::shutdown::Shutdown;
@@ -145,7 +146,23 @@ impl Consumer {
         connected: &mut bool,
     ) -> Result<(), BrokerError> {
         let (connection, channel) = open_declared(&self.settings, "consumer").await?;
-        // Confirms for the republishing to the retry queue and the DLX.
+        let result = match self.attach(&channel).await {
+            Ok(deliveries) => {
+                *connected = true;
+                self.readiness.set_consumer_attached(true);
+                tracing::info!(queue = %self.settings.queue, prefetch = self.settings.prefetch, "consuming generation commands");
+                self.settle_each(&channel, deliveries, shutdown).await
+            }
+            Err(err) => Err(err),
+        };
+        let _ = channel.close(200, "consumer stopping").await;
+        let _ = connection.close(200, "consumer stopping").await;
+        result
+    }
+
+    /// Enables confirms (for the republishing to the retry queue and the
+    /// DLX), sets the prefetch, and starts consuming.
+    async fn attach(&self, channel: &Channel) -> Result<lapin::Consumer, BrokerError> {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -155,7 +172,7 @@ impl Consumer {
             .await
             .map_err(BrokerError::amqp("basic.qos"))?;
         let tag = format!("esr-exporter-{}", uuid::Uuid::new_v4().simple());
-        let mut deliveries = channel
+        channel
             .basic_consume(
                 &self.settings.queue,
                 &tag,
@@ -163,30 +180,32 @@ impl Consumer {
                 FieldTable::default(),
             )
             .await
-            .map_err(BrokerError::amqp("basic.consume"))?;
-        *connected = true;
-        self.readiness.set_consumer_attached(true);
-        tracing::info!(queue = %self.settings.queue, prefetch = self.settings.prefetch, "consuming generation commands");
+            .map_err(BrokerError::amqp("basic.consume"))
+    }
+
+    /// Settles deliveries one by one until shutdown (Ok) or until the
+    /// connection or channel is lost (Err).
+    async fn settle_each(
+        &self,
+        channel: &Channel,
+        mut deliveries: lapin::Consumer,
+        shutdown: &mut Shutdown,
+    ) -> Result<(), BrokerError> {
         let stop = shutdown.clone();
-        let result = loop {
+        loop {
             tokio::select! {
                 biased;
-                _ = shutdown.recv() => break Ok(()),
+                _ = shutdown.recv() => return Ok(()),
                 next = deliveries.next() => match next {
                     Some(Ok(delivery)) => {
-                        match self.handle(&channel, delivery, &stop).await {
-                            Ok(outcome) => metrics::record_command(outcome.label()),
-                            Err(err) => break Err(err),
-                        }
+                        let outcome = self.handle(channel, delivery, &stop).await?;
+                        metrics::record_command(outcome.label());
                     }
-                    Some(Err(err)) => break Err(BrokerError::amqp("consume")(err)),
-                    None => break Err(BrokerError::ConsumerEnded),
+                    Some(Err(err)) => return Err(BrokerError::amqp("consume")(err)),
+                    None => return Err(BrokerError::ConsumerEnded),
                 },
             }
-        };
-        let _ = channel.close(200, "consumer stopping").await;
-        let _ = connection.close(200, "consumer stopping").await;
-        result
+        }
     }
 
     /// Settles one delivery (see the module docs). Errors mean the channel
@@ -200,103 +219,111 @@ impl Consumer {
         delivery: Delivery,
         shutdown: &Shutdown,
     ) -> Result<Outcome, BrokerError> {
-        let attempt = attempt_of(&delivery);
+        let mut settling = Settling {
+            channel,
+            delivery: &delivery,
+            attempt: attempt_of(&delivery),
+            command_id: None,
+        };
         let (command, deanery) = match GenerationCommand::parse(&delivery.data) {
             Ok(parsed) => parsed,
-            Err(err) => {
-                return self
-                    .dead_letter(channel, &delivery, attempt, None, err.to_string())
-                    .await;
-            }
+            Err(err) => return self.dead_letter(&settling, err.to_string()).await,
         };
+        log_received(&command, &deanery, &settling);
         let command_id = command.command_id.to_string();
+        settling.command_id = Some(&command_id);
         let slot = command.slot.id();
-        tracing::info!(
-            command_id = %command_id,
-            deanery = %deanery,
-            slot = %slot,
-            attempt,
-            requested_by = %crate::domain::printable(&command.requested_by, 200),
-            redelivered = delivery.redelivered,
-            "command received"
+        if let Some(outcome) = self.settle_if_done(&settling, &deanery, &slot).await? {
+            return Ok(outcome);
+        }
+        let summary = self.export(&deanery, slot, &command_id, shutdown).await;
+        let disposition = decide(
+            &summary,
+            settling.attempt,
+            self.settings.max_attempts,
+            shutdown.is_shutdown(),
         );
+        let error = summary.error.clone().unwrap_or_default();
+        let done = Outcome::Exported(Box::new(summary));
+        self.settle(&settling, disposition, &error, done).await
+    }
+
+    /// Settles a command whose work a completed run already did (acked as a
+    /// no-op), or whose check failed (retried or dead-lettered); `None` when
+    /// there is work to do.
+    async fn settle_if_done(
+        &self,
+        settling: &Settling<'_>,
+        deanery: &Deanery,
+        slot: &str,
+    ) -> Result<Option<Outcome>, BrokerError> {
+        let command_id = settling.command_id.unwrap_or_default();
         let mut attempts = Attempts::default();
-        match self
+        // This reaches past the exporter into its store; an exporter method
+        // answering "already done?" is meant to replace it.
+        let done = self
             .exporter
             .store()
-            .trigger_done(&deanery, Some(&slot), &command_id, &mut attempts)
-            .await
-        {
+            .trigger_done(deanery, Some(slot), command_id, &mut attempts)
+            .await;
+        let (disposition, error) = match done {
+            Ok(false) => return Ok(None),
             Ok(true) => {
-                delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(BrokerError::amqp("basic.ack"))?;
                 tracing::info!(command_id = %command_id, deanery = %deanery, slot = %slot, "already completed; acknowledged as a no-op");
-                return Ok(Outcome::AlreadyDone);
-            }
-            Ok(false) => {}
-            Err(err) if err.is_transient() => {
-                return self
-                    .retry_later(channel, &delivery, attempt, &command_id, err.to_string())
-                    .await;
+                (Disposition::Ack, String::new())
             }
             Err(err) => {
-                return self
-                    .dead_letter(
-                        channel,
-                        &delivery,
-                        attempt,
-                        Some(&command_id),
-                        err.to_string(),
-                    )
-                    .await;
+                let error = err.to_string();
+                let disposition = if err.is_transient() {
+                    retry_or_give_up(settling.attempt, self.settings.max_attempts, &error)
+                } else {
+                    Disposition::DeadLetter {
+                        reason: error.clone(),
+                    }
+                };
+                (disposition, error)
             }
-        }
+        };
+        self.settle(settling, disposition, &error, Outcome::AlreadyDone)
+            .await
+            .map(Some)
+    }
 
+    /// Runs (or resumes) the deanery's export for this command, stopping at
+    /// a safe point on shutdown or at the processing deadline.
+    async fn export(
+        &self,
+        deanery: &Deanery,
+        slot: String,
+        command_id: &str,
+        shutdown: &Shutdown,
+    ) -> RunSummary {
+        let timeout = Duration::from_secs(self.settings.processing_timeout_seconds);
         let options = RunOptions {
             slot: Some(slot),
-            command_id: Some(command_id.clone()),
+            command_id: Some(command_id.to_owned()),
             shutdown: Some(shutdown.clone()),
-            deadline: Some(
-                Instant::now() + Duration::from_secs(self.settings.processing_timeout_seconds),
-            ),
+            deadline: Some(Instant::now() + timeout),
         };
-        let summary = self.exporter.run_with(&deanery, &options).await;
-        let error = summary.error.clone().unwrap_or_default();
-        match summary.status {
-            RunStatus::Completed => {
-                delivery
-                    .ack(BasicAckOptions::default())
-                    .await
-                    .map_err(BrokerError::amqp("basic.ack"))?;
-                Ok(Outcome::Exported(Box::new(summary)))
+        self.exporter.run_with(deanery, &options).await
+    }
+
+    /// Carries out `disposition`; `acked` is the outcome of an ack.
+    async fn settle(
+        &self,
+        settling: &Settling<'_>,
+        disposition: Disposition,
+        error: &str,
+        acked: Outcome,
+    ) -> Result<Outcome, BrokerError> {
+        match disposition {
+            Disposition::Ack => {
+                ack(settling.delivery).await?;
+                Ok(acked)
             }
-            _ if summary.retryable && shutdown.is_shutdown() => {
-                delivery
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        multiple: false,
-                    })
-                    .await
-                    .map_err(BrokerError::amqp("basic.nack"))?;
-                tracing::info!(command_id = %command_id, deanery = %deanery, "shutdown: command requeued for a later resume");
-                Ok(Outcome::Requeued)
-            }
-            // Another replica holds the deanery's lease and is exporting
-            // it: wait without using up an attempt (its run may be long).
-            RunStatus::Skipped => {
-                self.retry_later(channel, &delivery, attempt - 1, &command_id, error)
-                    .await
-            }
-            _ if summary.retryable => {
-                self.retry_later(channel, &delivery, attempt, &command_id, error)
-                    .await
-            }
-            _ => {
-                self.dead_letter(channel, &delivery, attempt, Some(&command_id), error)
-                    .await
-            }
+            Disposition::Retry { attempt } => self.retry_later(settling, attempt, error).await,
+            Disposition::DeadLetter { reason } => self.dead_letter(settling, reason).await,
+            Disposition::Requeue => requeue(settling).await,
         }
     }
 
@@ -316,40 +343,32 @@ impl Consumer {
             .map_or_else(|| fallback.to_owned(), |id| id.as_str().to_owned())
     }
 
+    /// Republishes the message, confirmed, to the retry queue as attempt
+    /// `next`, then acks it.
     async fn retry_later(
         &self,
-        channel: &Channel,
-        delivery: &Delivery,
-        attempt: i64,
-        command_id: &str,
-        error: String,
+        settling: &Settling<'_>,
+        next: i64,
+        error: &str,
     ) -> Result<Outcome, BrokerError> {
-        if attempt >= i64::from(self.settings.max_attempts) {
-            let reason = format!("gave up after {attempt} attempts; last error: {error}");
-            return self
-                .dead_letter(channel, delivery, attempt, Some(command_id), reason)
-                .await;
-        }
-        let next = attempt + 1;
+        let delivery = settling.delivery;
         let headers =
             Self::headers_with(delivery, &[(ATTEMPT_HEADER, AMQPValue::LongLongInt(next))]);
+        let command_id = settling.command_id.unwrap_or_default();
+        let expiration = ShortString::from(self.settings.retry_delay_ms.to_string());
         publish_confirmed(
-            channel,
+            settling.channel,
             "",
             &self.settings.retry_queue(),
             &delivery.data,
-            message_properties(&Self::message_id(delivery, command_id), headers).with_expiration(
-                lapin::types::ShortString::from(self.settings.retry_delay_ms.to_string()),
-            ),
+            message_properties(&Self::message_id(delivery, command_id), headers)
+                .with_expiration(expiration),
         )
         .await?;
-        delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(BrokerError::amqp("basic.ack"))?;
+        ack(delivery).await?;
         tracing::warn!(
             command_id = %command_id,
-            attempt,
+            attempt = next - 1,
             next_attempt = next,
             delay_ms = self.settings.retry_delay_ms,
             error = %error,
@@ -358,42 +377,83 @@ impl Consumer {
         Ok(Outcome::RetryScheduled { attempt: next })
     }
 
+    /// Republishes the message, confirmed, to the dead-letter exchange with
+    /// `reason` in a header, then acks it.
     async fn dead_letter(
         &self,
-        channel: &Channel,
-        delivery: &Delivery,
-        attempt: i64,
-        command_id: Option<&str>,
+        settling: &Settling<'_>,
         reason: String,
     ) -> Result<Outcome, BrokerError> {
-        let headers = Self::headers_with(
-            delivery,
-            &[(
-                REASON_HEADER,
-                AMQPValue::LongString(LongString::from(reason.clone())),
-            )],
-        );
-        let message_id = Self::message_id(delivery, command_id.unwrap_or(""));
+        let delivery = settling.delivery;
+        let reason_header = AMQPValue::LongString(LongString::from(reason.clone()));
+        let headers = Self::headers_with(delivery, &[(REASON_HEADER, reason_header)]);
+        let command_id = settling.command_id.unwrap_or("");
+        let message_id = Self::message_id(delivery, command_id);
         publish_confirmed(
-            channel,
+            settling.channel,
             &self.settings.dead_letter_exchange(),
             &self.settings.queue,
             &delivery.data,
             message_properties(&message_id, headers),
         )
         .await?;
-        delivery
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(BrokerError::amqp("basic.ack"))?;
+        ack(delivery).await?;
         tracing::error!(
-            command_id = command_id.unwrap_or(""),
+            command_id,
             message_id = %message_id,
-            attempt,
+            attempt = settling.attempt,
             reason = %reason,
             dead_letter_queue = %self.settings.dead_letter_queue(),
             "command dead-lettered"
         );
         Ok(Outcome::DeadLettered { reason })
     }
+}
+
+/// The delivery being settled, with what is known of its command.
+struct Settling<'a> {
+    channel: &'a Channel,
+    delivery: &'a Delivery,
+    /// The processing attempt this delivery is.
+    attempt: i64,
+    /// Once the body parsed.
+    command_id: Option<&'a str>,
+}
+
+fn log_received(command: &GenerationCommand, deanery: &Deanery, settling: &Settling<'_>) {
+    tracing::info!(
+        command_id = %command.command_id,
+        deanery = %deanery,
+        slot = %command.slot.id(),
+        attempt = settling.attempt,
+        requested_by = %crate::domain::printable(&command.requested_by, 200),
+        redelivered = settling.delivery.redelivered,
+        "command received"
+    );
+}
+
+async fn ack(delivery: &Delivery) -> Result<(), BrokerError> {
+    delivery
+        .ack(BasicAckOptions::default())
+        .await
+        .map(|_| ())
+        .map_err(BrokerError::amqp("basic.ack"))
+}
+
+/// Nacks with requeue, for another replica or the next start to resume.
+async fn requeue(settling: &Settling<'_>) -> Result<Outcome, BrokerError> {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        multiple: false,
+    };
+    settling
+        .delivery
+        .nack(requeue)
+        .await
+        .map_err(BrokerError::amqp("basic.nack"))?;
+    tracing::info!(
+        command_id = settling.command_id.unwrap_or_default(),
+        "shutdown: command requeued for a later resume"
+    );
+    Ok(Outcome::Requeued)
 }

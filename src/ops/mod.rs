@@ -1,11 +1,12 @@
 //! Operations: Prometheus metrics, the HTTP endpoints (health, readiness,
-//! metrics), the stuck-record watchdog, and systemd notifications.
+//! metrics), the output folder's health, readiness, and systemd
+//! notifications. Imports none of `export`, `broker` or `schedule`: they
+//! report here, not the other way round.
 
 pub mod http;
 pub mod metrics;
 pub mod output_folder;
 pub mod systemd;
-pub mod watchdog;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;

@@ -21,13 +21,18 @@ pub fn stopping() {
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
 }
 
-/// Pings systemd's watchdog until shutdown, if the unit asks for it.
-pub async fn run_watchdog_pings(mut shutdown: Shutdown) {
+/// How often to ping systemd's watchdog (half the unit's `WatchdogSec`),
+/// if the unit asks for pings.
+pub fn watchdog_period() -> Option<Duration> {
     let mut usec = 0;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
-        return;
+        return None;
     }
-    let period = Duration::from_micros(usec / 2);
+    Some(Duration::from_micros(usec / 2))
+}
+
+/// Pings systemd's watchdog every `period` until shutdown.
+pub async fn run_watchdog_pings(period: Duration, mut shutdown: Shutdown) {
     tracing::info!(
         period_ms = period.as_millis() as u64,
         "systemd watchdog enabled"

@@ -11,7 +11,9 @@ mod faults;
 mod helpers;
 mod history;
 mod hostile;
+mod named_deaneries;
 mod ops;
 mod replicas;
+mod supervision;
 #[path = "../support/broker.rs"]
 mod support;

@@ -12,14 +12,13 @@ use std::time::Duration;
 
 use chrono::Utc;
 
-use crate::broker::{requester, Publisher};
+use super::SlotClock;
+use crate::broker::{publish_commands, BrokerError};
 use crate::config::{AmqpSettings, ScheduleSettings, WatchdogSettings};
-use crate::domain::{Deanery, GenerationCommand, Slot};
-use crate::scheduler::SlotClock;
+use crate::domain::{Deanery, Slot};
+use crate::ops::metrics;
 use crate::shutdown::Shutdown;
-use crate::store::{Attempts, Store, StoreError};
-
-use super::metrics;
+use crate::store::{Attempts, Store, StoreError, StuckRecords};
 
 /// Looks for stuck records; one per replica.
 #[derive(Debug, Clone)]
@@ -45,23 +44,20 @@ pub struct Report {
 }
 
 impl Watchdog {
-    /// A watchdog for validated settings.
-    ///
-    /// # Errors
-    /// When the schedule cannot be read.
+    /// A watchdog for the (parsed, validated) settings.
     pub fn new(
         settings: WatchdogSettings,
         schedule: &ScheduleSettings,
         amqp: AmqpSettings,
         store: Store,
-    ) -> Result<Self, String> {
-        Ok(Self {
+    ) -> Self {
+        Self {
             settings,
             amqp,
-            clock: SlotClock::new(schedule)?,
+            clock: SlotClock::new(schedule),
             store,
             previous: Arc::default(),
-        })
+        }
     }
 
     /// Checks every period until shutdown.
@@ -84,12 +80,7 @@ impl Watchdog {
     /// When MongoDB fails; publishing failures are logged and retried next period.
     pub async fn check(&self) -> Result<Report, StoreError> {
         let now = Utc::now();
-        let grace = chrono::Duration::minutes(self.settings.grace_minutes as i64);
-        // The latest slot whose grace period is over.
-        let Some(slot) = self
-            .clock
-            .latest_within(now - grace, chrono::Duration::days(35))
-        else {
+        let Some(slot) = self.due_slot(now) else {
             return Ok(Report::default());
         };
         let slot_id = Slot::Scheduled(slot).id();
@@ -102,45 +93,15 @@ impl Watchdog {
             slot: Some(slot_id.clone()),
             ..Report::default()
         };
-        let period = self.settings.period_seconds.max(1) as i64;
-        let bucket = now.timestamp() / period;
+        let bucket = now.timestamp() / self.settings.period_seconds.max(1) as i64;
         for found in &stuck {
-            let code = match &found.deanery {
-                bson::Bson::String(code) => crate::domain::printable(code, 64),
-                other => crate::domain::printable(&other.to_string(), 64),
-            };
-            let oldest_age = found
-                .oldest
-                .map(|t| (now - t.to_chrono()).num_seconds().max(0))
-                .unwrap_or(0);
-            metrics::set_stuck(&code, found.count, oldest_age);
-            tracing::error!(
-                deanery = %code,
-                count = found.count,
-                oldest_age_seconds = oldest_age,
-                slot = %slot_id,
-                "stuck records: still waiting after the slot that should have exported them"
-            );
+            let code = report_stuck(found, now, &slot_id);
             report.stuck.push((code.clone(), found.count));
             let Ok(deanery) = Deanery::parse(&code) else {
                 continue;
             };
-            if !self.settings.catch_up {
-                continue;
-            }
-            let key = format!("watchdog/{deanery}/{bucket}");
-            if !self.store.claim_once(&key, &mut attempts).await? {
-                continue;
-            }
-            match self.publish_catch_up(&deanery).await {
-                Ok(command_id) => {
-                    metrics::record_catch_up(deanery.as_str());
-                    tracing::warn!(deanery = %deanery, command_id = %command_id, "catch-up command published for stuck records");
-                    report.caught_up.push(deanery.to_string());
-                }
-                Err(err) => {
-                    tracing::error!(deanery = %deanery, error = %err, "failed to publish a catch-up command");
-                }
+            if self.catch_up(&deanery, bucket, &mut attempts).await? {
+                report.caught_up.push(deanery.to_string());
             }
         }
         // Deaneries no longer stuck go back to zero.
@@ -148,6 +109,41 @@ impl Watchdog {
             metrics::set_stuck(&code, 0, 0);
         }
         Ok(report)
+    }
+
+    /// The latest slot whose grace period is over.
+    fn due_slot(&self, now: chrono::DateTime<Utc>) -> Option<chrono::DateTime<Utc>> {
+        let grace = chrono::Duration::minutes(self.settings.grace_minutes as i64);
+        self.clock
+            .latest_within(now - grace, chrono::Duration::days(35))
+    }
+
+    /// Publishes a catch-up command for `deanery` if catch-up is on and no
+    /// replica has this period (`bucket`). True when published.
+    async fn catch_up(
+        &self,
+        deanery: &Deanery,
+        bucket: i64,
+        attempts: &mut Attempts,
+    ) -> Result<bool, StoreError> {
+        if !self.settings.catch_up {
+            return Ok(false);
+        }
+        let key = format!("watchdog/{deanery}/{bucket}");
+        if !self.store.claim_once(&key, attempts).await? {
+            return Ok(false);
+        }
+        match self.publish_catch_up(deanery).await {
+            Ok(command_id) => {
+                metrics::record_catch_up(deanery.as_str());
+                tracing::warn!(deanery = %deanery, command_id = %command_id, "catch-up command published for stuck records");
+                Ok(true)
+            }
+            Err(err) => {
+                tracing::error!(deanery = %deanery, error = %err, "failed to publish a catch-up command");
+                Ok(false)
+            }
+        }
     }
 
     fn previously_stuck(&self, report: &Report) -> Vec<(String, u64)> {
@@ -161,14 +157,35 @@ impl Watchdog {
         gone
     }
 
-    async fn publish_catch_up(
-        &self,
-        deanery: &Deanery,
-    ) -> Result<String, crate::broker::BrokerError> {
-        let publisher = Publisher::connect(&self.amqp, "watchdog").await?;
-        let command = GenerationCommand::new(deanery, Slot::Manual, requester("watchdog"));
-        let result = publisher.publish(&command).await;
-        publisher.close().await;
-        result.map(|()| command.command_id.to_string())
+    async fn publish_catch_up(&self, deanery: &Deanery) -> Result<String, BrokerError> {
+        let deaneries = std::slice::from_ref(deanery);
+        let published =
+            publish_commands(&self.amqp, "watchdog", deaneries, Slot::Manual, |_| {}).await?;
+        Ok(published
+            .first()
+            .map(|command| command.command_id.to_string())
+            .unwrap_or_default())
     }
+}
+
+/// Logs one deanery's stuck records at ERROR and sets its gauges; returns
+/// its code as it can be shown.
+fn report_stuck(found: &StuckRecords, now: chrono::DateTime<Utc>, slot_id: &str) -> String {
+    let code = match &found.deanery {
+        bson::Bson::String(code) => crate::domain::printable(code, 64),
+        other => crate::domain::printable(&other.to_string(), 64),
+    };
+    let oldest_age = found
+        .oldest
+        .map(|t| (now - t.to_chrono()).num_seconds().max(0))
+        .unwrap_or(0);
+    metrics::set_stuck(&code, found.count, oldest_age);
+    tracing::error!(
+        deanery = %code,
+        count = found.count,
+        oldest_age_seconds = oldest_age,
+        slot = %slot_id,
+        "stuck records: still waiting after the slot that should have exported them"
+    );
+    code
 }

@@ -1,0 +1,166 @@
+//! How the consumer settles a delivery, decided without I/O: from the
+//! export attempt's summary, the delivery's attempt number, the attempts
+//! allowed and whether shutdown is under way. The consumer then carries
+//! the decision out (acks, republishes, nacks).
+
+use crate::domain::{RunStatus, RunSummary};
+
+/// What to do with a delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Disposition {
+    /// The work is done (or was already): acknowledge.
+    Ack,
+    /// Republish, confirmed, to the retry queue as this attempt; then ack.
+    Retry {
+        /// The next attempt's number.
+        attempt: i64,
+    },
+    /// Republish, confirmed, to the dead-letter exchange; then ack.
+    DeadLetter {
+        /// Why, for the log and the `x-esr-dead-letter-reason` header.
+        reason: String,
+    },
+    /// Shutdown interrupted the run at a safe point: nack with requeue so
+    /// another replica (or the next start) resumes it.
+    Requeue,
+}
+
+/// The disposition of a delivery whose export attempt ended with `summary`.
+///
+/// - completed: ack;
+/// - interrupted by shutdown (retryable, shutting down): requeue;
+/// - skipped (another replica holds the lease and is exporting): retry
+///   without using up an attempt, as its run may be long;
+/// - retryable: retry, or dead-letter once `max_attempts` are used up;
+/// - failed for good: dead-letter with the run's error.
+pub(crate) fn decide(
+    summary: &RunSummary,
+    attempt: i64,
+    max_attempts: u32,
+    shutting_down: bool,
+) -> Disposition {
+    let error = summary.error.as_deref().unwrap_or_default();
+    match summary.status {
+        RunStatus::Completed => Disposition::Ack,
+        _ if summary.retryable && shutting_down => Disposition::Requeue,
+        RunStatus::Skipped => retry_or_give_up(attempt - 1, max_attempts, error),
+        _ if summary.retryable => retry_or_give_up(attempt, max_attempts, error),
+        _ => Disposition::DeadLetter {
+            reason: error.to_owned(),
+        },
+    }
+}
+
+/// A transient failure on `attempt`: retry as the next attempt, or
+/// dead-letter once `max_attempts` are used up.
+pub(crate) fn retry_or_give_up(attempt: i64, max_attempts: u32, error: &str) -> Disposition {
+    if attempt >= i64::from(max_attempts) {
+        Disposition::DeadLetter {
+            reason: format!("gave up after {attempt} attempts; last error: {error}"),
+        }
+    } else {
+        Disposition::Retry {
+            attempt: attempt + 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn summary(status: RunStatus, retryable: bool) -> RunSummary {
+        RunSummary {
+            deanery: "MER".to_owned(),
+            run_id: None,
+            status,
+            exported: 0,
+            rejected: 0,
+            file: None,
+            attempts: 0,
+            retries: 0,
+            write_conflicts: 0,
+            duration_ms: 0,
+            resumed: false,
+            error: (status != RunStatus::Completed).then(|| "boom".to_owned()),
+            retryable,
+        }
+    }
+
+    #[test]
+    fn a_completed_run_is_acked_even_during_shutdown() {
+        let done = summary(RunStatus::Completed, false);
+        assert_eq!(decide(&done, 1, 10, false), Disposition::Ack);
+        assert_eq!(decide(&done, 10, 10, true), Disposition::Ack);
+    }
+
+    #[test]
+    fn a_retryable_run_interrupted_by_shutdown_is_requeued() {
+        for status in [RunStatus::Failed, RunStatus::Skipped] {
+            let run = summary(status, true);
+            assert_eq!(decide(&run, 3, 10, true), Disposition::Requeue);
+        }
+    }
+
+    #[test]
+    fn a_transient_failure_is_retried_as_the_next_attempt() {
+        let run = summary(RunStatus::Failed, true);
+        assert_eq!(
+            decide(&run, 3, 10, false),
+            Disposition::Retry { attempt: 4 }
+        );
+    }
+
+    #[test]
+    fn a_transient_failure_on_the_last_attempt_is_dead_lettered() {
+        let run = summary(RunStatus::Failed, true);
+        assert_eq!(
+            decide(&run, 10, 10, false),
+            Disposition::DeadLetter {
+                reason: "gave up after 10 attempts; last error: boom".to_owned()
+            }
+        );
+    }
+
+    #[test]
+    fn a_skipped_run_waits_without_using_up_an_attempt() {
+        let run = summary(RunStatus::Skipped, true);
+        assert_eq!(
+            decide(&run, 3, 10, false),
+            Disposition::Retry { attempt: 3 }
+        );
+        assert_eq!(
+            decide(&run, 10, 10, false),
+            Disposition::Retry { attempt: 10 }
+        );
+        assert!(matches!(
+            decide(&run, 11, 10, false),
+            Disposition::DeadLetter { .. }
+        ));
+    }
+
+    #[test]
+    fn a_permanent_failure_is_dead_lettered_with_its_error() {
+        let run = summary(RunStatus::Failed, false);
+        for shutting_down in [false, true] {
+            assert_eq!(
+                decide(&run, 1, 10, shutting_down),
+                Disposition::DeadLetter {
+                    reason: "boom".to_owned()
+                }
+            );
+        }
+    }
+
+    #[test]
+    fn retry_or_give_up_counts_attempts_against_the_limit() {
+        assert_eq!(
+            retry_or_give_up(1, 2, "e"),
+            Disposition::Retry { attempt: 2 }
+        );
+        assert!(matches!(
+            retry_or_give_up(2, 2, "e"),
+            Disposition::DeadLetter { .. }
+        ));
+    }
+}

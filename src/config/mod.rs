@@ -1,0 +1,76 @@
+//! Settings: `config/default.toml` (compiled in) → `--config FILE` →
+//! `ESR_<SECTION>__<KEY>` environment variables, deserialised into typed
+//! [`Settings`] and validated once at start. Every error names its key.
+//!
+//! - [`sections`](self#structs): one typed struct per section;
+//! - `raw`: the sections as written, parsed into the typed ones;
+//! - `load`: the layers; `validate`: the checks types alone cannot make;
+//! - `secret`: URIs that print redacted.
+
+mod load;
+mod raw;
+mod secret;
+mod sections;
+mod serialise;
+mod validate;
+
+use serde::Serialize;
+
+pub use secret::{redact_uri, SecretUri};
+pub use sections::{
+    AmqpSettings, DaemonSettings, ExportSettings, HttpSettings, LogFormat, LogSettings,
+    MongoSettings, QueueType, RetrySettings, ScheduleSettings, WatchdogSettings,
+};
+
+/// The defaults, exactly as shipped in `config/default.toml`.
+pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+
+/// Why the settings could not be loaded. The message always names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A source could not be read or a value has the wrong type or an unknown key.
+    #[error("invalid configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    /// A value has the right type but is not acceptable.
+    #[error("invalid configuration: key `{key}`: {reason}")]
+    Invalid {
+        /// Dotted key, e.g. `export.chunk_size`.
+        key: &'static str,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// All settings, one section per part of the daemon.
+#[derive(Debug, Clone, Serialize)]
+pub struct Settings {
+    /// MongoDB connection and collection names.
+    pub mongodb: MongoSettings,
+    /// RabbitMQ connection and queue.
+    pub amqp: AmqpSettings,
+    /// Export files and runs.
+    pub export: ExportSettings,
+    /// Retry policy for transient MongoDB errors.
+    pub retry: RetrySettings,
+    /// The daily generation schedule.
+    pub schedule: ScheduleSettings,
+    /// The stuck-record watchdog.
+    pub watchdog: WatchdogSettings,
+    /// The daemon's own behaviour.
+    pub daemon: DaemonSettings,
+    /// HTTP endpoint for health and metrics.
+    pub http: HttpSettings,
+    /// Logging.
+    pub log: LogSettings,
+}
+
+impl Settings {
+    /// The settings as TOML, secrets redacted (for `check-config`).
+    pub fn to_redacted_toml(&self) -> String {
+        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+    }
+}
+
+#[cfg(test)]
+#[path = "tests.rs"]
+mod tests;

@@ -1,0 +1,220 @@
+//! The settings sections, one per part of the daemon, as typed values.
+//! Values that need parsing (the cron schedule, the time zone, deanery
+//! codes, the file mode) are parsed once at load (see [`super::raw`]), so
+//! nothing later can fail on them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use chrono_tz::Tz;
+use serde::{Deserialize, Serialize};
+
+use super::secret::SecretUri;
+use super::serialise;
+use crate::domain::Deanery;
+
+/// `[mongodb]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct MongoSettings {
+    /// Connection string; redacted when printed.
+    pub uri: SecretUri,
+    /// Database name.
+    pub database: String,
+    /// GeneratedAppRecords collection.
+    pub records_collection: String,
+    /// Export run documents.
+    pub runs_collection: String,
+    /// Per-deanery leases.
+    pub leases_collection: String,
+    /// File sequence counters.
+    pub sequences_collection: String,
+    /// Schedule slot documents.
+    pub slots_collection: String,
+    /// How long an operation waits for a reachable server.
+    pub server_selection_timeout_ms: u64,
+}
+
+/// `[amqp]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct AmqpSettings {
+    /// Broker URI; redacted when printed.
+    pub uri: SecretUri,
+    /// Queue that carries generation commands.
+    pub queue: String,
+    /// `quorum` or `classic`.
+    pub queue_type: QueueType,
+    /// Unacknowledged deliveries per replica.
+    pub prefetch: u16,
+    /// Quorum queues: deliveries before the broker dead-letters a message.
+    pub delivery_limit: u32,
+    /// Processing attempts of one command before it is dead-lettered.
+    pub max_attempts: u32,
+    /// Delay before a transiently failed command is tried again.
+    pub retry_delay_ms: u64,
+    /// An export attempt stops at a safe point after this many seconds.
+    pub processing_timeout_seconds: u64,
+    /// First reconnect delay.
+    pub reconnect_min_delay_ms: u64,
+    /// Largest reconnect delay.
+    pub reconnect_max_delay_ms: u64,
+    /// Connection name shown by the broker.
+    pub connection_name: String,
+}
+
+impl AmqpSettings {
+    /// The dead-letter exchange.
+    pub fn dead_letter_exchange(&self) -> String {
+        format!("{}.dlx", self.queue)
+    }
+
+    /// The dead-letter queue.
+    pub fn dead_letter_queue(&self) -> String {
+        format!("{}.dlq", self.queue)
+    }
+
+    /// The delay queue for retries.
+    pub fn retry_queue(&self) -> String {
+        format!("{}.retry", self.queue)
+    }
+
+    /// Unbounded backoff with jitter between the reconnect delays: for
+    /// waiting out a dependency that is away (broker, database at start,
+    /// firing a slot).
+    pub fn reconnect_backoff(&self) -> impl Iterator<Item = Duration> {
+        use backon::BackoffBuilder;
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(self.reconnect_min_delay_ms))
+            .with_max_delay(Duration::from_millis(self.reconnect_max_delay_ms))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    }
+}
+
+/// RabbitMQ queue type of the command queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum QueueType {
+    /// Replicated, with a delivery limit and a dead-letter exchange.
+    Quorum,
+    /// Plain durable queue (reuse of an existing one).
+    Classic,
+}
+
+/// `[export]`
+#[derive(Debug, Clone, Serialize)]
+pub struct ExportSettings {
+    /// Folder for `.DAT` files and manifests.
+    pub output_dir: PathBuf,
+    /// Permissions of written files; configured (and printed) as octal
+    /// digits such as `"0644"`, validated at load.
+    #[serde(serialize_with = "serialise::octal")]
+    pub file_mode: u32,
+    /// Records claimed per transaction.
+    pub chunk_size: u32,
+    /// Records per batch when streaming claimed records back.
+    pub cursor_batch_size: u32,
+    /// Lease lifetime without renewal, in seconds.
+    pub lease_seconds: u64,
+    /// Deaneries exported at once by `export --all`.
+    pub parallel_runs: u32,
+}
+
+impl ExportSettings {
+    /// `file_mode` as permission bits (validated at load).
+    pub fn file_mode_bits(&self) -> u32 {
+        self.file_mode
+    }
+
+    /// Lease lifetime as a duration.
+    pub fn lease(&self) -> Duration {
+        Duration::from_secs(self.lease_seconds)
+    }
+}
+
+/// `[retry]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    /// First backoff delay.
+    pub min_delay_ms: u64,
+    /// Largest backoff delay.
+    pub max_delay_ms: u64,
+    /// Attempts per transaction or operation, the first included.
+    pub max_attempts: u32,
+    /// No retry starts after this much time since the first attempt.
+    pub max_elapsed_ms: u64,
+}
+
+/// `[schedule]`
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduleSettings {
+    /// Whether this replica publishes scheduled commands.
+    pub enabled: bool,
+    /// Six-field cron expression: sec min hour day-of-month month
+    /// day-of-week (printed as written).
+    #[serde(serialize_with = "serialise::display")]
+    pub cron: cron::Schedule,
+    /// IANA time zone the expression is read in.
+    #[serde(serialize_with = "serialise::display")]
+    pub timezone: Tz,
+    /// Deaneries commanded at every slot.
+    #[serde(serialize_with = "serialise::deaneries")]
+    pub deaneries: Vec<Deanery>,
+    /// Window in which a missed slot is caught up on start.
+    pub catch_up_window_minutes: u64,
+    /// Lease on a slot being fired.
+    pub slot_lease_seconds: u64,
+}
+
+/// `[watchdog]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct WatchdogSettings {
+    /// Whether this replica runs the watchdog.
+    pub enabled: bool,
+    /// Seconds between checks.
+    pub period_seconds: u64,
+    /// Minutes after a slot before its waiting records count as stuck.
+    pub grace_minutes: u64,
+    /// Publish catch-up commands for stuck deaneries.
+    pub catch_up: bool,
+}
+
+/// `[daemon]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DaemonSettings {
+    /// Grace period for in-flight work on shutdown.
+    pub shutdown_grace_seconds: u64,
+}
+
+/// `[http]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSettings {
+    /// Listen address, `host:port`.
+    pub listen: String,
+}
+
+/// `[log]`
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogSettings {
+    /// Output format.
+    pub format: LogFormat,
+    /// Filter used when `RUST_LOG` is not set.
+    pub level: String,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// One JSON object per line, for machines.
+    Json,
+    /// Human-readable lines.
+    Pretty,
+}

@@ -1,0 +1,228 @@
+//! Unit tests of loading, parsing, validating and printing the settings.
+
+use super::*;
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect(),
+    )
+}
+
+#[test]
+fn defaults_load_and_match_the_contract() {
+    let s = Settings::load_with_env(None, env(&[])).expect("defaults are valid");
+    assert_eq!(
+        s.mongodb.uri.expose(),
+        "mongodb://127.0.0.1:27017/?directConnection=true"
+    );
+    assert_eq!(s.mongodb.database, "esr");
+    assert_eq!(s.mongodb.records_collection, "generatedAppRecords");
+    assert_eq!(
+        s.amqp.queue,
+        "esr.queue.appfilegenerationcommand.create.dataexporter"
+    );
+    assert_eq!(s.export.output_dir, PathBuf::from("./exports"));
+    assert_eq!(s.schedule.cron.to_string(), "0 0 13 * * *");
+    assert_eq!(s.schedule.timezone, chrono_tz::Tz::UTC);
+    assert_eq!(s.export.file_mode_bits(), 0o644);
+    assert_eq!(s.amqp.queue_type, QueueType::Quorum);
+    assert!(s.schedule.enabled);
+    assert_eq!(s.http.listen, "127.0.0.1:8080");
+    assert_eq!(s.log.format, LogFormat::Json);
+}
+
+#[test]
+fn environment_overrides_nested_keys() {
+    let s = Settings::load_with_env(
+        None,
+        env(&[
+            ("ESR_EXPORT__CHUNK_SIZE", "250"),
+            ("ESR_MONGODB__DATABASE", "other"),
+            ("ESR_LOG__FORMAT", "pretty"),
+        ]),
+    )
+    .unwrap();
+    assert_eq!(s.export.chunk_size, 250);
+    assert_eq!(s.mongodb.database, "other");
+    assert_eq!(s.log.format, LogFormat::Pretty);
+    let s = Settings::load_with_env(None, env(&[("ESR_SCHEDULE__DEANERIES", "MER,EOE")])).unwrap();
+    let codes: Vec<&str> = s.schedule.deaneries.iter().map(|d| d.as_str()).collect();
+    assert_eq!(codes, ["MER", "EOE"]);
+}
+
+#[test]
+fn a_mistyped_value_names_its_key() {
+    let err = Settings::load_with_env(None, env(&[("ESR_EXPORT__CHUNK_SIZE", "lots")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("chunk_size"), "{err}");
+}
+
+#[test]
+fn an_out_of_range_value_names_its_key() {
+    let err = Settings::load_with_env(None, env(&[("ESR_EXPORT__CHUNK_SIZE", "0")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("export.chunk_size"), "{err}");
+}
+
+#[test]
+fn an_unknown_key_in_a_file_is_refused_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bad.toml");
+    std::fs::write(&path, "[export]\nchunk_sise = 10\n").unwrap();
+    let err = Settings::load_with_env(Some(&path), env(&[]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("chunk_sise"), "{err}");
+}
+
+#[test]
+fn a_bad_cron_or_timezone_is_refused_by_key() {
+    let err = Settings::load_with_env(None, env(&[("ESR_SCHEDULE__CRON", "0 0 25 * * *")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("schedule.cron"), "{err}");
+    let err = Settings::load_with_env(None, env(&[("ESR_SCHEDULE__TIMEZONE", "Europe/Atlantis")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("schedule.timezone"), "{err}");
+}
+
+#[test]
+fn a_file_layer_sits_under_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, "[export]\nchunk_size = 10\nlease_seconds = 5\n").unwrap();
+    let s =
+        Settings::load_with_env(Some(&path), env(&[("ESR_EXPORT__LEASE_SECONDS", "7")])).unwrap();
+    assert_eq!(s.export.chunk_size, 10);
+    assert_eq!(s.export.lease_seconds, 7);
+}
+
+#[test]
+fn passwords_are_redacted_everywhere_they_are_shown() {
+    let uri = SecretUri::new("mongodb://esr:s3cr%40t@db1:27017,db2:27017/?replicaSet=rs0");
+    assert_eq!(
+        uri.redacted(),
+        "mongodb://esr:***@db1:27017,db2:27017/?replicaSet=rs0"
+    );
+    assert!(!format!("{uri:?}").contains("s3cr"));
+    assert!(!format!("{uri}").contains("s3cr"));
+    let s = Settings::load_with_env(
+        None,
+        env(&[
+            ("ESR_MONGODB__URI", "mongodb://u:hunter2@h/"),
+            ("ESR_AMQP__URI", "amqp://guest:rabbitpw@h:5672/%2f"),
+        ]),
+    )
+    .unwrap();
+    let printed = s.to_redacted_toml();
+    assert!(!printed.contains("hunter2") && !printed.contains("rabbitpw"));
+    assert!(printed.contains("mongodb://u:***@h/"), "{printed}");
+    assert!(!format!("{s:?}").contains("hunter2"));
+}
+
+#[test]
+fn an_invalid_schedule_deanery_is_refused_by_key_not_skipped() {
+    let err = Settings::load_with_env(None, env(&[("ESR_SCHEDULE__DEANERIES", "MER,mer,EOE")]))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("key `schedule.deaneries`"), "{err}");
+    assert!(err.contains("\"mer\""), "{err}");
+}
+
+#[test]
+fn a_bad_file_mode_is_refused_by_key() {
+    for mode in ["0400", "0999", "rw-r--r--", "10644"] {
+        let err = Settings::load_with_env(None, env(&[("ESR_EXPORT__FILE_MODE", mode)]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("key `export.file_mode`"), "{mode}: {err}");
+    }
+    let s = Settings::load_with_env(None, env(&[("ESR_EXPORT__FILE_MODE", "0640")])).unwrap();
+    assert_eq!(s.export.file_mode_bits(), 0o640);
+}
+
+/// `check-config` prints every key of `config/default.toml` with the value
+/// it was given, parsed values included.
+#[test]
+fn the_printed_settings_are_the_configured_values() {
+    let mut defaults: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
+    defaults["amqp"]["uri"] = "amqp://guest:***@127.0.0.1:5672/%2f".into();
+    let s = Settings::load_with_env(None, env(&[])).unwrap();
+    let printed: toml::Table = toml::from_str(&s.to_redacted_toml()).unwrap();
+    assert_eq!(printed, defaults);
+    let s = Settings::load_with_env(
+        None,
+        env(&[
+            ("ESR_SCHEDULE__DEANERIES", "MER,EOE"),
+            ("ESR_SCHEDULE__CRON", "0 */15 8-18 * * MON-FRI"),
+            ("ESR_SCHEDULE__TIMEZONE", "Europe/London"),
+            ("ESR_EXPORT__FILE_MODE", "0600"),
+        ]),
+    )
+    .unwrap();
+    let printed = s.to_redacted_toml();
+    for line in [
+        "deaneries = [\n    \"MER\",\n    \"EOE\",\n]",
+        "cron = \"0 */15 8-18 * * MON-FRI\"",
+        "timezone = \"Europe/London\"",
+        "file_mode = \"0600\"",
+    ] {
+        assert!(printed.contains(line), "{line} in {printed}");
+    }
+}
+
+/// The README's configuration table lists exactly the keys of
+/// `config/default.toml`, with the same defaults.
+#[test]
+fn the_readme_configuration_reference_matches_the_defaults() {
+    let defaults: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
+    let mut expected = std::collections::BTreeMap::new();
+    for (section, table) in &defaults {
+        for (key, value) in table.as_table().unwrap() {
+            let shown = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Array(a) if a.is_empty() => "[]".to_owned(),
+                other => other.to_string(),
+            };
+            expected.insert(format!("{section}.{key}"), shown);
+        }
+    }
+    let readme = include_str!("../../README.md");
+    let mut documented = std::collections::BTreeMap::new();
+    for line in readme.lines() {
+        let cells: Vec<&str> = line.split('|').map(str::trim).collect();
+        if cells.len() < 4 || !cells[1].starts_with('`') {
+            continue;
+        }
+        let key = cells[1].trim_matches('`');
+        let looks_like_key = key.split('.').count() == 2
+            && key
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.');
+        if !looks_like_key {
+            continue;
+        }
+        let default = cells[2].trim_matches('`').trim_matches('"');
+        documented.insert(key.to_owned(), default.to_owned());
+    }
+    let missing: Vec<_> = expected
+        .keys()
+        .filter(|k| !documented.contains_key(*k))
+        .collect();
+    assert!(missing.is_empty(), "undocumented keys: {missing:?}");
+    for (key, default) in &documented {
+        assert_eq!(
+            Some(default),
+            expected.get(key),
+            "README default of `{key}`"
+        );
+    }
+}

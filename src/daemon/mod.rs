@@ -1,0 +1,214 @@
+//! `esr-exporter run`: the HTTP endpoints, the command consumer, the
+//! scheduler and the watchdog, supervised (see [`tasks`]), stopped cleanly
+//! when the shutdown future completes.
+
+mod tasks;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::broker::consumer::Consumer;
+use crate::config::Settings;
+use crate::export::Exporter;
+use crate::ops::http::HttpState;
+use crate::ops::{metrics, systemd, Readiness};
+use crate::schedule::{Scheduler, Watchdog};
+use crate::shutdown::Shutdown;
+use crate::store::{Store, StoreError};
+
+use tasks::Tasks;
+
+/// A daemon with its HTTP port bound, ready to run.
+#[derive(Debug)]
+pub struct Daemon {
+    settings: Settings,
+    listener: TcpListener,
+    store: Store,
+}
+
+impl Daemon {
+    /// Binds `http.listen` and prepares the MongoDB client (no I/O yet).
+    ///
+    /// # Errors
+    /// When the port cannot be bound or the MongoDB URI cannot be used.
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let listen = &settings.http.listen;
+        let listener = TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("Failed to listen on {listen} (key `http.listen`)"))?;
+        let store = Store::connect(&settings)
+            .await
+            .context("Failed to prepare the MongoDB client")?;
+        Ok(Self {
+            settings,
+            listener,
+            store,
+        })
+    }
+
+    /// The bound HTTP address (useful with port 0).
+    ///
+    /// # Errors
+    /// When the socket has no local address.
+    pub fn http_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Runs until `signal` completes, then lets in-flight work reach a safe
+    /// point (bounded by `daemon.shutdown_grace_seconds`) and returns.
+    ///
+    /// # Errors
+    /// When MongoDB's indexes cannot be prepared, or when a task (HTTP,
+    /// consumer, scheduler, watchdog) ends or panics before shutdown: the
+    /// daemon then stops the others and the process exits non-zero.
+    pub async fn run(self, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+        let Self {
+            settings,
+            listener,
+            store,
+        } = self;
+        log_starting(&settings, &listener);
+        let (trigger, mut shutdown) = Shutdown::new();
+        let readiness = Readiness::default();
+        metrics::set_consumer_attached(false);
+        let mut tasks = Tasks::default();
+        let http_state = HttpState {
+            store: store.clone(),
+            readiness: readiness.clone(),
+            metrics: metrics::install(),
+            output_dir: settings.export.output_dir.clone(),
+        };
+        let serve = crate::ops::http::serve(listener, http_state, shutdown.clone());
+        tasks.spawn("http", serve);
+        tokio::pin!(signal);
+        let started = tokio::select! {
+            indexed = ensure_indexes(&settings, &store, &mut shutdown) => {
+                indexed.context("Failed to prepare MongoDB's indexes")
+            }
+            () = &mut signal => Ok(false),
+            ended = tasks.next_end() => Err(ended.into()),
+        };
+        let result = match started {
+            Ok(true) => {
+                spawn_workers(&mut tasks, &settings, store, readiness, &shutdown);
+                supervise(&mut tasks, &mut signal).await
+            }
+            Ok(false) => Ok(()),
+            Err(err) => Err(err),
+        };
+        stop(trigger, tasks, &settings).await;
+        result
+    }
+}
+
+fn log_starting(settings: &Settings, listener: &TcpListener) {
+    tracing::info!(
+        queue = %settings.amqp.queue,
+        mongodb = %settings.mongodb.uri,
+        amqp = %settings.amqp.uri,
+        http = %listener.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+        schedule = %settings.schedule.cron,
+        timezone = %settings.schedule.timezone,
+        "esr-exporter starting"
+    );
+}
+
+/// The consumer, and as configured the scheduler, the watchdog and the
+/// systemd watchdog pings.
+fn spawn_workers(
+    tasks: &mut Tasks,
+    settings: &Settings,
+    store: Store,
+    readiness: Readiness,
+    shutdown: &Shutdown,
+) {
+    let exporter = Exporter::new(store.clone(), settings.export.clone());
+    let consumer = Consumer::new(settings.amqp.clone(), exporter, readiness);
+    tasks.spawn("consumer", consumer.run(shutdown.clone()));
+    let (schedule, amqp) = (&settings.schedule, &settings.amqp);
+    if schedule.enabled {
+        let scheduler = Scheduler::new(schedule.clone(), amqp.clone(), store.clone());
+        tasks.spawn("scheduler", scheduler.run(shutdown.clone()));
+    }
+    if settings.watchdog.enabled {
+        let watchdog = Watchdog::new(settings.watchdog.clone(), schedule, amqp.clone(), store);
+        tasks.spawn("watchdog", watchdog.run(shutdown.clone()));
+    }
+    if let Some(period) = systemd::watchdog_period() {
+        tasks.spawn(
+            "systemd-watchdog",
+            systemd::run_watchdog_pings(period, shutdown.clone()),
+        );
+    }
+}
+
+/// Tells systemd the daemon is ready, then waits for the signal, or for a
+/// task to end before it (an error).
+async fn supervise<S>(tasks: &mut Tasks, signal: &mut std::pin::Pin<&mut S>) -> anyhow::Result<()>
+where
+    S: Future<Output = ()>,
+{
+    systemd::ready();
+    tracing::info!("esr-exporter running");
+    tokio::select! {
+        () = signal => Ok(()),
+        ended = tasks.next_end() => Err(ended.into()),
+    }
+}
+
+/// Signals shutdown and lets the tasks reach a safe point, within the grace period.
+async fn stop(trigger: crate::shutdown::ShutdownTrigger, tasks: Tasks, settings: &Settings) {
+    systemd::stopping();
+    tracing::info!("shutdown requested; letting in-flight work reach a safe point");
+    trigger.trigger();
+    let grace_seconds = settings.daemon.shutdown_grace_seconds;
+    if tasks.drain(Duration::from_secs(grace_seconds)).await {
+        tracing::info!("esr-exporter stopped cleanly");
+    } else {
+        tracing::warn!(
+            grace_seconds,
+            "grace period over; unfinished work resumes on the next start"
+        );
+    }
+}
+
+/// Creates the indexes, retrying with backoff until MongoDB answers or
+/// shutdown comes: a database briefly away at start does not stop the
+/// daemon (and `/readyz` says so meanwhile). False if shutdown came first.
+///
+/// # Errors
+/// A permanent error (an index name taken by other keys, no permission,
+/// ...): retrying cannot help, so the daemon stops with it.
+async fn ensure_indexes(
+    settings: &Settings,
+    store: &Store,
+    shutdown: &mut Shutdown,
+) -> Result<bool, StoreError> {
+    let mut backoff = settings.amqp.reconnect_backoff();
+    loop {
+        match store.ensure_indexes().await {
+            Ok(()) => return Ok(true),
+            Err(err) if !err.is_transient() => return Err(err),
+            Err(err) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                tracing::error!(error = %err, delay_ms = delay.as_millis() as u64, "MongoDB unavailable at start; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.recv() => return Ok(false),
+                }
+            }
+        }
+    }
+}
+
+/// Builds and runs a daemon (see [`Daemon`]).
+///
+/// # Errors
+/// See [`Daemon::build`] and [`Daemon::run`].
+pub async fn run(settings: Settings, signal: impl Future<Output = ()>) -> anyhow::Result<()> {
+    Daemon::build(settings).await?.run(signal).await
+}
