@@ -62,6 +62,9 @@ pub enum Command {
     },
     /// Load and validate the settings and print them with secrets redacted.
     CheckConfig,
+    /// Create the indexes the daemon and `status` need (the daemon also
+    /// creates them at start); a no-op when they exist.
+    EnsureIndexes,
 }
 
 /// Which deaneries to export.
@@ -103,6 +106,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::Trigger { deaneries } => run_trigger(&settings, deaneries).await,
         Command::DeadLetters { replay } => run_dead_letters(&settings, replay).await,
         Command::Status { json } => run_status(&settings, json).await,
+        Command::EnsureIndexes => run_ensure_indexes(&settings).await,
     };
     result.unwrap_or_else(|err| {
         tracing::error!(error = format!("{err:#}"), "command failed");
@@ -224,8 +228,18 @@ async fn run_dead_letters(settings: &Settings, replay: bool) -> anyhow::Result<E
     Ok(ExitCode::SUCCESS)
 }
 
+async fn run_ensure_indexes(settings: &Settings) -> anyhow::Result<ExitCode> {
+    Store::build(settings)
+        .await
+        .context("Failed to create the indexes")?;
+    println!("indexes in place");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Reads only; never creates indexes (on a large collection that is an
+/// operation to choose a time for): `report` says when they are missing.
 async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
-    let store = Store::build(settings)
+    let store = Store::connect(settings)
         .await
         .context("Failed to connect to MongoDB")?;
     let report = crate::status::report(&store)

@@ -1,32 +1,41 @@
 //! esr-exporter: exports NHS ESR applicant ("APP") files from MongoDB, one
 //! file per deanery, without losing or duplicating a record.
 //!
-//! Module map:
+//! Data flows one way:
 //!
-//! - [`cli`]: the command line (`run`, `export`, `trigger`, `status`,
-//!   `check-config`) and exit codes.
-//! - [`daemon`]: `run`: the HTTP endpoints, the consumer, the scheduler and
-//!   the watchdog, supervised, until shutdown.
-//! - [`config`]: layered settings (`config/default.toml` → `--config` → `ESR_*`
-//!   environment), validated once, secrets redacted.
-//! - [`telemetry`]: the tracing subscriber (JSON lines or pretty).
+//! ```text
+//! schedule (13:00 slot, watchdog catch-up) ─┐
+//!                      cli `trigger` ───────┼─> RabbitMQ queue ─> broker consumer ─┐
+//!                      cli `export` ────────┼──────────────────────────────────────┴─> export run
+//!   export run: claim (MongoDB) ─> file (staged, published) ─> mark EXPORTED ─> run COMPLETED
+//! ```
+//!
+//! Module map, bottom to top (a module imports only those above it in
+//! this list, never one below):
+//!
 //! - [`domain`]: validated types: [`domain::Deanery`] codes, APP detail rows
-//!   built from record documents, run summaries.
-//! - [`store`]: MongoDB: collections, indexes, the bounded retry policy and
-//!   the retrying transaction, run documents, leases and sequence numbers.
-//! - [`export`]: one export run per deanery: claim in chunks, write the file
-//!   atomically, mark records exported, resume after a crash.
-//! - [`broker`]: RabbitMQ topology, confirmed publishing, the command consumer.
-//! - [`schedule`]: daily slots (DST-aware), fired once across replicas,
-//!   missed slots caught up on start; the stuck-record watchdog.
+//!   built from record documents, commands, run summaries, cron and zones.
+//! - [`config`]: layered settings (`config/default.toml` → `--config` →
+//!   `ESR_*` environment), parsed once into typed values, secrets redacted.
+//! - [`telemetry`]: the tracing subscriber (JSON lines or pretty).
+//! - [`shutdown`]: the shutdown signal tasks stop on.
+//! - [`store`]: MongoDB: the handle and its errors, indexes, leases (one
+//!   primitive for deanery leases and schedule slots), records (claim,
+//!   reject, mark, cursors, stuck records), runs (typed transitions), the
+//!   status queries, and the bounded retry policy with its transaction helper.
 //! - [`ops`]: metrics, HTTP health/readiness/metrics, the output folder's
 //!   health, systemd notifications.
-//! - [`shutdown`]: the shutdown signal tasks stop on.
+//! - [`export`]: one export run per deanery as named steps on a run context:
+//!   resume, rewrite, claim, verify, stage, publish, mark, complete.
+//! - [`broker`]: RabbitMQ topology, confirmed publishing
+//!   (`publish_commands`), the consumer and its pure decision function.
+//! - [`schedule`]: daily slots (DST-aware), fired once across replicas,
+//!   missed slots caught up on start; the stuck-record watchdog.
 //! - [`status`]: the per-deanery status report.
-//!
-//! Imports go one way, bottom to top: `domain`, `config`, `telemetry`,
-//! `shutdown`; `store`; `ops`; `export`; `broker`; `schedule`; `status`;
-//! `daemon` and `cli`.
+//! - [`daemon`]: `run`: the HTTP endpoints, the consumer, the scheduler and
+//!   the watchdog as supervised tasks, until shutdown.
+//! - [`cli`]: the command line (`run`, `export`, `trigger`, `status`,
+//!   `dead-letters`, `check-config`, `ensure-indexes`) and exit codes.
 
 #![forbid(unsafe_code)]
 #![warn(

@@ -36,7 +36,6 @@ use crate::domain::{Deanery, GenerationCommand, RunSummary};
 use crate::export::{Exporter, RunOptions};
 use crate::ops::{metrics, Readiness};
 use crate::shutdown::Shutdown;
-use crate::store::Attempts;
 
 /// How one delivery was settled.
 #[derive(Debug, Clone, PartialEq)]
@@ -258,13 +257,9 @@ impl Consumer {
         slot: &str,
     ) -> Result<Option<Outcome>, BrokerError> {
         let command_id = settling.command_id.unwrap_or_default();
-        let mut attempts = Attempts::default();
-        // This reaches past the exporter into its store; an exporter method
-        // answering "already done?" is meant to replace it.
         let done = self
             .exporter
-            .store()
-            .trigger_done(deanery, Some(slot), command_id, &mut attempts)
+            .already_done(deanery, Some(slot), command_id)
             .await;
         let (disposition, error) = match done {
             Ok(false) => return Ok(None),

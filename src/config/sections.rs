@@ -33,6 +33,8 @@ pub struct MongoSettings {
     pub slots_collection: String,
     /// How long an operation waits for a reachable server.
     pub server_selection_timeout_ms: u64,
+    /// `maxTimeMS` of every query and aggregation.
+    pub operation_timeout_ms: u64,
 }
 
 /// `[amqp]`

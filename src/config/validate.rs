@@ -128,7 +128,7 @@ impl Settings {
     }
 
     /// `(key, value, lowest, highest)` of each bounded number.
-    fn bounds(&self) -> [(&'static str, u64, u64, u64); 16] {
+    fn bounds(&self) -> [(&'static str, u64, u64, u64); 17] {
         let (m, r, a, s) = (&self.mongodb, &self.retry, &self.amqp, &self.schedule);
         let (w, d, e) = (&self.watchdog, &self.daemon, &self.export);
         [
@@ -137,6 +137,12 @@ impl Settings {
                 m.server_selection_timeout_ms,
                 1,
                 600_000,
+            ),
+            (
+                "mongodb.operation_timeout_ms",
+                m.operation_timeout_ms,
+                100,
+                HOUR_MS,
             ),
             ("retry.min_delay_ms", r.min_delay_ms, 1, HOUR_MS),
             ("retry.max_delay_ms", r.max_delay_ms, 1, HOUR_MS),

@@ -55,11 +55,6 @@ impl Exporter {
         Self { store, settings }
     }
 
-    /// The store this exporter uses.
-    pub fn store(&self) -> &Store {
-        &self.store
-    }
-
     /// True when a completed run of the deanery already carries this
     /// scheduled slot or this command id: the command is a no-op.
     ///

@@ -45,70 +45,99 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
+/// Every metric: name, whether it is a counter (else a gauge), HELP text.
+const HELP: [(&str, bool, &str); 16] = [
+    (
+        "esr_export_runs_total",
+        true,
+        "Export attempts by deanery and outcome: completed, failed or skipped.",
+    ),
+    (
+        "esr_records_exported_total",
+        true,
+        "Records written to a file and marked EXPORTED.",
+    ),
+    (
+        "esr_records_rejected_total",
+        true,
+        "Records marked REJECTED with a reason.",
+    ),
+    (
+        "esr_transaction_attempts_total",
+        true,
+        "MongoDB transaction attempts.",
+    ),
+    (
+        "esr_write_conflicts_total",
+        true,
+        "MongoDB WriteConflicts (error 112) met and retried.",
+    ),
+    (
+        "esr_retries_total",
+        true,
+        "Retries of any MongoDB operation.",
+    ),
+    (
+        "esr_last_successful_run_timestamp_seconds",
+        false,
+        "Unix time when the deanery's last export run completed.",
+    ),
+    (
+        "esr_commands_total",
+        true,
+        "Command deliveries by how they were settled.",
+    ),
+    (
+        "esr_commands_dead_lettered_total",
+        true,
+        "Commands sent to the dead-letter queue.",
+    ),
+    (
+        "esr_schedule_slots_fired_total",
+        true,
+        "Schedule slots this replica fired.",
+    ),
+    (
+        "esr_stuck_records",
+        false,
+        "Records the last slot should have exported and did not.",
+    ),
+    (
+        "esr_stuck_records_oldest_age_seconds",
+        false,
+        "Age of the oldest stuck record.",
+    ),
+    (
+        "esr_watchdog_catch_up_commands_total",
+        true,
+        "Catch-up commands the watchdog published.",
+    ),
+    (
+        "esr_consumer_attached",
+        false,
+        "1 while the command consumer is attached to its queue.",
+    ),
+    (
+        "esr_output_folder_errors_total",
+        true,
+        "I/O errors met writing the output folder, by errno name.",
+    ),
+    (
+        "esr_output_folder_writable",
+        false,
+        "0 after an export failed to write the output folder, 1 after one published there.",
+    ),
+];
+
 /// The HELP text of every metric (the table above, in words).
 fn describe() {
-    use metrics::{describe_counter, describe_gauge};
-    describe_counter!(
-        "esr_export_runs_total",
-        "Export attempts by deanery and outcome: completed, failed or skipped."
-    );
-    describe_counter!(
-        "esr_records_exported_total",
-        "Records written to a file and marked EXPORTED."
-    );
-    describe_counter!(
-        "esr_records_rejected_total",
-        "Records marked REJECTED with a reason."
-    );
-    describe_counter!(
-        "esr_transaction_attempts_total",
-        "MongoDB transaction attempts."
-    );
-    describe_counter!(
-        "esr_write_conflicts_total",
-        "MongoDB WriteConflicts (error 112) met and retried."
-    );
-    describe_counter!("esr_retries_total", "Retries of any MongoDB operation.");
-    describe_gauge!(
-        "esr_last_successful_run_timestamp_seconds",
-        "Unix time when the deanery's last export run completed."
-    );
-    describe_counter!(
-        "esr_commands_total",
-        "Command deliveries by how they were settled."
-    );
-    describe_counter!(
-        "esr_commands_dead_lettered_total",
-        "Commands sent to the dead-letter queue."
-    );
-    describe_counter!(
-        "esr_schedule_slots_fired_total",
-        "Schedule slots this replica fired."
-    );
-    describe_gauge!(
-        "esr_stuck_records",
-        "Records the last slot should have exported and did not."
-    );
-    describe_gauge!(
-        "esr_stuck_records_oldest_age_seconds",
-        "Age of the oldest stuck record."
-    );
-    describe_counter!(
-        "esr_watchdog_catch_up_commands_total",
-        "Catch-up commands the watchdog published."
-    );
-    describe_gauge!(
-        "esr_consumer_attached",
-        "1 while the command consumer is attached to its queue."
-    );
-    describe_counter!(
-        "esr_output_folder_errors_total",
-        "I/O errors met writing the output folder, by errno name."
-    );
-    describe_gauge!(
-        "esr_output_folder_writable",
-        "0 after an export failed to write the output folder, 1 after one published there."
-    );
+    for (name, is_counter, help) in HELP {
+        if is_counter {
+            metrics::describe_counter!(name, help);
+        } else {
+            metrics::describe_gauge!(name, help);
+        }
+    }
 }
 
 /// Records one export attempt.

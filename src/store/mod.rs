@@ -119,9 +119,6 @@ pub struct Store {
     max_time: Duration,
 }
 
-/// The default bound of a query or aggregation on the server.
-pub const DEFAULT_MAX_TIME: Duration = Duration::from_secs(30);
-
 /// Runs not yet `COMPLETED`, by the phases an index can serve.
 fn open_runs() -> Document {
     doc! {"phase": {"$in": [
@@ -207,7 +204,7 @@ impl Store {
             slots: db.collection(&settings.mongodb.slots_collection),
             client,
             retry: RetryPolicy::new(settings.retry.clone()),
-            max_time: DEFAULT_MAX_TIME,
+            max_time: Duration::from_millis(settings.mongodb.operation_timeout_ms),
         };
         Ok(store)
     }
