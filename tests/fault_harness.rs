@@ -120,7 +120,7 @@ const CODES: [&str; 8] = ["MER", "EOE", "LDN", "OXF", "WES", "SEV", "KSS", "NWN"
 
 fn base_uri() -> String {
     std::env::var("ESR_TEST_MONGODB_URI")
-        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".to_owned())
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=secantus".to_owned())
 }
 
 fn record(deanery: &str, n: usize) -> Document {

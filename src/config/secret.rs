@@ -28,6 +28,18 @@ impl SecretUri {
         &self.0
     }
 
+    /// True when the URI pins one host (`directConnection=true`): after a
+    /// step-down the driver keeps talking to the demoted node.
+    pub fn pins_one_host(&self) -> bool {
+        split(&self.0)
+            .and_then(|parts| parts.query)
+            .is_some_and(|query| {
+                query
+                    .split('&')
+                    .any(|pair| pair.eq_ignore_ascii_case("directConnection=true"))
+            })
+    }
+
     /// The URI with its password and sensitive option values as `***`.
     pub fn redacted(&self) -> String {
         redact_uri(&self.0)
@@ -253,6 +265,14 @@ mod tests {
             !message.contains("kf!pw") && !message.contains("tok123"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_uri_pinning_one_host_is_recognised() {
+        assert!(SecretUri::new("mongodb://h/?directConnection=true").pins_one_host());
+        assert!(SecretUri::new("mongodb://h/?appName=x&directconnection=TRUE").pins_one_host());
+        assert!(!SecretUri::new("mongodb://h/?replicaSet=rs0").pins_one_host());
+        assert!(!SecretUri::new("mongodb://h/?directConnection=false").pins_one_host());
     }
 
     #[test]

@@ -18,7 +18,7 @@ fn defaults_load_and_match_the_contract() {
     let s = Settings::load_with_env(None, env(&[])).expect("defaults are valid");
     assert_eq!(
         s.mongodb.uri.expose(),
-        "mongodb://127.0.0.1:27017/?directConnection=true"
+        "mongodb://127.0.0.1:27017/?replicaSet=rs0"
     );
     assert_eq!(s.mongodb.database, "esr");
     assert_eq!(s.mongodb.records_collection, "generatedAppRecords");

@@ -21,7 +21,7 @@ use tokio::sync::{oneshot, Mutex, MutexGuard};
 /// The server under test: `ESR_TEST_MONGODB_URI`, else the local default.
 pub fn base_uri() -> String {
     std::env::var("ESR_TEST_MONGODB_URI")
-        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?directConnection=true".to_owned())
+        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=secantus".to_owned())
 }
 
 fn with_app_name(uri: &str, app_name: &str) -> String {
