@@ -3,6 +3,8 @@
 //! complete. Every step is recorded in the run document before the next
 //! starts, so an attempt that dies anywhere is finished by the next one.
 
+use bson::Bson;
+
 use super::context::RunContext;
 use super::{ExportError, Exporter};
 use crate::store::{RunDoc, RunPhase};
@@ -42,11 +44,7 @@ impl Exporter {
             ctx.progress.resumed = true;
             return Ok((run, true));
         }
-        let unexportable = self.reject_unexportable(ctx).await?;
-        let up_to = self
-            .store
-            .max_to_export_id(deanery, &mut ctx.attempts)
-            .await?;
+        let (unexportable, up_to) = self.backlog(ctx).await?;
         let mut run = RunDoc::new(deanery, up_to);
         // Counted on the run, so its summary and the status report show them.
         run.rejected = unexportable as i64;
@@ -55,6 +53,30 @@ impl Exporter {
             .await?;
         tracing::info!(deanery = %deanery, run_id = %run.id, "export run started");
         Ok((run, false))
+    }
+
+    /// The newest waiting record a new run claims up to, after rejecting
+    /// those no run can claim; how many were rejected.
+    async fn backlog(
+        &self,
+        ctx: &mut RunContext<'_>,
+    ) -> Result<(u64, Option<bson::oid::ObjectId>), ExportError> {
+        let (lowest, highest) = self
+            .store
+            .waiting_id_extremes(ctx.deanery, &mut ctx.attempts)
+            .await?;
+        match (lowest, highest) {
+            (None, None) => Ok((0, None)),
+            (Some(Bson::ObjectId(_)), Some(Bson::ObjectId(newest))) => Ok((0, Some(newest))),
+            _ => {
+                let rejected = self.reject_unexportable(ctx).await?;
+                let store = &self.store;
+                let newest = store
+                    .max_to_export_id(ctx.deanery, &mut ctx.attempts)
+                    .await?;
+                Ok((rejected, newest))
+            }
+        }
     }
 
     /// Rejects the deanery's waiting records no run can claim (an `_id`

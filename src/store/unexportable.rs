@@ -13,6 +13,49 @@ use crate::domain::{bson_type_name, Deanery, RecordStatus};
 const ROUND: i64 = 1_000;
 
 impl Store {
+    /// The lowest and highest `_id` of the deanery's waiting records, in
+    /// BSON order. ObjectIds sort together, so when both are ObjectIds no
+    /// waiting `_id` is anything else: two index reads instead of a scan
+    /// for other types (which SecantusDB answers by reading every record).
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub async fn waiting_id_extremes(
+        &self,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<(Option<Bson>, Option<Bson>), StoreError> {
+        let mut extremes = [None, None];
+        for (slot, order) in extremes.iter_mut().zip([1, -1]) {
+            *slot = self.waiting_id_at(deanery, order, attempts).await?;
+        }
+        let [lowest, highest] = extremes;
+        Ok((lowest, highest))
+    }
+
+    async fn waiting_id_at(
+        &self,
+        deanery: &Deanery,
+        order: i32,
+        attempts: &mut Attempts,
+    ) -> Result<Option<Bson>, StoreError> {
+        let records = &self.records;
+        let filter = doc! {"deanery": deanery.as_str(), "status": RecordStatus::ToExport.as_str()};
+        let filter = &filter;
+        let found = self
+            .retry
+            .run(scope("find_backlog", deanery), attempts, || async move {
+                records
+                    .find_one(filter.clone())
+                    .sort(doc! {"_id": order})
+                    .projection(doc! {"_id": 1})
+                    .max_time(self.max_time)
+                    .await
+            })
+            .await?;
+        Ok(found.and_then(|mut d| d.remove("_id")))
+    }
+
     /// Rejects the deanery's waiting records whose `_id` is not an
     /// ObjectId; returns each rejected `_id` with its reason.
     ///

@@ -144,14 +144,24 @@ async fn an_unreachable_database_fails_the_export_with_exit_1() {
 #[tokio::test]
 async fn check_config_warns_when_the_uri_pins_one_host() {
     let app = spawn_app().await;
-    let pinned = [("ESR_MONGODB__URI", "mongodb://127.0.0.1:27017/?directConnection=true")];
+    let pinned = [(
+        "ESR_MONGODB__URI",
+        "mongodb://127.0.0.1:27017/?directConnection=true",
+    )];
     let output = run(&app, &["check-config"], &pinned).await;
     assert_eq!(output.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("directConnection=true"), "{stderr}");
 
-    let discovered = [("ESR_MONGODB__URI", "mongodb://127.0.0.1:27017/?replicaSet=secantus")];
+    let discovered = [(
+        "ESR_MONGODB__URI",
+        "mongodb://127.0.0.1:27017/?replicaSet=secantus",
+    )];
     let output = run(&app, &["check-config"], &discovered).await;
     assert_eq!(output.status.code(), Some(0));
-    assert!(output.stderr.is_empty(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 }
