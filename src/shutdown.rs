@@ -32,13 +32,13 @@ impl Shutdown {
     }
 
     /// True once shutdown has been signalled.
-    pub fn is_shutdown(&self) -> bool {
+    pub(crate) fn is_shutdown(&self) -> bool {
         *self.rx.borrow()
     }
 
     /// Waits for the signal (returns at once if it was already sent, or if
     /// the trigger is gone).
-    pub async fn recv(&mut self) {
+    pub(crate) async fn recv(&mut self) {
         let _ = self.rx.wait_for(|stop| *stop).await;
     }
 }

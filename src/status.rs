@@ -15,14 +15,14 @@ use crate::domain::RecordStatus;
 use crate::store::{Attempts, LatestRun, OldestWaiting, StatusCount, Store, StoreError};
 
 /// The days of runs whose exported and rejected records are counted.
-pub const WINDOW_DAYS: i64 = 30;
+pub(crate) const WINDOW_DAYS: i64 = 30;
 
 /// The whole report.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct StatusReport {
     /// When the report was made, RFC 3339 UTC.
-    pub generated_at: String,
+    pub(crate) generated_at: String,
     /// `EXPORTED` and `REJECTED` count the runs started in this many days.
     pub window_days: i64,
     /// One entry per deanery value found, sorted.
@@ -54,9 +54,9 @@ pub struct LastRun {
     /// `CLAIMING`, `WRITTEN` or `COMPLETED`.
     pub phase: String,
     /// Start, RFC 3339.
-    pub started_at: Option<String>,
+    pub(crate) started_at: Option<String>,
     /// End, RFC 3339; null while unfinished.
-    pub finished_at: Option<String>,
+    pub(crate) finished_at: Option<String>,
     /// File name, if one was allocated.
     pub file: Option<String>,
     /// Records in the file.
@@ -64,7 +64,7 @@ pub struct LastRun {
     /// Records rejected.
     pub rejected: Option<i64>,
     /// The error the last attempt stopped on, if it failed.
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
 }
 
 /// A stored deanery value as shown: escaped and bounded, since another
@@ -166,7 +166,7 @@ const COLUMNS: [RecordStatus; 4] = [
 ];
 
 /// The report as a table for people.
-pub fn render_table(report: &StatusReport) -> String {
+pub(crate) fn render_table(report: &StatusReport) -> String {
     let [a, b, c, d] = COLUMNS.map(RecordStatus::as_str);
     let mut out = format!(
         "EXPORTED and REJECTED: by the runs of the last {} days\n",

@@ -18,7 +18,7 @@ use crate::config::{LogFormat, LogSettings};
 /// `short_lived` is for one-off commands: the AMQP client's own log lines
 /// are left out there (unless `RUST_LOG` asks for them), because its I/O
 /// thread can report the process's own exit as an error.
-pub fn init<W>(settings: &LogSettings, sink: W, short_lived: bool)
+pub(crate) fn init<W>(settings: &LogSettings, sink: W, short_lived: bool)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {

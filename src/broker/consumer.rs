@@ -39,7 +39,7 @@ use crate::shutdown::Shutdown;
 
 /// How one delivery was settled.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Outcome {
+pub(crate) enum Outcome {
     /// The run completed; acked.
     Exported(Box<RunSummary>),
     /// The slot or command was already completed; acked as a no-op.
@@ -60,7 +60,7 @@ pub enum Outcome {
 
 impl Outcome {
     /// The `outcome` label of `esr_commands_total`.
-    pub fn label(&self) -> &'static str {
+    pub(crate) fn label(&self) -> &'static str {
         match self {
             Self::Exported(_) => "exported",
             Self::AlreadyDone => "no_op",
@@ -73,7 +73,7 @@ impl Outcome {
 
 /// Consumes generation commands and runs exports.
 #[derive(Debug, Clone)]
-pub struct Consumer {
+pub(crate) struct Consumer {
     settings: AmqpSettings,
     exporter: Exporter,
     readiness: Readiness,
@@ -97,7 +97,7 @@ fn attempt_of(delivery: &Delivery) -> i64 {
 
 impl Consumer {
     /// A consumer of `settings.queue` running exports with `exporter`.
-    pub fn new(settings: AmqpSettings, exporter: Exporter, readiness: Readiness) -> Self {
+    pub(crate) fn new(settings: AmqpSettings, exporter: Exporter, readiness: Readiness) -> Self {
         Self {
             settings,
             exporter,
@@ -108,7 +108,7 @@ impl Consumer {
     /// Consumes until shutdown. A lost connection or channel is
     /// re-established with backoff, the topology re-declared and consuming
     /// resumed; the loop never gives up while the process runs.
-    pub async fn run(self, mut shutdown: Shutdown) {
+    pub(crate) async fn run(self, mut shutdown: Shutdown) {
         let mut backoff = self.settings.reconnect_backoff();
         while !shutdown.is_shutdown() {
             let mut connected = false;
@@ -212,7 +212,7 @@ impl Consumer {
     ///
     /// # Errors
     /// [`BrokerError`] when acking or republishing fails.
-    pub async fn handle(
+    pub(crate) async fn handle(
         &self,
         channel: &Channel,
         delivery: Delivery,

@@ -12,9 +12,9 @@ use crate::config::AmqpSettings;
 /// A message in the dead-letter queue, as `dead-letters` shows it.
 #[derive(Debug, Clone, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct DeadLetter {
+pub(crate) struct DeadLetter {
     /// The message id (the command id for commands).
-    pub message_id: Option<String>,
+    pub(crate) message_id: Option<String>,
     /// Why this daemon dead-lettered it (`x-esr-dead-letter-reason`), or
     /// the broker's own reason from `x-death`.
     pub reason: Option<String>,
@@ -92,7 +92,9 @@ async fn next_dead_letter(
 ///
 /// # Errors
 /// [`BrokerError`] when RabbitMQ fails.
-pub async fn list_dead_letters(settings: &AmqpSettings) -> Result<Vec<DeadLetter>, BrokerError> {
+pub(crate) async fn list_dead_letters(
+    settings: &AmqpSettings,
+) -> Result<Vec<DeadLetter>, BrokerError> {
     let (connection, channel, waiting) = dead_letter_channel(settings, "dead-letters").await?;
     let mut letters = Vec::new();
     for _ in 0..waiting {
@@ -115,7 +117,7 @@ pub async fn list_dead_letters(settings: &AmqpSettings) -> Result<Vec<DeadLetter
 ///
 /// # Errors
 /// [`BrokerError`] when RabbitMQ fails; messages not yet moved stay put.
-pub async fn replay_dead_letters(settings: &AmqpSettings) -> Result<u32, BrokerError> {
+pub(crate) async fn replay_dead_letters(settings: &AmqpSettings) -> Result<u32, BrokerError> {
     let (connection, channel, waiting) = dead_letter_channel(settings, "dead-letters").await?;
     channel
         .confirm_select(ConfirmSelectOptions::default())

@@ -25,14 +25,15 @@ use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::config::AmqpSettings;
 
-pub use dead_letters::{list_dead_letters, replay_dead_letters, DeadLetter};
-pub use publish::{message_properties, publish_commands, publish_confirmed, Publisher};
-pub use topology::declare_topology;
+pub(crate) use dead_letters::{list_dead_letters, replay_dead_letters};
+pub(crate) use publish::publish_commands;
+pub use publish::{message_properties, publish_confirmed, Publisher};
+pub(crate) use topology::declare_topology;
 
 /// Header carrying why a message was dead-lettered by this daemon.
 pub const REASON_HEADER: &str = "x-esr-dead-letter-reason";
 /// Header counting processing attempts of a command.
-pub const ATTEMPT_HEADER: &str = "x-esr-attempt";
+pub(crate) const ATTEMPT_HEADER: &str = "x-esr-attempt";
 
 /// A broker operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -101,6 +102,6 @@ pub async fn open_declared(
 }
 
 /// `<user>@<host>` style identity for `requestedBy`.
-pub fn requester(role: &str) -> String {
+pub(crate) fn requester(role: &str) -> String {
     format!("{role}@{}", crate::domain::host_name())
 }

@@ -114,7 +114,7 @@ impl Publisher {
 /// # Errors
 /// [`BrokerError`] when the broker cannot be reached or a command is not
 /// confirmed; the commands before it stay published.
-pub async fn publish_commands(
+pub(crate) async fn publish_commands(
     settings: &AmqpSettings,
     role: &str,
     deaneries: &[Deanery],

@@ -24,7 +24,7 @@ fn durable() -> QueueDeclareOptions {
 /// # Errors
 /// [`BrokerError::Amqp`], e.g. when an existing queue was declared with
 /// other arguments (PRECONDITION_FAILED names the argument).
-pub async fn declare_topology(
+pub(crate) async fn declare_topology(
     channel: &Channel,
     settings: &AmqpSettings,
 ) -> Result<(), BrokerError> {

@@ -16,14 +16,22 @@ mod validate;
 
 use serde::Serialize;
 
-pub use secret::{redact_uri, SecretUri};
-pub use sections::{
-    AmqpSettings, DaemonSettings, ExportSettings, HttpSettings, LogFormat, LogSettings,
-    MongoSettings, QueueType, RetrySettings, ScheduleSettings, WatchdogSettings,
-};
+pub use secret::SecretUri;
+
+pub use sections::AmqpSettings;
+pub use sections::DaemonSettings;
+pub use sections::ExportSettings;
+pub use sections::HttpSettings;
+pub use sections::LogFormat;
+pub use sections::LogSettings;
+pub use sections::MongoSettings;
+pub(crate) use sections::QueueType;
+pub use sections::RetrySettings;
+pub use sections::ScheduleSettings;
+pub use sections::WatchdogSettings;
 
 /// The defaults, exactly as shipped in `config/default.toml`.
-pub const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
+pub(crate) const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 
 /// Why the settings could not be loaded. The message always names the key.
 #[derive(Debug, thiserror::Error)]
@@ -66,7 +74,7 @@ pub struct Settings {
 
 impl Settings {
     /// The settings as TOML, secrets redacted (for `check-config`).
-    pub fn to_redacted_toml(&self) -> String {
+    pub(crate) fn to_redacted_toml(&self) -> String {
         toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
     }
 }

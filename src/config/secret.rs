@@ -30,7 +30,7 @@ impl SecretUri {
 
     /// True when the URI pins one host (`directConnection=true`): after a
     /// step-down the driver keeps talking to the demoted node.
-    pub fn pins_one_host(&self) -> bool {
+    pub(crate) fn pins_one_host(&self) -> bool {
         split(&self.0)
             .and_then(|parts| parts.query)
             .is_some_and(|query| {
@@ -47,7 +47,7 @@ impl SecretUri {
 
     /// `text` (say, a driver's error message) with every secret of this
     /// URI replaced by `***`, raw or percent-decoded.
-    pub fn scrub(&self, text: &str) -> String {
+    pub(crate) fn scrub(&self, text: &str) -> String {
         let mut scrubbed = text.to_owned();
         for secret in secrets(&self.0) {
             let decoded = percent_decode(&secret);
@@ -163,7 +163,7 @@ fn secrets(uri: &str) -> Vec<String> {
 /// of sensitive query options with `***`. The user name, hosts and other
 /// options stay visible, because operators need them. Text without a
 /// scheme is shown as `***`: it cannot be told apart from a secret.
-pub fn redact_uri(uri: &str) -> String {
+pub(crate) fn redact_uri(uri: &str) -> String {
     let Some(parts) = split(uri) else {
         return "***".to_owned();
     };

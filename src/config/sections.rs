@@ -24,17 +24,17 @@ pub struct MongoSettings {
     /// GeneratedAppRecords collection.
     pub records_collection: String,
     /// Export run documents.
-    pub runs_collection: String,
+    pub(crate) runs_collection: String,
     /// Per-deanery leases.
-    pub leases_collection: String,
+    pub(crate) leases_collection: String,
     /// File sequence counters.
-    pub sequences_collection: String,
+    pub(crate) sequences_collection: String,
     /// Schedule slot documents.
-    pub slots_collection: String,
+    pub(crate) slots_collection: String,
     /// How long an operation waits for a reachable server.
-    pub server_selection_timeout_ms: u64,
+    pub(crate) server_selection_timeout_ms: u64,
     /// `maxTimeMS` of every query and aggregation.
-    pub operation_timeout_ms: u64,
+    pub(crate) operation_timeout_ms: u64,
 }
 
 /// `[amqp]`
@@ -46,23 +46,23 @@ pub struct AmqpSettings {
     /// Queue that carries generation commands.
     pub queue: String,
     /// `quorum` or `classic`.
-    pub queue_type: QueueType,
+    pub(crate) queue_type: QueueType,
     /// Unacknowledged deliveries per replica.
-    pub prefetch: u16,
+    pub(crate) prefetch: u16,
     /// Quorum queues: deliveries before the broker dead-letters a message.
-    pub delivery_limit: u32,
+    pub(crate) delivery_limit: u32,
     /// Processing attempts of one command before it is dead-lettered.
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// Delay before a transiently failed command is tried again.
-    pub retry_delay_ms: u64,
+    pub(crate) retry_delay_ms: u64,
     /// An export attempt stops at a safe point after this many seconds.
-    pub processing_timeout_seconds: u64,
+    pub(crate) processing_timeout_seconds: u64,
     /// First reconnect delay.
-    pub reconnect_min_delay_ms: u64,
+    pub(crate) reconnect_min_delay_ms: u64,
     /// Largest reconnect delay.
-    pub reconnect_max_delay_ms: u64,
+    pub(crate) reconnect_max_delay_ms: u64,
     /// Connection name shown by the broker.
-    pub connection_name: String,
+    pub(crate) connection_name: String,
 }
 
 impl AmqpSettings {
@@ -84,7 +84,7 @@ impl AmqpSettings {
     /// Unbounded backoff with jitter between the reconnect delays: for
     /// waiting out a dependency that is away (broker, database at start,
     /// firing a slot).
-    pub fn reconnect_backoff(&self) -> impl Iterator<Item = Duration> {
+    pub(crate) fn reconnect_backoff(&self) -> impl Iterator<Item = Duration> {
         use backon::BackoffBuilder;
         backon::ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(self.reconnect_min_delay_ms))
@@ -98,7 +98,7 @@ impl AmqpSettings {
 /// RabbitMQ queue type of the command queue.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
-pub enum QueueType {
+pub(crate) enum QueueType {
     /// Replicated, with a delivery limit and a dead-letter exchange.
     Quorum,
     /// Plain durable queue (reuse of an existing one).
@@ -113,11 +113,11 @@ pub struct ExportSettings {
     /// Permissions of written files; configured (and printed) as octal
     /// digits such as `"0644"`, validated at load.
     #[serde(serialize_with = "serialise::octal")]
-    pub file_mode: u32,
+    pub(crate) file_mode: u32,
     /// Records claimed per transaction.
     pub chunk_size: u32,
     /// Records per batch when streaming claimed records back.
-    pub cursor_batch_size: u32,
+    pub(crate) cursor_batch_size: u32,
     /// Lease lifetime without renewal, in seconds.
     pub lease_seconds: u64,
     /// Deaneries exported at once by `export --all`.
@@ -126,7 +126,7 @@ pub struct ExportSettings {
 
 impl ExportSettings {
     /// `file_mode` as permission bits (validated at load).
-    pub fn file_mode_bits(&self) -> u32 {
+    pub(crate) fn file_mode_bits(&self) -> u32 {
         self.file_mode
     }
 
@@ -141,13 +141,13 @@ impl ExportSettings {
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
     /// First backoff delay.
-    pub min_delay_ms: u64,
+    pub(crate) min_delay_ms: u64,
     /// Largest backoff delay.
     pub max_delay_ms: u64,
     /// Attempts per transaction or operation, the first included.
-    pub max_attempts: u32,
+    pub(crate) max_attempts: u32,
     /// No retry starts after this much time since the first attempt.
-    pub max_elapsed_ms: u64,
+    pub(crate) max_elapsed_ms: u64,
 }
 
 /// `[schedule]`
@@ -161,14 +161,14 @@ pub struct ScheduleSettings {
     pub cron: cron::Schedule,
     /// IANA time zone the expression is read in.
     #[serde(serialize_with = "serialise::display")]
-    pub timezone: Tz,
+    pub(crate) timezone: Tz,
     /// Deaneries commanded at every slot.
     #[serde(serialize_with = "serialise::deaneries")]
     pub deaneries: Vec<Deanery>,
     /// Window in which a missed slot is caught up on start.
     pub catch_up_window_minutes: u64,
     /// Lease on a slot being fired.
-    pub slot_lease_seconds: u64,
+    pub(crate) slot_lease_seconds: u64,
 }
 
 /// `[watchdog]`
@@ -178,11 +178,11 @@ pub struct WatchdogSettings {
     /// Whether this replica runs the watchdog.
     pub enabled: bool,
     /// Seconds between checks.
-    pub period_seconds: u64,
+    pub(crate) period_seconds: u64,
     /// Minutes after a slot before its waiting records count as stuck.
     pub grace_minutes: u64,
     /// Publish catch-up commands for stuck deaneries.
-    pub catch_up: bool,
+    pub(crate) catch_up: bool,
 }
 
 /// `[daemon]`
@@ -190,7 +190,7 @@ pub struct WatchdogSettings {
 #[serde(deny_unknown_fields)]
 pub struct DaemonSettings {
     /// Grace period for in-flight work on shutdown.
-    pub shutdown_grace_seconds: u64,
+    pub(crate) shutdown_grace_seconds: u64,
 }
 
 /// `[http]`

@@ -30,7 +30,7 @@ impl Settings {
     ///
     /// # Errors
     /// [`ConfigError::Invalid`] for the first bad key.
-    pub fn validate(&self) -> Result<(), ConfigError> {
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
         self.validate_mongodb_scheme()?;
         self.validate_uris()?;
         self.validate_names()?;

@@ -64,7 +64,7 @@ pub struct GenerationCommand {
     pub requested_by: String,
     /// When it was published.
     #[serde(default)]
-    pub requested_at: Option<DateTime<Utc>>,
+    pub(crate) requested_at: Option<DateTime<Utc>>,
 }
 
 /// Why a message is not a usable command. The text goes to the log and to
@@ -119,7 +119,10 @@ impl GenerationCommand {
     ///
     /// # Errors
     /// [`CommandError`] saying what is wrong.
-    pub fn parse_at(body: &[u8], now: DateTime<Utc>) -> Result<(Self, Deanery), CommandError> {
+    pub(crate) fn parse_at(
+        body: &[u8],
+        now: DateTime<Utc>,
+    ) -> Result<(Self, Deanery), CommandError> {
         let (command, deanery) = Self::parse_shape(body)?;
         if let Slot::Scheduled(at) = command.slot {
             if at > now + SLOT_CLOCK_SKEW {
@@ -145,7 +148,7 @@ impl GenerationCommand {
     }
 
     /// The JSON body.
-    pub fn to_json(&self) -> Vec<u8> {
+    pub(crate) fn to_json(&self) -> Vec<u8> {
         serde_json::to_vec(self).expect("a command always serialises")
     }
 }

@@ -8,9 +8,12 @@ mod schedule;
 mod summary;
 mod text;
 
-pub use command::{CommandError, GenerationCommand, Slot};
-pub use deanery::{Deanery, DeaneryError};
-pub use record::{type_name as bson_type_name, AppRow, RecordStatus};
-pub use schedule::{parse_cron, parse_timezone};
+pub use command::{GenerationCommand, Slot};
+
+pub use command::CommandError;
+pub use deanery::Deanery;
+pub use deanery::DeaneryError;
+pub(crate) use record::{type_name as bson_type_name, AppRow, RecordStatus};
+pub(crate) use schedule::{parse_cron, parse_timezone};
 pub use summary::{RunStatus, RunSummary};
-pub use text::{host_name, printable};
+pub(crate) use text::{host_name, printable};

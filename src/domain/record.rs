@@ -6,7 +6,7 @@ use super::Deanery;
 /// Lifecycle of a GeneratedAppRecord (contract):
 /// `TO_EXPORT` → `EXPORTING` (claimed by a run) → `EXPORTED`, or `REJECTED`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordStatus {
+pub(crate) enum RecordStatus {
     /// Waiting to be exported.
     ToExport,
     /// Claimed by an export run (`exportRunId`), not yet confirmed in a file.
@@ -19,7 +19,7 @@ pub enum RecordStatus {
 
 impl RecordStatus {
     /// The value stored in the `status` field.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::ToExport => "TO_EXPORT",
             Self::Exporting => "EXPORTING",
@@ -31,7 +31,7 @@ impl RecordStatus {
 
 /// One validated APP detail line, ready to be written.
 #[derive(Debug, Clone, PartialEq)]
-pub struct AppRow {
+pub(crate) struct AppRow {
     /// Record `_id`.
     pub id: ObjectId,
     /// The 16 CSV fields of the detail line, `APP` first.
@@ -45,7 +45,7 @@ impl AppRow {
     ///
     /// # Errors
     /// The rejection reason, all problems joined by `"; "`.
-    pub fn from_document(doc: &Document, deanery: &Deanery) -> Result<Self, String> {
+    pub(crate) fn from_document(doc: &Document, deanery: &Deanery) -> Result<Self, String> {
         let mut problems = Vec::new();
         problems.extend(deanery_field(doc, deanery).err());
         let id = id_field(doc).map_err(|problem| problems.push(problem)).ok();
@@ -73,7 +73,7 @@ impl AppRow {
     }
 
     /// The CSV fields of the detail line.
-    pub fn fields(&self) -> &[String; 16] {
+    pub(crate) fn fields(&self) -> &[String; 16] {
         &self.fields
     }
 }
@@ -127,7 +127,7 @@ fn id_field(doc: &Document) -> Result<ObjectId, String> {
 }
 
 /// The BSON type of a value, by the name MongoDB's `$type` uses.
-pub fn type_name(value: &Bson) -> &'static str {
+pub(crate) fn type_name(value: &Bson) -> &'static str {
     match value {
         Bson::Double(_) => "double",
         Bson::String(_) => "string",

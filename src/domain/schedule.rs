@@ -20,7 +20,7 @@ const FIELDS: [(&str, u32, u32); 6] = [
 ///
 /// # Errors
 /// A message saying what is wrong, naming the field.
-pub fn parse_cron(expression: &str) -> Result<cron::Schedule, String> {
+pub(crate) fn parse_cron(expression: &str) -> Result<cron::Schedule, String> {
     let fields: Vec<&str> = expression.split_whitespace().collect();
     if fields.len() != 6 {
         return Err("must have six fields: sec min hour day-of-month month day-of-week".to_owned());
@@ -54,7 +54,7 @@ fn out_of_range(fields: &[&str]) -> Option<String> {
 ///
 /// # Errors
 /// A message naming the zone.
-pub fn parse_timezone(name: &str) -> Result<Tz, String> {
+pub(crate) fn parse_timezone(name: &str) -> Result<Tz, String> {
     name.parse::<Tz>()
         .map_err(|_| format!("`{name}` is not an IANA time zone name (e.g. UTC, Europe/London)"))
 }

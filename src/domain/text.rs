@@ -2,7 +2,7 @@
 //! one line, bounded, control characters escaped.
 
 /// This machine's host name, as the kernel reports it.
-pub fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -14,7 +14,7 @@ pub fn host_name() -> String {
 /// terminal escapes) escaped as `\n`, `\u{1b}`, ..., and cut after
 /// `max_chars` characters with a note of the full length, so a value can
 /// neither forge a line nor flood the output.
-pub fn printable(text: &str, max_chars: usize) -> String {
+pub(crate) fn printable(text: &str, max_chars: usize) -> String {
     let mut shown = String::new();
     for (count, c) in text.chars().enumerate() {
         if count == max_chars {

@@ -6,7 +6,7 @@ use crate::store::StoreError;
 
 /// Why an export attempt stopped.
 #[derive(Debug, thiserror::Error)]
-pub enum ExportError {
+pub(crate) enum ExportError {
     /// MongoDB failed (after retries, if transient), or the lease was lost.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -50,7 +50,7 @@ pub enum ExportError {
 
 impl ExportError {
     /// True when trying again later may succeed without anyone fixing anything.
-    pub fn is_transient(&self) -> bool {
+    pub(crate) fn is_transient(&self) -> bool {
         match self {
             Self::Store(err) => err.is_transient(),
             // A full disk, a read-only mount, too many open files: the

@@ -36,7 +36,7 @@ pub struct FileHeader {
 /// The `<file>.json` manifest (contract).
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Manifest {
+pub(crate) struct Manifest {
     /// Run id.
     pub run_id: String,
     /// Deanery code.
@@ -44,11 +44,11 @@ pub struct Manifest {
     /// The `.DAT` file name.
     pub file_name: String,
     /// Detail lines.
-    pub record_count: u64,
+    pub(crate) record_count: u64,
     /// SHA-256 of the `.DAT` bytes, lowercase hex.
     pub sha256: String,
     /// When the file was completed, RFC 3339 UTC.
-    pub created_at: String,
+    pub(crate) created_at: String,
 }
 
 /// Passes bytes through to the inner writer and hashes exactly the bytes
@@ -72,7 +72,7 @@ impl<W: Write> Write for HashingWriter<W> {
 
 /// A file being written. Dropping it without [`ExportFile::finish`] removes
 /// the temporary file, so a failed run leaves nothing behind.
-pub struct ExportFile {
+pub(crate) struct ExportFile {
     dir: PathBuf,
     header: FileHeader,
     csv: csv::Writer<HashingWriter<NamedTempFile>>,
@@ -111,7 +111,7 @@ impl ExportFile {
     ///
     /// # Errors
     /// When the folder cannot be created or written.
-    pub fn create(dir: &Path, header: FileHeader) -> io::Result<Self> {
+    pub(crate) fn create(dir: &Path, header: FileHeader) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let temp = tempfile::Builder::new()
             .prefix(&temp_prefix(&header.file_name))
@@ -147,7 +147,7 @@ impl ExportFile {
     ///
     /// # Errors
     /// When the file cannot be written.
-    pub fn write_rows(&mut self, rows: &[AppRow]) -> io::Result<()> {
+    pub(crate) fn write_rows(&mut self, rows: &[AppRow]) -> io::Result<()> {
         for row in rows {
             self.csv.write_record(row.fields())?;
             self.count += 1;
@@ -156,7 +156,7 @@ impl ExportFile {
     }
 
     /// Detail lines written so far.
-    pub fn count(&self) -> u64 {
+    pub(crate) fn count(&self) -> u64 {
         self.count
     }
 
@@ -166,7 +166,7 @@ impl ExportFile {
     ///
     /// # Errors
     /// When any step fails; the temporary file is then removed.
-    pub fn stage(mut self) -> io::Result<Staged> {
+    pub(crate) fn stage(mut self) -> io::Result<Staged> {
         self.csv
             .write_record(["TRL".to_owned(), self.count.to_string()])?;
         self.csv.flush()?;
@@ -193,7 +193,7 @@ pub struct Staged {
     /// SHA-256 of the bytes.
     pub sha256: String,
     /// Detail lines.
-    pub record_count: u64,
+    pub(crate) record_count: u64,
 }
 
 fn staging_path(dir: &Path, file_name: &str) -> PathBuf {
@@ -323,7 +323,7 @@ fn ensure_manifest(dir: &Path, header: &FileHeader, staged: &Staged) -> io::Resu
 ///
 /// # Errors
 /// When the folder cannot be listed.
-pub fn remove_stale_temporaries(dir: &Path, deanery: &Deanery) -> io::Result<usize> {
+pub(crate) fn remove_stale_temporaries(dir: &Path, deanery: &Deanery) -> io::Result<usize> {
     let prefix = format!(".DE_{deanery}_APP_");
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -352,7 +352,7 @@ fn exact_mode(file: &File, mode: u32) -> io::Result<()> {
 ///
 /// # Errors
 /// When it is missing or not a manifest.
-pub fn read_manifest(dir: &Path, file_name: &str) -> io::Result<serde_json::Value> {
+pub(crate) fn read_manifest(dir: &Path, file_name: &str) -> io::Result<serde_json::Value> {
     let bytes = std::fs::read(dir.join(format!("{file_name}.json")))?;
     serde_json::from_slice(&bytes).map_err(io::Error::other)
 }

@@ -39,7 +39,7 @@ use crate::domain::{Deanery, RunSummary};
 use crate::store::Store;
 
 pub use context::RunOptions;
-pub use error::ExportError;
+pub(crate) use error::ExportError;
 pub use listing::deaneries_to_export;
 
 /// Runs exports against a [`Store`]; cheap to clone.
@@ -60,7 +60,7 @@ impl Exporter {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn already_done(
+    pub(crate) async fn already_done(
         &self,
         deanery: &Deanery,
         slot: Option<&str>,

@@ -25,7 +25,7 @@ const PING_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// What the handlers need.
 #[derive(Debug, Clone)]
-pub struct HttpState {
+pub(crate) struct HttpState {
     /// For the readiness ping.
     pub store: Store,
     /// The consumer's attachment.
@@ -37,7 +37,7 @@ pub struct HttpState {
 }
 
 /// The routes.
-pub fn router(state: HttpState) -> Router {
+pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -47,16 +47,16 @@ pub fn router(state: HttpState) -> Router {
 
 /// Connections served at once; more are closed as soon as they are
 /// accepted, so a flood cannot use up the process's file descriptors.
-pub const MAX_CONNECTIONS: usize = 64;
+pub(crate) const MAX_CONNECTIONS: usize = 64;
 /// A request's headers must arrive within this.
-pub const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// No connection, idle or not, is kept longer than this (a scrape or probe
 /// takes milliseconds; Prometheus reconnects).
-pub const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
+pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
 /// Serves until shutdown, within [`MAX_CONNECTIONS`], [`HEADER_TIMEOUT`]
 /// and [`CONNECTION_LIFETIME`].
-pub async fn serve(listener: TcpListener, state: HttpState, mut shutdown: Shutdown) {
+pub(crate) async fn serve(listener: TcpListener, state: HttpState, mut shutdown: Shutdown) {
     let service = hyper_util::service::TowerToHyperService::new(router(state));
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();

@@ -141,7 +141,7 @@ fn describe() {
 }
 
 /// Records one export attempt.
-pub fn record_run(summary: &RunSummary) {
+pub(crate) fn record_run(summary: &RunSummary) {
     let deanery = summary.deanery.clone();
     let outcome = match summary.status {
         RunStatus::Completed => "completed",
@@ -172,7 +172,7 @@ pub fn record_run(summary: &RunSummary) {
 }
 
 /// Records how a command delivery was settled.
-pub fn record_command(outcome: &'static str) {
+pub(crate) fn record_command(outcome: &'static str) {
     counter!("esr_commands_total", "outcome" => outcome).increment(1);
     if outcome == "dead_lettered" {
         counter!("esr_commands_dead_lettered_total").increment(1);
@@ -180,33 +180,33 @@ pub fn record_command(outcome: &'static str) {
 }
 
 /// Records a fired schedule slot.
-pub fn record_slot_fired() {
+pub(crate) fn record_slot_fired() {
     counter!("esr_schedule_slots_fired_total").increment(1);
 }
 
 /// Sets the stuck-record gauges of a deanery.
-pub fn set_stuck(deanery: &str, count: u64, oldest_age_seconds: i64) {
+pub(crate) fn set_stuck(deanery: &str, count: u64, oldest_age_seconds: i64) {
     gauge!("esr_stuck_records", "deanery" => deanery.to_owned()).set(count as f64);
     gauge!("esr_stuck_records_oldest_age_seconds", "deanery" => deanery.to_owned())
         .set(oldest_age_seconds as f64);
 }
 
 /// Records a catch-up command published by the watchdog.
-pub fn record_catch_up(deanery: &str) {
+pub(crate) fn record_catch_up(deanery: &str) {
     counter!("esr_watchdog_catch_up_commands_total", "deanery" => deanery.to_owned()).increment(1);
 }
 
 /// Sets the consumer-attached gauge.
-pub fn set_consumer_attached(attached: bool) {
+pub(crate) fn set_consumer_attached(attached: bool) {
     gauge!("esr_consumer_attached").set(if attached { 1.0 } else { 0.0 });
 }
 
 /// Counts an I/O error met in the output folder, by errno name.
-pub fn record_output_folder_error(error: &str) {
+pub(crate) fn record_output_folder_error(error: &str) {
     counter!("esr_output_folder_errors_total", "error" => error.to_owned()).increment(1);
 }
 
 /// Sets whether the last export could write its output folder.
-pub fn set_output_folder_writable(writable: bool) {
+pub(crate) fn set_output_folder_writable(writable: bool) {
     gauge!("esr_output_folder_writable").set(if writable { 1.0 } else { 0.0 });
 }

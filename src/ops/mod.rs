@@ -15,19 +15,19 @@ use std::sync::Arc;
 /// attached to its queue (which also says RabbitMQ is reachable). Cheap to
 /// clone; the consumer sets it, `/readyz` reads it.
 #[derive(Debug, Clone, Default)]
-pub struct Readiness {
+pub(crate) struct Readiness {
     consumer_attached: Arc<AtomicBool>,
 }
 
 impl Readiness {
     /// Records whether the consumer is attached.
-    pub fn set_consumer_attached(&self, attached: bool) {
+    pub(crate) fn set_consumer_attached(&self, attached: bool) {
         self.consumer_attached.store(attached, Ordering::SeqCst);
         metrics::set_consumer_attached(attached);
     }
 
     /// True while the consumer is attached to its queue.
-    pub fn consumer_attached(&self) -> bool {
+    pub(crate) fn consumer_attached(&self) -> bool {
         self.consumer_attached.load(Ordering::SeqCst)
     }
 }

@@ -21,7 +21,7 @@ fn with_errors<T>(f: impl FnOnce(&mut HashMap<PathBuf, String>) -> T) -> T {
 
 /// The symbolic name of an I/O error's errno (`ENOSPC`, ...), for logs and
 /// the `error` label of `esr_output_folder_errors_total`.
-pub fn errno_name(err: &io::Error) -> String {
+pub(crate) fn errno_name(err: &io::Error) -> String {
     let Some(code) = errno(err) else {
         return kind_name(err.kind()).to_owned();
     };
@@ -79,14 +79,14 @@ fn kind_name(kind: io::ErrorKind) -> &'static str {
 }
 
 /// An export could not write into `dir`.
-pub fn record_failure(dir: &Path, err: &io::Error) {
+pub(crate) fn record_failure(dir: &Path, err: &io::Error) {
     metrics::record_output_folder_error(&errno_name(err));
     metrics::set_output_folder_writable(false);
     with_errors(|errors| errors.insert(dir.to_owned(), format!("{}: {err}", dir.display())));
 }
 
 /// An export published a file in `dir`.
-pub fn record_success(dir: &Path) {
+pub(crate) fn record_success(dir: &Path) {
     metrics::set_output_folder_writable(true);
     with_errors(|errors| errors.remove(dir));
 }

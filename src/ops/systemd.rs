@@ -17,13 +17,13 @@ pub fn ready() {
 }
 
 /// Tells systemd the daemon is stopping.
-pub fn stopping() {
+pub(crate) fn stopping() {
     let _ = sd_notify::notify(false, &[NotifyState::Stopping]);
 }
 
 /// How often to ping systemd's watchdog (half the unit's `WatchdogSec`),
 /// if the unit asks for pings.
-pub fn watchdog_period() -> Option<Duration> {
+pub(crate) fn watchdog_period() -> Option<Duration> {
     let mut usec = 0;
     if !sd_notify::watchdog_enabled(false, &mut usec) || usec == 0 {
         return None;
@@ -32,7 +32,7 @@ pub fn watchdog_period() -> Option<Duration> {
 }
 
 /// Pings systemd's watchdog every `period` until shutdown.
-pub async fn run_watchdog_pings(period: Duration, mut shutdown: Shutdown) {
+pub(crate) async fn run_watchdog_pings(period: Duration, mut shutdown: Shutdown) {
     tracing::info!(
         period_ms = period.as_millis() as u64,
         "systemd watchdog enabled"

@@ -14,14 +14,14 @@ use crate::config::ScheduleSettings;
 
 /// Slot arithmetic: pure, clock passed in.
 #[derive(Debug, Clone)]
-pub struct SlotClock {
+pub(crate) struct SlotClock {
     schedule: cron::Schedule,
     timezone: Tz,
 }
 
 impl SlotClock {
     /// The clock of the configured schedule (parsed at load).
-    pub fn new(settings: &ScheduleSettings) -> Self {
+    pub(crate) fn new(settings: &ScheduleSettings) -> Self {
         Self {
             schedule: settings.cron.clone(),
             timezone: settings.timezone,
@@ -29,7 +29,7 @@ impl SlotClock {
     }
 
     /// The first slot strictly after `t`.
-    pub fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
+    pub(crate) fn next_after(&self, t: DateTime<Utc>) -> Option<DateTime<Utc>> {
         self.schedule
             .after(&t.with_timezone(&self.timezone))
             .next()
@@ -37,7 +37,7 @@ impl SlotClock {
     }
 
     /// The latest slot in `(now - window, now]`.
-    pub fn latest_within(
+    pub(crate) fn latest_within(
         &self,
         now: DateTime<Utc>,
         window: chrono::Duration,

@@ -7,6 +7,6 @@ mod clock;
 mod scheduler;
 mod watchdog;
 
-pub use clock::SlotClock;
-pub use scheduler::{FireError, Fired, Scheduler};
-pub use watchdog::{Report, Watchdog};
+pub(crate) use clock::SlotClock;
+pub(crate) use scheduler::Scheduler;
+pub(crate) use watchdog::Watchdog;

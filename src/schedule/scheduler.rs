@@ -22,7 +22,7 @@ use crate::store::{Attempts, SlotClaim, Store, StoreError};
 
 /// Why firing a slot did not finish.
 #[derive(Debug, thiserror::Error)]
-pub enum FireError {
+pub(crate) enum FireError {
     /// MongoDB failed.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -33,7 +33,7 @@ pub enum FireError {
 
 /// What firing a slot did.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Fired {
+pub(crate) enum Fired {
     /// This replica published these commands `(deanery, command id)`.
     Published(Vec<(String, String)>),
     /// Already published (by this or another replica).
@@ -44,7 +44,7 @@ pub enum Fired {
 
 /// Fires slots; one per replica.
 #[derive(Debug, Clone)]
-pub struct Scheduler {
+pub(crate) struct Scheduler {
     settings: ScheduleSettings,
     amqp: AmqpSettings,
     store: Store,
@@ -54,7 +54,7 @@ pub struct Scheduler {
 
 impl Scheduler {
     /// A scheduler for the (parsed, validated) settings.
-    pub fn new(settings: ScheduleSettings, amqp: AmqpSettings, store: Store) -> Self {
+    pub(crate) fn new(settings: ScheduleSettings, amqp: AmqpSettings, store: Store) -> Self {
         Self {
             clock: SlotClock::new(&settings),
             settings,
@@ -66,7 +66,7 @@ impl Scheduler {
 
     /// Catches up the latest missed slot, then fires each slot as it comes,
     /// until shutdown.
-    pub async fn run(self, mut shutdown: Shutdown) {
+    pub(crate) async fn run(self, mut shutdown: Shutdown) {
         let window = chrono::Duration::minutes(self.settings.catch_up_window_minutes as i64);
         if let Some(slot) = self.clock.latest_within(Utc::now(), window) {
             tracing::info!(slot = %Slot::Scheduled(slot).id(), "checking the latest slot for catch-up");
@@ -126,7 +126,7 @@ impl Scheduler {
     /// # Errors
     /// [`FireError`] when MongoDB or RabbitMQ fails; the slot stays claimed
     /// by this replica until its lease lapses, and firing it again resumes.
-    pub async fn fire(&self, slot: DateTime<Utc>) -> Result<Fired, FireError> {
+    pub(crate) async fn fire(&self, slot: DateTime<Utc>) -> Result<Fired, FireError> {
         let slot_id = Slot::Scheduled(slot).id();
         let mut attempts = Attempts::default();
         if let Some(fired) = self.claim(&slot_id, &mut attempts).await? {

@@ -22,7 +22,7 @@ use crate::store::{Attempts, Store, StoreError, StuckRecords};
 
 /// Looks for stuck records; one per replica.
 #[derive(Debug, Clone)]
-pub struct Watchdog {
+pub(crate) struct Watchdog {
     settings: WatchdogSettings,
     amqp: AmqpSettings,
     clock: SlotClock,
@@ -34,18 +34,18 @@ pub struct Watchdog {
 
 /// One check's findings.
 #[derive(Debug, Clone, Default, PartialEq)]
-pub struct Report {
+pub(crate) struct Report {
     /// The slot that should have exported the records.
     pub slot: Option<String>,
     /// `(deanery, count)` of each stuck deanery.
     pub stuck: Vec<(String, u64)>,
     /// Deaneries a catch-up command was published for.
-    pub caught_up: Vec<String>,
+    pub(crate) caught_up: Vec<String>,
 }
 
 impl Watchdog {
     /// A watchdog for the (parsed, validated) settings.
-    pub fn new(
+    pub(crate) fn new(
         settings: WatchdogSettings,
         schedule: &ScheduleSettings,
         amqp: AmqpSettings,
@@ -61,7 +61,7 @@ impl Watchdog {
     }
 
     /// Checks every period until shutdown.
-    pub async fn run(self, mut shutdown: Shutdown) {
+    pub(crate) async fn run(self, mut shutdown: Shutdown) {
         let period = Duration::from_secs(self.settings.period_seconds);
         loop {
             if let Err(err) = self.check().await {
@@ -78,7 +78,7 @@ impl Watchdog {
     ///
     /// # Errors
     /// When MongoDB fails; publishing failures are logged and retried next period.
-    pub async fn check(&self) -> Result<Report, StoreError> {
+    pub(crate) async fn check(&self) -> Result<Report, StoreError> {
         let now = Utc::now();
         let Some(slot) = self.due_slot(now) else {
             return Ok(Report::default());

@@ -19,18 +19,18 @@ use crate::domain::{AppRow, Deanery, RecordStatus};
 
 /// What one claim transaction did, applied by the caller after commit.
 #[derive(Debug, Default)]
-pub struct ClaimedChunk {
+pub(crate) struct ClaimedChunk {
     /// Valid records claimed (now `EXPORTING`), in `_id` order.
     pub rows: Vec<AppRow>,
     /// Records rejected by this chunk: `_id` and reason.
     pub rejections: Vec<(Bson, String)>,
     /// How many of the ids offered were dealt with (all, unless a conflict
     /// made the transaction take fewer).
-    pub covered: usize,
+    pub(crate) covered: usize,
     /// The end of the `_id` range dealt with.
-    pub last_id: Option<ObjectId>,
+    pub(crate) last_id: Option<ObjectId>,
     /// `(seq, file name)` when this chunk allocated the run's file name.
-    pub assigned_file: Option<(i64, String)>,
+    pub(crate) assigned_file: Option<(i64, String)>,
 }
 
 /// Marker carried inside a driver error when the lease check in a claim
@@ -116,7 +116,7 @@ impl Store {
     /// # Errors
     /// [`StoreError::LeaseLost`], or MongoDB failing beyond the policy.
     #[allow(clippy::too_many_arguments)]
-    pub async fn claim_chunk(
+    pub(crate) async fn claim_chunk(
         &self,
         session: &mut ClientSession,
         run: &RunDoc,

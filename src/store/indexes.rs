@@ -16,7 +16,7 @@ use super::{retry, Attempts, RetryScope, Store, StoreError};
 /// have been exported before.
 pub const RECORDS_BY_STATUS_INDEX: &str = "esr_exporter_status_deanery_id";
 /// The records index of a run's claimed records.
-pub const RECORDS_BY_RUN_INDEX: &str = "esr_exporter_run_status_id";
+pub(crate) const RECORDS_BY_RUN_INDEX: &str = "esr_exporter_run_status_id";
 /// The records index earlier versions created (`deanery`, `status`, `_id`),
 /// no longer used; a WARN at start says how to drop it.
 pub const LEGACY_RECORDS_INDEX: &str = "esr_exporter_deanery_status_id";

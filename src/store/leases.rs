@@ -12,7 +12,7 @@ use crate::domain::Deanery;
 
 /// Outcome of asking for a deanery's lease.
 #[derive(Debug, Clone, PartialEq)]
-pub enum LeaseOutcome {
+pub(crate) enum LeaseOutcome {
     /// This process holds the lease now.
     Acquired {
         /// The session of a previous holder whose lease had lapsed (it
@@ -163,7 +163,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn acquire_lease(
+    pub(crate) async fn acquire_lease(
         &self,
         deanery: &Deanery,
         owner: &str,
@@ -218,7 +218,7 @@ impl Store {
 
     /// Ends a session (and aborts its open transaction) so the records it
     /// had written inside the transaction are free at once; best effort.
-    pub async fn kill_session(&self, session_id: &Document) -> Result<(), StoreError> {
+    pub(crate) async fn kill_session(&self, session_id: &Document) -> Result<(), StoreError> {
         self.admin_command("kill_session", doc! {"killSessions": [session_id.clone()]})
             .await
     }
@@ -227,7 +227,7 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::LeaseLost`] when another process holds it now.
-    pub async fn renew_lease(
+    pub(crate) async fn renew_lease(
         &self,
         deanery: &Deanery,
         owner: &str,
@@ -254,7 +254,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn release_lease(
+    pub(crate) async fn release_lease(
         &self,
         deanery: &Deanery,
         owner: &str,

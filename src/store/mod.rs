@@ -33,13 +33,16 @@ use futures_util::TryStreamExt;
 use mongodb::options::ClientOptions;
 use mongodb::{Client, ClientSession, Collection};
 
-pub use claim::ClaimedChunk;
-pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_RUN_INDEX, RECORDS_BY_STATUS_INDEX};
-pub use leases::LeaseOutcome;
+pub(crate) use claim::ClaimedChunk;
+pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
+pub(crate) use leases::LeaseOutcome;
 pub use records::StuckRecords;
-pub use retry::{Attempts, RetryError, RetryPolicy, RetryScope};
-pub use runs::{file_name, Publication, RunDoc, RunPhase};
-pub use slots::SlotClaim;
+pub use retry::Attempts;
+pub use retry::RetryError;
+pub(crate) use retry::{RetryPolicy, RetryScope};
+pub use runs::file_name;
+pub(crate) use runs::{Publication, RunDoc, RunPhase};
+pub(crate) use slots::SlotClaim;
 pub(crate) use status::{LatestRun, OldestWaiting, StatusCount};
 
 use crate::config::Settings;
@@ -213,7 +216,7 @@ impl Store {
     ///
     /// # Errors
     /// The driver's error, as a permanent [`RetryError`].
-    pub async fn ping(&self) -> Result<(), StoreError> {
+    pub(crate) async fn ping(&self) -> Result<(), StoreError> {
         self.admin_command("ping", doc! {"ping": 1}).await
     }
 
@@ -235,11 +238,6 @@ impl Store {
     /// The export runs collection.
     pub fn runs(&self) -> &Collection<Document> {
         &self.runs
-    }
-
-    /// The retry policy every operation runs under.
-    pub fn retry_policy(&self) -> &RetryPolicy {
-        &self.retry
     }
 
     /// A new session for one run's transactions.

@@ -21,7 +21,7 @@ pub struct StuckRecords {
     /// How many.
     pub count: u64,
     /// Creation time of the oldest (by `createdAt`, else its `_id`).
-    pub oldest: Option<DateTime>,
+    pub(crate) oldest: Option<DateTime>,
 }
 
 /// The records a run has claimed and not yet marked (or rejected).
@@ -145,7 +145,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn max_to_export_id(
+    pub(crate) async fn max_to_export_id(
         &self,
         deanery: &Deanery,
         attempts: &mut Attempts,
@@ -176,7 +176,7 @@ impl Store {
     ///
     /// # Errors
     /// When the query cannot be started within the retry policy.
-    pub async fn waiting_ids(
+    pub(crate) async fn waiting_ids(
         &self,
         deanery: &Deanery,
         after: Option<ObjectId>,
@@ -202,7 +202,7 @@ impl Store {
     ///
     /// # Errors
     /// When the query cannot be started within the retry policy.
-    pub async fn claimed_ids(
+    pub(crate) async fn claimed_ids(
         &self,
         run_id: &str,
         deanery: &Deanery,
@@ -243,7 +243,7 @@ impl Store {
     ///
     /// # Errors
     /// When the query cannot be started.
-    pub async fn claimed_records(
+    pub(crate) async fn claimed_records(
         &self,
         run_id: &str,
         deanery: &Deanery,
@@ -268,7 +268,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn count_claimed(
+    pub(crate) async fn count_claimed(
         &self,
         run_id: &str,
         deanery: &Deanery,
@@ -295,7 +295,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn reject_claimed(
+    pub(crate) async fn reject_claimed(
         &self,
         session: &mut ClientSession,
         run_id: &str,
@@ -360,7 +360,7 @@ impl Store {
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
     #[allow(clippy::too_many_arguments)]
-    pub async fn mark_exported(
+    pub(crate) async fn mark_exported(
         &self,
         session: &mut ClientSession,
         run_id: &str,
@@ -390,7 +390,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn deaneries_with_work(
+    pub(crate) async fn deaneries_with_work(
         &self,
         attempts: &mut Attempts,
     ) -> Result<Vec<Bson>, StoreError> {
@@ -444,7 +444,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn reject_invalid_deanery(
+    pub(crate) async fn reject_invalid_deanery(
         &self,
         value: &Bson,
         reason: &str,

@@ -18,8 +18,9 @@ use mongodb::error::Error as MongoError;
 
 use crate::config::RetrySettings;
 
-pub use classify::{classify, error_code, is_duplicate_key, Transience, WRITE_CONFLICT};
-pub use transaction::Transaction;
+pub use classify::error_code;
+
+pub(crate) use classify::{classify, is_duplicate_key, Transience, WRITE_CONFLICT};
 pub(crate) use transaction::TransactionBody;
 
 /// A store operation failed for good.
@@ -81,9 +82,9 @@ pub struct Attempts {
 
 /// What a retry is about, for the log line.
 #[derive(Debug, Clone, Copy)]
-pub struct RetryScope<'a> {
+pub(crate) struct RetryScope<'a> {
     /// Operation name, e.g. `claim_chunk`.
-    pub op: &'static str,
+    pub(crate) op: &'static str,
     /// Deanery being exported, when there is one.
     pub deanery: Option<&'a str>,
 }
@@ -91,13 +92,13 @@ pub struct RetryScope<'a> {
 /// Bounded exponential backoff with full jitter (`backon`), shared by every
 /// store operation. Counts attempts so run summaries can report them.
 #[derive(Debug, Clone)]
-pub struct RetryPolicy {
+pub(crate) struct RetryPolicy {
     settings: RetrySettings,
 }
 
 impl RetryPolicy {
     /// A policy from `[retry]` settings.
-    pub fn new(settings: RetrySettings) -> Self {
+    pub(crate) fn new(settings: RetrySettings) -> Self {
         Self { settings }
     }
 
@@ -127,7 +128,7 @@ impl RetryPolicy {
     ///
     /// # Errors
     /// [`RetryError`] with the last error.
-    pub async fn run<T, F, Fut>(
+    pub(crate) async fn run<T, F, Fut>(
         &self,
         scope: RetryScope<'_>,
         attempts: &mut Attempts,

@@ -11,7 +11,7 @@ use crate::domain::Deanery;
 /// Where a run is. A run only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
-pub enum RunPhase {
+pub(crate) enum RunPhase {
     /// Claiming records chunk by chunk; the file is not final yet.
     Claiming,
     /// The file is staged (hash and count recorded) and being made final.
@@ -24,7 +24,7 @@ pub enum RunPhase {
 
 impl RunPhase {
     /// The stored value.
-    pub const fn as_str(self) -> &'static str {
+    pub(crate) const fn as_str(self) -> &'static str {
         match self {
             Self::Claiming => "CLAIMING",
             Self::Finalizing => "FINALIZING",
@@ -37,7 +37,7 @@ impl RunPhase {
 /// An `exportRuns` document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct RunDoc {
+pub(crate) struct RunDoc {
     /// Run id (UUID).
     #[serde(rename = "_id")]
     pub id: String,
@@ -46,11 +46,11 @@ pub struct RunDoc {
     /// Progress.
     pub phase: RunPhase,
     /// Start of the run; its UTC date and time go into the file name and header.
-    pub started_at: DateTime,
+    pub(crate) started_at: DateTime,
     /// Highest record `_id` the run claims (fixed at start).
-    pub claim_up_to: Option<ObjectId>,
+    pub(crate) claim_up_to: Option<ObjectId>,
     /// Highest record `_id` claimed so far.
-    pub last_claimed_id: Option<ObjectId>,
+    pub(crate) last_claimed_id: Option<ObjectId>,
     /// Valid records claimed.
     pub claimed: i64,
     /// Records rejected.
@@ -62,15 +62,15 @@ pub struct RunDoc {
     /// SHA-256 of the file, once written.
     pub sha256: Option<String>,
     /// Detail lines in the file, once written.
-    pub record_count: Option<i64>,
+    pub(crate) record_count: Option<i64>,
     /// When the run completed.
-    pub finished_at: Option<DateTime>,
+    pub(crate) finished_at: Option<DateTime>,
     /// Transaction and operation attempts over all of the run's attempts.
     #[serde(default)]
     pub attempts: i64,
     /// The last error an attempt stopped on.
     #[serde(default)]
-    pub last_error: Option<String>,
+    pub(crate) last_error: Option<String>,
     /// Where and when the file was made final, recorded the moment its
     /// final name existed; records are marked only after this.
     #[serde(default)]
@@ -80,7 +80,7 @@ pub struct RunDoc {
 /// Where a run's file was published.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct Publication {
+pub(crate) struct Publication {
     /// Host whose output folder holds the file.
     pub host: String,
     /// The file's full path on that host.
@@ -88,12 +88,12 @@ pub struct Publication {
     /// SHA-256 of the published bytes.
     pub sha256: String,
     /// When the final name came to exist.
-    pub published_at: DateTime,
+    pub(crate) published_at: DateTime,
 }
 
 impl RunDoc {
     /// A new run, claiming up to `claim_up_to` (none: nothing to claim).
-    pub fn new(deanery: &Deanery, claim_up_to: Option<ObjectId>) -> Self {
+    pub(crate) fn new(deanery: &Deanery, claim_up_to: Option<ObjectId>) -> Self {
         Self {
             id: uuid::Uuid::new_v4().to_string(),
             deanery: deanery.to_string(),
@@ -115,12 +115,12 @@ impl RunDoc {
     }
 
     /// The run's UTC date, `YYYYMMDD`.
-    pub fn file_date(&self) -> String {
+    pub(crate) fn file_date(&self) -> String {
         self.started_at.to_chrono().format("%Y%m%d").to_string()
     }
 
     /// The run's UTC time, `HHMMSS`.
-    pub fn file_time(&self) -> String {
+    pub(crate) fn file_time(&self) -> String {
         self.started_at.to_chrono().format("%H%M%S").to_string()
     }
 }
@@ -135,7 +135,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy or the document is malformed.
-    pub async fn find_open_run(
+    pub(crate) async fn find_open_run(
         &self,
         deanery: &Deanery,
         attempts: &mut Attempts,
@@ -160,7 +160,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn insert_run(
+    pub(crate) async fn insert_run(
         &self,
         run: &RunDoc,
         deanery: &Deanery,
@@ -219,7 +219,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn record_staged(
+    pub(crate) async fn record_staged(
         &self,
         run_id: &str,
         deanery: &Deanery,
@@ -241,7 +241,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn record_nothing_to_write(
+    pub(crate) async fn record_nothing_to_write(
         &self,
         run_id: &str,
         deanery: &Deanery,
@@ -256,7 +256,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn record_run_error(
+    pub(crate) async fn record_run_error(
         &self,
         run_id: &str,
         deanery: &Deanery,
@@ -274,7 +274,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn record_publication(
+    pub(crate) async fn record_publication(
         &self,
         run_id: &str,
         deanery: &Deanery,
@@ -294,7 +294,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn complete_run(
+    pub(crate) async fn complete_run(
         &self,
         run_id: &str,
         deanery: &Deanery,
@@ -335,7 +335,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn trigger_done(
+    pub(crate) async fn trigger_done(
         &self,
         deanery: &Deanery,
         slot: Option<&str>,

@@ -11,7 +11,7 @@ use super::{now, retry, Attempts, RetryScope, Store, StoreError};
 
 /// Outcome of asking to fire a slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum SlotClaim {
+pub(crate) enum SlotClaim {
     /// This replica fires it now.
     Claimed,
     /// Its commands were already published.
@@ -33,7 +33,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn claim_slot(
+    pub(crate) async fn claim_slot(
         &self,
         slot_id: &str,
         owner: &str,
@@ -67,7 +67,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn slot_published(
+    pub(crate) async fn slot_published(
         &self,
         slot_id: &str,
         owner: &str,
@@ -121,7 +121,11 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn claim_once(&self, key: &str, attempts: &mut Attempts) -> Result<bool, StoreError> {
+    pub(crate) async fn claim_once(
+        &self,
+        key: &str,
+        attempts: &mut Attempts,
+    ) -> Result<bool, StoreError> {
         let slots = &self.slots;
         Ok(self
             .retry

@@ -20,7 +20,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn waiting_id_extremes(
+    pub(crate) async fn waiting_id_extremes(
         &self,
         deanery: &Deanery,
         attempts: &mut Attempts,
@@ -61,7 +61,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn reject_unexportable_ids(
+    pub(crate) async fn reject_unexportable_ids(
         &self,
         deanery: &Deanery,
         attempts: &mut Attempts,

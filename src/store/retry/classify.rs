@@ -7,7 +7,7 @@ use mongodb::error::{
 };
 
 /// MongoDB's WriteConflict error code.
-pub const WRITE_CONFLICT: i32 = 112;
+pub(crate) const WRITE_CONFLICT: i32 = 112;
 
 /// Codes of a replica set changing primary or a node going away (the
 /// retryable-error codes of MongoDB's driver specifications), plus a cursor
@@ -34,7 +34,7 @@ const FAILOVER_CODES: [i32; 15] = [
 /// Every transient MongoDB error is one of these; everything else is
 /// permanent. This is the one place failures are classified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Transience {
+pub(crate) enum Transience {
     /// Retry the whole transaction (or the whole operation): 112
     /// WriteConflict, the TransientTransactionError label, network errors.
     Transient,
@@ -64,13 +64,13 @@ const DUPLICATE_KEY: i32 = 11000;
 
 /// True for a duplicate `_id` or unique key: an upsert or insert that found
 /// the document already there.
-pub fn is_duplicate_key(err: &MongoError) -> bool {
+pub(crate) fn is_duplicate_key(err: &MongoError) -> bool {
     error_code(err) == Some(DUPLICATE_KEY)
 }
 
 /// Classifies an error. `UnknownTransactionCommitResult` only means
 /// "retry the commit" for the commit itself; the caller says which it was.
-pub fn classify(err: &MongoError, during_commit: bool) -> Transience {
+pub(crate) fn classify(err: &MongoError, during_commit: bool) -> Transience {
     if during_commit && err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) {
         return Transience::UnknownCommitResult;
     }

@@ -35,7 +35,7 @@ impl RetryPolicy {
     /// Starts driving one transaction under the policy by hand (see
     /// [`Transaction`]); [`RetryPolicy::in_transaction`] is the loop every
     /// store operation uses.
-    pub fn transaction<'a>(&'a self, scope: RetryScope<'a>) -> Transaction<'a> {
+    pub(crate) fn transaction<'a>(&'a self, scope: RetryScope<'a>) -> Transaction<'a> {
         Transaction {
             policy: self,
             scope,
@@ -90,7 +90,7 @@ impl RetryPolicy {
 /// anywhere retries the whole transaction; `UnknownTransactionCommitResult`
 /// retries the commit alone; anything else aborts and fails fast.
 #[derive(Debug)]
-pub struct Transaction<'a> {
+pub(crate) struct Transaction<'a> {
     policy: &'a RetryPolicy,
     scope: RetryScope<'a>,
     started: Instant,
@@ -103,7 +103,7 @@ impl Transaction<'_> {
     ///
     /// # Errors
     /// [`RetryError`] when the transaction cannot be started within the policy.
-    pub async fn begin(
+    pub(crate) async fn begin(
         &mut self,
         session: &mut ClientSession,
         attempts: &mut Attempts,
@@ -134,7 +134,7 @@ impl Transaction<'_> {
     /// # Errors
     /// [`RetryError`] for a permanent error or an exhausted policy; the
     /// transaction is aborted.
-    pub async fn end<T>(
+    pub(crate) async fn end<T>(
         &mut self,
         session: &mut ClientSession,
         outcome: Result<T, MongoError>,
