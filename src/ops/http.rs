@@ -1,5 +1,5 @@
 //! HTTP on `http.listen` (axum): `GET /healthz` (alive), `GET /readyz`
-//! (MongoDB answers a ping, the consumer is attached to its queue and the
+//! (MongoDB's `hello` says it is a writable primary, the consumer is attached to its queue and the
 //! output folder can be written, else 503 with the reasons), `GET /metrics`
 //! (Prometheus text format).
 
@@ -104,6 +104,9 @@ async fn healthz() -> impl IntoResponse {
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     let mongodb = match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
         Ok(Ok(())) => Ok(()),
+        Ok(Err(crate::store::StoreError::NotWritablePrimary)) => {
+            Err(crate::store::StoreError::NotWritablePrimary.to_string())
+        }
         Ok(Err(err)) => Err(format!("unreachable: {err}")),
         Err(_) => Err(format!("no answer within {} s", PING_TIMEOUT.as_secs())),
     };

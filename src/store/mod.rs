@@ -83,6 +83,9 @@ pub enum StoreError {
         .0.join(", ")
     )]
     IndexesMissing(Vec<String>),
+    /// The server answers but is not a writable primary.
+    #[error("the MongoDB server answers but is not a writable primary (it stepped down, or the URI pins one host)")]
+    NotWritablePrimary,
     /// A stored document does not have the expected shape.
     #[error("malformed {what}: {reason}")]
     Malformed {
@@ -102,6 +105,7 @@ impl StoreError {
             Self::Configuration(_)
             | Self::Index { .. }
             | Self::IndexesMissing(_)
+            | Self::NotWritablePrimary
             | Self::Malformed { .. } => false,
         }
     }
@@ -212,12 +216,26 @@ impl Store {
         Ok(store)
     }
 
-    /// One `ping` to the server, not retried (readiness).
+    /// Whether the server selected for writes is a writable primary
+    /// (`hello`), not retried (readiness): a node that stepped down, or one
+    /// the URI pins after a failover, answers but cannot take writes.
     ///
     /// # Errors
-    /// The driver's error, as a permanent [`RetryError`].
+    /// The driver's error, or [`StoreError::NotWritablePrimary`].
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
-        self.admin_command("ping", doc! {"ping": 1}).await
+        let reply = self
+            .client
+            .database("admin")
+            .run_command(doc! {"hello": 1})
+            .selection_criteria(mongodb::options::SelectionCriteria::ReadPreference(
+                mongodb::options::ReadPreference::Primary,
+            ))
+            .await
+            .map_err(|source| StoreError::Mongo(retry::permanent("hello", source)))?;
+        match reply.get_bool("isWritablePrimary") {
+            Ok(true) => Ok(()),
+            _ => Err(StoreError::NotWritablePrimary),
+        }
     }
 
     /// One admin command, not retried.

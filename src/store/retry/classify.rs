@@ -9,26 +9,40 @@ use mongodb::error::{
 /// MongoDB's WriteConflict error code.
 pub(crate) const WRITE_CONFLICT: i32 = 112;
 
-/// Codes of a replica set changing primary or a node going away (the
-/// retryable-error codes of MongoDB's driver specifications), plus a cursor
-/// or query plan lost on such a change or to an index being dropped: worth
-/// another try after a delay.
-const FAILOVER_CODES: [i32; 15] = [
-    6,     // HostUnreachable
-    7,     // HostNotFound
-    43,    // CursorNotFound
-    89,    // NetworkTimeout
-    91,    // ShutdownInProgress
-    134,   // ReadConcernMajorityNotAvailableYet
-    175,   // QueryPlanKilled
-    189,   // PrimarySteppedDown
-    262,   // ExceededTimeLimit
-    9001,  // SocketException
-    10107, // NotWritablePrimary
-    11600, // InterruptedAtShutdown
-    11602, // InterruptedDueToReplStateChange
-    13435, // NotPrimaryNoSecondaryOk
-    13436, // NotPrimaryOrSecondary
+/// What makes an error transient, as a table: labels first, then codes.
+/// The codes of a replica set changing primary or a node going away (the
+/// retryable-error codes of MongoDB's driver specifications), of an
+/// operation interrupted or timed out, and of a cursor or query plan lost
+/// on such a change: worth another try after a delay. A code not listed
+/// is permanent.
+pub(crate) const TRANSIENT_LABELS: [&str; 4] = [
+    TRANSIENT_TRANSACTION_ERROR,
+    RETRYABLE_WRITE_ERROR,
+    "SystemOverloadedError", // 8.x: the server sheds load
+    "RetryableError",        // 8.x: safe to retry
+];
+
+/// `(code, name)` of every transient server error code.
+pub(crate) const TRANSIENT_CODES: [(i32, &str); 19] = [
+    (6, "HostUnreachable"),
+    (7, "HostNotFound"),
+    (43, "CursorNotFound"),
+    (50, "MaxTimeMSExpired"),
+    (89, "NetworkTimeout"),
+    (91, "ShutdownInProgress"),
+    (WRITE_CONFLICT, "WriteConflict"),
+    (134, "ReadConcernMajorityNotAvailableYet"),
+    (175, "QueryPlanKilled"),
+    (189, "PrimarySteppedDown"),
+    (262, "ExceededTimeLimit"),
+    (9001, "SocketException"),
+    (10058, "LegacyNotPrimary"),
+    (10107, "NotWritablePrimary"),
+    (11600, "InterruptedAtShutdown"),
+    (11601, "Interrupted"), // what killSessions does to a slow holder
+    (11602, "InterruptedDueToReplStateChange"),
+    (13435, "NotPrimaryNoSecondaryOk"),
+    (13436, "NotPrimaryOrSecondary"),
 ];
 
 /// Every transient MongoDB error is one of these; everything else is
@@ -68,17 +82,23 @@ pub(crate) fn is_duplicate_key(err: &MongoError) -> bool {
     error_code(err) == Some(DUPLICATE_KEY)
 }
 
+/// True for a server error code in [`TRANSIENT_CODES`].
+pub(crate) fn code_is_transient(code: i32) -> bool {
+    TRANSIENT_CODES
+        .iter()
+        .any(|(transient, _)| *transient == code)
+}
+
 /// Classifies an error. `UnknownTransactionCommitResult` only means
 /// "retry the commit" for the commit itself; the caller says which it was.
 pub(crate) fn classify(err: &MongoError, during_commit: bool) -> Transience {
     if during_commit && err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) {
         return Transience::UnknownCommitResult;
     }
-    let failover = error_code(err).is_some_and(|code| FAILOVER_CODES.contains(&code));
-    if err.contains_label(TRANSIENT_TRANSACTION_ERROR)
-        || err.contains_label(RETRYABLE_WRITE_ERROR)
-        || error_code(err) == Some(WRITE_CONFLICT)
-        || failover
+    if TRANSIENT_LABELS
+        .iter()
+        .any(|label| err.contains_label(label))
+        || error_code(err).is_some_and(code_is_transient)
     {
         return Transience::Transient;
     }
@@ -89,3 +109,7 @@ pub(crate) fn classify(err: &MongoError, during_commit: bool) -> Transience {
         _ => Transience::Permanent,
     }
 }
+
+#[cfg(test)]
+#[path = "classify_tests.rs"]
+mod tests;

@@ -1,0 +1,82 @@
+//! The classification table, row by row, on errors as the driver builds
+//! them from a server reply.
+
+use bson::doc;
+use mongodb::error::{Error as MongoError, ErrorKind};
+
+use super::*;
+
+/// A command error with this code, as the driver decodes a server reply.
+fn command_error(code: i32) -> MongoError {
+    let command = bson::from_document(doc! {"code": code, "codeName": "Test", "errmsg": "test"})
+        .expect("a command error decodes");
+    MongoError::from(ErrorKind::Command(command))
+}
+
+#[test]
+fn every_code_of_the_table_is_transient() {
+    for (code, name) in TRANSIENT_CODES {
+        assert_eq!(
+            classify(&command_error(code), false),
+            Transience::Transient,
+            "{code} {name}"
+        );
+        assert_eq!(
+            classify(&command_error(code), true),
+            Transience::Transient,
+            "{code} {name}"
+        );
+    }
+}
+
+#[test]
+fn the_codes_a_replica_set_produces_are_in_the_table() {
+    let required = [
+        6, 7, 50, 89, 91, 112, 189, 262, 9001, 10058, 10107, 11600, 11601, 11602, 13435, 13436,
+    ];
+    for code in required {
+        assert!(code_is_transient(code), "{code} must be transient");
+    }
+}
+
+#[test]
+fn codes_outside_the_table_are_permanent() {
+    for (code, name) in [
+        (2, "BadValue"),
+        (13, "Unauthorized"),
+        (11000, "DuplicateKey"),
+        (85, "IndexOptionsConflict"),
+    ] {
+        assert_eq!(
+            classify(&command_error(code), false),
+            Transience::Permanent,
+            "{code} {name}"
+        );
+    }
+}
+
+#[test]
+fn the_labels_of_the_table_are_named_as_the_server_sends_them() {
+    assert_eq!(
+        TRANSIENT_LABELS,
+        [
+            "TransientTransactionError",
+            "RetryableWriteError",
+            "SystemOverloadedError",
+            "RetryableError"
+        ]
+    );
+}
+
+#[test]
+fn network_errors_are_transient_and_custom_errors_permanent() {
+    let io = MongoError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "reset",
+    ));
+    assert_eq!(classify(&io, false), Transience::Transient);
+    assert_eq!(
+        classify(&MongoError::custom("x"), false),
+        Transience::Permanent
+    );
+}
