@@ -1,21 +1,8 @@
 //! The binary's contract: exit codes, stdout, stderr.
 
-use std::process::Output;
-
 use bson::doc;
 
-use crate::helpers::{spawn_app, TestApp};
-
-async fn run(app: &TestApp, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
-        .args(args)
-        .env_clear()
-        .envs(&app.env)
-        .envs(extra_env.iter().copied())
-        .output()
-        .await
-        .unwrap()
-}
+use crate::helpers::{run_binary as run, spawn_app};
 
 #[tokio::test]
 async fn an_invalid_deanery_is_refused_before_any_path_is_built() {

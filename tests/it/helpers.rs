@@ -584,3 +584,28 @@ pub fn unique_deanery() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string().to_uppercase();
     format!("Z{}", &id[..6])
 }
+
+/// `esr-exporter <args>` as a child process with the app's settings and
+/// `extra` environment on top; output captured, killed when dropped.
+pub fn binary(app: &TestApp, args: &[&str], extra: &[(&str, &str)]) -> tokio::process::Command {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_esr-exporter"));
+    command
+        .args(args)
+        .env_clear()
+        .envs(&app.env)
+        .envs(extra.iter().copied())
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// Runs `esr-exporter <args>` to the end; its output.
+pub async fn run_binary(
+    app: &TestApp,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> std::process::Output {
+    binary(app, args, extra).output().await.unwrap()
+}

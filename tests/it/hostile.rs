@@ -2,18 +2,17 @@
 //! commands from the future, full and read-only disks, connection floods,
 //! passwords with odd characters, terminal escapes in stored values.
 
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use bson::{doc, Bson, DateTime, Document};
 use chrono::{Timelike, Utc};
 use esr_exporter::domain::{RunStatus, Slot};
 use esr_exporter::export::Exporter;
-use tokio::process::{Child, Command};
+use tokio::process::Child;
 
 use crate::helpers::{
-    deanery, eventually, http_get, list, metric, spawn_app, spawn_app_with, valid_record,
-    ExportedFile, TestApp,
+    binary, deanery, eventually, http_get, list, metric, spawn_app, spawn_app_with, valid_record,
+    ExportedFile,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -296,21 +295,6 @@ async fn a_read_only_then_full_output_folder_is_retried_reported_and_loses_nothi
     .await;
     daemon.stop().await;
     app.delete_broker_topology().await;
-}
-
-/// `esr-exporter <args>` as a child process with the app's settings.
-fn binary(app: &TestApp, args: &[&str], extra: &[(&str, &str)]) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_esr-exporter"));
-    command
-        .args(args)
-        .env_clear()
-        .envs(&app.env)
-        .envs(extra.iter().copied())
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true);
-    command
 }
 
 /// `GET path`: the status, or None when the server closed or did not answer.

@@ -1,20 +1,7 @@
 //! Deaneries named on the command line or in `schedule.deaneries`: each
 //! taken once, and an invalid one refused by key rather than skipped.
 
-use std::process::Output;
-
-use crate::helpers::{spawn_app, TestApp};
-
-async fn run(app: &TestApp, args: &[&str], extra_env: &[(&str, &str)]) -> Output {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
-        .args(args)
-        .env_clear()
-        .envs(&app.env)
-        .envs(extra_env.iter().copied())
-        .output()
-        .await
-        .unwrap()
-}
+use crate::helpers::{run_binary as run, spawn_app};
 
 #[tokio::test]
 async fn export_runs_a_deanery_named_twice_once_in_the_order_first_named() {
