@@ -20,6 +20,8 @@ pub(crate) const RECORDS_BY_RUN_INDEX: &str = "esr_exporter_run_status_id";
 /// The records index earlier versions created (`deanery`, `status`, `_id`),
 /// no longer used; a WARN at start says how to drop it.
 pub const LEGACY_RECORDS_INDEX: &str = "esr_exporter_deanery_status_id";
+/// The collection does not exist (yet).
+const NAMESPACE_NOT_FOUND: i32 = 26;
 /// An index with the same keys exists under another name or options.
 const INDEX_OPTIONS_CONFLICT: i32 = 85;
 /// An index with the same name exists with other keys.
@@ -240,7 +242,14 @@ impl Store {
         let indexes: Vec<IndexModel> = self
             .retry
             .run(scope, attempts, || async move {
-                collection.list_indexes().await?.try_collect().await
+                match collection.list_indexes().await {
+                    Ok(cursor) => cursor.try_collect().await,
+                    // A collection not created yet has no indexes.
+                    Err(err) if retry::error_code(&err) == Some(NAMESPACE_NOT_FOUND) => {
+                        Ok(Vec::new())
+                    }
+                    Err(err) => Err(err),
+                }
             })
             .await?;
         Ok(indexes

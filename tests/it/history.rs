@@ -79,3 +79,13 @@ async fn an_equal_index_made_with_other_numeric_types_is_recognised() {
 
     assert!(app.store.missing_indexes().await.unwrap().is_empty());
 }
+
+#[tokio::test]
+async fn status_on_a_database_never_written_says_which_indexes_to_create() {
+    let app = spawn_app().await;
+    app.db.drop().await.unwrap();
+
+    let err = esr_exporter::status::report(&app.store).await.unwrap_err();
+
+    assert!(matches!(err, StoreError::IndexesMissing(_)), "{err}");
+}
