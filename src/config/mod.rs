@@ -25,10 +25,10 @@ pub use sections::HttpSettings;
 pub use sections::LogFormat;
 pub use sections::LogSettings;
 pub use sections::MongoSettings;
-pub(crate) use sections::QueueType;
 pub use sections::RetrySettings;
 pub use sections::ScheduleSettings;
 pub use sections::WatchdogSettings;
+pub(crate) use sections::{QueueType, ReadConcernLevel, WriteConcernLevel};
 
 /// The defaults, exactly as shipped in `config/default.toml`.
 pub(crate) const DEFAULT_TOML: &str = include_str!("../../config/default.toml");

@@ -33,8 +33,37 @@ pub struct MongoSettings {
     pub(crate) slots_collection: String,
     /// How long an operation waits for a reachable server.
     pub(crate) server_selection_timeout_ms: u64,
-    /// `maxTimeMS` of every query and aggregation.
+    /// The bound of every MongoDB operation: `maxTimeMS`, `wtimeout`,
+    /// `maxCommitTimeMS`, the connect timeout and the client-side deadline.
     pub(crate) operation_timeout_ms: u64,
+    /// Acknowledgement of writes outside transactions.
+    pub(crate) write_concern: WriteConcernLevel,
+    /// Read concern of reads outside transactions.
+    pub(crate) read_concern: ReadConcernLevel,
+}
+
+/// `mongodb.write_concern`: who acknowledges a write made outside a
+/// transaction (run documents, leases, slots). Transactions always commit
+/// with `majority`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum WriteConcernLevel {
+    /// A majority of voting members (`w: "majority"`): a failover cannot
+    /// roll the write back.
+    Majority,
+    /// The primary alone (`w: 1`): for a standalone server only; a
+    /// failover may roll the write back.
+    Primary,
+}
+
+/// `mongodb.read_concern`: what reads outside transactions see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ReadConcernLevel {
+    /// Only majority-committed data, which a failover cannot roll back.
+    Majority,
+    /// The node's latest data, committed or not.
+    Local,
 }
 
 /// `[amqp]`

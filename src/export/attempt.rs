@@ -34,7 +34,9 @@ impl Exporter {
                         progress: Progress::default(),
                     };
                     let result = self.run_all(&mut ctx).await.map(|()| None);
-                    self.release_lease(&mut ctx).await;
+                    if !result.as_ref().is_err_and(ExportError::is_timeout) {
+                        self.release_lease(&mut ctx).await;
+                    }
                     (result, ctx.progress, ctx.attempts)
                 }
                 Ok(Err(held)) => (Ok(Some(held)), Progress::default(), attempts),
@@ -124,6 +126,11 @@ impl Exporter {
         let Some(run_id) = &progress.run_id else {
             return;
         };
+        if err.is_timeout() {
+            // MongoDB is not answering: the lease lapses on its own, and
+            // the ERROR above is the record of this attempt.
+            return;
+        }
         let add_attempts = i64::from(summary.attempts);
         let mut ignored = Attempts::default();
         let _ = self

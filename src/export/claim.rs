@@ -7,14 +7,11 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
-use futures_util::TryStreamExt;
-use mongodb::Cursor;
 
 use super::context::RunContext;
 use super::file::ExportFile;
-use super::io::stream_error;
 use super::{ExportError, Exporter};
-use crate::store::{ClaimedChunk, RunDoc};
+use crate::store::{BoundedCursor, ClaimedChunk, RunDoc};
 
 /// Where the claim's time went, for the log line of the written file.
 #[derive(Debug, Default)]
@@ -25,7 +22,7 @@ struct Timings {
 
 /// The `_id`s still to claim: read ahead from one cursor, a chunk at a time.
 struct Waiting {
-    cursor: Cursor<bson::Document>,
+    cursor: BoundedCursor,
     pending: VecDeque<ObjectId>,
     drained: bool,
 }
@@ -34,7 +31,7 @@ impl Waiting {
     /// Reads ahead until a chunk's worth of ids is pending or the cursor ends.
     async fn fill(&mut self, chunk: usize) -> Result<(), ExportError> {
         while !self.drained && self.pending.len() < chunk {
-            match self.cursor.try_next().await.map_err(stream_error)? {
+            match self.cursor.next().await? {
                 Some(document) => self.pending.extend(document.get_object_id("_id").ok()),
                 None => self.drained = true,
             }

@@ -60,6 +60,11 @@ impl ExportError {
         }
     }
 
+    /// True when MongoDB did not answer within the bound.
+    pub(crate) fn is_timeout(&self) -> bool {
+        matches!(self, Self::Store(err) if err.is_timeout())
+    }
+
     pub(super) fn inconsistent(run_id: &str, reason: &str) -> Self {
         Self::Inconsistent {
             run_id: run_id.to_owned(),

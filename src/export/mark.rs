@@ -4,10 +4,8 @@
 use std::time::Instant;
 
 use bson::oid::ObjectId;
-use futures_util::TryStreamExt;
 
 use super::context::RunContext;
-use super::io::stream_error;
 use super::{ExportError, Exporter};
 use crate::store::RunDoc;
 
@@ -72,7 +70,7 @@ impl Exporter {
             .claimed_ids(&run.id, ctx.deanery, batch, &mut ctx.attempts)
             .await?;
         let (mut boundaries, mut seen) = (Vec::new(), 0usize);
-        while let Some(document) = cursor.try_next().await.map_err(stream_error)? {
+        while let Some(document) = cursor.next().await? {
             seen += 1;
             if seen.is_multiple_of(chunk) {
                 boundaries.extend(document.get_object_id("_id").ok());

@@ -4,11 +4,9 @@
 //! turned invalid since their claim are rejected.
 
 use bson::oid::ObjectId;
-use futures_util::TryStreamExt;
 
 use super::context::RunContext;
 use super::file::ExportFile;
-use super::io::stream_error;
 use super::{ExportError, Exporter};
 use crate::domain::AppRow;
 use crate::store::RunDoc;
@@ -42,7 +40,7 @@ impl Exporter {
             )
             .await?;
         let (mut batch, mut rejections) = (Vec::with_capacity(chunk), Vec::new());
-        while let Some(document) = cursor.try_next().await.map_err(stream_error)? {
+        while let Some(document) = cursor.next().await? {
             match AppRow::from_document(&document, ctx.deanery) {
                 Ok(row) => batch.push(row),
                 Err(reason) => {

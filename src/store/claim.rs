@@ -323,7 +323,10 @@ impl Store {
 
 /// A claim that stopped on a lost lease is [`StoreError::LeaseLost`].
 fn lease_lost_or_mongo(err: RetryError, deanery: &Deanery) -> StoreError {
-    if err.mongo().get_custom::<LeaseLost>().is_some() {
+    if err
+        .mongo()
+        .is_some_and(|e| e.get_custom::<LeaseLost>().is_some())
+    {
         StoreError::LeaseLost {
             deanery: deanery.to_string(),
         }

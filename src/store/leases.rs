@@ -67,6 +67,15 @@ fn lapsed_or_owned(expiry: &str, owner: &str, now: DateTime) -> Vec<Document> {
     vec![doc! {expiry: {"$lte": now}}, doc! {"owner": owner}]
 }
 
+/// True when `holder` is `owner`'s and meets `condition`: the lease is
+/// taken, whatever the reply to the take said.
+fn ours_already(holder: &Document, owner: &str, condition: &Document) -> bool {
+    holder.get_str("owner") == Ok(owner)
+        && condition
+            .iter()
+            .all(|(key, value)| holder.get(key) == Some(value))
+}
+
 /// The update of a take: `owner` holds the lease for `ttl`, plus the
 /// caller's `more` operators (their `$set` fields join the holder's).
 fn taking(expiry: &str, owner: &str, ttl: Duration, mut more: Document) -> Document {
@@ -99,31 +108,43 @@ impl Store {
         attempts: &mut Attempts,
     ) -> Result<Taken, StoreError> {
         let more = &more;
+        let mut ours = doc! {"_id": lease.id, "owner": owner};
+        ours.extend(condition.clone());
+        let ours = &ours;
         let taken = self
             .retry
-            .run(lease.scope, attempts, || async move {
-                let now = now();
-                let result = lease
-                    .collection
-                    .find_one_and_update(
-                        takeable(lease, owner, condition, now),
-                        taking(lease.expiry, owner, ttl, more(now)),
-                    )
-                    .upsert(true)
-                    .await;
-                match result {
-                    Ok(_) => Ok(true),
-                    // The document exists and did not match: someone else holds it.
-                    Err(err) if retry::is_duplicate_key(&err) => Ok(false),
-                    Err(err) => Err(err),
-                }
-            })
+            .write(
+                lease.scope,
+                attempts,
+                || async move {
+                    let now = now();
+                    let result = lease
+                        .collection
+                        .find_one_and_update(
+                            takeable(lease, owner, condition, now),
+                            taking(lease.expiry, owner, ttl, more(now)),
+                        )
+                        .upsert(true)
+                        .await;
+                    match result {
+                        Ok(_) => Ok(true),
+                        // The document exists and did not match: someone else holds it.
+                        Err(err) if retry::is_duplicate_key(&err) => Ok(false),
+                        Err(err) => Err(err),
+                    }
+                },
+                || self.read_back(lease.collection, ours, true),
+            )
             .await?;
         if taken {
             return Ok(Taken::Taken);
         }
-        let holder = self.read_lease(lease, attempts).await?;
-        Ok(Taken::Held(holder.unwrap_or_default()))
+        let holder = self.read_lease(lease, attempts).await?.unwrap_or_default();
+        if ours_already(&holder, owner, condition) {
+            // A retried take whose first try landed but whose reply was lost.
+            return Ok(Taken::Taken);
+        }
+        Ok(Taken::Held(holder))
     }
 
     /// The lease document, if there is one.
@@ -235,14 +256,21 @@ impl Store {
         attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
         let leases = &self.leases;
-        let result = self
+        let held = doc! {"_id": deanery.as_str(), "owner": owner};
+        let matched = self
             .retry
-            .run(scope("renew_lease", deanery), attempts, || async move {
-                let (filter, update) = lease_renewal(deanery, owner, ttl);
-                leases.update_one(filter, update).await
-            })
+            .write(
+                scope("renew_lease", deanery),
+                attempts,
+                || async move {
+                    let (filter, update) = lease_renewal(deanery, owner, ttl);
+                    let result = leases.update_one(filter, update).await?;
+                    Ok(result.matched_count)
+                },
+                || self.read_back(leases, &held, 1),
+            )
             .await?;
-        if result.matched_count == 0 {
+        if matched == 0 {
             return Err(StoreError::LeaseLost {
                 deanery: deanery.to_string(),
             });
@@ -260,13 +288,20 @@ impl Store {
         owner: &str,
         attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
-        let leases = &self.leases;
+        let (leases, held) = (
+            &self.leases,
+            &doc! {"_id": deanery.as_str(), "owner": owner},
+        );
         self.retry
-            .run(scope("release_lease", deanery), attempts, || async move {
-                leases
-                    .delete_one(doc! {"_id": deanery.as_str(), "owner": owner})
-                    .await
-            })
+            .write(
+                scope("release_lease", deanery),
+                attempts,
+                || async move { leases.delete_one(held.clone()).await.map(drop) },
+                || async move {
+                    let still = self.read_back(leases, held, ()).await?;
+                    Ok(still.is_none().then_some(()))
+                },
+            )
             .await?;
         Ok(())
     }
@@ -292,6 +327,16 @@ mod tests {
             lapsed_or_owned("leaseUntil", "me", now),
             vec![doc! {"leaseUntil": {"$lte": now}}, doc! {"owner": "me"}]
         );
+    }
+
+    #[test]
+    fn a_lease_already_ours_under_the_condition_counts_as_taken() {
+        let holder = doc! {"_id": "slot", "owner": "me", "state": "PUBLISHING"};
+        assert!(ours_already(&holder, "me", &doc! {"state": "PUBLISHING"}));
+        assert!(ours_already(&holder, "me", &Document::new()));
+        assert!(!ours_already(&holder, "you", &Document::new()));
+        assert!(!ours_already(&holder, "me", &doc! {"state": "PUBLISHED"}));
+        assert!(!ours_already(&Document::new(), "me", &Document::new()));
     }
 
     #[test]

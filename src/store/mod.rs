@@ -10,6 +10,7 @@
 //! - `leases`: the one lease primitive, and the per-deanery leases on it;
 //! - `records`: reading, rejecting and marking records, the stuck records;
 //! - `claim`: the claim transaction of one chunk of records;
+//! - `cursor`: streaming reads, each batch within the deadline;
 //! - `runs`: export run documents and their transitions;
 //! - `slots`: schedule slots (on the lease primitive) and catch-up claims;
 //! - `status`: the status report's queries;
@@ -17,6 +18,7 @@
 //! - [`retry`]: the retry policy and the retrying transaction.
 
 mod claim;
+mod cursor;
 mod indexes;
 mod leases;
 mod records;
@@ -30,10 +32,13 @@ use std::time::Duration;
 
 use bson::{doc, Bson, DateTime, Document};
 use futures_util::TryStreamExt;
-use mongodb::options::ClientOptions;
+use mongodb::options::{
+    Acknowledgment, ClientOptions, ReadConcern, ReadPreference, SelectionCriteria, WriteConcern,
+};
 use mongodb::{Client, ClientSession, Collection};
 
 pub(crate) use claim::ClaimedChunk;
+pub(crate) use cursor::BoundedCursor;
 pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
 pub(crate) use leases::LeaseOutcome;
 pub use records::StuckRecords;
@@ -45,7 +50,7 @@ pub(crate) use runs::{Publication, RunDoc, RunPhase};
 pub(crate) use slots::SlotClaim;
 pub(crate) use status::{LatestRun, OldestWaiting, StatusCount};
 
-use crate::config::Settings;
+use crate::config::{ReadConcernLevel, Settings, WriteConcernLevel};
 use crate::domain::Deanery;
 
 /// A store operation failed.
@@ -109,6 +114,12 @@ impl StoreError {
             | Self::Malformed { .. } => false,
         }
     }
+
+    /// True when MongoDB did not answer within the bound: writing anything
+    /// else to it now would likely wait out the bound again.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::Mongo(err) if err.is_timeout())
+    }
 }
 
 /// Handle on the database; cheap to clone.
@@ -124,6 +135,31 @@ pub struct Store {
     /// `maxTimeMS` of every query and aggregation: one an operator gave up
     /// on does not go on grinding the server.
     max_time: Duration,
+}
+
+/// Bounds connecting by `mongodb.operation_timeout_ms` and server
+/// selection by its own setting, and sets the read and write concerns of
+/// everything outside transactions: with `majority`, a write that decides
+/// what is claimed or published cannot be rolled back by a failover, and
+/// `wtimeout` bounds the wait for the majority.
+fn bound_and_concerns(options: &mut ClientOptions, settings: &Settings) {
+    let mongo = &settings.mongodb;
+    let bound = Duration::from_millis(mongo.operation_timeout_ms);
+    options.server_selection_timeout =
+        Some(Duration::from_millis(mongo.server_selection_timeout_ms));
+    options.connect_timeout = Some(bound);
+    let w = match mongo.write_concern {
+        WriteConcernLevel::Majority => Acknowledgment::Majority,
+        WriteConcernLevel::Primary => Acknowledgment::Nodes(1),
+    };
+    options.write_concern = Some(WriteConcern::builder().w(w).w_timeout(bound).build());
+    options.read_concern = Some(match mongo.read_concern {
+        ReadConcernLevel::Majority => ReadConcern::majority(),
+        ReadConcernLevel::Local => ReadConcern::local(),
+    });
+    if options.app_name.is_none() {
+        options.app_name = Some("esr-exporter".to_owned());
+    }
 }
 
 /// Runs not yet `COMPLETED`, by the phases an index can serve.
@@ -193,16 +229,12 @@ impl Store {
             .map_err(|err| {
                 StoreError::Configuration(settings.mongodb.uri.scrub(&err.to_string()))
             })?;
-        options.server_selection_timeout = Some(Duration::from_millis(
-            settings.mongodb.server_selection_timeout_ms,
-        ));
-        if options.app_name.is_none() {
-            options.app_name = Some("esr-exporter".to_owned());
-        }
+        bound_and_concerns(&mut options, settings);
         let client = Client::with_options(options).map_err(|err| {
             StoreError::Configuration(settings.mongodb.uri.scrub(&err.to_string()))
         })?;
         let db = client.database(&settings.mongodb.database);
+        let max_time = Duration::from_millis(settings.mongodb.operation_timeout_ms);
         let store = Self {
             records: db.collection(&settings.mongodb.records_collection),
             runs: db.collection(&settings.mongodb.runs_collection),
@@ -210,8 +242,8 @@ impl Store {
             sequences: db.collection(&settings.mongodb.sequences_collection),
             slots: db.collection(&settings.mongodb.slots_collection),
             client,
-            retry: RetryPolicy::new(settings.retry.clone()),
-            max_time: Duration::from_millis(settings.mongodb.operation_timeout_ms),
+            retry: RetryPolicy::new(settings.retry.clone(), max_time),
+            max_time,
         };
         Ok(store)
     }
@@ -223,14 +255,18 @@ impl Store {
     /// # Errors
     /// The driver's error, or [`StoreError::NotWritablePrimary`].
     pub(crate) async fn ping(&self) -> Result<(), StoreError> {
-        let reply = self
-            .client
-            .database("admin")
+        let admin = self.client.database("admin");
+        let hello = admin
             .run_command(doc! {"hello": 1})
-            .selection_criteria(mongodb::options::SelectionCriteria::ReadPreference(
-                mongodb::options::ReadPreference::Primary,
-            ))
-            .await
+            .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary));
+        let scope = RetryScope {
+            op: "hello",
+            deanery: None,
+        };
+        let reply = self
+            .retry
+            .bounded(scope, hello)
+            .await?
             .map_err(|source| StoreError::Mongo(retry::permanent("hello", source)))?;
         match reply.get_bool("isWritablePrimary") {
             Ok(true) => Ok(()),
@@ -240,10 +276,11 @@ impl Store {
 
     /// One admin command, not retried.
     async fn admin_command(&self, op: &'static str, command: Document) -> Result<(), StoreError> {
-        self.client
-            .database("admin")
-            .run_command(command)
-            .await
+        let admin = self.client.database("admin");
+        let run = admin.run_command(command);
+        self.retry
+            .bounded(RetryScope { op, deanery: None }, run)
+            .await?
             .map(drop)
             .map_err(|source| StoreError::Mongo(retry::permanent(op, source)))
     }
@@ -278,6 +315,24 @@ impl Store {
                 || async move { client.start_session().await },
             )
             .await?)
+    }
+
+    /// Reads back a write whose outcome is unknown: `Some(value)` when a
+    /// document matching `filter` is there (with the configured read
+    /// concern), `None` when it is not. Not retried: the write's own retry
+    /// loop runs it once per try.
+    async fn read_back<T>(
+        &self,
+        collection: &Collection<Document>,
+        filter: &Document,
+        value: T,
+    ) -> Result<Option<T>, mongodb::error::Error> {
+        let found = collection
+            .find_one(filter.clone())
+            .projection(doc! {"_id": 1})
+            .max_time(self.max_time)
+            .await?;
+        Ok(found.map(|_| value))
     }
 
     /// The documents an aggregation `pipeline` on `collection` yields.

@@ -7,8 +7,9 @@ use bson::{doc, Bson, DateTime, Document};
 use futures_util::future::BoxFuture;
 use mongodb::error::Error as MongoError;
 use mongodb::results::UpdateResult;
-use mongodb::{ClientSession, Cursor};
+use mongodb::ClientSession;
 
+use super::cursor::BoundedCursor;
 use super::retry::TransactionBody;
 use super::{int, now, oldest_created, open_runs, scope, Attempts, RetryScope, Store, StoreError};
 use crate::domain::{Deanery, RecordStatus};
@@ -183,7 +184,7 @@ impl Store {
         up_to: ObjectId,
         batch_size: u32,
         attempts: &mut Attempts,
-    ) -> Result<Cursor<Document>, StoreError> {
+    ) -> Result<BoundedCursor, StoreError> {
         let mut id_range = doc! {"$lte": up_to};
         if let Some(after) = after {
             id_range.insert("$gt", after);
@@ -208,7 +209,7 @@ impl Store {
         deanery: &Deanery,
         batch_size: u32,
         attempts: &mut Attempts,
-    ) -> Result<Cursor<Document>, StoreError> {
+    ) -> Result<BoundedCursor, StoreError> {
         let filter = claimed_by(run_id);
         self.id_cursor("find_claimed_ids", deanery, filter, batch_size, attempts)
             .await
@@ -222,9 +223,9 @@ impl Store {
         filter: Document,
         batch_size: u32,
         attempts: &mut Attempts,
-    ) -> Result<Cursor<Document>, StoreError> {
+    ) -> Result<BoundedCursor, StoreError> {
         let (records, filter) = (&self.records, &filter);
-        Ok(self
+        let cursor = self
             .retry
             .run(scope(op, deanery), attempts, || async move {
                 records
@@ -235,7 +236,8 @@ impl Store {
                     .max_time(self.max_time)
                     .await
             })
-            .await?)
+            .await?;
+        Ok(BoundedCursor::new(cursor, &self.retry, op))
     }
 
     /// Streams the records a run has claimed and not yet marked, in `_id`
@@ -249,9 +251,9 @@ impl Store {
         deanery: &Deanery,
         batch_size: u32,
         attempts: &mut Attempts,
-    ) -> Result<Cursor<Document>, StoreError> {
+    ) -> Result<BoundedCursor, StoreError> {
         let records = &self.records;
-        Ok(self
+        let cursor = self
             .retry
             .run(scope("stream_claimed", deanery), attempts, || async move {
                 records
@@ -261,7 +263,8 @@ impl Store {
                     .max_time(self.max_time)
                     .await
             })
-            .await?)
+            .await?;
+        Ok(BoundedCursor::new(cursor, &self.retry, "stream_claimed"))
     }
 
     /// How many records the run has claimed and not yet marked.

@@ -9,8 +9,9 @@
 
 mod classify;
 mod transaction;
+mod write;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBackoff, ExponentialBuilder};
@@ -20,7 +21,9 @@ use crate::config::RetrySettings;
 
 pub use classify::error_code;
 
-pub(crate) use classify::{classify, is_duplicate_key, Transience, WRITE_CONFLICT};
+pub(crate) use classify::{
+    classify, is_duplicate_key, outcome_unknown, Transience, WRITE_CONFLICT,
+};
 pub(crate) use transaction::TransactionBody;
 
 /// A store operation failed for good.
@@ -41,6 +44,17 @@ pub enum RetryError {
         #[source]
         source: MongoError,
     },
+    /// The server did not answer within `mongodb.operation_timeout_ms`
+    /// (partitioned, frozen or overloaded): the attempt fails at once,
+    /// transiently, and the next attempt resumes. Not retried in place: an
+    /// operation that hung once would likely hang again, holding the lease.
+    #[error("{op}: MongoDB did not answer within {bound_ms} ms (mongodb.operation_timeout_ms)")]
+    TimedOut {
+        /// What was being done.
+        op: &'static str,
+        /// The bound, in milliseconds.
+        bound_ms: u64,
+    },
     /// A permanent error: not retried.
     #[error("{op}: failed with a non-transient error (error code {code:?}): {source}")]
     Permanent {
@@ -58,13 +72,19 @@ impl RetryError {
     /// True when trying again later may succeed (the policy ran out, the
     /// error itself was transient).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Exhausted { .. })
+        matches!(self, Self::Exhausted { .. } | Self::TimedOut { .. })
     }
 
-    /// The underlying driver error.
-    pub fn mongo(&self) -> &MongoError {
+    /// True when the server did not answer within the bound.
+    pub fn is_timeout(&self) -> bool {
+        matches!(self, Self::TimedOut { .. })
+    }
+
+    /// The underlying driver error, if the server answered at all.
+    pub fn mongo(&self) -> Option<&MongoError> {
         match self {
-            Self::Exhausted { source, .. } | Self::Permanent { source, .. } => source,
+            Self::Exhausted { source, .. } | Self::Permanent { source, .. } => Some(source),
+            Self::TimedOut { .. } => None,
         }
     }
 }
@@ -90,16 +110,39 @@ pub(crate) struct RetryScope<'a> {
 }
 
 /// Bounded exponential backoff with full jitter (`backon`), shared by every
-/// store operation. Counts attempts so run summaries can report them.
+/// store operation, and the deadline of each single try. Counts attempts
+/// so run summaries can report them.
 #[derive(Debug, Clone)]
 pub(crate) struct RetryPolicy {
     settings: RetrySettings,
+    /// How long one try of an operation may take before the attempt fails
+    /// (`mongodb.operation_timeout_ms`): the client-side backstop of the
+    /// server-side `maxTimeMS`, `wtimeout` and `maxCommitTimeMS`, and the
+    /// only bound on a server that stops answering (the driver has no
+    /// socket timeout).
+    deadline: Duration,
 }
 
 impl RetryPolicy {
-    /// A policy from `[retry]` settings.
-    pub(crate) fn new(settings: RetrySettings) -> Self {
-        Self { settings }
+    /// A policy from `[retry]` settings, each try bounded by `deadline`.
+    pub(crate) fn new(settings: RetrySettings, deadline: Duration) -> Self {
+        Self { settings, deadline }
+    }
+
+    /// Runs one try of `op` within the deadline. A try that does not end
+    /// in time fails the attempt: logged at ERROR, naming the operation and
+    /// the bound.
+    ///
+    /// # Errors
+    /// [`RetryError::TimedOut`].
+    pub(crate) async fn bounded<T>(
+        &self,
+        scope: RetryScope<'_>,
+        op: impl IntoFuture<Output = T>,
+    ) -> Result<T, RetryError> {
+        tokio::time::timeout(self.deadline, op)
+            .await
+            .map_err(|_| timed_out(scope, self.deadline))
     }
 
     fn backoff(&self) -> ExponentialBackoff {
@@ -143,7 +186,7 @@ impl RetryPolicy {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let err = match op().await {
+            let err = match self.bounded(scope, op()).await? {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
@@ -192,6 +235,21 @@ impl RetryPolicy {
                 source: err,
             }),
         }
+    }
+}
+
+/// The [`RetryError::TimedOut`] of `scope`, logged at ERROR.
+pub(crate) fn timed_out(scope: RetryScope<'_>, bound: Duration) -> RetryError {
+    let bound_ms = bound.as_millis() as u64;
+    tracing::error!(
+        op = scope.op,
+        deanery = scope.deanery.unwrap_or(""),
+        bound_ms,
+        "MongoDB did not answer within mongodb.operation_timeout_ms; the attempt fails and the next one resumes"
+    );
+    RetryError::TimedOut {
+        op: scope.op,
+        bound_ms,
     }
 }
 

@@ -171,15 +171,21 @@ impl Store {
             reason: err.to_string(),
         })?;
         let (runs, document) = (&self.runs, &document);
+        let inserted = doc! {"_id": &run.id};
         self.retry
-            .run(scope("insert_run", deanery), attempts, || async move {
-                match runs.insert_one(document.clone()).await {
-                    Ok(_) => Ok(()),
-                    // A retried insert whose first try did land.
-                    Err(err) if super::retry::is_duplicate_key(&err) => Ok(()),
-                    Err(err) => Err(err),
-                }
-            })
+            .write(
+                scope("insert_run", deanery),
+                attempts,
+                || async move {
+                    match runs.insert_one(document.clone()).await {
+                        Ok(_) => Ok(()),
+                        // A retried insert whose first try did land.
+                        Err(err) if super::retry::is_duplicate_key(&err) => Ok(()),
+                        Err(err) => Err(err),
+                    }
+                },
+                || self.read_back(runs, &inserted, ()),
+            )
             .await?;
         Ok(())
     }
@@ -199,15 +205,23 @@ impl Store {
         add_attempts: i64,
         attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
-        let (runs, set) = (&self.runs, &set);
+        let mut applied = set.clone();
+        applied.insert("_id", run_id);
+        let (runs, set, applied) = (&self.runs, &set, &applied);
         self.retry
-            .run(scope("update_run", deanery), attempts, || async move {
-                runs.update_one(
-                    doc! {"_id": run_id},
-                    doc! {"$set": set.clone(), "$inc": {"attempts": add_attempts}},
-                )
-                .await
-            })
+            .write(
+                scope("update_run", deanery),
+                attempts,
+                || async move {
+                    runs.update_one(
+                        doc! {"_id": run_id},
+                        doc! {"$set": set.clone(), "$inc": {"attempts": add_attempts}},
+                    )
+                    .await
+                    .map(drop)
+                },
+                || self.read_back(runs, applied, ()),
+            )
             .await?;
         Ok(())
     }
@@ -321,11 +335,19 @@ impl Store {
         if !add.is_empty() {
             update.insert("$addToSet", add);
         }
+        let completed = doc! {"_id": run_id, "phase": RunPhase::Completed.as_str()};
         let (runs, update) = (&self.runs, &update);
         self.retry
-            .run(scope("complete_run", deanery), attempts, || async move {
-                runs.update_one(doc! {"_id": run_id}, update.clone()).await
-            })
+            .write(
+                scope("complete_run", deanery),
+                attempts,
+                || async move {
+                    runs.update_one(doc! {"_id": run_id}, update.clone())
+                        .await
+                        .map(drop)
+                },
+                || self.read_back(runs, &completed, ()),
+            )
             .await?;
         Ok(())
     }

@@ -75,18 +75,25 @@ impl Store {
         attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
         let (slots, commands) = (&self.slots, &commands);
-        let result = self
+        let published = doc! {"_id": slot_id, "owner": owner, "state": "PUBLISHED"};
+        let matched = self
             .retry
-            .run(scope("slot_published"), attempts, || async move {
-                slots
-                    .update_one(
-                        doc! {"_id": slot_id, "owner": owner},
-                        doc! {"$set": {"state": "PUBLISHED", "publishedAt": now(), "commands": commands.clone()}},
-                    )
-                    .await
-            })
+            .write(
+                scope("slot_published"),
+                attempts,
+                || async move {
+                    let result = slots
+                        .update_one(
+                            doc! {"_id": slot_id, "owner": owner},
+                            doc! {"$set": {"state": "PUBLISHED", "publishedAt": now(), "commands": commands.clone()}},
+                        )
+                        .await?;
+                    Ok(result.matched_count)
+                },
+                || self.read_back(slots, &published, 1),
+            )
             .await?;
-        if result.matched_count == 0 {
+        if matched == 0 {
             // The lease lapsed while publishing and another replica took
             // the slot: it publishes too; consumers treat the duplicates
             // of a completed slot as no-ops.
@@ -126,19 +133,29 @@ impl Store {
         key: &str,
         attempts: &mut Attempts,
     ) -> Result<bool, StoreError> {
-        let slots = &self.slots;
+        // A token of this claim: after a lost reply, the retried insert
+        // finds the `_id` taken, and only the token tells whose it is.
+        let token = uuid::Uuid::new_v4().to_string();
+        let (slots, ours) = (&self.slots, &doc! {"_id": key, "owner": &token});
+        let token = &token;
         Ok(self
             .retry
-            .run(scope("claim_catch_up"), attempts, || async move {
-                match slots
-                    .insert_one(doc! {"_id": key, "state": "PUBLISHED", "claimedAt": now()})
-                    .await
-                {
-                    Ok(_) => Ok(true),
-                    Err(err) if retry::is_duplicate_key(&err) => Ok(false),
-                    Err(err) => Err(err),
-                }
-            })
+            .write(
+                scope("claim_catch_up"),
+                attempts,
+                || async move {
+                    let claim =
+                        doc! {"_id": key, "owner": token, "state": "PUBLISHED", "claimedAt": now()};
+                    match slots.insert_one(claim).await {
+                        Ok(_) => Ok(true),
+                        Err(err) if retry::is_duplicate_key(&err) => {
+                            Ok(self.read_back(slots, ours, true).await?.unwrap_or(false))
+                        }
+                        Err(err) => Err(err),
+                    }
+                },
+                || self.read_back(slots, ours, true),
+            )
             .await?)
     }
 }

@@ -45,6 +45,12 @@ pub(crate) const TRANSIENT_CODES: [(i32, &str); 19] = [
     (13436, "NotPrimaryOrSecondary"),
 ];
 
+/// `(code, name)` of every server error code that leaves a write's outcome
+/// unknown: it may have been applied (and may yet be rolled back).
+pub(crate) const UNKNOWN_OUTCOME_CODES: [(i32, &str); 1] = [
+    (64, "WriteConcernFailed"), // wtimeout passed before a majority had the write
+];
+
 /// Every transient MongoDB error is one of these; everything else is
 /// permanent. This is the one place failures are classified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,6 +60,9 @@ pub(crate) enum Transience {
     Transient,
     /// The commit may or may not have happened: retry the commit alone.
     UnknownCommitResult,
+    /// A write outside a transaction may or may not have been applied (a
+    /// write concern error): read it back before retrying or reporting it.
+    UnknownOutcome,
     /// Fail fast.
     Permanent,
 }
@@ -95,6 +104,15 @@ pub(crate) fn classify(err: &MongoError, during_commit: bool) -> Transience {
     if during_commit && err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) {
         return Transience::UnknownCommitResult;
     }
+    let concern_error = matches!(
+        err.kind.as_ref(),
+        ErrorKind::Write(WriteFailure::WriteConcernError(_))
+    );
+    let unknown_code =
+        error_code(err).is_some_and(|code| UNKNOWN_OUTCOME_CODES.iter().any(|(c, _)| *c == code));
+    if concern_error || unknown_code {
+        return Transience::UnknownOutcome;
+    }
     if TRANSIENT_LABELS
         .iter()
         .any(|label| err.contains_label(label))
@@ -108,6 +126,14 @@ pub(crate) fn classify(err: &MongoError, during_commit: bool) -> Transience {
         | ErrorKind::ServerSelection { .. } => Transience::Transient,
         _ => Transience::Permanent,
     }
+}
+
+/// True when a failed write may nevertheless have been applied: its
+/// outcome is unknown (a write concern error), or the connection failed
+/// after the request may have reached the server (a lost reply).
+pub(crate) fn outcome_unknown(err: &MongoError) -> bool {
+    classify(err, false) == Transience::UnknownOutcome
+        || matches!(err.kind.as_ref(), ErrorKind::Io(_))
 }
 
 #[cfg(test)]

@@ -80,3 +80,47 @@ fn network_errors_are_transient_and_custom_errors_permanent() {
         Transience::Permanent
     );
 }
+
+/// A write concern error with this code, as the driver decodes a reply
+/// whose write was applied but not acknowledged as asked.
+fn write_concern_error(code: i32) -> MongoError {
+    let concern = bson::from_document(doc! {"code": code, "codeName": "Test", "errmsg": "test"})
+        .expect("a write concern error decodes");
+    MongoError::from(ErrorKind::Write(
+        mongodb::error::WriteFailure::WriteConcernError(concern),
+    ))
+}
+
+#[test]
+fn every_unknown_outcome_code_is_read_back_before_anything_else() {
+    for (code, name) in UNKNOWN_OUTCOME_CODES {
+        assert_eq!(
+            classify(&command_error(code), false),
+            Transience::UnknownOutcome,
+            "{code} {name}"
+        );
+        assert!(outcome_unknown(&command_error(code)), "{code} {name}");
+    }
+}
+
+#[test]
+fn a_write_concern_error_leaves_the_outcome_unknown_whatever_its_code() {
+    for code in [64, 11602, 91] {
+        assert_eq!(
+            classify(&write_concern_error(code), false),
+            Transience::UnknownOutcome,
+            "{code}"
+        );
+    }
+}
+
+#[test]
+fn a_lost_connection_leaves_a_write_unknown_and_a_duplicate_key_does_not() {
+    let io = MongoError::from(std::io::Error::new(
+        std::io::ErrorKind::ConnectionReset,
+        "reset",
+    ));
+    assert!(outcome_unknown(&io));
+    assert!(!outcome_unknown(&command_error(11000)));
+    assert!(!outcome_unknown(&command_error(112)));
+}

@@ -27,7 +27,7 @@ fn network_errors_are_transient_and_custom_errors_permanent() {
 
 #[tokio::test(start_paused = true)]
 async fn transient_errors_are_retried_until_success() {
-    let policy = RetryPolicy::new(settings(5, 60_000));
+    let policy = RetryPolicy::new(settings(5, 60_000), Duration::from_secs(30));
     let mut attempts = Attempts::default();
     let mut calls = 0;
     let result = policy
@@ -57,7 +57,7 @@ async fn transient_errors_are_retried_until_success() {
 
 #[tokio::test(start_paused = true)]
 async fn retries_stop_at_the_attempt_bound() {
-    let policy = RetryPolicy::new(settings(4, 60_000));
+    let policy = RetryPolicy::new(settings(4, 60_000), Duration::from_secs(30));
     let mut attempts = Attempts::default();
     let err = policy
         .run(
@@ -78,7 +78,7 @@ async fn retries_stop_at_the_attempt_bound() {
 async fn retries_stop_at_the_elapsed_time_bound() {
     // Delays are at least 10 ms; a 25 ms budget allows few retries
     // however many attempts are allowed.
-    let policy = RetryPolicy::new(settings(1_000, 25));
+    let policy = RetryPolicy::new(settings(1_000, 25), Duration::from_secs(30));
     let mut attempts = Attempts::default();
     let err = policy
         .run(
@@ -97,7 +97,7 @@ async fn retries_stop_at_the_elapsed_time_bound() {
 
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_fail_at_once() {
-    let policy = RetryPolicy::new(settings(10, 60_000));
+    let policy = RetryPolicy::new(settings(10, 60_000), Duration::from_secs(30));
     let mut attempts = Attempts::default();
     let err = policy
         .run(
@@ -112,4 +112,29 @@ async fn permanent_errors_fail_at_once() {
         .unwrap_err();
     assert!(!err.is_transient());
     assert_eq!(attempts.retries, 0);
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_try_that_never_answers_fails_the_attempt_at_the_deadline_without_retrying() {
+    let policy = RetryPolicy::new(settings(10, 600_000), Duration::from_millis(2_000));
+    let mut attempts = Attempts::default();
+    let started = tokio::time::Instant::now();
+    let err = policy
+        .run(
+            RetryScope {
+                op: "claim_chunk",
+                deanery: Some("MER"),
+            },
+            &mut attempts,
+            std::future::pending::<Result<(), MongoError>>,
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(started.elapsed(), Duration::from_millis(2_000));
+    assert!(err.is_transient() && err.is_timeout(), "{err:?}");
+    assert_eq!(attempts.retries, 0);
+    assert_eq!(
+        err.to_string(),
+        "claim_chunk: MongoDB did not answer within 2000 ms (mongodb.operation_timeout_ms)"
+    );
 }

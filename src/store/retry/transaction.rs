@@ -47,7 +47,11 @@ impl RetryPolicy {
 
     /// Runs `body` as one transaction under the policy and returns its
     /// value once committed: read concern `snapshot`, write concern
-    /// `majority`. A transient error anywhere runs the whole transaction
+    /// `majority` with `maxCommitTimeMS` at the deadline. Each of starting,
+    /// the body and the commit must end within the deadline, or the
+    /// attempt fails ([`RetryError::TimedOut`]; the session is dropped with
+    /// its transaction, which the driver aborts when it can). A transient
+    /// error anywhere runs the whole transaction
     /// (`body` included) again after the backoff delay;
     /// `UnknownTransactionCommitResult` retries the commit alone; anything
     /// else aborts and fails fast. Every attempt and retry is counted in
@@ -65,7 +69,7 @@ impl RetryPolicy {
         let mut txn = self.transaction(scope);
         loop {
             txn.begin(session, attempts).await?;
-            let outcome = body.attempt(session).await;
+            let outcome = self.bounded(scope, body.attempt(session)).await?;
             if let Some(value) = txn.end(session, outcome, attempts).await? {
                 return Ok(value);
             }
@@ -111,12 +115,12 @@ impl Transaction<'_> {
         loop {
             self.attempt += 1;
             attempts.transactions += 1;
-            let err = match session
+            let started = session
                 .start_transaction()
                 .read_concern(ReadConcern::snapshot())
                 .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
-                .await
-            {
+                .max_commit_time(self.policy.deadline);
+            let err = match self.policy.bounded(self.scope, started).await? {
                 Ok(()) => return Ok(()),
                 Err(err) => err,
             };
@@ -145,7 +149,10 @@ impl Transaction<'_> {
             Err(err) => {
                 // Aborting may itself fail (the server may have aborted
                 // already); the session is usable again either way.
-                let _ = session.abort_transaction().await;
+                let _ = self
+                    .policy
+                    .bounded(self.scope, session.abort_transaction())
+                    .await?;
                 if classify(&err, false) == Transience::Permanent {
                     return Err(permanent(self.scope.op, err));
                 }
@@ -165,19 +172,24 @@ impl Transaction<'_> {
         attempts: &mut Attempts,
     ) -> Result<Option<T>, RetryError> {
         loop {
-            let err = match session.commit_transaction().await {
+            let commit = RetryScope {
+                op: "commit_transaction",
+                ..self.scope
+            };
+            let err = match self
+                .policy
+                .bounded(commit, session.commit_transaction())
+                .await?
+            {
                 Ok(()) => return Ok(Some(value)),
                 Err(err) => err,
             };
             match classify(&err, true) {
-                Transience::UnknownCommitResult => {
+                Transience::UnknownCommitResult | Transience::UnknownOutcome => {
                     // Retry the commit alone: it is idempotent.
                     self.policy
                         .wait_or_give_up(
-                            RetryScope {
-                                op: "commit_transaction",
-                                ..self.scope
-                            },
+                            commit,
                             self.attempt,
                             self.started,
                             &mut self.backoff,
@@ -191,7 +203,10 @@ impl Transaction<'_> {
                     return Ok(None);
                 }
                 Transience::Permanent => {
-                    let _ = session.abort_transaction().await;
+                    let _ = self
+                        .policy
+                        .bounded(commit, session.abort_transaction())
+                        .await?;
                     return Err(permanent(self.scope.op, err));
                 }
             }
