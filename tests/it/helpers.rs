@@ -24,6 +24,14 @@ pub fn base_uri() -> String {
         .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=secantus".to_owned())
 }
 
+/// `host:port` of the server under test (the first seed of its URI).
+pub fn mongo_host_port() -> String {
+    let uri = base_uri();
+    let rest = uri.split("://").nth(1).unwrap();
+    let hosts = rest.split(['/', '?']).next().unwrap();
+    hosts.split(',').next().unwrap().to_owned()
+}
+
 fn with_app_name(uri: &str, app_name: &str) -> String {
     let separator = if uri.contains('?') { '&' } else { '?' };
     format!("{uri}{separator}appName={app_name}")

@@ -13,7 +13,10 @@ mod history;
 mod hostile;
 mod named_deaneries;
 mod ops;
+#[path = "../support/proxy.rs"]
+mod proxy;
 mod replicas;
+mod stalls;
 mod supervision;
 #[path = "../support/broker.rs"]
 mod support;

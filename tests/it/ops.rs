@@ -10,16 +10,11 @@ use tokio::io::AsyncReadExt;
 
 use crate::commands::cron_minutes_ago;
 use crate::helpers::{
-    base_uri, eventually, http_get, metric, spawn_app_with, unique_deanery, valid_record, TcpProxy,
+    eventually, http_get, metric, mongo_host_port, spawn_app_with, unique_deanery, valid_record,
+    TcpProxy,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
-
-fn mongo_host_port() -> String {
-    let uri = base_uri();
-    let rest = uri.split("://").nth(1).unwrap();
-    rest.split(['/', '?']).next().unwrap().to_owned()
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_follows_mongodb_and_rabbitmq_going_away_and_coming_back() {

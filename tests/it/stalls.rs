@@ -1,0 +1,303 @@
+//! A production replica set's failures, through a proxy that speaks the
+//! wire protocol's framing: a primary that stops answering (black hole)
+//! during the claim, the publication and the marking; `/readyz` during a
+//! black hole; and writes applied whose reply is lost (lease, run update,
+//! slot claim). Every record ends exported once, in one file.
+
+use std::time::{Duration, Instant};
+
+use bson::doc;
+use esr_exporter::config::Settings;
+use esr_exporter::domain::{RunStatus, RunSummary};
+use esr_exporter::export::Exporter;
+use esr_exporter::store::Store;
+
+use crate::commands::cron_minutes_ago;
+use crate::helpers::{
+    deanery, eventually, http_get, mongo_host_port, spawn_app_with, unique_deanery, valid_record,
+    TestApp,
+};
+use crate::proxy::{Fault, Request, WireProxy};
+
+/// `mongodb.operation_timeout_ms` of these tests.
+const BOUND: Duration = Duration::from_millis(2_000);
+/// What a failed attempt may take beyond the bound: waking up, logging.
+const SLACK: Duration = Duration::from_millis(1_000);
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The app's settings, reaching MongoDB through `proxy` with the bound.
+fn settings_through(app: &TestApp, proxy: &WireProxy) -> Settings {
+    settings_through_with(app, proxy, &[])
+}
+
+fn settings_through_with(app: &TestApp, proxy: &WireProxy, extra: &[(&str, &str)]) -> Settings {
+    let mut env = app.env.clone();
+    for (key, value) in extra {
+        env.insert((*key).to_owned(), (*value).to_owned());
+    }
+    let uri = format!("{}&appName={}", proxy.uri(), app.app_name);
+    env.insert("ESR_MONGODB__URI".into(), uri);
+    let bound = BOUND.as_millis().to_string();
+    env.insert("ESR_MONGODB__OPERATION_TIMEOUT_MS".into(), bound);
+    env.insert(
+        "ESR_MONGODB__SERVER_SELECTION_TIMEOUT_MS".into(),
+        "2000".into(),
+    );
+    Settings::load_with_env(None, Some(env)).expect("settings through the proxy")
+}
+
+async fn exporter_through(app: &TestApp, proxy: &WireProxy) -> Exporter {
+    let settings = settings_through(app, proxy);
+    let store = Store::build(&settings)
+        .await
+        .expect("store through the proxy");
+    Exporter::new(store, settings.export.clone())
+}
+
+/// Runs attempts until one completes (the previous holder's lease lapses
+/// first); the completing summary.
+async fn run_until_completed(exporter: &Exporter, code: &str) -> RunSummary {
+    let started = Instant::now();
+    loop {
+        let summary = exporter.run(&deanery(code)).await;
+        if summary.status == RunStatus::Completed || started.elapsed() > WAIT {
+            return summary;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Black-holes MongoDB on the first request `matches` accepts, mid-run:
+/// the attempt fails within the bound, naming the bound; after healing,
+/// the next attempt completes and every record is exported once, in one
+/// file. Returns the time from black hole to failed attempt.
+async fn black_hole_during(matches: fn(&Request) -> bool) -> Duration {
+    let app = spawn_app_with(&[
+        ("ESR_EXPORT__CHUNK_SIZE", "100"),
+        ("ESR_EXPORT__LEASE_SECONDS", "2"),
+    ])
+    .await;
+    let code = unique_deanery();
+    let ids = app.seed(&code, 1_000).await;
+    let proxy = WireProxy::start(&mongo_host_port()).await;
+    let exporter = exporter_through(&app, &proxy).await;
+
+    proxy.arm(Fault::BlackHole, matches);
+    let failed = exporter.run(&deanery(&code)).await;
+    let (fired, request) = proxy.fired().expect("the black hole fired");
+    let took = fired.elapsed();
+
+    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
+    assert!(failed.retryable, "a timeout is transient: {failed:?}");
+    let error = failed.error.clone().unwrap_or_default();
+    assert!(
+        error.contains("did not answer within 2000 ms (mongodb.operation_timeout_ms)"),
+        "{error}"
+    );
+    assert!(
+        took <= BOUND + SLACK,
+        "failed {took:?} after the black hole on {} {}",
+        request.command,
+        request.collection
+    );
+
+    proxy.heal();
+    let summary = run_until_completed(&exporter, &code).await;
+    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    app.assert_exported_once(&code, &ids).await;
+    took
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_during_the_claim_fails_the_attempt_within_the_bound() {
+    black_hole_during(|r| r.is("update", "generatedAppRecords", "EXPORTING")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_during_the_publication_fails_the_attempt_within_the_bound() {
+    black_hole_during(|r| r.is("update", "exportRuns", "publication")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_during_the_marking_fails_the_attempt_within_the_bound() {
+    black_hole_during(|r| r.is("update", "generatedAppRecords", "EXPORTED")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_mid_stream_fails_the_attempt_within_the_bound() {
+    // The claimed records are streamed back in batches: a getMore that
+    // never answers.
+    black_hole_during(|r| r.command == "getMore").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readyz_turns_503_within_the_bound_of_a_black_hole_and_200_after_healing() {
+    let app = spawn_app_with(&[]).await;
+    let proxy = WireProxy::start(&mongo_host_port()).await;
+    let daemon = app.spawn_daemon_with(settings_through(&app, &proxy)).await;
+    eventually("ready", WAIT, || async {
+        http_get(daemon.http, "/readyz").await.0 == 200
+    })
+    .await;
+
+    proxy.black_hole();
+    let started = Instant::now();
+    let (status, body) = http_get(daemon.http, "/readyz").await;
+    let took = started.elapsed();
+
+    assert_eq!(status, 503, "{body}");
+    assert!(took <= BOUND + SLACK, "503 after {took:?}");
+    assert!(!body.contains(r#""mongodb":"ok""#), "names MongoDB: {body}");
+    proxy.heal();
+    eventually("ready again", WAIT, || async {
+        http_get(daemon.http, "/readyz").await.0 == 200
+    })
+    .await;
+    daemon.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_connection_reset_mid_claim_is_retried_and_exports_once() {
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "100")]).await;
+    let code = unique_deanery();
+    let ids = app.seed(&code, 1_000).await;
+    let proxy = WireProxy::start(&mongo_host_port()).await;
+    let exporter = exporter_through(&app, &proxy).await;
+
+    proxy.arm(Fault::Reset, |r| {
+        r.is("update", "generatedAppRecords", "EXPORTING")
+    });
+    let summary = exporter.run(&deanery(&code)).await;
+
+    assert!(proxy.fired().is_some(), "the connections were reset");
+    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert!(summary.retries >= 1, "the claim was retried: {summary:?}");
+    app.assert_exported_once(&code, &ids).await;
+}
+
+/// Loses the reply to the first request `matches` accepts (it is applied),
+/// runs the export through it, and checks it completes in one attempt
+/// with every record exported once.
+async fn lost_reply_on(matches: fn(&Request) -> bool) {
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "100")]).await;
+    let code = unique_deanery();
+    let ids = app.seed(&code, 300).await;
+    let proxy = WireProxy::start(&mongo_host_port()).await;
+    let exporter = exporter_through(&app, &proxy).await;
+
+    // Twice: the driver retries a write once by itself.
+    proxy.arm_times(Fault::LostReply, 2, matches);
+    let summary = exporter.run(&deanery(&code)).await;
+
+    assert!(proxy.fired().is_some(), "the reply was lost");
+    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    app.assert_exported_once(&code, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_to_the_lease_take_is_not_mistaken_for_another_holder() {
+    lost_reply_on(|r| r.command == "findAndModify" && r.collection == "exportLeases").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_to_a_run_update_is_read_back() {
+    lost_reply_on(|r| r.is("update", "exportRuns", "FINALIZING")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_to_the_run_insert_is_read_back() {
+    lost_reply_on(|r| r.command == "insert" && r.collection == "exportRuns").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_to_the_slot_claim_still_fires_the_slot_once() {
+    let cron = cron_minutes_ago(10);
+    let app = spawn_app_with(&[
+        ("ESR_SCHEDULE__ENABLED", "true"),
+        ("ESR_SCHEDULE__CRON", &cron),
+        ("ESR_SCHEDULE__CATCH_UP_WINDOW_MINUTES", "60"),
+    ])
+    .await;
+    let code = unique_deanery();
+    let ids = app.seed(&code, 30).await;
+    let proxy = WireProxy::start(&mongo_host_port()).await;
+    proxy.arm_times(Fault::LostReply, 2, |r| {
+        r.command == "findAndModify" && r.collection == "scheduleSlots"
+    });
+
+    let daemon = app.spawn_daemon_with(settings_through(&app, &proxy)).await;
+    let records = app.records();
+    eventually("the slot's records exported", WAIT, || {
+        let records = records.clone();
+        let code = code.clone();
+        async move {
+            records
+                .count_documents(doc! {"deanery": &code, "status": {"$ne": "EXPORTED"}})
+                .await
+                .unwrap()
+                == 0
+        }
+    })
+    .await;
+    daemon.stop().await;
+
+    assert!(proxy.fired().is_some(), "the reply was lost");
+    let slots = app.db.collection::<bson::Document>("scheduleSlots");
+    let published = slots
+        .count_documents(doc! {"state": "PUBLISHED"})
+        .await
+        .unwrap();
+    assert_eq!(published, 1, "the slot fired once");
+    app.assert_exported_once(&code, &ids).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_to_the_catch_up_claim_is_not_mistaken_for_another_replicas() {
+    // Records stuck past a slot nobody fired: the watchdog claims the
+    // catch-up (an insert) and publishes it. Its reply is lost twice, so
+    // the retried insert finds the `_id` taken: by this very claim.
+    let cron = cron_minutes_ago(10);
+    let app = spawn_app_with(&[]).await;
+    let code = unique_deanery();
+    let created = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 3_600_000);
+    let records: Vec<_> = (0..25)
+        .map(|n| {
+            let mut record = valid_record(&code, n);
+            record.insert("createdAt", created);
+            record
+        })
+        .collect();
+    let ids = app.insert(records).await;
+    let proxy = WireProxy::start(&mongo_host_port()).await;
+    proxy.arm_times(Fault::LostReply, 2, |r| {
+        r.is("insert", "scheduleSlots", "watchdog/")
+    });
+    let settings = settings_through_with(
+        &app,
+        &proxy,
+        &[
+            ("ESR_SCHEDULE__CRON", &cron),
+            ("ESR_WATCHDOG__ENABLED", "true"),
+            // One check in the test's time: a catch-up lost now is not
+            // made good by the next period's.
+            ("ESR_WATCHDOG__PERIOD_SECONDS", "3600"),
+            ("ESR_WATCHDOG__GRACE_MINUTES", "0"),
+        ],
+    );
+
+    let daemon = app.spawn_daemon_with(settings).await;
+    eventually(
+        "exported by the catch-up",
+        Duration::from_secs(20),
+        || async {
+            app.count(doc! {"deanery": &code, "status": "EXPORTED"})
+                .await
+                == 25
+        },
+    )
+    .await;
+    daemon.stop().await;
+
+    assert!(proxy.fired().is_some(), "the reply was lost");
+    app.assert_exported_once(&code, &ids).await;
+}
