@@ -5,7 +5,10 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bson::{doc, Document};
+use esr_exporter::config::Settings;
 use esr_exporter::domain::{RunStatus, RunSummary};
+use esr_exporter::export::Exporter;
+use esr_exporter::store::Store;
 use futures_util::TryStreamExt;
 
 use crate::helpers::{deanery, spawn_app, spawn_app_with, TestApp};
@@ -94,20 +97,79 @@ async fn export_through_failpoint(
     labels: &[&str],
     times: i32,
 ) -> esr_exporter::domain::RunSummary {
+    let data = doc! {"failCommands": commands, "errorCode": error_code, "errorLabels": labels};
+    export_through(data, times).await
+}
+
+/// Arms `failCommand` with `data`, `times` times, runs an export of 300
+/// records, and returns its summary after checking every record was
+/// exported once.
+async fn export_through(data: Document, times: i32) -> RunSummary {
     let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "100")]).await;
     let ids = app.seed("EOE", 300).await;
-    let guard = app
-        .arm_failpoint(
-            doc! {"failCommands": commands, "errorCode": error_code, "errorLabels": labels},
-            times,
-        )
-        .await;
-    let summary = app.exporter.run(&deanery("EOE")).await;
+    let exporter = quick_to_rediscover(&app).await;
+    let guard = app.arm_failpoint(data, times).await;
+    let summary = exporter.run(&deanery("EOE")).await;
     app.disarm().await;
     drop(guard);
     assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
     app.assert_exported_once("EOE", &ids).await;
     summary
+}
+
+/// The app's exporter with the driver's fastest monitoring (500 ms): after
+/// a "not primary" error the driver forgets the server until its monitor
+/// checks it again, which by default takes up to 10 s per error.
+async fn quick_to_rediscover(app: &TestApp) -> Exporter {
+    let mut env = app.env.clone();
+    let uri = format!("{}&heartbeatFrequencyMS=500", env["ESR_MONGODB__URI"]);
+    env.insert("ESR_MONGODB__URI".to_owned(), uri);
+    let settings = Settings::load_with_env(None, Some(env)).unwrap();
+    let store = Store::build(&settings).await.unwrap();
+    Exporter::new(store, settings.export.clone())
+}
+
+/// What a primary stepping down answers, on each command a run depends on.
+const STEP_DOWN_COMMANDS: [&str; 3] = ["update", "find", "commitTransaction"];
+
+#[tokio::test]
+async fn step_down_errors_on_update_find_and_commit_are_retried() {
+    // 10107 NotWritablePrimary, 11602 InterruptedDueToReplStateChange,
+    // 189 PrimarySteppedDown, as the server sends them (no label).
+    for command in STEP_DOWN_COMMANDS {
+        for code in [10107, 11602, 189] {
+            let data = doc! {"failCommands": [command], "errorCode": code};
+            let summary = export_through(data, 2).await;
+            assert!(summary.retries >= 1, "{command} {code}: {summary:?}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_step_down_closing_connections_on_update_find_and_commit_is_retried() {
+    for command in STEP_DOWN_COMMANDS {
+        let data = doc! {"failCommands": [command], "closeConnection": true};
+        export_through(data, 2).await;
+    }
+}
+
+#[tokio::test]
+async fn the_8x_overload_and_retryable_labels_make_any_code_transient() {
+    // 1 InternalError alone is permanent; the label says "try again".
+    for label in ["SystemOverloadedError", "RetryableError"] {
+        let summary = export_through_failpoint(&["find"], 1, &[label], 2).await;
+        assert!(summary.retries >= 2, "{label}: {summary:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_write_concern_error_on_the_lease_take_is_read_back_as_taken() {
+    // The take was applied but wtimeout passed before a majority had it
+    // (64 WriteConcernFailed): the read-back finds it, so the run goes on.
+    let concern = doc! {"code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out", "errInfo": {"wtimeout": true}};
+    let data = doc! {"failCommands": ["findAndModify"], "writeConcernError": concern};
+    let summary = export_through(data, 2).await;
+    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
 }
 
 #[tokio::test]
