@@ -96,12 +96,8 @@ pub async fn execute(cli: Cli) -> ExitCode {
     crate::telemetry::init(&settings.log, std::io::stderr, short_lived);
     let result = match cli.command {
         Command::CheckConfig => {
-            if settings.mongodb.uri.pins_one_host() {
-                eprintln!(
-                    "warning: `mongodb.uri` has directConnection=true: it pins one host, so after a \
-                     failover `run` keeps talking to the demoted node; use the replica set's hosts \
-                     with ?replicaSet=<name>"
-                );
+            for warning in settings.warnings() {
+                eprintln!("warning: {warning}");
             }
             print!("{}", settings.to_redacted_toml());
             Ok(ExitCode::SUCCESS)

@@ -4,8 +4,10 @@
 //!
 //! Each round seeds records for a few deaneries, starts `esr-exporter run`,
 //! publishes a command per deanery, injects one fault at a random moment
-//! (SIGKILL of the daemon, its RabbitMQ connections closed, or a MongoDB
-//! failpoint), restarts what was stopped, waits for completion, and checks:
+//! (SIGKILL of the daemon, its RabbitMQ connections closed, a MongoDB
+//! failpoint: write conflicts, unknown commit results, step-down codes, closed
+//! connections; or, through a wire-protocol proxy, a black hole of 1-4 s or
+//! a write applied whose reply is lost), restarts what was stopped, waits for completion, and checks:
 //! every seeded record `EXPORTED` exactly once; each record id in exactly
 //! one `.DAT` file, one file per deanery; trailer counts and manifest
 //! hashes match; no temporary files; nothing dead-lettered (every command
@@ -26,6 +28,8 @@ use mongodb::Client;
 use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
 
+#[path = "support/proxy.rs"]
+mod proxy;
 #[path = "support/broker.rs"]
 mod support;
 
@@ -64,6 +68,19 @@ impl Rng {
 enum Fault {
     KillDaemon,
     CloseBrokerConnections,
+    /// MongoDB stops answering (sockets held open) for `hole_ms`.
+    BlackHole {
+        hole_ms: u64,
+    },
+    /// Every MongoDB connection closed on the next `update` (a network blip).
+    ResetConnections,
+    /// The next `times` requests `command` on `collection` are applied and
+    /// their replies lost.
+    LostReply {
+        command: &'static str,
+        collection: &'static str,
+        times: usize,
+    },
     FailPoint {
         command: &'static str,
         data: Document,
@@ -74,9 +91,18 @@ enum Fault {
 
 impl Fault {
     fn pick(rng: &mut Rng) -> Self {
-        match rng.below(5) {
+        match rng.below(9) {
             0 | 1 => Self::KillDaemon,
             2 => Self::CloseBrokerConnections,
+            3 => Self::BlackHole {
+                hole_ms: 1_000 + rng.below(3_000),
+            },
+            4 => Self::lost_reply(rng),
+            5 => Self::step_down(rng),
+            6 => match rng.below(2) {
+                0 => Self::step_down(rng),
+                _ => Self::ResetConnections,
+            },
             _ => {
                 let times = 1 + rng.below(4) as i32;
                 let (command, data, what) = match rng.below(4) {
@@ -107,10 +133,61 @@ impl Fault {
         }
     }
 
+    /// A write applied whose reply never arrives (twice: past the
+    /// driver's own retry).
+    fn lost_reply(rng: &mut Rng) -> Self {
+        let (command, collection) = [
+            ("findAndModify", "exportLeases"),
+            ("insert", "exportRuns"),
+            ("update", "exportRuns"),
+            ("update", "generatedAppRecords"),
+            ("commitTransaction", ""),
+        ][rng.below(5) as usize];
+        Self::LostReply {
+            command,
+            collection,
+            times: 1 + rng.below(2) as usize,
+        }
+    }
+
+    /// What a primary stepping down answers: 10107, 11602 or 189, or the
+    /// connection closed, on update, find or commitTransaction.
+    fn step_down(rng: &mut Rng) -> Self {
+        let command = ["update", "find", "commitTransaction"][rng.below(3) as usize];
+        let (data, what) = match rng.below(4) {
+            0 => (doc! {"errorCode": 10107}, "10107"),
+            1 => (doc! {"errorCode": 11602}, "11602"),
+            2 => (doc! {"errorCode": 189}, "189"),
+            _ => (doc! {"closeConnection": true}, "step-down close"),
+        };
+        let times = 1 + rng.below(3) as i32;
+        Self::FailPoint {
+            command,
+            data,
+            times,
+            label: format!("failpoint {what} on {command} x{times}"),
+        }
+    }
+
+    /// True when the daemon must reach MongoDB through the proxy.
+    fn needs_proxy(&self) -> bool {
+        matches!(
+            self,
+            Self::BlackHole { .. } | Self::LostReply { .. } | Self::ResetConnections
+        )
+    }
+
     fn label(&self) -> String {
         match self {
             Self::KillDaemon => "SIGKILL daemon".to_owned(),
             Self::CloseBrokerConnections => "close AMQP conns".to_owned(),
+            Self::BlackHole { hole_ms } => format!("black hole {hole_ms} ms"),
+            Self::ResetConnections => "reset MongoDB conns".to_owned(),
+            Self::LostReply {
+                command,
+                collection,
+                times,
+            } => format!("lost reply {command} {collection} x{times}"),
             Self::FailPoint { label, .. } => label.clone(),
         }
     }
@@ -121,6 +198,14 @@ const CODES: [&str; 8] = ["MER", "EOE", "LDN", "OXF", "WES", "SEV", "KSS", "NWN"
 fn base_uri() -> String {
     std::env::var("ESR_TEST_MONGODB_URI")
         .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=secantus".to_owned())
+}
+
+/// `host:port` of the server under test (the first seed of its URI).
+fn mongo_host_port() -> String {
+    let uri = base_uri();
+    let rest = uri.split("://").nth(1).unwrap_or_default();
+    let hosts = rest.split(['/', '?']).next().unwrap_or_default();
+    hosts.split(',').next().unwrap_or_default().to_owned()
 }
 
 fn record(deanery: &str, n: usize) -> Document {
@@ -278,8 +363,14 @@ async fn run_round(
     std::fs::create_dir_all(&log_dir)?;
     let app = format!("esr-faults-{id}");
     let chunk = [10u64, 25, 50, 100, 250][rng.below(5) as usize];
-    let env: HashMap<String, String> = [
-        ("ESR_MONGODB__URI", format!("{}&appName={app}", base_uri())),
+    let fault = Fault::pick(rng);
+    let proxy = match fault.needs_proxy() {
+        true => Some(proxy::WireProxy::start(&mongo_host_port()).await),
+        false => None,
+    };
+    let uri = proxy.as_ref().map_or_else(base_uri, proxy::WireProxy::uri);
+    let mut env: HashMap<String, String> = [
+        ("ESR_MONGODB__URI", format!("{uri}&appName={app}")),
         ("ESR_MONGODB__DATABASE", format!("esr_faults_{id}")),
         ("ESR_EXPORT__OUTPUT_DIR", out.display().to_string()),
         ("ESR_EXPORT__CHUNK_SIZE", chunk.to_string()),
@@ -301,6 +392,10 @@ async fn run_round(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    if proxy.is_some() {
+        // A black hole fails an attempt after this long.
+        env.insert("ESR_MONGODB__OPERATION_TIMEOUT_MS".into(), "2000".into());
+    }
     let settings = Settings::load_with_env(None, Some(env.clone()))?;
     let mut round = Round {
         id,
@@ -346,7 +441,6 @@ async fn run_round(
         publisher.publish(&command).await?;
     }
     publisher.close().await;
-    let fault = Fault::pick(rng);
     let at_ms = rng.below(if quick { 800 } else { 2_000 });
     tokio::time::sleep(Duration::from_millis(at_ms)).await;
     let admin = client.database("admin");
@@ -357,6 +451,27 @@ async fn run_round(
         }
         Fault::CloseBrokerConnections => {
             support::close_connections(&app).await?;
+        }
+        Fault::BlackHole { hole_ms } => {
+            let proxy = proxy.as_ref().context("black hole without a proxy")?;
+            proxy.black_hole();
+            tokio::time::sleep(Duration::from_millis(*hole_ms)).await;
+            proxy.heal();
+        }
+        Fault::LostReply {
+            command,
+            collection,
+            times,
+        } => {
+            let proxy = proxy.as_ref().context("lost reply without a proxy")?;
+            let (command, collection) = (*command, *collection);
+            proxy.arm_times(proxy::Fault::LostReply, *times, move |r| {
+                r.is(command, collection, "")
+            });
+        }
+        Fault::ResetConnections => {
+            let proxy = proxy.as_ref().context("reset without a proxy")?;
+            proxy.arm(proxy::Fault::Reset, |r| r.command == "update");
         }
         Fault::FailPoint {
             command,
@@ -414,6 +529,12 @@ async fn run_round(
         violations.push(format!("logs in {}", round.log_dir.display()));
     }
 
+    // A fault armed on a request that never came did nothing: say so.
+    let fired = match &proxy {
+        Some(proxy) if proxy.fired().is_none() => " (not hit)",
+        _ => "",
+    };
+
     // Clean up the round's queues and database.
     support::delete_topology(&round.settings.amqp).await;
     client
@@ -421,7 +542,7 @@ async fn run_round(
         .drop()
         .await?;
     Ok((
-        format!("{} (chunk {chunk})", fault.label()),
+        format!("{} (chunk {chunk}){fired}", fault.label()),
         total,
         at_ms,
         elapsed,
@@ -445,7 +566,7 @@ async fn main() -> anyhow::Result<()> {
     let work = tempfile::Builder::new().prefix("esr-faults-").tempdir()?;
     println!("fault-injection harness: {rounds} rounds, seed {seed}");
     println!(
-        "{:>5}  {:<44} {:>7} {:>8} {:>9}  result",
+        "{:>5}  {:<58} {:>7} {:>8} {:>9}  result",
         "round", "fault", "records", "fault at", "took"
     );
     let mut failed = 0;
@@ -459,7 +580,7 @@ async fn main() -> anyhow::Result<()> {
             format!("VIOLATED: {}", violations.join("; "))
         };
         println!(
-            "{index:>5}  {fault:<44} {records:>7} {:>6}ms {:>8.1}s  {result}",
+            "{index:>5}  {fault:<58} {records:>7} {:>6}ms {:>8.1}s  {result}",
             at_ms,
             took.as_secs_f64()
         );

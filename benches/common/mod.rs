@@ -60,7 +60,7 @@ pub fn start_server(uri: Option<String>) -> anyhow::Result<Server> {
         std::thread::sleep(Duration::from_millis(100));
     }
     Ok(Server {
-        uri: format!("mongodb://127.0.0.1:{port}/?directConnection=true"),
+        uri: format!("mongodb://127.0.0.1:{port}/?replicaSet=secantus"),
         child: Some(child),
         _dir: Some(dir),
     })

@@ -13,6 +13,7 @@ mod secret;
 mod sections;
 mod serialise;
 mod validate;
+mod warnings;
 
 use serde::Serialize;
 

@@ -106,11 +106,8 @@ impl Daemon {
 }
 
 fn log_starting(settings: &Settings, listener: &TcpListener) {
-    if settings.mongodb.uri.pins_one_host() {
-        tracing::warn!(
-            "mongodb.uri has directConnection=true: it pins one host, so after a failover \
-             every write fails until restart; use the replica set's hosts with ?replicaSet=<name>"
-        );
+    for warning in settings.warnings() {
+        tracing::warn!("{warning}");
     }
     tracing::info!(
         queue = %settings.amqp.queue,

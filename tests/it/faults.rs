@@ -154,9 +154,15 @@ async fn a_step_down_closing_connections_on_update_find_and_commit_is_retried() 
 }
 
 #[tokio::test]
-async fn the_8x_overload_and_retryable_labels_make_any_code_transient() {
-    // 1 InternalError alone is permanent; the label says "try again".
-    for label in ["SystemOverloadedError", "RetryableError"] {
+async fn every_label_of_the_table_makes_any_code_transient() {
+    // 1 InternalError alone is permanent; the label says "try again". The
+    // 8.x labels SystemOverloadedError and RetryableError among them.
+    for label in [
+        "TransientTransactionError",
+        "RetryableWriteError",
+        "SystemOverloadedError",
+        "RetryableError",
+    ] {
         let summary = export_through_failpoint(&["find"], 1, &[label], 2).await;
         assert!(summary.retries >= 2, "{label}: {summary:?}");
     }

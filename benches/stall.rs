@@ -1,0 +1,168 @@
+//! Stall benchmark: `cargo bench --bench stall [-- --trials 10 --records 30000 --bound-ms 30000]`.
+//!
+//! How long a run takes to give up on a MongoDB that stops answering. Per
+//! trial, on a fresh SecantusDB (or `--mongodb-uri`): seed `--records`
+//! waiting records for one deanery, export them through a proxy that
+//! black-holes every socket `--after-ms` into the run (a partitioned or
+//! frozen primary), and time from the black hole to the failed attempt.
+//! Then heal and export again: the run must complete with every record
+//! exported once. Prints each trial, the median and the max; the target
+//! (at most the bound plus one second) is in BENCHMARKS.md.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use bson::{doc, Document};
+use clap::Parser;
+use esr_exporter::config::Settings;
+use esr_exporter::domain::{Deanery, RunStatus};
+use esr_exporter::export::Exporter;
+use esr_exporter::store::Store;
+use mongodb::{Client, Collection};
+
+mod common;
+use common::{record, start_server};
+
+#[path = "../tests/support/proxy.rs"]
+#[allow(dead_code)]
+mod proxy;
+
+#[derive(Debug, Parser)]
+struct Args {
+    /// Trials.
+    #[arg(long, default_value_t = 10)]
+    trials: usize,
+    /// Waiting records per trial.
+    #[arg(long, default_value_t = 30_000)]
+    records: usize,
+    /// `mongodb.operation_timeout_ms`.
+    #[arg(long, default_value_t = 30_000)]
+    bound_ms: u64,
+    /// When the black hole opens, after the run starts.
+    #[arg(long, default_value_t = 1_000)]
+    after_ms: u64,
+    /// Use this server instead of starting a fresh SecantusDB.
+    #[arg(long)]
+    mongodb_uri: Option<String>,
+    /// Flags cargo passes to bench binaries; ignored.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+/// `host:port` of the first seed of `uri`.
+fn host_port(uri: &str) -> String {
+    let rest = uri.split("://").nth(1).unwrap_or_default();
+    let hosts = rest.split(['/', '?']).next().unwrap_or_default();
+    hosts.split(',').next().unwrap_or_default().to_owned()
+}
+
+async fn exporter(
+    uri: &str,
+    db: &str,
+    dir: &std::path::Path,
+    bound_ms: u64,
+) -> anyhow::Result<Exporter> {
+    let env: HashMap<String, String> = [
+        ("ESR_MONGODB__URI", uri.to_owned()),
+        ("ESR_MONGODB__DATABASE", db.to_owned()),
+        ("ESR_MONGODB__OPERATION_TIMEOUT_MS", bound_ms.to_string()),
+        ("ESR_EXPORT__OUTPUT_DIR", dir.display().to_string()),
+        ("ESR_EXPORT__LEASE_SECONDS", "2".to_owned()),
+        ("ESR_LOG__LEVEL", "error".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let settings = Settings::load_with_env(None, Some(env))?;
+    let store = Store::build(&settings).await?;
+    Ok(Exporter::new(store, settings.export.clone()))
+}
+
+/// One trial: the time from black hole to failed attempt.
+async fn trial(
+    args: &Args,
+    server_uri: &str,
+    client: &Client,
+    n: usize,
+) -> anyhow::Result<Duration> {
+    let db = format!("esr_stall_{n}_{}", std::process::id());
+    let records: Collection<Document> = client.database(&db).collection("generatedAppRecords");
+    let docs: Vec<Document> = (0..args.records).map(|i| record("MER", i)).collect();
+    for batch in docs.chunks(10_000) {
+        records.insert_many(batch.to_vec()).await?;
+    }
+    let dir = tempfile::tempdir()?;
+    let proxy = proxy::WireProxy::start(&host_port(server_uri)).await;
+    let exporter = exporter(&proxy.uri(), &db, dir.path(), args.bound_ms).await?;
+    let deanery = Deanery::parse("MER")?;
+
+    let run = {
+        let (exporter, deanery) = (exporter.clone(), deanery.clone());
+        tokio::spawn(async move { exporter.run(&deanery).await })
+    };
+    tokio::time::sleep(Duration::from_millis(args.after_ms)).await;
+    proxy.black_hole();
+    let opened = Instant::now();
+    let failed = run.await?;
+    let took = opened.elapsed();
+    if failed.status != RunStatus::Failed {
+        bail!("trial {n}: the attempt did not fail: {failed:?}");
+    }
+
+    proxy.heal();
+    completes(&exporter, &deanery, &records, args.records).await?;
+    client.database(&db).drop().await?;
+    Ok(took)
+}
+
+/// Runs attempts until one completes; checks every record was exported.
+async fn completes(
+    exporter: &Exporter,
+    deanery: &Deanery,
+    records: &Collection<Document>,
+    n: usize,
+) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while exporter.run(deanery).await.status != RunStatus::Completed {
+        if Instant::now() > deadline {
+            bail!("the run did not complete after healing");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let exported = records.count_documents(doc! {"status": "EXPORTED"}).await?;
+    if exported != n as u64 {
+        bail!("{exported} of {n} records exported after healing");
+    }
+    Ok(())
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let server = start_server(args.mongodb_uri.clone())?;
+    let client = Client::with_uri_str(&server.uri).await.context("connect")?;
+    println!(
+        "stall: {} trials, {} records, bound {} ms, black hole {} ms into the run",
+        args.trials, args.records, args.bound_ms, args.after_ms
+    );
+    let mut took = Vec::new();
+    for n in 1..=args.trials {
+        let elapsed = trial(&args, &server.uri, &client, n).await?;
+        println!(
+            "trial {n:>2}: black hole to failed attempt {:>7.3} s; then completed, every record once",
+            elapsed.as_secs_f64()
+        );
+        took.push(elapsed);
+    }
+    took.sort();
+    let median = took[took.len() / 2];
+    let max = took[took.len() - 1];
+    println!(
+        "black hole to failed attempt: median {:.3} s, max {:.3} s (bound {:.3} s)",
+        median.as_secs_f64(),
+        max.as_secs_f64(),
+        Duration::from_millis(args.bound_ms).as_secs_f64()
+    );
+    Ok(())
+}
