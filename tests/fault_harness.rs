@@ -200,12 +200,20 @@ fn base_uri() -> String {
         .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=secantus".to_owned())
 }
 
-/// `host:port` of the server under test (the first seed of its URI).
-fn mongo_host_port() -> String {
+/// `host:port` of the primary, as its `hello` names it (else the first
+/// seed of the URI): the proxy connects there directly.
+async fn primary_host_port(client: &Client) -> anyhow::Result<String> {
+    let hello = client
+        .database("admin")
+        .run_command(doc! {"hello": 1})
+        .await?;
+    if let Ok(primary) = hello.get_str("primary") {
+        return Ok(primary.to_owned());
+    }
     let uri = base_uri();
     let rest = uri.split("://").nth(1).unwrap_or_default();
     let hosts = rest.split(['/', '?']).next().unwrap_or_default();
-    hosts.split(',').next().unwrap_or_default().to_owned()
+    Ok(hosts.split(',').next().unwrap_or_default().to_owned())
 }
 
 fn record(deanery: &str, n: usize) -> Document {
@@ -365,7 +373,7 @@ async fn run_round(
     let chunk = [10u64, 25, 50, 100, 250][rng.below(5) as usize];
     let fault = Fault::pick(rng);
     let proxy = match fault.needs_proxy() {
-        true => Some(proxy::WireProxy::start(&mongo_host_port()).await),
+        true => Some(proxy::WireProxy::start(&primary_host_port(client).await?).await),
         false => None,
     };
     let uri = proxy.as_ref().map_or_else(base_uri, proxy::WireProxy::uri);
@@ -531,8 +539,11 @@ async fn run_round(
 
     // A fault armed on a request that never came did nothing: say so.
     let fired = match &proxy {
-        Some(proxy) if proxy.fired().is_none() => " (not hit)",
-        _ => "",
+        Some(proxy) if proxy.fired().is_none() => " (not hit)".to_owned(),
+        Some(proxy) if matches!(fault, Fault::LostReply { .. }) => {
+            format!(" (hit {})", proxy.fired_times())
+        }
+        _ => String::new(),
     };
 
     // Clean up the round's queues and database.

@@ -14,7 +14,7 @@ use futures_util::future::BoxFuture;
 
 use super::leases::lease_renewal;
 use super::retry::TransactionBody;
-use super::{now, runs, scope, Attempts, RetryError, RunDoc, Store, StoreError};
+use super::{in_future, now, runs, scope, Attempts, RetryError, RunDoc, Store, StoreError};
 use crate::domain::{AppRow, Deanery, RecordStatus};
 
 /// What one claim transaction did, applied by the caller after commit.
@@ -190,7 +190,8 @@ impl Store {
         s: &mut ClientSession,
         claim: &Claim<'_>,
     ) -> Result<(), MongoError> {
-        let (filter, update) = lease_renewal(claim.deanery, claim.owner, claim.lease_ttl);
+        let (filter, update) =
+            lease_renewal(claim.deanery, claim.owner, in_future(claim.lease_ttl));
         let renewed = self.leases.update_one(filter, update).session(s).await?;
         if renewed.matched_count == 0 {
             return Err(MongoError::custom(LeaseLost));

@@ -3,6 +3,8 @@
 //! writes the records) serves as well and is used, unless something keeps
 //! it from serving every query on its keys.
 
+use std::time::Duration;
+
 use bson::{doc, Document};
 use futures_util::TryStreamExt;
 use mongodb::options::IndexOptions;
@@ -26,6 +28,11 @@ const NAMESPACE_NOT_FOUND: i32 = 26;
 const INDEX_OPTIONS_CONFLICT: i32 = 85;
 /// An index with the same name exists with other keys.
 const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
+
+/// How long one index build may take: on a large records collection it
+/// legitimately runs far past `mongodb.operation_timeout_ms`, and the
+/// daemon does nothing else until its indexes exist.
+const INDEX_BUILD_DEADLINE: Duration = Duration::from_secs(3_600);
 
 const CREATE_INDEXES: RetryScope<'static> = RetryScope {
     op: "create_indexes",
@@ -181,6 +188,7 @@ impl Store {
     ) -> Result<Option<Conflict>, StoreError> {
         Ok(self
             .retry
+            .with_deadline(INDEX_BUILD_DEADLINE)
             .run(CREATE_INDEXES, attempts, || async move {
                 match collection.create_index(model.clone()).await {
                     Ok(_) => Ok(None),

@@ -67,19 +67,18 @@ fn lapsed_or_owned(expiry: &str, owner: &str, now: DateTime) -> Vec<Document> {
     vec![doc! {expiry: {"$lte": now}}, doc! {"owner": owner}]
 }
 
-/// True when `holder` is `owner`'s and meets `condition`: the lease is
-/// taken, whatever the reply to the take said.
-fn ours_already(holder: &Document, owner: &str, condition: &Document) -> bool {
-    holder.get_str("owner") == Ok(owner)
-        && condition
-            .iter()
-            .all(|(key, value)| holder.get(key) == Some(value))
+/// True when `holder` has every field of `written` (owner, expiry written
+/// by this take, condition): the take landed, whatever its reply said.
+fn is_written(holder: &Document, written: &Document) -> bool {
+    written
+        .iter()
+        .all(|(key, value)| holder.get(key) == Some(value))
 }
 
-/// The update of a take: `owner` holds the lease for `ttl`, plus the
+/// The update of a take: `owner` holds the lease `until` then, plus the
 /// caller's `more` operators (their `$set` fields join the holder's).
-fn taking(expiry: &str, owner: &str, ttl: Duration, mut more: Document) -> Document {
-    let mut set = doc! {"owner": owner, expiry: in_future(ttl)};
+fn taking(expiry: &str, owner: &str, until: DateTime, mut more: Document) -> Document {
+    let mut set = doc! {"owner": owner, expiry: until};
     if let Some(bson::Bson::Document(extra)) = more.remove("$set") {
         set.extend(extra);
     }
@@ -107,23 +106,26 @@ impl Store {
         more: impl Fn(DateTime) -> Document + Sync,
         attempts: &mut Attempts,
     ) -> Result<Taken, StoreError> {
-        let more = &more;
-        let mut ours = doc! {"_id": lease.id, "owner": owner};
-        ours.extend(condition.clone());
-        let ours = &ours;
+        // One time for every try, so a read-back can recognise this very
+        // take by the expiry it wrote.
+        let now = now();
+        let until = in_future(ttl);
+        let (filter, update) = (
+            &takeable(lease, owner, condition, now),
+            &taking(lease.expiry, owner, until, more(now)),
+        );
+        let mut written = doc! {"_id": lease.id, "owner": owner, lease.expiry: until};
+        written.extend(condition.clone());
+        let written = &written;
         let taken = self
             .retry
             .write(
                 lease.scope,
                 attempts,
                 || async move {
-                    let now = now();
                     let result = lease
                         .collection
-                        .find_one_and_update(
-                            takeable(lease, owner, condition, now),
-                            taking(lease.expiry, owner, ttl, more(now)),
-                        )
+                        .find_one_and_update(filter.clone(), update.clone())
                         .upsert(true)
                         .await;
                     match result {
@@ -133,14 +135,14 @@ impl Store {
                         Err(err) => Err(err),
                     }
                 },
-                || self.read_back(lease.collection, ours, true),
+                || self.read_back(lease.collection, written, true),
             )
             .await?;
         if taken {
             return Ok(Taken::Taken);
         }
         let holder = self.read_lease(lease, attempts).await?.unwrap_or_default();
-        if ours_already(&holder, owner, condition) {
+        if is_written(&holder, written) {
             // A retried take whose first try landed but whose reply was lost.
             return Ok(Taken::Taken);
         }
@@ -256,18 +258,19 @@ impl Store {
         attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
         let leases = &self.leases;
-        let held = doc! {"_id": deanery.as_str(), "owner": owner};
+        let until = in_future(ttl);
+        let (filter, update) = &lease_renewal(deanery, owner, until);
+        let renewed = doc! {"_id": deanery.as_str(), "owner": owner, "expiresAt": until};
         let matched = self
             .retry
             .write(
                 scope("renew_lease", deanery),
                 attempts,
                 || async move {
-                    let (filter, update) = lease_renewal(deanery, owner, ttl);
-                    let result = leases.update_one(filter, update).await?;
+                    let result = leases.update_one(filter.clone(), update.clone()).await?;
                     Ok(result.matched_count)
                 },
-                || self.read_back(leases, &held, 1),
+                || self.read_back(leases, &renewed, 1),
             )
             .await?;
         if matched == 0 {
@@ -307,12 +310,16 @@ impl Store {
     }
 }
 
-/// The filter and update that extend `owner`'s lease on the deanery by
-/// `ttl`; they match nothing when another process holds it.
-pub(crate) fn lease_renewal(deanery: &Deanery, owner: &str, ttl: Duration) -> (Document, Document) {
+/// The filter and update that extend `owner`'s lease on the deanery
+/// `until` then; they match nothing when another process holds it.
+pub(crate) fn lease_renewal(
+    deanery: &Deanery,
+    owner: &str,
+    until: DateTime,
+) -> (Document, Document) {
     (
         doc! {"_id": deanery.as_str(), "owner": owner},
-        doc! {"$set": {"expiresAt": in_future(ttl)}},
+        doc! {"$set": {"expiresAt": until}},
     )
 }
 
@@ -330,20 +337,31 @@ mod tests {
     }
 
     #[test]
-    fn a_lease_already_ours_under_the_condition_counts_as_taken() {
-        let holder = doc! {"_id": "slot", "owner": "me", "state": "PUBLISHING"};
-        assert!(ours_already(&holder, "me", &doc! {"state": "PUBLISHING"}));
-        assert!(ours_already(&holder, "me", &Document::new()));
-        assert!(!ours_already(&holder, "you", &Document::new()));
-        assert!(!ours_already(&holder, "me", &doc! {"state": "PUBLISHED"}));
-        assert!(!ours_already(&Document::new(), "me", &Document::new()));
+    fn only_a_lease_with_this_takes_owner_expiry_and_condition_counts_as_taken() {
+        let until = DateTime::from_millis(61_000);
+        let holder = doc! {"_id": "s", "owner": "me", "leaseUntil": until, "state": "PUBLISHING"};
+        let written = |owner: &str, until: DateTime, state: &str| {
+            doc! {"_id": "s", "owner": owner, "leaseUntil": until, "state": state}
+        };
+        assert!(is_written(&holder, &written("me", until, "PUBLISHING")));
+        assert!(!is_written(&holder, &written("you", until, "PUBLISHING")));
+        let earlier = DateTime::from_millis(1_000);
+        assert!(
+            !is_written(&holder, &written("me", earlier, "PUBLISHING")),
+            "an older hold of the same owner is not this take"
+        );
+        assert!(!is_written(&holder, &written("me", until, "PUBLISHED")));
+        assert!(!is_written(
+            &Document::new(),
+            &written("me", until, "PUBLISHING")
+        ));
     }
 
     #[test]
     fn a_take_sets_the_holder_and_the_callers_fields() {
         let now = DateTime::from_millis(1_000);
         let more = doc! {"$set": {"acquiredAt": now}, "$setOnInsert": {"claimedAt": now}};
-        let update = taking("leaseUntil", "me", Duration::from_secs(60), more);
+        let update = taking("leaseUntil", "me", DateTime::from_millis(61_000), more);
         let set = update.get_document("$set").unwrap();
         let keys: Vec<&str> = set.keys().map(String::as_str).collect();
         assert_eq!(keys, ["owner", "leaseUntil", "acquiredAt"]);

@@ -132,8 +132,9 @@ pub struct Store {
     sequences: Collection<Document>,
     slots: Collection<Document>,
     retry: RetryPolicy,
-    /// `maxTimeMS` of every query and aggregation: one an operator gave up
-    /// on does not go on grinding the server.
+    /// `maxTimeMS` of every query and aggregation, just under the client
+    /// deadline: one the client gave up on does not go on grinding the
+    /// server, and a slow one reports 50 before the deadline passes.
     max_time: Duration,
 }
 
@@ -152,7 +153,8 @@ fn bound_and_concerns(options: &mut ClientOptions, settings: &Settings) {
         WriteConcernLevel::Majority => Acknowledgment::Majority,
         WriteConcernLevel::Primary => Acknowledgment::Nodes(1),
     };
-    options.write_concern = Some(WriteConcern::builder().w(w).w_timeout(bound).build());
+    let wtimeout = retry::server_side(bound);
+    options.write_concern = Some(WriteConcern::builder().w(w).w_timeout(wtimeout).build());
     options.read_concern = Some(match mongo.read_concern {
         ReadConcernLevel::Majority => ReadConcern::majority(),
         ReadConcernLevel::Local => ReadConcern::local(),
@@ -234,7 +236,7 @@ impl Store {
             StoreError::Configuration(settings.mongodb.uri.scrub(&err.to_string()))
         })?;
         let db = client.database(&settings.mongodb.database);
-        let max_time = Duration::from_millis(settings.mongodb.operation_timeout_ms);
+        let bound = Duration::from_millis(settings.mongodb.operation_timeout_ms);
         let store = Self {
             records: db.collection(&settings.mongodb.records_collection),
             runs: db.collection(&settings.mongodb.runs_collection),
@@ -242,8 +244,8 @@ impl Store {
             sequences: db.collection(&settings.mongodb.sequences_collection),
             slots: db.collection(&settings.mongodb.slots_collection),
             client,
-            retry: RetryPolicy::new(settings.retry.clone(), max_time),
-            max_time,
+            retry: RetryPolicy::new(settings.retry.clone(), bound),
+            max_time: retry::server_side(bound),
         };
         Ok(store)
     }

@@ -129,6 +129,15 @@ impl RetryPolicy {
         Self { settings, deadline }
     }
 
+    /// The same policy with another deadline, for the rare operation that
+    /// legitimately runs long (an index build).
+    pub(crate) fn with_deadline(&self, deadline: Duration) -> Self {
+        Self {
+            settings: self.settings.clone(),
+            deadline,
+        }
+    }
+
     /// Runs one try of `op` within the deadline. A try that does not end
     /// in time fails the attempt: logged at ERROR, naming the operation and
     /// the bound.
@@ -236,6 +245,14 @@ impl RetryPolicy {
             }),
         }
     }
+}
+
+/// The server-side bound (`maxTimeMS`, `wtimeout`, `maxCommitTimeMS`) under
+/// a client `deadline`: a tenth shorter, so a server that is slow but
+/// answering reports its own timeout (50, or 64 for a write, which is then
+/// read back) before the client gives up on it.
+pub(crate) fn server_side(deadline: Duration) -> Duration {
+    deadline - deadline / 10
 }
 
 /// The [`RetryError::TimedOut`] of `scope`, logged at ERROR.

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use bson::{doc, Document};
+use mongodb::options::ReadConcern;
 
 use super::leases::{Lease, Taken};
 use super::{now, retry, Attempts, RetryScope, Store, StoreError};
@@ -123,6 +124,19 @@ impl Store {
             .await?)
     }
 
+    /// The owner token of a catch-up claim, read `local`: a claim whose
+    /// write concern is still pending is already the primary's, and a
+    /// token of ours proves it is this claim.
+    async fn catch_up_holder(&self, key: &str) -> Result<Option<String>, mongodb::error::Error> {
+        let found = self
+            .slots
+            .find_one(doc! {"_id": key})
+            .read_concern(ReadConcern::local())
+            .max_time(self.max_time)
+            .await?;
+        Ok(found.and_then(|claim| claim.get_str("owner").ok().map(str::to_owned)))
+    }
+
     /// Claims the right to publish one catch-up command for `key` (a
     /// deanery and a watchdog period); false if any replica already did.
     ///
@@ -149,7 +163,7 @@ impl Store {
                     match slots.insert_one(claim).await {
                         Ok(_) => Ok(true),
                         Err(err) if retry::is_duplicate_key(&err) => {
-                            Ok(self.read_back(slots, ours, true).await?.unwrap_or(false))
+                            Ok(self.catch_up_holder(key).await?.as_deref() == Some(token))
                         }
                         Err(err) => Err(err),
                     }

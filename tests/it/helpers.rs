@@ -24,8 +24,19 @@ pub fn base_uri() -> String {
         .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=secantus".to_owned())
 }
 
-/// `host:port` of the server under test (the first seed of its URI).
-pub fn mongo_host_port() -> String {
+/// `host:port` of the primary of the server under test, as its `hello`
+/// names it (else the first seed of its URI): a proxy in front of it
+/// connects there directly.
+pub async fn primary_host_port() -> String {
+    let client = Client::with_uri_str(base_uri()).await.expect("client");
+    let hello = client
+        .database("admin")
+        .run_command(doc! {"hello": 1})
+        .await
+        .expect("hello");
+    if let Ok(primary) = hello.get_str("primary") {
+        return primary.to_owned();
+    }
     let uri = base_uri();
     let rest = uri.split("://").nth(1).unwrap();
     let hosts = rest.split(['/', '?']).next().unwrap();

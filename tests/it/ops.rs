@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt;
 
 use crate::commands::cron_minutes_ago;
 use crate::helpers::{
-    eventually, http_get, metric, mongo_host_port, spawn_app_with, unique_deanery, valid_record,
+    eventually, http_get, metric, primary_host_port, spawn_app_with, unique_deanery, valid_record,
     TcpProxy,
 };
 
@@ -20,7 +20,7 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn readyz_follows_mongodb_and_rabbitmq_going_away_and_coming_back() {
     // Arrange: this daemon reaches both services through proxies we control.
     let app = spawn_app_with(&[]).await;
-    let mongo = TcpProxy::start(&mongo_host_port()).await;
+    let mongo = TcpProxy::start(&primary_host_port().await).await;
     let rabbit = TcpProxy::start("127.0.0.1:5672").await;
     let mut settings = app.settings.clone();
     settings.mongodb.uri = esr_exporter::config::SecretUri::new(format!(

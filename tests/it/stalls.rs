@@ -14,7 +14,7 @@ use esr_exporter::store::Store;
 
 use crate::commands::cron_minutes_ago;
 use crate::helpers::{
-    deanery, eventually, http_get, mongo_host_port, spawn_app_with, unique_deanery, valid_record,
+    deanery, eventually, http_get, primary_host_port, spawn_app_with, unique_deanery, valid_record,
     TestApp,
 };
 use crate::proxy::{Fault, Request, WireProxy};
@@ -79,7 +79,7 @@ async fn black_hole_during(matches: fn(&Request) -> bool) -> Duration {
     .await;
     let code = unique_deanery();
     let ids = app.seed(&code, 1_000).await;
-    let proxy = WireProxy::start(&mongo_host_port()).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
     let exporter = exporter_through(&app, &proxy).await;
 
     proxy.arm(Fault::BlackHole, matches);
@@ -133,7 +133,7 @@ async fn a_black_hole_mid_stream_fails_the_attempt_within_the_bound() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readyz_turns_503_within_the_bound_of_a_black_hole_and_200_after_healing() {
     let app = spawn_app_with(&[]).await;
-    let proxy = WireProxy::start(&mongo_host_port()).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
     let daemon = app.spawn_daemon_with(settings_through(&app, &proxy)).await;
     eventually("ready", WAIT, || async {
         http_get(daemon.http, "/readyz").await.0 == 200
@@ -161,7 +161,7 @@ async fn every_connection_reset_mid_claim_is_retried_and_exports_once() {
     let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "100")]).await;
     let code = unique_deanery();
     let ids = app.seed(&code, 1_000).await;
-    let proxy = WireProxy::start(&mongo_host_port()).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
     let exporter = exporter_through(&app, &proxy).await;
 
     proxy.arm(Fault::Reset, |r| {
@@ -182,15 +182,20 @@ async fn lost_reply_on(matches: fn(&Request) -> bool) {
     let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "100")]).await;
     let code = unique_deanery();
     let ids = app.seed(&code, 300).await;
-    let proxy = WireProxy::start(&mongo_host_port()).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
     let exporter = exporter_through(&app, &proxy).await;
 
     // Twice: the driver retries a write once by itself.
     proxy.arm_times(Fault::LostReply, 2, matches);
     let summary = exporter.run(&deanery(&code)).await;
 
-    assert!(proxy.fired().is_some(), "the reply was lost");
+    assert_eq!(
+        proxy.fired_times(),
+        2,
+        "the reply and the driver's retry's were lost"
+    );
     assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.retries, 0, "answered by the read-back: {summary:?}");
     app.assert_exported_once(&code, &ids).await;
 }
 
@@ -220,7 +225,7 @@ async fn a_lost_reply_to_the_slot_claim_still_fires_the_slot_once() {
     .await;
     let code = unique_deanery();
     let ids = app.seed(&code, 30).await;
-    let proxy = WireProxy::start(&mongo_host_port()).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
     proxy.arm_times(Fault::LostReply, 2, |r| {
         r.command == "findAndModify" && r.collection == "scheduleSlots"
     });
@@ -268,7 +273,7 @@ async fn a_lost_reply_to_the_catch_up_claim_is_not_mistaken_for_another_replicas
         })
         .collect();
     let ids = app.insert(records).await;
-    let proxy = WireProxy::start(&mongo_host_port()).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
     proxy.arm_times(Fault::LostReply, 2, |r| {
         r.is("insert", "scheduleSlots", "watchdog/")
     });

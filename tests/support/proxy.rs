@@ -70,6 +70,7 @@ struct Shared {
     black_hole: bool,
     armed: Option<Armed>,
     fired: Option<(Instant, Request)>,
+    fired_times: usize,
     connections: Vec<JoinHandle<()>>,
 }
 
@@ -152,6 +153,11 @@ impl WireProxy {
         self.lock().fired.clone()
     }
 
+    /// How many requests the armed faults hit.
+    pub fn fired_times(&self) -> usize {
+        self.lock().fired_times
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Shared> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
@@ -174,8 +180,10 @@ fn unnamed() -> Request {
 
 async fn accept_loop(listener: TcpListener, upstream: String, state: State) {
     while let Ok((inbound, _)) = listener.accept().await {
-        let task = tokio::spawn(serve(inbound, upstream.clone(), state.clone()));
+        // Spawned and listed under the lock: the task's first look at the
+        // black hole waits for it, so a heal or reset never misses it.
         let mut shared = state.lock().unwrap_or_else(|e| e.into_inner());
+        let task = tokio::spawn(serve(inbound, upstream.clone(), state.clone()));
         shared.connections.retain(|t| !t.is_finished());
         shared.connections.push(task);
     }
@@ -216,11 +224,13 @@ async fn requests(
     lost: &Mutex<Option<i32>>,
 ) {
     while let Ok(message) = read_message(&mut from).await {
+        if is_black_hole(state) {
+            std::future::pending::<()>().await;
+        }
         match fault_for(&message, state) {
             Some(Fault::BlackHole) => std::future::pending::<()>().await,
             Some(Fault::Reset) => return reset_all(state),
             Some(Fault::LostReply) => *lost.lock().unwrap() = Some(request_id(&message)),
-            None if is_black_hole(state) => std::future::pending::<()>().await,
             None => {}
         }
         if to.write_all(&message).await.is_err() {
@@ -271,6 +281,7 @@ fn fault_for(message: &[u8], state: &State) -> Option<Fault> {
     if armed.times == 0 {
         shared.armed = None;
     }
+    shared.fired_times += 1;
     shared.fired.get_or_insert((Instant::now(), request));
     if fault == Fault::BlackHole {
         shared.black_hole = true;

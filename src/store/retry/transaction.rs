@@ -47,7 +47,7 @@ impl RetryPolicy {
 
     /// Runs `body` as one transaction under the policy and returns its
     /// value once committed: read concern `snapshot`, write concern
-    /// `majority` with `maxCommitTimeMS` at the deadline. Each of starting,
+    /// `majority` with `maxCommitTimeMS` just under the deadline. Each of starting,
     /// the body and the commit must end within the deadline, or the
     /// attempt fails ([`RetryError::TimedOut`]; the session is dropped with
     /// its transaction, which the driver aborts when it can). A transient
@@ -119,7 +119,7 @@ impl Transaction<'_> {
                 .start_transaction()
                 .read_concern(ReadConcern::snapshot())
                 .write_concern(WriteConcern::builder().w(Acknowledgment::Majority).build())
-                .max_commit_time(self.policy.deadline);
+                .max_commit_time(super::server_side(self.policy.deadline));
             let err = match self.policy.bounded(self.scope, started).await? {
                 Ok(()) => return Ok(()),
                 Err(err) => err,
