@@ -29,6 +29,15 @@ impl Settings {
                     .to_owned(),
             );
         }
+        if self.mongodb.operation_timeout_ms * 3 > self.export.lease_seconds * 2_000 {
+            warnings.push(format!(
+                "`mongodb.operation_timeout_ms` ({} ms) is over two thirds of \
+                 `export.lease_seconds` ({} s): the lease is renewed every third of its life, so \
+                 one operation waiting out the bound can outlive it and another replica takes the \
+                 run over meanwhile",
+                self.mongodb.operation_timeout_ms, self.export.lease_seconds
+            ));
+        }
         warnings
     }
 }
@@ -67,5 +76,18 @@ mod tests {
         assert!(warnings[0].starts_with("`mongodb.uri`"));
         assert!(warnings[1].starts_with("`mongodb.write_concern`"));
         assert!(warnings[2].starts_with("`mongodb.read_concern`"));
+    }
+
+    #[test]
+    fn a_bound_the_lease_cannot_cover_is_named() {
+        let warnings = settings(&[
+            ("ESR_MONGODB__OPERATION_TIMEOUT_MS", "41000"),
+            ("ESR_EXPORT__LEASE_SECONDS", "60"),
+        ])
+        .warnings();
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("`mongodb.operation_timeout_ms` (41000 ms)"));
+        let covered = settings(&[("ESR_MONGODB__OPERATION_TIMEOUT_MS", "40000")]);
+        assert!(covered.warnings().is_empty());
     }
 }

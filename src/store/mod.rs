@@ -138,7 +138,7 @@ pub struct Store {
     max_time: Duration,
 }
 
-/// Bounds connecting by `mongodb.operation_timeout_ms` and server
+/// Bounds connecting (10 s at most) by `mongodb.operation_timeout_ms` and server
 /// selection by its own setting, and sets the read and write concerns of
 /// everything outside transactions: with `majority`, a write that decides
 /// what is claimed or published cannot be rolled back by a failover, and
@@ -148,7 +148,9 @@ fn bound_and_concerns(options: &mut ClientOptions, settings: &Settings) {
     let bound = Duration::from_millis(mongo.operation_timeout_ms);
     options.server_selection_timeout =
         Some(Duration::from_millis(mongo.server_selection_timeout_ms));
-    options.connect_timeout = Some(bound);
+    // Also the monitors' socket timeout: the driver's 10 s unless the bound
+    // is shorter, so a frozen server is noticed no later than by default.
+    options.connect_timeout = Some(bound.min(Duration::from_secs(10)));
     let w = match mongo.write_concern {
         WriteConcernLevel::Majority => Acknowledgment::Majority,
         WriteConcernLevel::Primary => Acknowledgment::Nodes(1),
