@@ -203,15 +203,21 @@ pub fn cron_minutes_ago(minutes_ago: i64) -> String {
     format!("0 {} {} * * *", slot.minute(), slot.hour())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_missed_slot_is_caught_up_once_on_start() {
+/// An app whose schedule's daily slot passed 10 minutes ago, unfired,
+/// within the catch-up window: a daemon fires it on start.
+pub async fn app_with_a_missed_slot() -> TestApp {
     let cron = cron_minutes_ago(10);
-    let app = spawn_app_with(&[
+    spawn_app_with(&[
         ("ESR_SCHEDULE__ENABLED", "true"),
         ("ESR_SCHEDULE__CRON", &cron),
         ("ESR_SCHEDULE__CATCH_UP_WINDOW_MINUTES", "60"),
     ])
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_slot_is_caught_up_once_on_start() {
+    let app = app_with_a_missed_slot().await;
     let ids = app.seed("SEV", 30).await;
 
     let daemon = app.spawn_daemon().await;

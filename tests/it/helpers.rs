@@ -181,6 +181,21 @@ impl TestApp {
         ids
     }
 
+    /// `n` valid records of `deanery` created an hour ago: stuck past any
+    /// slot of the last hour.
+    pub async fn seed_stuck(&self, deanery: &str, n: usize) -> Vec<ObjectId> {
+        let created =
+            bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 3_600_000);
+        let records: Vec<Document> = (0..n)
+            .map(|i| {
+                let mut record = valid_record(deanery, i);
+                record.insert("createdAt", created);
+                record
+            })
+            .collect();
+        self.insert(records).await
+    }
+
     pub async fn count(&self, filter: Document) -> u64 {
         self.records().count_documents(filter).await.unwrap()
     }

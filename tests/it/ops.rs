@@ -4,14 +4,13 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use bson::{doc, DateTime};
+use bson::doc;
 use esr_exporter::domain::Slot;
 use tokio::io::AsyncReadExt;
 
 use crate::commands::cron_minutes_ago;
 use crate::helpers::{
-    eventually, http_get, metric, primary_host_port, spawn_app_with, unique_deanery, valid_record,
-    TcpProxy,
+    eventually, http_get, metric, primary_host_port, spawn_app_with, unique_deanery, TcpProxy,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -186,15 +185,7 @@ async fn the_watchdog_reports_stuck_records_and_its_catch_up_command_exports_the
     let cron = cron_minutes_ago(10);
     let app = spawn_app_with(&[]).await;
     let code = unique_deanery();
-    let created = DateTime::from_millis(DateTime::now().timestamp_millis() - 3_600_000);
-    let records: Vec<_> = (0..25)
-        .map(|n| {
-            let mut record = valid_record(&code, n);
-            record.insert("createdAt", created);
-            record
-        })
-        .collect();
-    let ids = app.insert(records).await;
+    let ids = app.seed_stuck(&code, 25).await;
     let port = free_port();
 
     // Act

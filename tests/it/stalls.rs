@@ -12,10 +12,9 @@ use esr_exporter::domain::{RunStatus, RunSummary};
 use esr_exporter::export::Exporter;
 use esr_exporter::store::Store;
 
-use crate::commands::cron_minutes_ago;
+use crate::commands::{app_with_a_missed_slot, cron_minutes_ago};
 use crate::helpers::{
-    deanery, eventually, http_get, primary_host_port, spawn_app_with, unique_deanery, valid_record,
-    TestApp,
+    deanery, eventually, http_get, primary_host_port, spawn_app_with, unique_deanery, TestApp,
 };
 use crate::proxy::{Fault, Request, WireProxy};
 
@@ -216,13 +215,7 @@ async fn a_lost_reply_to_the_run_insert_is_read_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reply_to_the_slot_claim_still_fires_the_slot_once() {
-    let cron = cron_minutes_ago(10);
-    let app = spawn_app_with(&[
-        ("ESR_SCHEDULE__ENABLED", "true"),
-        ("ESR_SCHEDULE__CRON", &cron),
-        ("ESR_SCHEDULE__CATCH_UP_WINDOW_MINUTES", "60"),
-    ])
-    .await;
+    let app = app_with_a_missed_slot().await;
     let code = unique_deanery();
     let ids = app.seed(&code, 30).await;
     let proxy = WireProxy::start(&primary_host_port().await).await;
@@ -264,15 +257,7 @@ async fn a_lost_reply_to_the_catch_up_claim_is_not_mistaken_for_another_replicas
     let cron = cron_minutes_ago(10);
     let app = spawn_app_with(&[]).await;
     let code = unique_deanery();
-    let created = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 3_600_000);
-    let records: Vec<_> = (0..25)
-        .map(|n| {
-            let mut record = valid_record(&code, n);
-            record.insert("createdAt", created);
-            record
-        })
-        .collect();
-    let ids = app.insert(records).await;
+    let ids = app.seed_stuck(&code, 25).await;
     let proxy = WireProxy::start(&primary_host_port().await).await;
     proxy.arm_times(Fault::LostReply, 2, |r| {
         r.is("insert", "scheduleSlots", "watchdog/")
