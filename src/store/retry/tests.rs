@@ -138,3 +138,15 @@ async fn a_try_that_never_answers_fails_the_attempt_at_the_deadline_without_retr
         "claim_chunk: MongoDB did not answer within 2000 ms (mongodb.operation_timeout_ms)"
     );
 }
+
+#[test]
+fn the_server_side_bounds_are_a_tenth_under_the_client_deadline() {
+    assert_eq!(
+        server_side(Duration::from_millis(30_000)),
+        Duration::from_millis(27_000)
+    );
+    assert_eq!(
+        server_side(Duration::from_millis(2_000)),
+        Duration::from_millis(1_800)
+    );
+}
