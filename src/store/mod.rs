@@ -138,14 +138,13 @@ pub struct Store {
     max_time: Duration,
 }
 
-/// Bounds connecting (10 s at most) by `mongodb.operation_timeout_ms` and server
+/// Bounds connecting (10 s at most) by `bound` (`mongodb.operation_timeout_ms`) and server
 /// selection by its own setting, and sets the read and write concerns of
 /// everything outside transactions: with `majority`, a write that decides
 /// what is claimed or published cannot be rolled back by a failover, and
 /// `wtimeout` bounds the wait for the majority.
-fn bound_and_concerns(options: &mut ClientOptions, settings: &Settings) {
+fn bound_and_concerns(options: &mut ClientOptions, settings: &Settings, bound: Duration) {
     let mongo = &settings.mongodb;
-    let bound = Duration::from_millis(mongo.operation_timeout_ms);
     options.server_selection_timeout =
         Some(Duration::from_millis(mongo.server_selection_timeout_ms));
     // Also the monitors' socket timeout: the driver's 10 s unless the bound
@@ -233,12 +232,12 @@ impl Store {
             .map_err(|err| {
                 StoreError::Configuration(settings.mongodb.uri.scrub(&err.to_string()))
             })?;
-        bound_and_concerns(&mut options, settings);
+        let bound = Duration::from_millis(settings.mongodb.operation_timeout_ms);
+        bound_and_concerns(&mut options, settings, bound);
         let client = Client::with_options(options).map_err(|err| {
             StoreError::Configuration(settings.mongodb.uri.scrub(&err.to_string()))
         })?;
         let db = client.database(&settings.mongodb.database);
-        let bound = Duration::from_millis(settings.mongodb.operation_timeout_ms);
         let store = Self {
             records: db.collection(&settings.mongodb.records_collection),
             runs: db.collection(&settings.mongodb.runs_collection),

@@ -126,7 +126,8 @@ impl Store {
 
     /// The owner token of a catch-up claim, read `local`: a claim whose
     /// write concern is still pending is already the primary's, and a
-    /// token of ours proves it is this claim.
+    /// token of ours proves it is this claim. Both a duplicate key and an
+    /// unknown outcome are settled by it.
     async fn catch_up_holder(&self, key: &str) -> Result<Option<String>, mongodb::error::Error> {
         let found = self
             .slots
@@ -150,8 +151,11 @@ impl Store {
         // A token of this claim: after a lost reply, the retried insert
         // finds the `_id` taken, and only the token tells whose it is.
         let token = uuid::Uuid::new_v4().to_string();
-        let (slots, ours) = (&self.slots, &doc! {"_id": key, "owner": &token});
-        let token = &token;
+        let (slots, token) = (&self.slots, &token);
+        let ours = || async move {
+            let holder = self.catch_up_holder(key).await?;
+            Ok(holder.map(|owner| owner == *token))
+        };
         Ok(self
             .retry
             .write(
@@ -163,12 +167,12 @@ impl Store {
                     match slots.insert_one(claim).await {
                         Ok(_) => Ok(true),
                         Err(err) if retry::is_duplicate_key(&err) => {
-                            Ok(self.catch_up_holder(key).await?.as_deref() == Some(token))
+                            Ok(ours().await?.unwrap_or(false))
                         }
                         Err(err) => Err(err),
                     }
                 },
-                || self.read_back(slots, ours, true),
+                ours,
             )
             .await?)
     }

@@ -93,9 +93,12 @@ pub(crate) fn is_duplicate_key(err: &MongoError) -> bool {
 
 /// True for a server error code in [`TRANSIENT_CODES`].
 pub(crate) fn code_is_transient(code: i32) -> bool {
-    TRANSIENT_CODES
-        .iter()
-        .any(|(transient, _)| *transient == code)
+    listed(&TRANSIENT_CODES, code)
+}
+
+/// True when `code` is a row of `table`.
+fn listed(table: &[(i32, &str)], code: i32) -> bool {
+    table.iter().any(|(row, _)| *row == code)
 }
 
 /// Classifies an error. `UnknownTransactionCommitResult` only means
@@ -108,8 +111,7 @@ pub(crate) fn classify(err: &MongoError, during_commit: bool) -> Transience {
         err.kind.as_ref(),
         ErrorKind::Write(WriteFailure::WriteConcernError(_))
     );
-    let unknown_code =
-        error_code(err).is_some_and(|code| UNKNOWN_OUTCOME_CODES.iter().any(|(c, _)| *c == code));
+    let unknown_code = error_code(err).is_some_and(|code| listed(&UNKNOWN_OUTCOME_CODES, code));
     if concern_error || unknown_code {
         return Transience::UnknownOutcome;
     }
