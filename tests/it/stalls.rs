@@ -53,6 +53,31 @@ async fn exporter_through(app: &TestApp, proxy: &WireProxy) -> Exporter {
     Exporter::new(store, settings.export.clone())
 }
 
+/// An app with `n` waiting records of a new deanery, and an exporter that
+/// reaches MongoDB through a proxy.
+struct Proxied {
+    app: TestApp,
+    code: String,
+    ids: Vec<bson::oid::ObjectId>,
+    proxy: WireProxy,
+    exporter: Exporter,
+}
+
+async fn proxied(overrides: &[(&str, &str)], n: usize) -> Proxied {
+    let app = spawn_app_with(overrides).await;
+    let code = unique_deanery();
+    let ids = app.seed(&code, n).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
+    let exporter = exporter_through(&app, &proxy).await;
+    Proxied {
+        app,
+        code,
+        ids,
+        proxy,
+        exporter,
+    }
+}
+
 /// Runs attempts until one completes (the previous holder's lease lapses
 /// first); the completing summary.
 async fn run_until_completed(exporter: &Exporter, code: &str) -> RunSummary {
@@ -69,17 +94,19 @@ async fn run_until_completed(exporter: &Exporter, code: &str) -> RunSummary {
 /// Black-holes MongoDB on the first request `matches` accepts, mid-run:
 /// the attempt fails within the bound, naming the bound; after healing,
 /// the next attempt completes and every record is exported once, in one
-/// file. Returns the time from black hole to failed attempt.
-async fn black_hole_during(matches: fn(&Request) -> bool) -> Duration {
-    let app = spawn_app_with(&[
+/// file.
+async fn black_hole_during(matches: fn(&Request) -> bool) {
+    let overrides = [
         ("ESR_EXPORT__CHUNK_SIZE", "100"),
         ("ESR_EXPORT__LEASE_SECONDS", "2"),
-    ])
-    .await;
-    let code = unique_deanery();
-    let ids = app.seed(&code, 1_000).await;
-    let proxy = WireProxy::start(&primary_host_port().await).await;
-    let exporter = exporter_through(&app, &proxy).await;
+    ];
+    let Proxied {
+        app,
+        code,
+        ids,
+        proxy,
+        exporter,
+    } = proxied(&overrides, 1_000).await;
 
     proxy.arm(Fault::BlackHole, matches);
     let failed = exporter.run(&deanery(&code)).await;
@@ -104,7 +131,6 @@ async fn black_hole_during(matches: fn(&Request) -> bool) -> Duration {
     let summary = run_until_completed(&exporter, &code).await;
     assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
     app.assert_exported_once(&code, &ids).await;
-    took
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -157,11 +183,13 @@ async fn readyz_turns_503_within_the_bound_of_a_black_hole_and_200_after_healing
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_connection_reset_mid_claim_is_retried_and_exports_once() {
-    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "100")]).await;
-    let code = unique_deanery();
-    let ids = app.seed(&code, 1_000).await;
-    let proxy = WireProxy::start(&primary_host_port().await).await;
-    let exporter = exporter_through(&app, &proxy).await;
+    let Proxied {
+        app,
+        code,
+        ids,
+        proxy,
+        exporter,
+    } = proxied(&[("ESR_EXPORT__CHUNK_SIZE", "100")], 1_000).await;
 
     proxy.arm(Fault::Reset, |r| {
         r.is("update", "generatedAppRecords", "EXPORTING")
@@ -178,11 +206,13 @@ async fn every_connection_reset_mid_claim_is_retried_and_exports_once() {
 /// runs the export through it, and checks it completes in one attempt
 /// with every record exported once.
 async fn lost_reply_on(matches: fn(&Request) -> bool) {
-    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "100")]).await;
-    let code = unique_deanery();
-    let ids = app.seed(&code, 300).await;
-    let proxy = WireProxy::start(&primary_host_port().await).await;
-    let exporter = exporter_through(&app, &proxy).await;
+    let Proxied {
+        app,
+        code,
+        ids,
+        proxy,
+        exporter,
+    } = proxied(&[("ESR_EXPORT__CHUNK_SIZE", "100")], 300).await;
 
     // Twice: the driver retries a write once by itself.
     proxy.arm_times(Fault::LostReply, 2, matches);

@@ -201,9 +201,11 @@ async fn serve(inbound: TcpStream, upstream: String, state: State) {
     let (client_in, client_out) = inbound.into_split();
     let (server_in, server_out) = outbound.into_split();
     let lost: Arc<Mutex<Option<i32>>> = Arc::default();
+    let requests = |m: &[u8]| request_step(m, &state, &lost);
+    let replies = |m: &[u8]| reply_step(m, &lost);
     tokio::select! {
-        () = requests(client_in, server_out, &state, &lost) => {}
-        () = replies(server_in, client_out, &state, &lost) => {}
+        () = pump(client_in, server_out, &state, requests) => {}
+        () = pump(server_in, client_out, &state, replies) => {}
     }
 }
 
@@ -216,46 +218,60 @@ fn is_black_hole(state: &State) -> bool {
     state.lock().unwrap_or_else(|e| e.into_inner()).black_hole
 }
 
-/// Client to server. Returns to close the connection.
-async fn requests(
+/// What a pump does with one message.
+enum Step {
+    Forward,
+    /// Keep the socket, forward nothing more.
+    Hold,
+    /// Close the connection.
+    Close,
+}
+
+/// Moves whole messages from `from` to `to` as `decide` says, holding
+/// everything once the proxy is black-holed. Returns to close the
+/// connection.
+async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
     state: &State,
-    lost: &Mutex<Option<i32>>,
+    decide: impl Fn(&[u8]) -> Step,
 ) {
     while let Ok(message) = read_message(&mut from).await {
-        if is_black_hole(state) {
-            std::future::pending::<()>().await;
-        }
-        match fault_for(&message, state) {
-            Some(Fault::BlackHole) => std::future::pending::<()>().await,
-            Some(Fault::Reset) => return reset_all(state),
-            Some(Fault::LostReply) => *lost.lock().unwrap() = Some(request_id(&message)),
-            None => {}
-        }
-        if to.write_all(&message).await.is_err() {
-            return;
+        let step = match is_black_hole(state) {
+            true => Step::Hold,
+            false => decide(&message),
+        };
+        match step {
+            Step::Hold => std::future::pending::<()>().await,
+            Step::Close => return,
+            Step::Forward if to.write_all(&message).await.is_err() => return,
+            Step::Forward => {}
         }
     }
 }
 
-/// Server to client. Returns to close the connection.
-async fn replies(
-    mut from: OwnedReadHalf,
-    mut to: OwnedWriteHalf,
-    state: &State,
-    lost: &Mutex<Option<i32>>,
-) {
-    while let Ok(message) = read_message(&mut from).await {
-        if is_black_hole(state) {
-            std::future::pending::<()>().await;
+/// A client request: the armed fault, if it is the one it waits for.
+fn request_step(message: &[u8], state: &State, lost: &Mutex<Option<i32>>) -> Step {
+    match fault_for(message, state) {
+        Some(Fault::BlackHole) => Step::Hold,
+        Some(Fault::Reset) => {
+            reset_all(state);
+            Step::Close
         }
-        if *lost.lock().unwrap() == Some(response_to(&message)) {
-            return; // applied, and the answer never arrives
+        Some(Fault::LostReply) => {
+            *lost.lock().unwrap() = Some(request_id(message));
+            Step::Forward
         }
-        if to.write_all(&message).await.is_err() {
-            return;
-        }
+        None => Step::Forward,
+    }
+}
+
+/// A server reply: dropped, with its connection, when its request's
+/// reply is to be lost (the request was applied, the answer never arrives).
+fn reply_step(message: &[u8], lost: &Mutex<Option<i32>>) -> Step {
+    match *lost.lock().unwrap() == Some(response_to(message)) {
+        true => Step::Close,
+        false => Step::Forward,
     }
 }
 
