@@ -20,6 +20,10 @@
 //!    throughput relative to the uncontended run, and a check that every
 //!    record is in exactly one file.
 //!
+//! With `--destination s3`, instead: one deanery's run of `--records`
+//! (100,000 by default there) to a folder, then to a bucket (see
+//! `support/s3.rs`).
+//!
 //! Prints the figures; targets are in BENCHMARKS.md.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -33,13 +37,22 @@ use futures_util::TryStreamExt;
 use mongodb::{Client, Collection};
 
 mod common;
+#[path = "support/s3.rs"]
+mod s3;
 use common::{export_all, prepare, seed, start_server, verify, DEANERIES};
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Records to seed.
-    #[arg(long, default_value_t = 200_000)]
-    records: usize,
+    /// Records to seed (default 200,000; 100,000 with `--destination s3`).
+    #[arg(long)]
+    records: Option<usize>,
+    /// `folder` (the full benchmark) or `s3`: one run to a folder against
+    /// one to a bucket.
+    #[arg(long, default_value = "folder")]
+    destination: String,
+    /// The S3-compatible server for `--destination s3`.
+    #[arg(long, default_value = "http://127.0.0.1:9000")]
+    s3_endpoint: String,
     /// Use this server instead of starting a fresh secantusd-rs.
     #[arg(long)]
     mongodb_uri: Option<String>,
@@ -184,7 +197,11 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let server = start_server(args.mongodb_uri.clone())?;
     let client = Client::with_uri_str(&server.uri).await?;
-    let n = args.records;
+    if args.destination == "s3" {
+        let n = args.records.unwrap_or(100_000);
+        return s3::compare(&server.uri, &client, n, args.chunk_size, &args.s3_endpoint).await;
+    }
+    let n = args.records.unwrap_or(200_000);
     println!(
         "esr-exporter export benchmark: {n} records over {} deaneries, chunk size {}",
         DEANERIES.len(),

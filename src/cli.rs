@@ -13,6 +13,7 @@ use clap::{Args, Parser, Subcommand};
 use futures_util::StreamExt;
 
 use crate::config::Settings;
+use crate::destination::{Destination, DestinationError};
 use crate::domain::{Deanery, RunStatus};
 use crate::export::{self, Exporter};
 use crate::store::Store;
@@ -95,13 +96,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
     let short_lived = !matches!(cli.command, Command::Run);
     crate::telemetry::init(&settings.log, std::io::stderr, short_lived);
     let result = match cli.command {
-        Command::CheckConfig => {
-            for warning in settings.warnings() {
-                eprintln!("warning: {warning}");
-            }
-            print!("{}", settings.to_redacted_toml());
-            Ok(ExitCode::SUCCESS)
-        }
+        Command::CheckConfig => check_config(&settings).await,
         Command::Export(args) => run_export(&settings, args).await,
         Command::Run => crate::daemon::run(settings, shutdown_signal())
             .await
@@ -114,8 +109,56 @@ pub async fn execute(cli: Cli) -> ExitCode {
     result.unwrap_or_else(|err| {
         tracing::error!(error = format!("{err:#}"), "command failed");
         eprintln!("error: {err:#}");
-        ExitCode::FAILURE
+        exit_code_of(&err)
     })
+}
+
+/// 2 for a destination refused for good (a store that accepts a second
+/// create, a missing bucket, bad credentials): restarting cannot help.
+fn exit_code_of(err: &anyhow::Error) -> ExitCode {
+    let refused = err
+        .chain()
+        .filter_map(|cause| cause.downcast_ref::<DestinationError>())
+        .any(|err| !err.is_transient());
+    if refused {
+        ExitCode::from(2)
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+/// Prints the settings (redacted) and proves the destination refuses a
+/// second create of a name; exit 2 when it does not or cannot be reached.
+async fn check_config(settings: &Settings) -> anyhow::Result<ExitCode> {
+    for warning in settings.warnings() {
+        eprintln!("warning: {warning}");
+    }
+    print!("{}", settings.to_redacted_toml());
+    let proven = match Destination::from_settings(settings) {
+        Ok(destination) => destination.probe().await.map(|()| destination),
+        Err(err) => Err(err),
+    };
+    match proven {
+        Ok(Destination::Bucket(bucket)) => {
+            eprintln!(
+                "destination {}: refuses a second create of a name (probe passed)",
+                bucket.url()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Ok(Destination::Folder) => Ok(ExitCode::SUCCESS),
+        Err(err) => {
+            eprintln!("error: {err}");
+            Ok(ExitCode::from(2))
+        }
+    }
+}
+
+/// The destination the settings name, proven before any run uses it.
+async fn proven_destination(settings: &Settings) -> anyhow::Result<Destination> {
+    let destination = Destination::from_settings(settings)?;
+    destination.probe().await?;
+    Ok(destination)
 }
 
 async fn run_export(settings: &Settings, args: ExportArgs) -> anyhow::Result<ExitCode> {
@@ -129,7 +172,8 @@ async fn run_export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exi
     } else {
         each_once(args.deaneries)
     };
-    let exporter = Exporter::new(store, settings.export.clone());
+    let exporter = Exporter::new(store, settings.export.clone())
+        .with_destination(proven_destination(settings).await?);
     let mut any_failed = false;
     // Deaneries are independent (one lease each): run a few at once, and
     // print the summaries in deanery order as they finish.

@@ -49,6 +49,7 @@ pub mod broker;
 pub mod cli;
 pub mod config;
 pub mod daemon;
+pub mod destination;
 pub mod domain;
 pub mod export;
 pub mod ops;

@@ -59,6 +59,9 @@ pub struct LastRun {
     pub(crate) finished_at: Option<String>,
     /// File name, if one was allocated.
     pub file: Option<String>,
+    /// Where the file was published: its path on the host that published
+    /// it, or its URL (`s3://bucket/key`); null until published.
+    pub published_to: Option<String>,
     /// Records in the file.
     pub exported: Option<i64>,
     /// Records rejected.
@@ -121,6 +124,7 @@ fn add_last_runs(lines: &mut Lines, runs: Vec<LatestRun>) {
             started_at: rfc3339(run.started_at),
             finished_at: rfc3339(run.finished_at),
             file: run.file_name,
+            published_to: run.published_to,
             exported: run.record_count,
             rejected: run.rejected,
             last_error: run.last_error,
@@ -200,11 +204,12 @@ fn render_line(d: &DeaneryStatus) -> String {
 
 fn render_last_run(r: &LastRun) -> String {
     format!(
-        "{} {} {} file={} exported={} rejected={}{}",
+        "{} {} {} file={} to={} exported={} rejected={}{}",
         r.phase,
         r.started_at.as_deref().unwrap_or("?"),
         r.run_id,
         r.file.as_deref().unwrap_or("-"),
+        r.published_to.as_deref().unwrap_or("-"),
         r.exported.unwrap_or(0),
         r.rejected.unwrap_or(0),
         r.last_error

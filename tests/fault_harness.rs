@@ -12,6 +12,10 @@
 //! one `.DAT` file, one file per deanery; trailer counts and manifest
 //! hashes match; no temporary files; nothing dead-lettered (every command
 //! was valid). Prints a table and exits non-zero on any violation.
+//!
+//! Every second round publishes to a bucket (moto, `scripts/services`)
+//! instead of the folder; half of those kill the daemon at the `.DAT`'s
+//! create, held by an HTTP proxy before the request or after it applied.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -28,8 +32,12 @@ use mongodb::Client;
 use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
 
+#[path = "support/bucket.rs"]
+mod bucket;
 #[path = "support/proxy.rs"]
 mod proxy;
+#[path = "support/s3proxy.rs"]
+mod s3proxy;
 #[path = "support/broker.rs"]
 mod support;
 
@@ -87,9 +95,24 @@ enum Fault {
         times: i32,
         label: String,
     },
+    /// Bucket rounds: SIGKILL while the first `.DAT` create is held, before
+    /// it reaches the store or after it applied (its reply withheld).
+    KillAtPublication {
+        after_reply: bool,
+    },
 }
 
 impl Fault {
+    /// A fault for a round; bucket rounds also draw kills at publication.
+    fn pick_for(rng: &mut Rng, to_bucket: bool) -> Self {
+        if to_bucket && rng.below(2) == 0 {
+            return Self::KillAtPublication {
+                after_reply: rng.below(2) == 1,
+            };
+        }
+        Self::pick(rng)
+    }
+
     fn pick(rng: &mut Rng) -> Self {
         match rng.below(9) {
             0 | 1 => Self::KillDaemon,
@@ -189,6 +212,10 @@ impl Fault {
                 times,
             } => format!("lost reply {command} {collection} x{times}"),
             Self::FailPoint { label, .. } => label.clone(),
+            Self::KillAtPublication { after_reply: false } => "SIGKILL at .DAT create".to_owned(),
+            Self::KillAtPublication { after_reply: true } => {
+                "SIGKILL after .DAT create, reply lost".to_owned()
+            }
         }
     }
 }
@@ -233,6 +260,7 @@ struct Round {
     dir: PathBuf,
     log_dir: PathBuf,
     daemons_started: usize,
+    bucket: Option<bucket::TestBucket>,
 }
 
 impl Round {
@@ -271,17 +299,11 @@ async fn check(
     }
     let mut file_of: HashMap<String, String> = HashMap::new();
     let mut files_per_deanery: HashMap<String, usize> = HashMap::new();
-    for entry in std::fs::read_dir(&round.dir)? {
-        let path = entry?.path();
-        let name = path.file_name().unwrap().to_string_lossy().into_owned();
-        if name.ends_with(".tmp") {
-            violations.push(format!("temporary file left: {name}"));
-            continue;
-        }
-        if !name.ends_with(".DAT") {
-            continue;
-        }
-        let bytes = std::fs::read(&path)?;
+    let (files, temporaries) = published(round).await?;
+    for name in temporaries {
+        violations.push(format!("temporary file left: {name}"));
+    }
+    for (name, bytes, manifest) in files {
         let text = String::from_utf8_lossy(&bytes);
         let lines: Vec<&str> = text.split_terminator("\r\n").collect();
         let deanery = lines
@@ -301,8 +323,7 @@ async fn check(
                 details.len()
             ));
         }
-        let manifest: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(path.with_file_name(format!("{name}.json")))?)?;
+        let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
         if manifest["sha256"] != hex::encode(Sha256::digest(&bytes)) {
             violations.push(format!("{name}: manifest hash does not match"));
         }
@@ -357,6 +378,42 @@ async fn check(
     Ok(violations)
 }
 
+/// A published file: name, bytes, its manifest's bytes.
+type Published = (String, Vec<u8>, Vec<u8>);
+
+/// The round's published files and leftover temporaries, from its folder
+/// or its bucket.
+async fn published(round: &Round) -> anyhow::Result<(Vec<Published>, Vec<String>)> {
+    let (mut files, mut temporaries) = (Vec::new(), Vec::new());
+    if let Some(bucket) = &round.bucket {
+        let objects = bucket.objects().await;
+        for (key, bytes) in &objects {
+            let name = key.rsplit('/').next().unwrap_or(key).to_owned();
+            if name.starts_with('.') {
+                temporaries.push(key.clone());
+            } else if name.ends_with(".DAT") {
+                let manifest = objects
+                    .get(&format!("{key}.json"))
+                    .cloned()
+                    .unwrap_or_default();
+                files.push((name, bytes.clone(), manifest));
+            }
+        }
+        return Ok((files, temporaries));
+    }
+    for entry in std::fs::read_dir(&round.dir)? {
+        let path = entry?.path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".tmp") {
+            temporaries.push(name);
+        } else if name.ends_with(".DAT") {
+            let manifest = std::fs::read(path.with_file_name(format!("{name}.json")))?;
+            files.push((name, std::fs::read(&path)?, manifest));
+        }
+    }
+    Ok((files, temporaries))
+}
+
 async fn run_round(
     client: &Client,
     rng: &mut Rng,
@@ -371,7 +428,18 @@ async fn run_round(
     std::fs::create_dir_all(&log_dir)?;
     let app = format!("esr-faults-{id}");
     let chunk = [10u64, 25, 50, 100, 250][rng.below(5) as usize];
-    let fault = Fault::pick(rng);
+    let to_bucket = index.is_multiple_of(2);
+    let fault = Fault::pick_for(rng, to_bucket);
+    let target_bucket = match to_bucket {
+        true => Some(bucket::TestBucket::create().await),
+        false => None,
+    };
+    let s3proxy = match fault {
+        Fault::KillAtPublication { .. } => {
+            Some(s3proxy::S3Proxy::start(&bucket::s3_endpoint()).await)
+        }
+        _ => None,
+    };
     let proxy = match fault.needs_proxy() {
         true => Some(proxy::WireProxy::start(&primary_host_port(client).await?).await),
         false => None,
@@ -400,6 +468,12 @@ async fn run_round(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
+    if let Some(target) = &target_bucket {
+        let endpoint = s3proxy
+            .as_ref()
+            .map_or_else(bucket::s3_endpoint, |p| p.endpoint());
+        env.extend(bucket::bucket_env(&target.destination(), &endpoint));
+    }
     if proxy.is_some() {
         // A black hole fails an attempt after this long.
         env.insert("ESR_MONGODB__OPERATION_TIMEOUT_MS".into(), "2000".into());
@@ -412,6 +486,7 @@ async fn run_round(
         dir: out,
         log_dir,
         daemons_started: 0,
+        bucket: target_bucket,
     };
 
     // Seed.
@@ -453,6 +528,25 @@ async fn run_round(
     tokio::time::sleep(Duration::from_millis(at_ms)).await;
     let admin = client.database("admin");
     match &fault {
+        Fault::KillAtPublication { after_reply } => {
+            let proxy = s3proxy
+                .as_ref()
+                .context("kill at publication without a proxy")?;
+            let action = match after_reply {
+                true => s3proxy::Action::HoldAfter,
+                false => s3proxy::Action::HoldBefore,
+            };
+            let held = proxy.add(s3proxy::Rule::new("PUT", ".DAT", action).times(1));
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while held.matched() == 0 && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            if *after_reply {
+                tokio::time::sleep(Duration::from_millis(200)).await; // it applies
+            }
+            daemon.kill().await?; // SIGKILL
+            daemon = round.spawn_daemon()?;
+        }
         Fault::KillDaemon => {
             daemon.kill().await?; // SIGKILL
             daemon = round.spawn_daemon()?;
@@ -538,13 +632,16 @@ async fn run_round(
     }
 
     // A fault armed on a request that never came did nothing: say so.
-    let fired = match &proxy {
+    let mut fired = match &proxy {
         Some(proxy) if proxy.fired().is_none() => " (not hit)".to_owned(),
         Some(proxy) if matches!(fault, Fault::LostReply { .. }) => {
             format!(" (hit {})", proxy.fired_times())
         }
         _ => String::new(),
     };
+    if to_bucket {
+        fired.push_str(" [s3]");
+    }
 
     // Clean up the round's queues and database.
     support::delete_topology(&round.settings.amqp).await;

@@ -140,9 +140,21 @@ pub fn peak_rss_kib(pid: u32) -> Option<u64> {
 }
 
 pub async fn export_all(uri: &str, db: &str, dir: &Path, chunk: u32) -> anyhow::Result<ExportRun> {
+    export_all_with(uri, db, dir, chunk, &[]).await
+}
+
+/// [`export_all`] with more environment (a destination, say).
+pub async fn export_all_with(
+    uri: &str,
+    db: &str,
+    dir: &Path,
+    chunk: u32,
+    env: &[(String, String)],
+) -> anyhow::Result<ExportRun> {
     let started = Instant::now();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
         .args(["export", "--all"])
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .env("ESR_MONGODB__URI", uri)
         .env("ESR_MONGODB__DATABASE", db)
         .env("ESR_EXPORT__OUTPUT_DIR", dir)

@@ -77,6 +77,7 @@ mod tests {
             exported: 0,
             rejected: 0,
             file: None,
+            published_to: None,
             attempts: 0,
             retries: 0,
             write_conflicts: 0,

@@ -27,6 +27,7 @@ pub use sections::LogFormat;
 pub use sections::LogSettings;
 pub use sections::MongoSettings;
 pub use sections::RetrySettings;
+pub use sections::S3Settings;
 pub use sections::ScheduleSettings;
 pub use sections::WatchdogSettings;
 pub(crate) use sections::{QueueType, ReadConcernLevel, WriteConcernLevel};
@@ -59,6 +60,8 @@ pub struct Settings {
     pub amqp: AmqpSettings,
     /// Export files and runs.
     pub export: ExportSettings,
+    /// How a bucket destination is talked to.
+    pub s3: S3Settings,
     /// Retry policy for transient MongoDB errors.
     pub retry: RetrySettings,
     /// The daily generation schedule.

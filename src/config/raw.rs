@@ -8,10 +8,10 @@ use serde::Deserialize;
 
 use super::sections::{
     AmqpSettings, DaemonSettings, ExportSettings, HttpSettings, LogSettings, MongoSettings,
-    RetrySettings, ScheduleSettings, WatchdogSettings,
+    RetrySettings, S3Settings, ScheduleSettings, WatchdogSettings,
 };
 use super::{ConfigError, Settings};
-use crate::domain::{parse_cron, parse_timezone, Deanery};
+use crate::domain::{parse_cron, parse_timezone, Deanery, DestinationUrl};
 
 /// [`Settings`] with the schedule and export sections as written.
 #[derive(Debug, Deserialize)]
@@ -20,6 +20,7 @@ pub(super) struct RawSettings {
     mongodb: MongoSettings,
     amqp: AmqpSettings,
     export: RawExportSettings,
+    s3: S3Settings,
     retry: RetrySettings,
     schedule: RawScheduleSettings,
     watchdog: WatchdogSettings,
@@ -33,6 +34,7 @@ pub(super) struct RawSettings {
 #[serde(deny_unknown_fields)]
 struct RawExportSettings {
     output_dir: PathBuf,
+    destination: String,
     file_mode: String,
     chunk_size: u32,
     cursor_batch_size: u32,
@@ -68,6 +70,7 @@ impl RawSettings {
         Ok(Settings {
             export: self.export.parse()?,
             schedule: self.schedule.parse()?,
+            s3: self.s3,
             mongodb: self.mongodb,
             amqp: self.amqp,
             retry: self.retry,
@@ -81,9 +84,17 @@ impl RawSettings {
 
 impl RawExportSettings {
     fn parse(self) -> Result<ExportSettings, ConfigError> {
+        let destination = DestinationUrl::parse(&self.destination)
+            .map_err(|err| invalid("export.destination", err))?;
+        // A file:// destination is the folder files are written in.
+        let output_dir = match &destination {
+            DestinationUrl::Folder(Some(path)) => path.clone(),
+            _ => self.output_dir,
+        };
         Ok(ExportSettings {
             file_mode: parse_file_mode(&self.file_mode)?,
-            output_dir: self.output_dir,
+            output_dir,
+            destination,
             chunk_size: self.chunk_size,
             cursor_batch_size: self.cursor_batch_size,
             lease_seconds: self.lease_seconds,

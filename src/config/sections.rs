@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 
 use super::secret::SecretUri;
 use super::serialise;
-use crate::domain::Deanery;
+use crate::domain::{Deanery, DestinationUrl};
 
 /// `[mongodb]`
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -137,8 +137,12 @@ pub(crate) enum QueueType {
 /// `[export]`
 #[derive(Debug, Clone, Serialize)]
 pub struct ExportSettings {
-    /// Folder for `.DAT` files and manifests.
+    /// Folder for `.DAT` files and manifests: the local staging folder,
+    /// and the destination itself when `destination` is a folder.
     pub output_dir: PathBuf,
+    /// Where published files go (`export.destination`).
+    #[serde(serialize_with = "serialise::display")]
+    pub destination: DestinationUrl,
     /// Permissions of written files; configured (and printed) as octal
     /// digits such as `"0644"`, validated at load.
     #[serde(serialize_with = "serialise::octal")]
@@ -162,6 +166,35 @@ impl ExportSettings {
     /// Lease lifetime as a duration.
     pub fn lease(&self) -> Duration {
         Duration::from_secs(self.lease_seconds)
+    }
+}
+
+/// `[s3]`: how a bucket destination is talked to.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct S3Settings {
+    /// Bound of each request to the store.
+    pub(crate) request_timeout_ms: u64,
+    /// Bound of establishing a connection.
+    pub(crate) connect_timeout_ms: u64,
+    /// Files larger than this are uploaded in parts.
+    pub(crate) multipart_threshold_bytes: u64,
+    /// Size of each part of a multipart upload.
+    pub(crate) part_size_bytes: u64,
+    /// First backoff delay of a retried request.
+    pub(crate) min_delay_ms: u64,
+    /// Largest backoff delay.
+    pub(crate) max_delay_ms: u64,
+    /// Tries of one operation, the first included.
+    pub(crate) max_attempts: u32,
+    /// No retry starts after this much time since the first try.
+    pub(crate) max_elapsed_ms: u64,
+}
+
+impl S3Settings {
+    /// Bound of each request.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        Duration::from_millis(self.request_timeout_ms)
     }
 }
 

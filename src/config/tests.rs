@@ -206,7 +206,7 @@ fn the_readme_configuration_reference_matches_the_defaults() {
         let looks_like_key = key.split('.').count() == 2
             && key
                 .chars()
-                .all(|c| c.is_ascii_lowercase() || c == '_' || c == '.');
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_' || c == '.');
         if !looks_like_key {
             continue;
         }

@@ -38,6 +38,7 @@ impl Settings {
         self.validate_bounds()?;
         self.validate_export()?;
         self.validate_delays()?;
+        self.validate_s3()?;
         self.validate_listen_and_log()
     }
 
@@ -239,6 +240,42 @@ impl Settings {
             a.reconnect_min_delay_ms > 0 && a.reconnect_max_delay_ms >= a.reconnect_min_delay_ms,
             "amqp.reconnect_max_delay_ms",
             "delays must be positive and max must not be less than min",
+        )
+    }
+
+    /// The bucket destination's bounds and sizes.
+    fn validate_s3(&self) -> Result<(), ConfigError> {
+        let s = &self.s3;
+        require(
+            (100..=HOUR_MS).contains(&s.request_timeout_ms),
+            "s3.request_timeout_ms",
+            "must be between 100 and 3600000",
+        )?;
+        require(
+            (100..=HOUR_MS).contains(&s.connect_timeout_ms),
+            "s3.connect_timeout_ms",
+            "must be between 100 and 3600000",
+        )?;
+        require(
+            (5 << 20..=1 << 30).contains(&s.part_size_bytes),
+            "s3.part_size_bytes",
+            "must be between 5 MiB (S3's smallest part) and 1 GiB",
+        )?;
+        require(
+            s.multipart_threshold_bytes >= s.part_size_bytes
+                && s.multipart_threshold_bytes <= 5 << 30,
+            "s3.multipart_threshold_bytes",
+            "must be at least s3.part_size_bytes and at most 5 GiB (S3's largest single upload)",
+        )?;
+        require(
+            (1..=100).contains(&s.max_attempts),
+            "s3.max_attempts",
+            "must be between 1 and 100",
+        )?;
+        require(
+            s.min_delay_ms > 0 && s.max_delay_ms >= s.min_delay_ms && s.max_elapsed_ms <= DAY_MS,
+            "s3.max_delay_ms",
+            "delays must be positive, max not less than min, and s3.max_elapsed_ms at most a day",
         )
     }
 

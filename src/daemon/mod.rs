@@ -2,6 +2,7 @@
 //! scheduler and the watchdog, supervised (see [`tasks`]), stopped cleanly
 //! when the shutdown future completes.
 
+mod startup;
 mod tasks;
 
 use std::future::Future;
@@ -13,12 +14,13 @@ use tokio::net::TcpListener;
 
 use crate::broker::consumer::Consumer;
 use crate::config::Settings;
+use crate::destination::Destination;
 use crate::export::Exporter;
 use crate::ops::http::HttpState;
 use crate::ops::{metrics, systemd, Readiness};
 use crate::schedule::{Scheduler, Watchdog};
 use crate::shutdown::Shutdown;
-use crate::store::{Store, StoreError};
+use crate::store::Store;
 
 use tasks::Tasks;
 
@@ -28,6 +30,7 @@ pub struct Daemon {
     settings: Settings,
     listener: TcpListener,
     store: Store,
+    destination: Destination,
 }
 
 impl Daemon {
@@ -43,10 +46,12 @@ impl Daemon {
         let store = Store::connect(&settings)
             .await
             .context("Failed to prepare the MongoDB client")?;
+        let destination = Destination::from_settings(&settings)?;
         Ok(Self {
             settings,
             listener,
             store,
+            destination,
         })
     }
 
@@ -70,6 +75,7 @@ impl Daemon {
             settings,
             listener,
             store,
+            destination,
         } = self;
         log_starting(&settings, &listener);
         let (trigger, mut shutdown) = Shutdown::new();
@@ -81,20 +87,21 @@ impl Daemon {
             readiness: readiness.clone(),
             metrics: metrics::install(),
             output_dir: settings.export.output_dir.clone(),
+            destination: destination.clone(),
         };
         let serve = crate::ops::http::serve(listener, http_state, shutdown.clone());
         tasks.spawn("http", serve);
         tokio::pin!(signal);
         let started = tokio::select! {
-            indexed = ensure_indexes(&settings, &store, &mut shutdown) => {
-                indexed.context("Failed to prepare MongoDB's indexes")
-            }
+            ready = startup::prepare(&settings, &store, &destination, &mut shutdown) => ready,
             () = &mut signal => Ok(false),
             ended = tasks.next_end() => Err(ended.into()),
         };
         let result = match started {
             Ok(true) => {
-                spawn_workers(&mut tasks, &settings, store, readiness, &shutdown);
+                let exporter = Exporter::new(store.clone(), settings.export.clone())
+                    .with_destination(destination);
+                spawn_workers(&mut tasks, &settings, exporter, store, readiness, &shutdown);
                 supervise(&mut tasks, &mut signal).await
             }
             Ok(false) => Ok(()),
@@ -125,11 +132,11 @@ fn log_starting(settings: &Settings, listener: &TcpListener) {
 fn spawn_workers(
     tasks: &mut Tasks,
     settings: &Settings,
+    exporter: Exporter,
     store: Store,
     readiness: Readiness,
     shutdown: &Shutdown,
 ) {
-    let exporter = Exporter::new(store.clone(), settings.export.clone());
     let consumer = Consumer::new(settings.amqp.clone(), exporter, readiness);
     tasks.spawn("consumer", consumer.run(shutdown.clone()));
     let (schedule, amqp) = (&settings.schedule, &settings.amqp);
@@ -176,35 +183,6 @@ async fn stop(trigger: crate::shutdown::ShutdownTrigger, tasks: Tasks, settings:
             grace_seconds,
             "grace period over; unfinished work resumes on the next start"
         );
-    }
-}
-
-/// Creates the indexes, retrying with backoff until MongoDB answers or
-/// shutdown comes: a database briefly away at start does not stop the
-/// daemon (and `/readyz` says so meanwhile). False if shutdown came first.
-///
-/// # Errors
-/// A permanent error (an index name taken by other keys, no permission,
-/// ...): retrying cannot help, so the daemon stops with it.
-async fn ensure_indexes(
-    settings: &Settings,
-    store: &Store,
-    shutdown: &mut Shutdown,
-) -> Result<bool, StoreError> {
-    let mut backoff = settings.amqp.reconnect_backoff();
-    loop {
-        match store.ensure_indexes().await {
-            Ok(()) => return Ok(true),
-            Err(err) if !err.is_transient() => return Err(err),
-            Err(err) => {
-                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                tracing::error!(error = %err, delay_ms = delay.as_millis() as u64, "MongoDB unavailable at start; retrying");
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = shutdown.recv() => return Ok(false),
-                }
-            }
-        }
     }
 }
 

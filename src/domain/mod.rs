@@ -3,6 +3,7 @@
 
 mod command;
 mod deanery;
+mod destination;
 mod record;
 mod schedule;
 mod summary;
@@ -13,6 +14,7 @@ pub use command::{GenerationCommand, Slot};
 pub use command::CommandError;
 pub use deanery::Deanery;
 pub use deanery::DeaneryError;
+pub use destination::DestinationUrl;
 pub(crate) use record::{type_name as bson_type_name, AppRow, RecordStatus};
 pub(crate) use schedule::{parse_cron, parse_timezone};
 pub use summary::{RunStatus, RunSummary};

@@ -28,6 +28,9 @@ pub struct RunSummary {
     pub rejected: u64,
     /// File name, null when no file was written.
     pub file: Option<String>,
+    /// Where the file went: its path on this host, or its URL
+    /// (`s3://bucket/key`); null when no file was written.
+    pub published_to: Option<String>,
     /// Transaction attempts in total, whole-transaction retries included.
     pub attempts: u32,
     /// Retries of any MongoDB operation, transaction or commit.

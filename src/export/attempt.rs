@@ -104,6 +104,9 @@ impl Exporter {
         summary: &RunSummary,
         progress: &Progress,
     ) {
+        if let ExportError::Destination(failure) = err {
+            crate::destination::metrics::record_failure(self.destination().scheme(), failure);
+        }
         if let ExportError::File { dir, source } = err {
             output_folder::record_failure(dir, source);
             tracing::error!(
@@ -172,6 +175,7 @@ fn summarise(
         exported: progress.exported,
         rejected: progress.rejected,
         file: progress.file.clone(),
+        published_to: progress.published_to.clone(),
         attempts: attempts.transactions,
         retries: attempts.retries,
         write_conflicts: attempts.write_conflicts,
@@ -189,6 +193,7 @@ fn log_completed(summary: &RunSummary) {
         exported = summary.exported,
         rejected = summary.rejected,
         file = summary.file.as_deref().unwrap_or(""),
+        published_to = summary.published_to.as_deref().unwrap_or(""),
         attempts = summary.attempts,
         retries = summary.retries,
         write_conflicts = summary.write_conflicts,

@@ -57,6 +57,7 @@ pub(super) struct Progress {
     pub(super) exported: u64,
     pub(super) rejected: u64,
     pub(super) file: Option<String>,
+    pub(super) published_to: Option<String>,
 }
 
 /// The deanery's lease as this attempt holds it. Renewal happens here

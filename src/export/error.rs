@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use crate::destination::{DestinationError, FailureKind};
 use crate::store::StoreError;
 
 /// Why an export attempt stopped.
@@ -19,6 +20,9 @@ pub(crate) enum ExportError {
         #[source]
         source: std::io::Error,
     },
+    /// The destination refused or failed (after retries, if transient).
+    #[error(transparent)]
+    Destination(#[from] DestinationError),
     /// Shutdown was signalled or the processing deadline passed: the
     /// attempt stopped at a safe point and the run resumes later.
     #[error("export run stopped at a safe point ({0}); the next attempt resumes it")]
@@ -53,6 +57,9 @@ impl ExportError {
     pub(crate) fn is_transient(&self) -> bool {
         match self {
             Self::Store(err) => err.is_transient(),
+            // A foreign object under the name may be moved away: the
+            // command is retried (and dead-lettered once its tries are spent).
+            Self::Destination(err) => err.is_transient() || err.kind == FailureKind::Occupied,
             // A full disk, a read-only mount, too many open files: the
             // folder may be fixed while the command waits to be retried.
             Self::Interrupted(_) | Self::ClaimMismatch { .. } | Self::File { .. } => true,

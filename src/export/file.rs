@@ -307,15 +307,55 @@ fn ensure_manifest(dir: &Path, header: &FileHeader, staged: &Staged) -> io::Resu
     if existing.is_some_and(|m| m["sha256"] == staged.sha256.as_str()) {
         return Ok(());
     }
-    let manifest = Manifest {
+    write_manifest(dir, &manifest_of(header, staged), header.mode)
+}
+
+fn manifest_of(header: &FileHeader, staged: &Staged) -> Manifest {
+    Manifest {
         run_id: header.run_id.clone(),
         deanery: header.deanery.to_string(),
         file_name: header.file_name.clone(),
         record_count: staged.record_count,
         sha256: staged.sha256.clone(),
         created_at: chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Millis, true),
-    };
-    write_manifest(dir, &manifest, header.mode)
+    }
+}
+
+/// The manifest's bytes, as [`publish`] writes them into a folder.
+///
+/// # Errors
+/// Never in practice (serialising plain strings and numbers).
+pub(crate) fn manifest_bytes(header: &FileHeader, staged: &Staged) -> io::Result<Vec<u8>> {
+    let mut bytes =
+        serde_json::to_vec_pretty(&manifest_of(header, staged)).map_err(io::Error::other)?;
+    bytes.push(b'\n');
+    Ok(bytes)
+}
+
+/// The staged file of `file_name` when it holds exactly the recorded
+/// bytes; one with other bytes is removed, and `None` returned.
+///
+/// # Errors
+/// On I/O errors other than the file being absent.
+pub(crate) fn staged_with_hash(
+    dir: &Path,
+    file_name: &str,
+    sha256: &str,
+) -> io::Result<Option<PathBuf>> {
+    let staging = staging_path(dir, file_name);
+    if file_has_hash(&staging, sha256)? {
+        return Ok(Some(staging));
+    }
+    remove_if_present(&staging)?;
+    Ok(None)
+}
+
+/// Removes the staged file once it is published elsewhere.
+///
+/// # Errors
+/// On I/O errors other than the file being absent.
+pub(crate) fn remove_staged(dir: &Path, file_name: &str) -> io::Result<()> {
+    remove_if_present(&staging_path(dir, file_name))
 }
 
 /// Removes temporary files a crashed process left for this deanery. Only

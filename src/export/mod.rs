@@ -22,6 +22,7 @@
 mod attempt;
 mod claim;
 mod context;
+mod deliver;
 mod error;
 pub mod file;
 mod io;
@@ -35,6 +36,7 @@ mod writer;
 use tracing::Instrument;
 
 use crate::config::ExportSettings;
+use crate::destination::Destination;
 use crate::domain::{Deanery, RunSummary};
 use crate::store::Store;
 
@@ -47,12 +49,30 @@ pub use listing::deaneries_to_export;
 pub struct Exporter {
     store: Store,
     settings: ExportSettings,
+    destination: Destination,
 }
 
 impl Exporter {
-    /// An exporter writing into `settings.output_dir`.
+    /// An exporter writing into `settings.output_dir`; see
+    /// [`Exporter::with_destination`] for a bucket.
     pub fn new(store: Store, settings: ExportSettings) -> Self {
-        Self { store, settings }
+        Self {
+            store,
+            settings,
+            destination: Destination::Folder,
+        }
+    }
+
+    /// Publishes to `destination` (the one `export.destination` names,
+    /// probed at start), staging in `export.output_dir`.
+    pub fn with_destination(mut self, destination: Destination) -> Self {
+        self.destination = destination;
+        self
+    }
+
+    /// Where files go.
+    pub fn destination(&self) -> &Destination {
+        &self.destination
     }
 
     /// True when a completed run of the deanery already carries this

@@ -8,7 +8,8 @@ use super::context::RunContext;
 use super::file::{self, ExportFile, Published, Staged};
 use super::io::blocking;
 use super::{ExportError, Exporter};
-use crate::domain::Deanery;
+use crate::destination::Destination;
+use crate::domain::{Deanery, DestinationUrl};
 use crate::store::{Publication, RunDoc, RunPhase};
 
 impl Exporter {
@@ -62,6 +63,15 @@ impl Exporter {
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
     ) -> Result<(), ExportError> {
+        if let Destination::Bucket(bucket) = &self.destination {
+            return self.deliver(ctx, run, bucket).await;
+        }
+        if !matches!(self.settings.destination, DestinationUrl::Folder(_)) {
+            return Err(ExportError::inconsistent(
+                &run.id,
+                "export.destination names a bucket but this exporter was built for the folder",
+            ));
+        }
         let (Some(sha256), Some(count)) = (run.sha256.clone(), run.record_count) else {
             return Err(ExportError::inconsistent(
                 &run.id,
@@ -112,7 +122,7 @@ impl Exporter {
     /// Writes the claimed records into a new staged file. Unchanged
     /// records give the same bytes as before; if another writer changed a
     /// claimed record since, the new hash and count are recorded.
-    async fn restage(
+    pub(super) async fn restage(
         &self,
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
@@ -155,6 +165,10 @@ impl Exporter {
             path: path.display().to_string(),
             sha256: staged.sha256.clone(),
             published_at: crate::store::now(),
+            destination: None,
+            key: None,
+            etag: None,
+            version: None,
         };
         crate::ops::output_folder::record_success(&self.settings.output_dir);
         self.store

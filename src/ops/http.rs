@@ -1,6 +1,6 @@
 //! HTTP on `http.listen` (axum): `GET /healthz` (alive), `GET /readyz`
-//! (MongoDB's `hello` says it is a writable primary, the consumer is attached to its queue and the
-//! output folder can be written, else 503 with the reasons), `GET /metrics`
+//! (MongoDB's `hello` says it is a writable primary, the consumer is attached to its queue, the
+//! output folder can be written and a bucket destination answers, else 503 with the reasons), `GET /metrics`
 //! (Prometheus text format).
 
 use std::sync::Arc;
@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::Readiness;
+use crate::destination::Destination;
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
@@ -34,6 +35,8 @@ pub(crate) struct HttpState {
     pub metrics: PrometheusHandle,
     /// The export folder, probed for writing.
     pub output_dir: std::path::PathBuf,
+    /// Where files are published.
+    pub destination: Destination,
 }
 
 /// The routes.
@@ -129,7 +132,8 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
             PING_TIMEOUT.as_secs()
         )),
     };
-    let ready = mongodb.is_ok() && rabbitmq.is_ok() && folder.is_ok();
+    let destination = check_destination(&state.destination).await;
+    let ready = mongodb.is_ok() && rabbitmq.is_ok() && folder.is_ok() && destination.is_ok();
     let show = |check: &Result<(), String>| match check {
         Ok(()) => "ok".to_owned(),
         Err(reason) => reason.clone(),
@@ -140,6 +144,7 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
             "mongodb": show(&mongodb),
             "rabbitmq": show(&rabbitmq),
             "outputFolder": show(&folder),
+            "destination": show(&destination),
         },
     }));
     let code = if ready {
@@ -148,6 +153,23 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, body)
+}
+
+/// A bucket answers one look within the bound (the folder is checked as
+/// the output folder).
+async fn check_destination(destination: &Destination) -> Result<(), String> {
+    let Destination::Bucket(bucket) = destination else {
+        return Ok(());
+    };
+    match tokio::time::timeout(PING_TIMEOUT, bucket.check()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!(
+            "{}: no answer within {} s",
+            bucket.url(),
+            PING_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {

@@ -18,15 +18,23 @@
 //! | `esr_consumer_attached` | gauge | |
 //! | `esr_output_folder_errors_total` | counter | `error` (errno name: `ENOSPC`, `EROFS`, `EMFILE`, ...) |
 //! | `esr_output_folder_writable` | gauge | |
+//! | `esr_destination_uploads_total` | counter | `destination` (`file`, `s3`), `outcome` (`created`, `kept`, `failed`) |
+//! | `esr_destination_upload_bytes_total` | counter | `destination` |
+//! | `esr_destination_failures_total` | counter | `destination`, `kind` (`timeout`, `transient`, `permanent`, `occupied`) |
+//! | `esr_destination_upload_duration_seconds` | histogram | `destination` |
 
 use std::sync::OnceLock;
 
 use metrics::{counter, gauge};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::{RunStatus, RunSummary};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// Upload durations, seconds: a manifest takes milliseconds, a large file
+/// over a slow link minutes.
+const UPLOAD_SECONDS_BUCKETS: [f64; 10] = [0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0, 30.0, 120.0];
 
 /// Installs the process-wide Prometheus recorder (once) and returns the
 /// handle `/metrics` renders.
@@ -34,7 +42,11 @@ pub fn install() -> PrometheusHandle {
     HANDLE
         .get_or_init(|| {
             let handle = PrometheusBuilder::new()
-                .install_recorder()
+                .set_buckets_for_metric(
+                    Matcher::Full("esr_destination_upload_duration_seconds".to_owned()),
+                    &UPLOAD_SECONDS_BUCKETS,
+                )
+                .and_then(PrometheusBuilder::install_recorder)
                 .unwrap_or_else(|err| {
                     tracing::error!(error = %err, "cannot install the metrics recorder; /metrics stays empty");
                     PrometheusBuilder::new().build_recorder().handle()
@@ -45,97 +57,125 @@ pub fn install() -> PrometheusHandle {
         .clone()
 }
 
-/// Every metric: name, whether it is a counter (else a gauge), HELP text.
-const HELP: [(&str, bool, &str); 16] = [
+/// What kind of metric a name is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+}
+
+/// Every metric: name, kind, HELP text.
+const HELP: [(&str, Kind, &str); 20] = [
     (
         "esr_export_runs_total",
-        true,
+        Kind::Counter,
         "Export attempts by deanery and outcome: completed, failed or skipped.",
     ),
     (
         "esr_records_exported_total",
-        true,
+        Kind::Counter,
         "Records written to a file and marked EXPORTED.",
     ),
     (
         "esr_records_rejected_total",
-        true,
+        Kind::Counter,
         "Records marked REJECTED with a reason.",
     ),
     (
         "esr_transaction_attempts_total",
-        true,
+        Kind::Counter,
         "MongoDB transaction attempts.",
     ),
     (
         "esr_write_conflicts_total",
-        true,
+        Kind::Counter,
         "MongoDB WriteConflicts (error 112) met and retried.",
     ),
     (
         "esr_retries_total",
-        true,
+        Kind::Counter,
         "Retries of any MongoDB operation.",
     ),
     (
         "esr_last_successful_run_timestamp_seconds",
-        false,
+        Kind::Gauge,
         "Unix time when the deanery's last export run completed.",
     ),
     (
         "esr_commands_total",
-        true,
+        Kind::Counter,
         "Command deliveries by how they were settled.",
     ),
     (
         "esr_commands_dead_lettered_total",
-        true,
+        Kind::Counter,
         "Commands sent to the dead-letter queue.",
     ),
     (
         "esr_schedule_slots_fired_total",
-        true,
+        Kind::Counter,
         "Schedule slots this replica fired.",
     ),
     (
         "esr_stuck_records",
-        false,
+        Kind::Gauge,
         "Records the last slot should have exported and did not.",
     ),
     (
         "esr_stuck_records_oldest_age_seconds",
-        false,
+        Kind::Gauge,
         "Age of the oldest stuck record.",
     ),
     (
         "esr_watchdog_catch_up_commands_total",
-        true,
+        Kind::Counter,
         "Catch-up commands the watchdog published.",
     ),
     (
         "esr_consumer_attached",
-        false,
+        Kind::Gauge,
         "1 while the command consumer is attached to its queue.",
     ),
     (
         "esr_output_folder_errors_total",
-        true,
+        Kind::Counter,
         "I/O errors met writing the output folder, by errno name.",
     ),
     (
         "esr_output_folder_writable",
-        false,
+        Kind::Gauge,
         "0 after an export failed to write the output folder, 1 after one published there.",
+    ),
+    (
+        "esr_destination_uploads_total",
+        Kind::Counter,
+        "Files and manifests published to the destination, by outcome: created, kept (found already published with the recorded hash) or failed.",
+    ),
+    (
+        "esr_destination_upload_bytes_total",
+        Kind::Counter,
+        "Bytes created at the destination.",
+    ),
+    (
+        "esr_destination_failures_total",
+        Kind::Counter,
+        "Destination operations that failed, by kind: timeout, transient, permanent or occupied (another object holds the name).",
+    ),
+    (
+        "esr_destination_upload_duration_seconds",
+        Kind::Histogram,
+        "Time to create one file at the destination.",
     ),
 ];
 
 /// The HELP text of every metric (the table above, in words).
 fn describe() {
-    for (name, is_counter, help) in HELP {
-        if is_counter {
-            metrics::describe_counter!(name, help);
-        } else {
-            metrics::describe_gauge!(name, help);
+    for (name, kind, help) in HELP {
+        match kind {
+            Kind::Counter => metrics::describe_counter!(name, help),
+            Kind::Gauge => metrics::describe_gauge!(name, help),
+            Kind::Histogram => metrics::describe_histogram!(name, help),
         }
     }
 }

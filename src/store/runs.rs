@@ -81,14 +81,28 @@ pub(crate) struct RunDoc {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct Publication {
-    /// Host whose output folder holds the file.
+    /// Host that published the file (whose output folder holds it, for
+    /// the folder destination).
     pub host: String,
-    /// The file's full path on that host.
+    /// Where the file is: its full path on that host, or its URL
+    /// (`s3://bucket/key`).
     pub path: String,
     /// SHA-256 of the published bytes.
     pub sha256: String,
     /// When the final name came to exist.
     pub(crate) published_at: DateTime,
+    /// The destination (`export.destination`; absent for the folder).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) destination: Option<String>,
+    /// The object key, for a bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) key: Option<String>,
+    /// The object's ETag, for a bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) etag: Option<String>,
+    /// The object's version, on a versioned bucket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) version: Option<String>,
 }
 
 impl RunDoc {

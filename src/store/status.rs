@@ -52,6 +52,8 @@ pub(crate) struct LatestRun {
     pub(crate) finished_at: Option<DateTime>,
     /// File name, if one was allocated.
     pub(crate) file_name: Option<String>,
+    /// Where the file was published (path or URL), once it was.
+    pub(crate) published_to: Option<String>,
     /// Records in the file.
     pub(crate) record_count: Option<i64>,
     /// Records rejected.
@@ -103,6 +105,11 @@ fn latest_run(row: &Document) -> LatestRun {
         started_at: time("startedAt"),
         finished_at: time("finishedAt"),
         file_name: text("fileName"),
+        published_to: run
+            .get_document("publication")
+            .ok()
+            .and_then(|p| p.get_str("path").ok())
+            .map(str::to_owned),
         record_count: int(run.get("recordCount")),
         rejected: int(run.get("rejected")),
         last_error: text("lastError"),

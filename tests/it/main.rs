@@ -2,6 +2,11 @@
 //! `ESR_TEST_MONGODB_URI` points elsewhere, e.g. a `mongod` replica set)
 //! and a real RabbitMQ on 127.0.0.1:5672.
 
+mod bucket;
+mod bucket_kills;
+#[path = "../support/bucket.rs"]
+mod bucket_store;
+mod bucket_support;
 mod cli;
 mod commands;
 mod crash;
@@ -16,6 +21,8 @@ mod ops;
 #[path = "../support/proxy.rs"]
 mod proxy;
 mod replicas;
+#[path = "../support/s3proxy.rs"]
+mod s3proxy;
 mod stalls;
 mod supervision;
 #[path = "../support/broker.rs"]

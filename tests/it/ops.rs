@@ -327,7 +327,7 @@ fn the_kubernetes_manifests_parse_and_probe_the_http_endpoints() {
             kinds.push(kind);
         }
     }
-    for kind in ["Deployment", "ConfigMap", "Secret", "PersistentVolumeClaim"] {
+    for kind in ["Deployment", "ConfigMap", "Secret", "ServiceAccount"] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
     }
 }

@@ -1,0 +1,147 @@
+//! `cargo bench --bench export -- --destination s3 [--records 100000]`:
+//! one deanery's run of N records exported to a folder, then (on a fresh
+//! seed of the same shape) to a bucket on the S3-compatible server at
+//! `--s3-endpoint` (moto from `scripts/services` by default); prints both
+//! times, the ratio, each peak RSS and the file's size, and checks every
+//! record is in the one object the bucket holds.
+
+use std::time::Instant;
+
+use anyhow::{bail, Context};
+use bson::{doc, Document};
+use mongodb::{Client, Collection};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::common::{export_all_with, prepare, record, ExportRun};
+
+/// The deanery the single run exports.
+const DEANERY: &str = "MER";
+
+/// Seeds `n` records of one deanery.
+async fn seed_one(records: &Collection<Document>, n: usize) -> anyhow::Result<()> {
+    let mut batch = Vec::with_capacity(10_000);
+    for i in 0..n {
+        batch.push(record(DEANERY, i));
+        if batch.len() == 10_000 {
+            records.insert_many(std::mem::take(&mut batch)).await?;
+        }
+    }
+    if !batch.is_empty() {
+        records.insert_many(batch).await?;
+    }
+    Ok(())
+}
+
+/// Creates a bucket with a plain `PUT /bucket` (moto needs no signature).
+async fn create_bucket(endpoint: &str, bucket: &str) -> anyhow::Result<()> {
+    let host = endpoint.trim_start_matches("http://");
+    let mut stream = tokio::net::TcpStream::connect(host)
+        .await
+        .with_context(|| format!("no S3-compatible server at {endpoint} (run scripts/services)"))?;
+    let request = format!(
+        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await?;
+    if !response.starts_with("HTTP/1.1 200") {
+        bail!(
+            "creating bucket {bucket}: {}",
+            response.lines().next().unwrap_or("")
+        );
+    }
+    Ok(())
+}
+
+/// One export of N records of one deanery; `env` names the destination.
+async fn one_run(
+    uri: &str,
+    client: &Client,
+    n: usize,
+    chunk: u32,
+    env: &[(String, String)],
+) -> anyhow::Result<(ExportRun, u64)> {
+    let db_name = format!(
+        "esr_bench_s3_{}_{}",
+        std::process::id(),
+        Instant::now().elapsed().as_nanos()
+    );
+    let db_name = format!("{db_name}_{}", uuid::Uuid::new_v4().simple());
+    let records = client
+        .database(&db_name)
+        .collection::<Document>("generatedAppRecords");
+    prepare(uri, &db_name).await?;
+    seed_one(&records, n).await?;
+    let dir = tempfile::tempdir()?;
+    let run = export_all_with(uri, &db_name, dir.path(), chunk, env).await?;
+    let exported = records.count_documents(doc! {"status": "EXPORTED"}).await?;
+    if exported != n as u64 || run.exported != n as u64 {
+        bail!(
+            "{exported} of {n} records EXPORTED ({} reported)",
+            run.exported
+        );
+    }
+    let runs = client
+        .database(&db_name)
+        .collection::<Document>("exportRuns");
+    let run_doc = runs.find_one(doc! {}).await?.context("no run document")?;
+    let size = run_doc
+        .get_document("publication")
+        .ok()
+        .and_then(|p| p.get_str("path").ok())
+        .map(str::to_owned);
+    client.database(&db_name).drop().await?;
+    let bytes = match size {
+        Some(path) if path.starts_with('/') => {
+            std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0)
+        }
+        _ => 0,
+    };
+    Ok((run, bytes))
+}
+
+/// Folder against bucket, printed.
+pub async fn compare(
+    uri: &str,
+    client: &Client,
+    n: usize,
+    chunk: u32,
+    endpoint: &str,
+) -> anyhow::Result<()> {
+    println!("one run of {n} records ({DEANERY}), folder against bucket ({endpoint})");
+    let (folder, bytes) = one_run(uri, client, n, chunk, &[]).await?;
+    let bucket = format!(
+        "esr-bench-{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..12]
+    );
+    create_bucket(endpoint, &bucket).await?;
+    let env: Vec<(String, String)> = [
+        ("ESR_EXPORT__DESTINATION", format!("s3://{bucket}/app")),
+        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
+        ("AWS_ALLOW_HTTP", "true".to_owned()),
+        ("AWS_ACCESS_KEY_ID", "bench".to_owned()),
+        ("AWS_SECRET_ACCESS_KEY", "bench".to_owned()),
+        ("AWS_REGION", "us-east-1".to_owned()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    let (to_bucket, _) = one_run(uri, client, n, chunk, &env).await?;
+    let mib = |kib: u64| kib as f64 / 1024.0;
+    println!(
+        "folder:  {:.2} s, peak RSS {:.1} MiB, file {:.1} MiB",
+        folder.wall.as_secs_f64(),
+        mib(folder.peak_rss_kib),
+        bytes as f64 / 1_048_576.0
+    );
+    println!(
+        "bucket:  {:.2} s, peak RSS {:.1} MiB",
+        to_bucket.wall.as_secs_f64(),
+        mib(to_bucket.peak_rss_kib)
+    );
+    println!(
+        "ratio bucket time / folder time: {:.2}",
+        to_bucket.wall.as_secs_f64() / folder.wall.as_secs_f64()
+    );
+    Ok(())
+}

@@ -1,0 +1,85 @@
+//! What must hold before the daemon takes work: MongoDB's indexes exist,
+//! and the destination has proved it refuses a second create of a name.
+//! A dependency briefly away at start is waited for with backoff (and
+//! `/readyz` says so meanwhile); a permanent refusal stops the daemon.
+
+use std::future::Future;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::config::Settings;
+use crate::destination::Destination;
+use crate::shutdown::Shutdown;
+use crate::store::Store;
+
+/// Creates the indexes, then probes the destination. False if shutdown
+/// came first.
+///
+/// # Errors
+/// A permanent error of either: an index name taken by other keys, no
+/// permission, a store that accepts a second create, a missing bucket.
+pub(super) async fn prepare(
+    settings: &Settings,
+    store: &Store,
+    destination: &Destination,
+    shutdown: &mut Shutdown,
+) -> anyhow::Result<bool> {
+    let indexed = until_done(
+        settings,
+        shutdown,
+        "MongoDB",
+        || store.ensure_indexes(),
+        |e| e.is_transient(),
+    )
+    .await
+    .context("Failed to prepare MongoDB's indexes")?;
+    if !indexed {
+        return Ok(false);
+    }
+    let probed = until_done(
+        settings,
+        shutdown,
+        "the destination",
+        || destination.probe(),
+        |e| e.is_transient(),
+    )
+    .await?;
+    if probed {
+        if let Destination::Bucket(bucket) = destination {
+            tracing::info!(destination = %bucket.url(), "destination refuses a second create of a name (probe passed)");
+        }
+    }
+    Ok(probed)
+}
+
+/// Runs `op` until it succeeds, retrying transient failures with the
+/// reconnect backoff until shutdown. False if shutdown came first.
+async fn until_done<E, F, Fut>(
+    settings: &Settings,
+    shutdown: &mut Shutdown,
+    what: &str,
+    mut op: F,
+    is_transient: impl Fn(&E) -> bool,
+) -> Result<bool, E>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<(), E>>,
+{
+    let mut backoff = settings.amqp.reconnect_backoff();
+    loop {
+        match op().await {
+            Ok(()) => return Ok(true),
+            Err(err) if !is_transient(&err) => return Err(err),
+            Err(err) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(30));
+                tracing::error!(error = %err, delay_ms = delay.as_millis() as u64, "{what} unavailable at start; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.recv() => return Ok(false),
+                }
+            }
+        }
+    }
+}

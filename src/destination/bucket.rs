@@ -1,0 +1,349 @@
+//! An S3-compatible bucket (the `object_store` crate): every name created
+//! only if absent (`If-None-Match: *`), large files uploaded in parts to a
+//! temporary key and finished with a conditional multipart copy, names
+//! looked up by size, ETag and SHA-256 read back.
+
+use std::path::Path as LocalPath;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use object_store::aws::S3CopyIfNotExists;
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
+use object_store::path::Path;
+use object_store::{ClientConfigKey, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
+use sha2::{Digest, Sha256};
+
+use super::error::{DestinationError, FailureKind};
+use super::retry::RequestPolicy;
+use super::{Created, Found};
+use crate::config::S3Settings;
+use crate::domain::DestinationUrl;
+
+/// A bucket and key prefix, with the request policy of `[s3]`.
+#[derive(Debug, Clone)]
+pub struct Bucket {
+    store: Arc<AmazonS3>,
+    prefix: String,
+    url: String,
+    policy: RequestPolicy,
+    multipart_threshold: u64,
+    part_size: usize,
+}
+
+impl Bucket {
+    /// A client for `s3://bucket/prefix`, configured from the standard AWS
+    /// environment (endpoint, region, credentials, `AWS_ALLOW_HTTP`).
+    /// Nothing is sent until the first operation.
+    ///
+    /// # Errors
+    /// When the environment cannot configure a client (a permanent failure).
+    pub fn open(bucket: &str, prefix: &str, s3: &S3Settings) -> Result<Self, DestinationError> {
+        let url = DestinationUrl::S3 {
+            bucket: bucket.to_owned(),
+            prefix: prefix.to_owned(),
+        }
+        .to_string();
+        let client = |key| AmazonS3ConfigKey::Client(key);
+        let store = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
+            // Our own policy retries, bounded and logged; the client's is off.
+            .with_retry(RetryConfig {
+                max_retries: 0,
+                ..RetryConfig::default()
+            })
+            .with_config(
+                client(ClientConfigKey::Timeout),
+                format!("{}ms", s3.request_timeout_ms),
+            )
+            .with_config(
+                client(ClientConfigKey::ConnectTimeout),
+                format!("{}ms", s3.connect_timeout_ms),
+            )
+            .build()
+            .map_err(|err| DestinationError::from_store(&url, "configure", "", &err))?;
+        Ok(Self {
+            store: Arc::new(store),
+            prefix: prefix.to_owned(),
+            url,
+            policy: RequestPolicy::from_settings(s3),
+            multipart_threshold: s3.multipart_threshold_bytes,
+            part_size: s3.part_size_bytes as usize,
+        })
+    }
+
+    /// `s3://bucket/prefix`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The object key of a file name.
+    pub fn key(&self, name: &str) -> String {
+        DestinationUrl::key_of(&self.prefix, name)
+    }
+
+    fn path(&self, name: &str) -> Path {
+        Path::from(self.key(name))
+    }
+
+    fn fail(&self, op: &'static str, name: &str, err: &object_store::Error) -> DestinationError {
+        DestinationError::from_store(&self.url, op, &self.key(name), err)
+    }
+
+    async fn request<T, F, Fut>(
+        &self,
+        op: &'static str,
+        name: &str,
+        bound: Duration,
+        try_once: F,
+    ) -> Result<T, DestinationError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, DestinationError>>,
+    {
+        let key = self.key(name);
+        self.policy
+            .run((&self.url, op, &key), bound, try_once)
+            .await
+    }
+
+    /// One look at the bucket, no retry: a HEAD of a name that is never
+    /// created answers 404 when the store is reachable and the
+    /// credentials may read the prefix.
+    ///
+    /// # Errors
+    /// What that look met.
+    pub async fn check(&self) -> Result<(), DestinationError> {
+        let name = ".esr-exporter-readiness";
+        match self.store.head(&self.path(name)).await {
+            Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(err) => Err(self.fail("check", name, &err)),
+        }
+    }
+
+    /// What the name holds: size, ETag and version; `None` when absent.
+    ///
+    /// # Errors
+    /// When the store fails beyond the policy.
+    pub async fn lookup(&self, name: &str) -> Result<Option<Found>, DestinationError> {
+        let path = self.path(name);
+        let found = self
+            .request("head", name, self.policy.timeout, || async {
+                match self.store.head(&path).await {
+                    Ok(meta) => Ok(Some(meta)),
+                    Err(object_store::Error::NotFound { .. }) => Ok(None),
+                    Err(err) => Err(self.fail("head", name, &err)),
+                }
+            })
+            .await?;
+        Ok(found.map(|meta| Found {
+            size: meta.size,
+            etag: meta.e_tag,
+            version: meta.version,
+        }))
+    }
+
+    /// The SHA-256 of the object's bytes, read back; `None` when absent.
+    ///
+    /// # Errors
+    /// When the store fails beyond the policy.
+    pub async fn sha256(&self, name: &str) -> Result<Option<String>, DestinationError> {
+        let path = self.path(name);
+        self.request("read", name, self.policy.timeout * 4, || async {
+            let result = match self.store.get(&path).await {
+                Ok(result) => result,
+                Err(object_store::Error::NotFound { .. }) => return Ok(None),
+                Err(err) => return Err(self.fail("read", name, &err)),
+            };
+            let mut stream = result.into_stream();
+            let mut hasher = Sha256::new();
+            while let Some(chunk) = stream.next().await {
+                hasher.update(chunk.map_err(|err| self.fail("read", name, &err))?);
+            }
+            Ok(Some(hex::encode(hasher.finalize())))
+        })
+        .await
+    }
+
+    /// The object's bytes, for a small object such as a manifest.
+    ///
+    /// # Errors
+    /// When the store fails beyond the policy.
+    pub async fn read_small(&self, name: &str) -> Result<Option<Bytes>, DestinationError> {
+        let path = self.path(name);
+        self.request("read", name, self.policy.timeout, || async {
+            match self.store.get(&path).await {
+                Ok(result) => result
+                    .bytes()
+                    .await
+                    .map(Some)
+                    .map_err(|err| self.fail("read", name, &err)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(err) => Err(self.fail("read", name, &err)),
+            }
+        })
+        .await
+    }
+
+    /// Creates the name with these bytes only if nothing is there.
+    ///
+    /// # Errors
+    /// [`FailureKind::Occupied`] when the name exists; others as classified.
+    pub async fn create_bytes(
+        &self,
+        name: &str,
+        bytes: Bytes,
+    ) -> Result<Created, DestinationError> {
+        let path = self.path(name);
+        let size = bytes.len() as u64;
+        let put = self
+            .request("create", name, self.policy.timeout, || async {
+                let payload = PutPayload::from_bytes(bytes.clone());
+                let opts = PutOptions::from(PutMode::Create);
+                self.store
+                    .put_opts(&path, payload, opts)
+                    .await
+                    .map_err(|err| self.fail("create", name, &err))
+            })
+            .await?;
+        Ok(Created {
+            etag: put.e_tag,
+            version: put.version,
+            size,
+        })
+    }
+
+    /// Creates the name from a local file only if nothing is there: in one
+    /// request up to `s3.multipart_threshold_bytes`, else in parts.
+    ///
+    /// # Errors
+    /// [`FailureKind::Occupied`] when the name exists; others as classified.
+    pub async fn create_from_file(
+        &self,
+        name: &str,
+        file: &LocalPath,
+    ) -> Result<Created, DestinationError> {
+        let size = std::fs::metadata(file)
+            .map_err(|err| self.local_error(name, file, &err))?
+            .len();
+        if size <= self.multipart_threshold {
+            let bytes = tokio::fs::read(file)
+                .await
+                .map_err(|err| self.local_error(name, file, &err))?;
+            return self.create_bytes(name, Bytes::from(bytes)).await;
+        }
+        let temp = format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple());
+        self.upload_parts(&temp, file, size).await?;
+        let copied = self.copy_if_absent(&temp, name).await;
+        if let Err(err) = self.delete(&temp).await {
+            tracing::warn!(destination = %self.url, key = %self.key(&temp), error = %err, "could not remove a temporary object; the next run of the deanery removes it");
+        }
+        copied?;
+        let found = self.lookup(name).await?.unwrap_or(Found {
+            size,
+            etag: None,
+            version: None,
+        });
+        Ok(Created {
+            etag: found.etag,
+            version: found.version,
+            size,
+        })
+    }
+
+    fn local_error(&self, name: &str, file: &LocalPath, err: &std::io::Error) -> DestinationError {
+        let detail = format!("cannot read the staged file {}: {err}", file.display());
+        DestinationError::new(
+            FailureKind::Transient,
+            &self.url,
+            "create",
+            &self.key(name),
+            detail,
+        )
+    }
+
+    /// Uploads the file in parts under a temporary name (unconditional:
+    /// the crate sends no condition on a multipart completion), one part
+    /// in flight while the next is read, so memory holds two parts.
+    async fn upload_parts(
+        &self,
+        temp: &str,
+        file: &LocalPath,
+        size: u64,
+    ) -> Result<(), DestinationError> {
+        let parts = size / self.part_size as u64 + 2;
+        let bound = self.policy.timeout * u32::try_from(parts).unwrap_or(u32::MAX);
+        self.request("upload", temp, bound, || async {
+            super::multipart::upload(self.store.as_ref(), &self.path(temp), file, self.part_size)
+                .await
+                .map_err(|err| match err {
+                    super::multipart::UploadError::Store(err) => self.fail("upload", temp, &err),
+                    super::multipart::UploadError::Local(err) => self.local_error(temp, file, &err),
+                })
+        })
+        .await
+    }
+
+    /// Copies `from` to `to` only if `to` is absent: a multipart copy
+    /// completed with `If-None-Match: *`.
+    pub(crate) async fn copy_if_absent(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<(), DestinationError> {
+        let (from_path, to_path) = (self.path(from), self.path(to));
+        self.request("create", to, self.policy.timeout * 2, || async {
+            self.store
+                .copy_if_not_exists(&from_path, &to_path)
+                .await
+                .map_err(|err| self.fail("create", to, &err))
+        })
+        .await
+    }
+
+    /// Removes the name (absent is fine).
+    ///
+    /// # Errors
+    /// When the store fails beyond the policy.
+    pub async fn delete(&self, name: &str) -> Result<(), DestinationError> {
+        let path = self.path(name);
+        self.request("delete", name, self.policy.timeout, || async {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+                Err(err) => Err(self.fail("delete", name, &err)),
+            }
+        })
+        .await
+    }
+
+    /// Removes temporary objects (`.<name_prefix>….tmp`) a killed process
+    /// left under the prefix. Only safe while holding the deanery's lease.
+    ///
+    /// # Errors
+    /// When the store fails beyond the policy.
+    pub async fn remove_temporaries(&self, name_prefix: &str) -> Result<usize, DestinationError> {
+        let dir = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+        let wanted = format!(".{name_prefix}");
+        let listing = self
+            .request("list", "", self.policy.timeout * 4, || async {
+                self.store
+                    .list_with_delimiter(dir.as_ref())
+                    .await
+                    .map_err(|err| self.fail("list", "", &err))
+            })
+            .await?;
+        let mut removed = 0;
+        for meta in listing.objects {
+            let name = meta.location.filename().unwrap_or_default().to_owned();
+            if name.starts_with(&wanted) && name.ends_with(".tmp") {
+                self.delete(&name).await?;
+                tracing::info!(destination = %self.url, key = %meta.location, "removed a temporary object left by an interrupted run");
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+}

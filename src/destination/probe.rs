@@ -1,0 +1,57 @@
+//! The start-up proof that a bucket refuses a second create of a name:
+//! some S3-compatible servers accept `If-None-Match: *` and ignore it, and
+//! on such a store two replicas could each write the same file. A probe
+//! object under the prefix is created twice (plain put, then the
+//! multipart copy large files use), then deleted.
+
+use bytes::Bytes;
+
+use super::bucket::Bucket;
+use super::error::{DestinationError, FailureKind};
+
+/// Proves the bucket refuses to create a name twice, both ways names are
+/// created, and cleans up after itself.
+///
+/// # Errors
+/// [`FailureKind::Permanent`] when the store accepted a second create;
+/// otherwise the failure met (403, missing bucket, timeout, ...).
+pub(crate) async fn probe(bucket: &Bucket) -> Result<(), DestinationError> {
+    let name = format!(".esr-exporter-probe-{}", uuid::Uuid::new_v4().simple());
+    let copy = format!("{name}.copy");
+    let proven = prove(bucket, &name, &copy).await;
+    for leftover in [&name, &copy] {
+        if let Err(err) = bucket.delete(leftover).await {
+            tracing::warn!(destination = %bucket.url(), key = %bucket.key(leftover), error = %err, "could not remove the probe object");
+        }
+    }
+    proven
+}
+
+async fn prove(bucket: &Bucket, name: &str, copy: &str) -> Result<(), DestinationError> {
+    let body = Bytes::from_static(b"esr-exporter: proves this store refuses a second create\n");
+    bucket.create_bytes(name, body.clone()).await?;
+    refused_again(bucket, name, bucket.create_bytes(name, body).await)?;
+    bucket.copy_if_absent(name, copy).await?;
+    refused_again(bucket, copy, bucket.copy_if_absent(name, copy).await)
+}
+
+/// The second create must have been refused as occupied.
+fn refused_again<T>(
+    bucket: &Bucket,
+    name: &str,
+    second: Result<T, DestinationError>,
+) -> Result<(), DestinationError> {
+    match second {
+        Err(err) if err.kind == FailureKind::Occupied => Ok(()),
+        Err(err) => Err(err),
+        Ok(_) => Err(DestinationError::new(
+            FailureKind::Permanent,
+            bucket.url(),
+            "probe",
+            &bucket.key(name),
+            "the store accepted a second create of the same name: it ignores \
+             If-None-Match: *, so it cannot guarantee a file is delivered once \
+             (refused; use a store that honours conditional writes)",
+        )),
+    }
+}

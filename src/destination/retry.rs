@@ -1,0 +1,174 @@
+//! One bounded, logged policy for every request to a store: each try is
+//! bounded by a deadline; a timeout ends the operation at once; 5xx, 429
+//! and 409 are retried with exponential backoff and jitter, bounded by
+//! tries and elapsed time, each retry logged at WARN.
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use backon::BackoffBuilder;
+
+use super::error::{DestinationError, FailureKind};
+use crate::config::S3Settings;
+
+/// The policy, from `[s3]`.
+#[derive(Debug, Clone)]
+pub(crate) struct RequestPolicy {
+    min_delay: Duration,
+    max_delay: Duration,
+    max_attempts: u32,
+    max_elapsed: Duration,
+    /// Deadline of one try (one request).
+    pub(crate) timeout: Duration,
+}
+
+impl RequestPolicy {
+    pub(crate) fn from_settings(s3: &S3Settings) -> Self {
+        Self {
+            min_delay: Duration::from_millis(s3.min_delay_ms),
+            max_delay: Duration::from_millis(s3.max_delay_ms),
+            max_attempts: s3.max_attempts.max(1),
+            max_elapsed: Duration::from_millis(s3.max_elapsed_ms),
+            timeout: s3.request_timeout(),
+        }
+    }
+
+    fn backoff(&self) -> impl Iterator<Item = Duration> {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(self.min_delay)
+            .with_max_delay(self.max_delay)
+            .with_max_times(self.max_attempts.saturating_sub(1) as usize)
+            .with_jitter()
+            .build()
+    }
+
+    /// Runs `try_once` until it succeeds, fails for good, or the policy
+    /// is spent. `bound` is the deadline of one try (a multipart upload
+    /// gets one per part). Failures are classified by `failure`.
+    pub(crate) async fn run<T, F, Fut>(
+        &self,
+        what: (&str, &'static str, &str),
+        bound: Duration,
+        mut try_once: F,
+    ) -> Result<T, DestinationError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, DestinationError>>,
+    {
+        let (destination, op, key) = what;
+        let started = Instant::now();
+        let mut delays = self.backoff();
+        let mut attempt = 1u32;
+        loop {
+            let result = match tokio::time::timeout(bound, try_once()).await {
+                Ok(result) => result,
+                Err(_) => Err(DestinationError::timed_out(destination, op, key, bound)),
+            };
+            let err = match result {
+                Err(err) if err.kind == FailureKind::Transient => err,
+                other => return other,
+            };
+            let Some(delay) = delays
+                .next()
+                .filter(|d| started.elapsed() + *d < self.max_elapsed)
+            else {
+                return Err(err);
+            };
+            tracing::warn!(
+                destination = %destination, op, key = %key, attempt,
+                delay_ms = delay.as_millis() as u64, error = %err.detail,
+                "destination request failed; retrying"
+            );
+            tokio::time::sleep(delay).await;
+            attempt += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    use super::*;
+
+    fn policy(max_attempts: u32) -> RequestPolicy {
+        RequestPolicy {
+            min_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            max_attempts,
+            max_elapsed: Duration::from_secs(10),
+            timeout: Duration::from_millis(50),
+        }
+    }
+
+    fn failure(kind: FailureKind) -> DestinationError {
+        DestinationError::new(kind, "s3://b", "create", "k", "x")
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_until_the_tries_are_spent() {
+        let tries = AtomicU32::new(0);
+        let result: Result<(), _> = policy(4)
+            .run(
+                ("s3://b", "create", "k"),
+                Duration::from_secs(1),
+                || async {
+                    tries.fetch_add(1, Ordering::SeqCst);
+                    Err(failure(FailureKind::Transient))
+                },
+            )
+            .await;
+        assert!(result.unwrap_err().is_transient());
+        assert_eq!(tries.load(Ordering::SeqCst), 4);
+    }
+
+    #[tokio::test]
+    async fn permanent_failures_and_timeouts_are_not_retried() {
+        for kind in [FailureKind::Permanent, FailureKind::Occupied] {
+            let tries = AtomicU32::new(0);
+            let result: Result<(), _> = policy(4)
+                .run(
+                    ("s3://b", "create", "k"),
+                    Duration::from_secs(1),
+                    || async {
+                        tries.fetch_add(1, Ordering::SeqCst);
+                        Err(failure(kind))
+                    },
+                )
+                .await;
+            assert_eq!(result.unwrap_err().kind, kind);
+            assert_eq!(tries.load(Ordering::SeqCst), 1);
+        }
+        let tries = AtomicU32::new(0);
+        let result: Result<(), _> = policy(4)
+            .run(
+                ("s3://b", "head", "k"),
+                Duration::from_millis(20),
+                || async {
+                    tries.fetch_add(1, Ordering::SeqCst);
+                    std::future::pending::<Result<(), DestinationError>>().await
+                },
+            )
+            .await;
+        assert_eq!(result.unwrap_err().kind, FailureKind::Timeout);
+        assert_eq!(tries.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_transient_failure_then_success_succeeds() {
+        let tries = AtomicU32::new(0);
+        let result = policy(4)
+            .run(
+                ("s3://b", "create", "k"),
+                Duration::from_secs(1),
+                || async {
+                    match tries.fetch_add(1, Ordering::SeqCst) {
+                        0 => Err(failure(FailureKind::Transient)),
+                        _ => Ok(7),
+                    }
+                },
+            )
+            .await;
+        assert_eq!(result.unwrap(), 7);
+    }
+}

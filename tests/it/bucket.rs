@@ -1,0 +1,264 @@
+//! The bucket destination against a real S3-compatible server: files
+//! delivered once (also by two replicas on one bucket), the publication
+//! recorded, foreign objects refused, a store that ignores the condition
+//! refused at start, and the store's faults: a black hole, 503, 403, a
+//! missing bucket.
+
+use std::time::{Duration, Instant};
+
+use bson::doc;
+
+use crate::bucket_support::{
+    assert_delivered_once, bucket_env, pairs, s3_endpoint, TestBucket, PREFIX,
+};
+use crate::helpers::{run_binary, spawn_app, spawn_app_with, TestApp};
+use crate::s3proxy::{Action, Rule, S3Proxy};
+
+async fn export(app: &TestApp, env: &[(String, String)], code: &str) -> std::process::Output {
+    run_binary(app, &["export", "--deanery", code], &pairs(env)).await
+}
+
+fn summary(output: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().next().unwrap_or("null")).unwrap()
+}
+
+fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[tokio::test]
+async fn a_run_publishes_manifest_and_file_to_the_bucket_and_records_where() {
+    let (app, bucket) = (spawn_app().await, TestBucket::create().await);
+    let ids = app.seed("MER", 40).await;
+    let env = bucket_env(&bucket.destination(), &s3_endpoint());
+    let output = export(&app, &env, "MER").await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_delivered_once(&app, &bucket, &ids).await;
+    let summary = summary(&output);
+    let file = summary["file"].as_str().unwrap();
+    let url = format!("s3://{}/{PREFIX}/{file}", bucket.name);
+    assert_eq!(summary["publishedTo"], url.as_str());
+    let run = app
+        .db
+        .collection::<bson::Document>("exportRuns")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    let publication = run.get_document("publication").unwrap();
+    assert_eq!(
+        publication.get_str("destination").unwrap(),
+        bucket.destination()
+    );
+    assert_eq!(
+        publication.get_str("key").unwrap(),
+        format!("{PREFIX}/{file}")
+    );
+    assert_eq!(
+        publication.get_str("sha256").unwrap(),
+        run.get_str("sha256").unwrap()
+    );
+    assert!(!publication.get_str("etag").unwrap().is_empty());
+    assert!(
+        crate::helpers::list(&app.export_dir()).is_empty(),
+        "nothing is left in the staging folder: {:?}",
+        crate::helpers::list(&app.export_dir())
+    );
+    let everything = format!(
+        "{}{}{run}",
+        stderr(&output),
+        String::from_utf8_lossy(&output.stdout)
+    );
+    assert!(
+        !everything.contains("test-secret-never-printed"),
+        "credentials leaked"
+    );
+}
+
+#[tokio::test]
+async fn check_config_proves_the_bucket_and_never_prints_the_credentials() {
+    let (app, bucket) = (spawn_app().await, TestBucket::create().await);
+    let env = bucket_env(&bucket.destination(), &s3_endpoint());
+    let output = run_binary(&app, &["check-config"], &pairs(&env)).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("probe passed"),
+        "{}",
+        stderr(&output)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains(&bucket.destination()), "{stdout}");
+    assert!(!format!("{stdout}{}", stderr(&output)).contains("test-secret-never-printed"));
+    bucket.assert_only_published().await;
+    assert!(
+        bucket.objects().await.is_empty(),
+        "the probe deletes its objects"
+    );
+}
+
+#[tokio::test]
+async fn two_replicas_with_their_own_staging_folders_deliver_each_file_once() {
+    let bucket = TestBucket::create().await;
+    let app = spawn_app().await;
+    let other_dir = tempfile::tempdir().unwrap();
+    let other_dir = other_dir.path().display().to_string();
+    let env = bucket_env(&bucket.destination(), &s3_endpoint());
+    let mut env_b = env.clone();
+    env_b.push(("ESR_EXPORT__OUTPUT_DIR".to_owned(), other_dir));
+    let mut ids = Vec::new();
+    for round in 0..4 {
+        for code in ["MER", "EOE", "LDN"] {
+            ids.extend(app.seed(code, 30 + round).await);
+        }
+        let (pairs_a, pairs_b) = (pairs(&env), pairs(&env_b));
+        let a = run_binary(&app, &["export", "--all"], &pairs_a);
+        let b = run_binary(&app, &["export", "--all"], &pairs_b);
+        let (a, b) = tokio::join!(a, b);
+        for output in [&a, &b] {
+            let text = String::from_utf8_lossy(&output.stdout);
+            assert!(!text.contains("\"failed\""), "{text}\n{}", stderr(output));
+        }
+        // A deanery skipped by one replica while the other held its lease
+        // is finished by either on the next round.
+    }
+    for env in [&env, &env_b] {
+        let output = run_binary(&app, &["export", "--all"], &pairs(env)).await;
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    assert_delivered_once(&app, &bucket, &ids).await;
+}
+
+#[tokio::test]
+async fn an_object_someone_else_put_under_the_name_is_refused_and_nothing_is_marked() {
+    let (app, bucket) = (spawn_app().await, TestBucket::create().await);
+    let ids = app.seed("MER", 10).await;
+    let today = chrono::Utc::now().format("%Y%m%d");
+    let key = format!("{PREFIX}/DE_MER_APP_{today}_00001.DAT");
+    bucket.put(&key, b"someone else's file\r\n").await;
+    let env = bucket_env(&bucket.destination(), &s3_endpoint());
+    let output = export(&app, &env, "MER").await;
+    assert!(!output.status.success());
+    let log = stderr(&output);
+    assert!(log.contains("ERROR") && log.contains(&key), "{log}");
+    assert_eq!(
+        app.count(doc! {"status": "EXPORTED"}).await,
+        0,
+        "nothing marked"
+    );
+    assert_eq!(
+        bucket.objects().await[&key],
+        b"someone else's file\r\n",
+        "not written over"
+    );
+    // Moved away: the next attempt publishes the run's own file.
+    bucket.delete(&key).await;
+    bucket.delete(&format!("{key}.json")).await;
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let output = export(&app, &env, "MER").await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_delivered_once(&app, &bucket, &ids).await;
+}
+
+#[tokio::test]
+async fn a_store_that_ignores_if_none_match_is_refused_at_start_with_exit_2() {
+    let (app, bucket) = (spawn_app().await, TestBucket::create().await);
+    app.seed("MER", 5).await;
+    let proxy = S3Proxy::start(&s3_endpoint()).await;
+    proxy.add(Rule::new("", "", Action::StripHeader("if-none-match")));
+    let env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    for args in [&["check-config"][..], &["export", "--deanery", "MER"][..]] {
+        let output = run_binary(&app, args, &pairs(&env)).await;
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+        assert!(
+            stderr(&output).contains("accepted a second create"),
+            "{}",
+            stderr(&output)
+        );
+    }
+    assert_eq!(
+        app.count(doc! {"status": "TO_EXPORT"}).await,
+        5,
+        "nothing claimed"
+    );
+    assert!(bucket.dat_keys().await.is_empty());
+}
+
+#[tokio::test]
+async fn a_forbidden_or_missing_bucket_is_refused_with_exit_2() {
+    let app = spawn_app().await;
+    let proxy = S3Proxy::start(&s3_endpoint()).await;
+    proxy.add(Rule::new("", "", Action::Respond(403, "AccessDenied")));
+    let bucket = TestBucket::create().await;
+    let forbidden = bucket_env(&bucket.destination(), &proxy.endpoint());
+    let missing = bucket_env("s3://esr-no-such-bucket-here/app", &s3_endpoint());
+    for env in [forbidden, missing] {
+        let output = run_binary(&app, &["export", "--deanery", "MER"], &pairs(&env)).await;
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("s3://"),
+            "names the destination: {}",
+            stderr(&output)
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_black_holed_store_fails_the_attempt_within_the_bound_naming_the_destination() {
+    let (app, bucket) = (spawn_app().await, TestBucket::create().await);
+    app.seed("MER", 5).await;
+    let proxy = S3Proxy::start(&s3_endpoint()).await;
+    let held = proxy.add(Rule::new("PUT", ".DAT", Action::HoldBefore));
+    let mut env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    env.push(("ESR_S3__REQUEST_TIMEOUT_MS".to_owned(), "1500".to_owned()));
+    let started = Instant::now();
+    let output = export(&app, &env, "MER").await;
+    let took = started.elapsed();
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    assert!(held.matched() >= 1);
+    assert!(took < Duration::from_secs(12), "bounded: {took:?}");
+    let summary = summary(&output);
+    let error = summary["error"].as_str().unwrap();
+    assert!(
+        error.contains(&bucket.destination()) && error.contains("no answer within 1500 ms"),
+        "{error}"
+    );
+    assert_eq!(app.count(doc! {"status": "EXPORTED"}).await, 0);
+}
+
+#[tokio::test]
+async fn slow_down_503_429_and_409_conflict_answers_are_retried_and_logged() {
+    let app = spawn_app_with(&[("ESR_LOG__LEVEL", "warn")]).await;
+    let bucket = TestBucket::create().await;
+    let ids = app.seed("MER", 5).await;
+    let proxy = S3Proxy::start(&s3_endpoint()).await;
+    let answers = [
+        (503, "SlowDown"),
+        (500, "InternalError"),
+        (429, "TooManyRequests"),
+        (409, "ConditionalRequestConflict"),
+    ];
+    let rules: Vec<Rule> = answers
+        .iter()
+        .map(|&(status, code)| {
+            proxy.add(Rule::new("PUT", ".DAT", Action::Respond(status, code)).times(1))
+        })
+        .collect();
+    let env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    let output = export(&app, &env, "MER").await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(
+        rules.iter().all(|rule| rule.matched() >= 1),
+        "every answer was given"
+    );
+    let retries = stderr(&output)
+        .matches("destination request failed; retrying")
+        .count();
+    assert_eq!(retries, answers.len(), "{}", stderr(&output));
+    assert_delivered_once(&app, &bucket, &ids).await;
+}

@@ -1,0 +1,147 @@
+//! The binary killed with SIGKILL at each step of a publication to a
+//! bucket, held there by a proxy that withholds one request or its reply:
+//! after the manifest, during a multipart upload, after the `.DAT` (before
+//! the publication is recorded), and after a multipart copy created the
+//! `.DAT` (its temporary object not yet removed). The next run, on another
+//! staging folder (another host), delivers every record exactly once.
+
+use std::time::Duration;
+
+use bson::oid::ObjectId;
+
+use crate::bucket_support::{assert_delivered_once, bucket_env, pairs, s3_endpoint, TestBucket};
+use crate::helpers::{binary, run_binary, spawn_app, TestApp};
+use crate::s3proxy::{Action, Rule, S3Proxy};
+
+/// Records big enough for a file of more than one 5 MiB part.
+const MULTIPART_RECORDS: usize = 45_000;
+
+fn multipart_env(env: &mut Vec<(String, String)>) {
+    for (key, value) in [
+        ("ESR_S3__MULTIPART_THRESHOLD_BYTES", "5242880"),
+        ("ESR_S3__PART_SIZE_BYTES", "5242880"),
+        ("ESR_S3__REQUEST_TIMEOUT_MS", "30000"),
+        ("ESR_EXPORT__CHUNK_SIZE", "5000"),
+    ] {
+        env.push((key.to_owned(), value.to_owned()));
+    }
+}
+
+/// Runs `export` through the proxy until `rule` has caught a request and
+/// `ready` holds, then SIGKILLs it.
+async fn kill_at<F, Fut>(app: &TestApp, env: &[(String, String)], rule: &Rule, ready: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let mut child = binary(app, &["export", "--deanery", "MER"], &pairs(env))
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !(rule.matched() >= 1 && ready().await) {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the export ended ({status}) before the kill point");
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the kill point was never reached"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    child.kill().await.unwrap();
+}
+
+/// The next run, directly against the store and from another folder.
+async fn finish_elsewhere(app: &TestApp, bucket: &TestBucket, extra: &[(String, String)]) {
+    tokio::time::sleep(Duration::from_millis(2_200)).await; // the lease lapses
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut env = bucket_env(&bucket.destination(), &s3_endpoint());
+    env.extend(extra.iter().cloned());
+    env.push((
+        "ESR_EXPORT__OUTPUT_DIR".to_owned(),
+        elsewhere.path().display().to_string(),
+    ));
+    let output = run_binary(app, &["export", "--deanery", "MER"], &pairs(&env)).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+async fn setup(records: usize) -> (TestApp, TestBucket, S3Proxy, Vec<ObjectId>) {
+    let (app, bucket) = (spawn_app().await, TestBucket::create().await);
+    let ids = app.seed("MER", records).await;
+    let proxy = S3Proxy::start(&s3_endpoint()).await;
+    (app, bucket, proxy, ids)
+}
+
+#[tokio::test]
+async fn killed_after_the_manifest_the_next_run_publishes_the_file_once() {
+    let (app, bucket, proxy, ids) = setup(30).await;
+    let rule = proxy.add(Rule::new("PUT", ".DAT", Action::HoldBefore));
+    let env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    kill_at(&app, &env, &rule, || async { true }).await;
+    let objects = bucket.objects().await;
+    assert!(
+        objects.keys().any(|k| k.ends_with(".DAT.json")),
+        "manifest first: {:?}",
+        objects.keys()
+    );
+    assert!(bucket.dat_keys().await.is_empty(), "no file yet");
+    finish_elsewhere(&app, &bucket, &[]).await;
+    assert_delivered_once(&app, &bucket, &ids).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_file_before_its_publication_is_recorded_the_file_is_kept() {
+    let (app, bucket, proxy, ids) = setup(30).await;
+    let rule = proxy.add(Rule::new("PUT", ".DAT", Action::HoldAfter));
+    let env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    kill_at(&app, &env, &rule, || async {
+        !bucket.dat_keys().await.is_empty()
+    })
+    .await;
+    let before = bucket.objects().await;
+    finish_elsewhere(&app, &bucket, &[]).await;
+    assert_delivered_once(&app, &bucket, &ids).await;
+    let dat = bucket.dat_keys().await.remove(0);
+    assert_eq!(
+        bucket.objects().await[&dat],
+        before[&dat],
+        "the same object, kept"
+    );
+}
+
+#[tokio::test]
+async fn killed_during_a_multipart_upload_the_next_run_uploads_again_once() {
+    let (app, bucket, proxy, ids) = setup(MULTIPART_RECORDS).await;
+    let rule = proxy.add(Rule::new("PUT", ".tmp", Action::HoldBefore).query("partNumber=2"));
+    let mut env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    multipart_env(&mut env);
+    kill_at(&app, &env, &rule, || async { true }).await;
+    assert!(bucket.dat_keys().await.is_empty(), "no file yet");
+    let mut extra = Vec::new();
+    multipart_env(&mut extra);
+    finish_elsewhere(&app, &bucket, &extra).await;
+    assert_delivered_once(&app, &bucket, &ids).await;
+}
+
+#[tokio::test]
+async fn killed_after_the_multipart_copy_the_file_is_kept_and_its_temporary_removed() {
+    let (app, bucket, proxy, ids) = setup(MULTIPART_RECORDS).await;
+    let rule = proxy.add(Rule::new("DELETE", ".tmp", Action::HoldBefore));
+    let mut env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    multipart_env(&mut env);
+    kill_at(&app, &env, &rule, || async { true }).await;
+    let objects = bucket.objects().await;
+    assert!(
+        objects.keys().any(|k| k.ends_with(".tmp")),
+        "the temporary object is left"
+    );
+    assert_eq!(bucket.dat_keys().await.len(), 1, "the file was created");
+    let mut extra = Vec::new();
+    multipart_env(&mut extra);
+    finish_elsewhere(&app, &bucket, &extra).await;
+    assert_delivered_once(&app, &bucket, &ids).await;
+}
