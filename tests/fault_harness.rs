@@ -105,9 +105,11 @@ enum Fault {
 impl Fault {
     /// A fault for a round; bucket rounds also draw kills at publication.
     fn pick_for(rng: &mut Rng, to_bucket: bool) -> Self {
-        if to_bucket && rng.below(2) == 0 {
+        // High bits: the generator's lowest bit alternates too regularly
+        // for a coin.
+        if to_bucket && (rng.next() >> 40) & 1 == 0 {
             return Self::KillAtPublication {
-                after_reply: rng.below(2) == 1,
+                after_reply: (rng.next() >> 40) & 1 == 1,
             };
         }
         Self::pick(rng)
