@@ -32,7 +32,7 @@ use super::{
     REASON_HEADER,
 };
 use crate::config::AmqpSettings;
-use crate::domain::{Deanery, GenerationCommand, RunSummary};
+use crate::domain::{Deanery, GenerationCommand, RunSummary, Slot, SLOT_CLOCK_SKEW};
 use crate::export::{Exporter, RunOptions};
 use crate::ops::{metrics, Readiness};
 use crate::shutdown::Shutdown;
@@ -232,6 +232,9 @@ impl Consumer {
         let command_id = command.command_id.to_string();
         settling.command_id = Some(&command_id);
         let slot = command.slot.id();
+        if let Some(outcome) = self.settle_if_ahead(&settling, &command.slot).await? {
+            return Ok(outcome);
+        }
         if let Some(outcome) = self.settle_if_done(&settling, &deanery, &slot).await? {
             return Ok(outcome);
         }
@@ -279,6 +282,40 @@ impl Consumer {
                 (disposition, error)
             }
         };
+        self.settle(settling, disposition, &error, Outcome::AlreadyDone)
+            .await
+            .map(Some)
+    }
+
+    /// A scheduled slot ahead of this replica's clock (beyond the skew
+    /// allowance) is taken when the slot collection records it fired;
+    /// otherwise the command is retried (and dead-lettered once its
+    /// attempts are spent). `None` when the command may go on.
+    async fn settle_if_ahead(
+        &self,
+        settling: &Settling<'_>,
+        slot: &Slot,
+    ) -> Result<Option<Outcome>, BrokerError> {
+        let Slot::Scheduled(at) = slot else {
+            return Ok(None);
+        };
+        let ahead = *at - chrono::Utc::now();
+        if ahead <= SLOT_CLOCK_SKEW {
+            return Ok(None);
+        }
+        let error = match self.exporter.slot_fired(&slot.id()).await {
+            Ok(true) => {
+                tracing::warn!(slot = %slot.id(), ahead_s = ahead.num_seconds(), "slot ahead of this replica's clock but recorded as fired; taken (is this clock slow? see esr_clock_skew_seconds)");
+                return Ok(None);
+            }
+            Ok(false) => format!(
+                "slot {} is {} s ahead of this replica's clock and no replica recorded it as fired",
+                slot.id(),
+                ahead.num_seconds()
+            ),
+            Err(err) => err.to_string(),
+        };
+        let disposition = retry_or_give_up(settling.attempt, self.settings.max_attempts, &error);
         self.settle(settling, disposition, &error, Outcome::AlreadyDone)
             .await
             .map(Some)

@@ -18,7 +18,7 @@ use crate::destination::Destination;
 use crate::export::Exporter;
 use crate::ops::http::HttpState;
 use crate::ops::{metrics, systemd, Readiness};
-use crate::schedule::{Scheduler, Watchdog};
+use crate::schedule::{Agreement, Scheduler, Watchdog};
 use crate::shutdown::Shutdown;
 use crate::store::Store;
 
@@ -144,6 +144,8 @@ fn spawn_workers(
         let scheduler = Scheduler::new(schedule.clone(), amqp.clone(), store.clone());
         tasks.spawn("scheduler", scheduler.run(shutdown.clone()));
     }
+    let agreement = Agreement::new(store.clone(), schedule);
+    tasks.spawn("agreement", agreement.run(shutdown.clone()));
     if settings.watchdog.enabled {
         let watchdog = Watchdog::new(settings.watchdog.clone(), schedule, amqp.clone(), store);
         tasks.spawn("watchdog", watchdog.run(shutdown.clone()));

@@ -4,9 +4,14 @@ use uuid::Uuid;
 
 use super::Deanery;
 
-/// How far a command's slot may lie ahead of this replica's clock: the
-/// replica that fired it may run a little ahead.
-const SLOT_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+/// How far a command's slot may lie ahead of this replica's clock and be
+/// taken as it is: the replica that fired it may run a little ahead. A slot
+/// further ahead is taken only when the slot collection records it fired.
+pub const SLOT_CLOCK_SKEW: chrono::TimeDelta = chrono::TimeDelta::minutes(5);
+
+/// A slot further ahead than this is no replica's clock error: the command
+/// is forged or corrupt, and is dead-lettered.
+const FORGED_SLOT_HORIZON: chrono::TimeDelta = chrono::TimeDelta::days(1);
 
 /// Which schedule slot a command belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -74,9 +79,10 @@ pub enum CommandError {
     /// Not JSON, or not the command's shape.
     #[error("malformed command: {0}")]
     Malformed(String),
-    /// A scheduled slot later than now: exporting now would use that slot
-    /// up, and the genuine command for it would be a no-op.
-    #[error("invalid command {command_id}: slot {slot} is in the future (beyond the {allowance_s} s allowed for clock skew)")]
+    /// A scheduled slot more than a day ahead: no replica's clock is that
+    /// far off; exporting now would use that slot up, and the genuine
+    /// command for it would be a no-op.
+    #[error("invalid command {command_id}: slot {slot} is in the future (more than {allowance_s} s ahead: no clock is that far off)")]
     FutureSlot {
         /// The command's id.
         command_id: Uuid,
@@ -125,11 +131,11 @@ impl GenerationCommand {
     ) -> Result<(Self, Deanery), CommandError> {
         let (command, deanery) = Self::parse_shape(body)?;
         if let Slot::Scheduled(at) = command.slot {
-            if at > now + SLOT_CLOCK_SKEW {
+            if at > now + FORGED_SLOT_HORIZON {
                 return Err(CommandError::FutureSlot {
                     command_id: command.command_id,
                     slot: command.slot.id(),
-                    allowance_s: SLOT_CLOCK_SKEW.num_seconds(),
+                    allowance_s: FORGED_SLOT_HORIZON.num_seconds(),
                 });
             }
         }
@@ -169,7 +175,7 @@ mod tests {
     }
 
     #[test]
-    fn a_slot_beyond_the_clock_skew_allowance_is_refused() {
+    fn a_slot_more_than_a_day_ahead_is_refused() {
         let now = DateTime::parse_from_rfc3339("2026-11-28T12:58:00Z")
             .unwrap()
             .to_utc();
@@ -180,6 +186,9 @@ mod tests {
         };
         assert!(GenerationCommand::parse_at(body("2026-11-28T13:00:00Z").as_bytes(), now).is_ok());
         assert!(GenerationCommand::parse_at(body("2026-11-27T13:00:00Z").as_bytes(), now).is_ok());
+        // Ahead of this clock, within a day: the consumer asks the slot
+        // collection whether it was fired.
+        assert!(GenerationCommand::parse_at(body("2026-11-29T12:00:00Z").as_bytes(), now).is_ok());
         let err =
             GenerationCommand::parse_at(body("2026-11-29T13:00:00Z").as_bytes(), now).unwrap_err();
         assert!(matches!(err, CommandError::FutureSlot { .. }), "{err}");

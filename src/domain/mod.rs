@@ -9,7 +9,7 @@ mod schedule;
 mod summary;
 mod text;
 
-pub use command::{GenerationCommand, Slot};
+pub use command::{GenerationCommand, Slot, SLOT_CLOCK_SKEW};
 
 pub use command::CommandError;
 pub use deanery::Deanery;

@@ -92,6 +92,16 @@ impl Exporter {
             .await
     }
 
+    /// True when the slot collection records the slot as fired (claimed by
+    /// a replica's scheduler), whatever this replica's clock says.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub(crate) async fn slot_fired(&self, slot_id: &str) -> Result<bool, crate::store::StoreError> {
+        let mut attempts = crate::store::Attempts::default();
+        Ok(self.store.slot(slot_id, &mut attempts).await?.is_some())
+    }
+
     /// Runs (or resumes) the deanery's export and summarises the attempt.
     /// Never panics on a failure: a failed attempt is a summary with
     /// `status: failed`, logged at ERROR, and its run is left to resume.

@@ -22,6 +22,8 @@
 //! | `esr_destination_upload_bytes_total` | counter | `destination` |
 //! | `esr_destination_failures_total` | counter | `destination`, `kind` (`timeout`, `transient`, `permanent`, `occupied`) |
 //! | `esr_destination_upload_duration_seconds` | histogram | `destination` |
+//! | `esr_clock_skew_seconds` | gauge | |
+//! | `esr_schedule_settings_differ` | gauge | |
 
 use std::sync::OnceLock;
 
@@ -66,7 +68,7 @@ enum Kind {
 }
 
 /// Every metric: name, kind, HELP text.
-const HELP: [(&str, Kind, &str); 20] = [
+const HELP: [(&str, Kind, &str); 22] = [
     (
         "esr_export_runs_total",
         Kind::Counter,
@@ -167,6 +169,16 @@ const HELP: [(&str, Kind, &str); 20] = [
         Kind::Histogram,
         "Time to create one file at the destination.",
     ),
+    (
+        "esr_clock_skew_seconds",
+        Kind::Gauge,
+        "This replica's clock minus MongoDB's, measured every 5 minutes.",
+    ),
+    (
+        "esr_schedule_settings_differ",
+        Kind::Gauge,
+        "1 while this replica's schedule settings (cron, zone, deaneries) differ from another live replica's.",
+    ),
 ];
 
 /// The HELP text of every metric (the table above, in words).
@@ -249,4 +261,14 @@ pub(crate) fn record_output_folder_error(error: &str) {
 /// Sets whether the last export could write its output folder.
 pub(crate) fn set_output_folder_writable(writable: bool) {
     gauge!("esr_output_folder_writable").set(if writable { 1.0 } else { 0.0 });
+}
+
+/// Sets this replica's clock skew against MongoDB's.
+pub(crate) fn set_clock_skew(seconds: f64) {
+    gauge!("esr_clock_skew_seconds").set(seconds);
+}
+
+/// Sets whether this replica's schedule settings differ from another's.
+pub(crate) fn set_schedule_settings_differ(differ: bool) {
+    gauge!("esr_schedule_settings_differ").set(if differ { 1.0 } else { 0.0 });
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 use bson::doc;
 use chrono::{DateTime, Utc};
 
-use super::SlotClock;
+use super::{Agreement, SlotClock};
 use crate::broker::{publish_commands, requester, BrokerError};
 use crate::config::{AmqpSettings, ScheduleSettings};
 use crate::domain::{Deanery, GenerationCommand, Slot};
@@ -49,6 +49,7 @@ pub(crate) struct Scheduler {
     amqp: AmqpSettings,
     store: Store,
     clock: SlotClock,
+    agreement: Agreement,
     owner: String,
 }
 
@@ -57,6 +58,7 @@ impl Scheduler {
     pub(crate) fn new(settings: ScheduleSettings, amqp: AmqpSettings, store: Store) -> Self {
         Self {
             clock: SlotClock::new(&settings),
+            agreement: Agreement::new(store.clone(), &settings),
             settings,
             amqp,
             store,
@@ -65,26 +67,38 @@ impl Scheduler {
     }
 
     /// Catches up the latest missed slot, then fires each slot as it comes,
-    /// until shutdown.
+    /// until shutdown. Every slot fired is strictly later than the one
+    /// before, and a slot not yet due is waited for: no path loops without
+    /// waiting, whatever the wall clock does.
     pub(crate) async fn run(self, mut shutdown: Shutdown) {
         let window = chrono::Duration::minutes(self.settings.catch_up_window_minutes as i64);
+        let mut fired = None;
         if let Some(slot) = self.clock.latest_within(Utc::now(), window) {
             tracing::info!(slot = %Slot::Scheduled(slot).id(), "checking the latest slot for catch-up");
             if !self.fire_until_done(slot, &mut shutdown).await {
                 return;
             }
+            fired = Some(slot);
         }
-        let mut next = self.clock.next_after(Utc::now());
-        while let Some(slot) = next {
-            tracing::info!(next_slot = %Slot::Scheduled(slot).id(), "waiting for the next slot");
-            if !sleep_until(slot, &mut shutdown).await
-                || !self.fire_until_done(slot, &mut shutdown).await
-            {
+        loop {
+            let now = Utc::now();
+            let next = match fired {
+                Some(last) => self.clock.after_fired(last, now, window),
+                None => self.clock.next_after(now),
+            };
+            let Some(slot) = next else { break };
+            if slot > now {
+                tracing::info!(next_slot = %Slot::Scheduled(slot).id(), "waiting for the next slot");
+                if !sleep_until(slot, &mut shutdown).await {
+                    return;
+                }
+            } else {
+                tracing::warn!(slot = %Slot::Scheduled(slot).id(), "a slot came while the last one was being fired; firing it now");
+            }
+            if !self.fire_until_done(slot, &mut shutdown).await {
                 return;
             }
-            next = self
-                .clock
-                .next_after(slot.max(Utc::now() - chrono::Duration::seconds(1)));
+            fired = Some(slot);
         }
         tracing::warn!(cron = %self.settings.cron, "the schedule has no future slot; scheduler idle");
         shutdown.recv().await;
@@ -173,11 +187,13 @@ impl Scheduler {
         }
     }
 
-    /// Every deanery with records to export, plus the configured ones,
-    /// sorted, each once.
+    /// Every deanery with records to export, plus those any live replica
+    /// lists (its own settings refreshed and compared first), sorted, each
+    /// once.
     async fn deaneries_for_slot(&self) -> Result<Vec<Deanery>, StoreError> {
+        let listed = self.agreement.refresh().await?;
         let waiting = crate::export::deaneries_to_export(&self.store).await?;
-        Ok(merge_deaneries(waiting, &self.settings.deaneries))
+        Ok(merge_deaneries(waiting, &listed))
     }
 
     /// Records the commands on the slot's document; returns them as
@@ -197,7 +213,13 @@ impl Scheduler {
             .map(|(deanery, id)| doc! {"deanery": deanery, "commandId": id})
             .collect();
         self.store
-            .slot_published(slot_id, &self.owner, documents, attempts)
+            .slot_published(
+                slot_id,
+                &self.owner,
+                documents,
+                self.agreement.own().to_document(),
+                attempts,
+            )
             .await?;
         Ok(published)
     }

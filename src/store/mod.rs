@@ -17,6 +17,7 @@
 //! - `unexportable`: waiting records whose `_id` cannot be written;
 //! - [`retry`]: the retry policy and the retrying transaction.
 
+mod agreement;
 mod claim;
 mod cursor;
 mod indexes;

@@ -64,7 +64,8 @@ impl Store {
         })
     }
 
-    /// Records that `owner` published the slot's commands.
+    /// Records that `owner` published the slot's commands, and the
+    /// schedule settings it fired them under.
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
@@ -73,9 +74,10 @@ impl Store {
         slot_id: &str,
         owner: &str,
         commands: Vec<Document>,
+        schedule: Document,
         attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
-        let (slots, commands) = (&self.slots, &commands);
+        let (slots, commands, schedule) = (&self.slots, &commands, &schedule);
         let published = doc! {"_id": slot_id, "owner": owner, "state": "PUBLISHED"};
         let matched = self
             .retry
@@ -86,7 +88,7 @@ impl Store {
                     let result = slots
                         .update_one(
                             doc! {"_id": slot_id, "owner": owner},
-                            doc! {"$set": {"state": "PUBLISHED", "publishedAt": now(), "commands": commands.clone()}},
+                            doc! {"$set": {"state": "PUBLISHED", "publishedAt": now(), "commands": commands.clone(), "schedule": schedule.clone()}},
                         )
                         .await?;
                     Ok(result.matched_count)

@@ -165,9 +165,9 @@ async fn a_command_for_a_future_slot_is_dead_lettered_and_uses_nothing_up() {
     let app = spawn_app().await;
     app.seed("KSS", 10).await;
     let daemon = app.spawn_daemon().await;
-    let tomorrow = Utc::now().with_nanosecond(0).unwrap() + chrono::Duration::days(1);
+    let forged = Utc::now().with_nanosecond(0).unwrap() + chrono::Duration::days(2);
 
-    app.publish_command("KSS", Slot::Scheduled(tomorrow)).await;
+    app.publish_command("KSS", Slot::Scheduled(forged)).await;
 
     let dlq = app.settings.amqp.dead_letter_queue();
     eventually("dead-lettered", WAIT, || async {

@@ -3,11 +3,13 @@
 //! and a real RabbitMQ on 127.0.0.1:5672.
 
 mod bucket;
+mod bucket_daemon;
 mod bucket_kills;
 #[path = "../support/bucket.rs"]
 mod bucket_store;
 mod bucket_support;
 mod cli;
+mod clocks;
 mod commands;
 mod crash;
 mod deploy;

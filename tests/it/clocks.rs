@@ -1,0 +1,235 @@
+//! Clocks and schedules against the real binary and services: the daemon
+//! under libfaketime at both of Europe/London's daylight-saving changes
+//! (one slot, no hot loop), a command whose slot is ahead of this replica's
+//! clock, and two replicas whose schedule settings differ.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use bson::{doc, Document};
+use chrono::{Timelike, Utc};
+use esr_exporter::domain::Slot;
+use futures_util::TryStreamExt;
+use tokio::io::AsyncReadExt;
+
+use crate::helpers::{binary, eventually, spawn_app, spawn_app_with, TestApp};
+
+const WATCH: Duration = Duration::from_secs(30);
+
+/// libfaketime's multi-threaded build (Debian package `faketime`, which
+/// `scripts/services` installs), preloaded into the binary itself.
+fn libfaketime() -> String {
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+    ];
+    candidates
+        .iter()
+        .find(|path| std::path::Path::new(path).exists())
+        .unwrap_or_else(|| {
+            panic!("libfaketime not found in {candidates:?}: install Debian's faketime")
+        })
+        .to_string()
+}
+
+/// `esr-exporter run` under libfaketime, its clock starting at `start`
+/// (UTC), for [`WATCH`]; returns its log lines.
+async fn run_under_faketime(app: &TestApp, start: &str, window_minutes: &str) -> Vec<String> {
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
+        .arg("run")
+        .env_clear()
+        .envs(&app.env)
+        .env("LD_PRELOAD", libfaketime())
+        .env("FAKETIME", format!("@{start}"))
+        .env("TZ", "UTC")
+        .env("FAKETIME_DONT_FAKE_MONOTONIC", "1")
+        .env("ESR_SCHEDULE__ENABLED", "true")
+        .env("ESR_SCHEDULE__CRON", "0 30 1 * * *")
+        .env("ESR_SCHEDULE__TIMEZONE", "Europe/London")
+        .env("ESR_SCHEDULE__DEANERIES", "MER")
+        .env("ESR_SCHEDULE__CATCH_UP_WINDOW_MINUTES", window_minutes)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn esr-exporter");
+    let mut stderr = child.stderr.take().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut text = String::new();
+        let _ = stderr.read_to_string(&mut text).await;
+        text
+    });
+    tokio::time::sleep(WATCH).await;
+    child.kill().await.unwrap();
+    let text = reader.await.unwrap();
+    text.lines().map(str::to_owned).collect()
+}
+
+/// The slot documents the scheduler wrote: `_id` → state.
+async fn fired_slots(app: &TestApp) -> Vec<(String, String)> {
+    let slots = app.db.collection::<Document>("scheduleSlots");
+    let found: Vec<Document> = slots
+        .find(doc! {"_id": {"$regex": "^20"}})
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    found
+        .iter()
+        .map(|d| {
+            let state = d.get_str("state").unwrap_or("").to_owned();
+            (d.get_str("_id").unwrap().to_owned(), state)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn spring_forward_fires_the_skipped_slot_once_at_the_end_of_the_gap() {
+    let app = spawn_app().await;
+    // 2027-03-28: 01:30 Europe/London does not exist (01:00Z is 02:00 BST).
+    let lines = run_under_faketime(&app, "2027-03-28 00:59:45", "1").await;
+    let slots = fired_slots(&app).await;
+    assert_eq!(
+        slots,
+        vec![("2027-03-28T01:00:00Z".to_owned(), "PUBLISHED".to_owned())],
+        "{}",
+        lines.join("\n")
+    );
+    assert!(lines.len() < 100, "{} log lines in 30 s", lines.len());
+    // Its clock is months ahead of MongoDB's: it says so.
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("\"WARN\"") && l.contains("clock differs from MongoDB's")),
+        "{}",
+        lines.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn fall_back_fires_the_repeated_slot_once_and_never_loops() {
+    let app = spawn_app().await;
+    // 2027-10-31: 01:30 Europe/London happens at 00:30Z and again at
+    // 01:30Z; started at 01:29:45Z, the first is caught up, the second is
+    // not a slot, and the next is tomorrow's.
+    let lines = run_under_faketime(&app, "2027-10-31 01:29:45", "1440").await;
+    let slots = fired_slots(&app).await;
+    assert_eq!(
+        slots,
+        vec![("2027-10-31T00:30:00Z".to_owned(), "PUBLISHED".to_owned())],
+        "{}",
+        lines.join("\n")
+    );
+    assert!(lines.len() < 100, "{} log lines in 30 s", lines.len());
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("2027-11-01T01:30:00Z") && l.contains("waiting for the next slot")),
+        "the next slot is tomorrow's: {}",
+        lines.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn a_command_ahead_of_this_clock_waits_until_its_slot_is_recorded_fired() {
+    let app = spawn_app_with(&[("ESR_AMQP__MAX_ATTEMPTS", "1000")]).await;
+    app.seed("KSS", 10).await;
+    let daemon = app.spawn_daemon().await;
+    // The replica that fired it runs 10 minutes ahead of this one.
+    let ahead = Utc::now().with_nanosecond(0).unwrap() + chrono::Duration::minutes(10);
+    app.publish_command("KSS", Slot::Scheduled(ahead)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        app.count(doc! {"status": "TO_EXPORT"}).await,
+        10,
+        "not taken yet"
+    );
+    let dlq = app.settings.amqp.dead_letter_queue();
+    assert_eq!(app.queue_len(&dlq).await, 0, "retried, not dead-lettered");
+    let slots = app.db.collection::<Document>("scheduleSlots");
+    let slot_id = Slot::Scheduled(ahead).id();
+    slots
+        .insert_one(doc! {"_id": &slot_id, "state": "PUBLISHED", "owner": "scheduler@ahead"})
+        .await
+        .unwrap();
+    eventually(
+        "exported once its slot is recorded",
+        Duration::from_secs(30),
+        || async { app.count(doc! {"status": "EXPORTED"}).await == 10 },
+    )
+    .await;
+    assert_eq!(app.queue_len(&dlq).await, 0);
+    daemon.stop().await;
+    app.delete_broker_topology().await;
+}
+
+#[tokio::test]
+async fn replicas_with_different_schedules_say_so_and_command_the_deaneries_either_lists() {
+    let app = spawn_app().await;
+    let every_2s = [
+        ("ESR_SCHEDULE__ENABLED", "true"),
+        ("ESR_SCHEDULE__CRON", "*/2 * * * * *"),
+    ];
+    let mut a_env: Vec<(&str, &str)> = every_2s.to_vec();
+    a_env.push(("ESR_SCHEDULE__DEANERIES", "MER"));
+    let a = binary(&app, &["run"], &a_env).spawn().unwrap();
+    // Replicas are told apart by host name: the other one, on another
+    // host, fires in Europe/London and lists EOE. Its record is written as
+    // its scheduler writes it.
+    let register = app.db.collection::<Document>("scheduleSlots");
+    register
+        .update_one(
+            doc! {"_id": "schedule/replica/other-host"},
+            doc! {"$set": {"cron": "*/2 * * * * *", "timezone": "Europe/London", "deaneries": ["EOE"], "seenAt": bson::DateTime::now()}},
+        )
+        .upsert(true)
+        .await
+        .unwrap();
+    eventually(
+        "a slot commanding both deaneries",
+        Duration::from_secs(30),
+        || async {
+            let slots: Vec<Document> = register
+                .find(doc! {"_id": {"$regex": "^20"}, "state": "PUBLISHED"})
+                .await
+                .unwrap()
+                .try_collect()
+                .await
+                .unwrap();
+            slots.iter().any(|slot| {
+                let commands = slot.get_array("commands").cloned().unwrap_or_default();
+                let named = |code: &str| {
+                    commands.iter().any(|c| {
+                        c.as_document().and_then(|d| d.get_str("deanery").ok()) == Some(code)
+                    })
+                };
+                named("MER") && named("EOE") && slot.get_document("schedule").is_ok()
+            })
+        },
+    )
+    .await;
+    let output = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut a = a;
+        a.kill().await.unwrap();
+        a.wait_with_output().await.unwrap()
+    })
+    .await
+    .unwrap();
+    let log = String::from_utf8_lossy(&output.stderr);
+    let line = log
+        .lines()
+        .find(|l| l.contains("schedule settings differ between replicas"))
+        .unwrap_or_else(|| panic!("no ERROR about the settings: {log}"));
+    assert!(
+        line.contains("\"ERROR\"") && line.contains("other-host"),
+        "{line}"
+    );
+    assert!(
+        line.contains("schedule.timezone: here UTC, there Europe/London"),
+        "{line}"
+    );
+    app.delete_broker_topology().await;
+}
