@@ -1,5 +1,6 @@
 //! The command line (contract): `run`, `export`, `trigger`, `status`,
-//! `check-config`; and `dead-letters` for operators.
+//! `check-config`; and for operators `dead-letters`, `ensure-indexes`,
+//! `explain`, `files` and `redeliver`.
 //!
 //! Exit codes: 0 success; 1 a run failed or a dependency is unreachable;
 //! 2 usage or configuration error, with one line on stderr.
@@ -14,8 +15,9 @@ use futures_util::StreamExt;
 
 use crate::config::Settings;
 use crate::destination::{Destination, DestinationError};
-use crate::domain::{Deanery, RunStatus};
+use crate::domain::{Deanery, DestinationUrl, RunStatus};
 use crate::export::{self, Exporter};
+use crate::incident::run as incident;
 use crate::store::Store;
 
 /// Exports NHS ESR applicant (APP) files from MongoDB, one per deanery.
@@ -61,6 +63,43 @@ pub enum Command {
         #[arg(long)]
         replay: bool,
     },
+    /// Where a record is and why: its status, run, file and destination;
+    /// for a waiting record, why it waits. Exit 1 when there is no such record.
+    Explain {
+        /// The record's `_id` (24 hex digits for an ObjectId).
+        record_id: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// The published files, newest first.
+    Files {
+        /// Only this deanery's.
+        #[arg(long, value_name = "CODE", value_parser = parse_deanery)]
+        deanery: Option<Deanery>,
+        /// Only those published since (YYYY-MM-DD, UTC, or RFC 3339).
+        #[arg(long, value_name = "DATE", value_parser = crate::incident::files::parse_since)]
+        since: Option<chrono::DateTime<chrono::Utc>>,
+        /// At most this many.
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rebuild a published file from its records, check it against the
+    /// recorded SHA-256 and publish it again (records do not change).
+    Redeliver {
+        /// The file's name, e.g. DE_MER_APP_20261202_00001.DAT.
+        file_name: String,
+        /// Where to: file:///ABS/PATH or s3://BUCKET/PREFIX (default: where
+        /// it was published).
+        #[arg(long, value_name = "DESTINATION", value_parser = parse_destination)]
+        to: Option<DestinationUrl>,
+        /// Remove what holds the name there first (else refused).
+        #[arg(long)]
+        replace: bool,
+    },
     /// Load and validate the settings and print them with secrets redacted.
     CheckConfig,
     /// Create the indexes the daemon and `status` need (the daemon also
@@ -84,6 +123,15 @@ fn parse_deanery(code: &str) -> Result<Deanery, String> {
     Deanery::parse(code).map_err(|err| err.to_string())
 }
 
+fn parse_destination(value: &str) -> Result<DestinationUrl, String> {
+    match DestinationUrl::parse(value)? {
+        DestinationUrl::Folder(None) => {
+            Err("must be file:///ABS/PATH or s3://BUCKET/PREFIX".to_owned())
+        }
+        url => Ok(url),
+    }
+}
+
 /// Runs the parsed command and returns the process exit code.
 pub async fn execute(cli: Cli) -> ExitCode {
     let settings = match Settings::load(cli.config.as_deref()) {
@@ -105,6 +153,23 @@ pub async fn execute(cli: Cli) -> ExitCode {
         Command::DeadLetters { replay } => run_dead_letters(&settings, replay).await,
         Command::Status { json } => run_status(&settings, json).await,
         Command::EnsureIndexes => run_ensure_indexes(&settings).await,
+        Command::Explain { record_id, json } => {
+            incident::run_explain(&settings, &record_id, json).await
+        }
+        Command::Files {
+            deanery,
+            since,
+            limit,
+            json,
+        } => {
+            let deanery = deanery.as_ref().map(Deanery::as_str);
+            incident::run_files(&settings, deanery, since, limit, json).await
+        }
+        Command::Redeliver {
+            file_name,
+            to,
+            replace,
+        } => incident::run_redeliver(&settings, &file_name, to.as_ref(), replace).await,
     };
     result.unwrap_or_else(|err| {
         tracing::error!(error = format!("{err:#}"), "command failed");

@@ -72,6 +72,13 @@ fn runs_indexes() -> Vec<IndexSpec> {
         ("phase_startedAt", doc! {"phase": 1, "startedAt": -1}),
         ("deanery_slots", doc! {"deanery": 1, "slots": 1}),
         ("deanery_commands", doc! {"deanery": 1, "commands": 1}),
+        // `files` and `redeliver`: published files newest first, a file by name.
+        ("publishedAt", doc! {"publication.publishedAt": -1}),
+        (
+            "deanery_publishedAt",
+            doc! {"deanery": 1, "publication.publishedAt": -1},
+        ),
+        ("fileName", doc! {"fileName": 1}),
     ]
 }
 

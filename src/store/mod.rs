@@ -20,6 +20,7 @@
 mod agreement;
 mod claim;
 mod cursor;
+mod incident;
 mod indexes;
 mod leases;
 mod records;

@@ -75,6 +75,9 @@ pub(crate) struct RunDoc {
     /// final name existed; records are marked only after this.
     #[serde(default)]
     pub publication: Option<Publication>,
+    /// Each time the file was delivered again (`esr-exporter redeliver`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) redeliveries: Vec<Document>,
 }
 
 /// Where a run's file was published.
@@ -125,6 +128,7 @@ impl RunDoc {
             attempts: 0,
             last_error: None,
             publication: None,
+            redeliveries: Vec::new(),
         }
     }
 
@@ -405,7 +409,7 @@ impl Store {
     }
 }
 
-fn decode_run(document: Document) -> Result<RunDoc, StoreError> {
+pub(super) fn decode_run(document: Document) -> Result<RunDoc, StoreError> {
     bson::from_document(document).map_err(|err| StoreError::Malformed {
         what: "export run",
         reason: err.to_string(),

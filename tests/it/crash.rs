@@ -24,7 +24,7 @@ fn exporter_command(app: &TestApp, args: &[&str]) -> Command {
 
 /// Starts `export --deanery <code>` and SIGKILLs it as soon as `ready`
 /// holds for the deanery's records.
-async fn kill_when(app: &TestApp, code: &str, ready: Document) {
+pub(crate) async fn kill_when(app: &TestApp, code: &str, ready: Document) {
     let mut child: Child = exporter_command(app, &["export", "--deanery", code])
         .spawn()
         .expect("spawn esr-exporter");

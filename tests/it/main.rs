@@ -18,6 +18,7 @@ mod faults;
 mod helpers;
 mod history;
 mod hostile;
+mod incident;
 mod named_deaneries;
 mod ops;
 #[path = "../support/proxy.rs"]
