@@ -107,7 +107,8 @@ impl Consumer {
 
     /// Consumes until shutdown. A lost connection or channel is
     /// re-established with backoff, the topology re-declared and consuming
-    /// resumed; the loop never gives up while the process runs.
+    /// resumed. Only a refusal of this user's permissions (`ACCESS_REFUSED`)
+    /// ends it: the daemon then stops with exit 1, naming it.
     pub(crate) async fn run(self, mut shutdown: Shutdown) {
         let mut backoff = self.settings.reconnect_backoff();
         while !shutdown.is_shutdown() {
@@ -118,6 +119,14 @@ impl Consumer {
                 Ok(()) => break,
                 Err(err) => err,
             };
+            if err.is_access_refused() {
+                tracing::error!(
+                    error = %err,
+                    queue = %self.settings.queue,
+                    "RabbitMQ refused this user (ACCESS_REFUSED); stopping: it needs configure, write and read on ^<queue>(\\..*)?$ and write on amq.default (README: Permissions)"
+                );
+                return;
+            }
             if connected {
                 backoff = self.settings.reconnect_backoff();
             }

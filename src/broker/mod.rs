@@ -62,6 +62,17 @@ impl BrokerError {
     pub(crate) fn amqp(op: &'static str) -> impl FnOnce(lapin::Error) -> Self {
         move |source| Self::Amqp { op, source }
     }
+
+    /// True when the broker refused this user (`ACCESS_REFUSED`, 403):
+    /// a permission missing on the vhost, queue or exchange, or bad
+    /// credentials. Reconnecting cannot help until someone fixes it.
+    pub(crate) fn is_access_refused(&self) -> bool {
+        let Self::Amqp { source, .. } = self else {
+            return false;
+        };
+        let text = source.to_string();
+        text.contains("ACCESS_REFUSED") || text.contains("ACCESS-REFUSED")
+    }
 }
 
 /// Opens a connection driven by the tokio runtime, named

@@ -6,6 +6,7 @@ use std::path::Path;
 use config::{Config, Environment, File, FileFormat};
 
 use super::raw::RawSettings;
+use super::sources::Layers;
 use super::{ConfigError, Settings, DEFAULT_TOML};
 
 impl Settings {
@@ -26,8 +27,24 @@ impl Settings {
         file: Option<&Path>,
         env: Option<HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
-        let raw: RawSettings = layers(file, env).build()?.try_deserialize()?;
-        let settings = raw.parse()?;
+        let variables = env.clone().unwrap_or_else(|| {
+            std::env::vars()
+                .filter(|(key, _)| key.starts_with("ESR_"))
+                .collect()
+        });
+        let read = Layers::read(file, variables)?;
+        let secret_files = read.secret_files()?;
+        let mut builder = layers(file, env);
+        for (key, _, value) in &secret_files {
+            builder = builder.set_override(*key, value.as_str())?;
+        }
+        let raw: RawSettings = builder.build()?.try_deserialize()?;
+        let mut settings = raw.parse()?;
+        let files: Vec<_> = secret_files
+            .into_iter()
+            .map(|(key, path, _)| (key, path))
+            .collect();
+        settings.sources = read.sources(&files);
         settings.validate()?;
         Ok(settings)
     }

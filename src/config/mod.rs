@@ -12,12 +12,14 @@ mod raw;
 mod secret;
 mod sections;
 mod serialise;
+mod sources;
 mod validate;
 mod warnings;
 
 use serde::Serialize;
 
 pub use secret::SecretUri;
+pub use sources::{Source, Sources};
 
 pub use sections::AmqpSettings;
 pub use sections::DaemonSettings;
@@ -74,12 +76,18 @@ pub struct Settings {
     pub http: HttpSettings,
     /// Logging.
     pub log: LogSettings,
+    /// Where each value came from (`check-config` shows it).
+    #[serde(skip)]
+    pub sources: Sources,
 }
 
 impl Settings {
-    /// The settings as TOML, secrets redacted (for `check-config`).
+    /// The settings as TOML, secrets redacted, and where each value came
+    /// from (for `check-config`).
     pub(crate) fn to_redacted_toml(&self) -> String {
-        toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"))
+        let toml =
+            toml::to_string_pretty(self).unwrap_or_else(|err| format!("# cannot render: {err}\n"));
+        toml + &sources::render(&self.sources)
     }
 }
 

@@ -78,6 +78,7 @@ impl RawSettings {
             daemon: self.daemon,
             http: self.http,
             log: self.log,
+            sources: super::Sources::new(),
         })
     }
 }

@@ -19,6 +19,10 @@ use crate::domain::{Deanery, DestinationUrl};
 pub struct MongoSettings {
     /// Connection string; redacted when printed.
     pub uri: SecretUri,
+    /// `uri_file`: read at load into `uri` (see `sources`); accepted here
+    /// so the key is known.
+    #[serde(default, skip_serializing, rename = "uri_file")]
+    pub(crate) _uri_file: serde::de::IgnoredAny,
     /// Database name.
     pub database: String,
     /// GeneratedAppRecords collection.
@@ -72,6 +76,10 @@ pub(crate) enum ReadConcernLevel {
 pub struct AmqpSettings {
     /// Broker URI; redacted when printed.
     pub uri: SecretUri,
+    /// `uri_file`: read at load into `uri` (see `sources`); accepted here
+    /// so the key is known.
+    #[serde(default, skip_serializing, rename = "uri_file")]
+    pub(crate) _uri_file: serde::de::IgnoredAny,
     /// Queue that carries generation commands.
     pub queue: String,
     /// `quorum` or `classic`.

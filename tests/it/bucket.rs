@@ -161,13 +161,17 @@ async fn an_object_someone_else_put_under_the_name_is_refused_and_nothing_is_mar
 }
 
 #[tokio::test]
-async fn a_store_that_ignores_if_none_match_is_refused_at_start_with_exit_2() {
+async fn a_store_that_ignores_if_none_match_is_refused_at_start_by_every_command_with_exit_2() {
     let (app, bucket) = (spawn_app().await, TestBucket::create().await);
     app.seed("MER", 5).await;
     let proxy = S3Proxy::start(&s3_endpoint()).await;
     proxy.add(Rule::new("", "", Action::StripHeader("if-none-match")));
     let env = bucket_env(&bucket.destination(), &proxy.endpoint());
-    for args in [&["check-config"][..], &["export", "--deanery", "MER"][..]] {
+    for args in [
+        &["check-config"][..],
+        &["export", "--deanery", "MER"][..],
+        &["run"][..],
+    ] {
         let output = run_binary(&app, args, &pairs(&env)).await;
         assert_eq!(
             output.status.code(),

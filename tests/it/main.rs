@@ -21,6 +21,7 @@ mod hostile;
 mod incident;
 mod named_deaneries;
 mod ops;
+mod privilege;
 #[path = "../support/proxy.rs"]
 mod proxy;
 mod replicas;
