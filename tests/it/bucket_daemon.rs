@@ -10,16 +10,8 @@ use bson::doc;
 use esr_exporter::domain::Slot;
 
 use crate::bucket_support::{assert_delivered_once, bucket_env, pairs, s3_endpoint, TestBucket};
-use crate::helpers::{binary, eventually, http_get, metric, spawn_app};
+use crate::helpers::{binary, eventually, free_port, http_get, metric, spawn_app};
 use crate::s3proxy::{Action, Rule, S3Proxy};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn readyz(addr: SocketAddr) -> Option<(u16, String)> {
     tokio::net::TcpStream::connect(addr).await.ok()?;

@@ -86,44 +86,33 @@ async fn fired_slots(app: &TestApp) -> Vec<(String, String)> {
         .collect()
 }
 
+/// Runs the daemon under libfaketime from `start` and asserts that it
+/// fired exactly `slot`, quietly; returns its log lines.
+async fn fires_only(start: &str, window_minutes: &str, slot: &str) -> Vec<String> {
+    let app = spawn_app().await;
+    let lines = run_under_faketime(&app, start, window_minutes).await;
+    let all = lines.join("\n");
+    let expected = vec![(slot.to_owned(), "PUBLISHED".to_owned())];
+    assert_eq!(fired_slots(&app).await, expected, "{all}");
+    assert!(lines.len() < 100, "{} log lines in 30 s", lines.len());
+    lines
+}
+
 #[tokio::test]
 async fn spring_forward_fires_the_skipped_slot_once_at_the_end_of_the_gap() {
-    let app = spawn_app().await;
     // 2027-03-28: 01:30 Europe/London does not exist (01:00Z is 02:00 BST).
-    let lines = run_under_faketime(&app, "2027-03-28 00:59:45", "1").await;
-    let slots = fired_slots(&app).await;
-    assert_eq!(
-        slots,
-        vec![("2027-03-28T01:00:00Z".to_owned(), "PUBLISHED".to_owned())],
-        "{}",
-        lines.join("\n")
-    );
-    assert!(lines.len() < 100, "{} log lines in 30 s", lines.len());
+    let lines = fires_only("2027-03-28 00:59:45", "1", "2027-03-28T01:00:00Z").await;
     // Its clock is months ahead of MongoDB's: it says so.
-    assert!(
-        lines
-            .iter()
-            .any(|l| l.contains("\"WARN\"") && l.contains("clock differs from MongoDB's")),
-        "{}",
-        lines.join("\n")
-    );
+    let warned = |l: &String| l.contains("\"WARN\"") && l.contains("clock differs from MongoDB's");
+    assert!(lines.iter().any(warned), "{}", lines.join("\n"));
 }
 
 #[tokio::test]
 async fn fall_back_fires_the_repeated_slot_once_and_never_loops() {
-    let app = spawn_app().await;
     // 2027-10-31: 01:30 Europe/London happens at 00:30Z and again at
     // 01:30Z; started at 01:29:45Z, the first is caught up, the second is
     // not a slot, and the next is tomorrow's.
-    let lines = run_under_faketime(&app, "2027-10-31 01:29:45", "1440").await;
-    let slots = fired_slots(&app).await;
-    assert_eq!(
-        slots,
-        vec![("2027-10-31T00:30:00Z".to_owned(), "PUBLISHED".to_owned())],
-        "{}",
-        lines.join("\n")
-    );
-    assert!(lines.len() < 100, "{} log lines in 30 s", lines.len());
+    let lines = fires_only("2027-10-31 01:29:45", "1440", "2027-10-31T00:30:00Z").await;
     assert!(
         lines
             .iter()

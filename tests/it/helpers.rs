@@ -613,6 +613,15 @@ pub fn metric(text: &str, sample: &str) -> Option<f64> {
         .and_then(|value| value.parse().ok())
 }
 
+/// A loopback port free at the moment of asking.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A deanery code no other test uses (metrics are per process).
 pub fn unique_deanery() -> String {
     let id = uuid::Uuid::new_v4().simple().to_string().to_uppercase();

@@ -10,7 +10,8 @@ use tokio::io::AsyncReadExt;
 
 use crate::commands::cron_minutes_ago;
 use crate::helpers::{
-    eventually, http_get, metric, primary_host_port, spawn_app_with, unique_deanery, TcpProxy,
+    eventually, free_port, http_get, metric, primary_host_port, spawn_app_with, unique_deanery,
+    TcpProxy,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -124,14 +125,6 @@ async fn metrics_move_as_runs_happen_including_write_conflicts() {
     );
     daemon.stop().await;
     app.delete_broker_topology().await;
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// Runs `esr-exporter run` as a process until `until` holds (or a fixed
