@@ -242,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
         "ratio export time / floor time: {:.2}",
         run.wall.as_secs_f64() / floor_time.as_secs_f64()
     );
+    println!("{}", run.phases.render());
     client.database(&db_name).drop().await?;
 
     // The design's commands alone, on a fresh seed of the same shape.

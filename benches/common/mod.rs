@@ -128,6 +128,75 @@ pub struct ExportRun {
     pub retries: u64,
     pub write_conflicts: u64,
     pub failed: usize,
+    /// Where the time went, summed over the runs.
+    pub phases: Phases,
+}
+
+/// Log filter that keeps the lines with phase timings and the warnings.
+const PHASE_LOG_FILTER: &str = "warn,esr_exporter::export::claim=info,\
+esr_exporter::export::mark=info,esr_exporter::export::run=debug,esr_exporter::export::attempt=info";
+
+fn read_all<R>(mut from: R) -> tokio::task::JoinHandle<std::io::Result<String>>
+where
+    R: tokio::io::AsyncRead + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let mut text = String::new();
+        tokio::io::AsyncReadExt::read_to_string(&mut from, &mut text)
+            .await
+            .map(|_| text)
+    })
+}
+
+/// Milliseconds per phase, summed over every run of an export (runs of
+/// different deaneries overlap, `export.parallel_runs` at a time).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Phases {
+    pub claim_read: u64,
+    pub claim_write: u64,
+    /// The claim transactions in all: reads, writes, commits, retries.
+    pub claim: u64,
+    pub file: u64,
+    pub publish: u64,
+    pub mark: u64,
+    /// Every run's whole attempt (`durationMs`).
+    pub runs: u64,
+}
+
+impl Phases {
+    fn from_log(log: &str) -> Self {
+        let mut p = Self::default();
+        for line in log.lines() {
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(line) else {
+                continue;
+            };
+            let ms = |key: &str| v[key].as_u64().unwrap_or(0);
+            p.claim_read += ms("claim_read_ms");
+            p.claim_write += ms("claim_write_ms");
+            p.claim += ms("claim_ms");
+            p.file += ms("write_ms");
+            p.publish += ms("publish_ms");
+            p.mark += ms("mark_ms");
+            p.runs += ms("duration_ms");
+        }
+        p
+    }
+
+    /// What the runs spent outside the named phases: leases, run
+    /// documents, backlog reads, sequences, the count checks.
+    pub fn fixed(&self) -> u64 {
+        self.runs
+            .saturating_sub(self.claim + self.file + self.publish + self.mark)
+    }
+
+    /// One line for people.
+    pub fn render(&self) -> String {
+        let s = |ms: u64| ms as f64 / 1000.0;
+        format!(
+            "where the time went (summed over runs): claim {:.2} s (reads {:.2} s, writes {:.2} s, the rest commits and retries), file writing and fsync {:.2} s, publication {:.2} s, marking {:.2} s, per-run fixed costs {:.2} s; runs in all {:.2} s",
+            s(self.claim), s(self.claim_read), s(self.claim_write), s(self.file), s(self.publish), s(self.mark), s(self.fixed()), s(self.runs)
+        )
+    }
 }
 
 pub fn peak_rss_kib(pid: u32) -> Option<u64> {
@@ -160,18 +229,15 @@ pub async fn export_all_with(
         .env("ESR_EXPORT__OUTPUT_DIR", dir)
         .env("ESR_EXPORT__CHUNK_SIZE", chunk.to_string())
         .env("ESR_RETRY__MAX_ATTEMPTS", "50")
-        .env("ESR_LOG__LEVEL", "warn")
+        // The lines that carry each phase's time (see `Phases`).
+        .env("ESR_LOG__LEVEL", PHASE_LOG_FILTER)
+        .env("ESR_LOG__FORMAT", "json")
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()?;
     let pid = child.id().context("no pid")?;
-    let mut stdout = child.stdout.take().context("no stdout")?;
-    let reader = tokio::spawn(async move {
-        let mut text = String::new();
-        tokio::io::AsyncReadExt::read_to_string(&mut stdout, &mut text)
-            .await
-            .map(|_| text)
-    });
+    let reader = read_all(child.stdout.take().context("no stdout")?);
+    let log_reader = read_all(child.stderr.take().context("no stderr")?);
     // VmHWM is the peak; sample it until the process exits.
     let mut peak = 0;
     let status = loop {
@@ -185,6 +251,7 @@ pub async fn export_all_with(
     };
     let wall = started.elapsed();
     let text = reader.await??;
+    let log = log_reader.await??;
     if !status.success() {
         bail!("export --all exited with {status}: {text}");
     }
@@ -196,6 +263,7 @@ pub async fn export_all_with(
         retries: 0,
         write_conflicts: 0,
         failed: 0,
+        phases: Phases::from_log(&log),
     };
     for line in text.lines() {
         let summary: serde_json::Value = serde_json::from_str(line)?;

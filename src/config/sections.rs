@@ -157,6 +157,8 @@ pub struct ExportSettings {
     pub(crate) file_mode: u32,
     /// Records claimed per transaction.
     pub chunk_size: u32,
+    /// Records marked `EXPORTED` per statement.
+    pub(crate) mark_batch_size: u32,
     /// Records per batch when streaming claimed records back.
     pub(crate) cursor_batch_size: u32,
     /// Lease lifetime without renewal, in seconds.

@@ -205,6 +205,11 @@ impl Settings {
             "must be between 1 and 100000",
         )?;
         require(
+            (1..=1_000_000).contains(&e.mark_batch_size),
+            "export.mark_batch_size",
+            "must be between 1 and 1000000",
+        )?;
+        require(
             sizes.contains(&e.cursor_batch_size),
             "export.cursor_batch_size",
             "must be between 1 and 100000",

@@ -16,7 +16,13 @@ use crate::store::{BoundedCursor, ClaimedChunk, RunDoc};
 /// Where the claim's time went, for the log line of the written file.
 #[derive(Debug, Default)]
 struct Timings {
+    /// Claim transactions in all (reads, writes, commits, retries).
     claim: Duration,
+    /// Of which reading the chunks' records.
+    claim_read: Duration,
+    /// Of which writing them `EXPORTING` and advancing the run.
+    claim_write: Duration,
+    /// Writing the file's rows.
     write: Duration,
 }
 
@@ -71,6 +77,8 @@ impl Exporter {
             records = staged.record_count,
             sha256 = %staged.sha256,
             claim_ms = timings.claim.as_millis() as u64,
+            claim_read_ms = timings.claim_read.as_millis() as u64,
+            claim_write_ms = timings.claim_write.as_millis() as u64,
             write_ms = (timings.write + finishing.elapsed()).as_millis() as u64,
             "export file written"
         );
@@ -121,6 +129,8 @@ impl Exporter {
             let claiming = Instant::now();
             let claimed = self.claim_chunk(ctx, run, &ids).await?;
             timings.claim += claiming.elapsed();
+            timings.claim_read += claimed.read_time;
+            timings.claim_write += claimed.write_time;
             waiting.pending.drain(..claimed.covered);
             let writing = Instant::now();
             self.take_chunk(ctx, run, claimed, writer, boundaries)

@@ -42,6 +42,15 @@ pub(crate) enum ExportError {
         /// Detail lines in the temporary file.
         written: u64,
     },
+    /// Records of the run were still `EXPORTING` after marking: the run is
+    /// not completed, and the next attempt marks them.
+    #[error("export run {run_id} still has {left} records EXPORTING after marking; the next attempt marks them")]
+    MarkIncomplete {
+        /// Run id.
+        run_id: String,
+        /// Records left `EXPORTING`.
+        left: u64,
+    },
     /// The run document contradicts itself.
     #[error("export run {run_id} is inconsistent: {reason}")]
     Inconsistent {
@@ -62,7 +71,10 @@ impl ExportError {
             Self::Destination(err) => err.is_transient() || err.kind == FailureKind::Occupied,
             // A full disk, a read-only mount, too many open files: the
             // folder may be fixed while the command waits to be retried.
-            Self::Interrupted(_) | Self::ClaimMismatch { .. } | Self::File { .. } => true,
+            Self::Interrupted(_)
+            | Self::ClaimMismatch { .. }
+            | Self::MarkIncomplete { .. }
+            | Self::File { .. } => true,
             Self::Inconsistent { .. } => false,
         }
     }

@@ -99,7 +99,14 @@ impl Exporter {
             boundaries = Some(self.claim_and_stage(ctx, run).await?);
         }
         if run.phase == RunPhase::Finalizing {
+            let publishing = std::time::Instant::now();
             self.publish(ctx, run).await?;
+            tracing::debug!(
+                deanery = %ctx.deanery,
+                run_id = %run.id,
+                publish_ms = publishing.elapsed().as_millis() as u64,
+                "publication step done"
+            );
         }
         if run.phase == RunPhase::Written {
             self.mark_exported(ctx, run, boundaries).await?;

@@ -31,6 +31,10 @@ pub(crate) struct ClaimedChunk {
     pub(crate) last_id: Option<ObjectId>,
     /// `(seq, file name)` when this chunk allocated the run's file name.
     pub(crate) assigned_file: Option<(i64, String)>,
+    /// Time spent reading the chunk's records (the committed attempt).
+    pub(crate) read_time: std::time::Duration,
+    /// Time spent writing them `EXPORTING` and advancing the run.
+    pub(crate) write_time: std::time::Duration,
 }
 
 /// Marker carried inside a driver error when the lease check in a claim
@@ -157,7 +161,10 @@ impl Store {
     ) -> Result<ClaimedChunk, MongoError> {
         self.renew_lease_in(s, claim).await?;
         let in_range = waiting_in(claim.deanery, range);
+        let reading = std::time::Instant::now();
         let (rows, rejections) = self.read_chunk(s, &in_range, claim.deanery).await?;
+        let read_time = reading.elapsed();
+        let writing = std::time::Instant::now();
         self.reject_in_claim(s, &rejections, &claim.run.id).await?;
         if !rows.is_empty() {
             // The snapshot (plus this transaction's own rejections) makes the
@@ -181,6 +188,8 @@ impl Store {
             covered: 0,
             last_id: Some(range.1),
             assigned_file,
+            read_time,
+            write_time: writing.elapsed(),
         })
     }
 

@@ -43,6 +43,7 @@ pub(crate) use claim::ClaimedChunk;
 pub(crate) use cursor::BoundedCursor;
 pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
 pub(crate) use leases::LeaseOutcome;
+pub(crate) use records::Marking;
 pub use records::StuckRecords;
 pub use retry::Attempts;
 pub use retry::RetryError;

@@ -6,7 +6,6 @@ use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime, Document};
 use futures_util::future::BoxFuture;
 use mongodb::error::Error as MongoError;
-use mongodb::results::UpdateResult;
 use mongodb::ClientSession;
 
 use super::cursor::BoundedCursor;
@@ -119,24 +118,15 @@ impl TransactionBody for RejectAttempt<'_> {
     }
 }
 
-/// The transaction of [`Store::mark_exported`].
-struct MarkAttempt<'a> {
-    store: &'a Store,
-    filter: Document,
-    update: Document,
-}
-
-impl TransactionBody for MarkAttempt<'_> {
-    type Output = UpdateResult;
-
-    fn attempt<'s>(
-        &'s mut self,
-        session: &'s mut ClientSession,
-    ) -> BoxFuture<'s, Result<UpdateResult, MongoError>> {
-        let records = &self.store.records;
-        let (filter, update) = (self.filter.clone(), self.update.clone());
-        Box::pin(async move { records.update_many(filter, update).session(session).await })
-    }
+/// What marking a published run's records sets.
+#[derive(Debug, Clone)]
+pub(crate) struct Marking<'a> {
+    /// The run.
+    pub(crate) run_id: &'a str,
+    /// Its file's name.
+    pub(crate) file_name: &'a str,
+    /// Its publication's time: `exportedAt` of every record.
+    pub(crate) exported_at: DateTime,
 }
 
 impl Store {
@@ -357,35 +347,36 @@ impl Store {
     }
 
     /// Marks the run's claimed records with `_id` in `(after, up_to]`
-    /// `EXPORTED` with the file name, in one short transaction (`up_to`
-    /// `None`: all the rest).
+    /// `EXPORTED` with the file's name, in one statement outside any
+    /// transaction. Once the publication is recorded, the records to mark
+    /// are exactly those `EXPORTING` under the run, so the statement is
+    /// idempotent: after a kill, a lost reply or a transient error it is
+    /// run again as it is. `exportedAt` is the publication's time, the
+    /// same for every record of the run. Returns the records it changed.
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn mark_exported(
         &self,
-        session: &mut ClientSession,
-        run_id: &str,
+        marking: &Marking<'_>,
         deanery: &Deanery,
-        file_name: &str,
-        after: Option<ObjectId>,
-        up_to: Option<ObjectId>,
+        (after, up_to): (Option<ObjectId>, Option<ObjectId>),
         attempts: &mut Attempts,
-    ) -> Result<(), StoreError> {
-        let body = MarkAttempt {
-            store: self,
-            filter: claimed_between(run_id, after, up_to),
-            update: doc! {"$set": {
-                "status": RecordStatus::Exported.as_str(),
-                "exportedAt": now(),
-                "exportFileName": file_name,
-            }},
-        };
-        self.retry
-            .in_transaction(scope("mark_exported", deanery), session, attempts, body)
+    ) -> Result<u64, StoreError> {
+        let filter = claimed_between(marking.run_id, after, up_to);
+        let update = doc! {"$set": {
+            "status": RecordStatus::Exported.as_str(),
+            "exportedAt": marking.exported_at,
+            "exportFileName": marking.file_name,
+        }};
+        let (records, filter, update) = (&self.records, &filter, &update);
+        let result = self
+            .retry
+            .run(scope("mark_exported", deanery), attempts, || async move {
+                records.update_many(filter.clone(), update.clone()).await
+            })
             .await?;
-        Ok(())
+        Ok(result.modified_count)
     }
 
     /// Deanery codes, as stored, of records waiting to be exported or

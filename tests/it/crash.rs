@@ -87,8 +87,10 @@ async fn a_run_killed_while_claiming_is_finished_by_the_next_run_with_one_file()
 
 #[tokio::test]
 async fn a_run_killed_while_marking_records_is_finished_without_a_second_file() {
+    // Marked 100 records a statement, so the kill lands between statements.
     let app = spawn_app_with(&[
         ("ESR_EXPORT__CHUNK_SIZE", "10"),
+        ("ESR_EXPORT__MARK_BATCH_SIZE", "100"),
         ("ESR_EXPORT__LEASE_SECONDS", "2"),
     ])
     .await;
@@ -106,4 +108,5 @@ async fn a_run_killed_while_marking_records_is_finished_without_a_second_file() 
     assert_eq!(summary["resumed"], true);
     assert_eq!(app.files(), before, "the file was not written again");
     app.assert_exported_once("EOE", &ids).await;
+    crate::helpers::assert_marked_alike(&app, "EOE").await;
 }

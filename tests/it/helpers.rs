@@ -293,6 +293,24 @@ impl TestApp {
     }
 }
 
+/// Every `EXPORTED` record of the deanery carries the same `exportedAt`
+/// and `exportFileName` as the others of its run.
+pub async fn assert_marked_alike(app: &TestApp, deanery: &str) {
+    let mut by_run: HashMap<String, (DateTime, String)> = HashMap::new();
+    for record in app
+        .find(doc! {"deanery": deanery, "status": "EXPORTED"})
+        .await
+    {
+        let run = record.get_str("exportRunId").unwrap().to_owned();
+        let mark = (
+            *record.get_datetime("exportedAt").unwrap(),
+            record.get_str("exportFileName").unwrap().to_owned(),
+        );
+        let first = by_run.entry(run.clone()).or_insert_with(|| mark.clone());
+        assert_eq!(*first, mark, "records of run {run} marked differently");
+    }
+}
+
 /// Polls `check` every 50 ms until it holds; panics after `timeout`.
 pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where

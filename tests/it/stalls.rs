@@ -239,6 +239,37 @@ async fn a_lost_reply_to_a_run_update_is_read_back() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_reply_to_the_mark_is_run_again_as_it_is() {
+    let Proxied {
+        app,
+        code,
+        ids,
+        proxy,
+        exporter,
+    } = proxied(
+        &[
+            ("ESR_EXPORT__CHUNK_SIZE", "100"),
+            ("ESR_EXPORT__MARK_BATCH_SIZE", "100"),
+        ],
+        300,
+    )
+    .await;
+    // The second marking statement is applied and its reply lost, twice
+    // (the driver's own retry too).
+    proxy.arm_times(Fault::LostReply, 2, |r| {
+        r.is("update", "generatedAppRecords", "EXPORTED")
+            && r.is("update", "generatedAppRecords", "$gt")
+    });
+    let summary = exporter.run(&deanery(&code)).await;
+
+    assert_eq!(proxy.fired_times(), 2, "the mark's replies were lost");
+    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert!(summary.retries >= 1, "the statement ran again: {summary:?}");
+    app.assert_exported_once(&code, &ids).await;
+    crate::helpers::assert_marked_alike(&app, &code).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reply_to_the_run_insert_is_read_back() {
     lost_reply_on(|r| r.command == "insert" && r.collection == "exportRuns").await;
 }
