@@ -12,7 +12,8 @@
 //! 4. **verify** the file holds exactly the records claimed;
 //! 5. **stage** and **publish** ([`publish`]): fsync under a staging name,
 //!    hash recorded, manifest, final name, publication recorded;
-//! 6. **mark** ([`mark`]) the claimed records `EXPORTED`, chunk by chunk;
+//! 6. **mark** ([`mark`]) the claimed records `EXPORTED`: one idempotent
+//!    statement per `export.mark_batch_size` records, no transaction;
 //! 7. **complete** the run document.
 //!
 //! Every step is recorded in the run document before the next starts, so an
