@@ -21,6 +21,11 @@ use super::{Created, Found};
 use crate::config::S3Settings;
 use crate::domain::DestinationUrl;
 
+/// The folder under the prefix that holds temporary and probe objects:
+/// starting with a dot, so a collector taking `DE_*_APP_*.DAT` ignores
+/// it, and listed alone when temporaries are looked for.
+pub(super) const TEMP_DIR: &str = ".esr-exporter-tmp";
+
 /// A bucket and key prefix, with the request policy of `[s3]`.
 #[derive(Debug, Clone)]
 pub struct Bucket {
@@ -235,7 +240,7 @@ impl Bucket {
                 .map_err(|err| self.local_error(name, file, &err))?;
             return self.create_bytes(name, Bytes::from(bytes)).await;
         }
-        let temp = format!(".{name}.{}.tmp", uuid::Uuid::new_v4().simple());
+        let temp = format!("{TEMP_DIR}/.{name}.{}.tmp", uuid::Uuid::new_v4().simple());
         self.upload_parts(&temp, file, size).await?;
         let copied = self.copy_if_absent(&temp, name).await;
         if let Err(err) = self.delete(&temp).await {
@@ -319,27 +324,28 @@ impl Bucket {
         .await
     }
 
-    /// Removes temporary objects (`.<name_prefix>….tmp`) a killed process
-    /// left under the prefix. Only safe while holding the deanery's lease.
+    /// Removes temporary objects (`.<name_prefix>….tmp` under
+    /// [`TEMP_DIR`]) a killed process left. Only safe while holding the
+    /// deanery's lease. Lists that folder alone, never the published files.
     ///
     /// # Errors
     /// When the store fails beyond the policy.
     pub async fn remove_temporaries(&self, name_prefix: &str) -> Result<usize, DestinationError> {
-        let dir = (!self.prefix.is_empty()).then(|| Path::from(self.prefix.as_str()));
+        let dir = Path::from(self.key(TEMP_DIR));
         let wanted = format!(".{name_prefix}");
         let listing = self
-            .request("list", "", self.policy.timeout * 4, || async {
+            .request("list", TEMP_DIR, self.policy.timeout * 4, || async {
                 self.store
-                    .list_with_delimiter(dir.as_ref())
+                    .list_with_delimiter(Some(&dir))
                     .await
-                    .map_err(|err| self.fail("list", "", &err))
+                    .map_err(|err| self.fail("list", TEMP_DIR, &err))
             })
             .await?;
         let mut removed = 0;
         for meta in listing.objects {
             let name = meta.location.filename().unwrap_or_default().to_owned();
             if name.starts_with(&wanted) && name.ends_with(".tmp") {
-                self.delete(&name).await?;
+                self.delete(&format!("{TEMP_DIR}/{name}")).await?;
                 tracing::info!(destination = %self.url, key = %meta.location, "removed a temporary object left by an interrupted run");
                 removed += 1;
             }

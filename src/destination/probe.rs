@@ -16,7 +16,11 @@ use super::error::{DestinationError, FailureKind};
 /// [`FailureKind::Permanent`] when the store accepted a second create;
 /// otherwise the failure met (403, missing bucket, timeout, ...).
 pub(crate) async fn probe(bucket: &Bucket) -> Result<(), DestinationError> {
-    let name = format!(".esr-exporter-probe-{}", uuid::Uuid::new_v4().simple());
+    let name = format!(
+        "{}/.esr-exporter-probe-{}",
+        super::bucket::TEMP_DIR,
+        uuid::Uuid::new_v4().simple()
+    );
     let copy = format!("{name}.copy");
     let proven = prove(bucket, &name, &copy).await;
     for leftover in [&name, &copy] {

@@ -97,9 +97,8 @@ impl TestBucket {
     /// manifests: no temporary or probe object is left.
     pub async fn assert_only_published(&self) {
         for key in self.objects().await.keys() {
-            let name = key.rsplit('/').next().unwrap();
             assert!(
-                !name.starts_with('.'),
+                !key.split('/').any(|segment| segment.starts_with('.')),
                 "temporary or probe object left behind: {key}"
             );
         }
