@@ -27,14 +27,10 @@ impl Settings {
         file: Option<&Path>,
         env: Option<HashMap<String, String>>,
     ) -> Result<Self, ConfigError> {
-        let variables = env.clone().unwrap_or_else(|| {
-            std::env::vars()
-                .filter(|(key, _)| key.starts_with("ESR_"))
-                .collect()
-        });
-        let read = Layers::read(file, variables)?;
+        let variables = ours(env.unwrap_or_else(|| std::env::vars().collect()));
+        let read = Layers::read(file, variables.clone())?;
         let secret_files = read.secret_files()?;
-        let mut builder = layers(file, env);
+        let mut builder = layers(file, variables);
         for (key, _, value) in &secret_files {
             builder = builder.set_override(*key, value.as_str())?;
         }
@@ -50,9 +46,26 @@ impl Settings {
     }
 }
 
+/// The variables that are settings: `ESR_<SECTION>__<KEY>`. Any other
+/// `ESR_*` variable is not ours and is left alone (Kubernetes, say, puts
+/// `ESR_EXPORTER_SERVICE_HOST` into every pod of a Service named
+/// `esr-exporter`), with a DEBUG line at most.
+fn ours(env: HashMap<String, String>) -> HashMap<String, String> {
+    env.into_iter()
+        .filter(|(key, _)| match key.strip_prefix("ESR_") {
+            Some(rest) if rest.contains("__") => true,
+            Some(_) => {
+                tracing::debug!(variable = %key, "ignoring an ESR_ variable that is not ESR_<SECTION>__<KEY>");
+                false
+            }
+            None => false,
+        })
+        .collect()
+}
+
 fn layers(
     file: Option<&Path>,
-    env: Option<HashMap<String, String>>,
+    env: HashMap<String, String>,
 ) -> config::ConfigBuilder<config::builder::DefaultState> {
     let mut builder = Config::builder().add_source(File::from_str(DEFAULT_TOML, FileFormat::Toml));
     if let Some(path) = file {
@@ -64,6 +77,6 @@ fn layers(
         .try_parsing(true)
         .list_separator(",")
         .with_list_parse_key("schedule.deaneries")
-        .source(env);
+        .source(Some(env));
     builder.add_source(environment)
 }

@@ -226,3 +226,43 @@ fn the_readme_configuration_reference_matches_the_defaults() {
         );
     }
 }
+
+#[test]
+fn esr_variables_that_are_not_section_keys_are_left_alone() {
+    // Kubernetes adds these to every pod of a Service named esr-exporter.
+    let env = [
+        ("ESR_EXPORTER_SERVICE_HOST", "10.0.0.7"),
+        ("ESR_EXPORTER_PORT", "tcp://10.0.0.7:8080"),
+        ("ESR_EXPORTER_PORT_8080_TCP_PROTO", "tcp"),
+        ("ESR_EXPORT__CHUNK_SIZE", "250"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    let settings = Settings::load_with_env(None, Some(env)).expect("loads");
+    assert_eq!(settings.export.chunk_size, 250);
+}
+
+#[test]
+fn a_log_level_that_names_no_level_is_refused_naming_the_key() {
+    for bad in ["warning", "esr_exporter", "info,lapin"] {
+        let env = [("ESR_LOG__LEVEL".to_owned(), bad.to_owned())]
+            .into_iter()
+            .collect();
+        let err = Settings::load_with_env(None, Some(env))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("log.level"), "{bad}: {err}");
+    }
+    for good in [
+        "warn",
+        "INFO",
+        "info,lapin=off",
+        "warn,esr_exporter::export=debug",
+    ] {
+        let env = [("ESR_LOG__LEVEL".to_owned(), good.to_owned())]
+            .into_iter()
+            .collect();
+        assert!(Settings::load_with_env(None, Some(env)).is_ok(), "{good}");
+    }
+}

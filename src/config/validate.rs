@@ -25,6 +25,24 @@ fn require(ok: bool, key: &'static str, reason: &str) -> Result<(), ConfigError>
     }
 }
 
+/// Every directive names a level: `warn`, or `target=warn`. A bare word
+/// such as `warning` would be taken for a target and silence every line.
+fn levels_named(filter: &str) -> bool {
+    const LEVELS: [&str; 6] = ["trace", "debug", "info", "warn", "error", "off"];
+    filter
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .all(|directive| {
+            let level = directive
+                .rsplit_once('=')
+                .map_or(directive, |(_, level)| level);
+            LEVELS
+                .iter()
+                .any(|known| known.eq_ignore_ascii_case(level.trim()))
+        })
+}
+
 impl Settings {
     /// Checks values the types alone cannot.
     ///
@@ -292,10 +310,14 @@ impl Settings {
                 format!("`{}` is not a host:port address", self.http.listen),
             ));
         }
-        if tracing_subscriber::EnvFilter::try_new(&self.log.level).is_err() {
+        let level = &self.log.level;
+        if tracing_subscriber::EnvFilter::try_new(level).is_err() || !levels_named(level) {
             return Err(invalid(
                 "log.level",
-                format!("`{}` is not a valid log filter", self.log.level),
+                format!(
+                    "`{level}` is not a log filter: a level (trace, debug, info, warn, error, \
+                     off) or target=level directives, comma-separated"
+                ),
             ));
         }
         Ok(())
