@@ -199,11 +199,7 @@ async fn check_config(settings: &Settings) -> anyhow::Result<ExitCode> {
         eprintln!("warning: {warning}");
     }
     print!("{}", settings.to_redacted_toml());
-    let proven = match Destination::from_settings(settings) {
-        Ok(destination) => destination.probe().await.map(|()| destination),
-        Err(err) => Err(err),
-    };
-    match proven {
+    match Destination::proven(settings).await {
         Ok(Destination::Bucket(bucket)) => {
             eprintln!(
                 "destination {}: refuses a second create of a name (probe passed)",
@@ -219,13 +215,6 @@ async fn check_config(settings: &Settings) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The destination the settings name, proven before any run uses it.
-async fn proven_destination(settings: &Settings) -> anyhow::Result<Destination> {
-    let destination = Destination::from_settings(settings)?;
-    destination.probe().await?;
-    Ok(destination)
-}
-
 async fn run_export(settings: &Settings, args: ExportArgs) -> anyhow::Result<ExitCode> {
     let store = Store::build(settings)
         .await
@@ -238,7 +227,7 @@ async fn run_export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exi
         each_once(args.deaneries)
     };
     let exporter = Exporter::new(store, settings.export.clone())
-        .with_destination(proven_destination(settings).await?);
+        .with_destination(Destination::proven(settings).await?);
     let mut any_failed = false;
     // Deaneries are independent (one lease each): run a few at once, and
     // print the summaries in deanery order as they finish.

@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::{DestinationError, FailureKind};
 use super::retry::RequestPolicy;
-use super::{Created, Found};
+use super::Found;
 use crate::config::S3Settings;
 use crate::domain::DestinationUrl;
 
@@ -197,11 +197,7 @@ impl Bucket {
     ///
     /// # Errors
     /// [`FailureKind::Occupied`] when the name exists; others as classified.
-    pub async fn create_bytes(
-        &self,
-        name: &str,
-        bytes: Bytes,
-    ) -> Result<Created, DestinationError> {
+    pub async fn create_bytes(&self, name: &str, bytes: Bytes) -> Result<Found, DestinationError> {
         let path = self.path(name);
         let size = bytes.len() as u64;
         let put = self
@@ -214,10 +210,10 @@ impl Bucket {
                     .map_err(|err| self.fail("create", name, &err))
             })
             .await?;
-        Ok(Created {
+        Ok(Found {
+            size,
             etag: put.e_tag,
             version: put.version,
-            size,
         })
     }
 
@@ -230,7 +226,7 @@ impl Bucket {
         &self,
         name: &str,
         file: &LocalPath,
-    ) -> Result<Created, DestinationError> {
+    ) -> Result<Found, DestinationError> {
         let size = std::fs::metadata(file)
             .map_err(|err| self.local_error(name, file, &err))?
             .len();
@@ -247,16 +243,12 @@ impl Bucket {
             tracing::warn!(destination = %self.url, key = %self.key(&temp), error = %err, "could not remove a temporary object; the next run of the deanery removes it");
         }
         copied?;
-        let found = self.lookup(name).await?.unwrap_or(Found {
+        // The copy's reply carries no ETag: look the new object up.
+        Ok(self.lookup(name).await?.unwrap_or(Found {
             size,
             etag: None,
             version: None,
-        });
-        Ok(Created {
-            etag: found.etag,
-            version: found.version,
-            size,
-        })
+        }))
     }
 
     fn local_error(&self, name: &str, file: &LocalPath, err: &std::io::Error) -> DestinationError {

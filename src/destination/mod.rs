@@ -19,7 +19,7 @@ pub use error::{DestinationError, FailureKind};
 use crate::config::Settings;
 use crate::domain::DestinationUrl;
 
-/// What a name holds at a destination.
+/// What a name holds at a destination (or was just created with).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Found {
     /// Bytes.
@@ -28,17 +28,6 @@ pub struct Found {
     pub etag: Option<String>,
     /// The object version, on a versioned bucket.
     pub version: Option<String>,
-}
-
-/// A name just created.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Created {
-    /// The store's ETag, if it gives one.
-    pub etag: Option<String>,
-    /// The object version, on a versioned bucket.
-    pub version: Option<String>,
-    /// Bytes written.
-    pub size: u64,
 }
 
 /// What a name holds compared with the bytes a run recorded.
@@ -75,6 +64,16 @@ impl Destination {
         }
     }
 
+    /// The destination the settings name, proven by [`Destination::probe`].
+    ///
+    /// # Errors
+    /// When it cannot be configured, reached or proven.
+    pub async fn proven(settings: &Settings) -> Result<Self, DestinationError> {
+        let destination = Self::from_settings(settings)?;
+        destination.probe().await?;
+        Ok(destination)
+    }
+
     /// Proves a bucket refuses a second create of a name (a folder's
     /// hard link always does).
     ///
@@ -83,7 +82,7 @@ impl Destination {
     pub async fn probe(&self) -> Result<(), DestinationError> {
         match self {
             Self::Folder => Ok(()),
-            Self::Bucket(bucket) => probe::probe(bucket).await,
+            Self::Bucket(bucket) => bucket.probe().await,
         }
     }
 
@@ -97,6 +96,14 @@ impl Destination {
 }
 
 impl Bucket {
+    /// Proves this bucket refuses a second create of a name.
+    ///
+    /// # Errors
+    /// When the proof fails or the store cannot be reached.
+    pub async fn probe(&self) -> Result<(), DestinationError> {
+        probe::probe(self).await
+    }
+
     /// What the name holds compared with `sha256`: absent, the same bytes
     /// (read back and hashed), or other bytes.
     ///

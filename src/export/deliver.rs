@@ -13,6 +13,7 @@ use bytes::Bytes;
 use super::context::RunContext;
 use super::file::{self, FileHeader, Staged};
 use super::io::blocking;
+use super::publish::recorded;
 use super::{ExportError, Exporter};
 use crate::destination::{metrics, Bucket, DestinationError, FailureKind, Found, Holding};
 use crate::store::{Publication, RunDoc, RunPhase};
@@ -67,38 +68,37 @@ impl Exporter {
         run: &mut RunDoc,
     ) -> Result<Option<(Staged, PathBuf)>, ExportError> {
         let staged = recorded(run)?;
-        let (dir, name) = (
-            self.settings.output_dir.clone(),
-            run.file_name.clone().unwrap_or_default(),
-        );
-        let sha = staged.sha256.clone();
-        let here = blocking(&self.settings.output_dir, move || {
-            file::staged_with_hash(&dir, &name, &sha)
-        })
-        .await?;
-        if let Some(path) = here {
+        if let Some(path) = self.staged_file(run, &staged).await? {
             return Ok(Some((staged, path)));
         }
         tracing::warn!(deanery = %ctx.deanery, run_id = %run.id, "the run's staged file is not in this folder and nothing is in the bucket; staging it again from the claimed records");
         let Some(staged) = self.restage(ctx, run).await? else {
             return Ok(None);
         };
-        let (dir, name, sha) = (
-            self.settings.output_dir.clone(),
-            run.file_name.clone().unwrap_or_default(),
-            staged.sha256.clone(),
-        );
-        let path = blocking(&self.settings.output_dir, move || {
-            file::staged_with_hash(&dir, &name, &sha)
-        })
-        .await?;
-        let path = path.ok_or_else(|| {
+        let path = self.staged_file(run, &staged).await?.ok_or_else(|| {
             ExportError::inconsistent(
                 &run.id,
                 "the file staged again vanished before it could be published",
             )
         })?;
         Ok(Some((staged, path)))
+    }
+
+    /// The run's staged file in this folder when it holds `staged`'s bytes.
+    async fn staged_file(
+        &self,
+        run: &RunDoc,
+        staged: &Staged,
+    ) -> Result<Option<PathBuf>, ExportError> {
+        let (dir, name, sha) = (
+            self.settings.output_dir.clone(),
+            run.file_name.clone().unwrap_or_default(),
+            staged.sha256.clone(),
+        );
+        blocking(&self.settings.output_dir, move || {
+            file::staged_with_hash(&dir, &name, &sha)
+        })
+        .await
     }
 
     /// Manifest, then `.DAT`, each created only if absent.
@@ -119,16 +119,7 @@ impl Exporter {
         match bucket.create_from_file(&name, &path).await {
             Ok(created) => {
                 metrics::record_created("s3", created.size, started.elapsed());
-                let Created {
-                    etag,
-                    version,
-                    size,
-                } = created;
-                Ok(Found {
-                    size,
-                    etag,
-                    version,
-                })
+                Ok(created)
             }
             Err(err) if err.kind == FailureKind::Occupied => {
                 // Taken between the look-up and the create (or a reply was
@@ -158,9 +149,10 @@ impl Exporter {
         let header = self.header(run, ctx.deanery)?;
         let manifest_name = format!("{}.json", header.file_name);
         let bytes = Bytes::from(manifest_bytes(&header, staged, &self.settings.output_dir)?);
+        let started = Instant::now();
         let err = match bucket.create_bytes(&manifest_name, bytes.clone()).await {
             Ok(created) => {
-                metrics::record_created("s3", created.size, std::time::Duration::ZERO);
+                metrics::record_created("s3", created.size, started.elapsed());
                 return Ok(());
             }
             Err(err) if err.kind == FailureKind::Occupied => err,
@@ -216,22 +208,6 @@ impl Exporter {
         run.phase = RunPhase::Written;
         run.publication = Some(publication);
         Ok(())
-    }
-}
-
-use crate::destination::Created;
-
-/// The hash and count the run recorded when it staged its file.
-fn recorded(run: &RunDoc) -> Result<Staged, ExportError> {
-    match (run.sha256.clone(), run.record_count) {
-        (Some(sha256), Some(count)) => Ok(Staged {
-            sha256,
-            record_count: count.max(0) as u64,
-        }),
-        _ => Err(ExportError::inconsistent(
-            &run.id,
-            "finalizing without a recorded hash and count",
-        )),
     }
 }
 

@@ -294,7 +294,11 @@ fn file_has_hash(path: &Path, sha256: &str) -> io::Result<bool> {
     Ok(hex::encode(hasher.finalize()) == sha256)
 }
 
-fn remove_if_present(path: &Path) -> io::Result<()> {
+/// Removes `path`; absent is fine.
+///
+/// # Errors
+/// On I/O errors other than the file being absent.
+pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
     match std::fs::remove_file(path) {
         Err(err) if err.kind() != io::ErrorKind::NotFound => Err(err),
         _ => Ok(()),

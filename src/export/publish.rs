@@ -72,16 +72,7 @@ impl Exporter {
                 "export.destination names a bucket but this exporter was built for the folder",
             ));
         }
-        let (Some(sha256), Some(count)) = (run.sha256.clone(), run.record_count) else {
-            return Err(ExportError::inconsistent(
-                &run.id,
-                "finalizing without a recorded hash and count",
-            ));
-        };
-        let mut staged = Staged {
-            sha256,
-            record_count: count.max(0) as u64,
-        };
+        let mut staged = recorded(run)?;
         if self.publish_staged(run, ctx.deanery, &staged).await? == Published::NotStaged {
             tracing::warn!(
                 deanery = %ctx.deanery,
@@ -185,5 +176,19 @@ impl Exporter {
         run.phase = RunPhase::Written;
         run.publication = Some(publication);
         Ok(())
+    }
+}
+
+/// The hash and count the run recorded when it staged its file.
+pub(super) fn recorded(run: &RunDoc) -> Result<Staged, ExportError> {
+    match (run.sha256.clone(), run.record_count) {
+        (Some(sha256), Some(count)) => Ok(Staged {
+            sha256,
+            record_count: count.max(0) as u64,
+        }),
+        _ => Err(ExportError::inconsistent(
+            &run.id,
+            "finalizing without a recorded hash and count",
+        )),
     }
 }

@@ -5,7 +5,7 @@
 //! the name is removed first, then the name is created conditionally as
 //! ever). The redelivery is recorded on the run; records do not change.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use bson::doc;
 use bytes::Bytes;
@@ -222,7 +222,7 @@ async fn to_folder(
     let manifest = dir.join(format!("{}.json", header.file_name));
     if replace {
         for path in [&target, &manifest] {
-            remove_if_present(path)?;
+            file::remove_if_present(path)?;
         }
     } else if std::fs::symlink_metadata(&target).is_ok() {
         return Err(RedeliverError::Exists(target.display().to_string()));
@@ -237,13 +237,6 @@ async fn to_folder(
         sha256: staged.sha256,
         records: staged.record_count,
     })
-}
-
-fn remove_if_present(path: &PathBuf) -> std::io::Result<()> {
-    match std::fs::remove_file(path) {
-        Err(err) if err.kind() != std::io::ErrorKind::NotFound => Err(err),
-        _ => Ok(()),
-    }
 }
 
 async fn to_bucket(
