@@ -226,6 +226,7 @@ async fn run_export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exi
     } else {
         each_once(args.deaneries)
     };
+    let closing = store.clone();
     let exporter = Exporter::new(store, settings.export.clone())
         .with_destination(Destination::proven(settings).await?);
     let mut any_failed = false;
@@ -243,6 +244,8 @@ async fn run_export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exi
         writeln!(stdout, "{line}").context("Failed to write to stdout")?;
         stdout.flush().context("Failed to write to stdout")?;
     }
+    drop(summaries);
+    closing.shutdown().await;
     Ok(if any_failed {
         ExitCode::FAILURE
     } else {

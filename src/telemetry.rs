@@ -7,10 +7,23 @@
 //! `attempt`, `error_code`, `delay_ms`, `op`, `exported`, `rejected`,
 //! `file`, `attempts`, `duration_ms`, `error`.
 
+use tracing::{Level, Metadata};
+use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LogSettings};
+
+/// True for an ERROR line of the AMQP client itself ("Channel closed",
+/// "Connection error"): a broker restart, a consumer timeout or a clean
+/// stop is not an incident, and the daemon's own WARN line already says
+/// what happened and that it reconnects. Its lower levels pass as the
+/// filter says.
+fn lapin_error(metadata: &Metadata<'_>) -> bool {
+    *metadata.level() == Level::ERROR && metadata.target().starts_with("lapin")
+}
 
 /// Installs the global subscriber. Does nothing if one is already installed
 /// (tests install their own).
@@ -33,14 +46,17 @@ where
         .with_env_filter(filter)
         .with_writer(sink)
         .with_target(true);
+    let ours = filter_fn(|metadata| !lapin_error(metadata));
     let result = match settings.format {
         LogFormat::Json => builder
             .json()
             .flatten_event(true)
             .with_current_span(false)
             .with_span_list(false)
+            .finish()
+            .with(ours)
             .try_init(),
-        LogFormat::Pretty => builder.try_init(),
+        LogFormat::Pretty => builder.finish().with(ours).try_init(),
     };
     // Already installed: keep the existing one.
     drop(result);

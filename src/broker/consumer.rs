@@ -28,8 +28,8 @@ use lapin::Channel;
 
 use super::decision::{decide, retry_or_give_up, Disposition};
 use super::{
-    message_properties, open_declared, publish_confirmed, BrokerError, ATTEMPT_HEADER,
-    REASON_HEADER,
+    closed_within, message_properties, open_declared, publish_confirmed, BrokerError, Watcher,
+    ATTEMPT_HEADER, REASON_HEADER,
 };
 use crate::config::AmqpSettings;
 use crate::domain::{Deanery, GenerationCommand, RunSummary, Slot, SLOT_CLOCK_SKEW};
@@ -154,17 +154,21 @@ impl Consumer {
         connected: &mut bool,
     ) -> Result<(), BrokerError> {
         let (connection, channel) = open_declared(&self.settings, "consumer").await?;
+        let _blocked = Watcher::blocked(&connection, "consumer", Some(self.readiness.clone()));
         let result = match self.attach(&channel).await {
             Ok(deliveries) => {
                 *connected = true;
                 self.readiness.set_consumer_attached(true);
+                let _channel = Watcher::channel(&channel, self.readiness.clone());
                 tracing::info!(queue = %self.settings.queue, prefetch = self.settings.prefetch, "consuming generation commands");
                 self.settle_each(&channel, deliveries, shutdown).await
             }
             Err(err) => Err(err),
         };
-        let _ = channel.close(200, "consumer stopping").await;
-        let _ = connection.close(200, "consumer stopping").await;
+        self.readiness.set_broker_blocked(None);
+        let bound = self.settings.publish_timeout();
+        closed_within(bound, channel.close(200, "consumer stopping")).await;
+        closed_within(bound, connection.close(200, "consumer stopping")).await;
         result
     }
 
@@ -384,6 +388,40 @@ impl Consumer {
             .map_or_else(|| fallback.to_owned(), |id| id.as_str().to_owned())
     }
 
+    /// Publishes the delivery's body again, confirmed, to `exchange` with
+    /// `routing_key`. When the broker returns it (nothing bound there any
+    /// more), the delivery is requeued, never acked, and the error ends
+    /// this connection: the reconnect declares the topology again.
+    async fn republish(
+        &self,
+        settling: &Settling<'_>,
+        exchange: &str,
+        routing_key: &str,
+        properties: lapin::BasicProperties,
+    ) -> Result<(), BrokerError> {
+        let data = &settling.delivery.data;
+        let bound = self.settings.publish_timeout();
+        let published =
+            publish_confirmed(settling.channel, exchange, routing_key, data, properties, bound)
+                .await;
+        if let Err(err @ BrokerError::Unroutable { .. }) = &published {
+            tracing::error!(
+                command_id = settling.command_id.unwrap_or_default(),
+                error = %err,
+                "a route of the topology is missing; the command is requeued and the topology declared again"
+            );
+            settling
+                .delivery
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    multiple: false,
+                })
+                .await
+                .map_err(BrokerError::amqp("basic.nack"))?;
+        }
+        published
+    }
+
     /// Republishes the message, confirmed, to the retry queue as attempt
     /// `next`, then acks it.
     async fn retry_later(
@@ -397,15 +435,10 @@ impl Consumer {
             Self::headers_with(delivery, &[(ATTEMPT_HEADER, AMQPValue::LongLongInt(next))]);
         let command_id = settling.command_id.unwrap_or_default();
         let expiration = ShortString::from(self.settings.retry_delay_ms.to_string());
-        publish_confirmed(
-            settling.channel,
-            "",
-            &self.settings.retry_queue(),
-            &delivery.data,
-            message_properties(&Self::message_id(delivery, command_id), headers)
-                .with_expiration(expiration),
-        )
-        .await?;
+        let properties = message_properties(&Self::message_id(delivery, command_id), headers)
+            .with_expiration(expiration);
+        self.republish(settling, "", &self.settings.retry_queue(), properties)
+            .await?;
         ack(delivery).await?;
         tracing::warn!(
             command_id = %command_id,
@@ -430,14 +463,10 @@ impl Consumer {
         let headers = Self::headers_with(delivery, &[(REASON_HEADER, reason_header)]);
         let command_id = settling.command_id.unwrap_or("");
         let message_id = Self::message_id(delivery, command_id);
-        publish_confirmed(
-            settling.channel,
-            &self.settings.dead_letter_exchange(),
-            &self.settings.queue,
-            &delivery.data,
-            message_properties(&message_id, headers),
-        )
-        .await?;
+        let exchange = self.settings.dead_letter_exchange();
+        let properties = message_properties(&message_id, headers);
+        self.republish(settling, &exchange, &self.settings.queue, properties)
+            .await?;
         ack(delivery).await?;
         tracing::error!(
             command_id,

@@ -141,6 +141,7 @@ pub(crate) async fn replay_dead_letters(settings: &AmqpSettings) -> Result<u32, 
             &settings.queue,
             &delivery.data,
             message_properties(&message_id, headers),
+            settings.publish_timeout(),
         )
         .await?;
         delivery

@@ -71,6 +71,7 @@ mod tests {
 
     fn summary(status: RunStatus, retryable: bool) -> RunSummary {
         RunSummary {
+            interrupted: false,
             deanery: "MER".to_owned(),
             run_id: None,
             status,

@@ -6,7 +6,8 @@
 //! Topology, declared idempotently on every (re)connect:
 //!
 //! - `<queue>`: durable; for `queue_type = "quorum"` with
-//!   `x-dead-letter-exchange = <queue>.dlx` and `x-delivery-limit`;
+//!   `x-dead-letter-exchange = <queue>.dlx`,
+//!   `x-dead-letter-routing-key = <queue>` and `x-delivery-limit`;
 //!   for `"classic"` plain, so an existing classic queue is reused as is.
 //! - `<queue>.dlx`: durable direct exchange; `<queue>.dlq` is bound to it
 //!   with the routing key `<queue>`.
@@ -19,6 +20,7 @@ mod dead_letters;
 mod decision;
 mod publish;
 mod topology;
+mod watch;
 
 use lapin::types::LongString;
 use lapin::{Channel, Connection, ConnectionProperties};
@@ -29,6 +31,7 @@ pub(crate) use dead_letters::{list_dead_letters, replay_dead_letters};
 pub(crate) use publish::publish_commands;
 pub use publish::{message_properties, publish_confirmed, Publisher};
 pub(crate) use topology::declare_topology;
+pub(crate) use watch::{closed_within, Watcher};
 
 /// Header carrying why a message was dead-lettered by this daemon.
 pub const REASON_HEADER: &str = "x-esr-dead-letter-reason";
@@ -52,6 +55,25 @@ pub enum BrokerError {
     Nacked {
         /// Where it was published.
         routing_key: String,
+    },
+    /// The broker returned a `mandatory` message: no queue is bound for its
+    /// route (a queue deleted, a binding removed).
+    #[error("RabbitMQ returned the message published to exchange {exchange:?} with routing key {routing_key:?}: no queue is bound for that route ({reply})")]
+    Unroutable {
+        /// The exchange published to (`""` is the default exchange).
+        exchange: String,
+        /// Its routing key.
+        routing_key: String,
+        /// The broker's reply text, e.g. `NO_ROUTE`.
+        reply: String,
+    },
+    /// No confirm came within `amqp.publish_timeout_ms`.
+    #[error("RabbitMQ did not confirm the message published to {routing_key:?} within {bound_ms} ms (amqp.publish_timeout_ms); is it blocking publishers under a memory or disk alarm?")]
+    ConfirmTimedOut {
+        /// Where it was published.
+        routing_key: String,
+        /// The bound, in milliseconds.
+        bound_ms: u64,
     },
     /// The consumer's delivery stream ended (connection or channel lost).
     #[error("RabbitMQ stopped delivering to the consumer (connection or channel closed)")]

@@ -2,12 +2,14 @@
 //! [`publish_commands`]: how the scheduler, the watchdog and `trigger` all
 //! publish generation commands.
 
+use std::time::Duration;
+
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
-use super::{open_declared, requester, BrokerError, ATTEMPT_HEADER};
+use super::{closed_within, open_declared, requester, Watcher, BrokerError, ATTEMPT_HEADER};
 use crate::config::AmqpSettings;
 use crate::domain::{Deanery, GenerationCommand, Slot};
 
@@ -21,32 +23,48 @@ pub fn message_properties(message_id: &str, headers: FieldTable) -> BasicPropert
         .with_headers(headers)
 }
 
-/// Publishes and waits for the broker's confirm.
+/// Publishes as `mandatory` and waits, at most `bound`, for the broker's
+/// confirm. A message no queue is bound to receive comes back to the
+/// publisher before the confirm: that is a failure, never a success.
 ///
 /// # Errors
 /// [`BrokerError::Amqp`] when the channel fails, [`BrokerError::Nacked`]
-/// when the broker refuses the message.
+/// when the broker refuses the message, [`BrokerError::Unroutable`] when
+/// it returns it, [`BrokerError::ConfirmTimedOut`] when no confirm comes
+/// within `bound` (a blocked or silent broker).
 pub async fn publish_confirmed(
     channel: &Channel,
     exchange: &str,
     routing_key: &str,
     body: &[u8],
     properties: BasicProperties,
+    bound: Duration,
 ) -> Result<(), BrokerError> {
-    let confirm = channel
-        .basic_publish(
-            exchange,
-            routing_key,
-            BasicPublishOptions::default(),
-            body,
-            properties,
-        )
+    let mandatory = BasicPublishOptions {
+        mandatory: true,
+        ..BasicPublishOptions::default()
+    };
+    let confirmed = async {
+        channel
+            .basic_publish(exchange, routing_key, mandatory, body, properties)
+            .await
+            .map_err(BrokerError::amqp("basic.publish"))?
+            .await
+            .map_err(BrokerError::amqp("publisher confirm"))
+    };
+    let confirm = tokio::time::timeout(bound, confirmed)
         .await
-        .map_err(BrokerError::amqp("basic.publish"))?
-        .await
-        .map_err(BrokerError::amqp("publisher confirm"))?;
+        .map_err(|_| BrokerError::ConfirmTimedOut {
+            routing_key: routing_key.to_owned(),
+            bound_ms: bound.as_millis() as u64,
+        })??;
     match confirm {
-        Confirmation::Ack(_) => Ok(()),
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(BrokerError::Unroutable {
+            exchange: exchange.to_owned(),
+            routing_key: routing_key.to_owned(),
+            reply: returned.reply_text.to_string(),
+        }),
         Confirmation::Nack(_) | Confirmation::NotRequested => Err(BrokerError::Nacked {
             routing_key: routing_key.to_owned(),
         }),
@@ -60,6 +78,8 @@ pub struct Publisher {
     connection: Connection,
     channel: Channel,
     queue: String,
+    bound: Duration,
+    _blocked: Watcher,
 }
 
 impl Publisher {
@@ -67,8 +87,9 @@ impl Publisher {
     ///
     /// # Errors
     /// [`BrokerError`] when the broker cannot be reached or refuses.
-    pub async fn connect(settings: &AmqpSettings, role: &str) -> Result<Self, BrokerError> {
+    pub async fn connect(settings: &AmqpSettings, role: &'static str) -> Result<Self, BrokerError> {
         let (connection, channel) = open_declared(settings, role).await?;
+        let blocked = Watcher::blocked(&connection, role, None);
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await
@@ -77,6 +98,8 @@ impl Publisher {
             connection,
             channel,
             queue: settings.queue.clone(),
+            bound: settings.publish_timeout(),
+            _blocked: blocked,
         })
     }
 
@@ -94,14 +117,15 @@ impl Publisher {
             &self.queue,
             &command.to_json(),
             message_properties(&command.command_id.to_string(), headers),
+            self.bound,
         )
         .await
     }
 
-    /// Closes the connection politely.
+    /// Closes the connection politely, within the publish bound.
     pub async fn close(self) {
-        let _ = self.channel.close(200, "done").await;
-        let _ = self.connection.close(200, "done").await;
+        closed_within(self.bound, self.channel.close(200, "done")).await;
+        closed_within(self.bound, self.connection.close(200, "done")).await;
     }
 }
 
@@ -116,7 +140,7 @@ impl Publisher {
 /// confirmed; the commands before it stay published.
 pub(crate) async fn publish_commands(
     settings: &AmqpSettings,
-    role: &str,
+    role: &'static str,
     deaneries: &[Deanery],
     slot: Slot,
     mut on_published: impl FnMut(&GenerationCommand),

@@ -62,6 +62,12 @@ async fn declare_command_queue(
         args.insert("x-queue-type".into(), long_string("quorum"));
         let dlx = settings.dead_letter_exchange();
         args.insert("x-dead-letter-exchange".into(), long_string(dlx));
+        // Explicit, so a message that reached the queue by another route
+        // still lands in `<queue>.dlq`, which is bound with this key.
+        args.insert(
+            "x-dead-letter-routing-key".into(),
+            long_string(settings.queue.clone()),
+        );
         args.insert(
             "x-delivery-limit".into(),
             AMQPValue::LongLongInt(i64::from(settings.delivery_limit)),

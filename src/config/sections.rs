@@ -100,6 +100,9 @@ pub struct AmqpSettings {
     pub(crate) reconnect_max_delay_ms: u64,
     /// Connection name shown by the broker.
     pub(crate) connection_name: String,
+    /// How long a publish waits for the broker's confirm (a blocked or
+    /// silent broker) before it fails.
+    pub(crate) publish_timeout_ms: u64,
 }
 
 impl AmqpSettings {
@@ -111,6 +114,11 @@ impl AmqpSettings {
     /// The dead-letter queue.
     pub fn dead_letter_queue(&self) -> String {
         format!("{}.dlq", self.queue)
+    }
+
+    /// How long a publish waits for its confirm.
+    pub fn publish_timeout(&self) -> Duration {
+        Duration::from_millis(self.publish_timeout_ms)
     }
 
     /// The delay queue for retries.

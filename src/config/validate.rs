@@ -147,7 +147,7 @@ impl Settings {
     }
 
     /// `(key, value, lowest, highest)` of each bounded number.
-    fn bounds(&self) -> [(&'static str, u64, u64, u64); 17] {
+    fn bounds(&self) -> [(&'static str, u64, u64, u64); 18] {
         let (m, r, a, s) = (&self.mongodb, &self.retry, &self.amqp, &self.schedule);
         let (w, d, e) = (&self.watchdog, &self.daemon, &self.export);
         [
@@ -181,6 +181,7 @@ impl Settings {
                 1,
                 HOUR_MS,
             ),
+            ("amqp.publish_timeout_ms", a.publish_timeout_ms, 100, HOUR_MS),
             (
                 "schedule.catch_up_window_minutes",
                 s.catch_up_window_minutes,
@@ -253,7 +254,19 @@ impl Settings {
             "amqp.queue",
             "must be at most 240 bytes",
         )?;
-        require(a.prefetch > 0, "amqp.prefetch", "must be at least 1")?;
+        require(
+            a.prefetch == 1,
+            "amqp.prefetch",
+            "must be 1: commands are exported one at a time, and a prefetched delivery's \
+             acknowledgement timeout would run during the export before it (run more replicas \
+             to export more deaneries at once)",
+        )?;
+        require(
+            a.publish_timeout_ms.saturating_mul(2) <= self.schedule.slot_lease_seconds * 1_000,
+            "amqp.publish_timeout_ms",
+            "must be at most half of schedule.slot_lease_seconds: the slot's lease must outlive \
+             a publish that waits out the bound",
+        )?;
         require(
             (1..=1_500).contains(&a.processing_timeout_seconds),
             "amqp.processing_timeout_seconds",

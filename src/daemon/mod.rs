@@ -78,6 +78,7 @@ impl Daemon {
             destination,
         } = self;
         log_starting(&settings, &listener);
+        let closing = store.clone();
         let (trigger, mut shutdown) = Shutdown::new();
         let readiness = Readiness::default();
         metrics::set_consumer_attached(false);
@@ -108,6 +109,7 @@ impl Daemon {
             Err(err) => Err(err),
         };
         stop(trigger, tasks, &settings).await;
+        closing.shutdown().await;
         result
     }
 }

@@ -39,6 +39,18 @@ pub(crate) struct AppRow {
 }
 
 impl AppRow {
+    /// The projection of a query whose records become detail lines: the
+    /// fields [`AppRow::from_document`] reads and nothing else, so a large
+    /// field the file does not use never crosses the wire or fills a
+    /// transaction.
+    pub(crate) fn projection() -> Document {
+        let mut projection = bson::doc! {"_id": 1, "deanery": 1};
+        for (name, _) in DETAIL_FIELDS {
+            projection.insert(name, 1);
+        }
+        projection
+    }
+
     /// Builds the detail line of a record document of `deanery`'s run, or
     /// explains every reason it cannot be written. Unknown fields are
     /// ignored.

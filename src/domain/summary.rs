@@ -48,4 +48,9 @@ pub struct RunSummary {
     /// failure, interrupted); false when completed or failed for good.
     #[serde(skip)]
     pub retryable: bool,
+    /// True when shutdown stopped the attempt at a safe point (a deploy, a
+    /// restart): not a failure of the export, counted apart
+    /// (`outcome="interrupted"`) and logged at WARN.
+    #[serde(skip)]
+    pub interrupted: bool,
 }

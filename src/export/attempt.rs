@@ -34,8 +34,10 @@ impl Exporter {
                         progress: Progress::default(),
                     };
                     let result = self.run_all(&mut ctx).await.map(|()| None);
-                    if !result.as_ref().is_err_and(ExportError::is_timeout) {
-                        self.release_lease(&mut ctx).await;
+                    let silent = result.as_ref().is_err_and(ExportError::is_timeout);
+                    if silent || !self.release_lease(&mut ctx).await {
+                        // The lease still names this session.
+                        self.store.park_session(ctx.session);
                     }
                     (result, ctx.progress, ctx.attempts)
                 }
@@ -49,6 +51,7 @@ impl Exporter {
             Ok(Some(reason)) => {
                 tracing::warn!(deanery = %deanery, reason = %reason, "export run skipped")
             }
+            Err(err) if err.is_shutdown() => log_interrupted(&summary),
             Err(err) => self.report_failure(deanery, err, &summary, &progress).await,
         }
         summary
@@ -84,15 +87,17 @@ impl Exporter {
         }
     }
 
-    /// Gives the lease up so the next attempt need not wait for it to lapse.
-    async fn release_lease(&self, ctx: &mut RunContext<'_>) {
+    /// Gives the lease up so the next attempt need not wait for it to
+    /// lapse; false when it could not.
+    async fn release_lease(&self, ctx: &mut RunContext<'_>) -> bool {
         let released = self
             .store
             .release_lease(ctx.deanery, &ctx.lease.owner, &mut ctx.attempts)
             .await;
-        if let Err(err) = released {
+        if let Err(err) = &released {
             tracing::warn!(deanery = %ctx.deanery, error = %err, "failed to release lease; it lapses on its own");
         }
+        released.is_ok()
     }
 
     /// Logs a failed attempt at ERROR (and the folder, when it was the
@@ -183,7 +188,17 @@ fn summarise(
         resumed: progress.resumed,
         error,
         retryable,
+        interrupted: outcome.as_ref().is_err_and(ExportError::is_shutdown),
     }
+}
+
+fn log_interrupted(summary: &RunSummary) {
+    tracing::warn!(
+        deanery = %summary.deanery,
+        run_id = summary.run_id.as_deref().unwrap_or(""),
+        duration_ms = summary.duration_ms,
+        "export run interrupted by shutdown at a safe point; the next attempt resumes it"
+    );
 }
 
 fn log_completed(summary: &RunSummary) {

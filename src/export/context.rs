@@ -25,10 +25,13 @@ pub struct RunOptions {
     pub deadline: Option<Instant>,
 }
 
+/// Why an attempt stopped when shutdown was signalled.
+pub(super) const SHUTDOWN: &str = "shutdown";
+
 impl RunOptions {
     fn interruption(&self) -> Option<&'static str> {
         if self.shutdown.as_ref().is_some_and(Shutdown::is_shutdown) {
-            Some("shutdown")
+            Some(SHUTDOWN)
         } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
             Some("processing deadline")
         } else {

@@ -79,7 +79,13 @@ impl ExportError {
         }
     }
 
-    /// True when MongoDB did not answer within the bound.
+    /// True when shutdown stopped the attempt at a safe point.
+    pub(crate) fn is_shutdown(&self) -> bool {
+        matches!(self, Self::Interrupted(why) if *why == super::context::SHUTDOWN)
+    }
+
+    /// True when MongoDB did not answer within the bound, or the driver
+    /// gave up on it.
     pub(crate) fn is_timeout(&self) -> bool {
         matches!(self, Self::Store(err) if err.is_timeout())
     }

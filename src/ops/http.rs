@@ -113,7 +113,11 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         Ok(Err(err)) => Err(format!("unreachable: {err}")),
         Err(_) => Err(format!("no answer within {} s", PING_TIMEOUT.as_secs())),
     };
-    let rabbitmq = if state.readiness.consumer_attached() {
+    let rabbitmq = if let Some(reason) = state.readiness.broker_blocked() {
+        Err(format!(
+            "RabbitMQ blocks publishing on this connection (connection.blocked: {reason})"
+        ))
+    } else if state.readiness.consumer_attached() {
         Ok(())
     } else {
         Err("consumer not attached to its queue (RabbitMQ unreachable or reconnecting)".to_owned())

@@ -2,7 +2,7 @@
 //!
 //! | metric | type | labels |
 //! | --- | --- | --- |
-//! | `esr_export_runs_total` | counter | `deanery`, `outcome` (`completed`, `failed`, `skipped`) |
+//! | `esr_export_runs_total` | counter | `deanery`, `outcome` (`completed`, `failed`, `interrupted`, `skipped`) |
 //! | `esr_records_exported_total` | counter | `deanery` |
 //! | `esr_records_rejected_total` | counter | `deanery` |
 //! | `esr_transaction_attempts_total` | counter | `deanery` |
@@ -16,6 +16,7 @@
 //! | `esr_stuck_records_oldest_age_seconds` | gauge | `deanery` |
 //! | `esr_watchdog_catch_up_commands_total` | counter | `deanery` |
 //! | `esr_consumer_attached` | gauge | |
+//! | `esr_amqp_blocked` | gauge | `role` (`consumer`, `scheduler`, `watchdog`, `trigger`) |
 //! | `esr_output_folder_errors_total` | counter | `error` (errno name: `ENOSPC`, `EROFS`, `EMFILE`, ...) |
 //! | `esr_output_folder_writable` | gauge | |
 //! | `esr_destination_uploads_total` | counter | `destination` (`file`, `s3`), `outcome` (`created`, `kept`, `failed`) |
@@ -68,11 +69,11 @@ enum Kind {
 }
 
 /// Every metric: name, kind, HELP text.
-const HELP: [(&str, Kind, &str); 22] = [
+const HELP: [(&str, Kind, &str); 23] = [
     (
         "esr_export_runs_total",
         Kind::Counter,
-        "Export attempts by deanery and outcome: completed, failed or skipped.",
+        "Export attempts by deanery and outcome: completed, failed, interrupted (by shutdown, at a safe point) or skipped.",
     ),
     (
         "esr_records_exported_total",
@@ -140,6 +141,11 @@ const HELP: [(&str, Kind, &str); 22] = [
         "1 while the command consumer is attached to its queue.",
     ),
     (
+        "esr_amqp_blocked",
+        Kind::Gauge,
+        "1 while RabbitMQ blocks this connection's publishers (connection.blocked: a memory or disk alarm).",
+    ),
+    (
         "esr_output_folder_errors_total",
         Kind::Counter,
         "I/O errors met writing the output folder, by errno name.",
@@ -197,6 +203,7 @@ pub(crate) fn record_run(summary: &RunSummary) {
     let deanery = summary.deanery.clone();
     let outcome = match summary.status {
         RunStatus::Completed => "completed",
+        RunStatus::Failed if summary.interrupted => "interrupted",
         RunStatus::Failed => "failed",
         RunStatus::Skipped => "skipped",
     };
@@ -251,6 +258,11 @@ pub(crate) fn record_catch_up(deanery: &str) {
 /// Sets the consumer-attached gauge.
 pub(crate) fn set_consumer_attached(attached: bool) {
     gauge!("esr_consumer_attached").set(if attached { 1.0 } else { 0.0 });
+}
+
+/// Records whether RabbitMQ blocks the publishers of `role`'s connection.
+pub(crate) fn set_amqp_blocked(role: &str, blocked: bool) {
+    gauge!("esr_amqp_blocked", "role" => role.to_owned()).set(if blocked { 1.0 } else { 0.0 });
 }
 
 /// Counts an I/O error met in the output folder, by errno name.

@@ -9,7 +9,7 @@ pub mod output_folder;
 pub mod systemd;
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 /// What readiness knows besides a database ping: whether the consumer is
 /// attached to its queue (which also says RabbitMQ is reachable). Cheap to
@@ -17,6 +17,8 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Readiness {
     consumer_attached: Arc<AtomicBool>,
+    /// Why RabbitMQ blocks the consumer's connection, while it does.
+    broker_blocked: Arc<Mutex<Option<String>>>,
 }
 
 impl Readiness {
@@ -29,5 +31,18 @@ impl Readiness {
     /// True while the consumer is attached to its queue.
     pub(crate) fn consumer_attached(&self) -> bool {
         self.consumer_attached.load(Ordering::SeqCst)
+    }
+
+    /// Records that RabbitMQ blocks (`Some(reason)`) or unblocked (`None`)
+    /// the consumer's connection.
+    pub(crate) fn set_broker_blocked(&self, reason: Option<String>) {
+        if let Ok(mut blocked) = self.broker_blocked.lock() {
+            *blocked = reason;
+        }
+    }
+
+    /// Why RabbitMQ blocks the consumer's connection, while it does.
+    pub(crate) fn broker_blocked(&self) -> Option<String> {
+        self.broker_blocked.lock().ok().and_then(|b| b.clone())
     }
 }

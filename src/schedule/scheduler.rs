@@ -14,7 +14,7 @@ use bson::doc;
 use chrono::{DateTime, Utc};
 
 use super::{Agreement, SlotClock};
-use crate::broker::{publish_commands, requester, BrokerError};
+use crate::broker::{requester, BrokerError, Publisher};
 use crate::config::{AmqpSettings, ScheduleSettings};
 use crate::domain::{Deanery, GenerationCommand, Slot};
 use crate::shutdown::Shutdown;
@@ -147,20 +147,61 @@ impl Scheduler {
             return Ok(fired);
         }
         let deaneries = self.deaneries_for_slot().await?;
-        let commands = publish_commands(
-            &self.amqp,
-            "scheduler",
-            &deaneries,
-            Slot::Scheduled(slot),
-            |_| {},
-        )
-        .await?;
+        let commands = match self.publish(slot, &deaneries, &mut attempts).await? {
+            Ok(commands) => commands,
+            Err(fired) => return Ok(fired),
+        };
         let published = self
             .mark_published(&slot_id, &commands, &mut attempts)
             .await?;
         crate::ops::metrics::record_slot_fired();
         tracing::info!(slot = %slot_id, commands = published.len(), "schedule slot fired");
         Ok(Fired::Published(published))
+    }
+
+    /// Publishes a command per deanery for the slot on one connection (see
+    /// [`Scheduler::publish_each`]).
+    async fn publish(
+        &self,
+        slot: DateTime<Utc>,
+        deaneries: &[Deanery],
+        attempts: &mut Attempts,
+    ) -> Result<Result<Vec<GenerationCommand>, Fired>, FireError> {
+        let publisher = Publisher::connect(&self.amqp, "scheduler").await?;
+        let published = self
+            .publish_each(&publisher, slot, deaneries, attempts)
+            .await;
+        publisher.close().await;
+        published
+    }
+
+    /// Publishes a command per deanery, each confirmed within
+    /// `amqp.publish_timeout_ms`. Before each command after the first the
+    /// slot's lease is taken again, which renews it: a publish that waited
+    /// out its bound never runs past the lease, and once another replica
+    /// holds or fired the slot this one stops (`Err` says which).
+    async fn publish_each(
+        &self,
+        publisher: &Publisher,
+        slot: DateTime<Utc>,
+        deaneries: &[Deanery],
+        attempts: &mut Attempts,
+    ) -> Result<Result<Vec<GenerationCommand>, Fired>, FireError> {
+        let slot_id = Slot::Scheduled(slot).id();
+        let by = requester("scheduler");
+        let mut commands = Vec::with_capacity(deaneries.len());
+        for deanery in deaneries {
+            if !commands.is_empty() {
+                if let Some(other) = self.claim(&slot_id, attempts).await? {
+                    return Ok(Err(other));
+                }
+            }
+            let command = GenerationCommand::new(deanery, Slot::Scheduled(slot), by.clone());
+            publisher.publish(&command).await?;
+            tracing::info!(slot = %slot_id, deanery = %deanery, command_id = %command.command_id, requested_by = %by, "generation command published");
+            commands.push(command);
+        }
+        Ok(Ok(commands))
     }
 
     /// Claims the slot; `Some` when another replica fired it or holds it.

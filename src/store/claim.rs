@@ -219,6 +219,7 @@ impl Store {
         let mut cursor = self
             .records
             .find(in_range.clone())
+            .projection(AppRow::projection())
             .sort(doc! {"_id": 1})
             .session(&mut *s)
             .max_time(self.max_time)

@@ -48,7 +48,8 @@ impl BoundedCursor {
 
 fn stream_error(op: &'static str, err: mongodb::error::Error) -> RetryError {
     match retry::classify(&err, false) {
-        Transience::Permanent => retry::permanent(op, err),
+        Transience::Permanent | Transience::TooLarge => retry::permanent(op, err),
+        Transience::Unreachable => retry::unreachable(RetryScope { op, deanery: None }, err),
         _ => RetryError::Exhausted {
             op,
             attempts: 1,

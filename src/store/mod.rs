@@ -139,7 +139,13 @@ pub struct Store {
     /// deadline: one the client gave up on does not go on grinding the
     /// server, and a slow one reports 50 before the deadline passes.
     max_time: Duration,
+    /// Sessions named by a lease that was not given back (see
+    /// [`Store::park_session`]), held until the process ends.
+    parked: std::sync::Arc<std::sync::Mutex<Vec<ClientSession>>>,
 }
+
+/// How often the driver's monitor checks the server, unless the URI says.
+const HEARTBEAT: Duration = Duration::from_secs(1);
 
 /// Bounds connecting (10 s at most) by `bound` (`mongodb.operation_timeout_ms`) and server
 /// selection by its own setting, and sets the read and write concerns of
@@ -153,6 +159,11 @@ fn bound_and_concerns(options: &mut ClientOptions, settings: &Settings, bound: D
     // Also the monitors' socket timeout: the driver's 10 s unless the bound
     // is shorter, so a frozen server is noticed no later than by default.
     options.connect_timeout = Some(bound.min(Duration::from_secs(10)));
+    // The driver forgets a server that answered "not primary" or "shutting
+    // down" until its monitor checks it again: every 10 s by default, so
+    // each such error would cost up to 10 s. A URI's heartbeatFrequencyMS
+    // still wins.
+    options.heartbeat_freq.get_or_insert(HEARTBEAT);
     let w = match mongo.write_concern {
         WriteConcernLevel::Majority => Acknowledgment::Majority,
         WriteConcernLevel::Primary => Acknowledgment::Nodes(1),
@@ -250,8 +261,38 @@ impl Store {
             client,
             retry: RetryPolicy::new(settings.retry.clone(), bound),
             max_time: retry::server_side(bound),
+            parked: std::sync::Arc::default(),
         };
         Ok(store)
+    }
+
+    /// Keeps a session out of the driver's pool for the rest of the
+    /// process. A lease that was not given back still names the session,
+    /// and whoever takes the lapsed lease over ends that session
+    /// (`killSessions`); pooled, it could by then carry another run's
+    /// transaction.
+    pub(crate) fn park_session(&self, session: ClientSession) {
+        if let Ok(mut parked) = self.parked.lock() {
+            parked.push(session);
+        }
+    }
+
+    /// Ends the client at exit (`Client::shutdown`): the server's sessions
+    /// are ended and the connections closed, waiting at most
+    /// `mongodb.operation_timeout_ms` (and no more than 5 s) for a server
+    /// that does not answer.
+    pub async fn shutdown(self) {
+        if let Ok(mut parked) = self.parked.lock() {
+            parked.clear();
+        }
+        let bound = self.retry.deadline().min(Duration::from_secs(5));
+        let Self { client, .. } = self;
+        if tokio::time::timeout(bound, client.shutdown()).await.is_err() {
+            tracing::warn!(
+                bound_ms = bound.as_millis() as u64,
+                "MongoDB did not answer the client's shutdown in time; connections dropped"
+            );
+        }
     }
 
     /// Whether the server selected for writes is a writable primary

@@ -11,7 +11,7 @@ use mongodb::ClientSession;
 use super::cursor::BoundedCursor;
 use super::retry::TransactionBody;
 use super::{int, now, oldest_created, open_runs, scope, Attempts, RetryScope, Store, StoreError};
-use crate::domain::{Deanery, RecordStatus};
+use crate::domain::{AppRow, Deanery, RecordStatus};
 
 /// Waiting records of one deanery that a past slot should have exported.
 #[derive(Debug, Clone, PartialEq)]
@@ -248,6 +248,7 @@ impl Store {
             .run(scope("stream_claimed", deanery), attempts, || async move {
                 records
                     .find(claimed_by(run_id))
+                    .projection(AppRow::projection())
                     .sort(doc! {"_id": 1})
                     .batch_size(batch_size)
                     .max_time(self.max_time)

@@ -55,6 +55,18 @@ pub enum RetryError {
         /// The bound, in milliseconds.
         bound_ms: u64,
     },
+    /// The driver gave up on the server before the bound passed (server
+    /// selection timed out, or the server's monitor timed out and
+    /// interrupted the operation): the attempt ends at once, as on
+    /// [`RetryError::TimedOut`], and writes nothing more to the server.
+    #[error("{op}: MongoDB unreachable (the driver gave up on the server): {source}")]
+    Unreachable {
+        /// What was being done.
+        op: &'static str,
+        /// The driver's error.
+        #[source]
+        source: MongoError,
+    },
     /// A permanent error: not retried.
     #[error("{op}: failed with a non-transient error (error code {code:?}): {source}")]
     Permanent {
@@ -72,18 +84,24 @@ impl RetryError {
     /// True when trying again later may succeed (the policy ran out, the
     /// error itself was transient).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Self::Exhausted { .. } | Self::TimedOut { .. })
+        matches!(
+            self,
+            Self::Exhausted { .. } | Self::TimedOut { .. } | Self::Unreachable { .. }
+        )
     }
 
-    /// True when the server did not answer within the bound.
+    /// True when the server did not answer within the bound, or the driver
+    /// gave up on it: writing anything more to it now would wait again.
     pub fn is_timeout(&self) -> bool {
-        matches!(self, Self::TimedOut { .. })
+        matches!(self, Self::TimedOut { .. } | Self::Unreachable { .. })
     }
 
     /// The underlying driver error, if the server answered at all.
     pub fn mongo(&self) -> Option<&MongoError> {
         match self {
-            Self::Exhausted { source, .. } | Self::Permanent { source, .. } => Some(source),
+            Self::Exhausted { source, .. }
+            | Self::Permanent { source, .. }
+            | Self::Unreachable { source, .. } => Some(source),
             Self::TimedOut { .. } => None,
         }
     }
@@ -127,6 +145,11 @@ impl RetryPolicy {
     /// A policy from `[retry]` settings, each try bounded by `deadline`.
     pub(crate) fn new(settings: RetrySettings, deadline: Duration) -> Self {
         Self { settings, deadline }
+    }
+
+    /// How long one try may take.
+    pub(crate) fn deadline(&self) -> Duration {
+        self.deadline
     }
 
     /// The same policy with another deadline, for the rare operation that
@@ -199,8 +222,12 @@ impl RetryPolicy {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
-            if classify(&err, false) == Transience::Permanent {
-                return Err(permanent(scope.op, err));
+            match classify(&err, false) {
+                Transience::Permanent | Transience::TooLarge => {
+                    return Err(permanent(scope.op, err))
+                }
+                Transience::Unreachable => return Err(unreachable(scope, err)),
+                _ => {}
             }
             self.wait_or_give_up(scope, attempt, started, &mut backoff, err, attempts)
                 .await?;
@@ -267,6 +294,20 @@ pub(crate) fn timed_out(scope: RetryScope<'_>, bound: Duration) -> RetryError {
     RetryError::TimedOut {
         op: scope.op,
         bound_ms,
+    }
+}
+
+/// The [`RetryError::Unreachable`] of `scope`, logged at ERROR.
+pub(crate) fn unreachable(scope: RetryScope<'_>, err: MongoError) -> RetryError {
+    tracing::error!(
+        op = scope.op,
+        deanery = scope.deanery.unwrap_or(""),
+        error = %err,
+        "MongoDB unreachable (the driver gave up on the server); the attempt fails and the next one resumes"
+    );
+    RetryError::Unreachable {
+        op: scope.op,
+        source: err,
     }
 }
 

@@ -391,6 +391,7 @@ impl TestApp {
             &self.settings.amqp.queue,
             body,
             esr_exporter::broker::message_properties("raw", Default::default()),
+            self.settings.amqp.publish_timeout(),
         )
         .await
         .unwrap();

@@ -14,29 +14,75 @@ fn command_error(code: i32) -> MongoError {
 }
 
 #[test]
-fn every_code_of_the_table_is_transient() {
-    for (code, name) in TRANSIENT_CODES {
-        assert_eq!(
-            classify(&command_error(code), false),
-            Transience::Transient,
-            "{code} {name}"
-        );
-        assert_eq!(
-            classify(&command_error(code), true),
-            Transience::Transient,
+fn every_code_of_a_transient_category_is_transient_on_every_command() {
+    for (code, name, _) in SERVER_CODES {
+        for during_commit in [false, true] {
+            assert_eq!(
+                classify(&command_error(code), during_commit),
+                Transience::Transient,
+                "{code} {name}"
+            );
+        }
+    }
+}
+
+#[test]
+fn every_row_but_the_uncategorised_three_names_a_transient_category() {
+    for (code, name, categories) in SERVER_CODES {
+        let categorised = categories
+            .iter()
+            .any(|category| TRANSIENT_CATEGORIES.contains(category));
+        assert!(
+            categorised || UNCATEGORISED_TRANSIENT.contains(&code),
             "{code} {name}"
         );
     }
 }
 
 #[test]
-fn the_codes_a_replica_set_produces_are_in_the_table() {
+fn the_codes_a_replica_set_or_a_sharded_cluster_produces_are_transient() {
     let required = [
-        6, 7, 50, 89, 91, 112, 189, 262, 9001, 10058, 10107, 11600, 11601, 11602, 13435, 13436,
+        6, 7, 24, 50, 89, 91, 112, 133, 189, 202, 237, 262, 402, 9001, 10058, 10107, 11600,
+        11601, 11602, 13435, 13436, 91331,
     ];
     for code in required {
         assert!(code_is_transient(code), "{code} must be transient");
     }
+}
+
+#[test]
+fn a_transaction_too_large_runs_again_smaller() {
+    for (code, name) in TOO_LARGE_CODES {
+        assert_eq!(
+            classify(&command_error(code), false),
+            Transience::TooLarge,
+            "{code} {name}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_driver_that_gave_up_on_the_server_ends_the_attempt() {
+    // A real server selection timeout: nothing listens on port 1.
+    let uri = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100&connectTimeoutMS=100";
+    let client = mongodb::Client::with_uri_str(uri).await.expect("a valid URI");
+    let err = client
+        .database("admin")
+        .run_command(doc! {"ping": 1})
+        .await
+        .expect_err("nothing answers");
+    assert_eq!(classify(&err, true), Transience::Unreachable, "{err}");
+    let timed_out = MongoError::from(std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "connect timed out",
+    ));
+    assert_eq!(classify(&timed_out, false), Transience::Unreachable);
+    assert!(monitor_gave_up(
+        "Connection to 127.0.0.1:1 interrupted due to server monitor timeout"
+    ));
+    assert!(!monitor_gave_up(
+        "Connection pool for 127.0.0.1:1 cleared because another operation failed with: reset"
+    ));
 }
 
 #[test]

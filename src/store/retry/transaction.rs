@@ -10,7 +10,9 @@ use mongodb::error::Error as MongoError;
 use mongodb::options::{Acknowledgment, ReadConcern, WriteConcern};
 use mongodb::ClientSession;
 
-use super::{classify, permanent, Attempts, RetryError, RetryPolicy, RetryScope, Transience};
+use super::{
+    classify, permanent, unreachable, Attempts, RetryError, RetryPolicy, RetryScope, Transience,
+};
 
 /// The work of one transaction: [`RetryPolicy::in_transaction`] runs it
 /// once per attempt, in the attempt's session.
@@ -124,10 +126,13 @@ impl Transaction<'_> {
                 Ok(()) => return Ok(()),
                 Err(err) => err,
             };
-            if classify(&err, false) == Transience::Permanent {
-                return Err(permanent(self.scope.op, err));
+            match classify(&err, false) {
+                Transience::Permanent | Transience::TooLarge => {
+                    return Err(permanent(self.scope.op, err))
+                }
+                Transience::Unreachable => return Err(unreachable(self.scope, err)),
+                _ => self.retry_after(err, attempts).await?,
             }
-            self.retry_after(err, attempts).await?;
         }
     }
 
@@ -147,15 +152,23 @@ impl Transaction<'_> {
         let value = match outcome {
             Ok(value) => value,
             Err(err) => {
+                let transience = classify(&err, false);
+                if transience == Transience::Unreachable {
+                    // Nothing more goes to a server the driver gave up on;
+                    // dropping the session aborts the transaction.
+                    return Err(unreachable(self.scope, err));
+                }
                 // Aborting may itself fail (the server may have aborted
                 // already); the session is usable again either way.
                 let _ = self
                     .policy
                     .bounded(self.scope, session.abort_transaction())
                     .await?;
-                if classify(&err, false) == Transience::Permanent {
+                if transience == Transience::Permanent {
                     return Err(permanent(self.scope.op, err));
                 }
+                // Transient or too large: the body runs again, on fewer
+                // records where it can.
                 self.retry_after(err, attempts).await?;
                 return Ok(None);
             }
@@ -198,10 +211,11 @@ impl Transaction<'_> {
                         )
                         .await?;
                 }
-                Transience::Transient => {
+                Transience::Transient | Transience::TooLarge => {
                     self.retry_after(err, attempts).await?;
                     return Ok(None);
                 }
+                Transience::Unreachable => return Err(unreachable(commit, err)),
                 Transience::Permanent => {
                     let _ = self
                         .policy
