@@ -100,6 +100,17 @@ enum Fault {
     KillAtPublication {
         after_reply: bool,
     },
+    /// `<queue>.retry` and `<queue>.dlq` deleted while the daemon runs.
+    DeleteQueues,
+    /// A RabbitMQ memory alarm (every publisher blocked) for `alarm_ms`.
+    MemoryAlarm {
+        alarm_ms: u64,
+    },
+    /// MongoDB stops answering for `hole_ms` with the run's bound at 20 s,
+    /// so the driver's monitor (10 s) notices before the bound does.
+    BlackHoleMonitorFirst {
+        hole_ms: u64,
+    },
 }
 
 impl Fault {
@@ -116,7 +127,14 @@ impl Fault {
     }
 
     fn pick(rng: &mut Rng) -> Self {
-        match rng.below(9) {
+        match rng.below(12) {
+            9 => Self::DeleteQueues,
+            10 => Self::MemoryAlarm {
+                alarm_ms: 1_000 + rng.below(3_000),
+            },
+            11 => Self::BlackHoleMonitorFirst {
+                hole_ms: 12_000 + rng.below(3_000),
+            },
             0 | 1 => Self::KillDaemon,
             2 => Self::CloseBrokerConnections,
             3 => Self::BlackHole {
@@ -130,7 +148,8 @@ impl Fault {
             },
             _ => {
                 let times = 1 + rng.below(4) as i32;
-                let (command, data, what) = match rng.below(4) {
+                let (command, data, what) = match rng.below(5) {
+                    4 => ("update", doc! {"errorCode": 388}, "388"),
                     0 => (
                         "find",
                         doc! {"errorCode": 112, "errorLabels": ["TransientTransactionError"]},
@@ -198,7 +217,10 @@ impl Fault {
     fn needs_proxy(&self) -> bool {
         matches!(
             self,
-            Self::BlackHole { .. } | Self::LostReply { .. } | Self::ResetConnections
+            Self::BlackHole { .. }
+                | Self::BlackHoleMonitorFirst { .. }
+                | Self::LostReply { .. }
+                | Self::ResetConnections
         )
     }
 
@@ -217,6 +239,11 @@ impl Fault {
             Self::KillAtPublication { after_reply: false } => "SIGKILL at .DAT create".to_owned(),
             Self::KillAtPublication { after_reply: true } => {
                 "SIGKILL after .DAT create, reply lost".to_owned()
+            }
+            Self::DeleteQueues => "delete retry and DLQ".to_owned(),
+            Self::MemoryAlarm { alarm_ms } => format!("memory alarm {alarm_ms} ms"),
+            Self::BlackHoleMonitorFirst { hole_ms } => {
+                format!("black hole {hole_ms} ms, monitor first")
             }
         }
     }
@@ -477,8 +504,13 @@ async fn run_round(
         env.extend(bucket::bucket_env(&target.destination(), &endpoint));
     }
     if proxy.is_some() {
-        // A black hole fails an attempt after this long.
-        env.insert("ESR_MONGODB__OPERATION_TIMEOUT_MS".into(), "2000".into());
+        // A black hole fails an attempt after this long; with the bound at
+        // 20 s, the driver's monitor (10 s) gives up on the server first.
+        let bound = match fault {
+            Fault::BlackHoleMonitorFirst { .. } => "20000",
+            _ => "2000",
+        };
+        env.insert("ESR_MONGODB__OPERATION_TIMEOUT_MS".into(), bound.into());
     }
     let settings = Settings::load_with_env(None, Some(env.clone()))?;
     let mut round = Round {
@@ -556,7 +588,21 @@ async fn run_round(
         Fault::CloseBrokerConnections => {
             support::close_connections(&app).await?;
         }
-        Fault::BlackHole { hole_ms } => {
+        Fault::DeleteQueues => {
+            support::delete_queues(
+                &round.settings.amqp,
+                &[
+                    round.settings.amqp.retry_queue(),
+                    round.settings.amqp.dead_letter_queue(),
+                ],
+            )
+            .await?;
+        }
+        Fault::MemoryAlarm { alarm_ms } => {
+            let _alarm = support::MemoryAlarm::raise().await?;
+            tokio::time::sleep(Duration::from_millis(*alarm_ms)).await;
+        }
+        Fault::BlackHole { hole_ms } | Fault::BlackHoleMonitorFirst { hole_ms } => {
             let proxy = proxy.as_ref().context("black hole without a proxy")?;
             proxy.black_hole();
             tokio::time::sleep(Duration::from_millis(*hole_ms)).await;

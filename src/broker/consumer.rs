@@ -401,9 +401,15 @@ impl Consumer {
     ) -> Result<(), BrokerError> {
         let data = &settling.delivery.data;
         let bound = self.settings.publish_timeout();
-        let published =
-            publish_confirmed(settling.channel, exchange, routing_key, data, properties, bound)
-                .await;
+        let published = publish_confirmed(
+            settling.channel,
+            exchange,
+            routing_key,
+            data,
+            properties,
+            bound,
+        )
+        .await;
         if let Err(err @ BrokerError::Unroutable { .. }) = &published {
             tracing::error!(
                 command_id = settling.command_id.unwrap_or_default(),

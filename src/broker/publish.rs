@@ -9,7 +9,7 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Connection};
 
-use super::{closed_within, open_declared, requester, Watcher, BrokerError, ATTEMPT_HEADER};
+use super::{closed_within, open_declared, requester, BrokerError, Watcher, ATTEMPT_HEADER};
 use crate::config::AmqpSettings;
 use crate::domain::{Deanery, GenerationCommand, Slot};
 
@@ -52,12 +52,12 @@ pub async fn publish_confirmed(
             .await
             .map_err(BrokerError::amqp("publisher confirm"))
     };
-    let confirm = tokio::time::timeout(bound, confirmed)
-        .await
-        .map_err(|_| BrokerError::ConfirmTimedOut {
+    let confirm = tokio::time::timeout(bound, confirmed).await.map_err(|_| {
+        BrokerError::ConfirmTimedOut {
             routing_key: routing_key.to_owned(),
             bound_ms: bound.as_millis() as u64,
-        })??;
+        }
+    })??;
     match confirm {
         Confirmation::Ack(None) => Ok(()),
         Confirmation::Ack(Some(returned)) => Err(BrokerError::Unroutable {

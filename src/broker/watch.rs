@@ -76,7 +76,10 @@ fn blocked(role: &'static str, readiness: &Option<Readiness>, reason: Option<Str
             reason = %reason,
             "RabbitMQ blocked this connection (connection.blocked): publishes wait until it unblocks, at most amqp.publish_timeout_ms each"
         ),
-        None => tracing::warn!(role, "RabbitMQ unblocked this connection (connection.unblocked)"),
+        None => tracing::warn!(
+            role,
+            "RabbitMQ unblocked this connection (connection.unblocked)"
+        ),
     }
     metrics::set_amqp_blocked(role, reason.is_some());
     if let Some(readiness) = readiness {

@@ -266,3 +266,22 @@ fn a_log_level_that_names_no_level_is_refused_naming_the_key() {
         assert!(Settings::load_with_env(None, Some(env)).is_ok(), "{good}");
     }
 }
+
+#[test]
+fn a_prefetch_over_one_is_refused_naming_the_key() {
+    let err = Settings::load_with_env(None, env(&[("ESR_AMQP__PREFETCH", "2")])).unwrap_err();
+    assert!(err.to_string().contains("amqp.prefetch"), "{err}");
+}
+
+#[test]
+fn a_publish_bound_the_slot_lease_cannot_outlive_is_refused_naming_the_key() {
+    let err = Settings::load_with_env(
+        None,
+        env(&[
+            ("ESR_AMQP__PUBLISH_TIMEOUT_MS", "70000"),
+            ("ESR_SCHEDULE__SLOT_LEASE_SECONDS", "120"),
+        ]),
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("amqp.publish_timeout_ms"), "{err}");
+}

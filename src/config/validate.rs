@@ -181,7 +181,12 @@ impl Settings {
                 1,
                 HOUR_MS,
             ),
-            ("amqp.publish_timeout_ms", a.publish_timeout_ms, 100, HOUR_MS),
+            (
+                "amqp.publish_timeout_ms",
+                a.publish_timeout_ms,
+                100,
+                HOUR_MS,
+            ),
             (
                 "schedule.catch_up_window_minutes",
                 s.catch_up_window_minutes,

@@ -287,6 +287,34 @@ mod tests {
         }
     }
 
+    /// `doc` as the server returns it under `projection` (inclusion only).
+    fn projected(doc: &Document, projection: &Document) -> Document {
+        doc.iter()
+            .filter(|(key, _)| projection.contains_key(key.as_str()))
+            .map(|(key, value)| (key.clone(), value.clone()))
+            .collect()
+    }
+
+    #[test]
+    fn the_claims_projection_keeps_every_field_a_detail_line_reads() {
+        let mut big = valid();
+        big.insert("attachment", "x".repeat(1 << 20));
+        let slim = projected(&big, &AppRow::projection());
+        assert!(!slim.contains_key("attachment"));
+        assert_eq!(
+            AppRow::from_document(&slim, &mer()),
+            AppRow::from_document(&big, &mer())
+        );
+        let mut invalid = valid();
+        invalid.remove("lastName");
+        invalid.insert("wte", "full");
+        assert_eq!(
+            AppRow::from_document(&projected(&invalid, &AppRow::projection()), &mer()),
+            AppRow::from_document(&invalid, &mer()),
+            "the same reasons for a record rejected"
+        );
+    }
+
     #[test]
     fn a_complete_record_becomes_a_detail_line_in_contract_order() {
         let row = AppRow::from_document(&valid(), &mer()).unwrap();

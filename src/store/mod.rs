@@ -271,7 +271,7 @@ impl Store {
     /// and whoever takes the lapsed lease over ends that session
     /// (`killSessions`); pooled, it could by then carry another run's
     /// transaction.
-    pub(crate) fn park_session(&self, session: ClientSession) {
+    pub fn park_session(&self, session: ClientSession) {
         if let Ok(mut parked) = self.parked.lock() {
             parked.push(session);
         }
@@ -287,7 +287,10 @@ impl Store {
         }
         let bound = self.retry.deadline().min(Duration::from_secs(5));
         let Self { client, .. } = self;
-        if tokio::time::timeout(bound, client.shutdown()).await.is_err() {
+        if tokio::time::timeout(bound, client.shutdown())
+            .await
+            .is_err()
+        {
             tracing::warn!(
                 bound_ms = bound.as_millis() as u64,
                 "MongoDB did not answer the client's shutdown in time; connections dropped"

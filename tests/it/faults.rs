@@ -449,3 +449,34 @@ async fn a_claimed_record_missing_from_the_file_stops_the_run_before_publishing(
     ids.insert(0, lost_id);
     app.assert_exported_once("LDN", &ids).await;
 }
+
+/// The codes a sharded or Atlas cluster returns, each in a transient
+/// category of the server's `error_codes.yml` (or, for 133, what mongos
+/// answers while a shard elects a primary): retried on the claim's reads
+/// and writes alike, as real replies, never dead-lettered at once.
+#[tokio::test]
+async fn a_clusters_transient_codes_are_retried_on_every_command() {
+    // 133 FailedToSatisfyReadPreference, 202 NetworkInterfaceExceededTimeLimit,
+    // 237 CursorKilled, 91331 RetriableRemoteCommandFailure, 24 LockTimeout,
+    // 402 ResourceExhausted, 91 ShutdownInProgress.
+    for code in [133, 202, 237, 91331, 24, 402, 91] {
+        for command in ["find", "update"] {
+            let data = doc! {"failCommands": [command], "errorCode": code};
+            let summary = export_through(data, 2).await;
+            assert!(summary.retries >= 1, "{command} {code}: {summary:?}");
+        }
+    }
+}
+
+/// 388 TransactionTooLargeForCache and 10334 BSONObjectTooLarge on the
+/// claim's write: the transaction runs again on half the chunk, as after
+/// a conflict, and the run completes.
+#[tokio::test]
+async fn a_transaction_too_large_for_the_server_is_claimed_again_in_halves() {
+    for code in [388, 10334] {
+        let data = doc! {"failCommands": ["update"], "errorCode": code};
+        let summary = export_through(data, 2).await;
+        assert!(summary.retries >= 2, "{code}: {summary:?}");
+        assert!(summary.attempts >= 3, "{code}: {summary:?}");
+    }
+}

@@ -19,6 +19,7 @@ mod helpers;
 mod history;
 mod hostile;
 mod incident;
+mod infra;
 mod named_deaneries;
 mod ops;
 mod privilege;

@@ -352,3 +352,57 @@ async fn a_lost_reply_to_the_catch_up_claim_is_not_mistaken_for_another_replicas
     assert!(proxy.fired().is_some(), "the reply was lost");
     app.assert_exported_once(&code, &ids).await;
 }
+
+/// A black hole the driver's own monitor notices before the run's bound:
+/// with `mongodb.operation_timeout_ms` at 20 s the monitor's socket times
+/// out after 10 s, and the operation in flight fails with "server monitor
+/// timeout". That ends the attempt at once, like the bound would, with no
+/// retry and no further write (lease release, run error) to the silent
+/// server: the failed summary comes within the bound plus 10 s, not after
+/// a minute of retries. Healed, the next attempt completes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_black_hole_the_drivers_monitor_notices_first_ends_the_attempt_at_once() {
+    let bound = Duration::from_secs(20);
+    let app = spawn_app_with(&[
+        ("ESR_EXPORT__CHUNK_SIZE", "100"),
+        ("ESR_EXPORT__LEASE_SECONDS", "2"),
+    ])
+    .await;
+    let code = unique_deanery();
+    let ids = app.seed(&code, 1_000).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
+    let mut env = app.env.clone();
+    let uri = format!("{}&appName={}", proxy.uri(), app.app_name);
+    env.insert("ESR_MONGODB__URI".into(), uri);
+    env.insert(
+        "ESR_MONGODB__OPERATION_TIMEOUT_MS".into(),
+        bound.as_millis().to_string(),
+    );
+    let settings = Settings::load_with_env(None, Some(env)).expect("settings");
+    let store = Store::build(&settings)
+        .await
+        .expect("store through the proxy");
+    let exporter = Exporter::new(store, settings.export.clone());
+
+    proxy.arm(Fault::BlackHole, |r| {
+        r.is("update", "generatedAppRecords", "EXPORTING")
+    });
+    let failed = exporter.run(&deanery(&code)).await;
+    let (fired, _) = proxy.fired().expect("the black hole fired");
+    let took = fired.elapsed();
+
+    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
+    assert!(failed.retryable, "unreachable is transient: {failed:?}");
+    let error = failed.error.clone().unwrap_or_default();
+    assert!(error.contains("MongoDB unreachable"), "{error}");
+    assert!(
+        took <= bound + Duration::from_secs(10),
+        "failed {took:?} after the black hole"
+    );
+    assert_eq!(failed.retries, 0, "nothing retried in place: {failed:?}");
+
+    proxy.heal();
+    let summary = run_until_completed(&exporter, &code).await;
+    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    app.assert_exported_once(&code, &ids).await;
+}

@@ -75,3 +75,63 @@ pub async fn delete_topology(amqp: &AmqpSettings) {
     }
     let _ = connection.close(200, "done").await;
 }
+
+/// Deletes these queues, as an operator (or a broker policy) might while
+/// the daemon runs.
+pub async fn delete_queues(amqp: &AmqpSettings, queues: &[String]) -> anyhow::Result<()> {
+    let connection = esr_exporter::broker::connect(amqp, "test").await?;
+    let channel = connection.create_channel().await?;
+    for queue in queues {
+        channel.queue_delete(queue, Default::default()).await?;
+    }
+    let _ = connection.close(200, "done").await;
+    Ok(())
+}
+
+/// A RabbitMQ memory alarm (a watermark no node stays under): every
+/// publishing connection is blocked until the guard is dropped. (The fault
+/// harness and the node-wide tests raise it; the integration suite, whose
+/// tests run side by side, never does.)
+#[allow(dead_code)]
+pub struct MemoryAlarm;
+
+#[allow(dead_code)]
+impl MemoryAlarm {
+    /// Raises the alarm and waits until the node reports it.
+    pub async fn raise() -> anyhow::Result<Self> {
+        rabbitmqctl(&["set_vm_memory_high_watermark", "0.0000001"]).await?;
+        let alarm = Self;
+        for _ in 0..100 {
+            let alarms = rabbitmqctl(&["eval", "rabbit_alarm:get_alarms()."]).await?;
+            if alarms.contains("memory") {
+                return Ok(alarm);
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        bail!("the memory alarm did not go off")
+    }
+}
+
+impl Drop for MemoryAlarm {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("rabbitmqctl")
+            .args(["set_vm_memory_high_watermark", "0.4"])
+            .status();
+    }
+}
+
+#[allow(dead_code)]
+async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
+    let output = tokio::process::Command::new("rabbitmqctl")
+        .args(args)
+        .output()
+        .await
+        .context("rabbitmqctl")?;
+    if !output.status.success() {
+        bail!(
+            "rabbitmqctl {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+}

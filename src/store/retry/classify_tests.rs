@@ -42,8 +42,8 @@ fn every_row_but_the_uncategorised_three_names_a_transient_category() {
 #[test]
 fn the_codes_a_replica_set_or_a_sharded_cluster_produces_are_transient() {
     let required = [
-        6, 7, 24, 50, 89, 91, 112, 133, 189, 202, 237, 262, 402, 9001, 10058, 10107, 11600,
-        11601, 11602, 13435, 13436, 91331,
+        6, 7, 24, 50, 89, 91, 112, 133, 189, 202, 237, 262, 402, 9001, 10058, 10107, 11600, 11601,
+        11602, 13435, 13436, 91331,
     ];
     for code in required {
         assert!(code_is_transient(code), "{code} must be transient");
@@ -65,7 +65,9 @@ fn a_transaction_too_large_runs_again_smaller() {
 async fn a_driver_that_gave_up_on_the_server_ends_the_attempt() {
     // A real server selection timeout: nothing listens on port 1.
     let uri = "mongodb://127.0.0.1:1/?serverSelectionTimeoutMS=100&connectTimeoutMS=100";
-    let client = mongodb::Client::with_uri_str(uri).await.expect("a valid URI");
+    let client = mongodb::Client::with_uri_str(uri)
+        .await
+        .expect("a valid URI");
     let err = client
         .database("admin")
         .run_command(doc! {"ping": 1})

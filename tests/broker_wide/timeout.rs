@@ -1,0 +1,72 @@
+//! RabbitMQ's acknowledgement timeout (`consumer_timeout`), set low: the
+//! broker closes a channel whose delivery is not acked in time.
+
+use std::time::Duration;
+
+use bson::doc;
+use esr_exporter::domain::Slot;
+
+use crate::helpers::{eventually, http_get, metric, spawn_app, unique_deanery};
+use crate::{rabbitmqctl, Restore, NODE};
+
+const WAIT: Duration = Duration::from_secs(180);
+
+/// Sets the node's acknowledgement timeout to `ms` for channels opened
+/// from now on, until the guard is dropped (RabbitMQ's 30 minutes then).
+fn consumer_timeout(ms: u64) -> Restore {
+    rabbitmqctl(&[
+        "eval",
+        &format!("application:set_env(rabbit, consumer_timeout, {ms})."),
+    ]);
+    Restore(vec![
+        "eval",
+        "application:set_env(rabbit, consumer_timeout, 1800000).",
+    ])
+}
+
+/// An export that outlives the acknowledgement timeout: the broker closes
+/// the consumer's channel while the export still runs. `/readyz` and
+/// `esr_consumer_attached` say so within seconds, not when the export
+/// ends; the export finishes, the command comes back and is a no-op, and
+/// the records are in one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_an_acknowledgement_timeout_readiness_follows_the_closed_channel() {
+    let _node = NODE.lock().await;
+    let timeout = consumer_timeout(2_000);
+    let app = spawn_app().await;
+    let daemon = app.spawn_daemon().await;
+    eventually("ready", WAIT, || async {
+        http_get(daemon.http, "/readyz").await.0 == 200
+    })
+    .await;
+    let code = unique_deanery();
+    let ids = app.seed(&code, 10).await;
+    // Every find of this app waits 1.5 s: the export takes well over the
+    // acknowledgement timeout and the broker's check of it.
+    let slow = doc! {"failCommands": ["find"], "blockConnection": true, "blockTimeMS": 1_500};
+    let guard = app.arm_failpoint(slow, 40).await;
+
+    app.publish_command(&code, Slot::Manual).await;
+    eventually("detached while the export runs", WAIT, || async {
+        let (status, _) = http_get(daemon.http, "/readyz").await;
+        let (_, metrics) = http_get(daemon.http, "/metrics").await;
+        status == 503 && metric(&metrics, "esr_consumer_attached") == Some(0.0)
+    })
+    .await;
+    let exported_yet = !app.files().is_empty();
+    app.disarm().await;
+    drop(guard);
+    drop(timeout);
+
+    assert!(
+        !exported_yet,
+        "readiness followed the channel, not the export's end"
+    );
+    eventually("exported and attached again", WAIT, || async {
+        !app.files().is_empty() && http_get(daemon.http, "/readyz").await.0 == 200
+    })
+    .await;
+    app.assert_exported_once(&code, &ids).await;
+    daemon.stop().await;
+    app.delete_broker_topology().await;
+}

@@ -1,0 +1,161 @@
+//! Infrastructure faults under the real daemon: a RabbitMQ queue deleted
+//! while connected, a lease's session kept out of the driver's pool, and a
+//! SIGTERM in the middle of a run (a deploy), which is not an incident.
+
+use std::time::Duration;
+
+use bson::doc;
+use esr_exporter::domain::Slot;
+use esr_exporter::store::{Attempts, Store};
+use tokio::io::AsyncReadExt;
+
+use crate::helpers::{binary, eventually, spawn_app, spawn_app_with, unique_deanery, TestApp};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Deletes these queues of the app's topology while it runs.
+async fn delete_queues(app: &TestApp, queues: &[String]) {
+    crate::support::delete_queues(&app.settings.amqp, queues)
+        .await
+        .expect("queues deleted");
+}
+
+/// Publishing to a queue that is gone is returned by the broker (mandatory
+/// publish), never counted as done: the delivery is requeued, the topology
+/// declared again, and the command then lands where it was going. A bad
+/// message reaches the dead-letter queue; a command whose lease is held
+/// goes round the retry queue and is exported once the lease lapses.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_routed_to_a_deleted_queue_are_kept_and_land_once_it_is_back() {
+    let app = spawn_app_with(&[("ESR_AMQP__RETRY_DELAY_MS", "500")]).await;
+    let daemon = app.spawn_daemon().await;
+    let amqp = app.settings.amqp.clone();
+    eventually("consuming", WAIT, || async {
+        crate::helpers::http_get(daemon.http, "/readyz").await.0 == 200
+    })
+    .await;
+
+    delete_queues(&app, &[amqp.dead_letter_queue(), amqp.retry_queue()]).await;
+    app.publish_raw(b"not JSON").await;
+    eventually("the dead letter in the re-declared queue", WAIT, || async {
+        app.queue_len(&amqp.dead_letter_queue()).await == 1
+    })
+    .await;
+    let letters = app.take_dead_letters().await;
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert!(letters[0].1.starts_with("malformed command"), "{letters:?}");
+
+    let code = unique_deanery();
+    app.seed(&code, 5).await;
+    let held_until = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 3_000);
+    app.db
+        .collection::<bson::Document>("exportLeases")
+        .insert_one(doc! {"_id": &code, "owner": "another-replica", "expiresAt": held_until})
+        .await
+        .unwrap();
+    delete_queues(&app, &[amqp.retry_queue()]).await;
+    app.publish_command(&code, Slot::Manual).await;
+    eventually(
+        "the held command exported after its retry",
+        WAIT,
+        || async {
+            app.files()
+                .iter()
+                .any(|f| f.starts_with(&format!("DE_{code}_")) && f.ends_with(".DAT"))
+        },
+    )
+    .await;
+    assert_eq!(app.queue_len(&amqp.dead_letter_queue()).await, 0);
+    daemon.stop().await;
+    app.delete_broker_topology().await;
+}
+
+/// Runs one read in `session`, as a run would.
+async fn used(store: &Store, session: &mut mongodb::ClientSession) {
+    store
+        .records()
+        .find_one(doc! {})
+        .session(session)
+        .await
+        .expect("a read in the session");
+}
+
+/// The driver pools sessions: one given back is handed to the next
+/// caller. A session a lease still names is parked instead, so a later
+/// takeover's `killSessions` can never end another run's session.
+#[tokio::test]
+async fn a_parked_session_is_never_handed_to_another_run() {
+    let app = spawn_app().await;
+    let store = Store::build(&app.settings).await.unwrap();
+    let mut attempts = Attempts::default();
+
+    let mut pooled = store.start_session(&mut attempts).await.unwrap();
+    let pooled_id = pooled.id().clone();
+    used(&store, &mut pooled).await;
+    drop(pooled);
+    // The driver checks a dropped session back in from a task of its own.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut reused = store.start_session(&mut attempts).await.unwrap();
+    used(&store, &mut reused).await;
+    assert_eq!(
+        reused.id(),
+        &pooled_id,
+        "the driver reuses a session given back"
+    );
+
+    store.park_session(reused);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let next = store.start_session(&mut attempts).await.unwrap();
+    assert_ne!(next.id(), &pooled_id, "a parked session is not reused");
+    drop(next);
+    store.shutdown().await;
+}
+
+/// A SIGTERM while a run claims (every deploy): the run stops at a safe
+/// point, its command is requeued, and the logs carry a WARN, no ERROR;
+/// the process exits 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sigterm_mid_run_is_an_interruption_not_a_failure() {
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "50")]).await;
+    let code = unique_deanery();
+    app.seed(&code, 20_000).await;
+    let mut child = binary(&app, &["run"], &[("ESR_HTTP__LISTEN", "127.0.0.1:0")])
+        .spawn()
+        .unwrap();
+    let mut stderr_pipe = child.stderr.take().unwrap();
+    let reader = tokio::spawn(async move {
+        let mut text = String::new();
+        stderr_pipe.read_to_string(&mut text).await.map(|_| text)
+    });
+    app.publish_command(&code, Slot::Manual).await;
+    let runs = app.db.collection::<bson::Document>("exportRuns");
+    eventually("the run claiming", WAIT, || async {
+        runs.count_documents(doc! {"deanery": &code, "claimed": {"$gt": 0}})
+            .await
+            .unwrap()
+            > 0
+    })
+    .await;
+    let pid = child.id().expect("running") as i32;
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(WAIT, child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let stderr = reader.await.unwrap().unwrap();
+
+    assert!(status.success(), "{status:?}\n{stderr}");
+    let errors: Vec<&str> = stderr
+        .lines()
+        .filter(|l| l.contains(r#""level":"ERROR""#))
+        .collect();
+    assert!(errors.is_empty(), "no ERROR on a clean stop: {errors:#?}");
+    assert!(
+        stderr.contains("export run interrupted by shutdown at a safe point"),
+        "{stderr}"
+    );
+    app.delete_broker_topology().await;
+}
