@@ -20,56 +20,18 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::message::Delivery;
-use lapin::options::{
-    BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions, ConfirmSelectOptions,
-};
-use lapin::types::{AMQPValue, FieldTable, LongString, ShortString};
+use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
 use super::decision::{decide, retry_or_give_up, Disposition};
-use super::{
-    closed_within, message_properties, open_declared, publish_confirmed, BrokerError, Watcher,
-    ATTEMPT_HEADER, REASON_HEADER,
-};
+use super::settle::{Outcome, Settler, Settling};
+use super::{closed_within, open_declared, BrokerError, Watcher, ATTEMPT_HEADER};
 use crate::config::AmqpSettings;
 use crate::domain::{Deanery, GenerationCommand, RunSummary, Slot, SLOT_CLOCK_SKEW};
 use crate::export::{Exporter, RunOptions};
 use crate::ops::{metrics, Readiness};
 use crate::shutdown::Shutdown;
-
-/// How one delivery was settled.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) enum Outcome {
-    /// The run completed; acked.
-    Exported(Box<RunSummary>),
-    /// The slot or command was already completed; acked as a no-op.
-    AlreadyDone,
-    /// Republished to the retry queue with this attempt number; acked.
-    RetryScheduled {
-        /// The next attempt's number.
-        attempt: i64,
-    },
-    /// Republished to the dead-letter exchange; acked.
-    DeadLettered {
-        /// Why.
-        reason: String,
-    },
-    /// Interrupted by shutdown; nacked with requeue.
-    Requeued,
-}
-
-impl Outcome {
-    /// The `outcome` label of `esr_commands_total`.
-    pub(crate) fn label(&self) -> &'static str {
-        match self {
-            Self::Exported(_) => "exported",
-            Self::AlreadyDone => "no_op",
-            Self::RetryScheduled { .. } => "retry",
-            Self::DeadLettered { .. } => "dead_lettered",
-            Self::Requeued => "requeued",
-        }
-    }
-}
 
 /// Consumes generation commands and runs exports.
 #[derive(Debug, Clone)]
@@ -96,6 +58,13 @@ fn attempt_of(delivery: &Delivery) -> i64 {
 }
 
 impl Consumer {
+    /// Settles this consumer's deliveries.
+    fn settler(&self) -> Settler<'_> {
+        Settler {
+            settings: &self.settings,
+        }
+    }
+
     /// A consumer of `settings.queue` running exports with `exporter`.
     pub(crate) fn new(settings: AmqpSettings, exporter: Exporter, readiness: Readiness) -> Self {
         Self {
@@ -239,7 +208,7 @@ impl Consumer {
         };
         let (command, deanery) = match GenerationCommand::parse(&delivery.data) {
             Ok(parsed) => parsed,
-            Err(err) => return self.dead_letter(&settling, err.to_string()).await,
+            Err(err) => return self.settler().dead_letter(&settling, err.to_string()).await,
         };
         log_received(&command, &deanery, &settling);
         let command_id = command.command_id.to_string();
@@ -260,7 +229,9 @@ impl Consumer {
         );
         let error = summary.error.clone().unwrap_or_default();
         let done = Outcome::Exported(Box::new(summary));
-        self.settle(&settling, disposition, &error, done).await
+        self.settler()
+            .settle(&settling, disposition, &error, done)
+            .await
     }
 
     /// Settles a command whose work a completed run already did (acked as a
@@ -295,7 +266,8 @@ impl Consumer {
                 (disposition, error)
             }
         };
-        self.settle(settling, disposition, &error, Outcome::AlreadyDone)
+        self.settler()
+            .settle(settling, disposition, &error, Outcome::AlreadyDone)
             .await
             .map(Some)
     }
@@ -329,7 +301,8 @@ impl Consumer {
             Err(err) => err.to_string(),
         };
         let disposition = retry_or_give_up(settling.attempt, self.settings.max_attempts, &error);
-        self.settle(settling, disposition, &error, Outcome::AlreadyDone)
+        self.settler()
+            .settle(settling, disposition, &error, Outcome::AlreadyDone)
             .await
             .map(Some)
     }
@@ -352,148 +325,6 @@ impl Consumer {
         };
         self.exporter.run_with(deanery, &options).await
     }
-
-    /// Carries out `disposition`; `acked` is the outcome of an ack.
-    async fn settle(
-        &self,
-        settling: &Settling<'_>,
-        disposition: Disposition,
-        error: &str,
-        acked: Outcome,
-    ) -> Result<Outcome, BrokerError> {
-        match disposition {
-            Disposition::Ack => {
-                ack(settling.delivery).await?;
-                Ok(acked)
-            }
-            Disposition::Retry { attempt } => self.retry_later(settling, attempt, error).await,
-            Disposition::DeadLetter { reason } => self.dead_letter(settling, reason).await,
-            Disposition::Requeue => requeue(settling).await,
-        }
-    }
-
-    fn headers_with(delivery: &Delivery, extra: &[(&str, AMQPValue)]) -> FieldTable {
-        let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-        for (key, value) in extra {
-            headers.insert((*key).into(), value.clone());
-        }
-        headers
-    }
-
-    fn message_id(delivery: &Delivery, fallback: &str) -> String {
-        delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map_or_else(|| fallback.to_owned(), |id| id.as_str().to_owned())
-    }
-
-    /// Publishes the delivery's body again, confirmed, to `exchange` with
-    /// `routing_key`. When the broker returns it (nothing bound there any
-    /// more), the delivery is requeued, never acked, and the error ends
-    /// this connection: the reconnect declares the topology again.
-    async fn republish(
-        &self,
-        settling: &Settling<'_>,
-        exchange: &str,
-        routing_key: &str,
-        properties: lapin::BasicProperties,
-    ) -> Result<(), BrokerError> {
-        let data = &settling.delivery.data;
-        let bound = self.settings.publish_timeout();
-        let published = publish_confirmed(
-            settling.channel,
-            exchange,
-            routing_key,
-            data,
-            properties,
-            bound,
-        )
-        .await;
-        if let Err(err @ BrokerError::Unroutable { .. }) = &published {
-            tracing::error!(
-                command_id = settling.command_id.unwrap_or_default(),
-                error = %err,
-                "a route of the topology is missing; the command is requeued and the topology declared again"
-            );
-            settling
-                .delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    multiple: false,
-                })
-                .await
-                .map_err(BrokerError::amqp("basic.nack"))?;
-        }
-        published
-    }
-
-    /// Republishes the message, confirmed, to the retry queue as attempt
-    /// `next`, then acks it.
-    async fn retry_later(
-        &self,
-        settling: &Settling<'_>,
-        next: i64,
-        error: &str,
-    ) -> Result<Outcome, BrokerError> {
-        let delivery = settling.delivery;
-        let headers =
-            Self::headers_with(delivery, &[(ATTEMPT_HEADER, AMQPValue::LongLongInt(next))]);
-        let command_id = settling.command_id.unwrap_or_default();
-        let expiration = ShortString::from(self.settings.retry_delay_ms.to_string());
-        let properties = message_properties(&Self::message_id(delivery, command_id), headers)
-            .with_expiration(expiration);
-        self.republish(settling, "", &self.settings.retry_queue(), properties)
-            .await?;
-        ack(delivery).await?;
-        tracing::warn!(
-            command_id = %command_id,
-            attempt = next - 1,
-            next_attempt = next,
-            delay_ms = self.settings.retry_delay_ms,
-            error = %error,
-            "command failed transiently; retry scheduled"
-        );
-        Ok(Outcome::RetryScheduled { attempt: next })
-    }
-
-    /// Republishes the message, confirmed, to the dead-letter exchange with
-    /// `reason` in a header, then acks it.
-    async fn dead_letter(
-        &self,
-        settling: &Settling<'_>,
-        reason: String,
-    ) -> Result<Outcome, BrokerError> {
-        let delivery = settling.delivery;
-        let reason_header = AMQPValue::LongString(LongString::from(reason.clone()));
-        let headers = Self::headers_with(delivery, &[(REASON_HEADER, reason_header)]);
-        let command_id = settling.command_id.unwrap_or("");
-        let message_id = Self::message_id(delivery, command_id);
-        let exchange = self.settings.dead_letter_exchange();
-        let properties = message_properties(&message_id, headers);
-        self.republish(settling, &exchange, &self.settings.queue, properties)
-            .await?;
-        ack(delivery).await?;
-        tracing::error!(
-            command_id,
-            message_id = %message_id,
-            attempt = settling.attempt,
-            reason = %reason,
-            dead_letter_queue = %self.settings.dead_letter_queue(),
-            "command dead-lettered"
-        );
-        Ok(Outcome::DeadLettered { reason })
-    }
-}
-
-/// The delivery being settled, with what is known of its command.
-struct Settling<'a> {
-    channel: &'a Channel,
-    delivery: &'a Delivery,
-    /// The processing attempt this delivery is.
-    attempt: i64,
-    /// Once the body parsed.
-    command_id: Option<&'a str>,
 }
 
 fn log_received(command: &GenerationCommand, deanery: &Deanery, settling: &Settling<'_>) {
@@ -506,30 +337,4 @@ fn log_received(command: &GenerationCommand, deanery: &Deanery, settling: &Settl
         redelivered = settling.delivery.redelivered,
         "command received"
     );
-}
-
-async fn ack(delivery: &Delivery) -> Result<(), BrokerError> {
-    delivery
-        .ack(BasicAckOptions::default())
-        .await
-        .map(|_| ())
-        .map_err(BrokerError::amqp("basic.ack"))
-}
-
-/// Nacks with requeue, for another replica or the next start to resume.
-async fn requeue(settling: &Settling<'_>) -> Result<Outcome, BrokerError> {
-    let requeue = BasicNackOptions {
-        requeue: true,
-        multiple: false,
-    };
-    settling
-        .delivery
-        .nack(requeue)
-        .await
-        .map_err(BrokerError::amqp("basic.nack"))?;
-    tracing::info!(
-        command_id = settling.command_id.unwrap_or_default(),
-        "shutdown: command requeued for a later resume"
-    );
-    Ok(Outcome::Requeued)
 }

@@ -19,6 +19,7 @@ pub mod consumer;
 mod dead_letters;
 mod decision;
 mod publish;
+mod settle;
 mod topology;
 mod watch;
 

@@ -3,7 +3,11 @@
 
 use std::time::{Duration, Instant};
 
-use crate::helpers::{eventually, http_get, metric, run_binary, spawn_app};
+use bson::doc;
+use esr_exporter::config::Settings;
+use esr_exporter::domain::Slot;
+
+use crate::helpers::{eventually, http_get, metric, run_binary, spawn_app, unique_deanery};
 use crate::support::MemoryAlarm;
 use crate::NODE;
 
@@ -38,15 +42,34 @@ async fn under_a_memory_alarm_trigger_names_the_block_and_exits_1_within_its_bou
     app.delete_broker_topology().await;
 }
 
+/// RabbitMQ blocks a connection when it publishes under the alarm: here
+/// the consumer's, scheduling a retry of a command whose lease another
+/// replica holds. `/readyz` and `esr_amqp_blocked` say so until the alarm
+/// ends; then the retry is confirmed and the daemon is ready again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_blocked_consumer_connection_is_in_readyz_and_a_metric_until_unblocked() {
     let _node = NODE.lock().await;
     let app = spawn_app().await;
-    let daemon = app.spawn_daemon().await;
+    let code = unique_deanery();
+    let held_until =
+        bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 120_000);
+    app.db
+        .collection::<bson::Document>("exportLeases")
+        .insert_one(doc! {"_id": &code, "owner": "another-replica", "expiresAt": held_until})
+        .await
+        .unwrap();
+    let env = [("ESR_AMQP__PUBLISH_TIMEOUT_MS", "30000")];
+    let settings = reload(&app, &env).expect("settings");
+    let daemon = app.spawn_daemon_with(settings).await;
     eventually("ready", WAIT, || async {
         http_get(daemon.http, "/readyz").await.0 == 200
     })
     .await;
+    // The command's first look at MongoDB waits 3 s: time to raise the
+    // alarm before its retry is published.
+    let slow = doc! {"failCommands": ["find"], "blockConnection": true, "blockTimeMS": 3_000};
+    let guard = app.arm_failpoint(slow, 1).await;
+    app.publish_command(&code, Slot::Manual).await;
 
     let alarm = memory_alarm().await;
     eventually("not ready while blocked", WAIT, || async {
@@ -59,6 +82,8 @@ async fn a_blocked_consumer_connection_is_in_readyz_and_a_metric_until_unblocked
     assert_eq!(blocked, Some(1.0), "{metrics}");
 
     drop(alarm);
+    app.disarm().await;
+    drop(guard);
     eventually("ready once unblocked", WAIT, || async {
         http_get(daemon.http, "/readyz").await.0 == 200
     })
@@ -68,4 +93,13 @@ async fn a_blocked_consumer_connection_is_in_readyz_and_a_metric_until_unblocked
     assert_eq!(blocked, Some(0.0), "{metrics}");
     daemon.stop().await;
     app.delete_broker_topology().await;
+}
+
+/// The app's settings with `env` on top.
+fn reload(app: &crate::helpers::TestApp, env: &[(&str, &str)]) -> Option<Settings> {
+    let mut all = app.env.clone();
+    for (key, value) in env {
+        all.insert((*key).to_owned(), (*value).to_owned());
+    }
+    Settings::load_with_env(None, Some(all)).ok()
 }

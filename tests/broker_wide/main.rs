@@ -40,7 +40,16 @@ impl Drop for Restore {
     fn drop(&mut self) {
         let _ = std::process::Command::new("rabbitmqctl")
             .args(&self.0)
-            .status();
+            .output();
+    }
+}
+
+/// `/readyz`'s status of a daemon in another process; 0 while nothing
+/// listens on its port yet.
+pub async fn readyz(addr: std::net::SocketAddr) -> u16 {
+    match tokio::net::TcpStream::connect(addr).await {
+        Ok(_) => helpers::http_get(addr, "/readyz").await.0,
+        Err(_) => 0,
     }
 }
 

@@ -6,8 +6,8 @@ use std::time::Duration;
 use esr_exporter::domain::Slot;
 use tokio::io::AsyncReadExt;
 
-use crate::helpers::{binary, eventually, free_port, http_get, spawn_app, unique_deanery};
-use crate::{log_lines, rabbitmqctl, Restore, NODE};
+use crate::helpers::{binary, eventually, free_port, spawn_app, unique_deanery};
+use crate::{log_lines, rabbitmqctl, readyz, Restore, NODE};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -25,13 +25,13 @@ async fn a_broker_restart_under_the_daemon_is_a_warning_not_an_error() {
         let mut text = String::new();
         pipe.read_to_string(&mut text).await.map(|_| text)
     });
-    let ready = || async { http_get(addr, "/readyz").await.0 == 200 };
+    let ready = || async { readyz(addr).await == 200 };
     eventually("ready", WAIT, ready).await;
 
     rabbitmqctl(&["stop_app"]);
     let restart = Restore(vec!["start_app"]);
     eventually("not ready while the broker is down", WAIT, || async {
-        http_get(addr, "/readyz").await.0 == 503
+        readyz(addr).await == 503
     })
     .await;
     drop(restart);

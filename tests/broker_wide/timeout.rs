@@ -9,7 +9,7 @@ use esr_exporter::domain::Slot;
 use crate::helpers::{eventually, http_get, metric, spawn_app, unique_deanery};
 use crate::{rabbitmqctl, Restore, NODE};
 
-const WAIT: Duration = Duration::from_secs(180);
+const WAIT: Duration = Duration::from_secs(240);
 
 /// Sets the node's acknowledgement timeout to `ms` for channels opened
 /// from now on, until the guard is dropped (RabbitMQ's 30 minutes then).
@@ -41,9 +41,10 @@ async fn after_an_acknowledgement_timeout_readiness_follows_the_closed_channel()
     .await;
     let code = unique_deanery();
     let ids = app.seed(&code, 10).await;
-    // Every find of this app waits 1.5 s: the export takes well over the
-    // acknowledgement timeout and the broker's check of it.
-    let slow = doc! {"failCommands": ["find"], "blockConnection": true, "blockTimeMS": 1_500};
+    // Every find of this app waits 15 s: the export takes well over the
+    // acknowledgement timeout and the broker's check of it, which runs
+    // once a minute.
+    let slow = doc! {"failCommands": ["find"], "blockConnection": true, "blockTimeMS": 15_000};
     let guard = app.arm_failpoint(slow, 40).await;
 
     app.publish_command(&code, Slot::Manual).await;

@@ -116,7 +116,7 @@ impl Drop for MemoryAlarm {
     fn drop(&mut self) {
         let _ = std::process::Command::new("rabbitmqctl")
             .args(["set_vm_memory_high_watermark", "0.4"])
-            .status();
+            .output();
     }
 }
 
