@@ -4,9 +4,8 @@
 use std::time::Duration;
 
 use esr_exporter::domain::Slot;
-use tokio::io::AsyncReadExt;
 
-use crate::helpers::{binary, eventually, free_port, spawn_app, unique_deanery};
+use crate::helpers::{binary, eventually, free_port, spawn_app, unique_deanery, Watched};
 use crate::{log_lines, rabbitmqctl, readyz, Restore, NODE};
 
 const WAIT: Duration = Duration::from_secs(90);
@@ -17,14 +16,11 @@ async fn a_broker_restart_under_the_daemon_is_a_warning_not_an_error() {
     let app = spawn_app().await;
     let addr: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
     let listen = addr.to_string();
-    let mut child = binary(&app, &["run"], &[("ESR_HTTP__LISTEN", listen.as_str())])
-        .spawn()
-        .unwrap();
-    let mut pipe = child.stderr.take().unwrap();
-    let reader = tokio::spawn(async move {
-        let mut text = String::new();
-        pipe.read_to_string(&mut text).await.map(|_| text)
-    });
+    let daemon = Watched::spawn(binary(
+        &app,
+        &["run"],
+        &[("ESR_HTTP__LISTEN", listen.as_str())],
+    ));
     let ready = || async { readyz(addr).await == 200 };
     eventually("ready", WAIT, ready).await;
 
@@ -45,16 +41,7 @@ async fn a_broker_restart_under_the_daemon_is_a_warning_not_an_error() {
             .any(|f| f.starts_with(&format!("DE_{code}_")))
     })
     .await;
-    let pid = child.id().expect("running").to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let stderr = reader.await.unwrap().unwrap();
+    let (status, stderr) = daemon.terminate().await;
 
     assert!(status.success(), "{status:?}\n{stderr}");
     let lines = log_lines(&stderr);

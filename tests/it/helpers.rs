@@ -671,3 +671,39 @@ pub async fn run_binary(
 ) -> std::process::Output {
     binary(app, args, extra).output().await.unwrap()
 }
+
+/// A child process whose standard error is read as it comes (a full pipe
+/// would stall it).
+pub struct Watched {
+    pub child: tokio::process::Child,
+    stderr: tokio::task::JoinHandle<String>,
+}
+
+impl Watched {
+    /// Spawns `command` (from [`binary`]) and starts reading its stderr.
+    pub fn spawn(mut command: tokio::process::Command) -> Self {
+        use tokio::io::AsyncReadExt;
+        let mut child = command.spawn().unwrap();
+        let mut pipe = child.stderr.take().expect("stderr piped");
+        let stderr = tokio::spawn(async move {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text).await;
+            text
+        });
+        Self { child, stderr }
+    }
+
+    /// SIGTERM, then the exit status and all it wrote to stderr.
+    pub async fn terminate(mut self) -> (std::process::ExitStatus, String) {
+        let pid = self.child.id().expect("running").to_string();
+        std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap();
+        let status = tokio::time::timeout(Duration::from_secs(90), self.child.wait())
+            .await
+            .expect("exits after SIGTERM")
+            .unwrap();
+        (status, self.stderr.await.unwrap())
+    }
+}

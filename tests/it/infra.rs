@@ -7,9 +7,10 @@ use std::time::Duration;
 use bson::doc;
 use esr_exporter::domain::Slot;
 use esr_exporter::store::{Attempts, Store};
-use tokio::io::AsyncReadExt;
 
-use crate::helpers::{binary, eventually, spawn_app, spawn_app_with, unique_deanery, TestApp};
+use crate::helpers::{
+    binary, eventually, spawn_app, spawn_app_with, unique_deanery, TestApp, Watched,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -119,14 +120,11 @@ async fn a_sigterm_mid_run_is_an_interruption_not_a_failure() {
     let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "50")]).await;
     let code = unique_deanery();
     app.seed(&code, 20_000).await;
-    let mut child = binary(&app, &["run"], &[("ESR_HTTP__LISTEN", "127.0.0.1:0")])
-        .spawn()
-        .unwrap();
-    let mut stderr_pipe = child.stderr.take().unwrap();
-    let reader = tokio::spawn(async move {
-        let mut text = String::new();
-        stderr_pipe.read_to_string(&mut text).await.map(|_| text)
-    });
+    let daemon = Watched::spawn(binary(
+        &app,
+        &["run"],
+        &[("ESR_HTTP__LISTEN", "127.0.0.1:0")],
+    ));
     app.publish_command(&code, Slot::Manual).await;
     let runs = app.db.collection::<bson::Document>("exportRuns");
     eventually("the run claiming", WAIT, || async {
@@ -136,16 +134,7 @@ async fn a_sigterm_mid_run_is_an_interruption_not_a_failure() {
             > 0
     })
     .await;
-    let pid = child.id().expect("running") as i32;
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(WAIT, child.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    let stderr = reader.await.unwrap().unwrap();
+    let (status, stderr) = daemon.terminate().await;
 
     assert!(status.success(), "{status:?}\n{stderr}");
     let errors: Vec<&str> = stderr
