@@ -149,7 +149,7 @@ impl Fault {
             _ => {
                 let times = 1 + rng.below(4) as i32;
                 let (command, data, what) = match rng.below(5) {
-                    4 => ("update", doc! {"errorCode": 388}, "388"),
+                    4 => ("commitTransaction", doc! {"errorCode": 388}, "388"),
                     0 => (
                         "find",
                         doc! {"errorCode": 112, "errorLabels": ["TransientTransactionError"]},
