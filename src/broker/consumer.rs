@@ -128,13 +128,12 @@ impl Consumer {
             Ok(deliveries) => {
                 *connected = true;
                 self.readiness.set_consumer_attached(true);
-                let _channel = Watcher::channel(&channel, self.readiness.clone());
+                let _consumer = Watcher::consumer(&channel, &deliveries, self.readiness.clone());
                 tracing::info!(queue = %self.settings.queue, prefetch = self.settings.prefetch, "consuming generation commands");
                 self.settle_each(&channel, deliveries, shutdown).await
             }
             Err(err) => Err(err),
         };
-        self.readiness.set_broker_blocked(None);
         let bound = self.settings.publish_timeout();
         closed_within(bound, channel.close(200, "consumer stopping")).await;
         closed_within(bound, connection.close(200, "consumer stopping")).await;

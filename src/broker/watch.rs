@@ -5,10 +5,12 @@
 //!   publish while a memory or disk alarm lasts, without a word to the
 //!   publisher unless it listens. The watch logs the block and the unblock
 //!   at WARN with the broker's reason, sets `esr_amqp_blocked{role}` and,
-//!   for the consumer, readiness;
-//! - the consumer's channel: the broker may close it while an export runs
-//!   (an acknowledgement timeout, a deleted queue). Readiness and
-//!   `esr_consumer_attached` follow it within a second, not when the
+//!   for the consumer, readiness; dropping the watch (the connection is
+//!   gone) clears both, so a closed connection never reads as blocked;
+//! - the consumer: the broker may close its channel while an export runs
+//!   (an acknowledgement timeout) or cancel it alone with `basic.cancel`
+//!   (its queue deleted), leaving the channel open. Readiness and
+//!   `esr_consumer_attached` follow either within a second, not when the
 //!   export ends.
 
 use std::time::Duration;
@@ -24,23 +26,37 @@ const CHANNEL_CHECK: Duration = Duration::from_secs(1);
 
 /// One watch, running until dropped.
 #[derive(Debug)]
-pub(crate) struct Watcher(JoinHandle<()>);
+pub(crate) struct Watcher {
+    task: JoinHandle<()>,
+    /// For a `connection.blocked` watch: what to clear when it ends.
+    blocked: Option<(&'static str, Option<Readiness>)>,
+}
 
 impl Watcher {
-    /// Watches the consumer's `channel`: once it is no longer open, the
-    /// consumer is recorded detached (the reconnect attaches it again).
-    pub(crate) fn channel(channel: &Channel, readiness: Readiness) -> Self {
-        let channel = channel.clone();
-        Self(tokio::spawn(async move {
-            while channel.status().connected() {
+    /// Watches the consumer on `channel`: once the channel is no longer
+    /// open or the broker has cancelled the consumer, it is recorded
+    /// detached (the reconnect attaches it again).
+    pub(crate) fn consumer(
+        channel: &Channel,
+        consumer: &lapin::Consumer,
+        readiness: Readiness,
+    ) -> Self {
+        let (channel, consumer) = (channel.clone(), consumer.clone());
+        let task = tokio::spawn(async move {
+            while channel.status().connected() && consumer.state().is_active() {
                 tokio::time::sleep(CHANNEL_CHECK).await;
             }
             tracing::warn!(
-                state = ?channel.status().state(),
-                "the consumer's channel is closed; detached until it reconnects"
+                channel = ?channel.status().state(),
+                consumer = ?consumer.state(),
+                "the consumer's channel is closed or the broker cancelled it; detached until it reconnects"
             );
             readiness.set_consumer_attached(false);
-        }))
+        });
+        Self {
+            task,
+            blocked: None,
+        }
     }
 
     /// Watches `connection`, opened for `role`, for `connection.blocked`;
@@ -51,21 +67,32 @@ impl Watcher {
         readiness: Option<Readiness>,
     ) -> Self {
         let mut events = connection.events_listener();
-        Self(tokio::spawn(async move {
+        let watched = readiness.clone();
+        let task = tokio::spawn(async move {
             while let Some(event) = events.next().await {
                 match event {
-                    Event::ConnectionBlocked(reason) => blocked(role, &readiness, Some(reason)),
-                    Event::ConnectionUnblocked => blocked(role, &readiness, None),
+                    Event::ConnectionBlocked(reason) => blocked(role, &watched, Some(reason)),
+                    Event::ConnectionUnblocked => blocked(role, &watched, None),
                     _ => {}
                 }
             }
-        }))
+        });
+        Self {
+            task,
+            blocked: Some((role, readiness)),
+        }
     }
 }
 
 impl Drop for Watcher {
     fn drop(&mut self) {
-        self.0.abort();
+        self.task.abort();
+        if let Some((role, readiness)) = self.blocked.take() {
+            metrics::set_amqp_blocked(role, false);
+            if let Some(readiness) = readiness {
+                readiness.set_broker_blocked(None);
+            }
+        }
     }
 }
 

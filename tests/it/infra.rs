@@ -9,7 +9,8 @@ use esr_exporter::domain::Slot;
 use esr_exporter::store::{Attempts, Store};
 
 use crate::helpers::{
-    binary, eventually, spawn_app, spawn_app_with, unique_deanery, TestApp, Watched,
+    binary, eventually, http_get, metric, spawn_app, spawn_app_with, unique_deanery, TestApp,
+    Watched,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -67,6 +68,67 @@ async fn commands_routed_to_a_deleted_queue_are_kept_and_land_once_it_is_back() 
     )
     .await;
     assert_eq!(app.queue_len(&amqp.dead_letter_queue()).await, 0);
+    daemon.stop().await;
+    app.delete_broker_topology().await;
+}
+
+/// The consumer's own queue deleted while an export runs: the broker
+/// cancels the consumer (`basic.cancel`) and leaves the channel open.
+/// `/readyz` and `esr_consumer_attached` say so while the export still
+/// runs; once it ends, the daemon declares the queue again, consumes, and
+/// a command published then is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_the_broker_cancels_is_detached_at_once() {
+    let app = spawn_app().await;
+    let daemon = app.spawn_daemon().await;
+    eventually("ready", WAIT, || async {
+        http_get(daemon.http, "/readyz").await.0 == 200
+    })
+    .await;
+    let first = unique_deanery();
+    app.seed(&first, 3).await;
+    // Every find of this app waits 4 s, so the export outlives the check.
+    let slow = doc! {"failCommands": ["find"], "blockConnection": true, "blockTimeMS": 4_000};
+    let guard = app.arm_failpoint(slow, 6).await;
+    app.publish_command(&first, Slot::Manual).await;
+    eventually("the export under way", WAIT, || async {
+        app.db
+            .collection::<bson::Document>("exportRuns")
+            .count_documents(doc! {"deanery": &first})
+            .await
+            .unwrap()
+            > 0
+    })
+    .await;
+    delete_queues(&app, std::slice::from_ref(&app.settings.amqp.queue)).await;
+    eventually("detached while the export runs", WAIT, || async {
+        let (status, _) = http_get(daemon.http, "/readyz").await;
+        let (_, metrics) = http_get(daemon.http, "/metrics").await;
+        status == 503 && metric(&metrics, "esr_consumer_attached") == Some(0.0)
+    })
+    .await;
+    let exported_yet = !app.files().is_empty();
+    app.disarm().await;
+    drop(guard);
+    assert!(
+        !exported_yet,
+        "readiness followed the consumer, not the export's end"
+    );
+
+    eventually("attached again", WAIT, || async {
+        http_get(daemon.http, "/readyz").await.0 == 200
+    })
+    .await;
+    let second = unique_deanery();
+    let ids = app.seed(&second, 3).await;
+    app.publish_command(&second, Slot::Manual).await;
+    eventually("the second deanery exported", WAIT, || async {
+        app.files()
+            .iter()
+            .any(|f| f.starts_with(&format!("DE_{second}_")))
+    })
+    .await;
+    app.assert_exported_once(&second, &ids).await;
     daemon.stop().await;
     app.delete_broker_topology().await;
 }
