@@ -125,9 +125,10 @@ fn parse_deanery(code: &str) -> Result<Deanery, String> {
 
 fn parse_destination(value: &str) -> Result<DestinationUrl, String> {
     match DestinationUrl::parse(value)? {
-        DestinationUrl::Folder(None) => {
-            Err("must be file:///ABS/PATH or s3://BUCKET/PREFIX".to_owned())
-        }
+        DestinationUrl::Folder(None) => Err(
+            "must be file:///ABS/PATH, s3://BUCKET/PREFIX or sftp://USER@HOST:PORT/ABS/PATH"
+                .to_owned(),
+        ),
         url => Ok(url),
     }
 }
@@ -200,14 +201,15 @@ async fn check_config(settings: &Settings) -> anyhow::Result<ExitCode> {
     }
     print!("{}", settings.to_redacted_toml());
     match Destination::proven(settings).await {
-        Ok(Destination::Bucket(bucket)) => {
-            eprintln!(
-                "destination {}: refuses a second create of a name (probe passed)",
-                bucket.url()
-            );
+        Ok(destination) => {
+            if let Some(remote) = destination.remote() {
+                eprintln!(
+                    "destination {}: refuses a second create of a name (probe passed)",
+                    remote.url()
+                );
+            }
             Ok(ExitCode::SUCCESS)
         }
-        Ok(Destination::Folder) => Ok(ExitCode::SUCCESS),
         Err(err) => {
             eprintln!("error: {err}");
             Ok(ExitCode::from(2))

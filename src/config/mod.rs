@@ -12,6 +12,7 @@ mod raw;
 mod secret;
 mod sections;
 mod serialise;
+mod sftp;
 mod sources;
 mod validate;
 mod warnings;
@@ -33,6 +34,7 @@ pub use sections::S3Settings;
 pub use sections::ScheduleSettings;
 pub use sections::WatchdogSettings;
 pub(crate) use sections::{QueueType, ReadConcernLevel, WriteConcernLevel};
+pub use sftp::{SecretText, SftpSettings};
 
 /// The defaults, exactly as shipped in `config/default.toml`.
 pub(crate) const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
@@ -64,6 +66,8 @@ pub struct Settings {
     pub export: ExportSettings,
     /// How a bucket destination is talked to.
     pub s3: S3Settings,
+    /// How an SFTP destination is reached.
+    pub sftp: SftpSettings,
     /// Retry policy for transient MongoDB errors.
     pub retry: RetrySettings,
     /// The daily generation schedule.

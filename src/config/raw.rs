@@ -10,6 +10,7 @@ use super::sections::{
     AmqpSettings, DaemonSettings, ExportSettings, HttpSettings, LogSettings, MongoSettings,
     RetrySettings, S3Settings, ScheduleSettings, WatchdogSettings,
 };
+use super::sftp::SftpSettings;
 use super::{ConfigError, Settings};
 use crate::domain::{parse_cron, parse_timezone, Deanery, DestinationUrl};
 
@@ -21,6 +22,7 @@ pub(super) struct RawSettings {
     amqp: AmqpSettings,
     export: RawExportSettings,
     s3: S3Settings,
+    sftp: SftpSettings,
     retry: RetrySettings,
     schedule: RawScheduleSettings,
     watchdog: WatchdogSettings,
@@ -72,6 +74,7 @@ impl RawSettings {
             export: self.export.parse()?,
             schedule: self.schedule.parse()?,
             s3: self.s3,
+            sftp: self.sftp,
             mongodb: self.mongodb,
             amqp: self.amqp,
             retry: self.retry,

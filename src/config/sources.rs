@@ -1,7 +1,8 @@
 //! Where each setting came from (default, config file, environment, or a
 //! secret file), and the `<key>_file` form of the secret-bearing keys:
 //! `mongodb.uri_file` / `ESR_MONGODB__URI_FILE` and `amqp.uri_file` /
-//! `ESR_AMQP__URI_FILE` name a file whose trimmed content is the value.
+//! `ESR_AMQP__URI_FILE` name a file whose trimmed content is the value, as
+//! does `sftp.private_key_passphrase_file`.
 //!
 //! A secret file is refused when it cannot be read or other users can
 //! write it (mode `0o022`), naming the path and never the content. Giving
@@ -16,9 +17,13 @@ use std::path::{Path, PathBuf};
 use super::{ConfigError, DEFAULT_TOML};
 
 /// The keys that may carry a password, each with its `_file` form.
-pub(crate) const SECRET_KEYS: [(&str, &str); 2] = [
+pub(crate) const SECRET_KEYS: [(&str, &str); 3] = [
     ("mongodb.uri", "mongodb.uri_file"),
     ("amqp.uri", "amqp.uri_file"),
+    (
+        "sftp.private_key_passphrase",
+        "sftp.private_key_passphrase_file",
+    ),
 ];
 
 /// Where one setting's value came from.

@@ -57,6 +57,7 @@ impl Settings {
         self.validate_export()?;
         self.validate_delays()?;
         self.validate_s3()?;
+        self.sftp.validate(&self.export.destination)?;
         self.validate_listen_and_log()
     }
 

@@ -46,8 +46,8 @@ pub(super) async fn prepare(
     )
     .await?;
     if probed {
-        if let Destination::Bucket(bucket) = destination {
-            tracing::info!(destination = %bucket.url(), "destination refuses a second create of a name (probe passed)");
+        if let Some(remote) = destination.remote() {
+            tracing::info!(destination = %remote.url(), "destination refuses a second create of a name (probe passed)");
         }
     }
     Ok(probed)

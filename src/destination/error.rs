@@ -85,8 +85,13 @@ impl DestinationError {
         key: &str,
         bound: Duration,
     ) -> Self {
+        let setting = if destination.starts_with("sftp://") {
+            "sftp.request_timeout_ms"
+        } else {
+            "s3.request_timeout_ms"
+        };
         let detail = format!(
-            "no answer within {} ms (s3.request_timeout_ms); the attempt is retried later",
+            "no answer within {} ms ({setting}); the attempt is retried later",
             bound.as_millis()
         );
         Self::new(FailureKind::Timeout, destination, op, key, detail)

@@ -1,4 +1,4 @@
-//! One bounded, logged policy for every request to a store: each try is
+//! One bounded, logged policy for every request to a store or server: each try is
 //! bounded by a deadline; a timeout ends the operation at once; 5xx, 429
 //! and 409 are retried with exponential backoff and jitter, bounded by
 //! tries and elapsed time, each retry logged at WARN.
@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use backon::BackoffBuilder;
 
 use super::error::{DestinationError, FailureKind};
-use crate::config::S3Settings;
+use crate::config::{S3Settings, SftpSettings};
 
 /// The policy, from `[s3]`.
 #[derive(Debug, Clone)]
@@ -30,6 +30,16 @@ impl RequestPolicy {
             max_attempts: s3.max_attempts.max(1),
             max_elapsed: Duration::from_millis(s3.max_elapsed_ms),
             timeout: s3.request_timeout(),
+        }
+    }
+
+    pub(crate) fn from_sftp(sftp: &SftpSettings) -> Self {
+        Self {
+            min_delay: Duration::from_millis(sftp.min_delay_ms),
+            max_delay: Duration::from_millis(sftp.max_delay_ms),
+            max_attempts: sftp.max_attempts.max(1),
+            max_elapsed: Duration::from_millis(sftp.max_elapsed_ms),
+            timeout: sftp.request_timeout(),
         }
     }
 

@@ -16,6 +16,17 @@ pub enum DestinationUrl {
         /// Key prefix without leading or trailing `/` (may be empty).
         prefix: String,
     },
+    /// Files in a folder of an SFTP server.
+    Sftp {
+        /// The user to authenticate as (by key only).
+        user: String,
+        /// Host name or address (an IPv6 address without brackets).
+        host: String,
+        /// Port, 22 unless given.
+        port: u16,
+        /// Absolute folder on the server, without a trailing `/`.
+        path: String,
+    },
 }
 
 impl DestinationUrl {
@@ -32,22 +43,27 @@ impl DestinationUrl {
             return Ok(Self::Folder(None));
         }
         let Some((scheme, rest)) = value.split_once("://") else {
-            return Err("must be empty, file:///ABS/PATH or s3://BUCKET/PREFIX".to_owned());
+            return Err(
+                "must be empty, file:///ABS/PATH, s3://BUCKET/PREFIX or sftp://USER@HOST:PORT/ABS/PATH"
+                    .to_owned(),
+            );
         };
         match scheme {
             "file" => parse_file(rest),
             "s3" => parse_s3(rest),
+            "sftp" => parse_sftp(rest),
             other => Err(format!(
-                "the scheme {other}:// is not supported (supported: file://, s3://)"
+                "the scheme {other}:// is not supported (supported: file://, s3://, sftp://)"
             )),
         }
     }
 
-    /// The scheme, for metric labels: `file` or `s3`.
+    /// The scheme, for metric labels: `file`, `s3` or `sftp`.
     pub fn scheme(&self) -> &'static str {
         match self {
             Self::Folder(_) => "file",
             Self::S3 { .. } => "s3",
+            Self::Sftp { .. } => "sftp",
         }
     }
 
@@ -99,6 +115,62 @@ fn parse_s3(rest: &str) -> Result<DestinationUrl, String> {
     })
 }
 
+/// `USER@HOST:PORT/ABS/PATH`: key authentication only, so a password in
+/// the URL is refused (without echoing it).
+fn parse_sftp(rest: &str) -> Result<DestinationUrl, String> {
+    const FORM: &str = "an sftp:// destination is sftp://USER@HOST:PORT/ABS/PATH";
+    if rest.contains('?') || rest.contains('#') {
+        return Err("an sftp:// destination takes no query or fragment".to_owned());
+    }
+    let (authority, path) = rest
+        .find('/')
+        .map_or((rest, ""), |at| (&rest[..at], &rest[at..]));
+    let Some((user, host_port)) = authority.rsplit_once('@') else {
+        return Err(format!("{FORM}: the user is missing"));
+    };
+    if user.contains(':') {
+        return Err(
+            "an sftp:// destination takes no password: authentication is by key              (sftp.private_key_file)"
+                .to_owned(),
+        );
+    }
+    let (host, port) =
+        split_host_port(host_port).ok_or_else(|| format!("{FORM}: bad host or port"))?;
+    let path = path.trim_end_matches('/');
+    if user.is_empty() || host.is_empty() || path.is_empty() {
+        return Err(format!(
+            "{FORM}: the user, host and absolute path are required"
+        ));
+    }
+    if path.split('/').any(|part| part == "." || part == "..") {
+        return Err("the path may not contain . or .. segments".to_owned());
+    }
+    Ok(DestinationUrl::Sftp {
+        user: user.to_owned(),
+        host,
+        port,
+        path: path.to_owned(),
+    })
+}
+
+/// `host`, `host:port`, `[v6]` or `[v6]:port`; 22 when no port is given.
+fn split_host_port(text: &str) -> Option<(String, u16)> {
+    let (host, port) = if let Some(v6) = text.strip_prefix('[') {
+        let (host, after) = v6.split_once(']')?;
+        (host, after.strip_prefix(':'))
+    } else {
+        match text.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        }
+    };
+    let port = match port {
+        None => 22,
+        Some(port) => port.parse().ok().filter(|p| *p > 0)?,
+    };
+    Some((host.to_owned(), port))
+}
+
 impl fmt::Display for DestinationUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -106,6 +178,18 @@ impl fmt::Display for DestinationUrl {
             Self::Folder(Some(path)) => write!(f, "file://{}", path.display()),
             Self::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
             Self::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+            Self::Sftp {
+                user,
+                host,
+                port,
+                path,
+            } if host.contains(':') => write!(f, "sftp://{user}@[{host}]:{port}{path}"),
+            Self::Sftp {
+                user,
+                host,
+                port,
+                path,
+            } => write!(f, "sftp://{user}@{host}:{port}{path}"),
         }
     }
 }
@@ -143,6 +227,36 @@ mod tests {
         );
         assert_eq!(DestinationUrl::key_of("app", "F.DAT"), "app/F.DAT");
         assert_eq!(DestinationUrl::key_of("", "F.DAT"), "F.DAT");
+    }
+
+    #[test]
+    fn sftp_urls_give_user_host_port_and_path() {
+        let url = DestinationUrl::parse("sftp://esr@files.example:2222/srv/esr/in/").unwrap();
+        assert_eq!(
+            url,
+            DestinationUrl::Sftp {
+                user: "esr".into(),
+                host: "files.example".into(),
+                port: 2222,
+                path: "/srv/esr/in".into()
+            }
+        );
+        assert_eq!(url.to_string(), "sftp://esr@files.example:2222/srv/esr/in");
+        let v6 = DestinationUrl::parse("sftp://esr@[::1]/in").unwrap();
+        assert_eq!(v6.to_string(), "sftp://esr@[::1]:22/in");
+        assert_eq!(DestinationUrl::parse(&v6.to_string()), Ok(v6));
+        assert_eq!(url.scheme(), "sftp");
+    }
+
+    #[test]
+    fn sftp_urls_without_user_path_or_with_a_password_are_refused() {
+        let err = DestinationUrl::parse("sftp://esr:hunter2@host/in").unwrap_err();
+        assert!(!err.contains("hunter2") && err.contains("key"), "{err}");
+        assert!(DestinationUrl::parse("sftp://host/in").is_err());
+        assert!(DestinationUrl::parse("sftp://esr@host").is_err());
+        assert!(DestinationUrl::parse("sftp://esr@host:0/in").is_err());
+        assert!(DestinationUrl::parse("sftp://esr@host:x/in").is_err());
+        assert!(DestinationUrl::parse("sftp://esr@host/a/../b").is_err());
     }
 
     #[test]

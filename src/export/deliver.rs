@@ -1,4 +1,5 @@
-//! Publishing a staged file to a bucket, with the folder's guarantees: the
+//! Publishing a staged file to a bucket or an SFTP server, with the
+//! folder's guarantees: the
 //! manifest first, then the `.DAT`, each created only if the name is free;
 //! an object someone else put under the name is refused; a resume that
 //! finds the recorded bytes keeps them, finds nothing publishes the same
@@ -15,16 +16,17 @@ use super::file::{self, FileHeader, Staged};
 use super::io::blocking;
 use super::publish::recorded;
 use super::{ExportError, Exporter};
-use crate::destination::{metrics, Bucket, DestinationError, FailureKind, Found, Holding};
+use crate::destination::{metrics, DestinationError, FailureKind, Found, Holding, Remote};
 use crate::store::{Publication, RunDoc, RunPhase};
 
 impl Exporter {
-    /// Takes a `FINALIZING` run's file to the bucket and records where.
+    /// Takes a `FINALIZING` run's file to the bucket or server and records
+    /// where.
     pub(super) async fn deliver(
         &self,
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
-        bucket: &Bucket,
+        bucket: Remote<'_>,
     ) -> Result<(), ExportError> {
         let staged = recorded(run)?;
         let name = self.header(run, ctx.deanery)?.file_name;
@@ -35,8 +37,8 @@ impl Exporter {
             .await?;
         let found = match bucket.holding(&name, &staged.sha256).await? {
             Holding::Same(found) => {
-                metrics::record_kept("s3");
-                tracing::info!(deanery = %ctx.deanery, run_id = %run.id, key = %bucket.key(&name), "the file is already in the bucket with the recorded hash; keeping it");
+                metrics::record_kept(bucket.scheme());
+                tracing::info!(deanery = %ctx.deanery, run_id = %run.id, key = %bucket.key(&name), "the file is already at the destination with the recorded hash; keeping it");
                 self.ensure_bucket_manifest(run, ctx, bucket, &staged, false)
                     .await?;
                 found
@@ -49,6 +51,14 @@ impl Exporter {
                 self.upload(ctx, run, bucket, &staged, path).await?
             }
         };
+        // A try that failed mid-upload (a lost connection) may have left
+        // its temporary behind: none outlives a completed delivery.
+        if let Err(err) = bucket
+            .remove_temporaries(&format!("DE_{}_APP_", ctx.deanery))
+            .await
+        {
+            tracing::warn!(deanery = %ctx.deanery, run_id = %run.id, error = %err, "could not remove a temporary file; the next run of the deanery removes it");
+        }
         let dir = self.settings.output_dir.clone();
         blocking(&self.settings.output_dir, move || {
             file::remove_staged(&dir, &name)
@@ -71,7 +81,7 @@ impl Exporter {
         if let Some(path) = self.staged_file(run, &staged).await? {
             return Ok(Some((staged, path)));
         }
-        tracing::warn!(deanery = %ctx.deanery, run_id = %run.id, "the run's staged file is not in this folder and nothing is in the bucket; staging it again from the claimed records");
+        tracing::warn!(deanery = %ctx.deanery, run_id = %run.id, "the run's staged file is not in this folder and nothing is at the destination; staging it again from the claimed records");
         let Some(staged) = self.restage(ctx, run).await? else {
             return Ok(None);
         };
@@ -106,7 +116,7 @@ impl Exporter {
         &self,
         ctx: &mut RunContext<'_>,
         run: &RunDoc,
-        bucket: &Bucket,
+        bucket: Remote<'_>,
         staged: &Staged,
         path: PathBuf,
     ) -> Result<Found, ExportError> {
@@ -118,7 +128,7 @@ impl Exporter {
         let started = Instant::now();
         match bucket.create_from_file(&name, &path).await {
             Ok(created) => {
-                metrics::record_created("s3", created.size, started.elapsed());
+                metrics::record_created(bucket.scheme(), created.size, started.elapsed());
                 Ok(created)
             }
             Err(err) if err.kind == FailureKind::Occupied => {
@@ -142,7 +152,7 @@ impl Exporter {
         &self,
         run: &RunDoc,
         ctx: &RunContext<'_>,
-        bucket: &Bucket,
+        bucket: Remote<'_>,
         staged: &Staged,
         dat_absent: bool,
     ) -> Result<(), ExportError> {
@@ -152,7 +162,7 @@ impl Exporter {
         let started = Instant::now();
         let err = match bucket.create_bytes(&manifest_name, bytes.clone()).await {
             Ok(created) => {
-                metrics::record_created("s3", created.size, started.elapsed());
+                metrics::record_created(bucket.scheme(), created.size, started.elapsed());
                 return Ok(());
             }
             Err(err) if err.kind == FailureKind::Occupied => err,
@@ -180,7 +190,7 @@ impl Exporter {
         &self,
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
-        bucket: &Bucket,
+        bucket: Remote<'_>,
         staged: &Staged,
         found: Found,
     ) -> Result<(), ExportError> {
@@ -245,15 +255,15 @@ fn manifest_owner(existing: Option<&[u8]>, run_id: &str, sha256: &str) -> Manife
     }
 }
 
-/// Another object holds the file's name: nothing is marked into it.
-fn occupied(bucket: &Bucket, name: &str, hash: &str) -> DestinationError {
+/// Another file holds the file's name: nothing is marked into it.
+fn occupied(bucket: Remote<'_>, name: &str, hash: &str) -> DestinationError {
     DestinationError::new(
         FailureKind::Occupied,
         bucket.url(),
         "create",
         &bucket.key(name),
         format!(
-            "an object with other bytes (sha256 {hash}) already holds the name: refusing to \
+            "a file with other bytes (sha256 {hash}) already holds the name: refusing to \
              publish over it, and no record is marked (move it away, and the next attempt publishes)"
         ),
     )

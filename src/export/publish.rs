@@ -8,7 +8,6 @@ use super::context::RunContext;
 use super::file::{self, ExportFile, Published, Staged};
 use super::io::blocking;
 use super::{ExportError, Exporter};
-use crate::destination::Destination;
 use crate::domain::{Deanery, DestinationUrl};
 use crate::store::{Publication, RunDoc, RunPhase};
 
@@ -63,13 +62,13 @@ impl Exporter {
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
     ) -> Result<(), ExportError> {
-        if let Destination::Bucket(bucket) = &self.destination {
-            return self.deliver(ctx, run, bucket).await;
+        if let Some(remote) = self.destination.remote() {
+            return self.deliver(ctx, run, remote).await;
         }
         if !matches!(self.settings.destination, DestinationUrl::Folder(_)) {
             return Err(ExportError::inconsistent(
                 &run.id,
-                "export.destination names a bucket but this exporter was built for the folder",
+                "export.destination names a bucket or server but this exporter was built for the folder",
             ));
         }
         let mut staged = recorded(run)?;

@@ -11,7 +11,7 @@ use bson::doc;
 use bytes::Bytes;
 
 use crate::config::Settings;
-use crate::destination::{Bucket, DestinationError, FailureKind};
+use crate::destination::{Destination, DestinationError, FailureKind, Remote};
 use crate::domain::{AppRow, Deanery, DestinationUrl};
 use crate::export::file::{self, ExportFile, FileHeader, Staged};
 use crate::store::{RunDoc, Store, StoreError};
@@ -101,9 +101,14 @@ pub async fn redeliver(
                 .unwrap_or_else(|| settings.export.output_dir.clone());
             to_folder(store, settings, &run, &header, &dir, replace).await?
         }
-        DestinationUrl::S3 { bucket, prefix } => {
-            let bucket = Bucket::open(bucket, prefix, &settings.s3)?;
-            to_bucket(store, settings, &run, &header, &bucket, replace).await?
+        remote => {
+            let destination = Destination::of(remote, settings)?;
+            let Some(remote) = destination.remote() else {
+                return Err(RedeliverError::NotFound(format!(
+                    "the destination {remote}"
+                )));
+            };
+            to_remote(store, settings, &run, &header, remote, replace).await?
         }
     };
     record(store, &run, &delivered, replace).await?;
@@ -239,17 +244,15 @@ async fn to_folder(
     })
 }
 
-async fn to_bucket(
+async fn to_remote(
     store: &Store,
     settings: &Settings,
     run: &RunDoc,
     header: &FileHeader,
-    bucket: &Bucket,
+    bucket: Remote<'_>,
     replace: bool,
 ) -> Result<Redelivered, RedeliverError> {
-    crate::destination::Destination::Bucket(bucket.clone())
-        .probe()
-        .await?;
+    bucket.probe().await?;
     let name = &header.file_name;
     let manifest_name = format!("{name}.json");
     if replace {

@@ -159,10 +159,10 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
     (code, body)
 }
 
-/// A bucket answers one look within the bound (the folder is checked as
-/// the output folder).
+/// A bucket or server answers one look within the bound (the folder is
+/// checked as the output folder).
 async fn check_destination(destination: &Destination) -> Result<(), String> {
-    let Destination::Bucket(bucket) = destination else {
+    let Some(bucket) = destination.remote() else {
         return Ok(());
     };
     match tokio::time::timeout(PING_TIMEOUT, bucket.check()).await {

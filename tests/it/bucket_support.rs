@@ -1,4 +1,4 @@
-//! The bucket tests' own check: every record delivered once.
+//! The bucket and SFTP tests' own check: every record delivered once.
 
 use std::collections::BTreeMap;
 
@@ -10,9 +10,19 @@ use crate::helpers::TestApp;
 /// Asserts every id is `EXPORTED` into exactly one file of the bucket,
 /// named on the record, and nothing is left waiting or claimed.
 pub async fn assert_delivered_once(app: &TestApp, bucket: &TestBucket, ids: &[ObjectId]) {
-    let files = bucket.files().await;
+    assert_each_once(app, &bucket.files().await, ids).await;
+    bucket.assert_only_published().await;
+}
+
+/// Asserts every id is `EXPORTED` into exactly one of `files` (ids per file
+/// name), named on the record, and no other record is in them.
+pub async fn assert_each_once(
+    app: &TestApp,
+    files: &BTreeMap<String, Vec<String>>,
+    ids: &[ObjectId],
+) {
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
-    for (file, in_file) in &files {
+    for (file, in_file) in files {
         for id in in_file {
             if let Some(other) = seen.insert(id.clone(), file.clone()) {
                 panic!("record {id} is in {other} and in {file}");
@@ -30,5 +40,4 @@ pub async fn assert_delivered_once(app: &TestApp, bucket: &TestBucket, ids: &[Ob
         );
     }
     assert_eq!(seen.len(), ids.len(), "no other record in the files");
-    bucket.assert_only_published().await;
 }

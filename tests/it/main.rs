@@ -28,7 +28,13 @@ mod proxy;
 mod replicas;
 #[path = "../support/s3proxy.rs"]
 mod s3proxy;
+mod sftp;
+mod sftp_kills;
+#[path = "../support/sshd.rs"]
+mod sshd;
 mod stalls;
 mod supervision;
 #[path = "../support/broker.rs"]
 mod support;
+#[path = "../support/tcp_proxy.rs"]
+mod tcp_proxy;

@@ -1,0 +1,248 @@
+//! One SSH connection to the server with its SFTP session: the host key
+//! checked against `sftp.known_hosts_file` before anything is sent, then
+//! key authentication, then the `sftp` subsystem. Every step is bounded by
+//! `sftp.connect_timeout_ms`.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use russh::client::{self, Handle};
+use russh::keys::{check_known_hosts_path, HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh_sftp::client::SftpSession;
+
+use super::super::error::{DestinationError, FailureKind};
+use super::Target;
+use crate::config::SftpSettings;
+
+/// What the host key check found, for the error that follows a refusal.
+#[derive(Debug, Clone)]
+enum HostKey {
+    /// Listed: the connection goes on.
+    Known,
+    /// Not listed for this host and port.
+    Unknown { fingerprint: String },
+    /// Listed with another key of the same type.
+    Changed { fingerprint: String, line: usize },
+    /// The server offered a certificate, or the file could not be read.
+    Refused { reason: String },
+}
+
+/// The client side of the handshake: checks the server's host key.
+struct HostCheck {
+    target: Target,
+    known_hosts: PathBuf,
+    verdict: Arc<Mutex<Option<HostKey>>>,
+}
+
+impl client::Handler for HostCheck {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let verdict = self.verdict_on(key);
+        let known = matches!(verdict, HostKey::Known);
+        if let Ok(mut slot) = self.verdict.lock() {
+            *slot = Some(verdict);
+        }
+        Ok(known)
+    }
+}
+
+impl HostCheck {
+    fn verdict_on(&self, key: &PublicKeyOrCertificate) -> HostKey {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            return HostKey::Refused {
+                reason: "the server offered a host certificate; only keys listed in sftp.known_hosts_file are accepted".to_owned(),
+            };
+        };
+        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
+        let (host, port) = (&self.target.host, self.target.port);
+        match check_known_hosts_path(host, port, key, &self.known_hosts) {
+            Ok(true) => HostKey::Known,
+            Ok(false) => HostKey::Unknown { fingerprint },
+            Err(russh::keys::Error::KeyChanged { line }) => HostKey::Changed { fingerprint, line },
+            Err(err) => HostKey::Refused {
+                reason: format!("cannot read {}: {err}", self.known_hosts.display()),
+            },
+        }
+    }
+}
+
+/// An open connection and its SFTP session.
+pub(super) struct Connection {
+    handle: Handle<HostCheck>,
+    pub(super) sftp: SftpSession,
+}
+
+impl Connection {
+    /// True once the SSH connection is gone.
+    pub(super) fn is_closed(&self) -> bool {
+        self.handle.is_closed()
+    }
+
+    /// Connects, checks the host key, authenticates and opens SFTP, all
+    /// within `sftp.connect_timeout_ms`.
+    ///
+    /// # Errors
+    /// Timeout, refused connection (transient); unknown or changed host
+    /// key, authentication refused, no SFTP subsystem (permanent).
+    pub(super) async fn open(
+        url: &str,
+        target: &Target,
+        settings: &SftpSettings,
+    ) -> Result<Self, DestinationError> {
+        let bound = settings.connect_timeout();
+        match tokio::time::timeout(bound, Self::open_unbounded(url, target, settings)).await {
+            Ok(result) => result,
+            Err(_) => Err(DestinationError::new(
+                FailureKind::Timeout,
+                url,
+                "connect",
+                &target.to_string(),
+                format!(
+                    "no SSH handshake within {} ms (sftp.connect_timeout_ms); the attempt is retried later",
+                    bound.as_millis()
+                ),
+            )),
+        }
+    }
+
+    async fn open_unbounded(
+        url: &str,
+        target: &Target,
+        settings: &SftpSettings,
+    ) -> Result<Self, DestinationError> {
+        let fail = |kind, detail: String| {
+            DestinationError::new(kind, url, "connect", &target.to_string(), detail)
+        };
+        let key = russh::keys::load_secret_key(
+            &settings.private_key_file,
+            settings.private_key_passphrase.expose(),
+        )
+        .map_err(|err| {
+            fail(
+                FailureKind::Permanent,
+                format!(
+                    "cannot load the private key {} (sftp.private_key_file): {err}",
+                    settings.private_key_file.display()
+                ),
+            )
+        })?;
+        let verdict = Arc::new(Mutex::new(None));
+        let check = HostCheck {
+            target: target.clone(),
+            known_hosts: settings.known_hosts_file.clone(),
+            verdict: verdict.clone(),
+        };
+        let config = Arc::new(client::Config {
+            inactivity_timeout: Some(settings.request_timeout() * 4),
+            keepalive_interval: Some(settings.request_timeout() / 2),
+            keepalive_max: 2,
+            nodelay: true,
+            ..client::Config::default()
+        });
+        let connected = client::connect(config, (target.host.as_str(), target.port), check).await;
+        let mut handle = match connected {
+            Ok(handle) => handle,
+            Err(err) => return Err(refused(&fail, target, &verdict, &err)),
+        };
+        authenticate(&mut handle, target, key)
+            .await
+            .map_err(|(kind, detail)| fail(kind, detail))?;
+        let sftp = open_sftp(&handle, settings)
+            .await
+            .map_err(|(kind, detail)| fail(kind, detail))?;
+        Ok(Self { handle, sftp })
+    }
+}
+
+/// Why the connection did not come up: a host key refused (permanent, with
+/// its fingerprint), or the network (transient).
+fn refused(
+    fail: &impl Fn(FailureKind, String) -> DestinationError,
+    target: &Target,
+    verdict: &Mutex<Option<HostKey>>,
+    err: &russh::Error,
+) -> DestinationError {
+    let verdict = verdict.lock().ok().and_then(|v| v.clone());
+    let host = target.known_hosts_name();
+    match verdict {
+        Some(HostKey::Unknown { fingerprint }) => fail(
+            FailureKind::Permanent,
+            format!("the host key of {host} ({fingerprint}) is not in sftp.known_hosts_file: refusing to connect, nothing is sent (add the server's key after checking its fingerprint)"),
+        ),
+        Some(HostKey::Changed { fingerprint, line }) => fail(
+            FailureKind::Permanent,
+            format!("the host key of {host} CHANGED: the server offers {fingerprint}, sftp.known_hosts_file line {line} lists another; refusing to connect, nothing is sent"),
+        ),
+        Some(HostKey::Refused { reason }) => fail(FailureKind::Permanent, format!("the host key of {host} was refused: {reason}")),
+        Some(HostKey::Known) | None => fail(FailureKind::Transient, format!("cannot connect: {err}")),
+    }
+}
+
+/// Key authentication as the URL's user. An RSA key signs with the best
+/// hash the server takes.
+async fn authenticate(
+    handle: &mut Handle<HostCheck>,
+    target: &Target,
+    key: russh::keys::PrivateKey,
+) -> Result<(), (FailureKind, String)> {
+    let transient = |err: russh::Error| {
+        (
+            FailureKind::Transient,
+            format!("connection lost while authenticating: {err}"),
+        )
+    };
+    let hash = handle
+        .best_supported_rsa_hash()
+        .await
+        .map_err(transient)?
+        .flatten();
+    let key = PrivateKeyWithHashAlg::new(Arc::new(key), hash);
+    let result = handle
+        .authenticate_publickey(target.user.clone(), key)
+        .await
+        .map_err(transient)?;
+    if result.success() {
+        return Ok(());
+    }
+    Err((
+        FailureKind::Permanent,
+        format!(
+            "the server refused key authentication as {} (is the public key of sftp.private_key_file in the user's authorized_keys?)",
+            target.user
+        ),
+    ))
+}
+
+/// The `sftp` subsystem on a new channel, its requests bounded.
+async fn open_sftp(
+    handle: &Handle<HostCheck>,
+    settings: &SftpSettings,
+) -> Result<SftpSession, (FailureKind, String)> {
+    let transient = |err: russh::Error| {
+        (
+            FailureKind::Transient,
+            format!("cannot open the SFTP channel: {err}"),
+        )
+    };
+    let channel = handle.channel_open_session().await.map_err(transient)?;
+    channel
+        .request_subsystem(true, "sftp")
+        .await
+        .map_err(transient)?;
+    let sftp = SftpSession::new(channel.into_stream())
+        .await
+        .map_err(|err| {
+            (
+                FailureKind::Permanent,
+                format!("the server offers no SFTP subsystem: {err}"),
+            )
+        })?;
+    // Our own bound (each try's, naming its setting) fires first; the
+    // session's is a backstop for a request no try waits on.
+    sftp.set_timeout(settings.request_timeout().as_secs() + 2);
+    Ok(sftp)
+}

@@ -1,0 +1,61 @@
+//! The start-up proof that the server refuses to rename over a name: an
+//! SFTP server other than OpenSSH, or one behind a gateway, may replace
+//! the target of a plain rename, and there two replicas could each
+//! publish the same file. A probe file is created twice under
+//! [`TEMP_DIR`], the second time with other bytes: the second must be
+//! refused and the first bytes kept. Then it is removed.
+
+use bytes::Bytes;
+
+use super::super::error::{DestinationError, FailureKind};
+use super::{Sftp, TEMP_DIR};
+
+impl Sftp {
+    /// Proves the server refuses to create a name twice, and cleans up.
+    ///
+    /// # Errors
+    /// [`FailureKind::Permanent`] when the server replaced the file;
+    /// otherwise the failure met (refused login, unknown host key, a
+    /// read-only folder, a timeout, ...).
+    pub async fn probe(&self) -> Result<(), DestinationError> {
+        let name = format!(
+            "{TEMP_DIR}/esr-exporter-probe-{}",
+            uuid::Uuid::new_v4().simple()
+        );
+        let proven = self.prove(&name).await;
+        if let Err(err) = self.delete(&name).await {
+            tracing::warn!(destination = %self.url, path = %self.key(&name), error = %err, "could not remove the probe file");
+        }
+        proven
+    }
+
+    async fn prove(&self, name: &str) -> Result<(), DestinationError> {
+        let first =
+            Bytes::from_static(b"esr-exporter: proves this server refuses a second create\n");
+        self.create_bytes(name, first.clone()).await?;
+        let second = self
+            .create_bytes(name, Bytes::from_static(b"replaced\n"))
+            .await;
+        match second {
+            Err(err) if err.kind == FailureKind::Occupied => {}
+            Err(err) => return Err(err),
+            Ok(_) => return Err(self.overwrote(name)),
+        }
+        match self.read_small(name).await? {
+            Some(kept) if kept == first => Ok(()),
+            _ => Err(self.overwrote(name)),
+        }
+    }
+
+    fn overwrote(&self, name: &str) -> DestinationError {
+        DestinationError::new(
+            FailureKind::Permanent,
+            &self.url,
+            "probe",
+            &self.key(name),
+            "the server replaced an existing file on rename: it cannot guarantee a file is \
+             delivered once (refused; use a server whose SFTP rename refuses an existing \
+             target, as OpenSSH's does)",
+        )
+    }
+}

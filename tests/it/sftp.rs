@@ -1,0 +1,371 @@
+//! The SFTP destination against OpenSSH's `sshd`: files delivered once
+//! (also by two replicas on one server), the publication recorded, the
+//! host key pinned (unknown and changed keys refused, naming the host and
+//! the fingerprint), a refused login, a foreign file under the name, a
+//! read-only folder, a full disk and a black-holed server.
+
+use std::time::{Duration, Instant};
+
+use bson::doc;
+
+use crate::bucket_support::{assert_each_once, pairs};
+use crate::helpers::{run_binary, spawn_app, TestApp};
+use crate::sshd::TestSshd;
+use crate::tcp_proxy::TcpProxy;
+
+pub async fn export(app: &TestApp, env: &[(String, String)], code: &str) -> std::process::Output {
+    run_binary(app, &["export", "--deanery", code], &pairs(env)).await
+}
+
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+fn summary(output: &std::process::Output) -> serde_json::Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.lines().next().unwrap_or("null")).unwrap()
+}
+
+/// Every id exported once into the server's files, nothing else there.
+pub async fn assert_delivered_once(app: &TestApp, sshd: &TestSshd, ids: &[bson::oid::ObjectId]) {
+    assert_each_once(app, &sshd.delivered(), ids).await;
+    sshd.assert_only_published();
+}
+
+fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
+    env.retain(|(k, _)| k != key);
+    env.push((key.to_owned(), value.to_owned()));
+}
+
+#[tokio::test]
+async fn a_run_publishes_manifest_and_file_to_the_server_and_records_where() {
+    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+    let ids = app.seed("MER", 40).await;
+    let output = export(&app, &sshd.env(), "MER").await;
+    assert!(
+        output.status.success(),
+        "{}\n{}",
+        stderr(&output),
+        sshd.log()
+    );
+    assert_delivered_once(&app, &sshd, &ids).await;
+    let file = summary(&output)["file"].as_str().unwrap().to_owned();
+    assert_eq!(
+        summary(&output)["publishedTo"],
+        format!("{}/{file}", sshd.destination())
+    );
+    let run = app
+        .db
+        .collection::<bson::Document>("exportRuns")
+        .find_one(doc! {})
+        .await
+        .unwrap()
+        .unwrap();
+    let publication = run.get_document("publication").unwrap();
+    assert_eq!(
+        publication.get_str("destination").unwrap(),
+        sshd.destination()
+    );
+    assert_eq!(
+        publication.get_str("key").unwrap(),
+        format!("{}/{file}", sshd.inbox.display())
+    );
+    assert_eq!(publication.get_str("sha256").unwrap(), sshd.sha256(&file));
+    assert!(
+        crate::helpers::list(&app.export_dir()).is_empty(),
+        "staging folder emptied"
+    );
+}
+
+#[tokio::test]
+async fn check_config_proves_the_server_and_never_prints_the_passphrase() {
+    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+    // The same key, now protected by a passphrase given in a 0400 file.
+    let status = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-p", "-P", "", "-N", "never-printed-passphrase", "-f"])
+        .arg(&sshd.key)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let secret = sshd.dir.path().join("passphrase");
+    std::fs::write(&secret, "never-printed-passphrase\n").unwrap();
+    let read_only = <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o400);
+    std::fs::set_permissions(&secret, read_only).unwrap();
+    let mut env = sshd.env();
+    set(
+        &mut env,
+        "ESR_SFTP__PRIVATE_KEY_PASSPHRASE_FILE",
+        &secret.display().to_string(),
+    );
+    let output = run_binary(&app, &["check-config"], &pairs(&env)).await;
+    let everything = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        stderr(&output)
+    );
+    assert!(output.status.success(), "{everything}\n{}", sshd.log());
+    assert!(
+        everything.contains("probe passed") && everything.contains(&sshd.destination()),
+        "{everything}"
+    );
+    assert!(
+        !everything.contains("never-printed-passphrase"),
+        "{everything}"
+    );
+    assert!(
+        sshd.temporaries().is_empty(),
+        "the probe removes its file: {:?}",
+        sshd.temporaries()
+    );
+    let ids = app.seed("MER", 5).await;
+    let output = export(&app, &env, "MER").await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_delivered_once(&app, &sshd, &ids).await;
+}
+
+#[tokio::test]
+async fn an_unknown_or_changed_host_key_is_refused_naming_host_and_fingerprint() {
+    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+    app.seed("MER", 5).await;
+    let fingerprint = |pub_key: &std::path::Path| {
+        let out = std::process::Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(pub_key)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout)
+            .split_whitespace()
+            .nth(1)
+            .unwrap()
+            .to_owned()
+    };
+    let offered = fingerprint(&sshd.dir.path().join("host_key.pub"));
+    let other = sshd.dir.path().join("other_host_key");
+    std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other)
+        .status()
+        .unwrap();
+    let other_key = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let host = format!("[127.0.0.1]:{}", sshd.port);
+    let cases = [
+        ("unknown", format!("[127.0.0.1]:1 {other_key}")),
+        ("CHANGED", format!("{host} {other_key}")),
+    ];
+    for (what, listed) in cases {
+        std::fs::write(&sshd.known_hosts, listed).unwrap();
+        let output = export(&app, &sshd.env(), "MER").await;
+        let log = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{what}: {log}");
+        assert!(log.contains("ERROR") || log.contains("error"), "{log}");
+        assert!(
+            log.contains(&host) && log.contains(&offered),
+            "{what}: names host and fingerprint: {log}"
+        );
+        assert!(log.contains(what) || what == "unknown", "{log}");
+    }
+    assert!(
+        sshd.files().is_empty() && sshd.temporaries().is_empty(),
+        "nothing sent"
+    );
+    assert_eq!(
+        app.count(doc! {"status": "TO_EXPORT"}).await,
+        5,
+        "nothing claimed"
+    );
+}
+
+#[tokio::test]
+async fn a_refused_login_is_permanent_and_a_read_only_folder_is_named_as_such() {
+    let (app, mut sshd) = (spawn_app().await, TestSshd::start().await);
+    app.seed("MER", 5).await;
+    std::fs::write(sshd.dir.path().join("authorized_keys"), "").unwrap();
+    let output = export(&app, &sshd.env(), "MER").await;
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(
+        stderr(&output).contains("refused key authentication as root")
+            && stderr(&output).contains(&sshd.destination()),
+        "{}",
+        stderr(&output)
+    );
+
+    std::fs::copy(
+        sshd.dir.path().join("id_ed25519.pub"),
+        sshd.dir.path().join("authorized_keys"),
+    )
+    .unwrap();
+    sshd.read_only();
+    let mut env = sshd.env();
+    set(&mut env, "ESR_SFTP__MAX_ELAPSED_MS", "500");
+    let output = export(&app, &env, "MER").await;
+    assert!(!output.status.success(), "{}", stderr(&output));
+    let log = stderr(&output);
+    assert!(
+        log.contains(&sshd.destination()) && log.contains("read-only file system"),
+        "{log}"
+    );
+    assert_eq!(
+        app.count(doc! {"status": "TO_EXPORT"}).await,
+        5,
+        "nothing claimed"
+    );
+}
+
+#[tokio::test]
+async fn a_file_someone_else_put_under_the_name_is_refused_and_nothing_is_marked() {
+    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+    let ids = app.seed("MER", 10).await;
+    let today = chrono::Utc::now().format("%Y%m%d");
+    let name = format!("DE_MER_APP_{today}_00001.DAT");
+    std::fs::write(sshd.inbox.join(&name), b"someone else's file\r\n").unwrap();
+    let mut env = sshd.env();
+    set(&mut env, "ESR_EXPORT__LEASE_SECONDS", "2");
+    let output = export(&app, &env, "MER").await;
+    assert!(!output.status.success());
+    let log = stderr(&output);
+    assert!(log.contains("ERROR") && log.contains(&name), "{log}");
+    assert_eq!(
+        app.count(doc! {"status": "EXPORTED"}).await,
+        0,
+        "nothing marked"
+    );
+    assert_eq!(
+        std::fs::read(sshd.inbox.join(&name)).unwrap(),
+        b"someone else's file\r\n"
+    );
+    assert!(sshd.temporaries().is_empty(), "{:?}", sshd.temporaries());
+    // Moved away: the next attempt publishes the run's own file.
+    std::fs::remove_file(sshd.inbox.join(&name)).unwrap();
+    let _ = std::fs::remove_file(sshd.inbox.join(format!("{name}.json")));
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let output = export(&app, &env, "MER").await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_delivered_once(&app, &sshd, &ids).await;
+}
+
+#[tokio::test]
+async fn a_full_disk_fails_the_attempt_transiently_and_the_next_one_delivers() {
+    let (app, sshd) = (
+        spawn_app().await,
+        TestSshd::start_on_tmpfs(256 * 1024).await,
+    );
+    let ids = app.seed("MER", 3_000).await;
+    let mut env = sshd.env();
+    set(&mut env, "ESR_SFTP__MAX_ELAPSED_MS", "1000");
+    set(&mut env, "ESR_EXPORT__LEASE_SECONDS", "2");
+    let output = export(&app, &env, "MER").await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let error = summary(&output)["error"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    assert!(
+        error.contains(&sshd.destination()) && error.contains("disk is full"),
+        "{error}\n{}",
+        stderr(&output)
+    );
+    assert_eq!(
+        app.count(doc! {"status": "EXPORTED"}).await,
+        0,
+        "nothing marked"
+    );
+    assert!(!sshd.files().iter().any(|n| n.ends_with(".DAT")));
+    // The disk grows: the next attempt removes the partial upload and delivers.
+    let status = std::process::Command::new("mount")
+        .args(["-o", "remount,size=64m"])
+        .arg(&sshd.inbox)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let output = export(&app, &env, "MER").await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_delivered_once(&app, &sshd, &ids).await;
+}
+
+#[tokio::test]
+async fn a_black_holed_server_fails_the_attempt_within_the_bound_naming_the_destination() {
+    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+    app.seed("MER", 20_000).await;
+    let proxy = TcpProxy::start(([127, 0, 0, 1], sshd.port).into()).await;
+    let mut env = sshd.env();
+    let through = sshd.destination().replace(
+        &format!(":{}/", sshd.port),
+        &format!(":{}/", proxy.addr.port()),
+    );
+    set(&mut env, "ESR_EXPORT__DESTINATION", &through);
+    let listed = std::fs::read_to_string(&sshd.known_hosts).unwrap();
+    std::fs::write(
+        &sshd.known_hosts,
+        listed.replace(
+            &format!(":{} ", sshd.port),
+            &format!(":{} ", proxy.addr.port()),
+        ),
+    )
+    .unwrap();
+    set(&mut env, "ESR_SFTP__REQUEST_TIMEOUT_MS", "1500");
+    let mut child = crate::helpers::binary(&app, &["export", "--deanery", "MER"], &pairs(&env))
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !sshd.temporaries().iter().any(|t| t.starts_with(".DE_MER")) {
+        assert!(Instant::now() < deadline, "the upload never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    proxy.black_hole();
+    let started = Instant::now();
+    let output = tokio::time::timeout(Duration::from_secs(60), async {
+        let status = child.wait().await.unwrap();
+        let mut out = String::new();
+        tokio::io::AsyncReadExt::read_to_string(child.stdout.as_mut().unwrap(), &mut out)
+            .await
+            .unwrap();
+        (status, out)
+    })
+    .await
+    .expect("the export ends");
+    let took = started.elapsed();
+    assert_eq!(output.0.code(), Some(1), "{}", output.1);
+    assert!(took < Duration::from_secs(15), "bounded: {took:?}");
+    let summary: serde_json::Value =
+        serde_json::from_str(output.1.lines().next().unwrap()).unwrap();
+    let error = summary["error"].as_str().unwrap();
+    assert!(
+        error.contains(&through) && error.contains("no answer within 1500 ms"),
+        "{error}"
+    );
+    assert_eq!(app.count(doc! {"status": "EXPORTED"}).await, 0);
+}
+
+#[tokio::test]
+async fn two_replicas_with_their_own_staging_folders_deliver_each_file_once() {
+    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+    let other_dir = tempfile::tempdir().unwrap();
+    let mut env = sshd.env();
+    set(&mut env, "ESR_EXPORT__LEASE_SECONDS", "2");
+    let mut env_b = env.clone();
+    set(
+        &mut env_b,
+        "ESR_EXPORT__OUTPUT_DIR",
+        &other_dir.path().display().to_string(),
+    );
+    let mut ids = Vec::new();
+    for round in 0..3 {
+        for code in ["MER", "EOE", "LDN"] {
+            ids.extend(app.seed(code, 30 + round).await);
+        }
+        let (pairs_a, pairs_b) = (pairs(&env), pairs(&env_b));
+        let a = run_binary(&app, &["export", "--all"], &pairs_a);
+        let b = run_binary(&app, &["export", "--all"], &pairs_b);
+        let (a, b) = tokio::join!(a, b);
+        for output in [&a, &b] {
+            let text = String::from_utf8_lossy(&output.stdout);
+            assert!(!text.contains("\"failed\""), "{text}\n{}", stderr(output));
+        }
+    }
+    for env in [&env, &env_b] {
+        let output = run_binary(&app, &["export", "--all"], &pairs(env)).await;
+        assert!(output.status.success(), "{}", stderr(&output));
+    }
+    assert_delivered_once(&app, &sshd, &ids).await;
+}
