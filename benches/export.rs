@@ -20,9 +20,9 @@
 //!    throughput relative to the uncontended run, and a check that every
 //!    record is in exactly one file.
 //!
-//! With `--destination s3`, instead: one deanery's run of `--records`
-//! (100,000 by default there) to a folder, then to a bucket (see
-//! `support/s3.rs`).
+//! With `--destination s3` (or `sftp`), instead: one deanery's run of
+//! `--records` (100,000 by default there) to a folder, then to a bucket (or
+//! an SFTP server; see `support/s3.rs`).
 //!
 //! Prints the figures; targets are in BENCHMARKS.md.
 
@@ -39,15 +39,18 @@ use mongodb::{Client, Collection};
 mod common;
 #[path = "support/s3.rs"]
 mod s3;
+#[path = "../tests/support/sshd.rs"]
+mod sshd;
 use common::{export_all, prepare, seed, start_server, verify, DEANERIES};
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Records to seed (default 200,000; 100,000 with `--destination s3`).
+    /// Records to seed (default 200,000; 100,000 with `--destination s3`
+    /// or `sftp`).
     #[arg(long)]
     records: Option<usize>,
-    /// `folder` (the full benchmark) or `s3`: one run to a folder against
-    /// one to a bucket.
+    /// `folder` (the full benchmark), `s3` or `sftp`: one run to a folder
+    /// against one to a bucket or an SFTP server.
     #[arg(long, default_value = "folder")]
     destination: String,
     /// The S3-compatible server for `--destination s3`.
@@ -200,6 +203,20 @@ async fn main() -> anyhow::Result<()> {
     if args.destination == "s3" {
         let n = args.records.unwrap_or(100_000);
         return s3::compare(&server.uri, &client, n, args.chunk_size, &args.s3_endpoint).await;
+    }
+    if args.destination == "sftp" {
+        let n = args.records.unwrap_or(100_000);
+        let sshd = sshd::TestSshd::start().await;
+        let label = format!("SFTP ({})", sshd.destination());
+        return s3::compare_with(
+            &server.uri,
+            &client,
+            n,
+            args.chunk_size,
+            &label,
+            &sshd.env(),
+        )
+        .await;
     }
     let n = args.records.unwrap_or(200_000);
     println!(

@@ -13,9 +13,12 @@
 //! hashes match; no temporary files; nothing dead-lettered (every command
 //! was valid). Prints a table and exits non-zero on any violation.
 //!
-//! Every second round publishes to a bucket (moto, `scripts/services`)
-//! instead of the folder; half of those kill the daemon at the `.DAT`'s
-//! create, held by an HTTP proxy before the request or after it applied.
+//! Every third round publishes to a bucket (moto, `scripts/services`)
+//! instead of the folder, and every third to an SFTP server (OpenSSH's
+//! `sshd`, one per round). Half of the bucket rounds kill the daemon at the
+//! `.DAT`'s create, held by an HTTP proxy before the request or after it
+//! applied; half of the SFTP rounds kill the daemon during the `.DAT`'s
+//! upload, or kill `sshd` with its sessions and start it again.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -38,6 +41,8 @@ mod bucket;
 mod proxy;
 #[path = "support/s3proxy.rs"]
 mod s3proxy;
+#[path = "support/sshd.rs"]
+mod sshd;
 #[path = "support/broker.rs"]
 mod support;
 
@@ -100,6 +105,13 @@ enum Fault {
     KillAtPublication {
         after_reply: bool,
     },
+    /// SFTP rounds: SIGKILL while the `.DAT`'s temporary file is written.
+    KillAtSftpUpload,
+    /// SFTP rounds: `sshd` and its sessions SIGKILLed, started again after
+    /// `down_ms`.
+    KillSshd {
+        down_ms: u64,
+    },
     /// `<queue>.retry` and `<queue>.dlq` deleted while the daemon runs.
     DeleteQueues,
     /// A RabbitMQ memory alarm (every publisher blocked) for `alarm_ms`.
@@ -114,16 +126,24 @@ enum Fault {
 }
 
 impl Fault {
-    /// A fault for a round; bucket rounds also draw kills at publication.
-    fn pick_for(rng: &mut Rng, to_bucket: bool) -> Self {
+    /// A fault for a round; bucket and SFTP rounds also draw kills at
+    /// publication.
+    fn pick_for(rng: &mut Rng, target: Target) -> Self {
         // High bits: the generator's lowest bit alternates too regularly
         // for a coin.
-        if to_bucket && (rng.next() >> 40) & 1 == 0 {
-            return Self::KillAtPublication {
-                after_reply: (rng.next() >> 40) & 1 == 1,
-            };
+        let coin = |rng: &mut Rng| (rng.next() >> 40) & 1 == 0;
+        match target {
+            Target::Bucket if coin(rng) => Self::KillAtPublication {
+                after_reply: coin(rng),
+            },
+            Target::Sftp if coin(rng) => match coin(rng) {
+                true => Self::KillAtSftpUpload,
+                false => Self::KillSshd {
+                    down_ms: 200 + rng.below(2_000),
+                },
+            },
+            _ => Self::pick(rng),
         }
-        Self::pick(rng)
     }
 
     fn pick(rng: &mut Rng) -> Self {
@@ -240,11 +260,32 @@ impl Fault {
             Self::KillAtPublication { after_reply: true } => {
                 "SIGKILL after .DAT create, reply lost".to_owned()
             }
+            Self::KillAtSftpUpload => "SIGKILL during .DAT upload".to_owned(),
+            Self::KillSshd { down_ms } => format!("sshd killed, down {down_ms} ms"),
             Self::DeleteQueues => "delete retry and DLQ".to_owned(),
             Self::MemoryAlarm { alarm_ms } => format!("memory alarm {alarm_ms} ms"),
             Self::BlackHoleMonitorFirst { hole_ms } => {
                 format!("black hole {hole_ms} ms, monitor first")
             }
+        }
+    }
+}
+
+/// Where a round publishes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Folder,
+    Bucket,
+    Sftp,
+}
+
+impl Target {
+    /// Every third round to a bucket, every third to an SFTP server.
+    fn of_round(index: usize) -> Self {
+        match index % 3 {
+            0 => Self::Bucket,
+            2 => Self::Sftp,
+            _ => Self::Folder,
         }
     }
 }
@@ -290,6 +331,7 @@ struct Round {
     log_dir: PathBuf,
     daemons_started: usize,
     bucket: Option<bucket::TestBucket>,
+    sftp: Option<sshd::TestSshd>,
 }
 
 impl Round {
@@ -430,7 +472,18 @@ async fn published(round: &Round) -> anyhow::Result<(Vec<Published>, Vec<String>
         }
         return Ok((files, temporaries));
     }
-    for entry in std::fs::read_dir(&round.dir)? {
+    if let Some(sshd) = &round.sftp {
+        let dir = sshd.inbox.clone();
+        let (files, _) = folder_files(&dir)?;
+        return Ok((files, sshd.temporaries()));
+    }
+    folder_files(&round.dir)
+}
+
+/// The `.DAT` files of a folder with their manifests, and its `.tmp` files.
+fn folder_files(dir: &Path) -> anyhow::Result<(Vec<Published>, Vec<String>)> {
+    let (mut files, mut temporaries) = (Vec::new(), Vec::new());
+    for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         if name.ends_with(".tmp") {
@@ -457,11 +510,15 @@ async fn run_round(
     std::fs::create_dir_all(&log_dir)?;
     let app = format!("esr-faults-{id}");
     let chunk = [10u64, 25, 50, 100, 250][rng.below(5) as usize];
-    let to_bucket = index.is_multiple_of(2);
-    let fault = Fault::pick_for(rng, to_bucket);
-    let target_bucket = match to_bucket {
-        true => Some(bucket::TestBucket::create().await),
-        false => None,
+    let target = Target::of_round(index);
+    let fault = Fault::pick_for(rng, target);
+    let target_bucket = match target {
+        Target::Bucket => Some(bucket::TestBucket::create().await),
+        _ => None,
+    };
+    let target_sftp = match target {
+        Target::Sftp => Some(sshd::TestSshd::start().await),
+        _ => None,
     };
     let s3proxy = match fault {
         Fault::KillAtPublication { .. } => {
@@ -503,6 +560,9 @@ async fn run_round(
             .map_or_else(bucket::s3_endpoint, |p| p.endpoint());
         env.extend(bucket::bucket_env(&target.destination(), &endpoint));
     }
+    if let Some(sshd) = &target_sftp {
+        env.extend(sshd.env());
+    }
     if proxy.is_some() {
         // A black hole fails an attempt after this long; with the bound at
         // 20 s, the driver's monitor (10 s) gives up on the server first.
@@ -521,6 +581,7 @@ async fn run_round(
         log_dir,
         daemons_started: 0,
         bucket: target_bucket,
+        sftp: target_sftp,
     };
 
     // Seed.
@@ -561,6 +622,7 @@ async fn run_round(
     let at_ms = rng.below(if quick { 800 } else { 2_000 });
     tokio::time::sleep(Duration::from_millis(at_ms)).await;
     let admin = client.database("admin");
+    let mut missed = false;
     match &fault {
         Fault::KillAtPublication { after_reply } => {
             let proxy = s3proxy
@@ -584,6 +646,29 @@ async fn run_round(
         Fault::KillDaemon => {
             daemon.kill().await?; // SIGKILL
             daemon = round.spawn_daemon()?;
+        }
+        Fault::KillAtSftpUpload => {
+            let sshd = round.sftp.as_ref().context("SFTP fault without sshd")?;
+            let deadline = Instant::now() + Duration::from_secs(20);
+            let uploading = |sshd: &sshd::TestSshd| {
+                sshd.temporaries()
+                    .iter()
+                    .any(|t| t.starts_with(".DE_") && t.contains(".DAT.") && !t.contains(".json."))
+            };
+            while !uploading(sshd) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if !uploading(sshd) {
+                missed = true; // the upload went by between two looks
+            }
+            daemon.kill().await?; // SIGKILL
+            daemon = round.spawn_daemon()?;
+        }
+        Fault::KillSshd { down_ms } => {
+            let sshd = round.sftp.as_mut().context("SFTP fault without sshd")?;
+            sshd.kill();
+            tokio::time::sleep(Duration::from_millis(*down_ms)).await;
+            sshd.restart().await;
         }
         Fault::CloseBrokerConnections => {
             support::close_connections(&app).await?;
@@ -687,8 +772,13 @@ async fn run_round(
         }
         _ => String::new(),
     };
-    if to_bucket {
-        fired.push_str(" [s3]");
+    if missed {
+        fired.push_str(" (not hit)");
+    }
+    match target {
+        Target::Bucket => fired.push_str(" [s3]"),
+        Target::Sftp => fired.push_str(" [sftp]"),
+        Target::Folder => {}
     }
 
     // Clean up the round's queues and database.

@@ -3,7 +3,8 @@
 //! seed of the same shape) to a bucket on the S3-compatible server at
 //! `--s3-endpoint` (moto from `scripts/services` by default); prints both
 //! times, the ratio, each peak RSS and the file's size, and checks every
-//! record is in the one object the bucket holds.
+//! record is `EXPORTED`. `--destination sftp` does the same against an
+//! SFTP server: OpenSSH's `sshd` started on a loopback port.
 
 use std::time::Instant;
 
@@ -108,8 +109,6 @@ pub async fn compare(
     chunk: u32,
     endpoint: &str,
 ) -> anyhow::Result<()> {
-    println!("one run of {n} records ({DEANERY}), folder against bucket ({endpoint})");
-    let (folder, bytes) = one_run(uri, client, n, chunk, &[]).await?;
     let bucket = format!(
         "esr-bench-{}",
         &uuid::Uuid::new_v4().simple().to_string()[..12]
@@ -126,7 +125,22 @@ pub async fn compare(
     .into_iter()
     .map(|(k, v)| (k.to_owned(), v))
     .collect();
-    let (to_bucket, _) = one_run(uri, client, n, chunk, &env).await?;
+    compare_with(uri, client, n, chunk, &format!("bucket ({endpoint})"), &env).await
+}
+
+/// One run to a folder against one to the destination `env` names
+/// (`label` says which), printed.
+pub async fn compare_with(
+    uri: &str,
+    client: &Client,
+    n: usize,
+    chunk: u32,
+    label: &str,
+    env: &[(String, String)],
+) -> anyhow::Result<()> {
+    println!("one run of {n} records ({DEANERY}), folder against {label}");
+    let (folder, bytes) = one_run(uri, client, n, chunk, &[]).await?;
+    let (remote, _) = one_run(uri, client, n, chunk, env).await?;
     let mib = |kib: u64| kib as f64 / 1024.0;
     println!(
         "folder:  {:.2} s, peak RSS {:.1} MiB, file {:.1} MiB",
@@ -135,13 +149,13 @@ pub async fn compare(
         bytes as f64 / 1_048_576.0
     );
     println!(
-        "bucket:  {:.2} s, peak RSS {:.1} MiB",
-        to_bucket.wall.as_secs_f64(),
-        mib(to_bucket.peak_rss_kib)
+        "{label}:  {:.2} s, peak RSS {:.1} MiB",
+        remote.wall.as_secs_f64(),
+        mib(remote.peak_rss_kib)
     );
     println!(
-        "ratio bucket time / folder time: {:.2}",
-        to_bucket.wall.as_secs_f64() / folder.wall.as_secs_f64()
+        "ratio destination time / folder time: {:.2}",
+        remote.wall.as_secs_f64() / folder.wall.as_secs_f64()
     );
     Ok(())
 }

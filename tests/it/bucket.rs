@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use bson::doc;
 
 use crate::bucket_support::{
-    assert_delivered_once, bucket_env, pairs, s3_endpoint, TestBucket, PREFIX,
+    assert_delivered_once, bucket_env, export_by_two_replicas, pairs, s3_endpoint, TestBucket,
+    PREFIX,
 };
 use crate::helpers::{run_binary, spawn_app, spawn_app_with, TestApp};
 use crate::s3proxy::{Action, Rule, S3Proxy};
@@ -106,26 +107,7 @@ async fn two_replicas_with_their_own_staging_folders_deliver_each_file_once() {
     let env = bucket_env(&bucket.destination(), &s3_endpoint());
     let mut env_b = env.clone();
     env_b.push(("ESR_EXPORT__OUTPUT_DIR".to_owned(), other_dir));
-    let mut ids = Vec::new();
-    for round in 0..4 {
-        for code in ["MER", "EOE", "LDN"] {
-            ids.extend(app.seed(code, 30 + round).await);
-        }
-        let (pairs_a, pairs_b) = (pairs(&env), pairs(&env_b));
-        let a = run_binary(&app, &["export", "--all"], &pairs_a);
-        let b = run_binary(&app, &["export", "--all"], &pairs_b);
-        let (a, b) = tokio::join!(a, b);
-        for output in [&a, &b] {
-            let text = String::from_utf8_lossy(&output.stdout);
-            assert!(!text.contains("\"failed\""), "{text}\n{}", stderr(output));
-        }
-        // A deanery skipped by one replica while the other held its lease
-        // is finished by either on the next round.
-    }
-    for env in [&env, &env_b] {
-        let output = run_binary(&app, &["export", "--all"], &pairs(env)).await;
-        assert!(output.status.success(), "{}", stderr(&output));
-    }
+    let ids = export_by_two_replicas(&app, &env, &env_b, 4).await;
     assert_delivered_once(&app, &bucket, &ids).await;
 }
 

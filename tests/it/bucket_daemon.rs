@@ -3,38 +3,24 @@
 //! store stops answering), and `/metrics` counts uploads, bytes and their
 //! duration.
 
-use std::net::SocketAddr;
 use std::time::Duration;
 
 use bson::doc;
 use esr_exporter::domain::Slot;
 
-use crate::bucket_support::{assert_delivered_once, bucket_env, pairs, s3_endpoint, TestBucket};
-use crate::helpers::{binary, eventually, free_port, http_get, metric, spawn_app};
+use crate::bucket_support::{
+    assert_delivered_once, bucket_env, ready_daemon, readyz, s3_endpoint, TestBucket,
+};
+use crate::helpers::{eventually, http_get, metric, spawn_app};
 use crate::s3proxy::{Action, Rule, S3Proxy};
-
-async fn readyz(addr: SocketAddr) -> Option<(u16, String)> {
-    tokio::net::TcpStream::connect(addr).await.ok()?;
-    Some(http_get(addr, "/readyz").await)
-}
 
 #[tokio::test]
 async fn the_daemon_reports_the_bucket_in_readyz_and_counts_its_uploads() {
     let (app, bucket) = (spawn_app().await, TestBucket::create().await);
     let ids = app.seed("MER", 12).await;
     let proxy = S3Proxy::start(&s3_endpoint()).await;
-    let port = free_port();
-    let mut env = bucket_env(&bucket.destination(), &proxy.endpoint());
-    env.push(("ESR_HTTP__LISTEN".to_owned(), format!("127.0.0.1:{port}")));
-    let mut daemon = binary(&app, &["run"], &pairs(&env)).spawn().unwrap();
-    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    eventually("ready", Duration::from_secs(30), || async {
-        readyz(addr).await.is_some_and(|(status, _)| status == 200)
-    })
-    .await;
-    let (_, body) = http_get(addr, "/readyz").await;
-    let checks: serde_json::Value = serde_json::from_str(&body).unwrap();
-    assert_eq!(checks["checks"]["destination"], "ok", "{body}");
+    let env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    let (mut daemon, addr) = ready_daemon(&app, &env).await;
 
     app.publish_command("MER", Slot::Manual).await;
     eventually("exported", Duration::from_secs(30), || async {

@@ -2,10 +2,13 @@
 
 use std::collections::BTreeMap;
 
+use std::net::SocketAddr;
+use std::time::Duration;
+
 use bson::{doc, oid::ObjectId};
 
 pub use crate::bucket_store::{bucket_env, pairs, s3_endpoint, TestBucket, PREFIX};
-use crate::helpers::TestApp;
+use crate::helpers::{binary, eventually, free_port, http_get, run_binary, TestApp};
 
 /// Asserts every id is `EXPORTED` into exactly one file of the bucket,
 /// named on the record, and nothing is left waiting or claimed.
@@ -40,4 +43,65 @@ pub async fn assert_each_once(
         );
     }
     assert_eq!(seen.len(), ids.len(), "no other record in the files");
+}
+
+/// Two replicas, each with its own staging folder (`env` and `env_b`),
+/// run `export --all` at once for `rounds` rounds of new records of three
+/// deaneries, then each once more; no run fails. The ids seeded.
+pub async fn export_by_two_replicas(
+    app: &TestApp,
+    env: &[(String, String)],
+    env_b: &[(String, String)],
+    rounds: usize,
+) -> Vec<ObjectId> {
+    let mut ids = Vec::new();
+    for round in 0..rounds {
+        for code in ["MER", "EOE", "LDN"] {
+            ids.extend(app.seed(code, 30 + round).await);
+        }
+        let (pairs_a, pairs_b) = (pairs(env), pairs(env_b));
+        let a = run_binary(app, &["export", "--all"], &pairs_a);
+        let b = run_binary(app, &["export", "--all"], &pairs_b);
+        let (a, b) = tokio::join!(a, b);
+        for output in [&a, &b] {
+            let text = String::from_utf8_lossy(&output.stdout);
+            let log = String::from_utf8_lossy(&output.stderr);
+            assert!(!text.contains("\"failed\""), "{text}\n{log}");
+        }
+        // A deanery skipped by one replica while the other held its lease
+        // is finished by either on the next round.
+    }
+    for env in [env, env_b] {
+        let output = run_binary(app, &["export", "--all"], &pairs(env)).await;
+        let log = String::from_utf8_lossy(&output.stderr);
+        assert!(output.status.success(), "{log}");
+    }
+    ids
+}
+
+/// `/readyz` of a daemon, once it listens.
+pub async fn readyz(addr: SocketAddr) -> Option<(u16, String)> {
+    tokio::net::TcpStream::connect(addr).await.ok()?;
+    Some(http_get(addr, "/readyz").await)
+}
+
+/// `esr-exporter run` with `env` on a free port, once `/readyz` is 200
+/// and its destination check `ok`.
+pub async fn ready_daemon(
+    app: &TestApp,
+    env: &[(String, String)],
+) -> (tokio::process::Child, SocketAddr) {
+    let port = free_port();
+    let mut env = env.to_vec();
+    env.push(("ESR_HTTP__LISTEN".to_owned(), format!("127.0.0.1:{port}")));
+    let daemon = binary(app, &["run"], &pairs(&env)).spawn().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    eventually("ready", Duration::from_secs(30), || async {
+        readyz(addr).await.is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    let (_, body) = http_get(addr, "/readyz").await;
+    let checks: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(checks["checks"]["destination"], "ok", "{body}");
+    (daemon, addr)
 }

@@ -29,6 +29,7 @@ mod replicas;
 #[path = "../support/s3proxy.rs"]
 mod s3proxy;
 mod sftp;
+mod sftp_daemon;
 mod sftp_kills;
 #[path = "../support/sshd.rs"]
 mod sshd;

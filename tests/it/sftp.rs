@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bson::doc;
 
-use crate::bucket_support::{assert_each_once, pairs};
+use crate::bucket_support::{assert_each_once, export_by_two_replicas, pairs};
 use crate::helpers::{run_binary, spawn_app, TestApp};
 use crate::sshd::TestSshd;
 use crate::tcp_proxy::TcpProxy;
@@ -349,23 +349,6 @@ async fn two_replicas_with_their_own_staging_folders_deliver_each_file_once() {
         "ESR_EXPORT__OUTPUT_DIR",
         &other_dir.path().display().to_string(),
     );
-    let mut ids = Vec::new();
-    for round in 0..3 {
-        for code in ["MER", "EOE", "LDN"] {
-            ids.extend(app.seed(code, 30 + round).await);
-        }
-        let (pairs_a, pairs_b) = (pairs(&env), pairs(&env_b));
-        let a = run_binary(&app, &["export", "--all"], &pairs_a);
-        let b = run_binary(&app, &["export", "--all"], &pairs_b);
-        let (a, b) = tokio::join!(a, b);
-        for output in [&a, &b] {
-            let text = String::from_utf8_lossy(&output.stdout);
-            assert!(!text.contains("\"failed\""), "{text}\n{}", stderr(output));
-        }
-    }
-    for env in [&env, &env_b] {
-        let output = run_binary(&app, &["export", "--all"], &pairs(env)).await;
-        assert!(output.status.success(), "{}", stderr(&output));
-    }
+    let ids = export_by_two_replicas(&app, &env, &env_b, 3).await;
     assert_delivered_once(&app, &sshd, &ids).await;
 }

@@ -40,6 +40,7 @@ fn uploading(sshd: &TestSshd) -> bool {
     sshd.temporaries().iter().any(|name| {
         name.ends_with(".tmp")
             && name.contains(".DAT.")
+            && !name.contains(".DAT.json.")
             && std::fs::metadata(sshd.inbox.join(crate::sshd::TEMP_DIR).join(name))
                 .is_ok_and(|m| m.len() > 0)
     })
