@@ -157,7 +157,7 @@ async fn an_unknown_or_changed_host_key_is_refused_naming_host_and_fingerprint()
         let output = export(&app, &sshd.env(), "MER").await;
         let log = stderr(&output);
         assert_eq!(output.status.code(), Some(2), "{what}: {log}");
-        assert!(log.contains("ERROR") || log.contains("error"), "{log}");
+        assert!(log.contains("\"level\":\"ERROR\""), "{log}");
         assert!(
             log.contains(&host) && log.contains(&offered),
             "{what}: names host and fingerprint: {log}"
