@@ -2,7 +2,10 @@
 # non-root user.
 FROM rust:1-bookworm AS build
 WORKDIR /src
-COPY Cargo.toml Cargo.lock ./
+# The commit --version and esr_build_info report (no .git in the context):
+# docker build --build-arg ESR_BUILD_COMMIT=$(git rev-parse --short=12 HEAD) .
+ARG ESR_BUILD_COMMIT=unknown
+COPY Cargo.toml Cargo.lock build.rs ./
 COPY src ./src
 COPY config ./config
 COPY examples ./examples

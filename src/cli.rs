@@ -22,11 +22,12 @@ use crate::store::Store;
 
 /// Exports NHS ESR applicant (APP) files from MongoDB, one per deanery.
 #[derive(Debug, Parser)]
-#[command(name = "esr-exporter", version, about)]
+#[command(name = "esr-exporter", version = crate::identity::LONG_VERSION, about)]
 pub struct Cli {
     /// Settings file layered over the defaults (environment variables
-    /// ESR_<SECTION>__<KEY> layer over both).
-    #[arg(long, global = true, value_name = "FILE")]
+    /// ESR_<SECTION>__<KEY> layer over both); without it,
+    /// /etc/esr-exporter/config.toml when that file exists.
+    #[arg(long, global = true, value_name = "FILE", env = "ESR_CONFIG")]
     pub config: Option<PathBuf>,
 
     /// What to do.
@@ -133,9 +134,18 @@ fn parse_destination(value: &str) -> Result<DestinationUrl, String> {
     }
 }
 
+/// The settings file an installed exporter reads when none is named.
+pub const DEFAULT_CONFIG: &str = "/etc/esr-exporter/config.toml";
+
+/// `--config` (or `ESR_CONFIG`), else [`DEFAULT_CONFIG`] when it exists, so
+/// `sudo -u esr esr-exporter status` reads the service's settings.
+fn config_file(named: Option<PathBuf>) -> Option<PathBuf> {
+    named.or_else(|| Some(PathBuf::from(DEFAULT_CONFIG)).filter(|path| path.is_file()))
+}
+
 /// Runs the parsed command and returns the process exit code.
 pub async fn execute(cli: Cli) -> ExitCode {
-    let settings = match Settings::load(cli.config.as_deref()) {
+    let settings = match Settings::load(config_file(cli.config.clone()).as_deref()) {
         Ok(settings) => settings,
         Err(err) => {
             eprintln!("error: {err}");

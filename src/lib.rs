@@ -52,6 +52,7 @@ pub mod daemon;
 pub mod destination;
 pub mod domain;
 pub mod export;
+pub mod identity;
 pub mod incident;
 pub mod ops;
 pub mod schedule;

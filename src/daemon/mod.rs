@@ -119,6 +119,9 @@ fn log_starting(settings: &Settings, listener: &TcpListener) {
         tracing::warn!("{warning}");
     }
     tracing::info!(
+        version = crate::identity::VERSION,
+        commit = crate::identity::COMMIT,
+        built = crate::identity::BUILD_DATE,
         queue = %settings.amqp.queue,
         mongodb = %settings.mongodb.uri,
         amqp = %settings.amqp.uri,

@@ -19,12 +19,13 @@
 //! | `esr_amqp_blocked` | gauge | `role` (`consumer`, `scheduler`, `watchdog`, `trigger`) |
 //! | `esr_output_folder_errors_total` | counter | `error` (errno name: `ENOSPC`, `EROFS`, `EMFILE`, ...) |
 //! | `esr_output_folder_writable` | gauge | |
-//! | `esr_destination_uploads_total` | counter | `destination` (`file`, `s3`), `outcome` (`created`, `kept`, `failed`) |
+//! | `esr_destination_uploads_total` | counter | `destination` (`file`, `s3`, `sftp`), `outcome` (`created`, `kept`, `failed`) |
 //! | `esr_destination_upload_bytes_total` | counter | `destination` |
 //! | `esr_destination_failures_total` | counter | `destination`, `kind` (`timeout`, `transient`, `permanent`, `occupied`) |
 //! | `esr_destination_upload_duration_seconds` | histogram | `destination` |
 //! | `esr_clock_skew_seconds` | gauge | |
 //! | `esr_schedule_settings_differ` | gauge | |
+//! | `esr_build_info` | gauge | `version`, `commit`, `built` (always 1) |
 
 use std::sync::OnceLock;
 
@@ -55,6 +56,13 @@ pub fn install() -> PrometheusHandle {
                     PrometheusBuilder::new().build_recorder().handle()
                 });
             describe();
+            gauge!(
+                "esr_build_info",
+                "version" => crate::identity::VERSION,
+                "commit" => crate::identity::COMMIT,
+                "built" => crate::identity::BUILD_DATE
+            )
+            .set(1.0);
             handle
         })
         .clone()
@@ -69,7 +77,7 @@ enum Kind {
 }
 
 /// Every metric: name, kind, HELP text.
-const HELP: [(&str, Kind, &str); 23] = [
+const HELP: [(&str, Kind, &str); 24] = [
     (
         "esr_export_runs_total",
         Kind::Counter,
@@ -184,6 +192,11 @@ const HELP: [(&str, Kind, &str); 23] = [
         "esr_schedule_settings_differ",
         Kind::Gauge,
         "1 while this replica's schedule settings (cron, zone, deaneries) differ from another live replica's.",
+    ),
+    (
+        "esr_build_info",
+        Kind::Gauge,
+        "Always 1; its labels say which build runs: version, git commit, build date.",
     ),
 ];
 

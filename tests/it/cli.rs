@@ -152,3 +152,53 @@ async fn check_config_warns_when_the_uri_pins_one_host() {
         String::from_utf8_lossy(&output.stderr)
     );
 }
+
+#[tokio::test]
+async fn esr_config_names_the_settings_file() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("config.toml");
+    std::fs::write(&file, "[export]\nchunk_size = 777\n").unwrap();
+    let path = file.display().to_string();
+    let output = run(&app, &["check-config"], &[("ESR_CONFIG", path.as_str())]).await;
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("chunk_size = 777"), "{stdout}");
+    assert!(
+        stdout.contains(&format!("export.chunk_size = config file {path}")),
+        "{stdout}"
+    );
+
+    let missing = run(
+        &app,
+        &["check-config"],
+        &[("ESR_CONFIG", "/no/such/config.toml")],
+    )
+    .await;
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("/no/such/config.toml"));
+}
+
+#[tokio::test]
+async fn version_names_the_commit_and_the_build_date() {
+    let app = spawn_app().await;
+    let output = run(&app, &["--version"], &[]).await;
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let commit = esr_exporter::identity::COMMIT;
+    assert!(
+        commit.len() == 12 && commit.chars().all(|c| c.is_ascii_hexdigit()),
+        "{commit}"
+    );
+    let expected = format!(
+        "esr-exporter {} (commit {commit}, built {})",
+        env!("CARGO_PKG_VERSION"),
+        esr_exporter::identity::BUILD_DATE
+    );
+    assert_eq!(stdout.trim(), expected);
+}

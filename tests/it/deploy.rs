@@ -442,6 +442,13 @@ async fn promtool_check_metrics_passes_over_a_real_scrape_of_the_daemon() {
 
     // Assert: Prometheus's own lint passes over the scrape...
     assert_eq!(status, 200);
+    let build = format!(
+        "esr_build_info{{version=\"{}\",commit=\"{}\",built=\"{}\"}} 1",
+        esr_exporter::identity::VERSION,
+        esr_exporter::identity::COMMIT,
+        esr_exporter::identity::BUILD_DATE
+    );
+    assert!(scrape.contains(&build), "{build} in:\n{scrape}");
     let mut child = promtool
         .args(["check", "metrics"])
         .stdin(Stdio::piped())
