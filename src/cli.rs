@@ -183,10 +183,20 @@ pub async fn execute(cli: Cli) -> ExitCode {
         } => incident::run_redeliver(&settings, &file_name, to.as_ref(), replace).await,
     };
     result.unwrap_or_else(|err| {
-        tracing::error!(error = format!("{err:#}"), "command failed");
-        eprintln!("error: {err:#}");
+        report_failure(&err);
         exit_code_of(&err)
     })
+}
+
+/// Says once why the command failed, with its causes: an ERROR line in the
+/// configured log format, or a plain `error:` line on stderr when the log
+/// filter drops errors.
+fn report_failure(err: &anyhow::Error) {
+    if tracing::enabled!(tracing::Level::ERROR) {
+        tracing::error!(error = format!("{err:#}"), "command failed");
+    } else {
+        eprintln!("error: {err:#}");
+    }
 }
 
 /// 2 for a destination refused for good (a store that accepts a second

@@ -30,7 +30,7 @@ pub(crate) use transaction::TransactionBody;
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
     /// A transient error kept coming back until the policy gave up.
-    #[error("{op}: still failing after {attempts} attempts over {elapsed_ms} ms (error code {code:?}): {source}")]
+    #[error("{op}: still failing after {attempts} attempts over {elapsed_ms} ms{}: {source}", shown_code(*.code))]
     Exhausted {
         /// What was being done.
         op: &'static str,
@@ -68,7 +68,7 @@ pub enum RetryError {
         source: MongoError,
     },
     /// A permanent error: not retried.
-    #[error("{op}: failed with a non-transient error (error code {code:?}): {source}")]
+    #[error("{op}: failed with a non-transient error{}: {source}", shown_code(*.code))]
     Permanent {
         /// What was being done.
         op: &'static str,
@@ -78,6 +78,13 @@ pub enum RetryError {
         #[source]
         source: MongoError,
     },
+}
+
+/// ` (error code 112)`, or nothing when the error carries no code (a
+/// network error, a timeout).
+fn shown_code(code: Option<i32>) -> String {
+    code.map(|code| format!(" (error code {code})"))
+        .unwrap_or_default()
 }
 
 impl RetryError {

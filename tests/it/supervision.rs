@@ -45,9 +45,20 @@ fn assert_reported(output: &Output, task: &str, panicked: bool) {
     assert_eq!(reported["level"], "ERROR", "{reported}");
     assert_eq!(reported["task"], task, "{reported}");
     assert_eq!(reported["panic"].is_string(), panicked, "{reported}");
+    let failed: Vec<_> = lines
+        .iter()
+        .filter(|l| l["message"] == "command failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "said once: {stderr}");
     assert!(
-        stderr.contains(&format!("error: the {task} task")),
+        failed[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.starts_with(&format!("the {task} task"))),
         "the last line says which task: {stderr}"
+    );
+    assert!(
+        !stderr.lines().any(|l| l.starts_with("error: ")),
+        "not again as plain text: {stderr}"
     );
 }
 

@@ -25,6 +25,25 @@ fn network_errors_are_transient_and_custom_errors_permanent() {
     );
 }
 
+#[test]
+fn a_message_shows_the_error_code_only_when_there_is_one() {
+    let none = permanent("claim", io_error()).to_string();
+    assert!(!none.contains("error code"), "{none}");
+    let exhausted = RetryError::Exhausted {
+        op: "claim",
+        attempts: 3,
+        elapsed_ms: 40,
+        code: Some(112),
+        source: io_error(),
+    };
+    assert!(
+        exhausted
+            .to_string()
+            .contains("over 40 ms (error code 112)"),
+        "{exhausted}"
+    );
+}
+
 #[tokio::test(start_paused = true)]
 async fn transient_errors_are_retried_until_success() {
     let policy = RetryPolicy::new(settings(5, 60_000), Duration::from_secs(30));
