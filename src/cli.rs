@@ -192,11 +192,29 @@ pub async fn execute(cli: Cli) -> ExitCode {
 /// configured log format, or a plain `error:` line on stderr when the log
 /// filter drops errors.
 fn report_failure(err: &anyhow::Error) {
+    let said = said_once(err);
     if tracing::enabled!(tracing::Level::ERROR) {
-        tracing::error!(error = format!("{err:#}"), "command failed");
+        tracing::error!(error = %said, "command failed");
     } else {
-        eprintln!("error: {err:#}");
+        eprintln!("error: {said}");
     }
+}
+
+/// `err` and its causes, each said once: a cause whose text is already
+/// there (an error that repeats its source) is left out.
+fn said_once(err: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in err.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// 2 for a destination refused for good (a store that accepts a second
@@ -388,6 +406,19 @@ mod tests {
 
     fn codes(list: &[&str]) -> Vec<Deanery> {
         list.iter().map(|c| Deanery::parse(c).unwrap()).collect()
+    }
+
+    #[test]
+    fn a_cause_the_message_already_holds_is_said_once() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("list_indexes: failed: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        let io = std::io::Error::other("connection refused");
+        let err = anyhow::Error::new(Repeats(io)).context("Failed to read the status");
+        assert_eq!(
+            said_once(&err),
+            "Failed to read the status: list_indexes: failed: connection refused"
+        );
     }
 
     #[test]

@@ -95,7 +95,12 @@ fn line<'a>(lines: &'a mut Lines, deanery: &Bson) -> &'a mut DeaneryStatus {
     let key = deanery_key(Some(deanery));
     lines.entry(key.clone()).or_insert_with(|| DeaneryStatus {
         deanery: key,
-        counts: BTreeMap::new(),
+        // Every status, 0 until counted: a reader of the JSON need not
+        // know that a missing key means none.
+        counts: COLUMNS
+            .iter()
+            .map(|status| (status.as_str().to_owned(), 0))
+            .collect(),
         oldest_to_export_age_seconds: None,
         last_run: None,
     })

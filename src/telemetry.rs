@@ -7,6 +7,8 @@
 //! `attempt`, `error_code`, `delay_ms`, `op`, `exported`, `rejected`,
 //! `file`, `attempts`, `duration_ms`, `error`.
 
+use std::io::IsTerminal;
+
 use tracing::{Level, Metadata};
 use tracing_subscriber::filter::filter_fn;
 use tracing_subscriber::fmt::MakeWriter;
@@ -56,7 +58,12 @@ where
             .finish()
             .with(ours)
             .try_init(),
-        LogFormat::Pretty => builder.finish().with(ours).try_init(),
+        // Colours only for a terminal: a journal or a file gets plain text.
+        LogFormat::Pretty => builder
+            .with_ansi(std::io::stderr().is_terminal())
+            .finish()
+            .with(ours)
+            .try_init(),
     };
     // Already installed: keep the existing one.
     drop(result);

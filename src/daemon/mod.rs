@@ -142,6 +142,7 @@ fn spawn_workers(
     readiness: Readiness,
     shutdown: &Shutdown,
 ) {
+    readiness.set_started();
     let consumer = Consumer::new(settings.amqp.clone(), exporter, readiness);
     tasks.spawn("consumer", consumer.run(shutdown.clone()));
     let (schedule, amqp) = (&settings.schedule, &settings.amqp);

@@ -110,7 +110,7 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         Ok(Err(crate::store::StoreError::NotWritablePrimary)) => {
             Err(crate::store::StoreError::NotWritablePrimary.to_string())
         }
-        Ok(Err(err)) => Err(format!("unreachable: {err}")),
+        Ok(Err(err)) => Err(err.to_string()),
         Err(_) => Err(format!("no answer within {} s", PING_TIMEOUT.as_secs())),
     };
     let rabbitmq = if let Some(reason) = state.readiness.broker_blocked() {
@@ -119,6 +119,8 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         ))
     } else if state.readiness.consumer_attached() {
         Ok(())
+    } else if !state.readiness.started() {
+        Err("not consuming yet: start-up waits for MongoDB (its indexes) and the destination's probe (see the log)".to_owned())
     } else {
         Err("consumer not attached to its queue (RabbitMQ unreachable or reconnecting)".to_owned())
     };

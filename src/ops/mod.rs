@@ -16,12 +16,26 @@ use std::sync::{Arc, Mutex};
 /// clone; the consumer sets it, `/readyz` reads it.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Readiness {
+    /// Set once start-up (MongoDB's indexes, the destination's probe) is
+    /// done and the consumer runs: before that, a detached consumer says
+    /// nothing about RabbitMQ.
+    started: Arc<AtomicBool>,
     consumer_attached: Arc<AtomicBool>,
     /// Why RabbitMQ blocks the consumer's connection, while it does.
     broker_blocked: Arc<Mutex<Option<String>>>,
 }
 
 impl Readiness {
+    /// Records that start-up is done and the consumer runs.
+    pub(crate) fn set_started(&self) {
+        self.started.store(true, Ordering::SeqCst);
+    }
+
+    /// True once start-up is done and the consumer runs.
+    pub(crate) fn started(&self) -> bool {
+        self.started.load(Ordering::SeqCst)
+    }
+
     /// Records whether the consumer is attached.
     pub(crate) fn set_consumer_attached(&self, attached: bool) {
         self.consumer_attached.store(attached, Ordering::SeqCst);

@@ -317,7 +317,7 @@ impl Store {
             .retry
             .bounded(scope, hello)
             .await?
-            .map_err(|source| StoreError::Mongo(retry::permanent("hello", source)))?;
+            .map_err(|source| StoreError::Mongo(retry::unanswered("hello", source)))?;
         match reply.get_bool("isWritablePrimary") {
             Ok(true) => Ok(()),
             _ => Err(StoreError::NotWritablePrimary),

@@ -8,6 +8,7 @@
 //! bounded by settings and logged with its error code.
 
 mod classify;
+mod describe;
 mod transaction;
 mod write;
 
@@ -59,13 +60,13 @@ pub enum RetryError {
     /// selection timed out, or the server's monitor timed out and
     /// interrupted the operation): the attempt ends at once, as on
     /// [`RetryError::TimedOut`], and writes nothing more to the server.
-    #[error("{op}: MongoDB unreachable (the driver gave up on the server): {source}")]
+    #[error("{op}: MongoDB unreachable (the driver gave up on the server): {}", describe::brief(.cause))]
     Unreachable {
         /// What was being done.
         op: &'static str,
-        /// The driver's error.
-        #[source]
-        source: MongoError,
+        /// The driver's error, said briefly above (the ERROR logged when
+        /// it happened carries it whole), so not a source to print again.
+        cause: MongoError,
     },
     /// A permanent error: not retried.
     #[error("{op}: failed with a non-transient error{}: {source}", shown_code(*.code))]
@@ -108,7 +109,7 @@ impl RetryError {
         match self {
             Self::Exhausted { source, .. }
             | Self::Permanent { source, .. }
-            | Self::Unreachable { source, .. } => Some(source),
+            | Self::Unreachable { cause: source, .. } => Some(source),
             Self::TimedOut { .. } => None,
         }
     }
@@ -314,7 +315,17 @@ pub(crate) fn unreachable(scope: RetryScope<'_>, err: MongoError) -> RetryError 
     );
     RetryError::Unreachable {
         op: scope.op,
-        source: err,
+        cause: err,
+    }
+}
+
+/// The [`RetryError`] of a look that is not retried (a readiness ping):
+/// a server the driver could not select is [`RetryError::Unreachable`],
+/// said briefly and not logged (the caller reports it).
+pub(crate) fn unanswered(op: &'static str, err: MongoError) -> RetryError {
+    match classify(&err, false) {
+        Transience::Unreachable => RetryError::Unreachable { op, cause: err },
+        _ => permanent(op, err),
     }
 }
 

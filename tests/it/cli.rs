@@ -77,6 +77,9 @@ async fn export_all_prints_one_json_summary_per_deanery_and_status_shows_them() 
         .find(|d| d["deanery"] == "MER")
         .unwrap();
     assert_eq!(mer["counts"]["EXPORTED"], 3);
+    for zero in ["TO_EXPORT", "EXPORTING", "REJECTED"] {
+        assert_eq!(mer["counts"][zero], 0, "zero counts are given: {mer}");
+    }
     assert_eq!(mer["lastRun"]["phase"], "COMPLETED");
 }
 

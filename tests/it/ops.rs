@@ -11,8 +11,8 @@ use tokio::io::AsyncReadExt;
 use crate::commands::cron_minutes_ago;
 use crate::helpers::{
     eventually, free_port, http_get, metric, primary_host_port, spawn_app_with, unique_deanery,
-    TcpProxy,
 };
+use crate::tcp_proxy::TcpProxy;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -338,10 +338,14 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
         "Restart=on-failure",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        "ReadWritePaths=",
+        "StateDirectory=esr-exporter esr-exporter/exports",
+        "RestartPreventExitStatus=2",
     ] {
         assert!(unit.contains(required), "{required}");
     }
+    // A ReadWritePaths= folder that nothing creates stops the first start
+    // (226/NAMESPACE); StateDirectory= creates the export folder.
+    assert!(!unit.contains("\nReadWritePaths="), "{unit}");
     if std::process::Command::new("systemd-analyze")
         .arg("--version")
         .output()

@@ -213,6 +213,11 @@ async fn a_user_denied_configure_stops_the_daemon_with_exit_1_naming_the_permiss
             shown.contains("ACCESS_REFUSED") || shown.contains("ACCESS-REFUSED"),
             "{shown}"
         );
+        assert_eq!(
+            shown.matches("ACCESS_REFUSED - ").count(),
+            1,
+            "said once: {shown}"
+        );
         assert!(!shown.contains(&user.password));
     }
 }

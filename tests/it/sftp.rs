@@ -287,7 +287,7 @@ async fn a_full_disk_fails_the_attempt_transiently_and_the_next_one_delivers() {
 async fn a_black_holed_server_fails_the_attempt_within_the_bound_naming_the_destination() {
     let (app, sshd) = (spawn_app().await, TestSshd::start().await);
     app.seed("MER", 20_000).await;
-    let proxy = TcpProxy::start(([127, 0, 0, 1], sshd.port).into()).await;
+    let proxy = TcpProxy::start(&format!("127.0.0.1:{}", sshd.port)).await;
     let mut env = sshd.env();
     let through = sshd.destination().replace(
         &format!(":{}/", sshd.port),
