@@ -73,6 +73,19 @@ async fn dead_letter_channel(
     Ok((connection, channel, waiting))
 }
 
+/// How many dead letters wait in the dead-letter queue (for the
+/// `esr_dead_letter_queue_messages` gauge the watchdog keeps).
+///
+/// # Errors
+/// [`BrokerError`] when RabbitMQ cannot be reached or the queue declared.
+pub(crate) async fn dead_letters_waiting(settings: &AmqpSettings) -> Result<u32, BrokerError> {
+    let (connection, channel, waiting) = dead_letter_channel(settings, "watchdog").await?;
+    let bound = settings.publish_timeout();
+    super::closed_within(bound, channel.close(200, "counted")).await;
+    super::closed_within(bound, connection.close(200, "counted")).await;
+    Ok(waiting)
+}
+
 /// The next dead letter, fetched unacknowledged.
 async fn next_dead_letter(
     channel: &Channel,

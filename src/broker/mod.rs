@@ -28,7 +28,7 @@ use lapin::{Channel, Connection, ConnectionProperties};
 
 use crate::config::AmqpSettings;
 
-pub(crate) use dead_letters::{list_dead_letters, replay_dead_letters};
+pub(crate) use dead_letters::{dead_letters_waiting, list_dead_letters, replay_dead_letters};
 pub(crate) use publish::publish_commands;
 pub use publish::{message_properties, publish_confirmed, Publisher};
 pub(crate) use topology::declare_topology;

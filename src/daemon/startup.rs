@@ -37,6 +37,7 @@ pub(super) async fn prepare(
     if !indexed {
         return Ok(false);
     }
+    seed_last_runs(store).await;
     let probed = until_done(
         settings,
         shutdown,
@@ -51,6 +52,30 @@ pub(super) async fn prepare(
         }
     }
     Ok(probed)
+}
+
+/// Days of run documents read at start for when each deanery last
+/// completed and last failed.
+const LAST_RUNS_DAYS: i64 = 30;
+
+/// Sets the last-run gauges from the run documents, so the alerts built on
+/// them see through a restart. A failure only costs that: WARN.
+async fn seed_last_runs(store: &Store) {
+    let since = chrono::Utc::now() - chrono::Duration::days(LAST_RUNS_DAYS);
+    let mut attempts = crate::store::Attempts::default();
+    match store
+        .last_run_times(bson::DateTime::from_chrono(since), &mut attempts)
+        .await
+    {
+        Ok(rows) => {
+            for row in rows {
+                crate::ops::metrics::seed_last_runs(&row.deanery, row.completed, row.failed);
+            }
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "cannot read when each deanery's runs last completed; the last-run gauges start empty")
+        }
+    }
 }
 
 /// Runs `op` until it succeeds, retrying transient failures with the

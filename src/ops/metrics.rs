@@ -9,8 +9,10 @@
 //! | `esr_write_conflicts_total` | counter | `deanery` |
 //! | `esr_retries_total` | counter | `deanery` |
 //! | `esr_last_successful_run_timestamp_seconds` | gauge | `deanery` |
+//! | `esr_last_failed_run_timestamp_seconds` | gauge | `deanery` |
 //! | `esr_commands_total` | counter | `outcome` (`exported`, `no_op`, `retry`, `dead_lettered`, `requeued`) |
 //! | `esr_commands_dead_lettered_total` | counter | |
+//! | `esr_dead_letter_queue_messages` | gauge | |
 //! | `esr_schedule_slots_fired_total` | counter | |
 //! | `esr_stuck_records` | gauge | `deanery` |
 //! | `esr_stuck_records_oldest_age_seconds` | gauge | `deanery` |
@@ -77,7 +79,7 @@ enum Kind {
 }
 
 /// Every metric: name, kind, HELP text.
-const HELP: [(&str, Kind, &str); 24] = [
+const HELP: [(&str, Kind, &str); 26] = [
     (
         "esr_export_runs_total",
         Kind::Counter,
@@ -194,6 +196,16 @@ const HELP: [(&str, Kind, &str); 24] = [
         "1 while this replica's schedule settings (cron, zone, deaneries) differ from another live replica's.",
     ),
     (
+        "esr_last_failed_run_timestamp_seconds",
+        Kind::Gauge,
+        "When an export attempt of the deanery last failed (Unix time), from the run documents at start, then as attempts fail.",
+    ),
+    (
+        "esr_dead_letter_queue_messages",
+        Kind::Gauge,
+        "Dead letters waiting in the dead-letter queue, counted by the watchdog every period.",
+    ),
+    (
         "esr_build_info",
         Kind::Gauge,
         "Always 1; its labels say which build runs: version, git commit, build date.",
@@ -237,10 +249,53 @@ pub(crate) fn record_run(summary: &RunSummary) {
         .increment(u64::from(summary.write_conflicts));
     counter!("esr_retries_total", "deanery" => deanery.clone())
         .increment(u64::from(summary.retries));
-    if summary.status == RunStatus::Completed {
-        gauge!("esr_last_successful_run_timestamp_seconds", "deanery" => deanery)
-            .set(chrono::Utc::now().timestamp() as f64);
+    let now = chrono::Utc::now().timestamp() as f64;
+    match outcome {
+        "completed" => set_last_run("esr_last_successful_run_timestamp_seconds", deanery, now),
+        "failed" => set_last_run("esr_last_failed_run_timestamp_seconds", deanery, now),
+        _ => {}
     }
+}
+
+/// Sets when a deanery's run last completed (or last failed), as read
+/// from the run documents at start, so the alerts built on them survive
+/// a restart.
+pub(crate) fn seed_last_runs(deanery: &str, completed: Option<f64>, failed: Option<f64>) {
+    if let Some(at) = completed {
+        set_last_run(
+            "esr_last_successful_run_timestamp_seconds",
+            deanery.to_owned(),
+            at,
+        );
+    }
+    if let Some(at) = failed {
+        set_last_run(
+            "esr_last_failed_run_timestamp_seconds",
+            deanery.to_owned(),
+            at,
+        );
+    }
+}
+
+/// Moves a last-run gauge forward only: a seed read at start never hides
+/// a run this process recorded meanwhile.
+fn set_last_run(name: &'static str, deanery: String, at: f64) {
+    let key = (name, deanery.clone());
+    let mut latest = LAST_RUNS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let newest = latest.get(&key).map_or(at, |seen: &f64| seen.max(at));
+    latest.insert(key, newest);
+    gauge!(name, "deanery" => deanery).set(newest);
+}
+
+/// The value of each last-run gauge, by name and deanery.
+static LAST_RUNS: std::sync::Mutex<std::collections::BTreeMap<(&'static str, String), f64>> =
+    std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Sets how many dead letters wait.
+pub(crate) fn set_dead_letters_waiting(waiting: u32) {
+    gauge!("esr_dead_letter_queue_messages").set(f64::from(waiting));
 }
 
 /// Records how a command delivery was settled.

@@ -67,9 +67,21 @@ impl Watchdog {
             if let Err(err) = self.check().await {
                 tracing::error!(error = %err, "stuck-record check failed; trying again next period");
             }
+            self.count_dead_letters().await;
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = shutdown.recv() => return,
+            }
+        }
+    }
+
+    /// Sets `esr_dead_letter_queue_messages` from the dead-letter queue;
+    /// RabbitMQ away leaves the gauge as it was (WARN).
+    async fn count_dead_letters(&self) {
+        match crate::broker::dead_letters_waiting(&self.amqp).await {
+            Ok(waiting) => metrics::set_dead_letters_waiting(waiting),
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot count the dead letters; trying again next period")
             }
         }
     }

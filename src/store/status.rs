@@ -201,6 +201,57 @@ impl Store {
             .await?;
         Ok(rows.iter().map(latest_run).collect())
     }
+
+    /// When each deanery's runs started since `since` last completed and
+    /// last failed an attempt (Unix seconds), for the alerts' gauges.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub(crate) async fn last_run_times(
+        &self,
+        since: DateTime,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<LastRunTimes>, StoreError> {
+        let completed = doc! {"$cond": [
+            {"$eq": ["$phase", RunPhase::Completed.as_str()]}, "$finishedAt", Bson::Null
+        ]};
+        let pipeline = vec![
+            doc! {"$match": {"startedAt": {"$gte": since}}},
+            doc! {"$group": {
+                "_id": "$deanery",
+                "completed": {"$max": completed},
+                "failed": {"$max": "$lastErrorAt"},
+            }},
+        ];
+        let rows = self
+            .aggregate(STATUS, &self.runs, pipeline, attempts)
+            .await?;
+        Ok(rows.iter().filter_map(last_run_times).collect())
+    }
+}
+
+/// When one deanery's runs last completed and last failed, Unix seconds.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct LastRunTimes {
+    /// The deanery, as stored.
+    pub(crate) deanery: String,
+    /// The latest completion, if any.
+    pub(crate) completed: Option<f64>,
+    /// The latest failed attempt, if any.
+    pub(crate) failed: Option<f64>,
+}
+
+fn last_run_times(row: &Document) -> Option<LastRunTimes> {
+    let seconds = |key| {
+        row.get_datetime(key)
+            .ok()
+            .map(|at| at.timestamp_millis() as f64 / 1000.0)
+    };
+    Some(LastRunTimes {
+        deanery: row.get_str("_id").ok()?.to_owned(),
+        completed: seconds("completed"),
+        failed: seconds("failed"),
+    })
 }
 
 #[cfg(test)]

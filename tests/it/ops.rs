@@ -232,6 +232,57 @@ async fn the_watchdog_reports_stuck_records_and_its_catch_up_command_exports_the
     app.delete_broker_topology().await;
 }
 
+/// The gauges the alerts are built on survive a restart: at start the
+/// daemon reads from the run documents when each deanery last completed a
+/// run and last failed an attempt, and its watchdog counts the dead
+/// letters waiting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_alert_gauges_are_set_at_start_from_the_runs_and_the_dead_letter_queue() {
+    let app = spawn_app_with(&[]).await;
+    let code = unique_deanery();
+    let now = chrono::Utc::now().timestamp();
+    let (completed, failed) = (now - 2 * 86_400, now - 86_400);
+    let at = |secs: i64| bson::DateTime::from_millis(secs * 1000);
+    let runs = app.db.collection::<bson::Document>("exportRuns");
+    runs.insert_many([
+        doc! {"_id": "old", "deanery": &code, "phase": "COMPLETED",
+        "startedAt": at(completed - 60), "finishedAt": at(completed)},
+        doc! {"_id": "open", "deanery": &code, "phase": "CLAIMING",
+        "startedAt": at(failed - 60), "lastErrorAt": at(failed), "lastError": "boom"},
+    ])
+    .await
+    .unwrap();
+    app.publish_raw(b"not JSON").await;
+    let port = free_port();
+
+    let (status, logs) = run_process(
+        &app.env,
+        &[
+            ("ESR_WATCHDOG__ENABLED", "true".into()),
+            ("ESR_WATCHDOG__PERIOD_SECONDS", "1".into()),
+            ("ESR_HTTP__LISTEN", format!("127.0.0.1:{port}")),
+        ],
+        async {
+            let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+            eventually("listening", WAIT, || async {
+                tokio::net::TcpStream::connect(addr).await.is_ok()
+            })
+            .await;
+            eventually("the gauges", WAIT, || async {
+                let (_, text) = http_get(addr, "/metrics").await;
+                let of = |name: &str| metric(&text, &format!("{name}{{deanery=\"{code}\"}}"));
+                of("esr_last_successful_run_timestamp_seconds") == Some(completed as f64)
+                    && of("esr_last_failed_run_timestamp_seconds") == Some(failed as f64)
+                    && metric(&text, "esr_dead_letter_queue_messages") == Some(1.0)
+            })
+            .await;
+        },
+    )
+    .await;
+    assert_eq!(status, Some(0), "{logs}");
+    app.delete_broker_topology().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_password_from_the_configured_uris_appears_in_any_log_line() {
     let app = spawn_app_with(&[]).await;
