@@ -22,7 +22,7 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// Metrics that come from Prometheus itself or a blackbox exporter, not
 /// from the daemon; only the alert rules may use them.
-const EXTERNAL: &[&str] = &["up", "probe_success"];
+const EXTERNAL: &[&str] = &["up", "probe_success", "kube_pod_status_ready"];
 
 /// The alerts README.md's "Alerts and what they mean" promises.
 const ALERTS: &[&str] = &[
@@ -32,6 +32,9 @@ const ALERTS: &[&str] = &[
     "EsrNoSuccessfulRun",
     "EsrConsumerDetached",
     "EsrNotReady",
+    "EsrPodNotReady",
+    "EsrDeadLettersWaiting",
+    "EsrOutputFolderNotWritable",
     "EsrExporterDown",
 ];
 
