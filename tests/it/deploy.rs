@@ -24,6 +24,10 @@ const WAIT: Duration = Duration::from_secs(60);
 /// from the daemon; only the alert rules may use them.
 const EXTERNAL: &[&str] = &["up", "probe_success", "kube_pod_status_ready"];
 
+/// The placeholder base of every runbook_url (`scripts/render-alerts`
+/// replaces it).
+const RUNBOOK_BASE: &str = "https://runbooks.invalid/esr-exporter/README.md";
+
 /// The alerts README.md's "Alerts and what they mean" promises.
 const ALERTS: &[&str] = &[
     "EsrStuckRecords",
@@ -294,16 +298,50 @@ fn anchor(heading: &str) -> String {
         .collect()
 }
 
+/// The anchors of README.md: its headings' (as GitHub makes them, outside
+/// code blocks) and its `<a id="...">` ones.
+fn readme_anchors(readme: &str) -> Vec<String> {
+    let mut anchors = Vec::new();
+    let mut in_code = false;
+    for line in readme.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        }
+        if let Some(heading) = line.strip_prefix('#').filter(|_| !in_code) {
+            anchors.push(anchor(heading.trim_start_matches('#')));
+        }
+        for (at, _) in line.match_indices("<a id=\"") {
+            let id = &line[at + 7..];
+            anchors.push(id[..id.find('"').unwrap_or(id.len())].to_owned());
+        }
+    }
+    anchors
+}
+
+/// Every `](#anchor)` link of README.md leads somewhere in it.
+#[test]
+fn every_link_inside_the_readme_has_its_anchor() {
+    let readme = read("README.md");
+    let anchors = readme_anchors(&readme);
+    let mut links = 0;
+    for (at, _) in readme.match_indices("](#") {
+        let target = &readme[at + 3..];
+        let target = &target[..target.find(')').expect("a closed link")];
+        assert!(
+            anchors.iter().any(|a| a == target),
+            "README.md links to #{target}, which it does not have"
+        );
+        links += 1;
+    }
+    assert!(links >= 5, "{links} links found");
+}
+
 #[test]
 fn every_metric_the_alert_rules_and_the_dashboard_use_is_one_the_daemon_exports() {
     let documented = documented_metrics();
 
     let rules = alert_rules();
-    let readme_anchors: Vec<String> = read("README.md")
-        .lines()
-        .filter_map(|line| line.strip_prefix('#'))
-        .map(|heading| anchor(heading.trim_start_matches('#')))
-        .collect();
+    let readme_anchors = readme_anchors(&read("README.md"));
     let mut alerts = Vec::new();
     for rule in &rules {
         let name = rule["alert"].as_str().expect("alerting rules only");
@@ -319,11 +357,13 @@ fn every_metric_the_alert_rules_and_the_dashboard_use_is_one_the_daemon_exports(
             .as_str()
             .unwrap_or_else(|| panic!("{name} has a runbook_url"));
         let section = runbook
-            .strip_prefix("README.md#")
-            .unwrap_or_else(|| panic!("{name}: runbook {runbook} points into README.md"));
+            .strip_prefix(RUNBOOK_BASE)
+            .and_then(|rest| rest.strip_prefix('#'))
+            .unwrap_or_else(|| panic!("{name}: runbook {runbook} is {RUNBOOK_BASE}#<anchor>"));
+        assert_eq!(section, name.to_lowercase(), "{name} has its own anchor");
         assert!(
             readme_anchors.iter().any(|a| a == section),
-            "{name}: README.md has no section #{section}"
+            "{name}: README.md has no anchor #{section}"
         );
         assert!(rule["annotations"]["summary"].as_str().is_some(), "{name}");
         alerts.push(name.to_owned());
