@@ -409,7 +409,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("esr-exporter.service");
     let unit = unit.replace(
-        "/usr/local/bin/esr-exporter",
+        "/usr/bin/esr-exporter",
         env!("CARGO_BIN_EXE_esr-exporter"),
     );
     std::fs::write(&path, unit).unwrap();
