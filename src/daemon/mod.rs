@@ -81,12 +81,21 @@ impl Daemon {
         let closing = store.clone();
         let (trigger, mut shutdown) = Shutdown::new();
         let readiness = Readiness::default();
+        // The recorder first: what is recorded before it is lost.
+        let recorder = metrics::install();
         metrics::set_consumer_attached(false);
+        let deaneries: Vec<String> = settings
+            .schedule
+            .deaneries
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        metrics::zero_counters(&deaneries);
         let mut tasks = Tasks::default();
         let http_state = HttpState {
             store: store.clone(),
             readiness: readiness.clone(),
-            metrics: metrics::install(),
+            metrics: recorder,
             output_dir: settings.export.output_dir.clone(),
             destination: destination.clone(),
         };

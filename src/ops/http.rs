@@ -179,6 +179,7 @@ async fn check_destination(destination: &Destination) -> Result<(), String> {
 }
 
 async fn metrics(State(state): State<HttpState>) -> impl IntoResponse {
+    super::metrics::collect_process();
     (
         [(
             header::CONTENT_TYPE,

@@ -28,15 +28,37 @@
 //! | `esr_clock_skew_seconds` | gauge | |
 //! | `esr_schedule_settings_differ` | gauge | |
 //! | `esr_build_info` | gauge | `version`, `commit`, `built` (always 1) |
+//! | `esr_export_run_duration_seconds` | histogram | `deanery` |
+//! | `esr_records_waiting` | gauge | `deanery` |
+//! | `process_cpu_seconds_total` | counter | |
+//! | `process_open_fds` | gauge | |
+//! | `process_max_fds` | gauge | |
+//! | `process_virtual_memory_bytes` | gauge | |
+//! | `process_virtual_memory_max_bytes` | gauge | |
+//! | `process_resident_memory_bytes` | gauge | |
+//! | `process_start_time_seconds` | gauge | |
+//! | `process_threads` | gauge | |
+//!
+//! Counters are registered at 0 at start (for the configured deaneries),
+//! so `increase()` sees the first event after a restart. The `process_*`
+//! metrics are read from `/proc` at each scrape.
 
 use std::sync::OnceLock;
 
-use metrics::{counter, gauge};
+use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 use crate::domain::{RunStatus, RunSummary};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+
+/// The `process_*` metrics, collected at each scrape.
+static PROCESS: std::sync::LazyLock<metrics_process::Collector> =
+    std::sync::LazyLock::new(metrics_process::Collector::default);
+
+/// Export run durations, seconds: an empty run takes milliseconds, a
+/// deanery of 300,000 records minutes.
+const RUN_SECONDS_BUCKETS: [f64; 10] = [0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0];
 
 /// Upload durations, seconds: a manifest takes milliseconds, a large file
 /// over a slow link minutes.
@@ -52,12 +74,19 @@ pub fn install() -> PrometheusHandle {
                     Matcher::Full("esr_destination_upload_duration_seconds".to_owned()),
                     &UPLOAD_SECONDS_BUCKETS,
                 )
+                .and_then(|builder| {
+                    builder.set_buckets_for_metric(
+                        Matcher::Full("esr_export_run_duration_seconds".to_owned()),
+                        &RUN_SECONDS_BUCKETS,
+                    )
+                })
                 .and_then(PrometheusBuilder::install_recorder)
                 .unwrap_or_else(|err| {
                     tracing::error!(error = %err, "cannot install the metrics recorder; /metrics stays empty");
                     PrometheusBuilder::new().build_recorder().handle()
                 });
             describe();
+            PROCESS.describe();
             gauge!(
                 "esr_build_info",
                 "version" => crate::identity::VERSION,
@@ -79,7 +108,7 @@ enum Kind {
 }
 
 /// Every metric: name, kind, HELP text.
-const HELP: [(&str, Kind, &str); 26] = [
+const HELP: [(&str, Kind, &str); 28] = [
     (
         "esr_export_runs_total",
         Kind::Counter,
@@ -206,6 +235,16 @@ const HELP: [(&str, Kind, &str); 26] = [
         "Dead letters waiting in the dead-letter queue, counted by the watchdog every period.",
     ),
     (
+        "esr_export_run_duration_seconds",
+        Kind::Histogram,
+        "How long an export attempt took, whatever its outcome.",
+    ),
+    (
+        "esr_records_waiting",
+        Kind::Gauge,
+        "Records TO_EXPORT now, by deanery, counted by the watchdog every period.",
+    ),
+    (
         "esr_build_info",
         Kind::Gauge,
         "Always 1; its labels say which build runs: version, git commit, build date.",
@@ -249,6 +288,8 @@ pub(crate) fn record_run(summary: &RunSummary) {
         .increment(u64::from(summary.write_conflicts));
     counter!("esr_retries_total", "deanery" => deanery.clone())
         .increment(u64::from(summary.retries));
+    histogram!("esr_export_run_duration_seconds", "deanery" => deanery.clone())
+        .record(summary.duration_ms as f64 / 1000.0);
     let now = chrono::Utc::now().timestamp() as f64;
     match outcome {
         "completed" => set_last_run("esr_last_successful_run_timestamp_seconds", deanery, now),
@@ -292,6 +333,41 @@ fn set_last_run(name: &'static str, deanery: String, at: f64) {
 /// The value of each last-run gauge, by name and deanery.
 static LAST_RUNS: std::sync::Mutex<std::collections::BTreeMap<(&'static str, String), f64>> =
     std::sync::Mutex::new(std::collections::BTreeMap::new());
+
+/// Reads the `process_*` metrics from `/proc`, for the scrape under way.
+pub(crate) fn collect_process() {
+    PROCESS.collect();
+}
+
+/// Registers every counter at 0 for the configured deaneries, so the
+/// first event after a start is an increase `increase()` can see.
+pub(crate) fn zero_counters(deaneries: &[String]) {
+    for deanery in deaneries {
+        for outcome in ["completed", "failed", "interrupted", "skipped"] {
+            counter!("esr_export_runs_total", "deanery" => deanery.clone(), "outcome" => outcome)
+                .increment(0);
+        }
+        for name in [
+            "esr_records_exported_total",
+            "esr_records_rejected_total",
+            "esr_transaction_attempts_total",
+            "esr_write_conflicts_total",
+            "esr_retries_total",
+        ] {
+            counter!(name, "deanery" => deanery.clone()).increment(0);
+        }
+    }
+    for outcome in ["exported", "no_op", "retry", "dead_lettered", "requeued"] {
+        counter!("esr_commands_total", "outcome" => outcome).increment(0);
+    }
+    counter!("esr_commands_dead_lettered_total").increment(0);
+    counter!("esr_schedule_slots_fired_total").increment(0);
+}
+
+/// Sets how many records of a deanery wait.
+pub(crate) fn set_records_waiting(deanery: &str, waiting: i64) {
+    gauge!("esr_records_waiting", "deanery" => deanery.to_owned()).set(waiting as f64);
+}
 
 /// Sets how many dead letters wait.
 pub(crate) fn set_dead_letters_waiting(waiting: u32) {

@@ -27,6 +27,8 @@ pub(crate) struct Watchdog {
     amqp: AmqpSettings,
     clock: SlotClock,
     store: Store,
+    /// The configured deaneries, whose waiting count is 0 when none waits.
+    deaneries: Vec<Deanery>,
     /// Deaneries the previous check found stuck, so their gauges can be
     /// reset when they recover.
     previous: Arc<Mutex<Vec<(String, u64)>>>,
@@ -56,6 +58,7 @@ impl Watchdog {
             amqp,
             clock: SlotClock::new(schedule),
             store,
+            deaneries: schedule.deaneries.clone(),
             previous: Arc::default(),
         }
     }
@@ -68,9 +71,36 @@ impl Watchdog {
                 tracing::error!(error = %err, "stuck-record check failed; trying again next period");
             }
             self.count_dead_letters().await;
+            self.count_waiting().await;
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = shutdown.recv() => return,
+            }
+        }
+    }
+
+    /// Sets `esr_records_waiting` for every deanery with records waiting,
+    /// and 0 for the configured ones without; MongoDB away leaves them.
+    async fn count_waiting(&self) {
+        let mut attempts = Attempts::default();
+        let counts = match self.store.status_counts(&mut attempts).await {
+            Ok(counts) => counts,
+            Err(err) => {
+                tracing::warn!(error = %err, "cannot count the waiting records; trying again next period");
+                return;
+            }
+        };
+        let waiting = crate::domain::RecordStatus::ToExport.as_str();
+        let mut seen = Vec::new();
+        for row in counts.iter().filter(|r| r.status.as_str() == Some(waiting)) {
+            if let Some(deanery) = row.deanery.as_str() {
+                metrics::set_records_waiting(deanery, row.count);
+                seen.push(deanery.to_owned());
+            }
+        }
+        for deanery in &self.deaneries {
+            if !seen.iter().any(|s| s == deanery.as_str()) {
+                metrics::set_records_waiting(deanery.as_str(), 0);
             }
         }
     }

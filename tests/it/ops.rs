@@ -234,8 +234,8 @@ async fn the_watchdog_reports_stuck_records_and_its_catch_up_command_exports_the
 
 /// The gauges the alerts are built on survive a restart: at start the
 /// daemon reads from the run documents when each deanery last completed a
-/// run and last failed an attempt, and its watchdog counts the dead
-/// letters waiting.
+/// run and last failed an attempt, registers its counters at 0, and its
+/// watchdog counts the dead letters and the records waiting.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_alert_gauges_are_set_at_start_from_the_runs_and_the_dead_letter_queue() {
     let app = spawn_app_with(&[]).await;
@@ -253,6 +253,8 @@ async fn the_alert_gauges_are_set_at_start_from_the_runs_and_the_dead_letter_que
     .await
     .unwrap();
     app.publish_raw(b"not JSON").await;
+    app.seed(&code, 3).await;
+    let configured = code.clone();
     let port = free_port();
 
     let (status, logs) = run_process(
@@ -260,6 +262,7 @@ async fn the_alert_gauges_are_set_at_start_from_the_runs_and_the_dead_letter_que
         &[
             ("ESR_WATCHDOG__ENABLED", "true".into()),
             ("ESR_WATCHDOG__PERIOD_SECONDS", "1".into()),
+            ("ESR_SCHEDULE__DEANERIES", code.clone()),
             ("ESR_HTTP__LISTEN", format!("127.0.0.1:{port}")),
         ],
         async {
@@ -271,9 +274,14 @@ async fn the_alert_gauges_are_set_at_start_from_the_runs_and_the_dead_letter_que
             eventually("the gauges", WAIT, || async {
                 let (_, text) = http_get(addr, "/metrics").await;
                 let of = |name: &str| metric(&text, &format!("{name}{{deanery=\"{code}\"}}"));
+                let zeroed =
+                    format!("esr_export_runs_total{{deanery=\"{configured}\",outcome=\"failed\"}}");
                 of("esr_last_successful_run_timestamp_seconds") == Some(completed as f64)
                     && of("esr_last_failed_run_timestamp_seconds") == Some(failed as f64)
+                    && of("esr_records_waiting") == Some(3.0)
                     && metric(&text, "esr_dead_letter_queue_messages") == Some(1.0)
+                    && metric(&text, &zeroed) == Some(0.0)
+                    && metric(&text, "process_open_fds").is_some_and(|fds| fds > 0.0)
             })
             .await;
         },
@@ -408,10 +416,7 @@ fn the_systemd_unit_passes_systemd_analyze_verify() {
     // Verify a copy whose ExecStart points at the binary just built.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("esr-exporter.service");
-    let unit = unit.replace(
-        "/usr/bin/esr-exporter",
-        env!("CARGO_BIN_EXE_esr-exporter"),
-    );
+    let unit = unit.replace("/usr/bin/esr-exporter", env!("CARGO_BIN_EXE_esr-exporter"));
     std::fs::write(&path, unit).unwrap();
     let output = std::process::Command::new("systemd-analyze")
         .arg("verify")
