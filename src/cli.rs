@@ -63,6 +63,12 @@ pub enum Command {
         /// Move every message back to the command queue with a fresh attempt count.
         #[arg(long)]
         replay: bool,
+        /// At most this many messages, oldest first.
+        #[arg(long, value_name = "N")]
+        limit: Option<u32>,
+        /// With --replay: list what would move, and move nothing.
+        #[arg(long, requires = "replay")]
+        dry_run: bool,
     },
     /// Where a record is and why: its status, run, file and destination;
     /// for a waiting record, why it waits. Exit 1 when there is no such record.
@@ -161,7 +167,11 @@ pub async fn execute(cli: Cli) -> ExitCode {
             .await
             .map(|()| ExitCode::SUCCESS),
         Command::Trigger { deaneries } => run_trigger(&settings, deaneries).await,
-        Command::DeadLetters { replay } => run_dead_letters(&settings, replay).await,
+        Command::DeadLetters {
+            replay,
+            limit,
+            dry_run,
+        } => run_dead_letters(&settings, replay, dry_run, limit).await,
         Command::Status { json } => run_status(&settings, json).await,
         Command::EnsureIndexes => run_ensure_indexes(&settings).await,
         Command::Explain { record_id, json } => {
@@ -347,9 +357,16 @@ fn each_once(named: Vec<Deanery>) -> Vec<Deanery> {
         .collect()
 }
 
-async fn run_dead_letters(settings: &Settings, replay: bool) -> anyhow::Result<ExitCode> {
-    if replay {
-        let moved = crate::broker::replay_dead_letters(&settings.amqp)
+/// Lists the dead letters (at most `limit`), or with `replay` moves them
+/// back; `--replay --dry-run` lists what would move.
+async fn run_dead_letters(
+    settings: &Settings,
+    replay: bool,
+    dry_run: bool,
+    limit: Option<u32>,
+) -> anyhow::Result<ExitCode> {
+    if replay && !dry_run {
+        let moved = crate::broker::replay_dead_letters(&settings.amqp, limit)
             .await
             .context("Failed to replay the dead-letter queue")?;
         println!("{moved}");
@@ -359,13 +376,21 @@ async fn run_dead_letters(settings: &Settings, replay: bool) -> anyhow::Result<E
             settings.amqp.queue
         );
     } else {
-        let letters = crate::broker::list_dead_letters(&settings.amqp)
+        let letters = crate::broker::list_dead_letters(&settings.amqp, limit)
             .await
             .context("Failed to read the dead-letter queue")?;
         for letter in &letters {
             println!(
                 "{}",
                 serde_json::to_string(letter).context("Failed to encode a dead letter")?
+            );
+        }
+        if dry_run {
+            eprintln!(
+                "would move {} message(s) from {} back to {} (dry run: nothing moved)",
+                letters.len(),
+                settings.amqp.dead_letter_queue(),
+                settings.amqp.queue
             );
         }
     }

@@ -100,17 +100,19 @@ async fn next_dead_letter(
         .map_err(BrokerError::amqp("basic.get"))
 }
 
-/// Lists the dead-letter queue without consuming it: the messages are
-/// fetched unacknowledged and return to the queue when the channel closes.
+/// Lists the dead-letter queue (at most `limit` messages, oldest first)
+/// without consuming it: the messages are fetched unacknowledged and
+/// return to the queue when the channel closes.
 ///
 /// # Errors
 /// [`BrokerError`] when RabbitMQ fails.
 pub(crate) async fn list_dead_letters(
     settings: &AmqpSettings,
+    limit: Option<u32>,
 ) -> Result<Vec<DeadLetter>, BrokerError> {
     let (connection, channel, waiting) = dead_letter_channel(settings, "dead-letters").await?;
     let mut letters = Vec::new();
-    for _ in 0..waiting {
+    for _ in 0..limit.map_or(waiting, |limit| limit.min(waiting)) {
         let Some(message) = next_dead_letter(&channel, settings).await? else {
             break;
         };
@@ -124,14 +126,18 @@ pub(crate) async fn list_dead_letters(
     Ok(letters)
 }
 
-/// Moves the messages now in the dead-letter queue back to the command
-/// queue with a fresh attempt count (each confirmed before it is removed
+/// Moves the messages now in the dead-letter queue (at most `limit`,
+/// oldest first) back to the command queue with a fresh attempt count (each confirmed before it is removed
 /// from the dead-letter queue). Returns how many were moved.
 ///
 /// # Errors
 /// [`BrokerError`] when RabbitMQ fails; messages not yet moved stay put.
-pub(crate) async fn replay_dead_letters(settings: &AmqpSettings) -> Result<u32, BrokerError> {
+pub(crate) async fn replay_dead_letters(
+    settings: &AmqpSettings,
+    limit: Option<u32>,
+) -> Result<u32, BrokerError> {
     let (connection, channel, waiting) = dead_letter_channel(settings, "dead-letters").await?;
+    let waiting = limit.map_or(waiting, |limit| limit.min(waiting));
     channel
         .confirm_select(ConfirmSelectOptions::default())
         .await

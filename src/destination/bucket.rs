@@ -60,9 +60,11 @@ impl Bucket {
                 max_retries: 0,
                 ..RetryConfig::default()
             })
+            // Our own bound (each try's, naming its setting) fires first;
+            // the client's is a backstop a second later, never a race.
             .with_config(
                 client(ClientConfigKey::Timeout),
-                format!("{}ms", s3.request_timeout_ms),
+                format!("{}ms", s3.request_timeout_ms + 1_000),
             )
             .with_config(
                 client(ClientConfigKey::ConnectTimeout),

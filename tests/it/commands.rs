@@ -332,3 +332,35 @@ async fn dead_letters_can_be_inspected_and_replayed_once_the_cause_is_fixed() {
     daemon.stop().await;
     app.delete_broker_topology().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_take_a_limit_and_a_dry_run_replays_nothing() {
+    let app = spawn_app_with(&[]).await;
+    let daemon = app.spawn_daemon().await;
+    for body in [&b"{one"[..], b"{two", b"{three"] {
+        app.publish_raw(body).await;
+    }
+    let dlq = app.settings.amqp.dead_letter_queue();
+    eventually("three dead letters", WAIT, || async {
+        app.queue_len(&dlq).await == 3
+    })
+    .await;
+    daemon.stop().await;
+
+    let (code, listed) = cli(&app, &["dead-letters", "--limit", "2"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(listed.lines().count(), 2, "{listed}");
+    let (code, would) = cli(&app, &["dead-letters", "--replay", "--dry-run"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(would.lines().count(), 3, "{would}");
+    assert_eq!(app.queue_len(&dlq).await, 3, "a dry run moves nothing");
+
+    let (code, moved) = cli(&app, &["dead-letters", "--replay", "--limit", "1"]).await;
+    assert_eq!(code, Some(0));
+    assert_eq!(moved.trim(), "1");
+    assert_eq!(app.queue_len(&dlq).await, 2);
+    assert_eq!(app.queue_len(&app.settings.amqp.queue).await, 1);
+    let (code, _) = cli(&app, &["dead-letters", "--dry-run"]).await;
+    assert_eq!(code, Some(2), "--dry-run needs --replay");
+    app.delete_broker_topology().await;
+}
