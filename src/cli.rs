@@ -109,6 +109,13 @@ pub enum Command {
     },
     /// Load and validate the settings and print them with secrets redacted.
     CheckConfig,
+    /// Print the completion script for a shell (needs no settings).
+    Completions {
+        /// bash, zsh, fish, elvish or powershell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, roff (needs no settings).
+    Man,
     /// Create the indexes the daemon and `status` need (the daemon also
     /// creates them at start); a no-op when they exist.
     EnsureIndexes,
@@ -151,6 +158,9 @@ fn config_file(named: Option<PathBuf>) -> Option<PathBuf> {
 
 /// Runs the parsed command and returns the process exit code.
 pub async fn execute(cli: Cli) -> ExitCode {
+    if let Some(code) = write_docs(&cli.command) {
+        return code;
+    }
     let settings = match Settings::load(config_file(cli.config.clone()).as_deref()) {
         Ok(settings) => settings,
         Err(err) => {
@@ -162,6 +172,8 @@ pub async fn execute(cli: Cli) -> ExitCode {
     crate::telemetry::init(&settings.log, std::io::stderr, short_lived);
     let result = match cli.command {
         Command::CheckConfig => check_config(&settings).await,
+        // Written before the settings were loaded.
+        Command::Completions { .. } | Command::Man => Ok(ExitCode::SUCCESS),
         Command::Export(args) => run_export(&settings, args).await,
         Command::Run => crate::daemon::run(settings, shutdown_signal())
             .await
@@ -196,6 +208,27 @@ pub async fn execute(cli: Cli) -> ExitCode {
         report_failure(&err);
         exit_code_of(&err)
     })
+}
+
+/// The completions or the man page, on stdout, when asked for: they need
+/// no settings.
+fn write_docs(command: &Command) -> Option<ExitCode> {
+    use clap::CommandFactory;
+    let mut out = std::io::stdout().lock();
+    match command {
+        Command::Completions { shell } => {
+            crate::docs::completions(Cli::command(), *shell, &mut out);
+            Some(ExitCode::SUCCESS)
+        }
+        Command::Man => Some(match crate::docs::man_page(Cli::command(), &mut out) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: cannot write the man page: {err}");
+                ExitCode::from(1)
+            }
+        }),
+        _ => None,
+    }
 }
 
 /// Says once why the command failed, with its causes: an ERROR line in the

@@ -50,6 +50,7 @@ pub mod cli;
 pub mod config;
 pub mod daemon;
 pub mod destination;
+pub mod docs;
 pub mod domain;
 pub mod export;
 pub mod identity;

@@ -205,3 +205,28 @@ async fn version_names_the_commit_and_the_build_date() {
     );
     assert_eq!(stdout.trim(), expected);
 }
+
+#[tokio::test]
+async fn completions_and_the_man_page_need_no_settings() {
+    let app = spawn_app().await;
+    let broken = [("ESR_EXPORT__CHUNK_SIZE", "0")];
+    let bash = run(&app, &["completions", "bash"], &broken).await;
+    assert_eq!(bash.status.code(), Some(0));
+    let script = String::from_utf8_lossy(&bash.stdout);
+    assert!(
+        script.contains("dead-letters") && script.contains("--dry-run"),
+        "{script}"
+    );
+    let man = run(&app, &["man"], &broken).await;
+    assert_eq!(man.status.code(), Some(0));
+    let page = String::from_utf8_lossy(&man.stdout);
+    assert!(
+        page.lines().any(|l| l.starts_with(".TH")),
+        "{}",
+        &page[..page.len().min(200)]
+    );
+    assert!(
+        page.contains("esr\\-exporter") || page.contains("esr-exporter"),
+        "names itself"
+    );
+}
