@@ -290,7 +290,13 @@ fn file_has_hash(path: &Path, sha256: &str) -> io::Result<bool> {
         Err(err) => return Err(err),
     };
     let mut hasher = Sha256::new();
-    io::copy(&mut file, &mut hasher)?;
+    let mut buffer = vec![0; 64 * 1024];
+    loop {
+        match io::Read::read(&mut file, &mut buffer)? {
+            0 => break,
+            read => hasher.update(&buffer[..read]),
+        }
+    }
     Ok(hex::encode(hasher.finalize()) == sha256)
 }
 

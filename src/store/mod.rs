@@ -14,6 +14,7 @@
 //! - `runs`: export run documents and their transitions;
 //! - `slots`: schedule slots (on the lease primitive) and catch-up claims;
 //! - `status`: the status report's queries;
+//! - `trust`: the certificate authorities a TLS connection trusts;
 //! - `unexportable`: waiting records whose `_id` cannot be written;
 //! - [`retry`]: the retry policy and the retrying transaction.
 
@@ -28,6 +29,7 @@ pub mod retry;
 mod runs;
 mod slots;
 mod status;
+mod trust;
 mod unexportable;
 
 use std::time::Duration;
@@ -248,6 +250,7 @@ impl Store {
             })?;
         let bound = Duration::from_millis(settings.mongodb.operation_timeout_ms);
         bound_and_concerns(&mut options, settings, bound);
+        trust::trust_like_the_broker(&mut options);
         let client = Client::with_options(options).map_err(|err| {
             StoreError::Configuration(settings.mongodb.uri.scrub(&err.to_string()))
         })?;

@@ -39,3 +39,4 @@ mod supervision;
 mod support;
 #[path = "../support/tcp_proxy.rs"]
 mod tcp_proxy;
+mod tls;
