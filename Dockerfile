@@ -1,17 +1,42 @@
-# Multi-stage build: compile in the Rust image, run in a slim Debian as a
-# non-root user.
-FROM rust:1-bookworm AS build
+# syntax=docker/dockerfile:1
+# Multi-stage build: dependencies compiled in a layer of their own
+# (cargo-chef), the binary built with the toolchain rust-toolchain.toml pins
+# (scripts/check-deploy checks the two agree) and stripped, run in a slim
+# Debian as a non-root user.
+#
+#   docker build --build-arg ESR_BUILD_COMMIT=$(git rev-parse --short=12 HEAD) \
+#     --build-arg ESR_BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) -t esr-exporter .
+ARG RUST_VERSION=1.95.0
+
+FROM rust:${RUST_VERSION}-bookworm AS chef
+RUN cargo install cargo-chef --locked --version 0.1.78
 WORKDIR /src
-# The commit --version and esr_build_info report (no .git in the context):
-# docker build --build-arg ESR_BUILD_COMMIT=$(git rev-parse --short=12 HEAD) .
+
+# The dependency recipe: it changes only when Cargo.toml or Cargo.lock do.
+FROM chef AS planner
+COPY . .
+RUN cargo chef prepare --recipe-path recipe.json
+
+FROM chef AS build
+COPY --from=planner /src/recipe.json recipe.json
+RUN cargo chef cook --release --locked --recipe-path recipe.json --bin esr-exporter
+# The commit --version and esr_build_info report (no .git in the context).
 ARG ESR_BUILD_COMMIT=unknown
-COPY Cargo.toml Cargo.lock build.rs ./
-COPY src ./src
-COPY config ./config
-COPY examples ./examples
-RUN cargo build --release --locked --bin esr-exporter
+COPY . .
+RUN cargo build --release --locked --bin esr-exporter \
+ && strip target/release/esr-exporter
 
 FROM debian:bookworm-slim
+ARG ESR_BUILD_COMMIT=unknown
+ARG ESR_BUILD_DATE=unknown
+LABEL org.opencontainers.image.title="esr-exporter" \
+      org.opencontainers.image.description="Exports NHS ESR applicant (APP) files from MongoDB, on commands from RabbitMQ" \
+      org.opencontainers.image.licenses="MIT" \
+      org.opencontainers.image.revision="${ESR_BUILD_COMMIT}" \
+      org.opencontainers.image.created="${ESR_BUILD_DATE}" \
+      org.opencontainers.image.documentation="README.md"
+# ca-certificates: the bundle every TLS connection trusts (README: TLS);
+# curl: the HEALTHCHECK below.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \
  && rm -rf /var/lib/apt/lists/* \
