@@ -379,8 +379,46 @@ fn the_kubernetes_manifests_parse_and_probe_the_http_endpoints() {
             kinds.push(kind);
         }
     }
-    for kind in ["Deployment", "ConfigMap", "Secret", "ServiceAccount"] {
+    for kind in ["Deployment", "ConfigMap", "ServiceAccount"] {
         assert!(kinds.iter().any(|k| k == kind), "{kind} in {kinds:?}");
+    }
+    assert!(
+        !kinds.iter().any(|k| k == "Secret"),
+        "placeholder credentials are an example, never applied: {kinds:?}"
+    );
+}
+
+/// The Secret the Deployment mounts is not applied with it; the example
+/// beside the manifests has its name and the keys the URIs are read from.
+#[test]
+fn the_example_secret_has_the_name_and_keys_the_deployment_reads() {
+    let manifests = yaml("deploy/kubernetes/esr-exporter.yaml");
+    let deployment = manifests
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let mounted = pod["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find_map(|v| v["secret"]["secretName"].as_str())
+        .expect("a Secret volume");
+    let example = yaml("deploy/kubernetes/examples/secret.example.yaml");
+    assert_eq!(example[0]["kind"].as_str(), Some("Secret"));
+    assert_eq!(example[0]["metadata"]["name"].as_str(), Some(mounted));
+    let env = pod["containers"][0]["env"].as_vec().unwrap();
+    for key in ["ESR_MONGODB__URI_FILE", "ESR_AMQP__URI_FILE"] {
+        let path = env
+            .iter()
+            .find(|e| e["name"].as_str() == Some(key))
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{key} in the Deployment"));
+        let file = path.rsplit('/').next().unwrap();
+        assert!(
+            !example[0]["stringData"][file].is_badvalue(),
+            "{file} ({key}) in the example Secret"
+        );
     }
 }
 

@@ -1,10 +1,10 @@
 //! TLS: RabbitMQ's TLS listener on 127.0.0.1:5671, with a certificate
-//! signed by a test CA (`scripts/services` generates both in `.dev/tls`).
+//! signed by a test CA (`scripts/services` generates both in `/etc/rabbitmq/esr-test-tls`).
 //! Both connections trust one file, `SSL_CERT_FILE` or the OS bundle: the
 //! CA in it is trusted by RabbitMQ's and MongoDB's connections alike, and
 //! without it both refuse the certificate.
 
-use std::path::PathBuf;
+use std::path::Path;
 use std::process::Output;
 use std::time::Duration;
 
@@ -14,12 +14,10 @@ use crate::helpers::{binary, eventually, run_binary, spawn_app_with, Watched};
 
 const AMQPS: &str = "amqps://guest:guest@localhost:5671/%2f";
 
-/// The test CA's certificate, from `scripts/services`.
+/// The test CA's certificate, where `scripts/services` generated it and
+/// RabbitMQ's TLS listener reads it.
 fn test_ca() -> String {
-    let dev = std::env::var_os("ESR_DEV_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".dev"));
-    let ca = dev.join("tls/ca.pem");
+    let ca = Path::new("/etc/rabbitmq/esr-test-tls/ca.pem");
     assert!(ca.exists(), "{} (run scripts/services)", ca.display());
     ca.display().to_string()
 }
