@@ -62,8 +62,8 @@ struct Args {
     /// Skip the contended scenario.
     #[arg(long)]
     no_contention: bool,
-    /// Export chunk size.
-    #[arg(long, default_value_t = 1000)]
+    /// Export chunk size (the daemon's default).
+    #[arg(long, default_value_t = 2000)]
     chunk_size: u32,
     /// cargo bench passes --bench; accepted and ignored.
     #[arg(long, hide = true)]

@@ -46,6 +46,32 @@ impl Waiting {
     }
 }
 
+/// The size of the next claim: `export.chunk_size` at most, the size a
+/// conflict shrank a claim to (its retry covers half as many ids) after a
+/// conflict, and twice the last size after each claim that went through
+/// whole. Under a concurrent writer, claims stay small enough to commit
+/// instead of each starting at full size, conflicting and halving again.
+#[derive(Debug)]
+struct ChunkSize {
+    max: usize,
+    next: usize,
+}
+
+impl ChunkSize {
+    fn new(max: usize) -> Self {
+        Self { max, next: max }
+    }
+
+    /// After a claim of `offered` ids that dealt with `covered`.
+    fn after(&mut self, offered: usize, covered: usize) {
+        self.next = if covered < offered {
+            covered.max(1)
+        } else {
+            (self.next * 2).min(self.max)
+        };
+    }
+}
+
 impl Exporter {
     /// Phase 1 and 2: rewrite what is claimed, claim the rest, check the
     /// count, stage the file and record it (`FINALIZING`), or record that
@@ -114,23 +140,20 @@ impl Exporter {
             pending: VecDeque::new(),
             drained: false,
         };
+        let mut size = ChunkSize::new(chunk as usize);
         loop {
             ctx.options.check()?;
-            waiting.fill(chunk as usize).await?;
+            waiting.fill(size.next).await?;
             if waiting.pending.is_empty() {
                 return Ok(timings);
             }
-            let ids: Vec<ObjectId> = waiting
-                .pending
-                .iter()
-                .take(chunk as usize)
-                .copied()
-                .collect();
+            let ids: Vec<ObjectId> = waiting.pending.iter().take(size.next).copied().collect();
             let claiming = Instant::now();
             let claimed = self.claim_chunk(ctx, run, &ids).await?;
             timings.claim += claiming.elapsed();
             timings.claim_read += claimed.read_time;
             timings.claim_write += claimed.write_time;
+            size.after(ids.len(), claimed.covered);
             waiting.pending.drain(..claimed.covered);
             let writing = Instant::now();
             self.take_chunk(ctx, run, claimed, writer, boundaries)
@@ -187,5 +210,34 @@ impl Exporter {
         }
         boundaries.extend(chunk.rows.last().map(|row| row.id));
         self.append(writer, chunk.rows).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ChunkSize;
+
+    #[test]
+    fn a_conflict_keeps_the_next_claims_small_and_clean_claims_grow_them_back() {
+        let mut size = ChunkSize::new(1000);
+        size.after(1000, 1000);
+        assert_eq!(size.next, 1000, "never over export.chunk_size");
+        size.after(1000, 250);
+        assert_eq!(size.next, 250, "the size the conflict's retries reached");
+        size.after(250, 250);
+        assert_eq!(size.next, 500);
+        size.after(500, 500);
+        size.after(1000, 1000);
+        assert_eq!(size.next, 1000);
+        size.after(1000, 0);
+        assert_eq!(size.next, 1, "at least one id");
+    }
+
+    #[test]
+    fn the_last_short_claim_of_a_backlog_is_not_a_conflict() {
+        let mut size = ChunkSize::new(1000);
+        size.after(1000, 500);
+        size.after(37, 37);
+        assert_eq!(size.next, 1000);
     }
 }
