@@ -126,6 +126,15 @@ pub struct Attempts {
     pub write_conflicts: u32,
 }
 
+impl Attempts {
+    /// Adds the counts of operations that ran beside these.
+    pub(crate) fn absorb(&mut self, other: Attempts) {
+        self.transactions += other.transactions;
+        self.retries += other.retries;
+        self.write_conflicts += other.write_conflicts;
+    }
+}
+
 /// What a retry is about, for the log line.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct RetryScope<'a> {

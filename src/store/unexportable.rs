@@ -15,7 +15,7 @@ const ROUND: i64 = 1_000;
 impl Store {
     /// The lowest and highest `_id` of the deanery's waiting records, in
     /// BSON order. ObjectIds sort together, so when both are ObjectIds no
-    /// waiting `_id` is anything else: two index reads instead of a scan
+    /// waiting `_id` is anything else: two index reads (sent together) instead of a scan
     /// for other types (which SecantusDB answers by reading every record).
     ///
     /// # Errors
@@ -25,12 +25,15 @@ impl Store {
         deanery: &Deanery,
         attempts: &mut Attempts,
     ) -> Result<(Option<Bson>, Option<Bson>), StoreError> {
-        let mut extremes = [None, None];
-        for (slot, order) in extremes.iter_mut().zip([1, -1]) {
-            *slot = self.waiting_id_at(deanery, order, attempts).await?;
-        }
-        let [lowest, highest] = extremes;
-        Ok((lowest, highest))
+        // Both at once: each is a round trip of its own.
+        let mut other = Attempts::default();
+        let both = futures_util::future::try_join(
+            self.waiting_id_at(deanery, 1, attempts),
+            self.waiting_id_at(deanery, -1, &mut other),
+        )
+        .await;
+        attempts.absorb(other);
+        both
     }
 
     async fn waiting_id_at(
