@@ -46,11 +46,13 @@ impl Waiting {
     }
 }
 
-/// The size of the next claim: `export.chunk_size` at most, the size a
-/// conflict shrank a claim to (its retry covers half as many ids) after a
-/// conflict, and twice the last size after each claim that went through
-/// whole. Under a concurrent writer, claims stay small enough to commit
-/// instead of each starting at full size, conflicting and halving again.
+/// The size of the next claim: `export.chunk_size` at most; after a
+/// conflict, the size that got through (each retry covers half as many
+/// ids); then an eighth of `export.chunk_size` more after each claim that
+/// goes through whole. A concurrent writer's chance of touching a claim
+/// grows with the claim's size times its duration, so under one the size
+/// settles where conflicts are rare instead of each claim starting at full
+/// size, conflicting and halving again; without one it stays at the most.
 #[derive(Debug)]
 struct ChunkSize {
     max: usize,
@@ -67,7 +69,7 @@ impl ChunkSize {
         self.next = if covered < offered {
             covered.max(1)
         } else {
-            (self.next * 2).min(self.max)
+            (self.next + (self.max / 8).max(1)).min(self.max)
         };
     }
 }
@@ -225,12 +227,15 @@ mod tests {
         size.after(1000, 250);
         assert_eq!(size.next, 250, "the size the conflict's retries reached");
         size.after(250, 250);
-        assert_eq!(size.next, 500);
-        size.after(500, 500);
-        size.after(1000, 1000);
+        assert_eq!(size.next, 375, "an eighth of the most more");
+        for _ in 0..10 {
+            size.after(size.next, size.next);
+        }
         assert_eq!(size.next, 1000);
-        size.after(1000, 0);
+        size.after(1000, 1);
         assert_eq!(size.next, 1, "at least one id");
+        size.after(1, 1);
+        assert_eq!(size.next, 126);
     }
 
     #[test]
@@ -238,6 +243,6 @@ mod tests {
         let mut size = ChunkSize::new(1000);
         size.after(1000, 500);
         size.after(37, 37);
-        assert_eq!(size.next, 1000);
+        assert_eq!(size.next, 625);
     }
 }
