@@ -443,7 +443,8 @@ async fn run_ensure_indexes(settings: &Settings) -> anyhow::Result<ExitCode> {
 async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode> {
     let store = Store::connect(settings)
         .await
-        .context("Failed to connect to MongoDB")?;
+        .context("Failed to connect to MongoDB")?
+        .said_by_caller();
     let report = crate::status::report(&store)
         .await
         .context("Failed to read the status from MongoDB")?;

@@ -13,6 +13,7 @@ use crate::store::Store;
 async fn connect(settings: &Settings) -> anyhow::Result<Store> {
     Store::connect(settings)
         .await
+        .map(Store::said_by_caller)
         .context("Failed to connect to MongoDB")
 }
 

@@ -41,15 +41,15 @@ impl BoundedCursor {
         let next = self.cursor.try_next();
         match self.policy.bounded(scope, next).await? {
             Ok(document) => Ok(document),
-            Err(err) => Err(StoreError::Mongo(stream_error(self.op, err))),
+            Err(err) => Err(StoreError::Mongo(stream_error(&self.policy, self.op, err))),
         }
     }
 }
 
-fn stream_error(op: &'static str, err: mongodb::error::Error) -> RetryError {
+fn stream_error(policy: &RetryPolicy, op: &'static str, err: mongodb::error::Error) -> RetryError {
     match retry::classify(&err, false) {
         Transience::Permanent | Transience::TooLarge => retry::permanent(op, err),
-        Transience::Unreachable => retry::unreachable(RetryScope { op, deanery: None }, err),
+        Transience::Unreachable => policy.unreachable(RetryScope { op, deanery: None }, err),
         _ => RetryError::Exhausted {
             op,
             attempts: 1,

@@ -269,6 +269,14 @@ impl Store {
         Ok(store)
     }
 
+    /// The same handle for a one-shot command that says its own failure
+    /// (`status`, `explain`, ...): a server that cannot be reached or does
+    /// not answer is then said once, by the command, not also here.
+    pub fn said_by_caller(mut self) -> Self {
+        self.retry = self.retry.said_by_caller();
+        self
+    }
+
     /// Keeps a session out of the driver's pool for the rest of the
     /// process. A lease that was not given back still names the session,
     /// and whoever takes the lapsed lease over ends that session

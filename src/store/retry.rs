@@ -156,12 +156,26 @@ pub(crate) struct RetryPolicy {
     /// only bound on a server that stops answering (the driver has no
     /// socket timeout).
     deadline: Duration,
+    /// Whether the caller says a failure itself (a one-shot command such
+    /// as `status`): an unreachable or silent server is then logged at
+    /// DEBUG here, so the failure is said once.
+    said_by_caller: bool,
 }
 
 impl RetryPolicy {
     /// A policy from `[retry]` settings, each try bounded by `deadline`.
     pub(crate) fn new(settings: RetrySettings, deadline: Duration) -> Self {
-        Self { settings, deadline }
+        Self {
+            settings,
+            deadline,
+            said_by_caller: false,
+        }
+    }
+
+    /// The same policy for a caller that says its failures itself.
+    pub(crate) fn said_by_caller(mut self) -> Self {
+        self.said_by_caller = true;
+        self
     }
 
     /// How long one try may take.
@@ -175,6 +189,7 @@ impl RetryPolicy {
         Self {
             settings: self.settings.clone(),
             deadline,
+            said_by_caller: self.said_by_caller,
         }
     }
 
@@ -191,7 +206,7 @@ impl RetryPolicy {
     ) -> Result<T, RetryError> {
         tokio::time::timeout(self.deadline, op)
             .await
-            .map_err(|_| timed_out(scope, self.deadline))
+            .map_err(|_| self.timed_out(scope))
     }
 
     fn backoff(&self) -> ExponentialBackoff {
@@ -243,7 +258,7 @@ impl RetryPolicy {
                 Transience::Permanent | Transience::TooLarge => {
                     return Err(permanent(scope.op, err))
                 }
-                Transience::Unreachable => return Err(unreachable(scope, err)),
+                Transience::Unreachable => return Err(self.unreachable(scope, err)),
                 _ => {}
             }
             self.wait_or_give_up(scope, attempt, started, &mut backoff, err, attempts)
@@ -299,32 +314,32 @@ pub(crate) fn server_side(deadline: Duration) -> Duration {
     deadline - deadline / 10
 }
 
-/// The [`RetryError::TimedOut`] of `scope`, logged at ERROR.
-pub(crate) fn timed_out(scope: RetryScope<'_>, bound: Duration) -> RetryError {
-    let bound_ms = bound.as_millis() as u64;
-    tracing::error!(
-        op = scope.op,
-        deanery = scope.deanery.unwrap_or(""),
-        bound_ms,
-        "MongoDB did not answer within mongodb.operation_timeout_ms; the attempt fails and the next one resumes"
-    );
-    RetryError::TimedOut {
-        op: scope.op,
-        bound_ms,
+impl RetryPolicy {
+    /// The [`RetryError::TimedOut`] of `scope`, logged at ERROR (DEBUG
+    /// when the caller says it).
+    pub(crate) fn timed_out(&self, scope: RetryScope<'_>) -> RetryError {
+        let bound_ms = self.deadline.as_millis() as u64;
+        let (op, deanery) = (scope.op, scope.deanery.unwrap_or(""));
+        let message = "MongoDB did not answer within mongodb.operation_timeout_ms; the attempt fails and the next one resumes";
+        if self.said_by_caller {
+            tracing::debug!(op, deanery, bound_ms, "{message}");
+        } else {
+            tracing::error!(op, deanery, bound_ms, "{message}");
+        }
+        RetryError::TimedOut { op, bound_ms }
     }
-}
 
-/// The [`RetryError::Unreachable`] of `scope`, logged at ERROR.
-pub(crate) fn unreachable(scope: RetryScope<'_>, err: MongoError) -> RetryError {
-    tracing::error!(
-        op = scope.op,
-        deanery = scope.deanery.unwrap_or(""),
-        error = %err,
-        "MongoDB unreachable (the driver gave up on the server); the attempt fails and the next one resumes"
-    );
-    RetryError::Unreachable {
-        op: scope.op,
-        cause: err,
+    /// The [`RetryError::Unreachable`] of `scope`, logged at ERROR (DEBUG
+    /// when the caller says it).
+    pub(crate) fn unreachable(&self, scope: RetryScope<'_>, err: MongoError) -> RetryError {
+        let (op, deanery) = (scope.op, scope.deanery.unwrap_or(""));
+        let message = "MongoDB unreachable (the driver gave up on the server); the attempt fails and the next one resumes";
+        if self.said_by_caller {
+            tracing::debug!(op, deanery, error = %err, "{message}");
+        } else {
+            tracing::error!(op, deanery, error = %err, "{message}");
+        }
+        RetryError::Unreachable { op, cause: err }
     }
 }
 

@@ -1,5 +1,7 @@
 //! The binary's contract: exit codes, stdout, stderr.
 
+use std::time::Duration;
+
 use bson::doc;
 
 use crate::helpers::{run_binary as run, spawn_app};
@@ -129,6 +131,34 @@ async fn an_unreachable_database_fails_the_export_with_exit_1() {
     assert_eq!(output.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("Failed to connect to MongoDB"), "{stderr}");
+}
+
+/// `status`, `explain`, `files` and `redeliver` say their own failure:
+/// one line naming each server tried, within the selection timeout.
+#[tokio::test]
+async fn status_against_an_unreachable_database_says_so_once_and_fast() {
+    let app = spawn_app().await;
+    let dead = [
+        ("ESR_MONGODB__URI", "mongodb://127.0.0.1:1/"),
+        ("ESR_MONGODB__SERVER_SELECTION_TIMEOUT_MS", "1000"),
+    ];
+    for args in [
+        &["status"][..],
+        &["explain", "0123456789abcdef01234567"][..],
+    ] {
+        let started = std::time::Instant::now();
+        let output = run(&app, args, &dead).await;
+        let took = started.elapsed();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        let lines: Vec<&str> = stderr.lines().collect();
+        assert_eq!(lines.len(), 1, "{args:?}: one line: {stderr}");
+        assert!(
+            lines[0].contains("command failed") && lines[0].contains("Servers tried: 127.0.0.1:1"),
+            "{args:?}: {stderr}"
+        );
+        assert!(took < Duration::from_secs(10), "{args:?} took {took:?}");
+    }
 }
 
 #[tokio::test]

@@ -10,9 +10,7 @@ use mongodb::error::Error as MongoError;
 use mongodb::options::{Acknowledgment, ReadConcern, WriteConcern};
 use mongodb::ClientSession;
 
-use super::{
-    classify, permanent, unreachable, Attempts, RetryError, RetryPolicy, RetryScope, Transience,
-};
+use super::{classify, permanent, Attempts, RetryError, RetryPolicy, RetryScope, Transience};
 
 /// The work of one transaction: [`RetryPolicy::in_transaction`] runs it
 /// once per attempt, in the attempt's session.
@@ -130,7 +128,7 @@ impl Transaction<'_> {
                 Transience::Permanent | Transience::TooLarge => {
                     return Err(permanent(self.scope.op, err))
                 }
-                Transience::Unreachable => return Err(unreachable(self.scope, err)),
+                Transience::Unreachable => return Err(self.policy.unreachable(self.scope, err)),
                 _ => self.retry_after(err, attempts).await?,
             }
         }
@@ -156,7 +154,7 @@ impl Transaction<'_> {
                 if transience == Transience::Unreachable {
                     // Nothing more goes to a server the driver gave up on;
                     // dropping the session aborts the transaction.
-                    return Err(unreachable(self.scope, err));
+                    return Err(self.policy.unreachable(self.scope, err));
                 }
                 // Aborting may itself fail (the server may have aborted
                 // already); the session is usable again either way.
@@ -215,7 +213,7 @@ impl Transaction<'_> {
                     self.retry_after(err, attempts).await?;
                     return Ok(None);
                 }
-                Transience::Unreachable => return Err(unreachable(commit, err)),
+                Transience::Unreachable => return Err(self.policy.unreachable(commit, err)),
                 Transience::Permanent => {
                     let _ = self
                         .policy
