@@ -139,18 +139,40 @@ impl Exporter {
             // the ERROR above is the record of this attempt.
             return;
         }
-        let add_attempts = i64::from(summary.attempts);
+        self.record_error_on_run(deanery, run_id, err, summary.attempts)
+            .await;
+    }
+
+    /// Records a failed attempt's error and attempts on its run document;
+    /// a failure to do so is logged, and the run keeps its previous error.
+    async fn record_error_on_run(
+        &self,
+        deanery: &Deanery,
+        run_id: &str,
+        err: &ExportError,
+        attempts: u32,
+    ) {
         let mut ignored = Attempts::default();
-        let _ = self
+        let recorded = self
             .store
             .record_run_error(
                 run_id,
                 deanery,
                 &err.to_string(),
-                add_attempts,
+                i64::from(attempts),
                 &mut ignored,
             )
             .await;
+        if let Err(not_recorded) = recorded {
+            // The ERROR logged before is this attempt's record; the next
+            // attempt resumes the run either way.
+            tracing::warn!(
+                deanery = %deanery,
+                run_id = %run_id,
+                error = %not_recorded,
+                "the failed attempt's error could not be recorded on its run document"
+            );
+        }
     }
 }
 
