@@ -607,6 +607,15 @@ pub async fn run_binary(
     binary(app, args, extra).output().await.unwrap()
 }
 
+/// What a finished command wrote, standard output then standard error.
+pub fn output_text(output: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
 /// A child process whose standard error is read as it comes (a full pipe
 /// would stall it).
 pub struct Watched {

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bson::doc;
 
-use crate::helpers::{eventually, spawn_app, TestApp};
+use crate::helpers::{eventually, output_text as text, spawn_app, TestApp};
 
 /// A RabbitMQ user that exists for one test.
 struct RabbitUser {
@@ -107,14 +107,6 @@ fn command(env: &HashMap<String, String>, args: &[&str]) -> tokio::process::Comm
 
 async fn esr(env: &HashMap<String, String>, args: &[&str]) -> Output {
     command(env, args).output().await.unwrap()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
 }
 
 #[tokio::test]

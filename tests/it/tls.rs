@@ -5,12 +5,13 @@
 //! without it both refuse the certificate.
 
 use std::path::Path;
-use std::process::Output;
 use std::time::Duration;
 
 use bson::doc;
 
-use crate::helpers::{binary, eventually, run_binary, spawn_app_with, Watched};
+use crate::helpers::{
+    binary, eventually, output_text as text, run_binary, spawn_app_with, Watched,
+};
 
 const AMQPS: &str = "amqps://guest:guest@localhost:5671/%2f";
 
@@ -20,34 +21,6 @@ fn test_ca() -> String {
     let ca = Path::new("/etc/rabbitmq/esr-test-tls/ca.pem");
     assert!(ca.exists(), "{} (run scripts/services)", ca.display());
     ca.display().to_string()
-}
-
-fn text(output: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    )
-}
-
-/// The broker's view of this app's connections: `<ssl> <client properties>`
-/// lines (the properties carry the connection's name).
-fn broker_connections(name: &str) -> Vec<String> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "-q",
-            "--no-table-headers",
-            "ssl",
-            "client_properties",
-        ])
-        .output()
-        .expect("rabbitmqctl");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|line| line.contains(name))
-        .map(str::to_owned)
-        .collect()
 }
 
 #[tokio::test]
@@ -67,7 +40,9 @@ async fn the_daemon_exports_over_tls_trusting_the_ca_in_ssl_cert_file() {
     })
     .await;
     app.assert_exported_once("MER", &ids).await;
-    let consumer = broker_connections(&format!("{}:consumer", app.app_name));
+    let consumer = crate::support::connections(&format!("{}:consumer", app.app_name), &["ssl"])
+        .await
+        .unwrap();
     assert_eq!(consumer.len(), 1, "{consumer:?}");
     assert!(
         consumer[0].starts_with("true"),

@@ -4,37 +4,31 @@
 use anyhow::{bail, Context};
 use esr_exporter::config::AmqpSettings;
 
+/// The broker's connections whose client properties carry `name`: one
+/// line each, `columns` of `rabbitmqctl list_connections` then the client
+/// properties (which carry the connection's name).
+pub async fn connections(name: &str, columns: &[&str]) -> anyhow::Result<Vec<String>> {
+    let mut args = vec!["list_connections", "-q", "--no-table-headers"];
+    args.extend_from_slice(columns);
+    args.push("client_properties");
+    let listing = rabbitmqctl(&args).await?;
+    Ok(listing
+        .lines()
+        .filter(|line| line.contains(name))
+        .map(str::to_owned)
+        .collect())
+}
+
 /// Forcibly closes the broker connections whose client properties carry
 /// `name`, as an operator's `rabbitmqctl close_connection` (or a broker
 /// restart) would. Returns how many were closed.
 pub async fn close_connections(name: &str) -> anyhow::Result<usize> {
-    let listing = tokio::process::Command::new("rabbitmqctl")
-        .args([
-            "list_connections",
-            "pid",
-            "client_properties",
-            "-q",
-            "--no-table-headers",
-        ])
-        .output()
-        .await
-        .context("rabbitmqctl")?;
-    let mut closed = 0;
-    for line in String::from_utf8_lossy(&listing.stdout).lines() {
-        if !line.contains(name) {
-            continue;
-        }
+    let listed = connections(name, &["pid"]).await?;
+    for line in &listed {
         let pid = line.split_whitespace().next().unwrap_or_default();
-        let status = tokio::process::Command::new("rabbitmqctl")
-            .args(["close_connection", pid, "forced close by a test"])
-            .status()
-            .await?;
-        if !status.success() {
-            bail!("rabbitmqctl close_connection {pid} failed: {status}");
-        }
-        closed += 1;
+        rabbitmqctl(&["close_connection", pid, "forced close by a test"]).await?;
     }
-    Ok(closed)
+    Ok(listed.len())
 }
 
 /// Ready messages in a queue of `amqp`'s topology (declared first, so the
@@ -120,7 +114,6 @@ impl Drop for MemoryAlarm {
     }
 }
 
-#[allow(dead_code)]
 async fn rabbitmqctl(args: &[&str]) -> anyhow::Result<String> {
     let output = tokio::process::Command::new("rabbitmqctl")
         .args(args)
