@@ -11,7 +11,7 @@ use bson::oid::ObjectId;
 use super::context::RunContext;
 use super::file::ExportFile;
 use super::{ExportError, Exporter};
-use crate::store::{BoundedCursor, ClaimedChunk, RunDoc};
+use crate::store::{BoundedCursor, Claim, ClaimedChunk, RunDoc};
 
 /// Where the claim's time went, for the log line of the written file.
 #[derive(Debug, Default)]
@@ -170,18 +170,15 @@ impl Exporter {
         run: &RunDoc,
         ids: &[ObjectId],
     ) -> Result<ClaimedChunk, ExportError> {
-        let (owner, ttl) = (&ctx.lease.owner, ctx.lease.ttl);
+        let claim = Claim {
+            run,
+            deanery: ctx.deanery,
+            owner: &ctx.lease.owner,
+            lease_ttl: ctx.lease.ttl,
+        };
         Ok(self
             .store
-            .claim_chunk(
-                &mut ctx.session,
-                run,
-                ctx.deanery,
-                owner,
-                ttl,
-                ids,
-                &mut ctx.attempts,
-            )
+            .claim_chunk(&mut ctx.session, claim, ids, &mut ctx.attempts)
             .await?)
     }
 

@@ -17,7 +17,7 @@ use super::io::blocking;
 use super::publish::recorded;
 use super::{ExportError, Exporter};
 use crate::destination::{metrics, DestinationError, FailureKind, Found, Holding, Remote};
-use crate::store::{Publication, RunDoc, RunPhase};
+use crate::store::{Publication, RunDoc, Transition};
 
 impl Exporter {
     /// Takes a `FINALIZING` run's file to the bucket or server and records
@@ -207,16 +207,15 @@ impl Exporter {
             version: found.version,
         };
         ctx.renew_lease(&self.store).await?;
-        self.store
-            .record_publication(&run.id, ctx.deanery, &publication, &mut ctx.attempts)
-            .await?;
         tracing::info!(
             deanery = %ctx.deanery, run_id = %run.id, destination = %bucket.url(),
             key = publication.key.as_deref().unwrap_or(""), etag = publication.etag.as_deref().unwrap_or(""),
             sha256 = %publication.sha256, "export file published"
         );
-        run.phase = RunPhase::Written;
-        run.publication = Some(publication);
+        let published = Transition::Published(publication);
+        self.store
+            .transition(run, ctx.deanery, published, &mut ctx.attempts)
+            .await?;
         Ok(())
     }
 }

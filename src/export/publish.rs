@@ -9,7 +9,7 @@ use super::file::{self, ExportFile, Published, Staged};
 use super::io::blocking;
 use super::{ExportError, Exporter};
 use crate::domain::{Deanery, DestinationUrl};
-use crate::store::{Publication, RunDoc, RunPhase};
+use crate::store::{Publication, RunDoc, Transition};
 
 impl Exporter {
     /// A run whose claimed records all turned out invalid writes no file.
@@ -18,11 +18,10 @@ impl Exporter {
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
     ) -> Result<(), ExportError> {
+        let nothing = Transition::NothingToWrite;
         self.store
-            .record_nothing_to_write(&run.id, ctx.deanery, &mut ctx.attempts)
+            .transition(run, ctx.deanery, nothing, &mut ctx.attempts)
             .await?;
-        run.phase = RunPhase::Written;
-        run.record_count = Some(0);
         Ok(())
     }
 
@@ -38,18 +37,13 @@ impl Exporter {
         // Only the lease holder may make the file final: renew (and stop
         // if another process took over) before recording it.
         ctx.renew_lease(&self.store).await?;
+        let recorded = Transition::Staged {
+            record_count: staged.record_count,
+            sha256: staged.sha256.clone(),
+        };
         self.store
-            .record_staged(
-                &run.id,
-                ctx.deanery,
-                staged.record_count,
-                &staged.sha256,
-                &mut ctx.attempts,
-            )
+            .transition(run, ctx.deanery, recorded, &mut ctx.attempts)
             .await?;
-        run.phase = RunPhase::Finalizing;
-        run.record_count = Some(staged.record_count as i64);
-        run.sha256 = Some(staged.sha256.clone());
         Ok(staged)
     }
 
@@ -161,9 +155,6 @@ impl Exporter {
             version: None,
         };
         crate::ops::output_folder::record_success(&self.settings.output_dir);
-        self.store
-            .record_publication(&run.id, ctx.deanery, &publication, &mut ctx.attempts)
-            .await?;
         tracing::info!(
             deanery = %ctx.deanery,
             run_id = %run.id,
@@ -172,8 +163,10 @@ impl Exporter {
             sha256 = %publication.sha256,
             "export file published"
         );
-        run.phase = RunPhase::Written;
-        run.publication = Some(publication);
+        let published = Transition::Published(publication);
+        self.store
+            .transition(run, ctx.deanery, published, &mut ctx.attempts)
+            .await?;
         Ok(())
     }
 }

@@ -7,7 +7,7 @@ use bson::Bson;
 
 use super::context::RunContext;
 use super::{ExportError, Exporter};
-use crate::store::{RunDoc, RunPhase};
+use crate::store::{RunDoc, RunPhase, Transition};
 
 impl Exporter {
     /// Finishes the deanery's unfinished run, if any, then runs a fresh
@@ -19,7 +19,7 @@ impl Exporter {
             let (mut run, resumed) = self.resume_or_start(ctx).await?;
             ctx.progress.run_id = Some(run.id.clone());
             self.advance(ctx, &mut run).await?;
-            self.complete(ctx, &run, resumed).await?;
+            self.complete(ctx, &mut run, resumed).await?;
             if !resumed {
                 return Ok(());
             }
@@ -119,27 +119,21 @@ impl Exporter {
     async fn complete(
         &self,
         ctx: &mut RunContext<'_>,
-        run: &RunDoc,
+        run: &mut RunDoc,
         resumed: bool,
     ) -> Result<(), ExportError> {
         let exported = run.record_count.unwrap_or(0).max(0) as u64;
         let attempts_so_far = i64::from(ctx.attempts.transactions);
-        let (slot, command_id) = match resumed {
-            true => (None, None),
-            false => (
+        let completed = match resumed {
+            true => Transition::completed(attempts_so_far, None, None),
+            false => Transition::completed(
+                attempts_so_far,
                 ctx.options.slot.as_deref(),
                 ctx.options.command_id.as_deref(),
             ),
         };
         self.store
-            .complete_run(
-                &run.id,
-                ctx.deanery,
-                attempts_so_far,
-                slot,
-                command_id,
-                &mut ctx.attempts,
-            )
+            .transition(run, ctx.deanery, completed, &mut ctx.attempts)
             .await?;
         let progress = &mut ctx.progress;
         progress.exported += exported;

@@ -14,7 +14,9 @@ use futures_util::future::BoxFuture;
 
 use super::leases::lease_renewal;
 use super::retry::TransactionBody;
-use super::{in_future, now, runs, scope, Attempts, RetryError, RunDoc, Store, StoreError};
+use super::{
+    in_future, now, runs, scope, Attempts, RetryError, RunDoc, RunPhase, Store, StoreError,
+};
 use crate::domain::{AppRow, Deanery, RecordStatus};
 
 /// What one claim transaction did, applied by the caller after commit.
@@ -42,12 +44,22 @@ pub(crate) struct ClaimedChunk {
 #[derive(Debug)]
 struct LeaseLost;
 
-/// What one claim covers: the run and its lease holder.
-struct Claim<'a> {
-    run: &'a RunDoc,
-    deanery: &'a Deanery,
-    owner: &'a str,
-    lease_ttl: Duration,
+/// Marker carried inside a driver error when the run is no longer
+/// `CLAIMING` (another process moved it on), so the claim aborts.
+#[derive(Debug)]
+struct RunMovedOn;
+
+/// Whose claim it is: the run, and the holder of its deanery's lease.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Claim<'a> {
+    /// The run the records are claimed for.
+    pub(crate) run: &'a RunDoc,
+    /// Its deanery.
+    pub(crate) deanery: &'a Deanery,
+    /// The lease holder, renewed in each claim.
+    pub(crate) owner: &'a str,
+    /// How long each renewal holds the lease for.
+    pub(crate) lease_ttl: Duration,
 }
 
 /// The claim transaction's body. After a transient failure the retry
@@ -119,28 +131,20 @@ impl Store {
     ///
     /// # Errors
     /// [`StoreError::LeaseLost`], or MongoDB failing beyond the policy.
-    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn claim_chunk(
         &self,
         session: &mut ClientSession,
-        run: &RunDoc,
-        deanery: &Deanery,
-        owner: &str,
-        lease_ttl: Duration,
+        claim: Claim<'_>,
         ids: &[ObjectId],
         attempts: &mut Attempts,
     ) -> Result<ClaimedChunk, StoreError> {
         if ids.is_empty() {
             return Ok(ClaimedChunk::default());
         }
+        let (run, deanery) = (claim.run, claim.deanery);
         let body = ClaimAttempt {
             store: self,
-            claim: Claim {
-                run,
-                deanery,
-                owner,
-                lease_ttl,
-            },
+            claim,
             ids,
             covered: ids.len(),
             retrying: false,
@@ -149,7 +153,7 @@ impl Store {
             .retry
             .in_transaction(scope("claim_chunk", deanery), session, attempts, body)
             .await;
-        result.map_err(|err| lease_lost_or_mongo(err, deanery))
+        result.map_err(|err| lease_lost_or_mongo(err, deanery, &run.id))
     }
 
     /// One attempt of [`Store::claim_chunk`]'s transaction body.
@@ -318,9 +322,10 @@ impl Store {
         set: Document,
         (claimed, rejected): (i64, i64),
     ) -> Result<(), MongoError> {
-        self.runs
+        let advanced = self
+            .runs
             .update_one(
-                doc! {"_id": run_id},
+                doc! {"_id": run_id, "phase": RunPhase::Claiming.as_str()},
                 doc! {
                     "$set": set,
                     "$inc": {"claimed": claimed, "rejected": rejected},
@@ -328,18 +333,26 @@ impl Store {
             )
             .session(s)
             .await?;
+        if advanced.matched_count == 0 {
+            return Err(MongoError::custom(RunMovedOn));
+        }
         Ok(())
     }
 }
 
-/// A claim that stopped on a lost lease is [`StoreError::LeaseLost`].
-fn lease_lost_or_mongo(err: RetryError, deanery: &Deanery) -> StoreError {
-    if err
-        .mongo()
-        .is_some_and(|e| e.get_custom::<LeaseLost>().is_some())
-    {
+/// A claim that stopped on a lost lease is [`StoreError::LeaseLost`]; on
+/// a run moved on, [`StoreError::StaleTransition`].
+fn lease_lost_or_mongo(err: RetryError, deanery: &Deanery, run_id: &str) -> StoreError {
+    let custom = |found: fn(&MongoError) -> bool| err.mongo().is_some_and(found);
+    if custom(|e| e.get_custom::<LeaseLost>().is_some()) {
         StoreError::LeaseLost {
             deanery: deanery.to_string(),
+        }
+    } else if custom(|e| e.get_custom::<RunMovedOn>().is_some()) {
+        StoreError::StaleTransition {
+            run_id: run_id.to_owned(),
+            expected: RunPhase::Claiming.as_str().to_owned(),
+            found: "another phase".to_owned(),
         }
     } else {
         StoreError::Mongo(err)

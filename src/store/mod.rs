@@ -11,7 +11,8 @@
 //! - `records`: reading, rejecting and marking records, the stuck records;
 //! - `claim`: the claim transaction of one chunk of records;
 //! - `cursor`: streaming reads, each batch within the deadline;
-//! - `runs`: export run documents and their transitions;
+//! - `runs`: export run documents;
+//! - `transition`: a run's fenced moves from phase to phase;
 //! - `slots`: schedule slots (on the lease primitive) and catch-up claims;
 //! - `status`: the status report's queries;
 //! - `trust`: the certificate authorities a TLS connection trusts;
@@ -29,6 +30,7 @@ pub mod retry;
 mod runs;
 mod slots;
 mod status;
+mod transition;
 mod trust;
 mod unexportable;
 
@@ -41,7 +43,7 @@ use mongodb::options::{
 };
 use mongodb::{Client, ClientSession, Collection};
 
-pub(crate) use claim::ClaimedChunk;
+pub(crate) use claim::{Claim, ClaimedChunk};
 pub(crate) use cursor::BoundedCursor;
 pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
 pub(crate) use leases::LeaseOutcome;
@@ -54,6 +56,7 @@ pub use runs::file_name;
 pub(crate) use runs::{Publication, RunDoc, RunPhase};
 pub(crate) use slots::SlotClaim;
 pub(crate) use status::{LatestRun, OldestWaiting, StatusCount};
+pub(crate) use transition::Transition;
 
 use crate::config::{ReadConcernLevel, Settings, WriteConcernLevel};
 use crate::domain::Deanery;
@@ -73,6 +76,18 @@ pub enum StoreError {
     LeaseLost {
         /// Deanery code.
         deanery: String,
+    },
+    /// A run transition found the run in a phase it does not leave:
+    /// another process moved the run on (this one's lease lapsed).
+    /// Nothing was changed; the next attempt resumes from the stored run.
+    #[error("run {run_id} is {found}, not {expected}: another process moved it on, so this one changed nothing")]
+    StaleTransition {
+        /// The run.
+        run_id: String,
+        /// The phases the transition leaves.
+        expected: String,
+        /// The stored phase (`missing` when the run is gone).
+        found: String,
     },
     /// One of this daemon's indexes cannot be had as it needs: its name is
     /// taken by other keys, or an index with its keys cannot serve queries.
@@ -111,7 +126,7 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         match self {
             Self::Mongo(err) => err.is_transient(),
-            Self::LeaseLost { .. } => true,
+            Self::LeaseLost { .. } | Self::StaleTransition { .. } => true,
             Self::Configuration(_)
             | Self::Index { .. }
             | Self::IndexesMissing(_)

@@ -208,10 +208,9 @@ impl Store {
         Ok(())
     }
 
-    /// Applies `$set` (and `$inc` of attempts) to a run document. Prefer
-    /// the named transitions ([`Store::record_staged`],
-    /// [`Store::record_nothing_to_write`], [`Store::record_publication`],
-    /// [`Store::record_run_error`], [`Store::complete_run`]).
+    /// Applies `$set` (and `$inc` of attempts) to a run document, in
+    /// whatever phase it is: for what is not a move between phases
+    /// (those are [`Store::transition`]).
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
@@ -246,43 +245,6 @@ impl Store {
 }
 
 impl Store {
-    /// Records the staged file's detail count and SHA-256: the run moves to
-    /// `FINALIZING`, after which only the lease holder makes the file final.
-    ///
-    /// # Errors
-    /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn record_staged(
-        &self,
-        run_id: &str,
-        deanery: &Deanery,
-        record_count: u64,
-        sha256: &str,
-        attempts: &mut Attempts,
-    ) -> Result<(), StoreError> {
-        let set = doc! {
-            "phase": RunPhase::Finalizing.as_str(),
-            "recordCount": record_count as i64,
-            "sha256": sha256,
-        };
-        self.update_run(run_id, deanery, set, 0, attempts).await
-    }
-
-    /// Records that the run has nothing to write (every record it claimed
-    /// turned out invalid): it moves to `WRITTEN` with `recordCount` 0 and
-    /// no file.
-    ///
-    /// # Errors
-    /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn record_nothing_to_write(
-        &self,
-        run_id: &str,
-        deanery: &Deanery,
-        attempts: &mut Attempts,
-    ) -> Result<(), StoreError> {
-        let set = doc! {"phase": RunPhase::Written.as_str(), "recordCount": 0_i64};
-        self.update_run(run_id, deanery, set, 0, attempts).await
-    }
-
     /// Records the error an attempt of the run stopped on (`lastError`,
     /// `lastErrorAt`) and adds the attempt's transaction attempts.
     ///
@@ -299,75 +261,6 @@ impl Store {
         let set = doc! {"lastError": error, "lastErrorAt": now()};
         self.update_run(run_id, deanery, set, add_attempts, attempts)
             .await
-    }
-
-    /// Records that the run's file exists under its final name, and where:
-    /// the run moves to `WRITTEN`, after which its records are marked.
-    ///
-    /// # Errors
-    /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn record_publication(
-        &self,
-        run_id: &str,
-        deanery: &Deanery,
-        publication: &Publication,
-        attempts: &mut Attempts,
-    ) -> Result<(), StoreError> {
-        let publication = bson::to_bson(publication).map_err(|err| StoreError::Malformed {
-            what: "publication",
-            reason: err.to_string(),
-        })?;
-        let set = doc! {"phase": RunPhase::Written.as_str(), "publication": publication};
-        self.update_run(run_id, deanery, set, 0, attempts).await
-    }
-
-    /// Marks a run `COMPLETED`, recording the slot and command that
-    /// triggered it (so a duplicate of either is recognised as done).
-    ///
-    /// # Errors
-    /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn complete_run(
-        &self,
-        run_id: &str,
-        deanery: &Deanery,
-        add_attempts: i64,
-        slot: Option<&str>,
-        command_id: Option<&str>,
-        attempts: &mut Attempts,
-    ) -> Result<(), StoreError> {
-        let mut update = doc! {
-            "$set": {
-                "phase": RunPhase::Completed.as_str(),
-                "finishedAt": now(),
-                "lastError": bson::Bson::Null,
-            },
-            "$inc": {"attempts": add_attempts},
-        };
-        let mut add = Document::new();
-        if let Some(slot) = slot {
-            add.insert("slots", slot);
-        }
-        if let Some(command_id) = command_id {
-            add.insert("commands", command_id);
-        }
-        if !add.is_empty() {
-            update.insert("$addToSet", add);
-        }
-        let completed = doc! {"_id": run_id, "phase": RunPhase::Completed.as_str()};
-        let (runs, update) = (&self.runs, &update);
-        self.retry
-            .write(
-                scope("complete_run", deanery),
-                attempts,
-                || async move {
-                    runs.update_one(doc! {"_id": run_id}, update.clone())
-                        .await
-                        .map(drop)
-                },
-                || self.read_back(runs, &completed, ()),
-            )
-            .await?;
-        Ok(())
     }
 
     /// True when a completed run of the deanery already carries this
