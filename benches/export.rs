@@ -15,8 +15,9 @@
 //!    run document or file, sent from this process, checked to have
 //!    claimed and marked every record; what `esr-exporter` adds shows as
 //!    the difference to (2);
-//! 4. the same export on a fresh seed while a concurrent writer keeps
-//!    updating random `TO_EXPORT` records: retries, WriteConflicts,
+//! 4. the same export on a fresh seed while a concurrent writer updates
+//!    random `TO_EXPORT` records at a fixed pace (`--writer-rate`, 200 a
+//!    second): retries, WriteConflicts,
 //!    throughput relative to the uncontended run, and a check that every
 //!    record is in exactly one file.
 //!
@@ -62,6 +63,9 @@ struct Args {
     /// Skip the contended scenario.
     #[arg(long)]
     no_contention: bool,
+    /// Updates a second from the contended scenario's concurrent writer.
+    #[arg(long, default_value_t = 200)]
+    writer_rate: u32,
     /// Export chunk size (the daemon's default).
     #[arg(long, default_value_t = 2000)]
     chunk_size: u32,
@@ -191,6 +195,52 @@ async fn design_commands(
     Ok(elapsed)
 }
 
+/// Every seeded record's `_id` (not measured).
+async fn seeded_ids(records: &Collection<Document>) -> anyhow::Result<Vec<ObjectId>> {
+    let ids = records
+        .find(doc! {})
+        .projection(doc! {"_id": 1})
+        .await?
+        .map_ok(|d| d.get_object_id("_id").unwrap())
+        .try_collect()
+        .await?;
+    Ok(ids)
+}
+
+/// Another service editing records while they are exported: `rate`
+/// updates a second, each to a record picked at random among those of
+/// `ids` still `TO_EXPORT` (one found claimed is dropped from the picks),
+/// until `stop`. Counts the updates that changed a record in `writes`.
+async fn concurrent_writer(
+    records: Collection<Document>,
+    mut ids: Vec<ObjectId>,
+    rate: u32,
+    stop: Arc<AtomicBool>,
+    writes: Arc<AtomicU64>,
+) {
+    let mut ticks = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !stop.load(Ordering::Relaxed) && !ids.is_empty() {
+        ticks.tick().await;
+        let pick = fastrand::usize(..ids.len());
+        let update = records
+            .update_one(
+                doc! {"_id": ids[pick], "status": "TO_EXPORT"},
+                doc! {"$set": {"updatedAt": DateTime::now()}, "$inc": {"touched": 1}},
+            )
+            .await;
+        match update {
+            Ok(result) if result.matched_count == 0 => {
+                ids.swap_remove(pick);
+            }
+            Ok(result) => {
+                writes.fetch_add(result.modified_count, Ordering::Relaxed);
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -290,40 +340,16 @@ async fn main() -> anyhow::Result<()> {
         .collection::<Document>("generatedAppRecords");
     prepare(&server.uri, &db_name).await?;
     seed(&records, n).await?;
+    let ids = seeded_ids(&records).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
-    let writer = {
-        let (records, stop, writes) = (records.clone(), stop.clone(), writes.clone());
-        tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let sample = records
-                    .aggregate(vec![
-                        doc! {"$match": {"status": "TO_EXPORT"}},
-                        doc! {"$sample": {"size": 20}},
-                        doc! {"$project": {"_id": 1}},
-                    ])
-                    .await;
-                let Ok(cursor) = sample else { continue };
-                let picked: Vec<Document> = cursor.try_collect().await.unwrap_or_default();
-                if picked.is_empty() {
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                    continue;
-                }
-                for d in picked {
-                    let id = d.get_object_id("_id").unwrap();
-                    if let Ok(r) = records
-                        .update_one(
-                            doc! {"_id": id, "status": "TO_EXPORT"},
-                            doc! {"$set": {"updatedAt": DateTime::now()}, "$inc": {"touched": 1}},
-                        )
-                        .await
-                    {
-                        writes.fetch_add(r.modified_count, Ordering::Relaxed);
-                    }
-                }
-            }
-        })
-    };
+    let writer = tokio::spawn(concurrent_writer(
+        records.clone(),
+        ids,
+        args.writer_rate,
+        stop.clone(),
+        writes.clone(),
+    ));
     let dir = tempfile::tempdir()?;
     let contended = export_all(&server.uri, &db_name, dir.path(), args.chunk_size).await?;
     stop.store(true, Ordering::Relaxed);
@@ -331,11 +357,12 @@ async fn main() -> anyhow::Result<()> {
     verify(&records, dir.path(), n).await?;
     let contended_rate = rate(contended.exported, contended.wall);
     println!(
-        "contended: {:>7.0} records/s  ({} exported in {:.2} s; {} concurrent writes; {} WriteConflicts, {} retries, {} failed runs) = {:.0}% of uncontended; nothing lost or duplicated",
+        "contended: {:>7.0} records/s  ({} exported in {:.2} s; {} concurrent writes at {}/s; {} WriteConflicts, {} retries, {} failed runs) = {:.0}% of uncontended; nothing lost or duplicated",
         contended_rate,
         contended.exported,
         contended.wall.as_secs_f64(),
         writes.load(Ordering::Relaxed),
+        args.writer_rate,
         contended.write_conflicts,
         contended.retries,
         contended.failed,
