@@ -13,6 +13,7 @@ use mongodb::ClientSession;
 use futures_util::future::BoxFuture;
 
 use super::leases::lease_renewal;
+use super::records::waiting_of;
 use super::retry::TransactionBody;
 use super::{
     in_future, now, runs, scope, Attempts, RetryError, RunDoc, RunPhase, Store, StoreError,
@@ -102,11 +103,7 @@ impl TransactionBody for ClaimAttempt<'_> {
 
 /// The waiting records of the deanery with `_id` in `[first, last]`.
 fn waiting_in(deanery: &Deanery, (first, last): (ObjectId, ObjectId)) -> Document {
-    doc! {
-        "deanery": deanery.as_str(),
-        "status": RecordStatus::ToExport.as_str(),
-        "_id": {"$gte": first, "$lte": last},
-    }
+    waiting_of(deanery, doc! {"$gte": first, "$lte": last})
 }
 
 /// A stored counter as an `i64`.

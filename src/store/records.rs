@@ -24,6 +24,11 @@ pub struct StuckRecords {
     pub(crate) oldest: Option<DateTime>,
 }
 
+/// The deanery's waiting (`TO_EXPORT`) records whose `_id` matches `id`.
+pub(super) fn waiting_of(deanery: &Deanery, id: impl Into<Bson>) -> Document {
+    doc! {"deanery": deanery.as_str(), "status": RecordStatus::ToExport.as_str(), "_id": id.into()}
+}
+
 /// The records a run has claimed and not yet marked (or rejected).
 fn claimed_by(run_id: &str) -> Document {
     doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()}
@@ -146,11 +151,7 @@ impl Store {
             .retry
             .run(scope("find_backlog", deanery), attempts, || async move {
                 records
-                    .find_one(doc! {
-                        "deanery": deanery.as_str(),
-                        "status": RecordStatus::ToExport.as_str(),
-                        "_id": {"$type": "objectId"},
-                    })
+                    .find_one(waiting_of(deanery, doc! {"$type": "objectId"}))
                     .sort(doc! {"_id": -1})
                     .projection(doc! {"_id": 1})
                     .max_time(self.max_time)
@@ -179,11 +180,7 @@ impl Store {
         if let Some(after) = after {
             id_range.insert("$gt", after);
         }
-        let filter = doc! {
-            "deanery": deanery.as_str(),
-            "status": RecordStatus::ToExport.as_str(),
-            "_id": id_range,
-        };
+        let filter = waiting_of(deanery, id_range);
         self.id_cursor("find_waiting_ids", deanery, filter, batch_size, attempts)
             .await
     }

@@ -6,6 +6,7 @@
 use bson::{doc, Bson, Document};
 use futures_util::TryStreamExt;
 
+use super::records::waiting_of;
 use super::{now, scope, Attempts, Store, StoreError};
 use crate::domain::{bson_type_name, Deanery, RecordStatus};
 
@@ -90,11 +91,7 @@ impl Store {
         attempts: &mut Attempts,
     ) -> Result<Vec<Bson>, StoreError> {
         let records = &self.records;
-        let filter = doc! {
-            "deanery": deanery.as_str(),
-            "status": RecordStatus::ToExport.as_str(),
-            "_id": {"$not": {"$type": "objectId"}},
-        };
+        let filter = waiting_of(deanery, doc! {"$not": {"$type": "objectId"}});
         let filter = &filter;
         let found: Vec<Document> = self
             .retry
