@@ -164,7 +164,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
     let settings = match Settings::load(config_file(cli.config.clone()).as_deref()) {
         Ok(settings) => settings,
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", crate::report::Chain(&err));
             return ExitCode::from(2);
         }
     };
@@ -235,29 +235,12 @@ fn write_docs(command: &Command) -> Option<ExitCode> {
 /// configured log format, or a plain `error:` line on stderr when the log
 /// filter drops errors.
 fn report_failure(err: &anyhow::Error) {
-    let said = said_once(err);
+    let said = crate::report::chain(err.as_ref());
     if tracing::enabled!(tracing::Level::ERROR) {
         tracing::error!(error = %said, "command failed");
     } else {
         eprintln!("error: {said}");
     }
-}
-
-/// `err` and its causes, each said once: a cause whose text is already
-/// there (an error that repeats its source) is left out.
-fn said_once(err: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in err.chain() {
-        let part = cause.to_string();
-        if text.contains(&part) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&part);
-    }
-    text
 }
 
 /// 2 for a destination refused for good (a store that accepts a second
@@ -292,7 +275,7 @@ async fn check_config(settings: &Settings) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", crate::report::Chain(&err));
             Ok(ExitCode::from(2))
         }
     }
@@ -343,7 +326,7 @@ async fn shutdown_signal() {
     ) {
         Ok(stream) => stream,
         Err(err) => {
-            tracing::error!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the daemon");
+            tracing::error!(error = %crate::report::Chain(&err), "cannot listen for SIGTERM; only SIGINT stops the daemon");
             let _ = tokio::signal::ctrl_c().await;
             return;
         }
@@ -465,19 +448,6 @@ mod tests {
 
     fn codes(list: &[&str]) -> Vec<Deanery> {
         list.iter().map(|c| Deanery::parse(c).unwrap()).collect()
-    }
-
-    #[test]
-    fn a_cause_the_message_already_holds_is_said_once() {
-        #[derive(Debug, thiserror::Error)]
-        #[error("list_indexes: failed: {0}")]
-        struct Repeats(#[source] std::io::Error);
-        let io = std::io::Error::other("connection refused");
-        let err = anyhow::Error::new(Repeats(io)).context("Failed to read the status");
-        assert_eq!(
-            said_once(&err),
-            "Failed to read the status: list_indexes: failed: connection refused"
-        );
     }
 
     #[test]

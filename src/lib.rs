@@ -56,6 +56,7 @@ pub mod export;
 pub mod identity;
 pub mod incident;
 pub mod ops;
+pub mod report;
 pub mod schedule;
 pub mod shutdown;
 pub mod status;

@@ -9,10 +9,13 @@
 
 use std::io::IsTerminal;
 
-use tracing::{Level, Metadata};
+use json_subscriber::JsonLayer;
+use tracing::{Level, Metadata, Subscriber};
 use tracing_subscriber::filter::filter_fn;
+use tracing_subscriber::fmt::time::SystemTime;
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
@@ -44,22 +47,18 @@ where
             EnvFilter::new(&settings.level)
         }
     });
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(sink)
-        .with_target(true);
     let ours = filter_fn(|metadata| !lapin_error(metadata));
     let result = match settings.format {
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(false)
-            .with_span_list(false)
-            .finish()
+        LogFormat::Json => tracing_subscriber::registry()
+            .with(json_lines(sink))
+            .with(filter)
             .with(ours)
             .try_init(),
         // Colours only for a terminal: a journal or a file gets plain text.
-        LogFormat::Pretty => builder
+        LogFormat::Pretty => tracing_subscriber::fmt()
+            .with_env_filter(filter)
+            .with_writer(sink)
+            .with_target(true)
             .with_ansi(std::io::stderr().is_terminal())
             .finish()
             .with(ours)
@@ -67,4 +66,22 @@ where
     };
     // Already installed: keep the existing one.
     drop(result);
+}
+
+/// One JSON object a line: `timestamp`, `level`, `target`, the fields of
+/// every span the line is said in (an export run's `deanery` and `run_id`;
+/// the innermost wins where two spans name the same field), then the
+/// event's own fields and `message`, all at the top level.
+pub(crate) fn json_lines<S, W>(sink: W) -> JsonLayer<S, W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'a> MakeWriter<'a> + 'static,
+{
+    let mut layer = JsonLayer::new(sink);
+    layer.with_timer("timestamp", SystemTime);
+    layer.with_level("level");
+    layer.with_target("target");
+    layer.with_top_level_flattened_span_list();
+    layer.with_flattened_event();
+    layer
 }

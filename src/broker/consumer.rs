@@ -90,7 +90,7 @@ impl Consumer {
             };
             if err.is_access_refused() {
                 tracing::error!(
-                    error = %err,
+                    error = %crate::report::Chain(&err),
                     queue = %self.settings.queue,
                     "RabbitMQ refused this user (ACCESS_REFUSED); stopping: it needs configure, write and read on ^<queue>(\\..*)?$ and write on amq.default (README: Permissions)"
                 );
@@ -103,7 +103,7 @@ impl Consumer {
                 .next()
                 .unwrap_or(Duration::from_millis(self.settings.reconnect_max_delay_ms));
             tracing::warn!(
-                error = %err,
+                error = %crate::report::Chain(&err),
                 delay_ms = delay.as_millis() as u64,
                 "RabbitMQ connection unavailable; reconnecting"
             );
@@ -254,7 +254,7 @@ impl Consumer {
                 (Disposition::Ack, String::new())
             }
             Err(err) => {
-                let error = err.to_string();
+                let error = crate::report::chain(&err);
                 let disposition = if err.is_transient() {
                     retry_or_give_up(settling.attempt, self.settings.max_attempts, &error)
                 } else {
@@ -297,7 +297,7 @@ impl Consumer {
                 slot.id(),
                 ahead.num_seconds()
             ),
-            Err(err) => err.to_string(),
+            Err(err) => crate::report::chain(&err),
         };
         let disposition = retry_or_give_up(settling.attempt, self.settings.max_attempts, &error);
         self.settler()

@@ -43,7 +43,7 @@ pub(crate) const ATTEMPT_HEADER: &str = "x-esr-attempt";
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// Connecting, or an operation on a connection or channel.
-    #[error("RabbitMQ {op} failed: {source}")]
+    #[error("RabbitMQ {op} failed")]
     Amqp {
         /// What was being done.
         op: &'static str,

@@ -43,7 +43,7 @@ pub(crate) const DEFAULT_TOML: &str = include_str!("../../config/default.toml");
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     /// A source could not be read or a value has the wrong type or an unknown key.
-    #[error("invalid configuration: {0}")]
+    #[error("invalid configuration")]
     Load(#[from] config::ConfigError),
     /// A value has the right type but is not acceptable.
     #[error("invalid configuration: key `{key}`: {reason}")]

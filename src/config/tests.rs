@@ -57,9 +57,9 @@ fn environment_overrides_nested_keys() {
 
 #[test]
 fn a_mistyped_value_names_its_key() {
-    let err = Settings::load_with_env(None, env(&[("ESR_EXPORT__CHUNK_SIZE", "lots")]))
-        .unwrap_err()
-        .to_string();
+    let err =
+        Settings::load_with_env(None, env(&[("ESR_EXPORT__CHUNK_SIZE", "lots")])).unwrap_err();
+    let err = crate::report::chain(&err);
     assert!(err.contains("chunk_size"), "{err}");
 }
 
@@ -76,9 +76,8 @@ fn an_unknown_key_in_a_file_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[export]\nchunk_sise = 10\n").unwrap();
-    let err = Settings::load_with_env(Some(&path), env(&[]))
-        .unwrap_err()
-        .to_string();
+    let err = Settings::load_with_env(Some(&path), env(&[])).unwrap_err();
+    let err = crate::report::chain(&err);
     assert!(err.contains("chunk_sise"), "{err}");
 }
 

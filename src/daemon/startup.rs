@@ -73,7 +73,7 @@ async fn seed_last_runs(store: &Store) {
             }
         }
         Err(err) => {
-            tracing::warn!(error = %err, "cannot read when each deanery's runs last completed; the last-run gauges start empty")
+            tracing::warn!(error = %crate::report::Chain(&err), "cannot read when each deanery's runs last completed; the last-run gauges start empty")
         }
     }
 }
@@ -88,7 +88,7 @@ async fn until_done<E, F, Fut>(
     is_transient: impl Fn(&E) -> bool,
 ) -> Result<bool, E>
 where
-    E: std::fmt::Display,
+    E: std::error::Error + 'static,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
@@ -99,7 +99,7 @@ where
             Err(err) if !is_transient(&err) => return Err(err),
             Err(err) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                tracing::error!(error = %err, delay_ms = delay.as_millis() as u64, "{what} unavailable at start; retrying");
+                tracing::error!(error = %crate::report::Chain(&err), delay_ms = delay.as_millis() as u64, "{what} unavailable at start; retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.recv() => return Ok(false),

@@ -242,7 +242,7 @@ impl Bucket {
         self.upload_parts(&temp, file, size).await?;
         let copied = self.copy_if_absent(&temp, name).await;
         if let Err(err) = self.delete(&temp).await {
-            tracing::warn!(destination = %self.url, key = %self.key(&temp), error = %err, "could not remove a temporary object; the next run of the deanery removes it");
+            tracing::warn!(destination = %self.url, key = %self.key(&temp), error = %crate::report::Chain(&err), "could not remove a temporary object; the next run of the deanery removes it");
         }
         copied?;
         // The copy's reply carries no ETag: look the new object up.

@@ -25,7 +25,7 @@ pub(crate) async fn probe(bucket: &Bucket) -> Result<(), DestinationError> {
     let proven = prove(bucket, &name, &copy).await;
     for leftover in [&name, &copy] {
         if let Err(err) = bucket.delete(leftover).await {
-            tracing::warn!(destination = %bucket.url(), key = %bucket.key(leftover), error = %err, "could not remove the probe object");
+            tracing::warn!(destination = %bucket.url(), key = %bucket.key(leftover), error = %crate::report::Chain(&err), "could not remove the probe object");
         }
     }
     proven

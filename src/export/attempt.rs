@@ -49,7 +49,7 @@ impl Exporter {
         match &outcome {
             Ok(None) => log_completed(&summary),
             Ok(Some(reason)) => {
-                tracing::warn!(deanery = %deanery, reason = %reason, "export run skipped")
+                tracing::warn!(reason = %reason, "export run skipped")
             }
             Err(err) if err.is_shutdown() => log_interrupted(&summary),
             Err(err) => self.report_failure(deanery, err, &summary, &progress).await,
@@ -76,7 +76,7 @@ impl Exporter {
         match outcome {
             LeaseOutcome::Acquired { lapsed_session } => {
                 if lapsed_session.is_some() {
-                    tracing::warn!(deanery = %deanery, "took over a lapsed lease; ended the previous holder's session");
+                    tracing::warn!("took over a lapsed lease; ended the previous holder's session");
                 }
                 Ok(Ok(session))
             }
@@ -95,7 +95,7 @@ impl Exporter {
             .release_lease(ctx.deanery, &ctx.lease.owner, &mut ctx.attempts)
             .await;
         if let Err(err) = &released {
-            tracing::warn!(deanery = %ctx.deanery, error = %err, "failed to release lease; it lapses on its own");
+            tracing::warn!(error = %crate::report::Chain(err), "failed to release lease; it lapses on its own");
         }
         released.is_ok()
     }
@@ -115,7 +115,6 @@ impl Exporter {
         if let ExportError::File { dir, source } = err {
             output_folder::record_failure(dir, source);
             tracing::error!(
-                deanery = %deanery,
                 path = %dir.display(),
                 errno = %output_folder::errno_name(source),
                 error = %source,
@@ -123,12 +122,10 @@ impl Exporter {
             );
         }
         tracing::error!(
-            deanery = %deanery,
-            run_id = summary.run_id.as_deref().unwrap_or(""),
             attempts = summary.attempts,
             duration_ms = summary.duration_ms,
             transient = err.is_transient(),
-            error = %err,
+            error = %crate::report::Chain(err),
             "export run failed; the next attempt resumes it"
         );
         let Some(run_id) = &progress.run_id else {
@@ -158,7 +155,7 @@ impl Exporter {
             .record_run_error(
                 run_id,
                 deanery,
-                &err.to_string(),
+                &crate::report::chain(err),
                 i64::from(attempts),
                 &mut ignored,
             )
@@ -167,9 +164,7 @@ impl Exporter {
             // The ERROR logged before is this attempt's record; the next
             // attempt resumes the run either way.
             tracing::warn!(
-                deanery = %deanery,
-                run_id = %run_id,
-                error = %not_recorded,
+                error = %crate::report::Chain(&not_recorded),
                 "the failed attempt's error could not be recorded on its run document"
             );
         }
@@ -186,7 +181,11 @@ fn summarise(
     let (status, error, retryable) = match outcome {
         Ok(None) => (RunStatus::Completed, None, false),
         Ok(Some(reason)) => (RunStatus::Skipped, Some(reason.clone()), true),
-        Err(err) => (RunStatus::Failed, Some(err.to_string()), err.is_transient()),
+        Err(err) => (
+            RunStatus::Failed,
+            Some(crate::report::chain(err)),
+            err.is_transient(),
+        ),
     };
     let run_id = match status {
         RunStatus::Completed => progress
@@ -216,8 +215,6 @@ fn summarise(
 
 fn log_interrupted(summary: &RunSummary) {
     tracing::warn!(
-        deanery = %summary.deanery,
-        run_id = summary.run_id.as_deref().unwrap_or(""),
         duration_ms = summary.duration_ms,
         "export run interrupted by shutdown at a safe point; the next attempt resumes it"
     );
@@ -225,8 +222,6 @@ fn log_interrupted(summary: &RunSummary) {
 
 fn log_completed(summary: &RunSummary) {
     tracing::info!(
-        deanery = %summary.deanery,
-        run_id = summary.run_id.as_deref().unwrap_or(""),
         exported = summary.exported,
         rejected = summary.rejected,
         file = summary.file.as_deref().unwrap_or(""),

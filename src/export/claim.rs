@@ -99,8 +99,6 @@ impl Exporter {
         let finishing = Instant::now();
         let staged = self.stage(ctx, writer, run).await?;
         tracing::info!(
-            deanery = %ctx.deanery,
-            run_id = %run.id,
             file = run.file_name.as_deref().unwrap_or(""),
             records = staged.record_count,
             sha256 = %staged.sha256,
@@ -195,7 +193,7 @@ impl Exporter {
         run.claimed += chunk.rows.len() as i64;
         run.rejected += chunk.rejections.len() as i64;
         for (id, reason) in &chunk.rejections {
-            tracing::warn!(deanery = %ctx.deanery, run_id = %run.id, record_id = %id, reason = %reason, "record rejected");
+            tracing::warn!(record_id = %id, reason = %reason, "record rejected");
         }
         if let Some((seq, name)) = chunk.assigned_file {
             run.seq = Some(seq);

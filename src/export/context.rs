@@ -9,7 +9,7 @@ use mongodb::ClientSession;
 use super::ExportError;
 use crate::domain::Deanery;
 use crate::shutdown::Shutdown;
-use crate::store::{Attempts, Store, StoreError};
+use crate::store::{Attempts, RunDoc, Store, StoreError};
 
 /// What triggered a run and when it must stop.
 #[derive(Debug, Clone, Default)]
@@ -94,6 +94,14 @@ pub(super) struct RunContext<'a> {
 }
 
 impl RunContext<'_> {
+    /// Makes `run` the attempt's current run: the summary reports it, and
+    /// every line logged from here on carries its id (the `run_id` of the
+    /// `export_run` span the attempt runs in).
+    pub(super) fn track(&mut self, run: &RunDoc) {
+        self.progress.run_id = Some(run.id.clone());
+        tracing::Span::current().record("run_id", run.id.as_str());
+    }
+
     /// Extends the lease now; fails with [`StoreError::LeaseLost`] when
     /// another process took it over (this attempt must then stop).
     pub(super) async fn renew_lease(&mut self, store: &Store) -> Result<(), StoreError> {

@@ -38,7 +38,7 @@ impl Exporter {
         let found = match bucket.holding(&name, &staged.sha256).await? {
             Holding::Same(found) => {
                 metrics::record_kept(bucket.scheme());
-                tracing::info!(deanery = %ctx.deanery, run_id = %run.id, key = %bucket.key(&name), "the file is already at the destination with the recorded hash; keeping it");
+                tracing::info!(key = %bucket.key(&name), "the file is already at the destination with the recorded hash; keeping it");
                 self.ensure_bucket_manifest(run, ctx, bucket, &staged, false)
                     .await?;
                 found
@@ -57,7 +57,7 @@ impl Exporter {
             .remove_temporaries(&format!("DE_{}_APP_", ctx.deanery))
             .await
         {
-            tracing::warn!(deanery = %ctx.deanery, run_id = %run.id, error = %err, "could not remove a temporary file; the next run of the deanery removes it");
+            tracing::warn!(error = %crate::report::Chain(&err), "could not remove a temporary file; the next run of the deanery removes it");
         }
         let dir = self.settings.output_dir.clone();
         blocking(&self.settings.output_dir, move || {
@@ -81,7 +81,7 @@ impl Exporter {
         if let Some(path) = self.staged_file(run, &staged).await? {
             return Ok(Some((staged, path)));
         }
-        tracing::warn!(deanery = %ctx.deanery, run_id = %run.id, "the run's staged file is not in this folder and nothing is at the destination; staging it again from the claimed records");
+        tracing::warn!("the run's staged file is not in this folder and nothing is at the destination; staging it again from the claimed records");
         let Some(staged) = self.restage(ctx, run).await? else {
             return Ok(None);
         };
@@ -172,7 +172,7 @@ impl Exporter {
         match manifest_owner(existing.as_deref(), &run.id, &staged.sha256) {
             ManifestOwner::Same => Ok(()),
             ManifestOwner::EarlierAttempt if dat_absent => {
-                tracing::warn!(deanery = %ctx.deanery, run_id = %run.id, key = %bucket.key(&manifest_name), "replacing this run's manifest for bytes that were never published (its records changed and were staged again)");
+                tracing::warn!(key = %bucket.key(&manifest_name), "replacing this run's manifest for bytes that were never published (its records changed and were staged again)");
                 bucket.delete(&manifest_name).await?;
                 bucket.create_bytes(&manifest_name, bytes).await?;
                 Ok(())
@@ -208,7 +208,7 @@ impl Exporter {
         };
         ctx.renew_lease(&self.store).await?;
         tracing::info!(
-            deanery = %ctx.deanery, run_id = %run.id, destination = %bucket.url(),
+            destination = %bucket.url(),
             key = publication.key.as_deref().unwrap_or(""), etag = publication.etag.as_deref().unwrap_or(""),
             sha256 = %publication.sha256, "export file published"
         );

@@ -12,7 +12,7 @@ pub(crate) enum ExportError {
     #[error(transparent)]
     Store(#[from] StoreError),
     /// The export file could not be written.
-    #[error("failed to write export file in {dir}: {source}")]
+    #[error("failed to write export file in {dir}")]
     File {
         /// Output folder.
         dir: PathBuf,

@@ -55,8 +55,6 @@ impl Exporter {
         }
         self.verify_marked(ctx, run).await?;
         tracing::info!(
-            deanery = %ctx.deanery,
-            run_id = %run.id,
             mark_ms = started.elapsed().as_millis() as u64,
             "records marked exported"
         );

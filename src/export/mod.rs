@@ -88,8 +88,10 @@ impl Exporter {
         command_id: &str,
     ) -> Result<bool, crate::store::StoreError> {
         let mut attempts = crate::store::Attempts::default();
+        let span = tracing::info_span!("already_done", deanery = %deanery);
         self.store
             .trigger_done(deanery, slot, command_id, &mut attempts)
+            .instrument(span)
             .await
     }
 
@@ -113,7 +115,11 @@ impl Exporter {
     /// Like [`Exporter::run`], for a command, stopping at a safe point
     /// (between chunks) on shutdown or after a deadline.
     pub async fn run_with(&self, deanery: &Deanery, options: &RunOptions) -> RunSummary {
-        let span = tracing::info_span!("export_run", deanery = %deanery);
+        let span = tracing::info_span!(
+            "export_run",
+            deanery = %deanery,
+            run_id = tracing::field::Empty
+        );
         self.attempt(deanery, options).instrument(span).await
     }
 }

@@ -68,8 +68,6 @@ impl Exporter {
         let mut staged = recorded(run)?;
         if self.publish_staged(run, ctx.deanery, &staged).await? == Published::NotStaged {
             tracing::warn!(
-                deanery = %ctx.deanery,
-                run_id = %run.id,
                 file = run.file_name.as_deref().unwrap_or(""),
                 folder = %self.settings.output_dir.display(),
                 "the run's staged file is not in this folder and its publication was never recorded; \
@@ -122,8 +120,6 @@ impl Exporter {
         let staged = self.stage(ctx, writer, run).await?;
         if recorded.as_deref() != Some(staged.sha256.as_str()) {
             tracing::warn!(
-                deanery = %ctx.deanery,
-                run_id = %run.id,
                 sha256 = %staged.sha256,
                 records = staged.record_count,
                 "the file staged again differs from the first (claimed records changed since); publishing the new bytes"
@@ -156,8 +152,6 @@ impl Exporter {
         };
         crate::ops::output_folder::record_success(&self.settings.output_dir);
         tracing::info!(
-            deanery = %ctx.deanery,
-            run_id = %run.id,
             host = %publication.host,
             path = %publication.path,
             sha256 = %publication.sha256,

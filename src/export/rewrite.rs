@@ -85,7 +85,7 @@ impl Exporter {
             )
             .await?;
         for (id, reason) in &rejected {
-            tracing::warn!(deanery = %ctx.deanery, run_id = %run.id, record_id = %id, reason = %reason, "record rejected: it changed after it was claimed");
+            tracing::warn!(record_id = %id, reason = %reason, "record rejected: it changed after it was claimed");
         }
         run.claimed -= rejected.len() as i64;
         run.rejected += rejected.len() as i64;

@@ -17,15 +17,12 @@ impl Exporter {
     pub(super) async fn run_all(&self, ctx: &mut RunContext<'_>) -> Result<(), ExportError> {
         loop {
             let (mut run, resumed) = self.resume_or_start(ctx).await?;
-            ctx.progress.run_id = Some(run.id.clone());
             self.advance(ctx, &mut run).await?;
             self.complete(ctx, &mut run, resumed).await?;
             if !resumed {
                 return Ok(());
             }
             tracing::info!(
-                deanery = %ctx.deanery,
-                run_id = %run.id,
                 exported = run.record_count.unwrap_or(0),
                 "resumed run completed; starting a run for records that came since"
             );
@@ -40,7 +37,11 @@ impl Exporter {
     ) -> Result<(RunDoc, bool), ExportError> {
         let deanery = ctx.deanery;
         if let Some(run) = self.store.find_open_run(deanery, &mut ctx.attempts).await? {
-            tracing::info!(deanery = %deanery, run_id = %run.id, phase = run.phase.as_str(), "resuming interrupted export run");
+            ctx.track(&run);
+            tracing::info!(
+                phase = run.phase.as_str(),
+                "resuming interrupted export run"
+            );
             ctx.progress.resumed = true;
             return Ok((run, true));
         }
@@ -51,7 +52,8 @@ impl Exporter {
         self.store
             .insert_run(&run, deanery, &mut ctx.attempts)
             .await?;
-        tracing::info!(deanery = %deanery, run_id = %run.id, "export run started");
+        ctx.track(&run);
+        tracing::info!("export run started");
         Ok((run, false))
     }
 
@@ -87,7 +89,7 @@ impl Exporter {
             .reject_unexportable_ids(ctx.deanery, &mut ctx.attempts)
             .await?;
         for (id, reason) in &rejected {
-            tracing::warn!(deanery = %ctx.deanery, record_id = %id, reason = %reason, "record rejected");
+            tracing::warn!(record_id = %id, reason = %reason, "record rejected");
         }
         Ok(rejected.len() as u64)
     }
@@ -102,8 +104,6 @@ impl Exporter {
             let publishing = std::time::Instant::now();
             self.publish(ctx, run).await?;
             tracing::debug!(
-                deanery = %ctx.deanery,
-                run_id = %run.id,
                 publish_ms = publishing.elapsed().as_millis() as u64,
                 "publication step done"
             );

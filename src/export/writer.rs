@@ -73,7 +73,7 @@ impl Exporter {
         })
         .await?;
         if removed > 0 {
-            tracing::info!(deanery = %deanery, removed, "removed temporary files of an interrupted run");
+            tracing::info!(removed, "removed temporary files of an interrupted run");
         }
         Ok(())
     }

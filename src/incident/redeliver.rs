@@ -52,7 +52,7 @@ pub enum RedeliverError {
     #[error(transparent)]
     Destination(#[from] DestinationError),
     /// A local file could not be written.
-    #[error("local file error: {0}")]
+    #[error("local file error")]
     File(#[from] std::io::Error),
 }
 

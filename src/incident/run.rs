@@ -82,7 +82,7 @@ pub async fn run_redeliver(
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
-            eprintln!("error: {err}");
+            eprintln!("error: {}", crate::report::Chain(&err));
             Ok(ExitCode::FAILURE)
         }
     }

@@ -73,7 +73,7 @@ pub(crate) async fn serve(listener: TcpListener, state: HttpState, mut shutdown:
             Ok((stream, _)) => stream,
             Err(err) => {
                 // EMFILE and the like: wait a little rather than spin.
-                tracing::warn!(error = %err, "HTTP accept failed");
+                tracing::warn!(error = %crate::report::Chain(&err), "HTTP accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -110,7 +110,7 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         Ok(Err(crate::store::StoreError::NotWritablePrimary)) => {
             Err(crate::store::StoreError::NotWritablePrimary.to_string())
         }
-        Ok(Err(err)) => Err(err.to_string()),
+        Ok(Err(err)) => Err(crate::report::chain(&err)),
         Err(_) => Err(format!("no answer within {} s", PING_TIMEOUT.as_secs())),
     };
     let rabbitmq = if let Some(reason) = state.readiness.broker_blocked() {
@@ -169,7 +169,7 @@ async fn check_destination(destination: &Destination) -> Result<(), String> {
     };
     match tokio::time::timeout(PING_TIMEOUT, bucket.check()).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(err.to_string()),
+        Ok(Err(err)) => Err(crate::report::chain(&err)),
         Err(_) => Err(format!(
             "{}: no answer within {} s",
             bucket.url(),

@@ -12,7 +12,7 @@ use crate::shutdown::Shutdown;
 /// Tells systemd the daemon is ready.
 pub fn ready() {
     if let Err(err) = sd_notify::notify(false, &[NotifyState::Ready]) {
-        tracing::warn!(error = %err, "cannot notify systemd (READY=1)");
+        tracing::warn!(error = %crate::report::Chain(&err), "cannot notify systemd (READY=1)");
     }
 }
 

@@ -184,11 +184,11 @@ impl Agreement {
     pub(crate) async fn run(self, mut shutdown: Shutdown) {
         loop {
             if let Err(err) = self.check_clock().await {
-                tracing::debug!(error = %err, "clock check failed; trying again next period");
+                tracing::debug!(error = %crate::report::Chain(&err), "clock check failed; trying again next period");
             }
             if self.scheduling {
                 if let Err(err) = self.refresh().await {
-                    tracing::debug!(error = %err, "schedule settings check failed; trying again next period");
+                    tracing::debug!(error = %crate::report::Chain(&err), "schedule settings check failed; trying again next period");
                 }
             }
             tokio::select! {

@@ -120,7 +120,7 @@ impl Scheduler {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                     tracing::error!(
                         slot = %Slot::Scheduled(slot).id(),
-                        error = %err,
+                        error = %crate::report::Chain(&err),
                         delay_ms = delay.as_millis() as u64,
                         "failed to fire schedule slot; retrying"
                     );

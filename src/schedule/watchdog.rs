@@ -68,7 +68,7 @@ impl Watchdog {
         let period = Duration::from_secs(self.settings.period_seconds);
         loop {
             if let Err(err) = self.check().await {
-                tracing::error!(error = %err, "stuck-record check failed; trying again next period");
+                tracing::error!(error = %crate::report::Chain(&err), "stuck-record check failed; trying again next period");
             }
             self.count_dead_letters().await;
             self.count_waiting().await;
@@ -86,7 +86,7 @@ impl Watchdog {
         let counts = match self.store.status_counts(&mut attempts).await {
             Ok(counts) => counts,
             Err(err) => {
-                tracing::warn!(error = %err, "cannot count the waiting records; trying again next period");
+                tracing::warn!(error = %crate::report::Chain(&err), "cannot count the waiting records; trying again next period");
                 return;
             }
         };
@@ -111,7 +111,7 @@ impl Watchdog {
         match crate::broker::dead_letters_waiting(&self.amqp).await {
             Ok(waiting) => metrics::set_dead_letters_waiting(waiting),
             Err(err) => {
-                tracing::warn!(error = %err, "cannot count the dead letters; trying again next period")
+                tracing::warn!(error = %crate::report::Chain(&err), "cannot count the dead letters; trying again next period")
             }
         }
     }
@@ -182,7 +182,7 @@ impl Watchdog {
                 Ok(true)
             }
             Err(err) => {
-                tracing::error!(deanery = %deanery, error = %err, "failed to publish a catch-up command");
+                tracing::error!(deanery = %deanery, error = %crate::report::Chain(&err), "failed to publish a catch-up command");
                 Ok(false)
             }
         }

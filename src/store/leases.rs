@@ -222,7 +222,7 @@ impl Store {
             return Ok(None);
         };
         if let Err(err) = self.kill_session(session).await {
-            tracing::warn!(deanery = %lease.id, error = %err, "could not end the lapsed lease holder's session");
+            tracing::warn!(lease = %lease.id, error = %crate::report::Chain(&err), "could not end the lapsed lease holder's session");
         }
         Ok(Some(session.clone()))
     }

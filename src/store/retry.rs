@@ -31,7 +31,7 @@ pub(crate) use transaction::TransactionBody;
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
     /// A transient error kept coming back until the policy gave up.
-    #[error("{op}: still failing after {attempts} attempts over {elapsed_ms} ms{}: {source}", shown_code(*.code))]
+    #[error("{op}: still failing after {attempts} attempts over {elapsed_ms} ms{}", shown_code(*.code))]
     Exhausted {
         /// What was being done.
         op: &'static str,
@@ -69,7 +69,7 @@ pub enum RetryError {
         cause: MongoError,
     },
     /// A permanent error: not retried.
-    #[error("{op}: failed with a non-transient error{}: {source}", shown_code(*.code))]
+    #[error("{op}: failed with a non-transient error{}", shown_code(*.code))]
     Permanent {
         /// What was being done.
         op: &'static str,
@@ -142,6 +142,22 @@ pub(crate) struct RetryScope<'a> {
     pub(crate) op: &'static str,
     /// Deanery being exported, when there is one.
     pub deanery: Option<&'a str>,
+}
+
+impl RetryScope<'_> {
+    /// The span a retry's log lines are said in: it carries the deanery,
+    /// which an export run's own span carries too (a JSON line keeps one,
+    /// the innermost), so a line says it once inside a run and still says
+    /// it outside one (a CLI command, the watchdog). ERROR-level, so it is
+    /// there whenever the line itself is.
+    fn span(&self) -> tracing::Span {
+        tracing::error_span!("mongodb_op", deanery = self.deanery)
+    }
+
+    /// Says `log` inside [`RetryScope::span`].
+    pub(crate) fn say(&self, log: impl FnOnce()) {
+        self.span().in_scope(log);
+    }
 }
 
 /// Bounded exponential backoff with full jitter (`backon`), shared by every
@@ -283,15 +299,16 @@ impl RetryPolicy {
         match self.next_delay(backoff, started) {
             Some(delay) => {
                 attempts.retries += 1;
-                tracing::warn!(
-                    op = scope.op,
-                    deanery = scope.deanery.unwrap_or(""),
-                    attempt,
-                    error_code = code,
-                    delay_ms = delay.as_millis() as u64,
-                    error = %err,
-                    "transient MongoDB error, retrying"
-                );
+                scope.say(|| {
+                    tracing::warn!(
+                        op = scope.op,
+                        attempt,
+                        error_code = code,
+                        delay_ms = delay.as_millis() as u64,
+                        error = %err,
+                        "transient MongoDB error, retrying"
+                    );
+                });
                 tokio::time::sleep(delay).await;
                 Ok(())
             }
@@ -319,26 +336,30 @@ impl RetryPolicy {
     /// when the caller says it).
     pub(crate) fn timed_out(&self, scope: RetryScope<'_>) -> RetryError {
         let bound_ms = self.deadline.as_millis() as u64;
-        let (op, deanery) = (scope.op, scope.deanery.unwrap_or(""));
+        let op = scope.op;
         let message = "MongoDB did not answer within mongodb.operation_timeout_ms; the attempt fails and the next one resumes";
-        if self.said_by_caller {
-            tracing::debug!(op, deanery, bound_ms, "{message}");
-        } else {
-            tracing::error!(op, deanery, bound_ms, "{message}");
-        }
+        scope.say(|| {
+            if self.said_by_caller {
+                tracing::debug!(op, bound_ms, "{message}");
+            } else {
+                tracing::error!(op, bound_ms, "{message}");
+            }
+        });
         RetryError::TimedOut { op, bound_ms }
     }
 
     /// The [`RetryError::Unreachable`] of `scope`, logged at ERROR (DEBUG
     /// when the caller says it).
     pub(crate) fn unreachable(&self, scope: RetryScope<'_>, err: MongoError) -> RetryError {
-        let (op, deanery) = (scope.op, scope.deanery.unwrap_or(""));
+        let op = scope.op;
         let message = "MongoDB unreachable (the driver gave up on the server); the attempt fails and the next one resumes";
-        if self.said_by_caller {
-            tracing::debug!(op, deanery, error = %err, "{message}");
-        } else {
-            tracing::error!(op, deanery, error = %err, "{message}");
-        }
+        scope.say(|| {
+            if self.said_by_caller {
+                tracing::debug!(op, error = %err, "{message}");
+            } else {
+                tracing::error!(op, error = %err, "{message}");
+            }
+        });
         RetryError::Unreachable { op, cause: err }
     }
 }

@@ -20,6 +20,7 @@ mod history;
 mod hostile;
 mod incident;
 mod infra;
+mod logs;
 mod named_deaneries;
 mod ops;
 mod privilege;

@@ -24,7 +24,7 @@ impl Sftp {
         );
         let proven = self.prove(&name).await;
         if let Err(err) = self.delete(&name).await {
-            tracing::warn!(destination = %self.url, path = %self.key(&name), error = %err, "could not remove the probe file");
+            tracing::warn!(destination = %self.url, path = %self.key(&name), error = %crate::report::Chain(&err), "could not remove the probe file");
         }
         proven
     }

@@ -37,13 +37,14 @@ impl RetryPolicy {
                 Err(err) if outcome_unknown(&err) => err,
                 answered => return answered,
             };
-            tracing::warn!(
-                op = scope.op,
-                deanery = scope.deanery.unwrap_or(""),
-                error_code = error_code(&err),
-                error = %err,
-                "the outcome of a MongoDB write is unknown; reading it back"
-            );
+            scope.say(|| {
+                tracing::warn!(
+                    op = scope.op,
+                    error_code = error_code(&err),
+                    error = %err,
+                    "the outcome of a MongoDB write is unknown; reading it back"
+                );
+            });
             match read_back().await? {
                 Some(value) => Ok(value),
                 None => Err(err),
