@@ -184,7 +184,7 @@ async fn trial(args: &Args, server_uri: &str, client: &Client, n: usize) -> anyh
         let opened = Instant::now();
         let failed = run.await?;
         let took = opened.elapsed();
-        if failed.status != RunStatus::Failed {
+        if failed.status() != RunStatus::Failed {
             bail!("trial {n}: the attempt did not fail: {failed:?}");
         }
         Timing {
@@ -207,7 +207,7 @@ async fn completes(
     n: usize,
 ) -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(120);
-    while exporter.run(deanery).await.status != RunStatus::Completed {
+    while exporter.run(deanery).await.status() != RunStatus::Completed {
         if Instant::now() > deadline {
             bail!("the run did not complete after healing");
         }

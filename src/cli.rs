@@ -304,7 +304,7 @@ async fn run_export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exi
     }))
     .buffered(settings.export.parallel_runs as usize);
     while let Some(summary) = summaries.next().await {
-        any_failed |= summary.status == RunStatus::Failed;
+        any_failed |= summary.status() == RunStatus::Failed;
         let line = serde_json::to_string(&summary).context("Failed to encode a run summary")?;
         let mut stdout = std::io::stdout().lock();
         writeln!(stdout, "{line}").context("Failed to write to stdout")?;

@@ -221,12 +221,12 @@ impl Consumer {
         }
         let summary = self.export(&deanery, slot, &command_id, shutdown).await;
         let disposition = decide(
-            &summary,
+            &summary.end,
             settling.attempt,
             self.settings.max_attempts,
             shutdown.is_shutdown(),
         );
-        let error = summary.error.clone().unwrap_or_default();
+        let error = summary.error().unwrap_or_default().to_owned();
         let done = Outcome::Exported(Box::new(summary));
         self.settler()
             .settle(&settling, disposition, &error, done)

@@ -3,7 +3,7 @@
 //! allowed and whether shutdown is under way. The consumer then carries
 //! the decision out (acks, republishes, nacks).
 
-use crate::domain::{RunStatus, RunSummary};
+use crate::domain::AttemptEnd;
 
 /// What to do with a delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,28 +25,30 @@ pub(crate) enum Disposition {
     Requeue,
 }
 
-/// The disposition of a delivery whose export attempt ended with `summary`.
+/// The disposition of a delivery whose export attempt ended with `end`.
 ///
 /// - completed: ack;
-/// - interrupted by shutdown (retryable, shutting down): requeue;
+/// - anything else that may succeed later, during shutdown: requeue;
 /// - skipped (another replica holds the lease and is exporting): retry
 ///   without using up an attempt, as its run may be long;
-/// - retryable: retry, or dead-letter once `max_attempts` are used up;
+/// - interrupted or failed transiently: retry, or dead-letter once
+///   `max_attempts` are used up;
 /// - failed for good: dead-letter with the run's error.
 pub(crate) fn decide(
-    summary: &RunSummary,
+    end: &AttemptEnd,
     attempt: i64,
     max_attempts: u32,
     shutting_down: bool,
 ) -> Disposition {
-    let error = summary.error.as_deref().unwrap_or_default();
-    match summary.status {
-        RunStatus::Completed => Disposition::Ack,
-        _ if summary.retryable && shutting_down => Disposition::Requeue,
-        RunStatus::Skipped => retry_or_give_up(attempt - 1, max_attempts, error),
-        _ if summary.retryable => retry_or_give_up(attempt, max_attempts, error),
-        _ => Disposition::DeadLetter {
-            reason: error.to_owned(),
+    match end {
+        AttemptEnd::Completed => Disposition::Ack,
+        _ if shutting_down && end.is_retryable() => Disposition::Requeue,
+        AttemptEnd::Skipped { reason } => retry_or_give_up(attempt - 1, max_attempts, reason),
+        AttemptEnd::Interrupted { error } | AttemptEnd::Transient { error } => {
+            retry_or_give_up(attempt, max_attempts, error)
+        }
+        AttemptEnd::Permanent { error } => Disposition::DeadLetter {
+            reason: error.clone(),
         },
     }
 }
@@ -69,44 +71,38 @@ pub(crate) fn retry_or_give_up(attempt: i64, max_attempts: u32, error: &str) -> 
 mod tests {
     use super::*;
 
-    fn summary(status: RunStatus, retryable: bool) -> RunSummary {
-        RunSummary {
-            interrupted: false,
-            deanery: "MER".to_owned(),
-            run_id: None,
-            status,
-            exported: 0,
-            rejected: 0,
-            file: None,
-            published_to: None,
-            attempts: 0,
-            retries: 0,
-            write_conflicts: 0,
-            duration_ms: 0,
-            resumed: false,
-            error: (status != RunStatus::Completed).then(|| "boom".to_owned()),
-            retryable,
+    fn transient() -> AttemptEnd {
+        AttemptEnd::Transient {
+            error: "boom".to_owned(),
+        }
+    }
+
+    fn skipped() -> AttemptEnd {
+        AttemptEnd::Skipped {
+            reason: "held".to_owned(),
         }
     }
 
     #[test]
     fn a_completed_run_is_acked_even_during_shutdown() {
-        let done = summary(RunStatus::Completed, false);
+        let done = AttemptEnd::Completed;
         assert_eq!(decide(&done, 1, 10, false), Disposition::Ack);
         assert_eq!(decide(&done, 10, 10, true), Disposition::Ack);
     }
 
     #[test]
     fn a_retryable_run_interrupted_by_shutdown_is_requeued() {
-        for status in [RunStatus::Failed, RunStatus::Skipped] {
-            let run = summary(status, true);
+        let interrupted = AttemptEnd::Interrupted {
+            error: "shutdown".to_owned(),
+        };
+        for run in [interrupted, transient(), skipped()] {
             assert_eq!(decide(&run, 3, 10, true), Disposition::Requeue);
         }
     }
 
     #[test]
     fn a_transient_failure_is_retried_as_the_next_attempt() {
-        let run = summary(RunStatus::Failed, true);
+        let run = transient();
         assert_eq!(
             decide(&run, 3, 10, false),
             Disposition::Retry { attempt: 4 }
@@ -115,7 +111,7 @@ mod tests {
 
     #[test]
     fn a_transient_failure_on_the_last_attempt_is_dead_lettered() {
-        let run = summary(RunStatus::Failed, true);
+        let run = transient();
         assert_eq!(
             decide(&run, 10, 10, false),
             Disposition::DeadLetter {
@@ -126,7 +122,7 @@ mod tests {
 
     #[test]
     fn a_skipped_run_waits_without_using_up_an_attempt() {
-        let run = summary(RunStatus::Skipped, true);
+        let run = skipped();
         assert_eq!(
             decide(&run, 3, 10, false),
             Disposition::Retry { attempt: 3 }
@@ -143,7 +139,9 @@ mod tests {
 
     #[test]
     fn a_permanent_failure_is_dead_lettered_with_its_error() {
-        let run = summary(RunStatus::Failed, false);
+        let run = AttemptEnd::Permanent {
+            error: "boom".to_owned(),
+        };
         for shutting_down in [false, true] {
             assert_eq!(
                 decide(&run, 1, 10, shutting_down),

@@ -17,5 +17,5 @@ pub use deanery::DeaneryError;
 pub use destination::DestinationUrl;
 pub(crate) use record::{type_name as bson_type_name, AppRow, RecordStatus};
 pub(crate) use schedule::{parse_cron, parse_timezone};
-pub use summary::{RunStatus, RunSummary};
+pub use summary::{AttemptEnd, RunStatus, RunSummary};
 pub(crate) use text::{host_name, printable};

@@ -6,13 +6,25 @@ use std::time::Instant;
 
 use super::context::{LeaseKeeper, Progress, RunContext, RunOptions};
 use super::{ExportError, Exporter};
-use crate::domain::{Deanery, RunStatus, RunSummary};
+use crate::domain::{AttemptEnd, Deanery, RunSummary};
 use crate::ops::{metrics, output_folder};
 use crate::store::{Attempts, LeaseOutcome, StoreError};
 
-/// How an attempt ended: completed (`Ok(None)`), skipped because another
-/// process holds the lease (`Ok(Some(why))`), or failed.
-type Outcome = Result<Option<String>, ExportError>;
+/// Whether the attempt could take the deanery's lease.
+enum Lease {
+    /// Taken, with this attempt's session.
+    Taken(Box<mongodb::ClientSession>),
+    /// Another process holds it: nothing is done.
+    Held(String),
+}
+
+/// How the steps of an attempt ended, before it is summarised.
+enum Ended {
+    /// The steps ran to completion, or stopped on this error.
+    Ran(Result<(), ExportError>),
+    /// Another process holds the lease; why, for the summary.
+    Held(String),
+}
 
 impl Exporter {
     /// Runs one attempt for the deanery and summarises it. Never panics on
@@ -22,37 +34,35 @@ impl Exporter {
         let started = Instant::now();
         let owner = uuid::Uuid::new_v4().to_string();
         let mut attempts = Attempts::default();
-        let (outcome, progress, attempts) =
+        let (ended, progress, attempts) =
             match self.take_lease(deanery, &owner, &mut attempts).await {
-                Ok(Ok(session)) => {
+                Ok(Lease::Taken(session)) => {
                     let mut ctx = RunContext {
                         deanery,
                         options,
-                        session,
+                        session: *session,
                         attempts,
                         lease: LeaseKeeper::new(owner, self.settings.lease()),
                         progress: Progress::default(),
                     };
-                    let result = self.run_all(&mut ctx).await.map(|()| None);
+                    let result = self.run_all(&mut ctx).await;
                     let silent = result.as_ref().is_err_and(ExportError::is_timeout);
                     if silent || !self.release_lease(&mut ctx).await {
                         // The lease still names this session.
                         self.store.park_session(ctx.session);
                     }
-                    (result, ctx.progress, ctx.attempts)
+                    (Ended::Ran(result), ctx.progress, ctx.attempts)
                 }
-                Ok(Err(held)) => (Ok(Some(held)), Progress::default(), attempts),
-                Err(err) => (Err(err.into()), Progress::default(), attempts),
+                Ok(Lease::Held(held)) => (Ended::Held(held), Progress::default(), attempts),
+                Err(err) => (Ended::Ran(Err(err.into())), Progress::default(), attempts),
             };
-        let summary = summarise(deanery, &outcome, &progress, &attempts, started);
+        let summary = summarise(deanery, &ended, &progress, &attempts, started);
         metrics::record_run(&summary);
-        match &outcome {
-            Ok(None) => log_completed(&summary),
-            Ok(Some(reason)) => {
-                tracing::warn!(reason = %reason, "export run skipped")
-            }
-            Err(err) if err.is_shutdown() => log_interrupted(&summary),
-            Err(err) => self.report_failure(deanery, err, &summary, &progress).await,
+        match &ended {
+            Ended::Ran(Ok(())) => log_completed(&summary),
+            Ended::Held(reason) => tracing::warn!(reason = %reason, "export run skipped"),
+            Ended::Ran(Err(err)) if err.is_shutdown() => log_interrupted(&summary),
+            Ended::Ran(Err(err)) => self.report_failure(deanery, err, &summary, &progress).await,
         }
         summary
     }
@@ -66,7 +76,7 @@ impl Exporter {
         deanery: &Deanery,
         owner: &str,
         attempts: &mut Attempts,
-    ) -> Result<Result<mongodb::ClientSession, String>, StoreError> {
+    ) -> Result<Lease, StoreError> {
         let session = self.store.start_session(attempts).await?;
         let ttl = self.settings.lease();
         let outcome = self
@@ -78,9 +88,9 @@ impl Exporter {
                 if lapsed_session.is_some() {
                     tracing::warn!("took over a lapsed lease; ended the previous holder's session");
                 }
-                Ok(Ok(session))
+                Ok(Lease::Taken(Box::new(session)))
             }
-            LeaseOutcome::Held { owner, expires_at } => Ok(Err(format!(
+            LeaseOutcome::Held { owner, expires_at } => Ok(Lease::Held(format!(
                 "deanery {deanery} is being exported by another process (lease {owner} until {})",
                 expires_at.map_or_else(|| "unknown".to_owned(), |t| t.to_string())
             ))),
@@ -173,22 +183,14 @@ impl Exporter {
 
 fn summarise(
     deanery: &Deanery,
-    outcome: &Outcome,
+    ended: &Ended,
     progress: &Progress,
     attempts: &Attempts,
     started: Instant,
 ) -> RunSummary {
-    let (status, error, retryable) = match outcome {
-        Ok(None) => (RunStatus::Completed, None, false),
-        Ok(Some(reason)) => (RunStatus::Skipped, Some(reason.clone()), true),
-        Err(err) => (
-            RunStatus::Failed,
-            Some(crate::report::chain(err)),
-            err.is_transient(),
-        ),
-    };
-    let run_id = match status {
-        RunStatus::Completed => progress
+    let end = end_of(ended);
+    let run_id = match end {
+        AttemptEnd::Completed => progress
             .completed_run_id
             .clone()
             .or_else(|| progress.run_id.clone()),
@@ -197,7 +199,7 @@ fn summarise(
     RunSummary {
         deanery: deanery.to_string(),
         run_id,
-        status,
+        end,
         exported: progress.exported,
         rejected: progress.rejected,
         file: progress.file.clone(),
@@ -207,9 +209,26 @@ fn summarise(
         write_conflicts: attempts.write_conflicts,
         duration_ms: started.elapsed().as_millis() as u64,
         resumed: progress.resumed,
-        error,
-        retryable,
-        interrupted: outcome.as_ref().is_err_and(ExportError::is_shutdown),
+    }
+}
+
+fn end_of(ended: &Ended) -> AttemptEnd {
+    let err = match ended {
+        Ended::Ran(Ok(())) => return AttemptEnd::Completed,
+        Ended::Held(reason) => {
+            return AttemptEnd::Skipped {
+                reason: reason.clone(),
+            }
+        }
+        Ended::Ran(Err(err)) => err,
+    };
+    let error = crate::report::chain(err);
+    if err.is_shutdown() {
+        AttemptEnd::Interrupted { error }
+    } else if err.is_transient() {
+        AttemptEnd::Transient { error }
+    } else {
+        AttemptEnd::Permanent { error }
     }
 }
 

@@ -25,15 +25,30 @@ pub struct RunOptions {
     pub deadline: Option<Instant>,
 }
 
-/// Why an attempt stopped when shutdown was signalled.
-pub(super) const SHUTDOWN: &str = "shutdown";
+/// Why an attempt stopped at a safe point.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Interruption {
+    /// Shutdown was signalled (a deploy, a restart).
+    Shutdown,
+    /// The command's processing deadline passed.
+    Deadline,
+}
+
+impl std::fmt::Display for Interruption {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Shutdown => "shutdown",
+            Self::Deadline => "processing deadline",
+        })
+    }
+}
 
 impl RunOptions {
-    fn interruption(&self) -> Option<&'static str> {
+    fn interruption(&self) -> Option<Interruption> {
         if self.shutdown.as_ref().is_some_and(Shutdown::is_shutdown) {
-            Some(SHUTDOWN)
+            Some(Interruption::Shutdown)
         } else if self.deadline.is_some_and(|d| Instant::now() >= d) {
-            Some("processing deadline")
+            Some(Interruption::Deadline)
         } else {
             None
         }

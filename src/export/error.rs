@@ -2,6 +2,7 @@
 
 use std::path::PathBuf;
 
+use super::context::Interruption;
 use crate::destination::{DestinationError, FailureKind};
 use crate::store::StoreError;
 
@@ -26,7 +27,7 @@ pub(crate) enum ExportError {
     /// Shutdown was signalled or the processing deadline passed: the
     /// attempt stopped at a safe point and the run resumes later.
     #[error("export run stopped at a safe point ({0}); the next attempt resumes it")]
-    Interrupted(&'static str),
+    Interrupted(Interruption),
     /// MongoDB holds a different number of records claimed by the run than
     /// its file: nothing is published, and the next attempt rewrites the
     /// file from the claimed records.
@@ -81,7 +82,7 @@ impl ExportError {
 
     /// True when shutdown stopped the attempt at a safe point.
     pub(crate) fn is_shutdown(&self) -> bool {
-        matches!(self, Self::Interrupted(why) if *why == super::context::SHUTDOWN)
+        matches!(self, Self::Interrupted(Interruption::Shutdown))
     }
 
     /// True when MongoDB did not answer within the bound, or the driver
@@ -112,6 +113,6 @@ mod tests {
             assert!(err.is_transient(), "errno {errno}");
         }
         assert!(!ExportError::inconsistent("r", "x").is_transient());
-        assert!(ExportError::Interrupted("shutdown").is_transient());
+        assert!(ExportError::Interrupted(Interruption::Shutdown).is_transient());
     }
 }

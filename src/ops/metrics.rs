@@ -48,7 +48,7 @@ use std::sync::OnceLock;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::domain::{RunStatus, RunSummary};
+use crate::domain::{AttemptEnd, RunSummary};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -265,16 +265,16 @@ fn describe() {
 /// Records one export attempt.
 pub(crate) fn record_run(summary: &RunSummary) {
     let deanery = summary.deanery.clone();
-    let outcome = match summary.status {
-        RunStatus::Completed => "completed",
-        RunStatus::Failed if summary.interrupted => "interrupted",
-        RunStatus::Failed => "failed",
-        RunStatus::Skipped => "skipped",
+    let outcome = match summary.end {
+        AttemptEnd::Completed => "completed",
+        AttemptEnd::Interrupted { .. } => "interrupted",
+        AttemptEnd::Transient { .. } | AttemptEnd::Permanent { .. } => "failed",
+        AttemptEnd::Skipped { .. } => "skipped",
     };
     counter!("esr_export_runs_total", "deanery" => deanery.clone(), "outcome" => outcome)
         .increment(1);
     counter!("esr_records_exported_total", "deanery" => deanery.clone()).increment(
-        if summary.status == RunStatus::Completed {
+        if summary.end == AttemptEnd::Completed {
             summary.exported
         } else {
             0

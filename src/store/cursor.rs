@@ -5,7 +5,7 @@ use bson::Document;
 use futures_util::TryStreamExt;
 use mongodb::Cursor;
 
-use super::retry::{self, RetryError, RetryPolicy, RetryScope, Transience};
+use super::retry::{self, Phase, RetryError, RetryPolicy, RetryScope, Transience};
 use super::StoreError;
 
 /// A cursor of a run's reads (`getMore` included) bounded like every other
@@ -47,7 +47,7 @@ impl BoundedCursor {
 }
 
 fn stream_error(policy: &RetryPolicy, op: &'static str, err: mongodb::error::Error) -> RetryError {
-    match retry::classify(&err, false) {
+    match retry::classify(&err, Phase::Operation) {
         Transience::Permanent | Transience::TooLarge => retry::permanent(op, err),
         Transience::Unreachable => policy.unreachable(RetryScope { op, deanery: None }, err),
         _ => RetryError::Exhausted {

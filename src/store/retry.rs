@@ -23,7 +23,7 @@ use crate::config::RetrySettings;
 pub use classify::error_code;
 
 pub(crate) use classify::{
-    classify, is_duplicate_key, outcome_unknown, Transience, WRITE_CONFLICT,
+    classify, is_duplicate_key, outcome_unknown, Phase, Transience, WRITE_CONFLICT,
 };
 pub(crate) use transaction::TransactionBody;
 
@@ -270,7 +270,7 @@ impl RetryPolicy {
                 Ok(value) => return Ok(value),
                 Err(err) => err,
             };
-            match classify(&err, false) {
+            match classify(&err, Phase::Operation) {
                 Transience::Permanent | Transience::TooLarge => {
                     return Err(permanent(scope.op, err))
                 }
@@ -368,7 +368,7 @@ impl RetryPolicy {
 /// a server the driver could not select is [`RetryError::Unreachable`],
 /// said briefly and not logged (the caller reports it).
 pub(crate) fn unanswered(op: &'static str, err: MongoError) -> RetryError {
-    match classify(&err, false) {
+    match classify(&err, Phase::Operation) {
         Transience::Unreachable => RetryError::Unreachable { op, cause: err },
         _ => permanent(op, err),
     }

@@ -17,7 +17,7 @@ async fn a_deaneries_records_land_in_one_well_formed_file_and_others_are_untouch
     let summary = app.exporter.run(&deanery("MER")).await;
 
     // Assert
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert_eq!(summary.exported, 25);
     assert_eq!(summary.rejected, 0);
     let file = app.assert_exported_once("MER", &mer).await;
@@ -60,10 +60,10 @@ async fn a_deanery_with_nothing_to_export_writes_no_file_and_sequences_continue(
     let app = spawn_app().await;
     app.seed("LDN", 3).await;
     let first = app.exporter.run(&deanery("LDN")).await;
-    assert_eq!(first.status, RunStatus::Completed);
+    assert_eq!(first.status(), RunStatus::Completed);
 
     let empty = app.exporter.run(&deanery("LDN")).await;
-    assert_eq!(empty.status, RunStatus::Completed, "{empty:?}");
+    assert_eq!(empty.status(), RunStatus::Completed, "{empty:?}");
     assert_eq!(empty.exported, 0);
     assert_eq!(empty.file, None);
     assert_eq!(app.files().len(), 2, "one .DAT and its manifest");
@@ -90,7 +90,7 @@ async fn invalid_records_are_rejected_with_their_reasons_and_do_not_stop_the_res
 
     let summary = app.exporter.run(&deanery("OXF")).await;
 
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert_eq!((summary.exported, summary.rejected), (8, 3));
     let file = ExportedFile::read(&app.export_dir(), summary.file.as_deref().unwrap());
     let mut expected: Vec<String> = good.iter().map(|id| id.to_hex()).collect();
@@ -117,7 +117,7 @@ async fn a_backlog_of_many_chunks_exports_completely() {
 
     let summary = app.exporter.run(&deanery("KSS")).await;
 
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert_eq!(summary.exported, 20_000);
     assert!(
         summary.attempts >= 10,
@@ -138,7 +138,7 @@ async fn two_exporters_racing_for_one_deanery_write_one_file() {
     let (a, b) = (a.await.unwrap(), b.await.unwrap());
 
     for summary in [&a, &b] {
-        assert_ne!(summary.status, RunStatus::Failed, "{summary:?}");
+        assert_ne!(summary.status(), RunStatus::Failed, "{summary:?}");
     }
     assert_eq!(a.exported + b.exported, 2_000, "{a:?} {b:?}");
     app.assert_exported_once("WES", &ids).await;
@@ -285,7 +285,7 @@ async fn a_file_gone_before_its_publication_was_recorded_is_published_again_with
 
     // Assert: resumed and completed; the same name holds the same bytes
     // again, with its manifest, and every record is EXPORTED with it.
-    assert_eq!(again.status, RunStatus::Completed, "{again:?}");
+    assert_eq!(again.status(), RunStatus::Completed, "{again:?}");
     assert!(again.resumed);
     assert_eq!(
         std::fs::read(&taken).unwrap(),
@@ -343,7 +343,7 @@ async fn finishing_an_old_run_is_followed_by_a_run_for_records_that_came_since()
 
     // Assert: the old run finished, a new run exported the rest, and the
     // slot is recorded on the new run only.
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert!(summary.resumed);
     assert_eq!(summary.exported, 30 + 12);
     assert_eq!(
@@ -397,7 +397,7 @@ async fn another_writer_touching_the_records_while_they_are_marked_loses_nothing
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let touched = writer.await.unwrap();
 
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert!(touched > 100, "the other writer ran alongside: {touched}");
     app.assert_exported_once("PEN", &ids).await;
     crate::helpers::assert_marked_alike(&app, "PEN").await;

@@ -78,7 +78,7 @@ async fn a_concurrent_writer_causes_write_conflicts_and_every_record_is_still_ex
     writer.await.unwrap();
 
     // Assert
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert!(writes.load(Ordering::Relaxed) > 0, "the writer did write");
     assert!(
         summary.write_conflicts > 0 && summary.retries > 0,
@@ -112,7 +112,7 @@ async fn export_through(data: Document, times: i32) -> RunSummary {
     let summary = exporter.run(&deanery("EOE")).await;
     app.disarm().await;
     drop(guard);
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     app.assert_exported_once("EOE", &ids).await;
     summary
 }
@@ -175,7 +175,7 @@ async fn a_write_concern_error_on_the_lease_take_is_read_back_as_taken() {
     let concern = doc! {"code": 64, "codeName": "WriteConcernFailed", "errmsg": "waiting for replication timed out", "errInfo": {"wtimeout": true}};
     let data = doc! {"failCommands": ["findAndModify"], "writeConcernError": concern};
     let summary = export_through(data, 1).await;
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert_eq!(summary.retries, 0, "answered by the read-back: {summary:?}");
 }
 
@@ -257,9 +257,9 @@ async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_fi
     let summary = fail_mid_claim(&app, "SEV").await;
 
     // Assert
-    assert_eq!(summary.status, RunStatus::Failed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Failed, "{summary:?}");
     assert_eq!(summary.retries, 0, "not retried: {summary:?}");
-    let error = summary.error.clone().unwrap();
+    let error = summary.error().unwrap();
     assert!(
         error.contains("non-transient") && error.contains("13"),
         "clear message: {error}"
@@ -275,7 +275,7 @@ async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_fi
     );
     // The failed run is resumed by the next attempt and finishes the job.
     let retry = app.exporter.run(&deanery("SEV")).await;
-    assert_eq!(retry.status, RunStatus::Completed, "{retry:?}");
+    assert_eq!(retry.status(), RunStatus::Completed, "{retry:?}");
     assert!(retry.resumed);
     // The failed run itself was finished (a fresh run then found nothing new).
     let failed_run = app
@@ -300,7 +300,7 @@ async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_co
     let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
     let ids = app.seed("KSS", 6_000).await;
     let failed = fail_mid_claim(&app, "KSS").await;
-    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
+    assert_eq!(failed.status(), RunStatus::Failed, "{failed:?}");
     // Another writer breaks two records the stopped run had claimed.
     let claimed = app.find(doc! {"status": "EXPORTING"}).await;
     let broken = [
@@ -318,7 +318,7 @@ async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_co
     let resumed = app.exporter.run(&deanery("KSS")).await;
 
     // Assert: rejected with their reasons, counted once, the rest exported.
-    assert_eq!(resumed.status, RunStatus::Completed, "{resumed:?}");
+    assert_eq!(resumed.status(), RunStatus::Completed, "{resumed:?}");
     assert!(resumed.resumed);
     assert_eq!(
         (resumed.exported, resumed.rejected),
@@ -370,17 +370,16 @@ async fn an_exhausted_retry_budget_fails_the_run_and_the_next_attempt_completes_
     app.disarm().await;
     drop(guard);
 
-    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
+    assert_eq!(failed.status(), RunStatus::Failed, "{failed:?}");
     assert!(
         failed
-            .error
-            .as_deref()
+            .error()
             .unwrap()
             .contains("still failing after 3 attempts"),
         "{failed:?}"
     );
     let resumed = app.exporter.run(&deanery("NWN")).await;
-    assert_eq!(resumed.status, RunStatus::Completed, "{resumed:?}");
+    assert_eq!(resumed.status(), RunStatus::Completed, "{resumed:?}");
     app.assert_exported_once("NWN", &ids).await;
 }
 
@@ -435,8 +434,8 @@ async fn a_claimed_record_missing_from_the_file_stops_the_run_before_publishing(
     let failed = run.await.unwrap();
 
     // Assert: nothing published, and the next attempt writes every record.
-    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
-    let error = failed.error.clone().unwrap();
+    assert_eq!(failed.status(), RunStatus::Failed, "{failed:?}");
+    let error = failed.error().unwrap();
     assert!(
         error.contains("6001 records claimed in MongoDB but 6000 in its file"),
         "{error}"
@@ -444,7 +443,7 @@ async fn a_claimed_record_missing_from_the_file_stops_the_run_before_publishing(
     assert!(app.files().is_empty(), "{:?}", app.files());
     assert_eq!(app.count(doc! {"status": "EXPORTED"}).await, 0);
     let resumed = app.exporter.run(&deanery("LDN")).await;
-    assert_eq!(resumed.status, RunStatus::Completed, "{resumed:?}");
+    assert_eq!(resumed.status(), RunStatus::Completed, "{resumed:?}");
     assert_eq!(resumed.exported, 6_001, "{resumed:?}");
     ids.insert(0, lost_id);
     app.assert_exported_once("LDN", &ids).await;

@@ -34,10 +34,13 @@ async fn a_resume_on_another_host_stages_the_file_again_instead_of_assuming_a_re
 
     let on_a = app.exporter.run(&deanery("MER")).await;
 
-    assert_eq!(on_a.status, RunStatus::Failed, "{on_a:?}");
-    let error = on_a.error.clone().unwrap_or_default();
+    assert_eq!(on_a.status(), RunStatus::Failed, "{on_a:?}");
+    let error = on_a.error().unwrap_or_default();
     assert!(error.contains("not a regular file"), "{error}");
-    assert!(on_a.retryable, "an output folder problem is retried");
+    assert!(
+        on_a.end.is_retryable(),
+        "an output folder problem is retried"
+    );
     assert_eq!(app.count(doc! {"status": "EXPORTED"}).await, 0);
     assert_eq!(app.count(doc! {"status": "EXPORTING"}).await, 300);
 
@@ -50,7 +53,7 @@ async fn a_resume_on_another_host_stages_the_file_again_instead_of_assuming_a_re
         .await;
 
     // Assert: B published the file itself; every record is in it, once.
-    assert_eq!(on_b.status, RunStatus::Completed, "{on_b:?}");
+    assert_eq!(on_b.status(), RunStatus::Completed, "{on_b:?}");
     assert_eq!(on_b.file.as_deref(), Some(name.as_str()));
     let file = ExportedFile::read(&folder_b, &name);
     let mut expected: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
@@ -116,7 +119,7 @@ async fn waiting_records_whose_id_is_not_an_object_id_are_counted_stuck_then_rej
 
     let summary = app.exporter.run(&deanery("EOE")).await;
 
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert_eq!(summary.exported, 20);
     assert_eq!(summary.rejected, 5);
     let files: Vec<String> = app
@@ -148,7 +151,7 @@ async fn a_record_whose_deanery_is_an_array_is_rejected_not_exported_under_one_o
 
     let summary = app.exporter.run(&deanery("EOE")).await;
 
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert_eq!((summary.exported, summary.rejected), (0, 1), "{summary:?}");
     assert!(app.files().is_empty(), "{:?}", app.files());
     let record = app.find(doc! {}).await.remove(0);

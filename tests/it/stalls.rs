@@ -84,7 +84,7 @@ async fn run_until_completed(exporter: &Exporter, code: &str) -> RunSummary {
     let started = Instant::now();
     loop {
         let summary = exporter.run(&deanery(code)).await;
-        if summary.status == RunStatus::Completed || started.elapsed() > WAIT {
+        if summary.status() == RunStatus::Completed || started.elapsed() > WAIT {
             return summary;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -113,9 +113,12 @@ async fn black_hole_during(matches: fn(&Request) -> bool) {
     let (fired, request) = proxy.fired().expect("the black hole fired");
     let took = fired.elapsed();
 
-    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
-    assert!(failed.retryable, "a timeout is transient: {failed:?}");
-    let error = failed.error.clone().unwrap_or_default();
+    assert_eq!(failed.status(), RunStatus::Failed, "{failed:?}");
+    assert!(
+        failed.end.is_retryable(),
+        "a timeout is transient: {failed:?}"
+    );
+    let error = failed.error().unwrap_or_default();
     assert!(
         error.contains("did not answer within 2000 ms (mongodb.operation_timeout_ms)"),
         "{error}"
@@ -129,7 +132,7 @@ async fn black_hole_during(matches: fn(&Request) -> bool) {
 
     proxy.heal();
     let summary = run_until_completed(&exporter, &code).await;
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     app.assert_exported_once(&code, &ids).await;
 }
 
@@ -197,7 +200,7 @@ async fn every_connection_reset_mid_claim_is_retried_and_exports_once() {
     let summary = exporter.run(&deanery(&code)).await;
 
     assert!(proxy.fired().is_some(), "the connections were reset");
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert!(summary.retries >= 1, "the claim was retried: {summary:?}");
     app.assert_exported_once(&code, &ids).await;
 }
@@ -223,7 +226,7 @@ async fn lost_reply_on(matches: fn(&Request) -> bool) {
         2,
         "the reply and the driver's retry's were lost"
     );
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert_eq!(summary.retries, 0, "answered by the read-back: {summary:?}");
     app.assert_exported_once(&code, &ids).await;
 }
@@ -263,7 +266,7 @@ async fn a_lost_reply_to_the_mark_is_run_again_as_it_is() {
     let summary = exporter.run(&deanery(&code)).await;
 
     assert_eq!(proxy.fired_times(), 2, "the mark's replies were lost");
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert!(summary.retries >= 1, "the statement ran again: {summary:?}");
     app.assert_exported_once(&code, &ids).await;
     crate::helpers::assert_marked_alike(&app, &code).await;
@@ -391,9 +394,12 @@ async fn a_black_hole_the_drivers_monitor_notices_first_ends_the_attempt_at_once
     let (fired, _) = proxy.fired().expect("the black hole fired");
     let took = fired.elapsed();
 
-    assert_eq!(failed.status, RunStatus::Failed, "{failed:?}");
-    assert!(failed.retryable, "unreachable is transient: {failed:?}");
-    let error = failed.error.clone().unwrap_or_default();
+    assert_eq!(failed.status(), RunStatus::Failed, "{failed:?}");
+    assert!(
+        failed.end.is_retryable(),
+        "unreachable is transient: {failed:?}"
+    );
+    let error = failed.error().unwrap_or_default();
     assert!(error.contains("MongoDB unreachable"), "{error}");
     assert!(
         took <= bound + Duration::from_secs(10),
@@ -403,6 +409,6 @@ async fn a_black_hole_the_drivers_monitor_notices_first_ends_the_attempt_at_once
 
     proxy.heal();
     let summary = run_until_completed(&exporter, &code).await;
-    assert_eq!(summary.status, RunStatus::Completed, "{summary:?}");
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     app.assert_exported_once(&code, &ids).await;
 }

@@ -292,13 +292,22 @@ fn monitor_gave_up(message: &str) -> bool {
     message.contains("server monitor timeout")
 }
 
-/// Classifies an error. `UnknownTransactionCommitResult` only means
-/// "retry the commit" for the commit itself; the caller says which it was.
-pub(crate) fn classify(err: &MongoError, during_commit: bool) -> Transience {
+/// What the failed command was: `UnknownTransactionCommitResult` only
+/// means "retry the commit" for the commit itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Phase {
+    /// An operation, alone or inside a transaction.
+    Operation,
+    /// A transaction's `commitTransaction`.
+    Commit,
+}
+
+/// Classifies an error of a command in `phase`.
+pub(crate) fn classify(err: &MongoError, phase: Phase) -> Transience {
     if is_unreachable(err) {
         return Transience::Unreachable;
     }
-    if during_commit && err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) {
+    if phase == Phase::Commit && err.contains_label(UNKNOWN_TRANSACTION_COMMIT_RESULT) {
         return Transience::UnknownCommitResult;
     }
     let concern_error = matches!(
@@ -329,7 +338,7 @@ pub(crate) fn classify(err: &MongoError, during_commit: bool) -> Transience {
 /// outcome is unknown (a write concern error), or the connection failed
 /// after the request may have reached the server (a lost reply).
 pub(crate) fn outcome_unknown(err: &MongoError) -> bool {
-    classify(err, false) == Transience::UnknownOutcome
+    classify(err, Phase::Operation) == Transience::UnknownOutcome
         || (matches!(err.kind.as_ref(), ErrorKind::Io(_)) && !is_unreachable(err))
 }
 

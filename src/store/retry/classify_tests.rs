@@ -16,9 +16,9 @@ fn command_error(code: i32) -> MongoError {
 #[test]
 fn every_code_of_a_transient_category_is_transient_on_every_command() {
     for (code, name, _) in SERVER_CODES {
-        for during_commit in [false, true] {
+        for phase in [Phase::Operation, Phase::Commit] {
             assert_eq!(
-                classify(&command_error(code), during_commit),
+                classify(&command_error(code), phase),
                 Transience::Transient,
                 "{code} {name}"
             );
@@ -54,7 +54,7 @@ fn the_codes_a_replica_set_or_a_sharded_cluster_produces_are_transient() {
 fn a_transaction_too_large_runs_again_smaller() {
     for (code, name) in TOO_LARGE_CODES {
         assert_eq!(
-            classify(&command_error(code), false),
+            classify(&command_error(code), Phase::Operation),
             Transience::TooLarge,
             "{code} {name}"
         );
@@ -73,12 +73,19 @@ async fn a_driver_that_gave_up_on_the_server_ends_the_attempt() {
         .run_command(doc! {"ping": 1})
         .await
         .expect_err("nothing answers");
-    assert_eq!(classify(&err, true), Transience::Unreachable, "{err}");
+    assert_eq!(
+        classify(&err, Phase::Commit),
+        Transience::Unreachable,
+        "{err}"
+    );
     let timed_out = MongoError::from(std::io::Error::new(
         std::io::ErrorKind::TimedOut,
         "connect timed out",
     ));
-    assert_eq!(classify(&timed_out, false), Transience::Unreachable);
+    assert_eq!(
+        classify(&timed_out, Phase::Operation),
+        Transience::Unreachable
+    );
     assert!(monitor_gave_up(
         "Connection to 127.0.0.1:1 interrupted due to server monitor timeout"
     ));
@@ -96,7 +103,7 @@ fn codes_outside_the_table_are_permanent() {
         (85, "IndexOptionsConflict"),
     ] {
         assert_eq!(
-            classify(&command_error(code), false),
+            classify(&command_error(code), Phase::Operation),
             Transience::Permanent,
             "{code} {name}"
         );
@@ -122,9 +129,9 @@ fn network_errors_are_transient_and_custom_errors_permanent() {
         std::io::ErrorKind::ConnectionReset,
         "reset",
     ));
-    assert_eq!(classify(&io, false), Transience::Transient);
+    assert_eq!(classify(&io, Phase::Operation), Transience::Transient);
     assert_eq!(
-        classify(&MongoError::custom("x"), false),
+        classify(&MongoError::custom("x"), Phase::Operation),
         Transience::Permanent
     );
 }
@@ -143,7 +150,7 @@ fn write_concern_error(code: i32) -> MongoError {
 fn every_unknown_outcome_code_is_read_back_before_anything_else() {
     for (code, name) in UNKNOWN_OUTCOME_CODES {
         assert_eq!(
-            classify(&command_error(code), false),
+            classify(&command_error(code), Phase::Operation),
             Transience::UnknownOutcome,
             "{code} {name}"
         );
@@ -155,7 +162,7 @@ fn every_unknown_outcome_code_is_read_back_before_anything_else() {
 fn a_write_concern_error_leaves_the_outcome_unknown_whatever_its_code() {
     for code in [64, 11602, 91] {
         assert_eq!(
-            classify(&write_concern_error(code), false),
+            classify(&write_concern_error(code), Phase::Operation),
             Transience::UnknownOutcome,
             "{code}"
         );

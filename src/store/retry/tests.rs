@@ -18,9 +18,12 @@ fn io_error() -> MongoError {
 
 #[test]
 fn network_errors_are_transient_and_custom_errors_permanent() {
-    assert_eq!(classify(&io_error(), false), Transience::Transient);
     assert_eq!(
-        classify(&MongoError::custom("lease lost"), false),
+        classify(&io_error(), Phase::Operation),
+        Transience::Transient
+    );
+    assert_eq!(
+        classify(&MongoError::custom("lease lost"), Phase::Operation),
         Transience::Permanent
     );
 }

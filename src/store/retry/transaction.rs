@@ -10,7 +10,9 @@ use mongodb::error::Error as MongoError;
 use mongodb::options::{Acknowledgment, ReadConcern, WriteConcern};
 use mongodb::ClientSession;
 
-use super::{classify, permanent, Attempts, RetryError, RetryPolicy, RetryScope, Transience};
+use super::{
+    classify, permanent, Attempts, Phase, RetryError, RetryPolicy, RetryScope, Transience,
+};
 
 /// The work of one transaction: [`RetryPolicy::in_transaction`] runs it
 /// once per attempt, in the attempt's session.
@@ -124,7 +126,7 @@ impl Transaction<'_> {
                 Ok(()) => return Ok(()),
                 Err(err) => err,
             };
-            match classify(&err, false) {
+            match classify(&err, Phase::Operation) {
                 Transience::Permanent | Transience::TooLarge => {
                     return Err(permanent(self.scope.op, err))
                 }
@@ -150,7 +152,7 @@ impl Transaction<'_> {
         let value = match outcome {
             Ok(value) => value,
             Err(err) => {
-                let transience = classify(&err, false);
+                let transience = classify(&err, Phase::Operation);
                 if transience == Transience::Unreachable {
                     // Nothing more goes to a server the driver gave up on;
                     // dropping the session aborts the transaction.
@@ -195,7 +197,7 @@ impl Transaction<'_> {
                 Ok(()) => return Ok(Some(value)),
                 Err(err) => err,
             };
-            match classify(&err, true) {
+            match classify(&err, Phase::Commit) {
                 Transience::UnknownCommitResult | Transience::UnknownOutcome => {
                     // Retry the commit alone: it is idempotent.
                     self.policy
