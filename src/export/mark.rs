@@ -12,7 +12,7 @@ use bson::oid::ObjectId;
 
 use super::context::RunContext;
 use super::{ExportError, Exporter};
-use crate::store::{Marking, RunDoc};
+use crate::store::{IdRange, Marking, RunDoc};
 
 impl Exporter {
     /// Marks the run's claimed records `EXPORTED`, one statement per
@@ -47,7 +47,7 @@ impl Exporter {
         for up_to in self.batch_ends(&boundaries) {
             ctx.options.check()?;
             ctx.renew_lease_if_due(&self.store).await?;
-            let range = (after, up_to);
+            let range = IdRange::after(after, up_to);
             self.store
                 .mark_exported(&marking, ctx.deanery, range, &mut ctx.attempts)
                 .await?;

@@ -13,10 +13,10 @@ use mongodb::ClientSession;
 use futures_util::future::BoxFuture;
 
 use super::leases::lease_renewal;
-use super::records::waiting_of;
+use super::records::{waiting, Rejection};
 use super::retry::TransactionBody;
 use super::{
-    in_future, now, runs, scope, Attempts, RetryError, RunDoc, RunPhase, Store, StoreError,
+    in_future, runs, scope, Attempts, IdRange, RetryError, RunDoc, RunPhase, Store, StoreError,
 };
 use crate::domain::{AppRow, Deanery, RecordStatus};
 
@@ -103,7 +103,7 @@ impl TransactionBody for ClaimAttempt<'_> {
 
 /// The waiting records of the deanery with `_id` in `[first, last]`.
 fn waiting_in(deanery: &Deanery, (first, last): (ObjectId, ObjectId)) -> Document {
-    waiting_of(deanery, doc! {"$gte": first, "$lte": last})
+    IdRange::between(first, last).narrow(waiting(deanery))
 }
 
 /// A stored counter as an `i64`.
@@ -249,12 +249,11 @@ impl Store {
             self.records
                 .update_one(
                     doc! {"_id": id, "status": RecordStatus::ToExport.as_str()},
-                    doc! {"$set": {
-                        "status": RecordStatus::Rejected.as_str(),
-                        "rejectionReason": reason,
-                        "exportRunId": run_id,
-                        "rejectedAt": now(),
-                    }},
+                    Rejection {
+                        reason,
+                        run_id: Some(run_id),
+                    }
+                    .update(),
                 )
                 .session(&mut *s)
                 .await?;

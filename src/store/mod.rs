@@ -22,6 +22,7 @@
 mod agreement;
 mod claim;
 mod cursor;
+mod id_range;
 mod incident;
 mod indexes;
 mod leases;
@@ -45,6 +46,7 @@ use mongodb::{Client, ClientSession, Collection};
 
 pub(crate) use claim::{Claim, ClaimedChunk};
 pub(crate) use cursor::BoundedCursor;
+pub(crate) use id_range::IdRange;
 pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
 pub(crate) use leases::LeaseOutcome;
 pub(crate) use records::Marking;

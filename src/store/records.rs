@@ -10,7 +10,9 @@ use mongodb::ClientSession;
 
 use super::cursor::BoundedCursor;
 use super::retry::TransactionBody;
-use super::{int, now, oldest_created, open_runs, scope, Attempts, RetryScope, Store, StoreError};
+use super::{
+    int, now, oldest_created, open_runs, scope, Attempts, IdRange, RetryScope, Store, StoreError,
+};
 use crate::domain::{AppRow, Deanery, RecordStatus};
 
 /// Waiting records of one deanery that a past slot should have exported.
@@ -24,9 +26,24 @@ pub struct StuckRecords {
     pub(crate) oldest: Option<DateTime>,
 }
 
-/// The deanery's waiting (`TO_EXPORT`) records whose `_id` matches `id`.
+/// A read of records in `_id` order, a batch at a time.
+struct Read {
+    op: &'static str,
+    filter: Document,
+    projection: Document,
+    batch_size: u32,
+}
+
+/// The deanery's waiting (`TO_EXPORT`) records.
+pub(super) fn waiting(deanery: &Deanery) -> Document {
+    doc! {"deanery": deanery.as_str(), "status": RecordStatus::ToExport.as_str()}
+}
+
+/// The deanery's waiting records whose `_id` matches `id`.
 pub(super) fn waiting_of(deanery: &Deanery, id: impl Into<Bson>) -> Document {
-    doc! {"deanery": deanery.as_str(), "status": RecordStatus::ToExport.as_str(), "_id": id.into()}
+    let mut filter = waiting(deanery);
+    filter.insert("_id", id.into());
+    filter
 }
 
 /// The records a run has claimed and not yet marked (or rejected).
@@ -34,29 +51,35 @@ fn claimed_by(run_id: &str) -> Document {
     doc! {"exportRunId": run_id, "status": RecordStatus::Exporting.as_str()}
 }
 
-/// The run's claimed records with `_id` in `(after, up_to]`.
-fn claimed_between(run_id: &str, after: Option<ObjectId>, up_to: Option<ObjectId>) -> Document {
-    let mut filter = claimed_by(run_id);
-    let mut id_range = Document::new();
-    if let Some(after) = after {
-        id_range.insert("$gt", after);
-    }
-    if let Some(up_to) = up_to {
-        id_range.insert("$lte", up_to);
-    }
-    if !id_range.is_empty() {
-        filter.insert("_id", id_range);
-    }
-    filter
+/// Why a record is `REJECTED`, and by which run when a run's claim found
+/// it: the one update every rejection writes.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Rejection<'a> {
+    pub(super) reason: &'a str,
+    pub(super) run_id: Option<&'a str>,
 }
 
-/// The update rejecting a record with `reason`.
-fn rejected_because(reason: &str) -> Document {
-    doc! {"$set": {
-        "status": RecordStatus::Rejected.as_str(),
-        "rejectionReason": reason,
-        "rejectedAt": now(),
-    }}
+impl<'a> Rejection<'a> {
+    /// A rejection outside any run.
+    pub(super) fn because(reason: &'a str) -> Self {
+        Self {
+            reason,
+            run_id: None,
+        }
+    }
+
+    /// The update that rejects a record.
+    pub(super) fn update(&self) -> Document {
+        let mut set = doc! {
+            "status": RecordStatus::Rejected.as_str(),
+            "rejectionReason": self.reason,
+            "rejectedAt": now(),
+        };
+        if let Some(run_id) = self.run_id {
+            set.insert("exportRunId", run_id);
+        }
+        doc! {"$set": set}
+    }
 }
 
 /// An `ObjectId` as old as `time` (to the second) and lower than every id
@@ -176,11 +199,8 @@ impl Store {
         batch_size: u32,
         attempts: &mut Attempts,
     ) -> Result<BoundedCursor, StoreError> {
-        let mut id_range = doc! {"$lte": up_to};
-        if let Some(after) = after {
-            id_range.insert("$gt", after);
-        }
-        let filter = waiting_of(deanery, id_range);
+        let range = IdRange::after(after, Some(up_to));
+        let filter = range.narrow(waiting(deanery));
         self.id_cursor("find_waiting_ids", deanery, filter, batch_size, attempts)
             .await
     }
@@ -211,20 +231,36 @@ impl Store {
         batch_size: u32,
         attempts: &mut Attempts,
     ) -> Result<BoundedCursor, StoreError> {
-        let (records, filter) = (&self.records, &filter);
+        let read = Read {
+            op,
+            filter,
+            projection: doc! {"_id": 1},
+            batch_size,
+        };
+        self.records_in_order(read, deanery, attempts).await
+    }
+
+    /// The records `read` selects, in `_id` order, `batch_size` at a time.
+    async fn records_in_order(
+        &self,
+        read: Read,
+        deanery: &Deanery,
+        attempts: &mut Attempts,
+    ) -> Result<BoundedCursor, StoreError> {
+        let (records, read) = (&self.records, &read);
         let cursor = self
             .retry
-            .run(scope(op, deanery), attempts, || async move {
+            .run(scope(read.op, deanery), attempts, || async move {
                 records
-                    .find(filter.clone())
+                    .find(read.filter.clone())
                     .sort(doc! {"_id": 1})
-                    .projection(doc! {"_id": 1})
-                    .batch_size(batch_size)
+                    .projection(read.projection.clone())
+                    .batch_size(read.batch_size)
                     .max_time(self.max_time)
                     .await
             })
             .await?;
-        Ok(BoundedCursor::new(cursor, &self.retry, op))
+        Ok(BoundedCursor::new(cursor, &self.retry, read.op))
     }
 
     /// Streams the records a run has claimed and not yet marked, in `_id`
@@ -239,20 +275,13 @@ impl Store {
         batch_size: u32,
         attempts: &mut Attempts,
     ) -> Result<BoundedCursor, StoreError> {
-        let records = &self.records;
-        let cursor = self
-            .retry
-            .run(scope("stream_claimed", deanery), attempts, || async move {
-                records
-                    .find(claimed_by(run_id))
-                    .projection(AppRow::projection())
-                    .sort(doc! {"_id": 1})
-                    .batch_size(batch_size)
-                    .max_time(self.max_time)
-                    .await
-            })
-            .await?;
-        Ok(BoundedCursor::new(cursor, &self.retry, "stream_claimed"))
+        let read = Read {
+            op: "stream_claimed",
+            filter: claimed_by(run_id),
+            projection: AppRow::projection(),
+            batch_size,
+        };
+        self.records_in_order(read, deanery, attempts).await
     }
 
     /// How many records the run has claimed and not yet marked.
@@ -324,7 +353,7 @@ impl Store {
             filter.insert("_id", id);
             let result = self
                 .records
-                .update_one(filter, rejected_because(reason))
+                .update_one(filter, Rejection::because(reason).update())
                 .session(&mut *s)
                 .await?;
             if result.modified_count == 1 {
@@ -358,10 +387,10 @@ impl Store {
         &self,
         marking: &Marking<'_>,
         deanery: &Deanery,
-        (after, up_to): (Option<ObjectId>, Option<ObjectId>),
+        range: IdRange,
         attempts: &mut Attempts,
     ) -> Result<u64, StoreError> {
-        let filter = claimed_between(marking.run_id, after, up_to);
+        let filter = range.narrow(claimed_by(marking.run_id));
         let update = doc! {"$set": {
             "status": RecordStatus::Exported.as_str(),
             "exportedAt": marking.exported_at,
@@ -453,7 +482,7 @@ impl Store {
                 records
                     .update_many(
                         doc! {"deanery": value.clone(), "status": RecordStatus::ToExport.as_str()},
-                        rejected_because(reason),
+                        Rejection::because(reason).update(),
                     )
                     .await
             })

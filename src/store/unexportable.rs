@@ -6,8 +6,8 @@
 use bson::{doc, Bson, Document};
 use futures_util::TryStreamExt;
 
-use super::records::waiting_of;
-use super::{now, scope, Attempts, Store, StoreError};
+use super::records::{waiting, waiting_of, Rejection};
+use super::{scope, Attempts, Store, StoreError};
 use crate::domain::{bson_type_name, Deanery, RecordStatus};
 
 /// Records looked at per round.
@@ -44,7 +44,7 @@ impl Store {
         attempts: &mut Attempts,
     ) -> Result<Option<Bson>, StoreError> {
         let records = &self.records;
-        let filter = doc! {"deanery": deanery.as_str(), "status": RecordStatus::ToExport.as_str()};
+        let filter = waiting(deanery);
         let filter = &filter;
         let found = self
             .retry
@@ -134,11 +134,7 @@ impl Store {
                     records
                         .update_one(
                             doc! {"_id": id.clone(), "status": RecordStatus::ToExport.as_str()},
-                            doc! {"$set": {
-                                "status": RecordStatus::Rejected.as_str(),
-                                "rejectionReason": reason,
-                                "rejectedAt": now(),
-                            }},
+                            Rejection::because(reason).update(),
                         )
                         .await
                 },

@@ -1,0 +1,95 @@
+//! A range of record `_id`s, as every read and write over a slice of a
+//! deanery's records states it: a claim's `[first, last]`, a marking
+//! statement's `(after, up_to]`, a run's waiting ids up to its bound.
+
+use bson::oid::ObjectId;
+use bson::Document;
+
+/// `_id`s from a lower bound (open or closed, or none) up to an upper one
+/// (closed, or none).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct IdRange {
+    lower: Option<Lower>,
+    up_to: Option<ObjectId>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lower {
+    After(ObjectId),
+    From(ObjectId),
+}
+
+impl IdRange {
+    /// `(after, up_to]`; a bound that is `None` is left open.
+    pub(crate) fn after(after: Option<ObjectId>, up_to: Option<ObjectId>) -> Self {
+        Self {
+            lower: after.map(Lower::After),
+            up_to,
+        }
+    }
+
+    /// `[first, last]`.
+    pub(crate) fn between(first: ObjectId, last: ObjectId) -> Self {
+        Self {
+            lower: Some(Lower::From(first)),
+            up_to: Some(last),
+        }
+    }
+
+    /// The `_id` condition, or `None` when neither end is bounded.
+    pub(crate) fn condition(&self) -> Option<Document> {
+        let mut condition = Document::new();
+        match self.lower {
+            Some(Lower::After(id)) => condition.insert("$gt", id),
+            Some(Lower::From(id)) => condition.insert("$gte", id),
+            None => None,
+        };
+        if let Some(up_to) = self.up_to {
+            condition.insert("$lte", up_to);
+        }
+        (!condition.is_empty()).then_some(condition)
+    }
+
+    /// `filter` narrowed to the range.
+    pub(crate) fn narrow(&self, mut filter: Document) -> Document {
+        if let Some(condition) = self.condition() {
+            filter.insert("_id", condition);
+        }
+        filter
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bson::doc;
+
+    #[test]
+    fn a_mark_range_is_open_below_and_closed_above() {
+        let (a, b) = (ObjectId::new(), ObjectId::new());
+        assert_eq!(IdRange::after(None, None).condition(), None);
+        assert_eq!(
+            IdRange::after(Some(a), Some(b)).condition(),
+            Some(doc! {"$gt": a, "$lte": b})
+        );
+        assert_eq!(
+            IdRange::after(None, Some(b)).condition(),
+            Some(doc! {"$lte": b})
+        );
+    }
+
+    #[test]
+    fn a_claim_range_is_closed_at_both_ends() {
+        let (a, b) = (ObjectId::new(), ObjectId::new());
+        assert_eq!(
+            IdRange::between(a, b).condition(),
+            Some(doc! {"$gte": a, "$lte": b})
+        );
+    }
+
+    #[test]
+    fn an_unbounded_range_leaves_the_filter_as_it_is() {
+        let filter = doc! {"exportRunId": "r"};
+        assert_eq!(IdRange::default().narrow(filter.clone()), filter);
+    }
+}
