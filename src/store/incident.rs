@@ -6,7 +6,7 @@
 use bson::{doc, Bson, DateTime, Document};
 use futures_util::TryStreamExt;
 
-use super::cursor::BoundedCursor;
+use super::mongo::cursor::BoundedCursor;
 use super::runs::decode_run;
 use super::{Attempts, RetryScope, RunDoc, Store, StoreError};
 use crate::domain::RecordStatus;

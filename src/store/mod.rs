@@ -4,63 +4,67 @@
 //! the retry policy.
 //!
 //! This file holds the [`Store`] handle (connection, sessions) and
-//! [`StoreError`]; each other file one responsibility:
+//! [`StoreError`]. Two rooms:
 //!
-//! - `indexes`: the indexes this daemon needs, and reusing equal ones;
-//! - `leases`: the one lease primitive, and the per-deanery leases on it;
-//! - `records`: reading, rejecting and marking records, the stuck records;
-//! - `claim`: the claim transaction of one chunk of records;
-//! - `cursor`: streaming reads, each batch within the deadline;
-//! - `runs`: export run documents;
-//! - `transition`: a run's fenced moves from phase to phase;
-//! - `slots`: schedule slots (on the lease primitive) and catch-up claims;
-//! - `status`: the status report's queries;
-//! - `trust`: the certificate authorities a TLS connection trusts;
-//! - `unexportable`: waiting records whose `_id` cannot be written;
-//! - [`retry`]: the retry policy and the retrying transaction.
+//! - [`mongo`], the plumbing that knows no collection: the client's bounds
+//!   and TLS trust, [`retry`] (the retry policy and the retrying
+//!   transaction) and bounded streaming reads;
+//! - a file per collection or concern, each one responsibility:
+//!   - `records`: reading, rejecting and marking records;
+//!   - `stuck`: the stuck records the watchdog reports;
+//!   - `claim`: the claim transaction of one chunk of records;
+//!   - `id_range`: the `_id` ranges those reads and writes cover;
+//!   - `unexportable`: waiting records whose `_id` cannot be written;
+//!   - `runs`: export run documents;
+//!   - `transition`: a run's fenced moves from phase to phase;
+//!   - `incident`: the runs, files and records an incident asks about;
+//!   - `counts`: the status report's counts and latest runs;
+//!   - `leases`: the one lease primitive, and the per-deanery leases on it;
+//!   - `slots`: schedule slots (on the lease primitive) and catch-up claims;
+//!   - `agreement`: what the replicas' clocks and schedules say;
+//!   - `indexes`: the indexes this daemon needs, and reusing equal ones.
 
 mod agreement;
 mod claim;
-mod cursor;
+mod counts;
 mod id_range;
 mod incident;
 mod indexes;
 mod leases;
+pub mod mongo;
 mod records;
-pub mod retry;
 mod runs;
 mod slots;
-mod status;
+mod stuck;
 mod transition;
-mod trust;
 mod unexportable;
+
+pub use mongo::retry;
 
 use std::time::Duration;
 
 use bson::{doc, Bson, DateTime, Document};
 use futures_util::TryStreamExt;
-use mongodb::options::{
-    Acknowledgment, ClientOptions, ReadConcern, ReadPreference, SelectionCriteria, WriteConcern,
-};
+use mongodb::options::{ClientOptions, ReadPreference, SelectionCriteria};
 use mongodb::{Client, ClientSession, Collection};
 
 pub(crate) use claim::{Claim, ClaimedChunk};
-pub(crate) use cursor::BoundedCursor;
+pub(crate) use counts::{LatestRun, OldestWaiting, StatusCount};
 pub(crate) use id_range::IdRange;
 pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
 pub(crate) use leases::LeaseOutcome;
+pub(crate) use mongo::cursor::BoundedCursor;
 pub(crate) use records::Marking;
-pub use records::StuckRecords;
 pub use retry::Attempts;
 pub use retry::RetryError;
 pub(crate) use retry::{RetryPolicy, RetryScope};
 pub use runs::file_name;
 pub(crate) use runs::{Publication, RunDoc, RunPhase};
 pub(crate) use slots::SlotClaim;
-pub(crate) use status::{LatestRun, OldestWaiting, StatusCount};
+pub use stuck::StuckRecords;
 pub(crate) use transition::Transition;
 
-use crate::config::{ReadConcernLevel, Settings, WriteConcernLevel};
+use crate::config::Settings;
 use crate::domain::Deanery;
 
 /// A store operation failed.
@@ -163,41 +167,6 @@ pub struct Store {
     parked: std::sync::Arc<std::sync::Mutex<Vec<ClientSession>>>,
 }
 
-/// How often the driver's monitor checks the server, unless the URI says.
-const HEARTBEAT: Duration = Duration::from_secs(1);
-
-/// Bounds connecting (10 s at most) by `bound` (`mongodb.operation_timeout_ms`) and server
-/// selection by its own setting, and sets the read and write concerns of
-/// everything outside transactions: with `majority`, a write that decides
-/// what is claimed or published cannot be rolled back by a failover, and
-/// `wtimeout` bounds the wait for the majority.
-fn bound_and_concerns(options: &mut ClientOptions, settings: &Settings, bound: Duration) {
-    let mongo = &settings.mongodb;
-    options.server_selection_timeout =
-        Some(Duration::from_millis(mongo.server_selection_timeout_ms));
-    // Also the monitors' socket timeout: the driver's 10 s unless the bound
-    // is shorter, so a frozen server is noticed no later than by default.
-    options.connect_timeout = Some(bound.min(Duration::from_secs(10)));
-    // The driver forgets a server that answered "not primary" or "shutting
-    // down" until its monitor checks it again: every 10 s by default, so
-    // each such error would cost up to 10 s. A URI's heartbeatFrequencyMS
-    // still wins.
-    options.heartbeat_freq.get_or_insert(HEARTBEAT);
-    let w = match mongo.write_concern {
-        WriteConcernLevel::Majority => Acknowledgment::Majority,
-        WriteConcernLevel::Primary => Acknowledgment::Nodes(1),
-    };
-    let wtimeout = retry::server_side(bound);
-    options.write_concern = Some(WriteConcern::builder().w(w).w_timeout(wtimeout).build());
-    options.read_concern = Some(match mongo.read_concern {
-        ReadConcernLevel::Majority => ReadConcern::majority(),
-        ReadConcernLevel::Local => ReadConcern::local(),
-    });
-    if options.app_name.is_none() {
-        options.app_name = Some("esr-exporter".to_owned());
-    }
-}
-
 /// Runs not yet `COMPLETED`, by the phases an index can serve.
 fn open_runs() -> Document {
     doc! {"phase": {"$in": [
@@ -266,8 +235,7 @@ impl Store {
                 StoreError::Configuration(settings.mongodb.uri.scrub(&err.to_string()))
             })?;
         let bound = Duration::from_millis(settings.mongodb.operation_timeout_ms);
-        bound_and_concerns(&mut options, settings, bound);
-        trust::trust_like_the_broker(&mut options);
+        mongo::bound_and_concerns(&mut options, settings, bound);
         let client = Client::with_options(options).map_err(|err| {
             StoreError::Configuration(settings.mongodb.uri.scrub(&err.to_string()))
         })?;

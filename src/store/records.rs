@@ -8,23 +8,10 @@ use futures_util::future::BoxFuture;
 use mongodb::error::Error as MongoError;
 use mongodb::ClientSession;
 
-use super::cursor::BoundedCursor;
+use super::mongo::cursor::BoundedCursor;
 use super::retry::TransactionBody;
-use super::{
-    int, now, oldest_created, open_runs, scope, Attempts, IdRange, RetryScope, Store, StoreError,
-};
+use super::{now, open_runs, scope, Attempts, IdRange, RetryScope, Store, StoreError};
 use crate::domain::{AppRow, Deanery, RecordStatus};
-
-/// Waiting records of one deanery that a past slot should have exported.
-#[derive(Debug, Clone, PartialEq)]
-pub struct StuckRecords {
-    /// Deanery value as stored.
-    pub deanery: Bson,
-    /// How many.
-    pub count: u64,
-    /// Creation time of the oldest (by `createdAt`, else its `_id`).
-    pub(crate) oldest: Option<DateTime>,
-}
 
 /// A read of records in `_id` order, a batch at a time.
 struct Read {
@@ -79,49 +66,6 @@ impl<'a> Rejection<'a> {
             set.insert("exportRunId", run_id);
         }
         doc! {"$set": set}
-    }
-}
-
-/// An `ObjectId` as old as `time` (to the second) and lower than every id
-/// generated from then on.
-fn first_id_at(time: DateTime) -> ObjectId {
-    let seconds = u32::try_from(time.timestamp_millis() / 1000).unwrap_or(u32::MAX);
-    let mut bytes = [0u8; 12];
-    bytes[..4].copy_from_slice(&seconds.to_be_bytes());
-    ObjectId::from_bytes(bytes)
-}
-
-/// The stuck-record pipeline: waiting or claimed records created before
-/// `before`, grouped by deanery.
-fn stuck_pipeline(before: DateTime) -> Vec<Document> {
-    vec![
-        // The status stage alone first, so the status-first index serves
-        // it: only waiting and claimed records are read, whatever the history.
-        doc! {"$match": {
-            "status": {"$in": [RecordStatus::ToExport.as_str(), RecordStatus::Exporting.as_str()]},
-        }},
-        doc! {"$match": {
-            "$or": [
-                {"createdAt": {"$lt": before}},
-                {"createdAt": {"$exists": false}, "_id": {"$lt": first_id_at(before)}},
-                // No creation time to judge by: waiting at all is stuck.
-                {"createdAt": {"$exists": false}, "_id": {"$not": {"$type": "objectId"}}},
-            ],
-        }},
-        doc! {"$group": {
-            "_id": "$deanery",
-            "n": {"$sum": 1},
-            "oldest": {"$min": "$createdAt"},
-            "firstId": {"$min": "$_id"},
-        }},
-    ]
-}
-
-fn stuck_row(row: &Document) -> StuckRecords {
-    StuckRecords {
-        deanery: row.get("_id").cloned().unwrap_or(Bson::Null),
-        count: int(row.get("n")).map_or(0, |n| u64::try_from(n).unwrap_or(0)),
-        oldest: oldest_created(row, "oldest", "firstId"),
     }
 }
 
@@ -489,27 +433,4 @@ impl Store {
             .await?;
         Ok(result.modified_count)
     }
-
-    /// `TO_EXPORT` or `EXPORTING` records created before `before`, per
-    /// deanery (records without `createdAt` are dated by their `_id`).
-    ///
-    /// # Errors
-    /// When MongoDB fails beyond the retry policy.
-    pub async fn stuck_records(
-        &self,
-        before: DateTime,
-        attempts: &mut Attempts,
-    ) -> Result<Vec<StuckRecords>, StoreError> {
-        let scope = RetryScope {
-            op: "find_stuck_records",
-            deanery: None,
-        };
-        let rows = self
-            .aggregate(scope, &self.records, stuck_pipeline(before), attempts)
-            .await?;
-        Ok(rows.iter().map(stuck_row).collect())
-    }
 }
-
-#[cfg(test)]
-mod tests;

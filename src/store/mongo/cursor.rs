@@ -6,7 +6,7 @@ use futures_util::TryStreamExt;
 use mongodb::Cursor;
 
 use super::retry::{self, Phase, RetryError, RetryPolicy, RetryScope, Transience};
-use super::StoreError;
+use crate::store::StoreError;
 
 /// A cursor of a run's reads (`getMore` included) bounded like every other
 /// operation: a server that stops answering mid-stream fails the attempt
@@ -19,7 +19,7 @@ pub(crate) struct BoundedCursor {
 }
 
 impl BoundedCursor {
-    pub(super) fn new(cursor: Cursor<Document>, policy: &RetryPolicy, op: &'static str) -> Self {
+    pub(crate) fn new(cursor: Cursor<Document>, policy: &RetryPolicy, op: &'static str) -> Self {
         Self {
             cursor,
             policy: policy.clone(),
