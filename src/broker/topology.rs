@@ -53,13 +53,21 @@ async fn declare_dead_letter_exchange(
         .map_err(BrokerError::amqp("exchange.declare (dead-letter exchange)"))
 }
 
+/// The arguments a queue of the configured type starts from.
+fn typed(settings: &AmqpSettings) -> FieldTable {
+    let mut args = FieldTable::default();
+    if settings.queue_type == QueueType::Quorum {
+        args.insert("x-queue-type".into(), long_string("quorum"));
+    }
+    args
+}
+
 async fn declare_command_queue(
     channel: &Channel,
     settings: &AmqpSettings,
 ) -> Result<(), BrokerError> {
-    let mut args = FieldTable::default();
+    let mut args = typed(settings);
     if settings.queue_type == QueueType::Quorum {
-        args.insert("x-queue-type".into(), long_string("quorum"));
         let dlx = settings.dead_letter_exchange();
         args.insert("x-dead-letter-exchange".into(), long_string(dlx));
         // Explicit, so a message that reached the queue by another route
@@ -84,13 +92,9 @@ async fn declare_dead_letter_queue(
     channel: &Channel,
     settings: &AmqpSettings,
 ) -> Result<(), BrokerError> {
-    let mut args = FieldTable::default();
-    if settings.queue_type == QueueType::Quorum {
-        args.insert("x-queue-type".into(), long_string("quorum"));
-    }
     let dlq = settings.dead_letter_queue();
     channel
-        .queue_declare(&dlq, durable(), args)
+        .queue_declare(&dlq, durable(), typed(settings))
         .await
         .map_err(BrokerError::amqp("queue.declare (dead-letter queue)"))?;
     channel

@@ -4,6 +4,13 @@ use super::*;
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// Why loading with `file` and the variables `vars` is refused, with its
+/// causes.
+fn refused(file: Option<&std::path::Path>, vars: &[(&str, &str)]) -> String {
+    let err = Settings::load_with_env(file, env(vars)).unwrap_err();
+    crate::report::chain(&err)
+}
+
 fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {
     Some(
         pairs
@@ -57,17 +64,13 @@ fn environment_overrides_nested_keys() {
 
 #[test]
 fn a_mistyped_value_names_its_key() {
-    let err =
-        Settings::load_with_env(None, env(&[("ESR_EXPORT__CHUNK_SIZE", "lots")])).unwrap_err();
-    let err = crate::report::chain(&err);
+    let err = refused(None, &[("ESR_EXPORT__CHUNK_SIZE", "lots")]);
     assert!(err.contains("chunk_size"), "{err}");
 }
 
 #[test]
 fn an_out_of_range_value_names_its_key() {
-    let err = Settings::load_with_env(None, env(&[("ESR_EXPORT__CHUNK_SIZE", "0")]))
-        .unwrap_err()
-        .to_string();
+    let err = refused(None, &[("ESR_EXPORT__CHUNK_SIZE", "0")]);
     assert!(err.contains("export.chunk_size"), "{err}");
 }
 
@@ -76,20 +79,15 @@ fn an_unknown_key_in_a_file_is_refused_by_name() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("bad.toml");
     std::fs::write(&path, "[export]\nchunk_sise = 10\n").unwrap();
-    let err = Settings::load_with_env(Some(&path), env(&[])).unwrap_err();
-    let err = crate::report::chain(&err);
+    let err = refused(Some(&path), &[]);
     assert!(err.contains("chunk_sise"), "{err}");
 }
 
 #[test]
 fn a_bad_cron_or_timezone_is_refused_by_key() {
-    let err = Settings::load_with_env(None, env(&[("ESR_SCHEDULE__CRON", "0 0 25 * * *")]))
-        .unwrap_err()
-        .to_string();
+    let err = refused(None, &[("ESR_SCHEDULE__CRON", "0 0 25 * * *")]);
     assert!(err.contains("schedule.cron"), "{err}");
-    let err = Settings::load_with_env(None, env(&[("ESR_SCHEDULE__TIMEZONE", "Europe/Atlantis")]))
-        .unwrap_err()
-        .to_string();
+    let err = refused(None, &[("ESR_SCHEDULE__TIMEZONE", "Europe/Atlantis")]);
     assert!(err.contains("schedule.timezone"), "{err}");
 }
 
@@ -129,9 +127,7 @@ fn passwords_are_redacted_everywhere_they_are_shown() {
 
 #[test]
 fn an_invalid_schedule_deanery_is_refused_by_key_not_skipped() {
-    let err = Settings::load_with_env(None, env(&[("ESR_SCHEDULE__DEANERIES", "MER,mer,EOE")]))
-        .unwrap_err()
-        .to_string();
+    let err = refused(None, &[("ESR_SCHEDULE__DEANERIES", "MER,mer,EOE")]);
     assert!(err.contains("key `schedule.deaneries`"), "{err}");
     assert!(err.contains("\"mer\""), "{err}");
 }
@@ -139,9 +135,7 @@ fn an_invalid_schedule_deanery_is_refused_by_key_not_skipped() {
 #[test]
 fn a_bad_file_mode_is_refused_by_key() {
     for mode in ["0400", "0999", "rw-r--r--", "10644"] {
-        let err = Settings::load_with_env(None, env(&[("ESR_EXPORT__FILE_MODE", mode)]))
-            .unwrap_err()
-            .to_string();
+        let err = refused(None, &[("ESR_EXPORT__FILE_MODE", mode)]);
         assert!(err.contains("key `export.file_mode`"), "{mode}: {err}");
     }
     let s = Settings::load_with_env(None, env(&[("ESR_EXPORT__FILE_MODE", "0640")])).unwrap();
@@ -268,19 +262,18 @@ fn a_log_level_that_names_no_level_is_refused_naming_the_key() {
 
 #[test]
 fn a_prefetch_over_one_is_refused_naming_the_key() {
-    let err = Settings::load_with_env(None, env(&[("ESR_AMQP__PREFETCH", "2")])).unwrap_err();
-    assert!(err.to_string().contains("amqp.prefetch"), "{err}");
+    let err = refused(None, &[("ESR_AMQP__PREFETCH", "2")]);
+    assert!(err.contains("amqp.prefetch"), "{err}");
 }
 
 #[test]
 fn a_publish_bound_the_slot_lease_cannot_outlive_is_refused_naming_the_key() {
-    let err = Settings::load_with_env(
+    let err = refused(
         None,
-        env(&[
+        &[
             ("ESR_AMQP__PUBLISH_TIMEOUT_MS", "70000"),
             ("ESR_SCHEDULE__SLOT_LEASE_SECONDS", "120"),
-        ]),
-    )
-    .unwrap_err();
-    assert!(err.to_string().contains("amqp.publish_timeout_ms"), "{err}");
+        ],
+    );
+    assert!(err.contains("amqp.publish_timeout_ms"), "{err}");
 }

@@ -115,8 +115,9 @@ mod tests {
         DestinationError::new(kind, "s3://b", "create", "k", "x")
     }
 
-    #[tokio::test]
-    async fn transient_failures_are_retried_until_the_tries_are_spent() {
+    /// Runs a request whose every try fails as `kind` under a policy of
+    /// four tries: the failure given up with, and the tries made.
+    async fn failing_every_try(kind: FailureKind) -> (DestinationError, u32) {
         let tries = AtomicU32::new(0);
         let result: Result<(), _> = policy(4)
             .run(
@@ -124,30 +125,26 @@ mod tests {
                 Duration::from_secs(1),
                 || async {
                     tries.fetch_add(1, Ordering::SeqCst);
-                    Err(failure(FailureKind::Transient))
+                    Err(failure(kind))
                 },
             )
             .await;
-        assert!(result.unwrap_err().is_transient());
-        assert_eq!(tries.load(Ordering::SeqCst), 4);
+        (result.unwrap_err(), tries.load(Ordering::SeqCst))
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_until_the_tries_are_spent() {
+        let (failed, tries) = failing_every_try(FailureKind::Transient).await;
+        assert!(failed.is_transient());
+        assert_eq!(tries, 4);
     }
 
     #[tokio::test]
     async fn permanent_failures_and_timeouts_are_not_retried() {
         for kind in [FailureKind::Permanent, FailureKind::Occupied] {
-            let tries = AtomicU32::new(0);
-            let result: Result<(), _> = policy(4)
-                .run(
-                    ("s3://b", "create", "k"),
-                    Duration::from_secs(1),
-                    || async {
-                        tries.fetch_add(1, Ordering::SeqCst);
-                        Err(failure(kind))
-                    },
-                )
-                .await;
-            assert_eq!(result.unwrap_err().kind, kind);
-            assert_eq!(tries.load(Ordering::SeqCst), 1);
+            let (failed, tries) = failing_every_try(kind).await;
+            assert_eq!(failed.kind, kind);
+            assert_eq!(tries, 1);
         }
         let tries = AtomicU32::new(0);
         let result: Result<(), _> = policy(4)

@@ -12,7 +12,7 @@ use bson::oid::ObjectId;
 
 use super::context::RunContext;
 use super::{ExportError, Exporter};
-use crate::store::{IdRange, Marking, RunDoc};
+use crate::store::{Fields, IdRange, Marking, RunDoc};
 
 impl Exporter {
     /// Marks the run's claimed records `EXPORTED`, one statement per
@@ -107,7 +107,7 @@ impl Exporter {
         let batch = self.settings.cursor_batch_size;
         let mut cursor = self
             .store
-            .claimed_ids(&run.id, ctx.deanery, batch, &mut ctx.attempts)
+            .claimed(&run.id, ctx.deanery, Fields::Ids, batch, &mut ctx.attempts)
             .await?;
         let (mut boundaries, mut seen) = (Vec::new(), 0usize);
         while let Some(document) = cursor.next().await? {

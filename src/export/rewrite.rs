@@ -9,7 +9,7 @@ use super::context::RunContext;
 use super::file::ExportFile;
 use super::{ExportError, Exporter};
 use crate::domain::AppRow;
-use crate::store::RunDoc;
+use crate::store::{Fields, RunDoc};
 
 /// A file rewritten from the claimed records, and its mark boundaries: the
 /// last `_id` of each batch written, so the mark phase marks the records
@@ -32,9 +32,10 @@ impl Exporter {
         let mut writer = Some(self.open_file(run, ctx.deanery).await?);
         let mut cursor = self
             .store
-            .claimed_records(
+            .claimed(
                 &run.id,
                 ctx.deanery,
+                Fields::Row,
                 self.settings.cursor_batch_size,
                 &mut ctx.attempts,
             )

@@ -121,29 +121,29 @@ mod tests {
         Utc.with_ymd_and_hms(y, mo, d, h, mi, 0).unwrap()
     }
 
-    #[test]
-    fn the_default_slot_is_13_00_utc_daily() {
-        let c = clock("0 0 13 * * *", "UTC");
-        assert_eq!(
-            c.next_after(utc(2026, 11, 28, 9, 0)),
-            Some(utc(2026, 11, 28, 13, 0))
-        );
-        assert_eq!(
-            c.next_after(utc(2026, 11, 28, 13, 0)),
-            Some(utc(2026, 11, 29, 13, 0))
-        );
+    /// Asserts, for each `(after, next)`, that the first slot after
+    /// `after` is `next`.
+    fn assert_next(c: &SlotClock, cases: &[(DateTime<Utc>, DateTime<Utc>)]) {
+        for (after, next) in cases {
+            assert_eq!(c.next_after(*after), Some(*next), "after {after}");
+        }
     }
 
     #[test]
-    fn a_local_time_zone_follows_daylight_saving() {
-        let c = clock("0 0 13 * * *", "Europe/London");
-        assert_eq!(
-            c.next_after(utc(2026, 1, 10, 0, 0)),
-            Some(utc(2026, 1, 10, 13, 0))
+    fn the_default_slot_is_13_00_utc_daily_and_a_local_zone_follows_daylight_saving() {
+        assert_next(
+            &clock("0 0 13 * * *", "UTC"),
+            &[
+                (utc(2026, 11, 28, 9, 0), utc(2026, 11, 28, 13, 0)),
+                (utc(2026, 11, 28, 13, 0), utc(2026, 11, 29, 13, 0)),
+            ],
         );
-        assert_eq!(
-            c.next_after(utc(2026, 7, 10, 0, 0)),
-            Some(utc(2026, 7, 10, 12, 0))
+        assert_next(
+            &clock("0 0 13 * * *", "Europe/London"),
+            &[
+                (utc(2026, 1, 10, 0, 0), utc(2026, 1, 10, 13, 0)),
+                (utc(2026, 7, 10, 0, 0), utc(2026, 7, 10, 12, 0)),
+            ],
         );
     }
 
@@ -178,13 +178,12 @@ mod tests {
     fn london_spring_forward_fires_a_skipped_time_at_the_end_of_the_gap() {
         let c = clock("0 30 1 * * *", "Europe/London");
         // 2027-03-28: 01:00 GMT becomes 02:00 BST; 01:30 does not exist.
-        assert_eq!(
-            c.next_after(utc(2027, 3, 27, 1, 30)),
-            Some(utc(2027, 3, 28, 1, 0))
-        );
-        assert_eq!(
-            c.next_after(utc(2027, 3, 28, 1, 0)),
-            Some(utc(2027, 3, 29, 0, 30))
+        assert_next(
+            &c,
+            &[
+                (utc(2027, 3, 27, 1, 30), utc(2027, 3, 28, 1, 0)),
+                (utc(2027, 3, 28, 1, 0), utc(2027, 3, 29, 0, 30)),
+            ],
         );
         let hourly = clock("0 0 * * * *", "Europe/London");
         let day = slots_between(&hourly, utc(2027, 3, 27, 23, 59), utc(2027, 3, 28, 23, 0));
@@ -196,10 +195,7 @@ mod tests {
     fn london_fall_back_fires_a_repeated_time_once_at_its_first_occurrence() {
         let c = clock("0 30 1 * * *", "Europe/London");
         // 2027-10-31: 02:00 BST becomes 01:00 GMT; 01:30 happens twice.
-        assert_eq!(
-            c.next_after(utc(2027, 10, 30, 0, 30)),
-            Some(utc(2027, 10, 31, 0, 30))
-        );
+        assert_next(&c, &[(utc(2027, 10, 30, 0, 30), utc(2027, 10, 31, 0, 30))]);
         let started = utc(2027, 10, 31, 1, 29) + Duration::seconds(45);
         assert_eq!(
             c.next_after(started),
@@ -235,19 +231,15 @@ mod tests {
     #[test]
     fn sydney_transitions_follow_the_same_rules() {
         let c = clock("0 30 2 * * *", "Australia/Sydney");
-        // 2027-10-03: 02:00 AEST becomes 03:00 AEDT (16:00Z the day before).
-        assert_eq!(
-            c.next_after(utc(2027, 10, 2, 0, 0)),
-            Some(utc(2027, 10, 2, 16, 0))
-        );
-        // 2027-04-04: 03:00 AEDT becomes 02:00 AEST; 02:30 AEDT is 15:30Z.
-        assert_eq!(
-            c.next_after(utc(2027, 4, 3, 0, 0)),
-            Some(utc(2027, 4, 3, 15, 30))
-        );
-        assert_eq!(
-            c.next_after(utc(2027, 4, 3, 15, 30)),
-            Some(utc(2027, 4, 4, 16, 30))
+        assert_next(
+            &c,
+            &[
+                // 2027-10-03: 02:00 AEST becomes 03:00 AEDT (16:00Z the day before).
+                (utc(2027, 10, 2, 0, 0), utc(2027, 10, 2, 16, 0)),
+                // 2027-04-04: 03:00 AEDT becomes 02:00 AEST; 02:30 AEDT is 15:30Z.
+                (utc(2027, 4, 3, 0, 0), utc(2027, 4, 3, 15, 30)),
+                (utc(2027, 4, 3, 15, 30), utc(2027, 4, 4, 16, 30)),
+            ],
         );
         let hourly = clock("0 0 * * * *", "Australia/Sydney");
         let spring = slots_between(&hourly, utc(2027, 10, 2, 13, 59), utc(2027, 10, 3, 12, 59));

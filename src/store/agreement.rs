@@ -5,9 +5,8 @@
 //! measure this replica's against.
 
 use bson::{doc, DateTime, Document};
-use futures_util::TryStreamExt;
 
-use super::{now, Attempts, RetryScope, Store, StoreError};
+use super::{now, Attempts, Find, RetryScope, Store, StoreError};
 
 /// `_id` prefix of the replicas' settings documents.
 const REPLICA_PREFIX: &str = "schedule/replica/";
@@ -53,20 +52,15 @@ impl Store {
         since: DateTime,
         attempts: &mut Attempts,
     ) -> Result<Vec<(String, Document)>, StoreError> {
-        let slots = &self.slots;
         let filter =
             doc! {"_id": {"$regex": format!("^{REPLICA_PREFIX}")}, "seenAt": {"$gte": since}};
-        let filter = &filter;
-        let found: Vec<Document> = self
-            .retry
-            .run(scope("live_schedules"), attempts, || async move {
-                slots
-                    .find(filter.clone())
-                    .max_time(self.max_time)
-                    .await?
-                    .try_collect()
-                    .await
-            })
+        let found = self
+            .find_all(
+                scope("live_schedules"),
+                &self.slots,
+                Find::of(filter),
+                attempts,
+            )
             .await?;
         Ok(found
             .into_iter()

@@ -4,11 +4,10 @@
 //! redelivery recorded on its run. Every query goes through an index.
 
 use bson::{doc, Bson, DateTime, Document};
-use futures_util::TryStreamExt;
 
 use super::mongo::cursor::BoundedCursor;
 use super::runs::decode_run;
-use super::{Attempts, RetryScope, RunDoc, Store, StoreError};
+use super::{Attempts, Find, RetryScope, RunDoc, Store, StoreError};
 use crate::domain::RecordStatus;
 
 fn scope(op: &'static str) -> RetryScope<'static> {
@@ -119,19 +118,14 @@ impl Store {
         if let Some(deanery) = deanery {
             filter.insert("deanery", deanery);
         }
-        let (runs, filter) = (&self.runs, &filter);
+        let find = Find {
+            sort: Some(doc! {"publication.publishedAt": -1}),
+            limit: Some(limit),
+            ..Find::of(filter)
+        };
         let mut attempts = Attempts::default();
-        let found: Vec<Document> = self
-            .retry
-            .run(scope("published_runs"), &mut attempts, || async move {
-                runs.find(filter.clone())
-                    .sort(doc! {"publication.publishedAt": -1})
-                    .limit(limit)
-                    .max_time(self.max_time)
-                    .await?
-                    .try_collect()
-                    .await
-            })
+        let found = self
+            .find_all(scope("published_runs"), &self.runs, find, &mut attempts)
             .await?;
         found.into_iter().map(decode_run).collect()
     }
@@ -177,24 +171,19 @@ impl Store {
         since: DateTime,
     ) -> Result<Vec<String>, StoreError> {
         let filter = doc! {"exportRunId": run_id, "updatedAt": {"$gt": since}};
-        let (records, filter) = (&self.records, &filter);
+        let find = Find {
+            projection: Some(doc! {"_id": 1}),
+            sort: Some(doc! {"_id": 1}),
+            limit: Some(20),
+            ..Find::of(filter)
+        };
         let mut attempts = Attempts::default();
-        let found: Vec<Document> = self
-            .retry
-            .run(
+        let found = self
+            .find_all(
                 scope("records_updated_since"),
+                &self.records,
+                find,
                 &mut attempts,
-                || async move {
-                    records
-                        .find(filter.clone())
-                        .projection(doc! {"_id": 1})
-                        .sort(doc! {"_id": 1})
-                        .limit(20)
-                        .max_time(self.max_time)
-                        .await?
-                        .try_collect()
-                        .await
-                },
             )
             .await?;
         Ok(found

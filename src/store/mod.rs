@@ -45,7 +45,7 @@ use std::time::Duration;
 
 use bson::{doc, Bson, DateTime, Document};
 use futures_util::TryStreamExt;
-use mongodb::options::{ClientOptions, ReadPreference, SelectionCriteria};
+use mongodb::options::{ClientOptions, FindOptions, ReadPreference, SelectionCriteria};
 use mongodb::{Client, ClientSession, Collection};
 
 pub(crate) use claim::{Claim, ClaimedChunk};
@@ -54,7 +54,7 @@ pub(crate) use id_range::IdRange;
 pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
 pub(crate) use leases::LeaseOutcome;
 pub(crate) use mongo::cursor::BoundedCursor;
-pub(crate) use records::Marking;
+pub(crate) use records::{Fields, Marking};
 pub use retry::Attempts;
 pub use retry::RetryError;
 pub(crate) use retry::{RetryPolicy, RetryScope};
@@ -145,6 +145,25 @@ impl StoreError {
     /// else to it now would likely wait out the bound again.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Mongo(err) if err.is_timeout())
+    }
+}
+
+/// A small read: which documents, and optionally which fields, in which
+/// order, how many.
+#[derive(Debug, Default)]
+struct Find {
+    filter: Document,
+    projection: Option<Document>,
+    sort: Option<Document>,
+    limit: Option<i64>,
+}
+
+impl Find {
+    fn of(filter: Document) -> Self {
+        Self {
+            filter,
+            ..Self::default()
+        }
     }
 }
 
@@ -382,6 +401,35 @@ impl Store {
     }
 
     /// The documents an aggregation `pipeline` on `collection` yields.
+    /// The documents `find` selects, collected whole (so it is for small
+    /// answers: a limit, or a handful of documents by nature).
+    async fn find_all(
+        &self,
+        scope: RetryScope<'_>,
+        collection: &Collection<Document>,
+        find: Find,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<Document>, StoreError> {
+        let (find, max_time) = (&find, self.max_time);
+        Ok(self
+            .retry
+            .run(scope, attempts, || async move {
+                let options = FindOptions::builder()
+                    .projection(find.projection.clone())
+                    .sort(find.sort.clone())
+                    .limit(find.limit)
+                    .max_time(max_time)
+                    .build();
+                collection
+                    .find(find.filter.clone())
+                    .with_options(options)
+                    .await?
+                    .try_collect()
+                    .await
+            })
+            .await?)
+    }
+
     async fn aggregate(
         &self,
         scope: RetryScope<'_>,

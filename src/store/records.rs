@@ -13,6 +13,15 @@ use super::retry::TransactionBody;
 use super::{now, open_runs, scope, Attempts, IdRange, RetryScope, Store, StoreError};
 use crate::domain::{AppRow, Deanery, RecordStatus};
 
+/// Which fields of a record a read returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Fields {
+    /// The `_id` alone (the mark boundaries of a resumed run).
+    Ids,
+    /// What the file needs ([`AppRow::projection`]).
+    Row,
+}
+
 /// A read of records in `_id` order, a batch at a time.
 struct Read {
     op: &'static str,
@@ -149,23 +158,6 @@ impl Store {
             .await
     }
 
-    /// The `_id`s of the records a run has claimed and not yet marked, in
-    /// order (to find the mark boundaries of a resumed run).
-    ///
-    /// # Errors
-    /// When the query cannot be started within the retry policy.
-    pub(crate) async fn claimed_ids(
-        &self,
-        run_id: &str,
-        deanery: &Deanery,
-        batch_size: u32,
-        attempts: &mut Attempts,
-    ) -> Result<BoundedCursor, StoreError> {
-        let filter = claimed_by(run_id);
-        self.id_cursor("find_claimed_ids", deanery, filter, batch_size, attempts)
-            .await
-    }
-
     /// `_id`s of the records matching `filter`, in order, `batch_size` at a time.
     async fn id_cursor(
         &self,
@@ -208,21 +200,26 @@ impl Store {
     }
 
     /// Streams the records a run has claimed and not yet marked, in `_id`
-    /// order, `batch_size` at a time (memory stays flat).
+    /// order, `batch_size` at a time (memory stays flat): their `fields`.
     ///
     /// # Errors
     /// When the query cannot be started.
-    pub(crate) async fn claimed_records(
+    pub(crate) async fn claimed(
         &self,
         run_id: &str,
         deanery: &Deanery,
+        fields: Fields,
         batch_size: u32,
         attempts: &mut Attempts,
     ) -> Result<BoundedCursor, StoreError> {
+        let (op, projection) = match fields {
+            Fields::Ids => ("find_claimed_ids", doc! {"_id": 1}),
+            Fields::Row => ("stream_claimed", AppRow::projection()),
+        };
         let read = Read {
-            op: "stream_claimed",
+            op,
             filter: claimed_by(run_id),
-            projection: AppRow::projection(),
+            projection,
             batch_size,
         };
         self.records_in_order(read, deanery, attempts).await

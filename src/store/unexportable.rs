@@ -3,11 +3,10 @@
 //! 24 hex characters). Each is rejected with its reason instead of
 //! waiting for ever.
 
-use bson::{doc, Bson, Document};
-use futures_util::TryStreamExt;
+use bson::{doc, Bson};
 
 use super::records::{waiting, waiting_of, Rejection};
-use super::{scope, Attempts, Store, StoreError};
+use super::{scope, Attempts, Find, Store, StoreError};
 use crate::domain::{bson_type_name, Deanery, RecordStatus};
 
 /// Records looked at per round.
@@ -90,26 +89,13 @@ impl Store {
         deanery: &Deanery,
         attempts: &mut Attempts,
     ) -> Result<Vec<Bson>, StoreError> {
-        let records = &self.records;
-        let filter = waiting_of(deanery, doc! {"$not": {"$type": "objectId"}});
-        let filter = &filter;
-        let found: Vec<Document> = self
-            .retry
-            .run(
-                scope("find_unexportable_ids", deanery),
-                attempts,
-                || async move {
-                    records
-                        .find(filter.clone())
-                        .projection(doc! {"_id": 1})
-                        .limit(ROUND)
-                        .max_time(self.max_time)
-                        .await?
-                        .try_collect()
-                        .await
-                },
-            )
-            .await?;
+        let find = Find {
+            projection: Some(doc! {"_id": 1}),
+            limit: Some(ROUND),
+            ..Find::of(waiting_of(deanery, doc! {"$not": {"$type": "objectId"}}))
+        };
+        let scope = scope("find_unexportable_ids", deanery);
+        let found = self.find_all(scope, &self.records, find, attempts).await?;
         Ok(found
             .into_iter()
             .filter_map(|mut d| d.remove("_id"))

@@ -122,10 +122,12 @@ async fn a_consumer_the_broker_cancels_is_detached_at_once() {
     let second = unique_deanery();
     let ids = app.seed(&second, 3).await;
     app.publish_command(&second, Slot::Manual).await;
+    // Marked, not only published: the file is in place before its
+    // records are marked.
     eventually("the second deanery exported", WAIT, || async {
-        app.files()
-            .iter()
-            .any(|f| f.starts_with(&format!("DE_{second}_")))
+        app.count(doc! {"deanery": &second, "status": "EXPORTED"})
+            .await
+            == ids.len() as u64
     })
     .await;
     app.assert_exported_once(&second, &ids).await;

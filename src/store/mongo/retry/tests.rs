@@ -16,6 +16,26 @@ fn io_error() -> MongoError {
     ))
 }
 
+const TEST_SCOPE: RetryScope<'static> = RetryScope {
+    op: "test",
+    deanery: None,
+};
+
+/// Runs an operation whose every try fails with `err()` under `settings`:
+/// the error the policy gives up with, and the attempts it counted.
+async fn failing_every_try(
+    settings: RetrySettings,
+    err: fn() -> MongoError,
+) -> (RetryError, Attempts) {
+    let policy = RetryPolicy::new(settings, Duration::from_secs(30));
+    let mut attempts = Attempts::default();
+    let failed = policy
+        .run(TEST_SCOPE, &mut attempts, || async { Err::<(), _>(err()) })
+        .await
+        .unwrap_err();
+    (failed, attempts)
+}
+
 #[test]
 fn network_errors_are_transient_and_custom_errors_permanent() {
     assert_eq!(
@@ -79,19 +99,7 @@ async fn transient_errors_are_retried_until_success() {
 
 #[tokio::test(start_paused = true)]
 async fn retries_stop_at_the_attempt_bound() {
-    let policy = RetryPolicy::new(settings(4, 60_000), Duration::from_secs(30));
-    let mut attempts = Attempts::default();
-    let err = policy
-        .run(
-            RetryScope {
-                op: "test",
-                deanery: None,
-            },
-            &mut attempts,
-            || async { Err::<(), _>(io_error()) },
-        )
-        .await
-        .unwrap_err();
+    let (err, attempts) = failing_every_try(settings(4, 60_000), io_error).await;
     assert!(err.is_transient());
     assert_eq!(attempts.retries, 3);
 }
@@ -100,38 +108,15 @@ async fn retries_stop_at_the_attempt_bound() {
 async fn retries_stop_at_the_elapsed_time_bound() {
     // Delays are at least 10 ms; a 25 ms budget allows few retries
     // however many attempts are allowed.
-    let policy = RetryPolicy::new(settings(1_000, 25), Duration::from_secs(30));
-    let mut attempts = Attempts::default();
-    let err = policy
-        .run(
-            RetryScope {
-                op: "test",
-                deanery: None,
-            },
-            &mut attempts,
-            || async { Err::<(), _>(io_error()) },
-        )
-        .await
-        .unwrap_err();
+    let (err, attempts) = failing_every_try(settings(1_000, 25), io_error).await;
     assert!(err.is_transient());
     assert!(attempts.retries < 4, "{attempts:?}");
 }
 
 #[tokio::test(start_paused = true)]
 async fn permanent_errors_fail_at_once() {
-    let policy = RetryPolicy::new(settings(10, 60_000), Duration::from_secs(30));
-    let mut attempts = Attempts::default();
-    let err = policy
-        .run(
-            RetryScope {
-                op: "test",
-                deanery: None,
-            },
-            &mut attempts,
-            || async { Err::<(), _>(MongoError::custom("bad")) },
-        )
-        .await
-        .unwrap_err();
+    let (err, attempts) =
+        failing_every_try(settings(10, 60_000), || MongoError::custom("bad")).await;
     assert!(!err.is_transient());
     assert_eq!(attempts.retries, 0);
 }
