@@ -431,14 +431,7 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
     let report = crate::status::report(&store)
         .await
         .context("Failed to read the status from MongoDB")?;
-    if json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&report).context("Failed to encode the report")?
-        );
-    } else {
-        print!("{}", crate::status::render_table(&report));
-    }
+    crate::incident::run::print_as(&report, json, crate::status::render_table)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -446,13 +439,9 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
 mod tests {
     use super::*;
 
-    fn codes(list: &[&str]) -> Vec<Deanery> {
-        list.iter().map(|c| Deanery::parse(c).unwrap()).collect()
-    }
-
     #[test]
     fn a_deanery_named_twice_is_taken_once_in_the_order_first_named() {
-        let named = codes(&["MER", "EOE", "MER", "LDN", "EOE"]);
-        assert_eq!(each_once(named), codes(&["MER", "EOE", "LDN"]));
+        let named = Deanery::all(&["MER", "EOE", "MER", "LDN", "EOE"]);
+        assert_eq!(each_once(named), Deanery::all(&["MER", "EOE", "LDN"]));
     }
 }

@@ -12,6 +12,12 @@ pub struct Deanery(String);
 pub struct DeaneryError(pub String);
 
 impl Deanery {
+    /// The deaneries of `list`, each a valid code (for tests).
+    #[cfg(test)]
+    pub(crate) fn all(list: &[&str]) -> Vec<Deanery> {
+        list.iter().map(|c| Deanery::parse(c).unwrap()).collect()
+    }
+
     /// Validates a code.
     ///
     /// # Errors

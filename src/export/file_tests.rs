@@ -85,13 +85,18 @@ fn read_manifest_typed(dir: &Path, name: &str) -> Manifest {
     }
 }
 
+/// A file of one row staged in `dir` under `name`.
+fn stage_one_row(dir: &Path, name: &str) -> Staged {
+    let mut file = ExportFile::create(dir, header(name)).unwrap();
+    file.write_rows(&[row("Smith")]).unwrap();
+    file.stage().unwrap()
+}
+
 #[test]
 fn publishing_again_after_a_crash_neither_rewrites_nor_duplicates() {
     let dir = tempfile::tempdir().unwrap();
     let name = "DE_MER_APP_20261128_00001.DAT";
-    let mut file = ExportFile::create(dir.path(), header(name)).unwrap();
-    file.write_rows(&[row("Smith")]).unwrap();
-    let staged = file.stage().unwrap();
+    let staged = stage_one_row(dir.path(), name);
 
     // Published, then the process died before recording it: again is a no-op.
     publish(dir.path(), &header(name), &staged).unwrap();
@@ -123,9 +128,7 @@ fn publishing_again_after_a_crash_neither_rewrites_nor_duplicates() {
 fn a_staged_file_with_other_bytes_is_staged_again_not_published() {
     let dir = tempfile::tempdir().unwrap();
     let name = "DE_MER_APP_20261128_00001.DAT";
-    let mut file = ExportFile::create(dir.path(), header(name)).unwrap();
-    file.write_rows(&[row("Smith")]).unwrap();
-    let staged = file.stage().unwrap();
+    let staged = stage_one_row(dir.path(), name);
     std::fs::write(staging_path(dir.path(), name), b"torn").unwrap();
     assert_eq!(
         publish(dir.path(), &header(name), &staged).unwrap(),
@@ -139,9 +142,7 @@ fn a_dangling_symlink_under_the_final_name_is_refused_not_taken_for_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let name = "DE_MER_APP_20261128_00001.DAT";
     std::os::unix::fs::symlink(dir.path().join("nowhere"), dir.path().join(name)).unwrap();
-    let mut file = ExportFile::create(dir.path(), header(name)).unwrap();
-    file.write_rows(&[row("Smith")]).unwrap();
-    let staged = file.stage().unwrap();
+    let staged = stage_one_row(dir.path(), name);
     let err = publish(dir.path(), &header(name), &staged).unwrap_err();
     assert!(err.to_string().contains("not a regular file"), "{err}");
     assert!(
@@ -154,9 +155,7 @@ fn a_dangling_symlink_under_the_final_name_is_refused_not_taken_for_the_file() {
 fn the_manifest_is_in_place_before_the_file_becomes_visible() {
     let dir = tempfile::tempdir().unwrap();
     let name = "DE_MER_APP_20261128_00001.DAT";
-    let mut file = ExportFile::create(dir.path(), header(name)).unwrap();
-    file.write_rows(&[row("Smith")]).unwrap();
-    let staged = file.stage().unwrap();
+    let staged = stage_one_row(dir.path(), name);
     // A folder under the manifest's name makes writing it fail, as a
     // full disk would: the `.DAT` must not be visible without it.
     std::fs::create_dir(dir.path().join(format!("{name}.json"))).unwrap();
@@ -203,9 +202,7 @@ fn another_runs_file_under_the_name_is_never_overwritten() {
     let dir = tempfile::tempdir().unwrap();
     let name = "DE_MER_APP_20261128_00001.DAT";
     std::fs::write(dir.path().join(name), b"someone else's bytes").unwrap();
-    let mut file = ExportFile::create(dir.path(), header(name)).unwrap();
-    file.write_rows(&[row("Smith")]).unwrap();
-    let staged = file.stage().unwrap();
+    let staged = stage_one_row(dir.path(), name);
     let err = publish(dir.path(), &header(name), &staged).unwrap_err();
     assert!(err.to_string().contains("refusing"), "{err}");
     assert_eq!(

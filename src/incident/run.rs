@@ -30,11 +30,7 @@ pub async fn run_explain(settings: &Settings, id: &str, json: bool) -> anyhow::R
         eprintln!("no record with _id {id}");
         return Ok(ExitCode::FAILURE);
     };
-    if json {
-        println!("{}", serde_json::to_string_pretty(&explanation)?);
-    } else {
-        print!("{}", explain::render(&explanation));
-    }
+    print_as(&explanation, json, explain::render)?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -53,11 +49,7 @@ pub async fn run_files(
     let found = files::list(&store, deanery, since, limit)
         .await
         .context("Failed to read the published files")?;
-    if json {
-        println!("{}", serde_json::to_string_pretty(&found)?);
-    } else {
-        print!("{}", files::render(&found));
-    }
+    print_as(&found, json, |found| files::render(found))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -86,4 +78,19 @@ pub async fn run_redeliver(
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Prints `value` on stdout: pretty JSON with `--json`, else as `render`
+/// says it for people.
+pub(crate) fn print_as<T: serde::Serialize + ?Sized>(
+    value: &T,
+    json: bool,
+    render: impl FnOnce(&T) -> String,
+) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(value)?);
+    } else {
+        print!("{}", render(value));
+    }
+    Ok(())
 }

@@ -174,6 +174,11 @@ mod tests {
         slots
     }
 
+    /// The slots of an hourly schedule in `zone` from `from` to `to`.
+    fn hourly(zone: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
+        slots_between(&clock("0 0 * * * *", zone), from, to)
+    }
+
     #[test]
     fn london_spring_forward_fires_a_skipped_time_at_the_end_of_the_gap() {
         let c = clock("0 30 1 * * *", "Europe/London");
@@ -185,8 +190,11 @@ mod tests {
                 (utc(2027, 3, 28, 1, 0), utc(2027, 3, 29, 0, 30)),
             ],
         );
-        let hourly = clock("0 0 * * * *", "Europe/London");
-        let day = slots_between(&hourly, utc(2027, 3, 27, 23, 59), utc(2027, 3, 28, 23, 0));
+        let day = hourly(
+            "Europe/London",
+            utc(2027, 3, 27, 23, 59),
+            utc(2027, 3, 28, 23, 0),
+        );
         assert_eq!(day.len(), 23, "a 23-hour day has 23 hourly slots: {day:?}");
         assert_eq!(day[1], utc(2027, 3, 28, 1, 0));
     }
@@ -211,9 +219,8 @@ mod tests {
             c.latest_within(started, Duration::hours(24)),
             Some(utc(2027, 10, 31, 0, 30))
         );
-        let hourly = clock("0 0 * * * *", "Europe/London");
-        let day = slots_between(
-            &hourly,
+        let day = hourly(
+            "Europe/London",
             utc(2027, 10, 30, 22, 59),
             utc(2027, 10, 31, 23, 59),
         );
@@ -241,10 +248,17 @@ mod tests {
                 (utc(2027, 4, 3, 15, 30), utc(2027, 4, 4, 16, 30)),
             ],
         );
-        let hourly = clock("0 0 * * * *", "Australia/Sydney");
-        let spring = slots_between(&hourly, utc(2027, 10, 2, 13, 59), utc(2027, 10, 3, 12, 59));
+        let spring = hourly(
+            "Australia/Sydney",
+            utc(2027, 10, 2, 13, 59),
+            utc(2027, 10, 3, 12, 59),
+        );
         assert_eq!(spring.len(), 23, "{spring:?}");
-        let autumn = slots_between(&hourly, utc(2027, 4, 3, 12, 59), utc(2027, 4, 4, 13, 59));
+        let autumn = hourly(
+            "Australia/Sydney",
+            utc(2027, 4, 3, 12, 59),
+            utc(2027, 4, 4, 13, 59),
+        );
         assert_eq!(
             autumn.len(),
             25 - 1,

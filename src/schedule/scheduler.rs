@@ -297,14 +297,13 @@ async fn sleep_until(slot: DateTime<Utc>, shutdown: &mut Shutdown) -> bool {
 mod tests {
     use super::*;
 
-    fn codes(list: &[&str]) -> Vec<Deanery> {
-        list.iter().map(|c| Deanery::parse(c).unwrap()).collect()
-    }
-
     #[test]
     fn a_slot_commands_waiting_and_configured_deaneries_each_once_in_order() {
-        let merged = merge_deaneries(codes(&["MER", "EOE"]), &codes(&["LDN", "MER", "LDN"]));
-        assert_eq!(merged, codes(&["EOE", "LDN", "MER"]));
+        let merged = merge_deaneries(
+            Deanery::all(&["MER", "EOE"]),
+            &Deanery::all(&["LDN", "MER", "LDN"]),
+        );
+        assert_eq!(merged, Deanery::all(&["EOE", "LDN", "MER"]));
     }
 
     #[test]
@@ -314,7 +313,7 @@ mod tests {
             crate::config::Settings::load_with_env(None, Some(env.into_iter().collect())).unwrap();
         assert_eq!(
             merge_deaneries(Vec::new(), &settings.schedule.deaneries),
-            codes(&["OXF", "WES"])
+            Deanery::all(&["OXF", "WES"])
         );
     }
 }

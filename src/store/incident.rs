@@ -20,17 +20,10 @@ impl Store {
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
     pub(crate) async fn find_record(&self, id: &Bson) -> Result<Option<Document>, StoreError> {
-        let (records, filter) = (&self.records, &doc! {"_id": id.clone()});
+        let find = Find::of(doc! {"_id": id.clone()});
         let mut attempts = Attempts::default();
-        Ok(self
-            .retry
-            .run(scope("find_record"), &mut attempts, || async move {
-                records
-                    .find_one(filter.clone())
-                    .max_time(self.max_time)
-                    .await
-            })
-            .await?)
+        self.find_first(scope("find_record"), &self.records, find, &mut attempts)
+            .await
     }
 
     /// One run document matching `filter` (the first by `sort`).
@@ -40,16 +33,13 @@ impl Store {
         filter: Document,
         sort: Document,
     ) -> Result<Option<RunDoc>, StoreError> {
-        let (runs, filter, sort) = (&self.runs, &filter, &sort);
+        let find = Find {
+            sort: Some(sort),
+            ..Find::of(filter)
+        };
         let mut attempts = Attempts::default();
         let found = self
-            .retry
-            .run(scope(op), &mut attempts, || async move {
-                runs.find_one(filter.clone())
-                    .sort(sort.clone())
-                    .max_time(self.max_time)
-                    .await
-            })
+            .find_first(scope(op), &self.runs, find, &mut attempts)
             .await?;
         found.map(decode_run).transpose()
     }
@@ -91,17 +81,10 @@ impl Store {
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
     pub(crate) async fn lease_of(&self, deanery: &str) -> Result<Option<Document>, StoreError> {
-        let (leases, filter) = (&self.leases, &doc! {"_id": deanery});
+        let find = Find::of(doc! {"_id": deanery});
         let mut attempts = Attempts::default();
-        Ok(self
-            .retry
-            .run(scope("read_lease"), &mut attempts, || async move {
-                leases
-                    .find_one(filter.clone())
-                    .max_time(self.max_time)
-                    .await
-            })
-            .await?)
+        self.find_first(scope("read_lease"), &self.leases, find, &mut attempts)
+            .await
     }
 
     /// Runs with a published file, newest publication first.

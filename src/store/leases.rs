@@ -7,7 +7,7 @@ use std::time::Duration;
 use bson::{doc, DateTime, Document};
 use mongodb::Collection;
 
-use super::{in_future, now, retry, scope, Attempts, RetryScope, Store, StoreError};
+use super::{in_future, now, retry, scope, Attempts, Find, RetryScope, Store, StoreError};
 use crate::domain::Deanery;
 
 /// Outcome of asking for a deanery's lease.
@@ -147,16 +147,9 @@ impl Store {
             op: lease.read_op,
             ..lease.scope
         };
-        Ok(self
-            .retry
-            .run(read, attempts, || async move {
-                lease
-                    .collection
-                    .find_one(doc! {"_id": lease.id})
-                    .max_time(self.max_time)
-                    .await
-            })
-            .await?)
+        let find = Find::of(doc! {"_id": lease.id});
+        self.find_first(read, lease.collection, find, attempts)
+            .await
     }
 
     fn deanery_lease<'a>(&'a self, deanery: &'a Deanery) -> Lease<'a> {

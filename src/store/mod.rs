@@ -401,6 +401,22 @@ impl Store {
     }
 
     /// The documents an aggregation `pipeline` on `collection` yields.
+    /// The first document `find` selects (by its sort), if any.
+    async fn find_first(
+        &self,
+        scope: RetryScope<'_>,
+        collection: &Collection<Document>,
+        find: Find,
+        attempts: &mut Attempts,
+    ) -> Result<Option<Document>, StoreError> {
+        let first = Find {
+            limit: Some(1),
+            ..find
+        };
+        let found = self.find_all(scope, collection, first, attempts).await?;
+        Ok(found.into_iter().next())
+    }
+
     /// The documents `find` selects, collected whole (so it is for small
     /// answers: a limit, or a handful of documents by nature).
     async fn find_all(

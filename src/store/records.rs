@@ -10,7 +10,7 @@ use mongodb::ClientSession;
 
 use super::mongo::cursor::BoundedCursor;
 use super::retry::TransactionBody;
-use super::{now, open_runs, scope, Attempts, IdRange, RetryScope, Store, StoreError};
+use super::{now, open_runs, scope, Attempts, Find, IdRange, RetryScope, Store, StoreError};
 use crate::domain::{AppRow, Deanery, RecordStatus};
 
 /// Which fields of a record a read returns.
@@ -122,17 +122,14 @@ impl Store {
         deanery: &Deanery,
         attempts: &mut Attempts,
     ) -> Result<Option<ObjectId>, StoreError> {
-        let records = &self.records;
+        let find = Find {
+            projection: Some(doc! {"_id": 1}),
+            sort: Some(doc! {"_id": -1}),
+            ..Find::of(waiting_of(deanery, doc! {"$type": "objectId"}))
+        };
+        let scope = scope("find_backlog", deanery);
         let found = self
-            .retry
-            .run(scope("find_backlog", deanery), attempts, || async move {
-                records
-                    .find_one(waiting_of(deanery, doc! {"$type": "objectId"}))
-                    .sort(doc! {"_id": -1})
-                    .projection(doc! {"_id": 1})
-                    .max_time(self.max_time)
-                    .await
-            })
+            .find_first(scope, &self.records, find, attempts)
             .await?;
         Ok(found.and_then(|d| d.get_object_id("_id").ok()))
     }
@@ -412,19 +409,29 @@ impl Store {
         reason: &str,
         attempts: &mut Attempts,
     ) -> Result<u64, StoreError> {
-        let records = &self.records;
         let scope = RetryScope {
             op: "reject_invalid_deanery",
             deanery: None,
         };
+        let filter = doc! {"deanery": value.clone(), "status": RecordStatus::ToExport.as_str()};
+        self.reject_where(scope, filter, reason, attempts).await
+    }
+
+    /// Rejects the records `filter` selects (outside any run) with
+    /// `reason`; returns how many it changed.
+    pub(super) async fn reject_where(
+        &self,
+        scope: RetryScope<'_>,
+        filter: Document,
+        reason: &str,
+        attempts: &mut Attempts,
+    ) -> Result<u64, StoreError> {
+        let (records, filter) = (&self.records, &filter);
         let result = self
             .retry
             .run(scope, attempts, || async move {
                 records
-                    .update_many(
-                        doc! {"deanery": value.clone(), "status": RecordStatus::ToExport.as_str()},
-                        Rejection::because(reason).update(),
-                    )
+                    .update_many(filter.clone(), Rejection::because(reason).update())
                     .await
             })
             .await?;

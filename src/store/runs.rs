@@ -5,7 +5,7 @@ use bson::oid::ObjectId;
 use bson::{doc, DateTime, Document};
 use serde::{Deserialize, Serialize};
 
-use super::{now, scope, Attempts, Store, StoreError};
+use super::{now, scope, Attempts, Find, Store, StoreError};
 use crate::domain::Deanery;
 
 /// Where a run is. A run only moves forward.
@@ -284,20 +284,12 @@ impl Store {
             "phase": RunPhase::Completed.as_str(),
             "$or": either,
         };
-        let (runs, filter) = (&self.runs, &filter);
-        let found = self
-            .retry
-            .run(
-                scope("find_done_trigger", deanery),
-                attempts,
-                || async move {
-                    runs.find_one(filter.clone())
-                        .projection(doc! {"_id": 1})
-                        .max_time(self.max_time)
-                        .await
-                },
-            )
-            .await?;
+        let find = Find {
+            projection: Some(doc! {"_id": 1}),
+            ..Find::of(filter)
+        };
+        let scope = scope("find_done_trigger", deanery);
+        let found = self.find_first(scope, &self.runs, find, attempts).await?;
         Ok(found.is_some())
     }
 }

@@ -8,7 +8,7 @@ use bson::{doc, Document};
 use mongodb::options::ReadConcern;
 
 use super::leases::{Lease, Taken};
-use super::{now, retry, Attempts, RetryScope, Store, StoreError};
+use super::{now, retry, Attempts, Find, RetryScope, Store, StoreError};
 
 /// Outcome of asking to fire a slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -114,16 +114,9 @@ impl Store {
         slot_id: &str,
         attempts: &mut Attempts,
     ) -> Result<Option<Document>, StoreError> {
-        let slots = &self.slots;
-        Ok(self
-            .retry
-            .run(scope("read_slot"), attempts, || async move {
-                slots
-                    .find_one(doc! {"_id": slot_id})
-                    .max_time(self.max_time)
-                    .await
-            })
-            .await?)
+        let find = Find::of(doc! {"_id": slot_id});
+        self.find_first(scope("read_slot"), &self.slots, find, attempts)
+            .await
     }
 
     /// The owner token of a catch-up claim, read `local`: a claim whose

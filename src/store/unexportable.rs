@@ -5,7 +5,7 @@
 
 use bson::{doc, Bson};
 
-use super::records::{waiting, waiting_of, Rejection};
+use super::records::{waiting, waiting_of};
 use super::{scope, Attempts, Find, Store, StoreError};
 use crate::domain::{bson_type_name, Deanery, RecordStatus};
 
@@ -42,19 +42,14 @@ impl Store {
         order: i32,
         attempts: &mut Attempts,
     ) -> Result<Option<Bson>, StoreError> {
-        let records = &self.records;
-        let filter = waiting(deanery);
-        let filter = &filter;
+        let find = Find {
+            projection: Some(doc! {"_id": 1}),
+            sort: Some(doc! {"_id": order}),
+            ..Find::of(waiting(deanery))
+        };
+        let scope = scope("find_backlog", deanery);
         let found = self
-            .retry
-            .run(scope("find_backlog", deanery), attempts, || async move {
-                records
-                    .find_one(filter.clone())
-                    .sort(doc! {"_id": order})
-                    .projection(doc! {"_id": 1})
-                    .max_time(self.max_time)
-                    .await
-            })
+            .find_first(scope, &self.records, find, attempts)
             .await?;
         Ok(found.and_then(|mut d| d.remove("_id")))
     }
@@ -110,22 +105,8 @@ impl Store {
         reason: &str,
         attempts: &mut Attempts,
     ) -> Result<bool, StoreError> {
-        let records = &self.records;
-        let result = self
-            .retry
-            .run(
-                scope("reject_unexportable", deanery),
-                attempts,
-                || async move {
-                    records
-                        .update_one(
-                            doc! {"_id": id.clone(), "status": RecordStatus::ToExport.as_str()},
-                            Rejection::because(reason).update(),
-                        )
-                        .await
-                },
-            )
-            .await?;
-        Ok(result.modified_count == 1)
+        let filter = doc! {"_id": id.clone(), "status": RecordStatus::ToExport.as_str()};
+        let scope = scope("reject_unexportable", deanery);
+        Ok(self.reject_where(scope, filter, reason, attempts).await? == 1)
     }
 }

@@ -41,152 +41,52 @@ pub(crate) const TRANSIENT_CATEGORIES: [&str; 9] = [
 /// writer won; the whole transaction runs again), 133
 /// FailedToSatisfyReadPreference (mongos while a shard elects a primary)
 /// and 10058 LegacyNotPrimary (older servers' "not primary").
+#[rustfmt::skip]
 pub(crate) const SERVER_CODES: [(i32, &str, &[&str]); 44] = [
     (6, "HostUnreachable", &["NetworkError", "RetriableError"]),
     (7, "HostNotFound", &["NetworkError", "RetriableError"]),
     (24, "LockTimeout", &["Interruption"]),
     (43, "CursorNotFound", &["CursorInvalidatedError"]),
-    (
-        50,
-        "MaxTimeMSExpired",
-        &["Interruption", "ExceededTimeLimitError"],
-    ),
-    (
-        89,
-        "NetworkTimeout",
-        &["NetworkError", "RetriableError", "NetworkTimeoutError"],
-    ),
-    (
-        91,
-        "ShutdownInProgress",
-        &["ShutdownError", "CancellationError", "RetriableError"],
-    ),
+    (50, "MaxTimeMSExpired", &["Interruption", "ExceededTimeLimitError"]),
+    (89, "NetworkTimeout", &["NetworkError", "RetriableError", "NetworkTimeoutError"]),
+    (91, "ShutdownInProgress", &["ShutdownError", "CancellationError", "RetriableError"]),
     (96, "OperationFailed", &["CursorInvalidatedError"]),
     (WRITE_CONFLICT, "WriteConflict", &[]),
     (133, "FailedToSatisfyReadPreference", &[]),
-    (
-        134,
-        "ReadConcernMajorityNotAvailableYet",
-        &["RetriableError"],
-    ),
+    (134, "ReadConcernMajorityNotAvailableYet", &["RetriableError"]),
     (175, "QueryPlanKilled", &["CursorInvalidatedError"]),
-    (
-        189,
-        "PrimarySteppedDown",
-        &["NotPrimaryError", "RetriableError"],
-    ),
-    (
-        202,
-        "NetworkInterfaceExceededTimeLimit",
-        &["ExceededTimeLimitError", "NetworkTimeoutError"],
-    ),
-    (
-        237,
-        "CursorKilled",
-        &["Interruption", "CursorInvalidatedError"],
-    ),
-    (
-        262,
-        "ExceededTimeLimit",
-        &["Interruption", "ExceededTimeLimitError", "RetriableError"],
-    ),
+    (189, "PrimarySteppedDown", &["NotPrimaryError", "RetriableError"]),
+    (202, "NetworkInterfaceExceededTimeLimit", &["ExceededTimeLimitError", "NetworkTimeoutError"]),
+    (237, "CursorKilled", &["Interruption", "CursorInvalidatedError"]),
+    (262, "ExceededTimeLimit", &["Interruption", "ExceededTimeLimitError", "RetriableError"]),
     (279, "ClientDisconnect", &["Interruption"]),
     (281, "TransactionCoordinatorSteppingDown", &["Interruption"]),
-    (
-        282,
-        "TransactionCoordinatorReachedAbortDecision",
-        &["Interruption"],
-    ),
-    (
-        290,
-        "TransactionExceededLifetimeLimitSeconds",
-        &["Interruption", "ExceededTimeLimitError"],
-    ),
+    (282, "TransactionCoordinatorReachedAbortDecision", &["Interruption"]),
+    (290, "TransactionExceededLifetimeLimitSeconds", &["Interruption", "ExceededTimeLimitError"]),
     (314, "ObjectIsBusy", &["CursorInvalidatedError"]),
-    (
-        317,
-        "ConnectionPoolExpired",
-        &["NetworkError", "RetriableError"],
-    ),
-    (
-        333,
-        "ServiceExecutorInShutdown",
-        &["ShutdownError", "CancellationError"],
-    ),
-    (
-        355,
-        "InterruptedDueToStorageChange",
-        &["Interruption", "CancellationError"],
-    ),
+    (317, "ConnectionPoolExpired", &["NetworkError", "RetriableError"]),
+    (333, "ServiceExecutorInShutdown", &["ShutdownError", "CancellationError"]),
+    (355, "InterruptedDueToStorageChange", &["Interruption", "CancellationError"]),
     (358, "InternalTransactionNotSupported", &["RetriableError"]),
     (384, "ConnectionError", &["NetworkError", "RetriableError"]),
     (402, "ResourceExhausted", &["RetriableError"]),
-    (
-        406,
-        "MigrationBlockingOperationCoordinatorCleaningUp",
-        &["RetriableError"],
-    ),
-    (
-        407,
-        "PooledConnectionAcquisitionExceededTimeLimit",
-        &["ExceededTimeLimitError", "RetriableError"],
-    ),
+    (406, "MigrationBlockingOperationCoordinatorCleaningUp", &["RetriableError"]),
+    (407, "PooledConnectionAcquisitionExceededTimeLimit", &["ExceededTimeLimitError", "RetriableError"]),
     (412, "UpdatesStillPending", &["RetriableError"]),
     (433, "AdmissionQueueOverflow", &["SystemOverloadedError"]),
     (449, "RateLimitExceeded", &["SystemOverloadedError"]),
-    (
-        450,
-        "PooledConnectionAcquisitionRejected",
-        &["SystemOverloadedError"],
-    ),
-    (
-        453,
-        "InterruptedDueToReshardingCriticalSection",
-        &["Interruption", "RetriableError"],
-    ),
-    (
-        462,
-        "IngressRequestRateLimitExceeded",
-        &["SystemOverloadedError", "RetriableError"],
-    ),
+    (450, "PooledConnectionAcquisitionRejected", &["SystemOverloadedError"]),
+    (453, "InterruptedDueToReshardingCriticalSection", &["Interruption", "RetriableError"]),
+    (462, "IngressRequestRateLimitExceeded", &["SystemOverloadedError", "RetriableError"]),
     (9001, "SocketException", &["NetworkError", "RetriableError"]),
     (10058, "LegacyNotPrimary", &[]),
-    (
-        10107,
-        "NotWritablePrimary",
-        &["NotPrimaryError", "RetriableError"],
-    ),
-    (
-        11600,
-        "InterruptedAtShutdown",
-        &[
-            "Interruption",
-            "ShutdownError",
-            "CancellationError",
-            "RetriableError",
-        ],
-    ),
+    (10107, "NotWritablePrimary", &["NotPrimaryError", "RetriableError"]),
+    (11600, "InterruptedAtShutdown", &["Interruption", "ShutdownError", "CancellationError", "RetriableError"]),
     (11601, "Interrupted", &["Interruption"]), // also what killSessions does to a slow holder
-    (
-        11602,
-        "InterruptedDueToReplStateChange",
-        &["Interruption", "NotPrimaryError", "RetriableError"],
-    ),
-    (
-        13435,
-        "NotPrimaryNoSecondaryOk",
-        &["NotPrimaryError", "RetriableError"],
-    ),
-    (
-        13436,
-        "NotPrimaryOrSecondary",
-        &["NotPrimaryError", "RetriableError"],
-    ),
-    (
-        91331,
-        "RetriableRemoteCommandFailure",
-        &["Interruption", "RetriableError"],
-    ),
+    (11602, "InterruptedDueToReplStateChange", &["Interruption", "NotPrimaryError", "RetriableError"]),
+    (13435, "NotPrimaryNoSecondaryOk", &["NotPrimaryError", "RetriableError"]),
+    (13436, "NotPrimaryOrSecondary", &["NotPrimaryError", "RetriableError"]),
+    (91331, "RetriableRemoteCommandFailure", &["Interruption", "RetriableError"]),
 ];
 
 /// Codes with no transient category that are transient all the same

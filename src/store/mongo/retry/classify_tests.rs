@@ -123,12 +123,17 @@ fn the_labels_of_the_table_are_named_as_the_server_sends_them() {
     );
 }
 
-#[test]
-fn network_errors_are_transient_and_custom_errors_permanent() {
-    let io = MongoError::from(std::io::Error::new(
+/// What the driver says of a connection the server reset.
+fn connection_reset() -> MongoError {
+    MongoError::from(std::io::Error::new(
         std::io::ErrorKind::ConnectionReset,
         "reset",
-    ));
+    ))
+}
+
+#[test]
+fn network_errors_are_transient_and_custom_errors_permanent() {
+    let io = connection_reset();
     assert_eq!(classify(&io, Phase::Operation), Transience::Transient);
     assert_eq!(
         classify(&MongoError::custom("x"), Phase::Operation),
@@ -171,10 +176,7 @@ fn a_write_concern_error_leaves_the_outcome_unknown_whatever_its_code() {
 
 #[test]
 fn a_lost_connection_leaves_a_write_unknown_and_a_duplicate_key_does_not() {
-    let io = MongoError::from(std::io::Error::new(
-        std::io::ErrorKind::ConnectionReset,
-        "reset",
-    ));
+    let io = connection_reset();
     assert!(outcome_unknown(&io));
     assert!(!outcome_unknown(&command_error(11000)));
     assert!(!outcome_unknown(&command_error(112)));

@@ -37,18 +37,6 @@ async fn failing_every_try(
 }
 
 #[test]
-fn network_errors_are_transient_and_custom_errors_permanent() {
-    assert_eq!(
-        classify(&io_error(), Phase::Operation),
-        Transience::Transient
-    );
-    assert_eq!(
-        classify(&MongoError::custom("lease lost"), Phase::Operation),
-        Transience::Permanent
-    );
-}
-
-#[test]
 fn a_message_shows_the_error_code_only_when_there_is_one() {
     let none = permanent("claim", io_error()).to_string();
     assert!(!none.contains("error code"), "{none}");
