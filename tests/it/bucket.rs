@@ -12,7 +12,7 @@ use crate::bucket_support::{
     assert_delivered_once, bucket_env, export_by_two_replicas, pairs, s3_endpoint, TestBucket,
     PREFIX,
 };
-use crate::helpers::{run_binary, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{assert_published, run_binary, spawn_app, spawn_app_with, TestApp};
 use crate::s3proxy::{Action, Rule, S3Proxy};
 
 async fn export(app: &TestApp, env: &[(String, String)], code: &str) -> std::process::Output {
@@ -40,32 +40,10 @@ async fn a_run_publishes_manifest_and_file_to_the_bucket_and_records_where() {
     let file = summary["file"].as_str().unwrap();
     let url = format!("s3://{}/{PREFIX}/{file}", bucket.name);
     assert_eq!(summary["publishedTo"], url.as_str());
-    let run = app
-        .db
-        .collection::<bson::Document>("exportRuns")
-        .find_one(doc! {})
-        .await
-        .unwrap()
-        .unwrap();
-    let publication = run.get_document("publication").unwrap();
-    assert_eq!(
-        publication.get_str("destination").unwrap(),
-        bucket.destination()
-    );
-    assert_eq!(
-        publication.get_str("key").unwrap(),
-        format!("{PREFIX}/{file}")
-    );
-    assert_eq!(
-        publication.get_str("sha256").unwrap(),
-        run.get_str("sha256").unwrap()
-    );
+    let run = app.run_doc(doc! {}).await.unwrap();
+    let key = format!("{PREFIX}/{file}");
+    let publication = assert_published(&app, &run, &bucket.destination(), &key);
     assert!(!publication.get_str("etag").unwrap().is_empty());
-    assert!(
-        crate::helpers::list(&app.export_dir()).is_empty(),
-        "nothing is left in the staging folder: {:?}",
-        crate::helpers::list(&app.export_dir())
-    );
     let everything = format!(
         "{}{}{run}",
         stderr(&output),

@@ -36,13 +36,7 @@ async fn a_command_becomes_a_file_of_exported_records_and_the_queue_drains() {
             .await,
         5
     );
-    let run = app
-        .db
-        .collection::<bson::Document>("exportRuns")
-        .find_one(doc! {"deanery": "MER"})
-        .await
-        .unwrap()
-        .unwrap();
+    let run = app.run_doc(doc! {"deanery": "MER"}).await.unwrap();
     assert_eq!(
         run.get_array("commands").unwrap()[0].as_str(),
         Some(command.command_id.to_string().as_str())
@@ -102,8 +96,7 @@ async fn a_duplicate_command_for_a_completed_slot_is_a_no_op() {
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let runs = app
-        .db
-        .collection::<bson::Document>("exportRuns")
+        .runs()
         .count_documents(doc! {"deanery": "LDN"})
         .await
         .unwrap();

@@ -261,7 +261,7 @@ async fn a_file_gone_before_its_publication_was_recorded_is_published_again_with
     let ids = app.seed("EMD", 35).await;
     let first = app.exporter.run(&deanery("EMD")).await;
     let name = first.file.clone().unwrap();
-    let runs = app.db.collection::<bson::Document>("exportRuns");
+    let runs = app.runs();
     runs.update_one(
         doc! {"_id": first.run_id.clone().unwrap()},
         doc! {"$set": {"phase": "FINALIZING"}, "$unset": {"publication": ""}},
@@ -312,7 +312,7 @@ async fn finishing_an_old_run_is_followed_by_a_run_for_records_that_came_since()
     // at its start), then new records.
     let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "10")]).await;
     let old = app.seed("WMD", 30).await;
-    let runs = app.db.collection::<bson::Document>("exportRuns");
+    let runs = app.runs();
     let first = app.exporter.run(&deanery("WMD")).await;
     runs.update_one(
         doc! {"_id": first.run_id.clone().unwrap()},

@@ -279,11 +279,8 @@ async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_fi
     assert!(retry.resumed);
     // The failed run itself was finished (a fresh run then found nothing new).
     let failed_run = app
-        .db
-        .collection::<bson::Document>("exportRuns")
-        .find_one(doc! {"_id": summary.run_id.clone().unwrap()})
+        .run_doc(doc! {"_id": summary.run_id.clone().unwrap()})
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(failed_run.get_str("phase").unwrap(), "COMPLETED");
     assert_eq!(retry.exported, 10_000);
@@ -341,11 +338,8 @@ async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_co
     assert_eq!(file.ids(), valid, "every valid record once, in order");
     assert_eq!(app.count(doc! {"status": "EXPORTED"}).await, 5_998);
     let run_doc = app
-        .db
-        .collection::<Document>("exportRuns")
-        .find_one(doc! {"_id": failed.run_id.clone().unwrap()})
+        .run_doc(doc! {"_id": failed.run_id.clone().unwrap()})
         .await
-        .unwrap()
         .unwrap();
     assert_eq!(run_doc.get_i64("claimed").unwrap(), 5_998, "{run_doc}");
     assert_eq!(run_doc.get_i64("rejected").unwrap(), 2, "{run_doc}");
@@ -415,7 +409,7 @@ async fn a_claimed_record_missing_from_the_file_stops_the_run_before_publishing(
         let exporter = app.exporter.clone();
         tokio::spawn(async move { exporter.run(&deanery("LDN")).await })
     };
-    let runs = app.db.collection::<Document>("exportRuns");
+    let runs = app.runs();
     let run_id = loop {
         if let Some(doc) = runs.find_one(doc! {"deanery": "LDN"}).await.unwrap() {
             break doc.get_str("_id").unwrap().to_owned();

@@ -160,6 +160,16 @@ impl TestApp {
             .collection(&self.settings.mongodb.records_collection)
     }
 
+    /// The export run documents.
+    pub fn runs(&self) -> Collection<Document> {
+        self.db.collection("exportRuns")
+    }
+
+    /// The first run document `filter` selects.
+    pub async fn run_doc(&self, filter: Document) -> Option<Document> {
+        self.runs().find_one(filter).await.unwrap()
+    }
+
     pub fn export_dir(&self) -> PathBuf {
         self.settings.export.output_dir.clone()
     }
@@ -599,6 +609,30 @@ pub fn binary(app: &TestApp, args: &[&str], extra: &[(&str, &str)]) -> tokio::pr
 }
 
 /// Runs `esr-exporter <args>` to the end; its output.
+/// Asserts `run` recorded its publication at `destination` under `key`
+/// with its own hash, and nothing is left in the app's staging folder;
+/// returns the publication.
+pub fn assert_published<'r>(
+    app: &TestApp,
+    run: &'r Document,
+    destination: &str,
+    key: &str,
+) -> &'r Document {
+    let publication = run.get_document("publication").unwrap();
+    assert_eq!(publication.get_str("destination").unwrap(), destination);
+    assert_eq!(publication.get_str("key").unwrap(), key);
+    assert_eq!(
+        publication.get_str("sha256").unwrap(),
+        run.get_str("sha256").unwrap()
+    );
+    let left = list(&app.export_dir());
+    assert!(
+        left.is_empty(),
+        "nothing is left in the staging folder: {left:?}"
+    );
+    publication
+}
+
 pub async fn run_binary(
     app: &TestApp,
     args: &[&str],

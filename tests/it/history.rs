@@ -2,7 +2,7 @@
 //! the status report reads only waiting and claimed records and recent or
 //! open runs, and refuses to scan when the indexes it needs are missing.
 
-use bson::{doc, DateTime, Document};
+use bson::{doc, DateTime};
 use esr_exporter::store::StoreError;
 
 use crate::helpers::{deanery, spawn_app};
@@ -14,8 +14,7 @@ async fn status_counts_what_recent_runs_exported_and_ignores_older_history() {
     app.exporter.run(&deanery("MER")).await;
     app.seed("MER", 2).await;
     let long_ago = DateTime::from_millis(DateTime::now().timestamp_millis() - 90 * 86_400_000);
-    app.db
-        .collection::<Document>("exportRuns")
+    app.runs()
         .insert_one(doc! {
             "_id": "old-run", "deanery": "MER", "phase": "COMPLETED", "startedAt": long_ago,
             "finishedAt": long_ago, "recordCount": 1_000_i64, "rejected": 7_i64,

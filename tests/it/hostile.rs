@@ -65,11 +65,8 @@ async fn a_resume_on_another_host_stages_the_file_again_instead_of_assuming_a_re
         300
     );
     let run = app
-        .db
-        .collection::<Document>("exportRuns")
-        .find_one(doc! {"_id": on_a.run_id.unwrap()})
+        .run_doc(doc! {"_id": on_a.run_id.unwrap()})
         .await
-        .unwrap()
         .unwrap();
     let published = run.get_document("publication").unwrap();
     assert!(
@@ -180,7 +177,7 @@ async fn a_command_for_a_future_slot_is_dead_lettered_and_uses_nothing_up() {
     let letters = app.take_dead_letters().await;
     assert!(letters[0].1.contains("is in the future"), "{letters:?}");
     assert_eq!(app.count(doc! {"status": "TO_EXPORT"}).await, 10);
-    let runs = app.db.collection::<Document>("exportRuns");
+    let runs = app.runs();
     assert_eq!(runs.count_documents(doc! {}).await.unwrap(), 0);
 
     // The genuine command for the current slot still exports.

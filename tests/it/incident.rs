@@ -32,7 +32,7 @@ async fn export(app: &TestApp, code: &str) {
 }
 
 async fn run_of(app: &TestApp, file: &str) -> Document {
-    let runs = app.db.collection::<Document>("exportRuns");
+    let runs = app.runs();
     runs.find_one(doc! {"fileName": file})
         .await
         .unwrap()

@@ -92,8 +92,7 @@ async fn a_consumer_the_broker_cancels_is_detached_at_once() {
     let guard = app.arm_failpoint(slow, 6).await;
     app.publish_command(&first, Slot::Manual).await;
     eventually("the export under way", WAIT, || async {
-        app.db
-            .collection::<bson::Document>("exportRuns")
+        app.runs()
             .count_documents(doc! {"deanery": &first})
             .await
             .unwrap()
@@ -190,7 +189,7 @@ async fn a_sigterm_mid_run_is_an_interruption_not_a_failure() {
         &[("ESR_HTTP__LISTEN", "127.0.0.1:0")],
     ));
     app.publish_command(&code, Slot::Manual).await;
-    let runs = app.db.collection::<bson::Document>("exportRuns");
+    let runs = app.runs();
     eventually("the run claiming", WAIT, || async {
         runs.count_documents(doc! {"deanery": &code, "claimed": {"$gt": 0}})
             .await

@@ -243,7 +243,7 @@ async fn the_alert_gauges_are_set_at_start_from_the_runs_and_the_dead_letter_que
     let now = chrono::Utc::now().timestamp();
     let (completed, failed) = (now - 2 * 86_400, now - 86_400);
     let at = |secs: i64| bson::DateTime::from_millis(secs * 1000);
-    let runs = app.db.collection::<bson::Document>("exportRuns");
+    let runs = app.runs();
     runs.insert_many([
         doc! {"_id": "old", "deanery": &code, "phase": "COMPLETED",
         "startedAt": at(completed - 60), "finishedAt": at(completed)},

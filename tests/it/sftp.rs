@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bson::doc;
 
 use crate::bucket_support::{assert_each_once, export_by_two_replicas, pairs};
-use crate::helpers::{run_binary, spawn_app, TestApp};
+use crate::helpers::{assert_published, run_binary, spawn_app, TestApp};
 use crate::sshd::TestSshd;
 use crate::tcp_proxy::TcpProxy;
 
@@ -54,27 +54,10 @@ async fn a_run_publishes_manifest_and_file_to_the_server_and_records_where() {
         summary(&output)["publishedTo"],
         format!("{}/{file}", sshd.destination())
     );
-    let run = app
-        .db
-        .collection::<bson::Document>("exportRuns")
-        .find_one(doc! {})
-        .await
-        .unwrap()
-        .unwrap();
-    let publication = run.get_document("publication").unwrap();
-    assert_eq!(
-        publication.get_str("destination").unwrap(),
-        sshd.destination()
-    );
-    assert_eq!(
-        publication.get_str("key").unwrap(),
-        format!("{}/{file}", sshd.inbox.display())
-    );
+    let run = app.run_doc(doc! {}).await.unwrap();
+    let key = format!("{}/{file}", sshd.inbox.display());
+    let publication = assert_published(&app, &run, &sshd.destination(), &key);
     assert_eq!(publication.get_str("sha256").unwrap(), sshd.sha256(&file));
-    assert!(
-        crate::helpers::list(&app.export_dir()).is_empty(),
-        "staging folder emptied"
-    );
 }
 
 #[tokio::test]

@@ -29,11 +29,10 @@ fn settings_through(app: &TestApp, proxy: &WireProxy) -> Settings {
     settings_through_with(app, proxy, &[])
 }
 
+/// The app's settings with MongoDB reached through `proxy`, its bound
+/// `BOUND` and server selection 2 s, unless `extra` says otherwise.
 fn settings_through_with(app: &TestApp, proxy: &WireProxy, extra: &[(&str, &str)]) -> Settings {
     let mut env = app.env.clone();
-    for (key, value) in extra {
-        env.insert((*key).to_owned(), (*value).to_owned());
-    }
     let uri = format!("{}&appName={}", proxy.uri(), app.app_name);
     env.insert("ESR_MONGODB__URI".into(), uri);
     let bound = BOUND.as_millis().to_string();
@@ -42,11 +41,14 @@ fn settings_through_with(app: &TestApp, proxy: &WireProxy, extra: &[(&str, &str)
         "ESR_MONGODB__SERVER_SELECTION_TIMEOUT_MS".into(),
         "2000".into(),
     );
+    for (key, value) in extra {
+        env.insert((*key).to_owned(), (*value).to_owned());
+    }
     Settings::load_with_env(None, Some(env)).expect("settings through the proxy")
 }
 
-async fn exporter_through(app: &TestApp, proxy: &WireProxy) -> Exporter {
-    let settings = settings_through(app, proxy);
+async fn exporter_through(app: &TestApp, proxy: &WireProxy, extra: &[(&str, &str)]) -> Exporter {
+    let settings = settings_through_with(app, proxy, extra);
     let store = Store::build(&settings)
         .await
         .expect("store through the proxy");
@@ -63,12 +65,13 @@ struct Proxied {
     exporter: Exporter,
 }
 
-async fn proxied(overrides: &[(&str, &str)], n: usize) -> Proxied {
+/// `overrides` go to the app, `extra` to the exporter's settings.
+async fn proxied_with(overrides: &[(&str, &str)], n: usize, extra: &[(&str, &str)]) -> Proxied {
     let app = spawn_app_with(overrides).await;
     let code = unique_deanery();
     let ids = app.seed(&code, n).await;
     let proxy = WireProxy::start(&primary_host_port().await).await;
-    let exporter = exporter_through(&app, &proxy).await;
+    let exporter = exporter_through(&app, &proxy, extra).await;
     Proxied {
         app,
         code,
@@ -76,6 +79,10 @@ async fn proxied(overrides: &[(&str, &str)], n: usize) -> Proxied {
         proxy,
         exporter,
     }
+}
+
+async fn proxied(overrides: &[(&str, &str)], n: usize) -> Proxied {
+    proxied_with(overrides, n, &[]).await
 }
 
 /// Runs attempts until one completes (the previous holder's lease lapses
@@ -109,15 +116,7 @@ async fn black_hole_during(matches: fn(&Request) -> bool) {
     } = proxied(&overrides, 1_000).await;
 
     proxy.arm(Fault::BlackHole, matches);
-    let failed = exporter.run(&deanery(&code)).await;
-    let (fired, request) = proxy.fired().expect("the black hole fired");
-    let took = fired.elapsed();
-
-    assert_eq!(failed.status(), RunStatus::Failed, "{failed:?}");
-    assert!(
-        failed.end.is_retryable(),
-        "a timeout is transient: {failed:?}"
-    );
+    let (failed, took, request) = fails_transiently(&exporter, &code, &proxy).await;
     // The operation's deadline and the driver's monitor (whose hello the
     // black hole swallows too) both give up after 2 s: whichever is first
     // names the failure.
@@ -207,6 +206,22 @@ async fn every_connection_reset_mid_claim_is_retried_and_exports_once() {
     assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert!(summary.retries >= 1, "the claim was retried: {summary:?}");
     app.assert_exported_once(&code, &ids).await;
+}
+
+/// Runs one attempt of `code`'s export into the black hole armed on
+/// `proxy`: it fails, transiently. The summary, how long after the hole
+/// swallowed its first request, and that request.
+async fn fails_transiently(
+    exporter: &Exporter,
+    code: &str,
+    proxy: &WireProxy,
+) -> (RunSummary, Duration, Request) {
+    let failed = exporter.run(&deanery(code)).await;
+    let (fired, request) = proxy.fired().expect("the black hole fired");
+    let took = fired.elapsed();
+    assert_eq!(failed.status(), RunStatus::Failed, "{failed:?}");
+    assert!(failed.end.is_retryable(), "transient: {failed:?}");
+    (failed, took, request)
 }
 
 /// Loses the reply to the first request `matches` accepts (it is applied),
@@ -370,39 +385,26 @@ async fn a_lost_reply_to_the_catch_up_claim_is_not_mistaken_for_another_replicas
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_the_drivers_monitor_notices_first_ends_the_attempt_at_once() {
     let bound = Duration::from_secs(20);
-    let app = spawn_app_with(&[
+    let overrides = [
         ("ESR_EXPORT__CHUNK_SIZE", "100"),
         ("ESR_EXPORT__LEASE_SECONDS", "2"),
-    ])
-    .await;
-    let code = unique_deanery();
-    let ids = app.seed(&code, 1_000).await;
-    let proxy = WireProxy::start(&primary_host_port().await).await;
-    let mut env = app.env.clone();
-    let uri = format!("{}&appName={}", proxy.uri(), app.app_name);
-    env.insert("ESR_MONGODB__URI".into(), uri);
-    env.insert(
-        "ESR_MONGODB__OPERATION_TIMEOUT_MS".into(),
-        bound.as_millis().to_string(),
-    );
-    let settings = Settings::load_with_env(None, Some(env)).expect("settings");
-    let store = Store::build(&settings)
-        .await
-        .expect("store through the proxy");
-    let exporter = Exporter::new(store, settings.export.clone());
+    ];
+    let extra = [
+        ("ESR_MONGODB__OPERATION_TIMEOUT_MS", "20000"),
+        ("ESR_MONGODB__SERVER_SELECTION_TIMEOUT_MS", "10000"),
+    ];
+    let Proxied {
+        app,
+        code,
+        ids,
+        proxy,
+        exporter,
+    } = proxied_with(&overrides, 1_000, &extra).await;
 
     proxy.arm(Fault::BlackHole, |r| {
         r.is("update", "generatedAppRecords", "EXPORTING")
     });
-    let failed = exporter.run(&deanery(&code)).await;
-    let (fired, _) = proxy.fired().expect("the black hole fired");
-    let took = fired.elapsed();
-
-    assert_eq!(failed.status(), RunStatus::Failed, "{failed:?}");
-    assert!(
-        failed.end.is_retryable(),
-        "unreachable is transient: {failed:?}"
-    );
+    let (failed, took, _) = fails_transiently(&exporter, &code, &proxy).await;
     let error = failed.error().unwrap_or_default();
     assert!(error.contains("MongoDB unreachable"), "{error}");
     assert!(
