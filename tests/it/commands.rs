@@ -7,7 +7,7 @@ use bson::doc;
 use chrono::{Timelike, Utc};
 use esr_exporter::domain::Slot;
 
-use crate::helpers::{eventually, spawn_app_with, TestApp};
+use crate::helpers::{eventually, seeded, spawn_app_with, TestApp};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -80,8 +80,7 @@ async fn malformed_and_invalid_commands_are_dead_lettered_with_their_reasons_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_command_for_a_completed_slot_is_a_no_op() {
-    let app = spawn_app_with(&[]).await;
-    let ids = app.seed("LDN", 40).await;
+    let (app, ids) = seeded(&[], "LDN", 40).await;
     let daemon = app.spawn_daemon().await;
     let slot = Slot::Scheduled(Utc::now().with_nanosecond(0).unwrap());
 
@@ -120,8 +119,7 @@ async fn a_duplicate_command_for_a_completed_slot_is_a_no_op() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_connection_closed_during_a_run_is_recovered_and_the_work_completes() {
-    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
-    let ids = app.seed("OXF", 8_000).await;
+    let (app, ids) = seeded(&[("ESR_EXPORT__CHUNK_SIZE", "25")], "OXF", 8_000).await;
     let daemon = app.spawn_daemon().await;
 
     app.publish_command("OXF", Slot::Manual).await;
@@ -155,12 +153,15 @@ async fn a_broker_connection_closed_during_a_run_is_recovered_and_the_work_compl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_failure_is_retried_later_through_the_retry_queue() {
-    let app = spawn_app_with(&[
-        ("ESR_RETRY__MAX_ATTEMPTS", "2"),
-        ("ESR_AMQP__RETRY_DELAY_MS", "1000"),
-    ])
+    let (app, ids) = seeded(
+        &[
+            ("ESR_RETRY__MAX_ATTEMPTS", "2"),
+            ("ESR_AMQP__RETRY_DELAY_MS", "1000"),
+        ],
+        "WES",
+        30,
+    )
     .await;
-    let ids = app.seed("WES", 30).await;
     // Four WriteConflicts on reads: the first two processing attempts
     // exhaust their two tries each; the third attempt succeeds.
     let guard = app
@@ -263,12 +264,15 @@ async fn cli(app: &TestApp, args: &[&str]) -> (Option<i32>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_can_be_inspected_and_replayed_once_the_cause_is_fixed() {
     // Arrange: one try per command, and MongoDB "down" for the first one.
-    let app = spawn_app_with(&[
-        ("ESR_AMQP__MAX_ATTEMPTS", "1"),
-        ("ESR_RETRY__MAX_ATTEMPTS", "1"),
-    ])
+    let (app, ids) = seeded(
+        &[
+            ("ESR_AMQP__MAX_ATTEMPTS", "1"),
+            ("ESR_RETRY__MAX_ATTEMPTS", "1"),
+        ],
+        "PEN",
+        20,
+    )
     .await;
-    let ids = app.seed("PEN", 20).await;
     let guard = app
         .arm_failpoint(
             doc! {"failCommands": ["find"], "errorCode": 112, "errorLabels": ["TransientTransactionError"]},

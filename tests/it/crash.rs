@@ -7,7 +7,7 @@ use std::time::Duration;
 use bson::{doc, Document};
 use tokio::process::{Child, Command};
 
-use crate::helpers::{spawn_app_with, TestApp};
+use crate::helpers::{seeded, TestApp};
 
 fn exporter_command(app: &TestApp, args: &[&str]) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_esr-exporter"));
@@ -64,12 +64,15 @@ async fn export_again(app: &TestApp, code: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_run_killed_while_claiming_is_finished_by_the_next_run_with_one_file() {
-    let app = spawn_app_with(&[
-        ("ESR_EXPORT__CHUNK_SIZE", "20"),
-        ("ESR_EXPORT__LEASE_SECONDS", "2"),
-    ])
+    let (app, ids) = seeded(
+        &[
+            ("ESR_EXPORT__CHUNK_SIZE", "20"),
+            ("ESR_EXPORT__LEASE_SECONDS", "2"),
+        ],
+        "MER",
+        6_000,
+    )
     .await;
-    let ids = app.seed("MER", 6_000).await;
 
     kill_when(&app, "MER", doc! {"status": "EXPORTING", "deanery": "MER"}).await;
     assert!(
@@ -88,13 +91,16 @@ async fn a_run_killed_while_claiming_is_finished_by_the_next_run_with_one_file()
 #[tokio::test]
 async fn a_run_killed_while_marking_records_is_finished_without_a_second_file() {
     // Marked 100 records a statement, so the kill lands between statements.
-    let app = spawn_app_with(&[
-        ("ESR_EXPORT__CHUNK_SIZE", "10"),
-        ("ESR_EXPORT__MARK_BATCH_SIZE", "100"),
-        ("ESR_EXPORT__LEASE_SECONDS", "2"),
-    ])
+    let (app, ids) = seeded(
+        &[
+            ("ESR_EXPORT__CHUNK_SIZE", "10"),
+            ("ESR_EXPORT__MARK_BATCH_SIZE", "100"),
+            ("ESR_EXPORT__LEASE_SECONDS", "2"),
+        ],
+        "EOE",
+        6_000,
+    )
     .await;
-    let ids = app.seed("EOE", 6_000).await;
 
     kill_when(&app, "EOE", doc! {"status": "EXPORTED", "deanery": "EOE"}).await;
     assert!(

@@ -633,6 +633,17 @@ pub fn assert_published<'r>(
     publication
 }
 
+/// An app with `overrides`, and `n` waiting records of `deanery`.
+pub async fn seeded(
+    overrides: &[(&str, &str)],
+    deanery: &str,
+    n: usize,
+) -> (TestApp, Vec<ObjectId>) {
+    let app = spawn_app_with(overrides).await;
+    let ids = app.seed(deanery, n).await;
+    (app, ids)
+}
+
 pub async fn run_binary(
     app: &TestApp,
     args: &[&str],

@@ -11,7 +11,7 @@ use esr_exporter::export::Exporter;
 use tokio::process::Child;
 
 use crate::helpers::{
-    binary, deanery, eventually, http_get, list, metric, spawn_app, spawn_app_with, valid_record,
+    binary, deanery, eventually, http_get, list, metric, seeded, spawn_app, valid_record,
     ExportedFile,
 };
 
@@ -25,8 +25,7 @@ fn today() -> String {
 async fn a_resume_on_another_host_stages_the_file_again_instead_of_assuming_a_reader_took_it() {
     // Arrange: host A's folder has a dangling symlink under the run's
     // final name, so A stages the file but cannot publish it.
-    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "50")]).await;
-    let ids = app.seed("MER", 300).await;
+    let (app, ids) = seeded(&[("ESR_EXPORT__CHUNK_SIZE", "50")], "MER", 300).await;
     let folder_a = app.export_dir();
     std::fs::create_dir_all(&folder_a).unwrap();
     let name = format!("DE_MER_APP_{}_00001.DAT", today());
@@ -252,12 +251,15 @@ async fn a_read_only_then_full_output_folder_is_retried_reported_and_loses_nothi
     std::fs::create_dir_all(&folder).unwrap();
     disk.remount("ro");
     let folder_env = folder.display().to_string();
-    let app = spawn_app_with(&[
-        ("ESR_EXPORT__OUTPUT_DIR", folder_env.as_str()),
-        ("ESR_AMQP__MAX_ATTEMPTS", "1000"),
-    ])
+    let (app, ids) = seeded(
+        &[
+            ("ESR_EXPORT__OUTPUT_DIR", folder_env.as_str()),
+            ("ESR_AMQP__MAX_ATTEMPTS", "1000"),
+        ],
+        "SEV",
+        2_000,
+    )
     .await;
-    let ids = app.seed("SEV", 2_000).await;
     let daemon = app.spawn_daemon().await;
 
     app.publish_command("SEV", Slot::Manual).await;

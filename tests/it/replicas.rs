@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 use crate::commands::cron_minutes_ago;
-use crate::helpers::{eventually, spawn_app_with, TestApp};
+use crate::helpers::{eventually, seeded, spawn_app_with, TestApp};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -111,8 +111,7 @@ async fn three_replicas_fire_a_due_slot_once_and_write_one_file_per_deanery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_run_exits_cleanly_and_a_later_run_completes_it() {
-    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "20")]).await;
-    let ids = app.seed("NWN", 12_000).await;
+    let (app, ids) = seeded(&[("ESR_EXPORT__CHUNK_SIZE", "20")], "NWN", 12_000).await;
     let daemon = spawn_daemon_process(&app);
 
     app.publish_command("NWN", esr_exporter::domain::Slot::Manual)
