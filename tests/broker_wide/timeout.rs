@@ -6,7 +6,7 @@ use std::time::Duration;
 use bson::doc;
 use esr_exporter::domain::Slot;
 
-use crate::helpers::{eventually, http_get, metric, spawn_app, unique_deanery};
+use crate::helpers::{consumer_detached, eventually, http_get, spawn_app, unique_deanery};
 use crate::{rabbitmqctl, Restore, NODE};
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -48,10 +48,8 @@ async fn after_an_acknowledgement_timeout_readiness_follows_the_closed_channel()
     let guard = app.arm_failpoint(slow, 40).await;
 
     app.publish_command(&code, Slot::Manual).await;
-    eventually("detached while the export runs", WAIT, || async {
-        let (status, _) = http_get(daemon.http, "/readyz").await;
-        let (_, metrics) = http_get(daemon.http, "/metrics").await;
-        status == 503 && metric(&metrics, "esr_consumer_attached") == Some(0.0)
+    eventually("detached while the export runs", WAIT, || {
+        consumer_detached(daemon.http)
     })
     .await;
     let exported_yet = !app.files().is_empty();

@@ -164,12 +164,7 @@ async fn a_transient_failure_is_retried_later_through_the_retry_queue() {
     .await;
     // Four WriteConflicts on reads: the first two processing attempts
     // exhaust their two tries each; the third attempt succeeds.
-    let guard = app
-        .arm_failpoint(
-            doc! {"failCommands": ["find"], "errorCode": 112, "errorLabels": ["TransientTransactionError"]},
-            4,
-        )
-        .await;
+    let guard = app.arm_write_conflicts("find", 4).await;
     let daemon = app.spawn_daemon().await;
 
     app.publish_command("WES", Slot::Manual).await;
@@ -273,12 +268,7 @@ async fn dead_letters_can_be_inspected_and_replayed_once_the_cause_is_fixed() {
         20,
     )
     .await;
-    let guard = app
-        .arm_failpoint(
-            doc! {"failCommands": ["find"], "errorCode": 112, "errorLabels": ["TransientTransactionError"]},
-            1,
-        )
-        .await;
+    let guard = app.arm_write_conflicts("find", 1).await;
     let daemon = app.spawn_daemon().await;
     let command = app.publish_command("PEN", Slot::Manual).await;
     app.publish_raw(b"{broken").await;

@@ -75,17 +75,22 @@ fn documented_metrics() -> BTreeMap<String, String> {
     documented
 }
 
-/// PromQL functions and keywords: identifiers that are not metric names.
-const PROMQL_WORDS: &[&str] = &[
-    "and",
-    "or",
-    "unless",
+/// PromQL keywords a label list follows.
+const LABEL_LIST_WORDS: &[&str] = &[
     "by",
     "without",
     "on",
     "ignoring",
     "group_left",
     "group_right",
+];
+
+/// PromQL functions and keywords: identifiers that are not metric names
+/// (with [`LABEL_LIST_WORDS`]).
+const PROMQL_WORDS: &[&str] = &[
+    "and",
+    "or",
+    "unless",
     "offset",
     "bool",
     "atan2",
@@ -159,16 +164,7 @@ fn metric_names(expr: &str) -> BTreeSet<Use> {
                     next += 1;
                 }
                 let lower = word.to_ascii_lowercase();
-                if [
-                    "by",
-                    "without",
-                    "on",
-                    "ignoring",
-                    "group_left",
-                    "group_right",
-                ]
-                .contains(&lower.as_str())
-                {
+                if LABEL_LIST_WORDS.contains(&lower.as_str()) {
                     // A label list follows.
                     if next < chars.len() && chars[next] == '(' {
                         i = skip_to(next + 1, ')');

@@ -357,12 +357,7 @@ async fn an_exhausted_retry_budget_fails_the_run_and_the_next_attempt_completes_
         120,
     )
     .await;
-    let guard = app
-        .arm_failpoint(
-            doc! {"failCommands": ["find"], "errorCode": 112, "errorLabels": ["TransientTransactionError"]},
-            10,
-        )
-        .await;
+    let guard = app.arm_write_conflicts("find", 10).await;
     let failed = app.exporter.run(&deanery("NWN")).await;
     app.disarm().await;
     drop(guard);

@@ -235,6 +235,16 @@ impl TestApp {
         guard
     }
 
+    /// Arms `times` WriteConflicts (112, labelled transient) on `command`.
+    pub async fn arm_write_conflicts(&self, command: &str, times: i32) -> MutexGuard<'static, ()> {
+        let conflict = doc! {
+            "failCommands": [command],
+            "errorCode": 112,
+            "errorLabels": ["TransientTransactionError"],
+        };
+        self.arm_failpoint(conflict, times).await
+    }
+
     /// Takes the server-wide failpoint without arming it yet.
     pub async fn hold_failpoint(&self) -> MutexGuard<'static, ()> {
         FAILPOINT.lock().await
@@ -570,6 +580,14 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
 }
 
 /// The value of one Prometheus sample, e.g. `esr_records_exported_total{deanery="X"}`.
+/// True when the daemon serving `addr` says it has no consumer attached:
+/// `/readyz` answers 503 and `esr_consumer_attached` is 0.
+pub async fn consumer_detached(addr: std::net::SocketAddr) -> bool {
+    let (status, _) = http_get(addr, "/readyz").await;
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    status == 503 && metric(&metrics, "esr_consumer_attached") == Some(0.0)
+}
+
 pub fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines()
         .find(|line| line.starts_with(sample) && line[sample.len()..].starts_with(' '))

@@ -9,8 +9,8 @@ use esr_exporter::domain::Slot;
 use esr_exporter::store::{Attempts, Store};
 
 use crate::helpers::{
-    binary, eventually, http_get, metric, spawn_app, spawn_app_with, unique_deanery, TestApp,
-    Watched,
+    binary, consumer_detached, eventually, http_get, spawn_app, spawn_app_with, unique_deanery,
+    TestApp, Watched,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -100,10 +100,8 @@ async fn a_consumer_the_broker_cancels_is_detached_at_once() {
     })
     .await;
     delete_queues(&app, std::slice::from_ref(&app.settings.amqp.queue)).await;
-    eventually("detached while the export runs", WAIT, || async {
-        let (status, _) = http_get(daemon.http, "/readyz").await;
-        let (_, metrics) = http_get(daemon.http, "/metrics").await;
-        status == 503 && metric(&metrics, "esr_consumer_attached") == Some(0.0)
+    eventually("detached while the export runs", WAIT, || {
+        consumer_detached(daemon.http)
     })
     .await;
     let exported_yet = !app.files().is_empty();

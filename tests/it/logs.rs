@@ -2,7 +2,6 @@
 //! carries the run's `deanery` and `run_id` once, from the run's span,
 //! whether the run said it or a MongoDB retry under it did.
 
-use bson::doc;
 use serde_json::Value;
 
 use crate::helpers::{run_binary as run, spawn_app};
@@ -13,12 +12,7 @@ async fn json_lines_inside_a_run_carry_its_deanery_and_run_id_once() {
     // is said inside the run.
     let app = spawn_app().await;
     app.seed("MER", 3).await;
-    let conflict = doc! {
-        "failCommands": ["update"],
-        "errorCode": 112,
-        "errorLabels": ["TransientTransactionError"],
-    };
-    let guard = app.arm_failpoint(conflict, 1).await;
+    let guard = app.arm_write_conflicts("update", 1).await;
 
     // Act
     let output = run(&app, &["export", "--all"], &[]).await;

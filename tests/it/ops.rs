@@ -89,12 +89,7 @@ async fn metrics_move_as_runs_happen_including_write_conflicts() {
     assert_eq!(metric(&before, &exported), None, "nothing yet for {code}");
 
     // A WriteConflict on the claim transaction's first update.
-    let guard = app
-        .arm_failpoint(
-            doc! {"failCommands": ["update"], "errorCode": 112, "errorLabels": ["TransientTransactionError"]},
-            1,
-        )
-        .await;
+    let guard = app.arm_write_conflicts("update", 1).await;
     app.publish_command(&code, Slot::Manual).await;
     eventually("exported", WAIT, || async {
         app.count(doc! {"deanery": &code, "status": "EXPORTED"})
