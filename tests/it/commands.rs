@@ -80,7 +80,7 @@ async fn malformed_and_invalid_commands_are_dead_lettered_with_their_reasons_onc
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_command_for_a_completed_slot_is_a_no_op() {
-    let (app, ids) = seeded(&[], "LDN", 40).await;
+    let (app, ids) = seeded("LDN", 40, &[]).await;
     let daemon = app.spawn_daemon().await;
     let slot = Slot::Scheduled(Utc::now().with_nanosecond(0).unwrap());
 
@@ -119,7 +119,7 @@ async fn a_duplicate_command_for_a_completed_slot_is_a_no_op() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_connection_closed_during_a_run_is_recovered_and_the_work_completes() {
-    let (app, ids) = seeded(&[("ESR_EXPORT__CHUNK_SIZE", "25")], "OXF", 8_000).await;
+    let (app, ids) = seeded("OXF", 8_000, &[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
     let daemon = app.spawn_daemon().await;
 
     app.publish_command("OXF", Slot::Manual).await;
@@ -153,15 +153,11 @@ async fn a_broker_connection_closed_during_a_run_is_recovered_and_the_work_compl
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_failure_is_retried_later_through_the_retry_queue() {
-    let (app, ids) = seeded(
-        &[
-            ("ESR_RETRY__MAX_ATTEMPTS", "2"),
-            ("ESR_AMQP__RETRY_DELAY_MS", "1000"),
-        ],
-        "WES",
-        30,
-    )
-    .await;
+    let overrides = [
+        ("ESR_RETRY__MAX_ATTEMPTS", "2"),
+        ("ESR_AMQP__RETRY_DELAY_MS", "1000"),
+    ];
+    let (app, ids) = seeded("WES", 30, &overrides).await;
     // Four WriteConflicts on reads: the first two processing attempts
     // exhaust their two tries each; the third attempt succeeds.
     let guard = app.arm_write_conflicts("find", 4).await;
@@ -259,15 +255,11 @@ async fn cli(app: &TestApp, args: &[&str]) -> (Option<i32>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_can_be_inspected_and_replayed_once_the_cause_is_fixed() {
     // Arrange: one try per command, and MongoDB "down" for the first one.
-    let (app, ids) = seeded(
-        &[
-            ("ESR_AMQP__MAX_ATTEMPTS", "1"),
-            ("ESR_RETRY__MAX_ATTEMPTS", "1"),
-        ],
-        "PEN",
-        20,
-    )
-    .await;
+    let overrides = [
+        ("ESR_AMQP__MAX_ATTEMPTS", "1"),
+        ("ESR_RETRY__MAX_ATTEMPTS", "1"),
+    ];
+    let (app, ids) = seeded("PEN", 20, &overrides).await;
     let guard = app.arm_write_conflicts("find", 1).await;
     let daemon = app.spawn_daemon().await;
     let command = app.publish_command("PEN", Slot::Manual).await;

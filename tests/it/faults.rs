@@ -17,15 +17,11 @@ use crate::helpers::{deanery, seeded, spawn_app, spawn_app_with, TestApp};
 async fn a_concurrent_writer_causes_write_conflicts_and_every_record_is_still_exported_once() {
     // Arrange: small chunks, and a writer that keeps updating exactly the
     // records the next claim transaction is about to take.
-    let (app, ids) = seeded(
-        &[
-            ("ESR_EXPORT__CHUNK_SIZE", "100"),
-            ("ESR_RETRY__MAX_ATTEMPTS", "50"),
-        ],
-        "MER",
-        3_000,
-    )
-    .await;
+    let overrides = [
+        ("ESR_EXPORT__CHUNK_SIZE", "100"),
+        ("ESR_RETRY__MAX_ATTEMPTS", "50"),
+    ];
+    let (app, ids) = seeded("MER", 3_000, &overrides).await;
     let records = app.records();
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
@@ -108,7 +104,7 @@ async fn export_through_failpoint(
 /// records, and returns its summary after checking every record was
 /// exported once.
 async fn export_through(data: Document, times: i32) -> RunSummary {
-    let (app, ids) = seeded(&[("ESR_EXPORT__CHUNK_SIZE", "100")], "EOE", 300).await;
+    let (app, ids) = seeded("EOE", 300, &[("ESR_EXPORT__CHUNK_SIZE", "100")]).await;
     let exporter = quick_to_rediscover(&app).await;
     let guard = app.arm_failpoint(data, times).await;
     let summary = exporter.run(&deanery("EOE")).await;
@@ -252,7 +248,7 @@ async fn fail_mid_claim(app: &TestApp, code: &str) -> RunSummary {
 #[tokio::test]
 async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_file() {
     // Arrange: a run with many chunks, so it is mid-file when the error comes.
-    let (app, ids) = seeded(&[("ESR_EXPORT__CHUNK_SIZE", "25")], "SEV", 10_000).await;
+    let (app, ids) = seeded("SEV", 10_000, &[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
 
     // Act: 13 Unauthorized on a claim's update once the first chunk is in.
     let summary = fail_mid_claim(&app, "SEV").await;
@@ -295,7 +291,7 @@ async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_fi
 #[tokio::test]
 async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_counts_agree() {
     // Arrange: a run stopped mid-claim by a non-transient error.
-    let (app, ids) = seeded(&[("ESR_EXPORT__CHUNK_SIZE", "25")], "KSS", 6_000).await;
+    let (app, ids) = seeded("KSS", 6_000, &[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
     let failed = fail_mid_claim(&app, "KSS").await;
     assert_eq!(failed.status(), RunStatus::Failed, "{failed:?}");
     // Another writer breaks two records the stopped run had claimed.
@@ -348,15 +344,11 @@ async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_co
 
 #[tokio::test]
 async fn an_exhausted_retry_budget_fails_the_run_and_the_next_attempt_completes_it() {
-    let (app, ids) = seeded(
-        &[
-            ("ESR_EXPORT__CHUNK_SIZE", "50"),
-            ("ESR_RETRY__MAX_ATTEMPTS", "3"),
-        ],
-        "NWN",
-        120,
-    )
-    .await;
+    let overrides = [
+        ("ESR_EXPORT__CHUNK_SIZE", "50"),
+        ("ESR_RETRY__MAX_ATTEMPTS", "3"),
+    ];
+    let (app, ids) = seeded("NWN", 120, &overrides).await;
     let guard = app.arm_write_conflicts("find", 10).await;
     let failed = app.exporter.run(&deanery("NWN")).await;
     app.disarm().await;

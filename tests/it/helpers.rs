@@ -653,9 +653,9 @@ pub fn assert_published<'r>(
 
 /// An app with `overrides`, and `n` waiting records of `deanery`.
 pub async fn seeded(
-    overrides: &[(&str, &str)],
     deanery: &str,
     n: usize,
+    overrides: &[(&str, &str)],
 ) -> (TestApp, Vec<ObjectId>) {
     let app = spawn_app_with(overrides).await;
     let ids = app.seed(deanery, n).await;

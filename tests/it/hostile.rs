@@ -25,7 +25,7 @@ fn today() -> String {
 async fn a_resume_on_another_host_stages_the_file_again_instead_of_assuming_a_reader_took_it() {
     // Arrange: host A's folder has a dangling symlink under the run's
     // final name, so A stages the file but cannot publish it.
-    let (app, ids) = seeded(&[("ESR_EXPORT__CHUNK_SIZE", "50")], "MER", 300).await;
+    let (app, ids) = seeded("MER", 300, &[("ESR_EXPORT__CHUNK_SIZE", "50")]).await;
     let folder_a = app.export_dir();
     std::fs::create_dir_all(&folder_a).unwrap();
     let name = format!("DE_MER_APP_{}_00001.DAT", today());
@@ -251,15 +251,11 @@ async fn a_read_only_then_full_output_folder_is_retried_reported_and_loses_nothi
     std::fs::create_dir_all(&folder).unwrap();
     disk.remount("ro");
     let folder_env = folder.display().to_string();
-    let (app, ids) = seeded(
-        &[
-            ("ESR_EXPORT__OUTPUT_DIR", folder_env.as_str()),
-            ("ESR_AMQP__MAX_ATTEMPTS", "1000"),
-        ],
-        "SEV",
-        2_000,
-    )
-    .await;
+    let overrides = [
+        ("ESR_EXPORT__OUTPUT_DIR", folder_env.as_str()),
+        ("ESR_AMQP__MAX_ATTEMPTS", "1000"),
+    ];
+    let (app, ids) = seeded("SEV", 2_000, &overrides).await;
     let daemon = app.spawn_daemon().await;
 
     app.publish_command("SEV", Slot::Manual).await;

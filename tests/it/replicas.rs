@@ -111,7 +111,7 @@ async fn three_replicas_fire_a_due_slot_once_and_write_one_file_per_deanery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_run_exits_cleanly_and_a_later_run_completes_it() {
-    let (app, ids) = seeded(&[("ESR_EXPORT__CHUNK_SIZE", "20")], "NWN", 12_000).await;
+    let (app, ids) = seeded("NWN", 12_000, &[("ESR_EXPORT__CHUNK_SIZE", "20")]).await;
     let daemon = spawn_daemon_process(&app);
 
     app.publish_command("NWN", esr_exporter::domain::Slot::Manual)
