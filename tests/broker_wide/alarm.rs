@@ -61,10 +61,7 @@ async fn a_blocked_consumer_connection_is_in_readyz_and_a_metric_until_unblocked
     let env = [("ESR_AMQP__PUBLISH_TIMEOUT_MS", "30000")];
     let settings = reload(&app, &env).expect("settings");
     let daemon = app.spawn_daemon_with(settings).await;
-    eventually("ready", WAIT, || async {
-        http_get(daemon.http, "/readyz").await.0 == 200
-    })
-    .await;
+    daemon.until_ready("ready", WAIT).await;
     // The command's first look at MongoDB waits 3 s: time to raise the
     // alarm before its retry is published.
     let slow = doc! {"failCommands": ["find"], "blockConnection": true, "blockTimeMS": 3_000};
@@ -84,10 +81,7 @@ async fn a_blocked_consumer_connection_is_in_readyz_and_a_metric_until_unblocked
     drop(alarm);
     app.disarm().await;
     drop(guard);
-    eventually("ready once unblocked", WAIT, || async {
-        http_get(daemon.http, "/readyz").await.0 == 200
-    })
-    .await;
+    daemon.until_ready("ready once unblocked", WAIT).await;
     let (_, metrics) = http_get(daemon.http, "/metrics").await;
     let blocked = metric(&metrics, r#"esr_amqp_blocked{role="consumer"}"#);
     assert_eq!(blocked, Some(0.0), "{metrics}");

@@ -35,10 +35,7 @@ async fn after_an_acknowledgement_timeout_readiness_follows_the_closed_channel()
     let timeout = consumer_timeout(2_000);
     let app = spawn_app().await;
     let daemon = app.spawn_daemon().await;
-    eventually("ready", WAIT, || async {
-        http_get(daemon.http, "/readyz").await.0 == 200
-    })
-    .await;
+    daemon.until_ready("ready", WAIT).await;
     let code = unique_deanery();
     let ids = app.seed(&code, 10).await;
     // Every find of this app waits 15 s: the export takes well over the

@@ -12,7 +12,9 @@ use crate::bucket_support::{
     assert_delivered_once, bucket_env, export_by_two_replicas, pairs, s3_endpoint, TestBucket,
     PREFIX,
 };
-use crate::helpers::{assert_published, run_binary, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{
+    assert_published, assert_refused_over, run_binary, spawn_app, spawn_app_with, TestApp,
+};
 use crate::s3proxy::{Action, Rule, S3Proxy};
 
 async fn export(app: &TestApp, env: &[(String, String)], code: &str) -> std::process::Output {
@@ -98,14 +100,7 @@ async fn an_object_someone_else_put_under_the_name_is_refused_and_nothing_is_mar
     bucket.put(&key, b"someone else's file\r\n").await;
     let env = bucket_env(&bucket.destination(), &s3_endpoint());
     let output = export(&app, &env, "MER").await;
-    assert!(!output.status.success());
-    let log = stderr(&output);
-    assert!(log.contains("ERROR") && log.contains(&key), "{log}");
-    assert_eq!(
-        app.count(doc! {"status": "EXPORTED"}).await,
-        0,
-        "nothing marked"
-    );
+    assert_refused_over(&app, &output, &key).await;
     assert_eq!(
         bucket.objects().await[&key],
         b"someone else's file\r\n",

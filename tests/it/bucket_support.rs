@@ -8,7 +8,8 @@ use std::time::Duration;
 use bson::{doc, oid::ObjectId};
 
 pub use crate::bucket_store::{bucket_env, pairs, s3_endpoint, TestBucket, PREFIX};
-use crate::helpers::{binary, eventually, free_port, http_get, run_binary, TestApp};
+use crate::helpers::{binary, eventually, free_port, http_get, metric, run_binary, TestApp};
+use esr_exporter::domain::Slot;
 
 /// Asserts every id is `EXPORTED` into exactly one file of the bucket,
 /// named on the record, and nothing is left waiting or claimed.
@@ -87,6 +88,25 @@ pub async fn readyz(addr: SocketAddr) -> Option<(u16, String)> {
 
 /// `esr-exporter run` with `env` on a free port, once `/readyz` is 200
 /// and its destination check `ok`.
+/// Commands the daemon serving `addr` to export the app's 12 `MER`
+/// records and waits until they are marked; asserts it counted two
+/// uploads (manifest and file) to `scheme`. The bytes it counted, and the
+/// metrics.
+pub async fn export_by_command(app: &TestApp, addr: SocketAddr, scheme: &str) -> (f64, String) {
+    app.publish_command("MER", Slot::Manual).await;
+    eventually("exported", Duration::from_secs(30), || async {
+        app.count(doc! {"status": "EXPORTED"}).await == 12
+    })
+    .await;
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    let created =
+        format!(r#"esr_destination_uploads_total{{destination="{scheme}",outcome="created"}}"#);
+    let uploads = metric(&metrics, &created);
+    assert_eq!(uploads, Some(2.0), "manifest and file: {metrics}");
+    let bytes = format!(r#"esr_destination_upload_bytes_total{{destination="{scheme}"}}"#);
+    (metric(&metrics, &bytes).unwrap(), metrics)
+}
+
 pub async fn ready_daemon(
     app: &TestApp,
     env: &[(String, String)],

@@ -374,13 +374,7 @@ async fn status_reports_counts_oldest_wait_and_last_run() {
     app.exporter.run(&deanery("MER")).await;
     app.seed("MER", 2).await;
 
-    let report = esr_exporter::status::report(&app.store).await.unwrap();
-
-    let mer = report
-        .deaneries
-        .iter()
-        .find(|d| d.deanery == "MER")
-        .unwrap();
+    let (_, mer) = app.status_of("MER").await;
     assert_eq!(mer.counts.get("EXPORTED"), Some(&4));
     assert_eq!(mer.counts.get("TO_EXPORT"), Some(&2));
     assert!(mer.oldest_to_export_age_seconds.is_some());

@@ -165,6 +165,22 @@ impl TestApp {
         self.db.collection("exportRuns")
     }
 
+    /// The status report, and its row of the deanery `code`.
+    pub async fn status_of(
+        &self,
+        code: &str,
+    ) -> (
+        esr_exporter::status::StatusReport,
+        esr_exporter::status::DeaneryStatus,
+    ) {
+        let report = esr_exporter::status::report(&self.store).await.unwrap();
+        let row = report.deaneries.iter().find(|d| d.deanery == code).cloned();
+        (
+            report.clone(),
+            row.unwrap_or_else(|| panic!("no row for {code}")),
+        )
+    }
+
     /// The first run document `filter` selects.
     pub async fn run_doc(&self, filter: Document) -> Option<Document> {
         self.runs().find_one(filter).await.unwrap()
@@ -358,6 +374,15 @@ pub struct RunningDaemon {
 }
 
 impl RunningDaemon {
+    /// Waits up to `within` until `/readyz` answers 200 (`what` names the
+    /// wait).
+    pub async fn until_ready(&self, what: &str, within: Duration) {
+        eventually(what, within, || async {
+            http_get(self.http, "/readyz").await.0 == 200
+        })
+        .await;
+    }
+
     pub async fn stop(self) {
         let _ = self.stop_tx.send(());
         tokio::time::timeout(Duration::from_secs(60), self.handle)
@@ -627,6 +652,16 @@ pub fn binary(app: &TestApp, args: &[&str], extra: &[(&str, &str)]) -> tokio::pr
 }
 
 /// Runs `esr-exporter <args>` to the end; its output.
+/// Asserts an export refused to write over `name`: it failed, said so at
+/// ERROR naming it, and marked nothing.
+pub async fn assert_refused_over(app: &TestApp, output: &std::process::Output, name: &str) {
+    assert!(!output.status.success());
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("ERROR") && log.contains(name), "{log}");
+    let marked = app.count(doc! {"status": "EXPORTED"}).await;
+    assert_eq!(marked, 0, "nothing marked");
+}
+
 /// Asserts `run` recorded its publication at `destination` under `key`
 /// with its own hash, and nothing is left in the app's staging folder;
 /// returns the publication.

@@ -22,13 +22,7 @@ async fn status_counts_what_recent_runs_exported_and_ignores_older_history() {
         .await
         .unwrap();
 
-    let report = esr_exporter::status::report(&app.store).await.unwrap();
-
-    let mer = report
-        .deaneries
-        .iter()
-        .find(|d| d.deanery == "MER")
-        .unwrap();
+    let (report, mer) = app.status_of("MER").await;
     assert_eq!(report.window_days, 30);
     assert_eq!(mer.counts.get("EXPORTED"), Some(&3), "{mer:?}");
     assert_eq!(mer.counts.get("REJECTED"), Some(&0), "{mer:?}");

@@ -287,10 +287,7 @@ async fn a_read_only_then_full_output_folder_is_retried_reported_and_loses_nothi
     })
     .await;
     app.assert_exported_once("SEV", &ids).await;
-    eventually("ready again", WAIT, || async {
-        http_get(daemon.http, "/readyz").await.0 == 200
-    })
-    .await;
+    daemon.until_ready("ready again", WAIT).await;
     daemon.stop().await;
     app.delete_broker_topology().await;
 }

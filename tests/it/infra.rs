@@ -9,8 +9,8 @@ use esr_exporter::domain::Slot;
 use esr_exporter::store::{Attempts, Store};
 
 use crate::helpers::{
-    binary, consumer_detached, eventually, http_get, spawn_app, spawn_app_with, unique_deanery,
-    TestApp, Watched,
+    binary, consumer_detached, eventually, spawn_app, spawn_app_with, unique_deanery, TestApp,
+    Watched,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -81,10 +81,7 @@ async fn commands_routed_to_a_deleted_queue_are_kept_and_land_once_it_is_back() 
 async fn a_consumer_the_broker_cancels_is_detached_at_once() {
     let app = spawn_app().await;
     let daemon = app.spawn_daemon().await;
-    eventually("ready", WAIT, || async {
-        http_get(daemon.http, "/readyz").await.0 == 200
-    })
-    .await;
+    daemon.until_ready("ready", WAIT).await;
     let first = unique_deanery();
     app.seed(&first, 3).await;
     // Every find of this app waits 4 s, so the export outlives the check.
@@ -112,10 +109,7 @@ async fn a_consumer_the_broker_cancels_is_detached_at_once() {
         "readiness followed the consumer, not the export's end"
     );
 
-    eventually("attached again", WAIT, || async {
-        http_get(daemon.http, "/readyz").await.0 == 200
-    })
-    .await;
+    daemon.until_ready("attached again", WAIT).await;
     let second = unique_deanery();
     let ids = app.seed(&second, 3).await;
     app.publish_command(&second, Slot::Manual).await;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bson::doc;
 
 use crate::bucket_support::{assert_each_once, export_by_two_replicas, pairs};
-use crate::helpers::{assert_published, run_binary, spawn_app, TestApp};
+use crate::helpers::{assert_published, assert_refused_over, run_binary, spawn_app, TestApp};
 use crate::sshd::TestSshd;
 use crate::tcp_proxy::TcpProxy;
 
@@ -204,14 +204,7 @@ async fn a_file_someone_else_put_under_the_name_is_refused_and_nothing_is_marked
     let mut env = sshd.env();
     set(&mut env, "ESR_EXPORT__LEASE_SECONDS", "2");
     let output = export(&app, &env, "MER").await;
-    assert!(!output.status.success());
-    let log = stderr(&output);
-    assert!(log.contains("ERROR") && log.contains(&name), "{log}");
-    assert_eq!(
-        app.count(doc! {"status": "EXPORTED"}).await,
-        0,
-        "nothing marked"
-    );
+    assert_refused_over(&app, &output, &name).await;
     assert_eq!(
         std::fs::read(sshd.inbox.join(&name)).unwrap(),
         b"someone else's file\r\n"

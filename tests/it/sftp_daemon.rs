@@ -7,7 +7,7 @@ use std::time::Duration;
 use bson::doc;
 use esr_exporter::domain::Slot;
 
-use crate::bucket_support::{ready_daemon, readyz};
+use crate::bucket_support::{export_by_command, ready_daemon, readyz};
 use crate::helpers::{eventually, http_get, metric, spawn_app};
 use crate::sftp::assert_delivered_once;
 use crate::sshd::TestSshd;
@@ -21,17 +21,8 @@ async fn the_daemon_reports_the_server_in_readyz_and_counts_its_uploads() {
     env.push(("ESR_AMQP__RETRY_DELAY_MS".to_owned(), "500".to_owned()));
     let (mut daemon, addr) = ready_daemon(&app, &env).await;
 
-    app.publish_command("MER", Slot::Manual).await;
-    eventually("exported", Duration::from_secs(30), || async {
-        app.count(doc! {"status": "EXPORTED"}).await == 12
-    })
-    .await;
+    let (bytes, _) = export_by_command(&app, addr, "sftp").await;
     assert_delivered_once(&app, &sshd, &ids).await;
-    let (_, metrics) = http_get(addr, "/metrics").await;
-    let sample = |name: &str| metric(&metrics, name);
-    let created = r#"esr_destination_uploads_total{destination="sftp",outcome="created"}"#;
-    assert_eq!(sample(created), Some(2.0), "manifest and file: {metrics}");
-    let bytes = sample(r#"esr_destination_upload_bytes_total{destination="sftp"}"#).unwrap();
     let stored: u64 = sshd
         .files()
         .iter()

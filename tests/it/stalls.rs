@@ -81,21 +81,44 @@ async fn proxied_with(overrides: &[(&str, &str)], n: usize, extra: &[(&str, &str
     }
 }
 
-async fn proxied(overrides: &[(&str, &str)], n: usize) -> Proxied {
-    proxied_with(overrides, n, &[]).await
+impl Proxied {
+    /// One attempt of the deanery's export.
+    async fn run(&self) -> RunSummary {
+        self.exporter.run(&deanery(&self.code)).await
+    }
+
+    /// Runs attempts until one completes (the previous holder's lease
+    /// lapses first); the completing summary.
+    async fn run_until_completed(&self) -> RunSummary {
+        let started = Instant::now();
+        loop {
+            let summary = self.run().await;
+            if summary.status() == RunStatus::Completed || started.elapsed() > WAIT {
+                return summary;
+            }
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+
+    /// One attempt into the black hole armed on the proxy: it fails,
+    /// transiently. The summary, how long after the hole swallowed its
+    /// first request, and that request.
+    async fn fails_transiently(&self) -> (RunSummary, Duration, Request) {
+        let failed = self.run().await;
+        let (fired, request) = self.proxy.fired().expect("the black hole fired");
+        let took = fired.elapsed();
+        assert_eq!(failed.status(), RunStatus::Failed, "{failed:?}");
+        assert!(failed.end.is_retryable(), "transient: {failed:?}");
+        (failed, took, request)
+    }
+
+    async fn assert_exported_once(&self) {
+        self.app.assert_exported_once(&self.code, &self.ids).await;
+    }
 }
 
-/// Runs attempts until one completes (the previous holder's lease lapses
-/// first); the completing summary.
-async fn run_until_completed(exporter: &Exporter, code: &str) -> RunSummary {
-    let started = Instant::now();
-    loop {
-        let summary = exporter.run(&deanery(code)).await;
-        if summary.status() == RunStatus::Completed || started.elapsed() > WAIT {
-            return summary;
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+async fn proxied(overrides: &[(&str, &str)], n: usize) -> Proxied {
+    proxied_with(overrides, n, &[]).await
 }
 
 /// Black-holes MongoDB on the first request `matches` accepts, mid-run:
@@ -107,16 +130,10 @@ async fn black_hole_during(matches: fn(&Request) -> bool) {
         ("ESR_EXPORT__CHUNK_SIZE", "100"),
         ("ESR_EXPORT__LEASE_SECONDS", "2"),
     ];
-    let Proxied {
-        app,
-        code,
-        ids,
-        proxy,
-        exporter,
-    } = proxied(&overrides, 1_000).await;
+    let px = proxied(&overrides, 1_000).await;
 
-    proxy.arm(Fault::BlackHole, matches);
-    let (failed, took, request) = fails_transiently(&exporter, &code, &proxy).await;
+    px.proxy.arm(Fault::BlackHole, matches);
+    let (failed, took, request) = px.fails_transiently().await;
     // The operation's deadline and the driver's monitor (whose hello the
     // black hole swallows too) both give up after 2 s: whichever is first
     // names the failure.
@@ -133,10 +150,10 @@ async fn black_hole_during(matches: fn(&Request) -> bool) {
         request.collection
     );
 
-    proxy.heal();
-    let summary = run_until_completed(&exporter, &code).await;
+    px.proxy.heal();
+    let summary = px.run_until_completed().await;
     assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
-    app.assert_exported_once(&code, &ids).await;
+    px.assert_exported_once().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -166,10 +183,7 @@ async fn readyz_turns_503_within_the_bound_of_a_black_hole_and_200_after_healing
     let app = spawn_app_with(&[]).await;
     let proxy = WireProxy::start(&primary_host_port().await).await;
     let daemon = app.spawn_daemon_with(settings_through(&app, &proxy)).await;
-    eventually("ready", WAIT, || async {
-        http_get(daemon.http, "/readyz").await.0 == 200
-    })
-    .await;
+    daemon.until_ready("ready", WAIT).await;
 
     proxy.black_hole();
     let started = Instant::now();
@@ -180,74 +194,43 @@ async fn readyz_turns_503_within_the_bound_of_a_black_hole_and_200_after_healing
     assert!(took <= BOUND + SLACK, "503 after {took:?}");
     assert!(!body.contains(r#""mongodb":"ok""#), "names MongoDB: {body}");
     proxy.heal();
-    eventually("ready again", WAIT, || async {
-        http_get(daemon.http, "/readyz").await.0 == 200
-    })
-    .await;
+    daemon.until_ready("ready again", WAIT).await;
     daemon.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_connection_reset_mid_claim_is_retried_and_exports_once() {
-    let Proxied {
-        app,
-        code,
-        ids,
-        proxy,
-        exporter,
-    } = proxied(&[("ESR_EXPORT__CHUNK_SIZE", "100")], 1_000).await;
+    let px = proxied(&[("ESR_EXPORT__CHUNK_SIZE", "100")], 1_000).await;
 
-    proxy.arm(Fault::Reset, |r| {
+    px.proxy.arm(Fault::Reset, |r| {
         r.is("update", "generatedAppRecords", "EXPORTING")
     });
-    let summary = exporter.run(&deanery(&code)).await;
+    let summary = px.run().await;
 
-    assert!(proxy.fired().is_some(), "the connections were reset");
+    assert!(px.proxy.fired().is_some(), "the connections were reset");
     assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert!(summary.retries >= 1, "the claim was retried: {summary:?}");
-    app.assert_exported_once(&code, &ids).await;
-}
-
-/// Runs one attempt of `code`'s export into the black hole armed on
-/// `proxy`: it fails, transiently. The summary, how long after the hole
-/// swallowed its first request, and that request.
-async fn fails_transiently(
-    exporter: &Exporter,
-    code: &str,
-    proxy: &WireProxy,
-) -> (RunSummary, Duration, Request) {
-    let failed = exporter.run(&deanery(code)).await;
-    let (fired, request) = proxy.fired().expect("the black hole fired");
-    let took = fired.elapsed();
-    assert_eq!(failed.status(), RunStatus::Failed, "{failed:?}");
-    assert!(failed.end.is_retryable(), "transient: {failed:?}");
-    (failed, took, request)
+    px.assert_exported_once().await;
 }
 
 /// Loses the reply to the first request `matches` accepts (it is applied),
 /// runs the export through it, and checks it completes in one attempt
 /// with every record exported once.
 async fn lost_reply_on(matches: fn(&Request) -> bool) {
-    let Proxied {
-        app,
-        code,
-        ids,
-        proxy,
-        exporter,
-    } = proxied(&[("ESR_EXPORT__CHUNK_SIZE", "100")], 300).await;
+    let px = proxied(&[("ESR_EXPORT__CHUNK_SIZE", "100")], 300).await;
 
     // Twice: the driver retries a write once by itself.
-    proxy.arm_times(Fault::LostReply, 2, matches);
-    let summary = exporter.run(&deanery(&code)).await;
+    px.proxy.arm_times(Fault::LostReply, 2, matches);
+    let summary = px.run().await;
 
     assert_eq!(
-        proxy.fired_times(),
+        px.proxy.fired_times(),
         2,
         "the reply and the driver's retry's were lost"
     );
     assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert_eq!(summary.retries, 0, "answered by the read-back: {summary:?}");
-    app.assert_exported_once(&code, &ids).await;
+    px.assert_exported_once().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -262,13 +245,7 @@ async fn a_lost_reply_to_a_run_update_is_read_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_reply_to_the_mark_is_run_again_as_it_is() {
-    let Proxied {
-        app,
-        code,
-        ids,
-        proxy,
-        exporter,
-    } = proxied(
+    let px = proxied(
         &[
             ("ESR_EXPORT__CHUNK_SIZE", "100"),
             ("ESR_EXPORT__MARK_BATCH_SIZE", "100"),
@@ -278,17 +255,17 @@ async fn a_lost_reply_to_the_mark_is_run_again_as_it_is() {
     .await;
     // The second marking statement is applied and its reply lost, twice
     // (the driver's own retry too).
-    proxy.arm_times(Fault::LostReply, 2, |r| {
+    px.proxy.arm_times(Fault::LostReply, 2, |r| {
         r.is("update", "generatedAppRecords", "EXPORTED")
             && r.is("update", "generatedAppRecords", "$gt")
     });
-    let summary = exporter.run(&deanery(&code)).await;
+    let summary = px.run().await;
 
-    assert_eq!(proxy.fired_times(), 2, "the mark's replies were lost");
+    assert_eq!(px.proxy.fired_times(), 2, "the mark's replies were lost");
     assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert!(summary.retries >= 1, "the statement ran again: {summary:?}");
-    app.assert_exported_once(&code, &ids).await;
-    crate::helpers::assert_marked_alike(&app, &code).await;
+    px.assert_exported_once().await;
+    crate::helpers::assert_marked_alike(&px.app, &px.code).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -393,18 +370,12 @@ async fn a_black_hole_the_drivers_monitor_notices_first_ends_the_attempt_at_once
         ("ESR_MONGODB__OPERATION_TIMEOUT_MS", "20000"),
         ("ESR_MONGODB__SERVER_SELECTION_TIMEOUT_MS", "10000"),
     ];
-    let Proxied {
-        app,
-        code,
-        ids,
-        proxy,
-        exporter,
-    } = proxied_with(&overrides, 1_000, &extra).await;
+    let px = proxied_with(&overrides, 1_000, &extra).await;
 
-    proxy.arm(Fault::BlackHole, |r| {
+    px.proxy.arm(Fault::BlackHole, |r| {
         r.is("update", "generatedAppRecords", "EXPORTING")
     });
-    let (failed, took, _) = fails_transiently(&exporter, &code, &proxy).await;
+    let (failed, took, _) = px.fails_transiently().await;
     let error = failed.error().unwrap_or_default();
     assert!(error.contains("MongoDB unreachable"), "{error}");
     assert!(
@@ -413,8 +384,8 @@ async fn a_black_hole_the_drivers_monitor_notices_first_ends_the_attempt_at_once
     );
     assert_eq!(failed.retries, 0, "nothing retried in place: {failed:?}");
 
-    proxy.heal();
-    let summary = run_until_completed(&exporter, &code).await;
+    px.proxy.heal();
+    let summary = px.run_until_completed().await;
     assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
-    app.assert_exported_once(&code, &ids).await;
+    px.assert_exported_once().await;
 }
