@@ -32,6 +32,8 @@ use tokio::task::JoinHandle;
 mod common;
 use common::{record, start_server};
 
+#[path = "../tests/support/mongo.rs"]
+mod mongo_support;
 #[path = "../tests/support/proxy.rs"]
 #[allow(dead_code)]
 mod proxy;
@@ -61,13 +63,6 @@ struct Args {
     /// Flags cargo passes to bench binaries; ignored.
     #[arg(long, hide = true)]
     bench: bool,
-}
-
-/// `host:port` of the first seed of `uri`.
-fn host_port(uri: &str) -> String {
-    let rest = uri.split("://").nth(1).unwrap_or_default();
-    let hosts = rest.split(['/', '?']).next().unwrap_or_default();
-    hosts.split(',').next().unwrap_or_default().to_owned()
 }
 
 async fn exporter(
@@ -165,7 +160,7 @@ async fn trial(args: &Args, server_uri: &str, client: &Client, n: usize) -> anyh
         records.insert_many(batch.to_vec()).await?;
     }
     let dir = tempfile::tempdir()?;
-    let proxy = proxy::WireProxy::start(&host_port(server_uri)).await;
+    let proxy = proxy::WireProxy::start(&mongo_support::first_seed(server_uri)).await;
     let exporter = exporter(&proxy.uri(), &db, dir.path(), args.bound_ms).await?;
     let deanery = Deanery::parse("MER")?;
 

@@ -37,6 +37,8 @@ use tokio::process::{Child, Command};
 
 #[path = "support/bucket.rs"]
 mod bucket;
+#[path = "support/mongo.rs"]
+mod mongo_support;
 #[path = "support/proxy.rs"]
 mod proxy;
 #[path = "support/s3proxy.rs"]
@@ -45,6 +47,8 @@ mod s3proxy;
 mod sshd;
 #[path = "support/broker.rs"]
 mod support;
+
+use mongo_support::base_uri;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -292,27 +296,6 @@ impl Target {
 
 const CODES: [&str; 8] = ["MER", "EOE", "LDN", "OXF", "WES", "SEV", "KSS", "NWN"];
 
-fn base_uri() -> String {
-    std::env::var("ESR_TEST_MONGODB_URI")
-        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=secantus".to_owned())
-}
-
-/// `host:port` of the primary, as its `hello` names it (else the first
-/// seed of the URI): the proxy connects there directly.
-async fn primary_host_port(client: &Client) -> anyhow::Result<String> {
-    let hello = client
-        .database("admin")
-        .run_command(doc! {"hello": 1})
-        .await?;
-    if let Ok(primary) = hello.get_str("primary") {
-        return Ok(primary.to_owned());
-    }
-    let uri = base_uri();
-    let rest = uri.split("://").nth(1).unwrap_or_default();
-    let hosts = rest.split(['/', '?']).next().unwrap_or_default();
-    Ok(hosts.split(',').next().unwrap_or_default().to_owned())
-}
-
 fn record(deanery: &str, n: usize) -> Document {
     let day = 86_400_000_i64;
     doc! {
@@ -527,7 +510,7 @@ async fn run_round(
         _ => None,
     };
     let proxy = match fault.needs_proxy() {
-        true => Some(proxy::WireProxy::start(&primary_host_port(client).await?).await),
+        true => Some(proxy::WireProxy::start(&mongo_support::primary_of(client).await?).await),
         false => None,
     };
     let uri = proxy.as_ref().map_or_else(base_uri, proxy::WireProxy::uri);

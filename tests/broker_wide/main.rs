@@ -7,6 +7,8 @@
 #[path = "../it/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
+#[path = "../support/mongo.rs"]
+mod mongo_support;
 #[path = "../support/broker.rs"]
 #[allow(dead_code)]
 mod support;

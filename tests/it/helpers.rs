@@ -18,29 +18,15 @@ use mongodb::{Client, Collection, Database};
 use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, Mutex, MutexGuard};
 
-/// The server under test: `ESR_TEST_MONGODB_URI`, else the local default.
-pub fn base_uri() -> String {
-    std::env::var("ESR_TEST_MONGODB_URI")
-        .unwrap_or_else(|_| "mongodb://127.0.0.1:27017/?replicaSet=secantus".to_owned())
-}
+pub use crate::mongo_support::base_uri;
+use crate::mongo_support::primary_of;
 
 /// `host:port` of the primary of the server under test, as its `hello`
 /// names it (else the first seed of its URI): a proxy in front of it
 /// connects there directly.
 pub async fn primary_host_port() -> String {
     let client = Client::with_uri_str(base_uri()).await.expect("client");
-    let hello = client
-        .database("admin")
-        .run_command(doc! {"hello": 1})
-        .await
-        .expect("hello");
-    if let Ok(primary) = hello.get_str("primary") {
-        return primary.to_owned();
-    }
-    let uri = base_uri();
-    let rest = uri.split("://").nth(1).unwrap();
-    let hosts = rest.split(['/', '?']).next().unwrap();
-    hosts.split(',').next().unwrap().to_owned()
+    primary_of(&client).await.expect("hello")
 }
 
 fn with_app_name(uri: &str, app_name: &str) -> String {

@@ -21,6 +21,8 @@ mod hostile;
 mod incident;
 mod infra;
 mod logs;
+#[path = "../support/mongo.rs"]
+mod mongo_support;
 mod named_deaneries;
 mod ops;
 mod privilege;
