@@ -32,11 +32,12 @@ use esr_exporter::config::Settings;
 use esr_exporter::domain::{Deanery, GenerationCommand, Slot};
 use futures_util::TryStreamExt;
 use mongodb::Client;
-use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
 
 #[path = "support/bucket.rs"]
 mod bucket;
+#[path = "support/export_file.rs"]
+mod export_file;
 #[path = "support/mongo.rs"]
 mod mongo_support;
 #[path = "support/proxy.rs"]
@@ -358,34 +359,22 @@ async fn check(
         violations.push(format!("temporary file left: {name}"));
     }
     for (name, bytes, manifest) in files {
-        let text = String::from_utf8_lossy(&bytes);
-        let lines: Vec<&str> = text.split_terminator("\r\n").collect();
-        let deanery = lines
-            .first()
-            .and_then(|h| h.split(',').nth(2))
-            .unwrap_or("?")
-            .to_owned();
-        *files_per_deanery.entry(deanery).or_default() += 1;
-        let details: Vec<&str> = lines
-            .iter()
-            .copied()
-            .filter(|l| l.starts_with("APP,"))
-            .collect();
-        if lines.last() != Some(&format!("TRL,{}", details.len()).as_str()) {
-            violations.push(format!(
-                "{name}: trailer does not count {} details",
-                details.len()
-            ));
-        }
+        let parsed = match export_file::parse(&bytes) {
+            Ok(parsed) => parsed,
+            Err(err) => {
+                violations.push(format!("{name}: {err}"));
+                continue;
+            }
+        };
+        *files_per_deanery
+            .entry(parsed.header.deanery.clone())
+            .or_default() += 1;
         let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
-        if manifest["sha256"] != hex::encode(Sha256::digest(&bytes)) {
-            violations.push(format!("{name}: manifest hash does not match"));
-        }
-        if manifest["recordCount"] != details.len() {
-            violations.push(format!("{name}: manifest count does not match"));
-        }
-        for line in details {
-            let id = line.split(',').nth(1).unwrap_or_default().to_owned();
+        let count = parsed.details.len();
+        violations.extend(export_file::manifest_mismatches(
+            &name, &bytes, count, &manifest,
+        ));
+        for id in parsed.ids() {
             if let Some(other) = file_of.insert(id.clone(), name.clone()) {
                 violations.push(format!("record {id} in {other} and {name}"));
             }
@@ -800,8 +789,16 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut failed = 0;
     for index in 1..=rounds {
-        let (fault, records, at_ms, took, violations) =
-            run_round(&client, &mut rng, index, args.quick, work.path()).await?;
+        let round = run_round(&client, &mut rng, index, args.quick, work.path()).await;
+        let (fault, records, at_ms, took, violations) = match round {
+            Ok(outcome) => outcome,
+            // The round could not be carried out: keep its logs, which
+            // the error names, before the folder would be removed.
+            Err(err) => {
+                let kept = work.keep();
+                return Err(err.context(format!("logs kept in {}", kept.display())));
+            }
+        };
         let result = if violations.is_empty() {
             "ok".to_owned()
         } else {

@@ -13,6 +13,9 @@ use anyhow::{bail, Context};
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use mongodb::Collection;
 
+#[path = "../../tests/support/export_file.rs"]
+mod export_file;
+
 pub const DEANERIES: [&str; 14] = [
     "MER", "EOE", "LDN", "OXF", "WES", "SEV", "KSS", "NWN", "YHD", "EMD", "WMD", "NTH", "PEN",
     "TVD",
@@ -292,9 +295,9 @@ pub async fn verify(records: &Collection<Document>, dir: &Path, n: usize) -> any
         if !name.ends_with(".DAT") {
             continue;
         }
-        let text = std::fs::read_to_string(&path)?;
-        for line in text.split("\r\n").filter(|l| l.starts_with("APP,")) {
-            let id = line.split(',').nth(1).unwrap_or_default().to_owned();
+        let parsed = export_file::parse(&std::fs::read(&path)?)
+            .map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
+        for id in parsed.ids() {
             if !seen.insert(id.clone()) {
                 bail!("record {id} is in more than one file line");
             }

@@ -25,21 +25,24 @@ async fn a_deaneries_records_land_in_one_well_formed_file_and_others_are_untouch
     let today = chrono::Utc::now().format("%Y%m%d").to_string();
     assert_eq!(file.name, format!("DE_MER_APP_{today}_00001.DAT"));
     let run_id = summary.run_id.clone().unwrap();
-    assert_eq!(file.header[2], "MER");
-    assert_eq!(file.header[3], today);
-    assert_eq!(file.header[4].len(), 6);
-    assert_eq!(file.header[5], "00001");
-    assert_eq!(file.header[6], run_id);
+    assert_eq!(file.header.deanery, "MER");
+    assert_eq!(file.header.date, today);
+    assert_eq!(file.header.time.len(), 6);
+    assert_eq!(file.header.seq, "00001");
+    assert_eq!(file.header.run_id, run_id);
     assert_eq!(file.manifest["runId"], run_id.as_str());
     // Every detail field comes from its record, in contract order.
     let first = app.find(doc! {"_id": mer[0]}).await.remove(0);
     let line = &file.details[0];
-    assert_eq!(line[1], mer[0].to_hex());
-    assert_eq!(line[2], first.get_str("positionNumber").unwrap());
-    assert_eq!(line[5], first.get_str("lastName").unwrap());
-    assert_eq!(line[6], first.get_str("firstName").unwrap());
-    assert_eq!(line[11], "2026-12-13");
-    assert_eq!(line[15], "0.5");
+    assert_eq!(line.record_id, mer[0].to_hex());
+    assert_eq!(
+        line.position_number,
+        first.get_str("positionNumber").unwrap()
+    );
+    assert_eq!(line.last_name, first.get_str("lastName").unwrap());
+    assert_eq!(line.first_name, first.get_str("firstName").unwrap());
+    assert_eq!(line.placement_start_date, "2026-12-13");
+    assert_eq!(line.wte, "0.5");
     assert_eq!(first.get_str("exportRunId").unwrap(), run_id);
     assert!(first.get_datetime("exportedAt").is_ok());
     // The other deanery is untouched.

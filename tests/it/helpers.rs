@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::Duration;
 
+use crate::export_file::{self, Detail, Header};
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use esr_exporter::config::Settings;
 use esr_exporter::domain::{Deanery, GenerationCommand, Slot};
@@ -15,7 +16,6 @@ use esr_exporter::export::Exporter;
 use esr_exporter::store::Store;
 use futures_util::TryStreamExt;
 use mongodb::{Client, Collection, Database};
-use sha2::{Digest, Sha256};
 use tokio::sync::{oneshot, Mutex, MutexGuard};
 
 pub use crate::mongo_support::base_uri;
@@ -508,59 +508,31 @@ pub fn list(dir: &Path) -> Vec<String> {
 #[derive(Debug)]
 pub struct ExportedFile {
     pub name: String,
-    pub header: Vec<String>,
-    pub details: Vec<Vec<String>>,
+    pub header: Header,
+    pub details: Vec<Detail>,
     pub manifest: serde_json::Value,
 }
 
 impl ExportedFile {
+    /// Reads and checks the file `name` in `dir` and its manifest.
     pub fn read(dir: &Path, name: &str) -> Self {
         let bytes = std::fs::read(dir.join(name)).unwrap();
-        let text = std::str::from_utf8(&bytes).expect("UTF-8");
-        assert!(text.ends_with("\r\n"), "CRLF line ends");
-        let mut reader = csv::ReaderBuilder::new()
-            .has_headers(false)
-            .flexible(true)
-            .from_reader(bytes.as_slice());
-        let lines: Vec<Vec<String>> = reader
-            .records()
-            .map(|r| r.unwrap().iter().map(str::to_owned).collect())
-            .collect();
-        let header = lines.first().expect("header").clone();
-        assert_eq!(&header[..2], &["HDR", "APP"]);
-        assert_eq!(header.len(), 7);
-        let trailer = lines.last().expect("trailer").clone();
-        assert_eq!(trailer[0], "TRL");
-        let details = lines[1..lines.len() - 1].to_vec();
-        assert_eq!(trailer[1], details.len().to_string(), "trailer count");
-        for detail in &details {
-            assert_eq!(detail.len(), 16, "detail line fields: {detail:?}");
-            assert_eq!(detail[0], "APP");
-        }
-        let ids: Vec<&String> = details.iter().map(|d| &d[1]).collect();
-        let mut sorted = ids.clone();
-        sorted.sort();
-        assert_eq!(ids, sorted, "details are in _id order");
+        let parsed = export_file::parse(&bytes).unwrap_or_else(|err| panic!("{name}: {err}"));
         let manifest: serde_json::Value =
             serde_json::from_slice(&std::fs::read(dir.join(format!("{name}.json"))).unwrap())
                 .unwrap();
-        assert_eq!(
-            manifest["sha256"],
-            hex::encode(Sha256::digest(&bytes)),
-            "manifest hash matches the bytes"
-        );
-        assert_eq!(manifest["recordCount"], details.len());
-        assert_eq!(manifest["fileName"], name);
+        let wrong = export_file::manifest_mismatches(name, &bytes, parsed.details.len(), &manifest);
+        assert!(wrong.is_empty(), "{wrong:?}");
         Self {
             name: name.to_owned(),
-            header,
-            details,
+            header: parsed.header,
+            details: parsed.details,
             manifest,
         }
     }
 
     pub fn ids(&self) -> Vec<String> {
-        self.details.iter().map(|d| d[1].clone()).collect()
+        self.details.iter().map(|d| d.record_id.clone()).collect()
     }
 }
 

@@ -14,6 +14,8 @@ mod commands;
 mod crash;
 mod deploy;
 mod export;
+#[path = "../support/export_file.rs"]
+mod export_file;
 mod faults;
 mod helpers;
 mod history;
