@@ -43,9 +43,9 @@ async fn a_concurrent_writer_causes_write_conflicts_and_every_record_is_still_ex
                     tokio::time::sleep(std::time::Duration::from_millis(1)).await;
                     continue;
                 }
-                // As busy as it can be on exactly these records until a
-                // claim takes them (a claim that meets a conflict retries
-                // with half as many records, so it still gets through).
+                // Busy on exactly these records until a claim takes them
+                // (a claim that meets a conflict retries with half as many
+                // records, so it still gets through).
                 loop {
                     let mut touched = 0;
                     for record in &next {
@@ -66,6 +66,11 @@ async fn a_concurrent_writer_causes_write_conflicts_and_every_record_is_still_ex
                     if touched == 0 || stop.load(Ordering::Relaxed) {
                         break;
                     }
+                    // A breath between passes: without it, on a loaded
+                    // machine, the writer could win every retry of a
+                    // claim of one record (the attempt then fails
+                    // transiently, and a command would be retried later).
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
                 }
             }
         })
