@@ -265,10 +265,21 @@ impl Consumer {
                 (disposition, error)
             }
         };
-        self.settler()
-            .settle(settling, disposition, &error, Outcome::AlreadyDone)
+        self.settle_before_export(settling, disposition, &error)
             .await
-            .map(Some)
+    }
+
+    /// Settles a command decided before its export started (done already,
+    /// or its slot ahead of this clock).
+    async fn settle_before_export(
+        &self,
+        settling: &Settling<'_>,
+        disposition: Disposition,
+        error: &str,
+    ) -> Result<Option<Outcome>, BrokerError> {
+        let settler = self.settler();
+        let outcome = settler.settle(settling, disposition, error, Outcome::AlreadyDone);
+        outcome.await.map(Some)
     }
 
     /// A scheduled slot ahead of this replica's clock (beyond the skew
@@ -300,10 +311,8 @@ impl Consumer {
             Err(err) => crate::report::chain(&err),
         };
         let disposition = retry_or_give_up(settling.attempt, self.settings.max_attempts, &error);
-        self.settler()
-            .settle(settling, disposition, &error, Outcome::AlreadyDone)
+        self.settle_before_export(settling, disposition, &error)
             .await
-            .map(Some)
     }
 
     /// Runs (or resumes) the deanery's export for this command, stopping at

@@ -100,41 +100,28 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_transient_failure_is_retried_as_the_next_attempt() {
-        let run = transient();
-        assert_eq!(
-            decide(&run, 3, 10, false),
-            Disposition::Retry { attempt: 4 }
-        );
+    fn retry(attempt: i64) -> Disposition {
+        Disposition::Retry { attempt }
     }
 
     #[test]
-    fn a_transient_failure_on_the_last_attempt_is_dead_lettered() {
+    fn a_transient_failure_is_retried_as_the_next_attempt_until_the_last() {
         let run = transient();
+        assert_eq!(decide(&run, 3, 10, false), retry(4));
+        let reason = "gave up after 10 attempts; last error: boom".to_owned();
         assert_eq!(
             decide(&run, 10, 10, false),
-            Disposition::DeadLetter {
-                reason: "gave up after 10 attempts; last error: boom".to_owned()
-            }
+            Disposition::DeadLetter { reason }
         );
     }
 
     #[test]
     fn a_skipped_run_waits_without_using_up_an_attempt() {
         let run = skipped();
-        assert_eq!(
-            decide(&run, 3, 10, false),
-            Disposition::Retry { attempt: 3 }
-        );
-        assert_eq!(
-            decide(&run, 10, 10, false),
-            Disposition::Retry { attempt: 10 }
-        );
-        assert!(matches!(
-            decide(&run, 11, 10, false),
-            Disposition::DeadLetter { .. }
-        ));
+        assert_eq!(decide(&run, 3, 10, false), retry(3));
+        assert_eq!(decide(&run, 10, 10, false), retry(10));
+        let gone = decide(&run, 11, 10, false);
+        assert!(matches!(gone, Disposition::DeadLetter { .. }), "{gone:?}");
     }
 
     #[test]
@@ -154,10 +141,7 @@ mod tests {
 
     #[test]
     fn retry_or_give_up_counts_attempts_against_the_limit() {
-        assert_eq!(
-            retry_or_give_up(1, 2, "e"),
-            Disposition::Retry { attempt: 2 }
-        );
+        assert_eq!(retry_or_give_up(1, 2, "e"), retry(2));
         assert!(matches!(
             retry_or_give_up(2, 2, "e"),
             Disposition::DeadLetter { .. }

@@ -63,41 +63,44 @@ fn environment_overrides_nested_keys() {
 }
 
 #[test]
-fn a_mistyped_value_names_its_key() {
-    let err = refused(None, &[("ESR_EXPORT__CHUNK_SIZE", "lots")]);
-    assert!(err.contains("chunk_size"), "{err}");
+fn a_mistyped_out_of_range_or_unknown_value_names_its_key() {
+    let cases = [
+        ("ESR_EXPORT__CHUNK_SIZE", "lots", "chunk_size"),
+        ("ESR_EXPORT__CHUNK_SIZE", "0", "export.chunk_size"),
+        ("ESR_SCHEDULE__CRON", "0 0 25 * * *", "schedule.cron"),
+        (
+            "ESR_SCHEDULE__TIMEZONE",
+            "Europe/Atlantis",
+            "schedule.timezone",
+        ),
+    ];
+    for (key, value, named) in cases {
+        let err = refused(None, &[(key, value)]);
+        assert!(err.contains(named), "{key}={value}: {err}");
+    }
 }
 
-#[test]
-fn an_out_of_range_value_names_its_key() {
-    let err = refused(None, &[("ESR_EXPORT__CHUNK_SIZE", "0")]);
-    assert!(err.contains("export.chunk_size"), "{err}");
+/// A settings file holding `text`, in a folder that lives as long as
+/// the answer's first half.
+fn settings_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("site.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
 }
 
 #[test]
 fn an_unknown_key_in_a_file_is_refused_by_name() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("bad.toml");
-    std::fs::write(&path, "[export]\nchunk_sise = 10\n").unwrap();
+    let (_dir, path) = settings_file("[export]\nchunk_sise = 10\n");
     let err = refused(Some(&path), &[]);
     assert!(err.contains("chunk_sise"), "{err}");
 }
 
 #[test]
-fn a_bad_cron_or_timezone_is_refused_by_key() {
-    let err = refused(None, &[("ESR_SCHEDULE__CRON", "0 0 25 * * *")]);
-    assert!(err.contains("schedule.cron"), "{err}");
-    let err = refused(None, &[("ESR_SCHEDULE__TIMEZONE", "Europe/Atlantis")]);
-    assert!(err.contains("schedule.timezone"), "{err}");
-}
-
-#[test]
 fn a_file_layer_sits_under_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("site.toml");
-    std::fs::write(&path, "[export]\nchunk_size = 10\nlease_seconds = 5\n").unwrap();
-    let s =
-        Settings::load_with_env(Some(&path), env(&[("ESR_EXPORT__LEASE_SECONDS", "7")])).unwrap();
+    let (_dir, path) = settings_file("[export]\nchunk_size = 10\nlease_seconds = 5\n");
+    let lease = env(&[("ESR_EXPORT__LEASE_SECONDS", "7")]);
+    let s = Settings::load_with_env(Some(&path), lease).unwrap();
     assert_eq!(s.export.chunk_size, 10);
     assert_eq!(s.export.lease_seconds, 7);
 }

@@ -49,10 +49,9 @@ impl Settings {
     /// # Errors
     /// [`ConfigError::Invalid`] for the first bad key.
     pub(crate) fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_mongodb_scheme()?;
+        self.validate_schemes()?;
         self.validate_uris()?;
         self.validate_names()?;
-        self.validate_amqp_scheme()?;
         self.validate_bounds()?;
         self.validate_export()?;
         self.validate_delays()?;
@@ -61,22 +60,27 @@ impl Settings {
         self.validate_listen_and_log()
     }
 
-    fn validate_mongodb_scheme(&self) -> Result<(), ConfigError> {
-        let mongodb = self.mongodb.uri.expose();
-        require(
-            mongodb.starts_with("mongodb://") || mongodb.starts_with("mongodb+srv://"),
-            "mongodb.uri",
-            "must start with mongodb:// or mongodb+srv://",
-        )
-    }
-
-    fn validate_amqp_scheme(&self) -> Result<(), ConfigError> {
-        let amqp = self.amqp.uri.expose();
-        require(
-            amqp.starts_with("amqp://") || amqp.starts_with("amqps://"),
-            "amqp.uri",
-            "must start with amqp:// or amqps://",
-        )
+    /// Each URI names a scheme its client speaks.
+    fn validate_schemes(&self) -> Result<(), ConfigError> {
+        let uris = [
+            (
+                "mongodb.uri",
+                self.mongodb.uri.expose(),
+                "mongodb",
+                "mongodb+srv",
+            ),
+            ("amqp.uri", self.amqp.uri.expose(), "amqp", "amqps"),
+        ];
+        for (key, uri, plain, secure) in uris {
+            let scheme = uri.split_once("://").map(|(scheme, _)| scheme);
+            let reason = format!("must start with {plain}:// or {secure}://");
+            require(
+                scheme == Some(plain) || scheme == Some(secure),
+                key,
+                &reason,
+            )?;
+        }
+        Ok(())
     }
 
     /// Both URIs parse as their clients will read them. A URI that does
@@ -148,7 +152,7 @@ impl Settings {
     }
 
     /// `(key, value, lowest, highest)` of each bounded number.
-    fn bounds(&self) -> [(&'static str, u64, u64, u64); 18] {
+    fn bounds(&self) -> [(&'static str, u64, u64, u64); 22] {
         let (m, r, a, s) = (&self.mongodb, &self.retry, &self.amqp, &self.schedule);
         let (w, d, e) = (&self.watchdog, &self.daemon, &self.export);
         [
@@ -210,10 +214,24 @@ impl Settings {
             ),
             ("amqp.retry_delay_ms", a.retry_delay_ms, 1, DAY_MS),
             ("export.lease_seconds", e.lease_seconds, 1, 86_400),
+            ("export.chunk_size", e.chunk_size.into(), 1, 100_000),
+            (
+                "export.mark_batch_size",
+                e.mark_batch_size.into(),
+                1,
+                1_000_000,
+            ),
+            (
+                "export.cursor_batch_size",
+                e.cursor_batch_size.into(),
+                1,
+                100_000,
+            ),
+            ("export.parallel_runs", e.parallel_runs.into(), 1, 64),
         ]
     }
 
-    /// The output folder and the export's sizes.
+    /// The output folder.
     fn validate_export(&self) -> Result<(), ConfigError> {
         let e = &self.export;
         let dir = e.output_dir.as_os_str();
@@ -222,27 +240,6 @@ impl Settings {
             !blank,
             "export.output_dir",
             "must be a folder path, not blank",
-        )?;
-        let sizes = 1..=100_000;
-        require(
-            sizes.contains(&e.chunk_size),
-            "export.chunk_size",
-            "must be between 1 and 100000",
-        )?;
-        require(
-            (1..=1_000_000).contains(&e.mark_batch_size),
-            "export.mark_batch_size",
-            "must be between 1 and 1000000",
-        )?;
-        require(
-            sizes.contains(&e.cursor_batch_size),
-            "export.cursor_batch_size",
-            "must be between 1 and 100000",
-        )?;
-        require(
-            (1..=64).contains(&e.parallel_runs),
-            "export.parallel_runs",
-            "must be between 1 and 64",
         )
     }
 

@@ -11,7 +11,7 @@ use anyhow::Context;
 use crate::config::Settings;
 use crate::destination::Destination;
 use crate::shutdown::Shutdown;
-use crate::store::Store;
+use crate::store::{StatusQuery, Store};
 
 /// Creates the indexes, then probes the destination. False if shutdown
 /// came first.
@@ -25,26 +25,16 @@ pub(super) async fn prepare(
     destination: &Destination,
     shutdown: &mut Shutdown,
 ) -> anyhow::Result<bool> {
-    let indexed = until_done(
-        settings,
-        shutdown,
-        "MongoDB",
-        || store.ensure_indexes(),
-        |e| e.is_transient(),
-    )
-    .await
-    .context("Failed to prepare MongoDB's indexes")?;
+    let indexed = until_done(settings, shutdown, "MongoDB", || store.ensure_indexes())
+        .await
+        .context("Failed to prepare MongoDB's indexes")?;
     if !indexed {
         return Ok(false);
     }
     seed_last_runs(store).await;
-    let probed = until_done(
-        settings,
-        shutdown,
-        "the destination",
-        || destination.probe(),
-        |e| e.is_transient(),
-    )
+    let probed = until_done(settings, shutdown, "the destination", || {
+        destination.probe()
+    })
     .await?;
     if probed {
         if let Some(remote) = destination.remote() {
@@ -64,7 +54,10 @@ async fn seed_last_runs(store: &Store) {
     let since = chrono::Utc::now() - chrono::Duration::days(LAST_RUNS_DAYS);
     let mut attempts = crate::store::Attempts::default();
     match store
-        .last_run_times(bson::DateTime::from_chrono(since), &mut attempts)
+        .status_rows(
+            StatusQuery::last_run_times(bson::DateTime::from_chrono(since)),
+            &mut attempts,
+        )
         .await
     {
         Ok(rows) => {
@@ -78,6 +71,23 @@ async fn seed_last_runs(store: &Store) {
     }
 }
 
+/// A failure at start that waiting may cure.
+trait Transient {
+    fn is_transient(&self) -> bool;
+}
+
+impl Transient for crate::store::StoreError {
+    fn is_transient(&self) -> bool {
+        crate::store::StoreError::is_transient(self)
+    }
+}
+
+impl Transient for crate::destination::DestinationError {
+    fn is_transient(&self) -> bool {
+        crate::destination::DestinationError::is_transient(self)
+    }
+}
+
 /// Runs `op` until it succeeds, retrying transient failures with the
 /// reconnect backoff until shutdown. False if shutdown came first.
 async fn until_done<E, F, Fut>(
@@ -85,10 +95,9 @@ async fn until_done<E, F, Fut>(
     shutdown: &mut Shutdown,
     what: &str,
     mut op: F,
-    is_transient: impl Fn(&E) -> bool,
 ) -> Result<bool, E>
 where
-    E: std::error::Error + 'static,
+    E: std::error::Error + Transient + 'static,
     F: FnMut() -> Fut,
     Fut: Future<Output = Result<(), E>>,
 {
@@ -96,7 +105,7 @@ where
     loop {
         match op().await {
             Ok(()) => return Ok(true),
-            Err(err) if !is_transient(&err) => return Err(err),
+            Err(err) if !err.is_transient() => return Err(err),
             Err(err) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                 tracing::error!(error = %crate::report::Chain(&err), delay_ms = delay.as_millis() as u64, "{what} unavailable at start; retrying");

@@ -115,21 +115,29 @@ mod tests {
         DestinationError::new(kind, "s3://b", "create", "k", "x")
     }
 
-    /// Runs a request whose every try fails as `kind` under a policy of
-    /// four tries: the failure given up with, and the tries made.
-    async fn failing_every_try(kind: FailureKind) -> (DestinationError, u32) {
+    /// Runs a request under a policy of four tries, the `n`th try (from
+    /// 0) answering `answer(n)`: the result, and the tries made.
+    async fn run_tries<T, Fut>(
+        bound: Duration,
+        answer: impl Fn(u32) -> Fut,
+    ) -> (Result<T, DestinationError>, u32)
+    where
+        Fut: Future<Output = Result<T, DestinationError>>,
+    {
         let tries = AtomicU32::new(0);
-        let result: Result<(), _> = policy(4)
-            .run(
-                ("s3://b", "create", "k"),
-                Duration::from_secs(1),
-                || async {
-                    tries.fetch_add(1, Ordering::SeqCst);
-                    Err(failure(kind))
-                },
-            )
+        let what = ("s3://b", "create", "k");
+        let result = policy(4)
+            .run(what, bound, || answer(tries.fetch_add(1, Ordering::SeqCst)))
             .await;
-        (result.unwrap_err(), tries.load(Ordering::SeqCst))
+        (result, tries.load(Ordering::SeqCst))
+    }
+
+    /// A request whose every try fails as `kind`: the failure given up
+    /// with, and the tries made.
+    async fn failing_every_try(kind: FailureKind) -> (DestinationError, u32) {
+        let always = |_| async move { Err::<(), _>(failure(kind)) };
+        let (result, tries) = run_tries(Duration::from_secs(1), always).await;
+        (result.unwrap_err(), tries)
     }
 
     #[tokio::test]
@@ -146,36 +154,21 @@ mod tests {
             assert_eq!(failed.kind, kind);
             assert_eq!(tries, 1);
         }
-        let tries = AtomicU32::new(0);
-        let result: Result<(), _> = policy(4)
-            .run(
-                ("s3://b", "head", "k"),
-                Duration::from_millis(20),
-                || async {
-                    tries.fetch_add(1, Ordering::SeqCst);
-                    std::future::pending::<Result<(), DestinationError>>().await
-                },
-            )
-            .await;
+        let silent = |_| std::future::pending::<Result<(), DestinationError>>();
+        let (result, tries) = run_tries(Duration::from_millis(20), silent).await;
         assert_eq!(result.unwrap_err().kind, FailureKind::Timeout);
-        assert_eq!(tries.load(Ordering::SeqCst), 1);
+        assert_eq!(tries, 1);
     }
 
     #[tokio::test]
     async fn a_transient_failure_then_success_succeeds() {
-        let tries = AtomicU32::new(0);
-        let result = policy(4)
-            .run(
-                ("s3://b", "create", "k"),
-                Duration::from_secs(1),
-                || async {
-                    match tries.fetch_add(1, Ordering::SeqCst) {
-                        0 => Err(failure(FailureKind::Transient)),
-                        _ => Ok(7),
-                    }
-                },
-            )
-            .await;
-        assert_eq!(result.unwrap(), 7);
+        let (result, tries) = run_tries(Duration::from_secs(1), |n| async move {
+            match n {
+                0 => Err(failure(FailureKind::Transient)),
+                _ => Ok(7),
+            }
+        })
+        .await;
+        assert_eq!((result.unwrap(), tries), (7, 2));
     }
 }

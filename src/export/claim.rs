@@ -83,7 +83,6 @@ impl Exporter {
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
     ) -> Result<Vec<ObjectId>, ExportError> {
-        self.remove_stale_temporaries(ctx.deanery).await?;
         let (mut writer, mut boundaries) = self.rewrite_claimed(ctx, run).await?;
         let timings = self
             .claim_waiting(ctx, run, &mut writer, &mut boundaries)

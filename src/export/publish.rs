@@ -109,7 +109,6 @@ impl Exporter {
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
     ) -> Result<Option<Staged>, ExportError> {
-        self.remove_stale_temporaries(ctx.deanery).await?;
         let recorded = run.sha256.clone();
         let (writer, _) = self.rewrite_claimed(ctx, run).await?;
         let written = writer.as_ref().map_or(0, ExportFile::count);

@@ -17,13 +17,15 @@ use crate::store::{Fields, RunDoc};
 pub(super) type Rewritten = (Option<ExportFile>, Vec<ObjectId>);
 
 impl Exporter {
-    /// Writes the records the run has claimed so far into a new temporary
+    /// Removes the temporary files an interrupted attempt left, then
+    /// writes the records the run has claimed so far into a new temporary
     /// file (none when nothing is claimed yet).
     pub(super) async fn rewrite_claimed(
         &self,
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
     ) -> Result<Rewritten, ExportError> {
+        self.remove_stale_temporaries(ctx.deanery).await?;
         let mut boundaries = Vec::new();
         if run.claimed <= 0 {
             return Ok((None, boundaries));

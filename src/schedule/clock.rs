@@ -175,13 +175,16 @@ mod tests {
     }
 
     /// The slots of an hourly schedule in `zone` from `from` to `to`.
+    const LONDON: &str = "Europe/London";
+    const SYDNEY: &str = "Australia/Sydney";
+
     fn hourly(zone: &str, from: DateTime<Utc>, to: DateTime<Utc>) -> Vec<DateTime<Utc>> {
         slots_between(&clock("0 0 * * * *", zone), from, to)
     }
 
     #[test]
     fn london_spring_forward_fires_a_skipped_time_at_the_end_of_the_gap() {
-        let c = clock("0 30 1 * * *", "Europe/London");
+        let c = clock("0 30 1 * * *", LONDON);
         // 2027-03-28: 01:00 GMT becomes 02:00 BST; 01:30 does not exist.
         assert_next(
             &c,
@@ -190,18 +193,14 @@ mod tests {
                 (utc(2027, 3, 28, 1, 0), utc(2027, 3, 29, 0, 30)),
             ],
         );
-        let day = hourly(
-            "Europe/London",
-            utc(2027, 3, 27, 23, 59),
-            utc(2027, 3, 28, 23, 0),
-        );
+        let day = hourly(LONDON, utc(2027, 3, 27, 23, 59), utc(2027, 3, 28, 23, 0));
         assert_eq!(day.len(), 23, "a 23-hour day has 23 hourly slots: {day:?}");
         assert_eq!(day[1], utc(2027, 3, 28, 1, 0));
     }
 
     #[test]
     fn london_fall_back_fires_a_repeated_time_once_at_its_first_occurrence() {
-        let c = clock("0 30 1 * * *", "Europe/London");
+        let c = clock("0 30 1 * * *", LONDON);
         // 2027-10-31: 02:00 BST becomes 01:00 GMT; 01:30 happens twice.
         assert_next(&c, &[(utc(2027, 10, 30, 0, 30), utc(2027, 10, 31, 0, 30))]);
         let started = utc(2027, 10, 31, 1, 29) + Duration::seconds(45);
@@ -219,11 +218,7 @@ mod tests {
             c.latest_within(started, Duration::hours(24)),
             Some(utc(2027, 10, 31, 0, 30))
         );
-        let day = hourly(
-            "Europe/London",
-            utc(2027, 10, 30, 22, 59),
-            utc(2027, 10, 31, 23, 59),
-        );
+        let day = hourly(LONDON, utc(2027, 10, 30, 22, 59), utc(2027, 10, 31, 23, 59));
         assert_eq!(
             day.len(),
             24,
@@ -237,7 +232,7 @@ mod tests {
 
     #[test]
     fn sydney_transitions_follow_the_same_rules() {
-        let c = clock("0 30 2 * * *", "Australia/Sydney");
+        let c = clock("0 30 2 * * *", SYDNEY);
         assert_next(
             &c,
             &[
@@ -248,17 +243,9 @@ mod tests {
                 (utc(2027, 4, 3, 15, 30), utc(2027, 4, 4, 16, 30)),
             ],
         );
-        let spring = hourly(
-            "Australia/Sydney",
-            utc(2027, 10, 2, 13, 59),
-            utc(2027, 10, 3, 12, 59),
-        );
+        let spring = hourly(SYDNEY, utc(2027, 10, 2, 13, 59), utc(2027, 10, 3, 12, 59));
         assert_eq!(spring.len(), 23, "{spring:?}");
-        let autumn = hourly(
-            "Australia/Sydney",
-            utc(2027, 4, 3, 12, 59),
-            utc(2027, 4, 4, 13, 59),
-        );
+        let autumn = hourly(SYDNEY, utc(2027, 4, 3, 12, 59), utc(2027, 4, 4, 13, 59));
         assert_eq!(
             autumn.len(),
             25 - 1,
@@ -287,7 +274,7 @@ mod tests {
 
     #[test]
     fn after_a_fired_slot_the_next_is_strictly_later_and_missed_ones_fire_once() {
-        let c = clock("0 0 * * * *", "Europe/London");
+        let c = clock("0 0 * * * *", LONDON);
         let window = Duration::hours(24);
         let fired = utc(2027, 10, 31, 0, 0);
         // Firing took hours: only the latest slot missed since is fired.

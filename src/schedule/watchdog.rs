@@ -18,7 +18,7 @@ use crate::config::{AmqpSettings, ScheduleSettings, WatchdogSettings};
 use crate::domain::{Deanery, Slot};
 use crate::ops::metrics;
 use crate::shutdown::Shutdown;
-use crate::store::{Attempts, Store, StoreError, StuckRecords};
+use crate::store::{Attempts, StatusQuery, Store, StoreError, StuckRecords};
 
 /// Looks for stuck records; one per replica.
 #[derive(Debug, Clone)]
@@ -83,7 +83,11 @@ impl Watchdog {
     /// and 0 for the configured ones without; MongoDB away leaves them.
     async fn count_waiting(&self) {
         let mut attempts = Attempts::default();
-        let counts = match self.store.status_counts(&mut attempts).await {
+        let counts = match self
+            .store
+            .status_rows(StatusQuery::counts(), &mut attempts)
+            .await
+        {
             Ok(counts) => counts,
             Err(err) => {
                 tracing::warn!(error = %crate::report::Chain(&err), "cannot count the waiting records; trying again next period");

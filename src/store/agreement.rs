@@ -11,10 +11,6 @@ use super::{now, Attempts, Find, RetryScope, Store, StoreError};
 /// `_id` prefix of the replicas' settings documents.
 const REPLICA_PREFIX: &str = "schedule/replica/";
 
-fn scope(op: &'static str) -> RetryScope<'static> {
-    RetryScope { op, deanery: None }
-}
-
 impl Store {
     /// Records this replica's schedule settings (`seenAt` now).
     ///
@@ -30,14 +26,18 @@ impl Store {
         let id = format!("{REPLICA_PREFIX}{replica}");
         let id = &id;
         self.retry
-            .run(scope("register_schedule"), attempts, || async move {
-                let mut set = settings.clone();
-                set.insert("seenAt", now());
-                slots
-                    .update_one(doc! {"_id": id}, doc! {"$set": set})
-                    .upsert(true)
-                    .await
-            })
+            .run(
+                RetryScope::global("register_schedule"),
+                attempts,
+                || async move {
+                    let mut set = settings.clone();
+                    set.insert("seenAt", now());
+                    slots
+                        .update_one(doc! {"_id": id}, doc! {"$set": set})
+                        .upsert(true)
+                        .await
+                },
+            )
             .await?;
         Ok(())
     }
@@ -55,8 +55,8 @@ impl Store {
         let filter =
             doc! {"_id": {"$regex": format!("^{REPLICA_PREFIX}")}, "seenAt": {"$gte": since}};
         let found = self
-            .find_all(
-                scope("live_schedules"),
+            .read_all(
+                RetryScope::global("live_schedules"),
                 &self.slots,
                 Find::of(filter),
                 attempts,
@@ -85,7 +85,7 @@ impl Store {
         let hello = admin.run_command(doc! {"hello": 1});
         let reply = self
             .retry
-            .bounded(scope("hello"), hello)
+            .bounded(RetryScope::global("hello"), hello)
             .await?
             .map_err(|source| StoreError::Mongo(super::retry::permanent("hello", source)))?;
         Ok(reply.get_datetime("localTime").ok().copied())

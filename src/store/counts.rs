@@ -11,10 +11,7 @@ use super::{int, oldest_created, open_runs, Attempts, RetryScope, Store, StoreEr
 use crate::domain::RecordStatus;
 use crate::store::RunPhase;
 
-const STATUS: RetryScope<'static> = RetryScope {
-    op: "status",
-    deanery: None,
-};
+const STATUS: RetryScope<'static> = RetryScope::global("status");
 
 /// How many records of one deanery value are in one status value.
 #[derive(Debug, Clone, PartialEq)]
@@ -116,56 +113,40 @@ fn latest_run(row: &Document) -> LatestRun {
     }
 }
 
-impl Store {
+/// The collection a status query reads.
+#[derive(Debug, Clone, Copy)]
+enum Over {
+    Records,
+    Runs,
+}
+
+/// One of the status report's aggregations, and how a row of it is read
+/// (into none, one or several values).
+pub(crate) struct StatusQuery<T> {
+    over: Over,
+    pipeline: Vec<Document>,
+    read: fn(&Document) -> Vec<T>,
+}
+
+impl StatusQuery<StatusCount> {
     /// Counts of the waiting and claimed records by deanery and status.
-    ///
-    /// # Errors
-    /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn status_counts(
-        &self,
-        attempts: &mut Attempts,
-    ) -> Result<Vec<StatusCount>, StoreError> {
+    pub(crate) fn counts() -> Self {
+        let in_flight = [RecordStatus::ToExport, RecordStatus::Exporting].map(RecordStatus::as_str);
         let pipeline = vec![
-            doc! {"$match": {"status": {"$in": [
-                RecordStatus::ToExport.as_str(),
-                RecordStatus::Exporting.as_str(),
-            ]}}},
+            doc! {"$match": {"status": {"$in": in_flight.to_vec()}}},
             doc! {"$group": {"_id": {"deanery": "$deanery", "status": "$status"}, "n": {"$sum": 1}}},
         ];
-        let rows = self
-            .aggregate(STATUS, &self.records, pipeline, attempts)
-            .await?;
-        Ok(rows.iter().map(status_count).collect())
-    }
-
-    /// The oldest `TO_EXPORT` record of each deanery value.
-    ///
-    /// # Errors
-    /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn oldest_waiting(
-        &self,
-        attempts: &mut Attempts,
-    ) -> Result<Vec<OldestWaiting>, StoreError> {
-        let pipeline = vec![
-            doc! {"$match": {"status": RecordStatus::ToExport.as_str()}},
-            doc! {"$group": {"_id": "$deanery", "createdAt": {"$min": "$createdAt"}, "firstId": {"$min": "$_id"}}},
-        ];
-        let rows = self
-            .aggregate(STATUS, &self.records, pipeline, attempts)
-            .await?;
-        Ok(rows.iter().map(oldest_waiting).collect())
+        let read = |row: &Document| vec![status_count(row)];
+        StatusQuery {
+            over: Over::Records,
+            pipeline,
+            read,
+        }
     }
 
     /// Records exported (by completed runs) and rejected by the runs
     /// started since `since`, per deanery, as `EXPORTED` and `REJECTED` counts.
-    ///
-    /// # Errors
-    /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn recent_run_totals(
-        &self,
-        since: DateTime,
-        attempts: &mut Attempts,
-    ) -> Result<Vec<StatusCount>, StoreError> {
+    pub(crate) fn recent_run_totals(since: DateTime) -> Self {
         let completed = doc! {"$eq": ["$phase", RunPhase::Completed.as_str()]};
         let pipeline = vec![
             doc! {"$match": {"startedAt": {"$gte": since}}},
@@ -175,43 +156,53 @@ impl Store {
                 "rejected": {"$sum": {"$ifNull": ["$rejected", 0]}},
             }},
         ];
-        let rows = self
-            .aggregate(STATUS, &self.runs, pipeline, attempts)
-            .await?;
-        Ok(rows.iter().flat_map(run_totals).collect())
+        let read = |row: &Document| run_totals(row).to_vec();
+        StatusQuery {
+            over: Over::Runs,
+            pipeline,
+            read,
+        }
     }
+}
 
+impl StatusQuery<OldestWaiting> {
+    /// The oldest `TO_EXPORT` record of each deanery value.
+    pub(crate) fn oldest_waiting() -> Self {
+        let pipeline = vec![
+            doc! {"$match": {"status": RecordStatus::ToExport.as_str()}},
+            doc! {"$group": {"_id": "$deanery", "createdAt": {"$min": "$createdAt"}, "firstId": {"$min": "$_id"}}},
+        ];
+        let read = |row: &Document| vec![oldest_waiting(row)];
+        StatusQuery {
+            over: Over::Records,
+            pipeline,
+            read,
+        }
+    }
+}
+
+impl StatusQuery<LatestRun> {
     /// The most recently started run of each deanery value, among the runs
     /// started since `since` and those still open.
-    ///
-    /// # Errors
-    /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn latest_runs(
-        &self,
-        since: DateTime,
-        attempts: &mut Attempts,
-    ) -> Result<Vec<LatestRun>, StoreError> {
+    pub(crate) fn latest_runs(since: DateTime) -> Self {
         let pipeline = vec![
             doc! {"$match": {"$or": [{"startedAt": {"$gte": since}}, open_runs()]}},
             doc! {"$sort": {"startedAt": -1}},
             doc! {"$group": {"_id": "$deanery", "run": {"$first": "$$ROOT"}}},
         ];
-        let rows = self
-            .aggregate(STATUS, &self.runs, pipeline, attempts)
-            .await?;
-        Ok(rows.iter().map(latest_run).collect())
+        let read = |row: &Document| vec![latest_run(row)];
+        StatusQuery {
+            over: Over::Runs,
+            pipeline,
+            read,
+        }
     }
+}
 
+impl StatusQuery<LastRunTimes> {
     /// When each deanery's runs started since `since` last completed and
     /// last failed an attempt (Unix seconds), for the alerts' gauges.
-    ///
-    /// # Errors
-    /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn last_run_times(
-        &self,
-        since: DateTime,
-        attempts: &mut Attempts,
-    ) -> Result<Vec<LastRunTimes>, StoreError> {
+    pub(crate) fn last_run_times(since: DateTime) -> Self {
         let completed = doc! {"$cond": [
             {"$eq": ["$phase", RunPhase::Completed.as_str()]}, "$finishedAt", Bson::Null
         ]};
@@ -223,10 +214,31 @@ impl Store {
                 "failed": {"$max": "$lastErrorAt"},
             }},
         ];
-        let rows = self
-            .aggregate(STATUS, &self.runs, pipeline, attempts)
-            .await?;
-        Ok(rows.iter().filter_map(last_run_times).collect())
+        let read = |row: &Document| last_run_times(row).into_iter().collect();
+        StatusQuery {
+            over: Over::Runs,
+            pipeline,
+            read,
+        }
+    }
+}
+
+impl Store {
+    /// What `query` finds, read.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub(crate) async fn status_rows<T>(
+        &self,
+        query: StatusQuery<T>,
+        attempts: &mut Attempts,
+    ) -> Result<Vec<T>, StoreError> {
+        let on = match query.over {
+            Over::Records => &self.records,
+            Over::Runs => &self.runs,
+        };
+        let rows = self.read_all(STATUS, on, query.pipeline, attempts).await?;
+        Ok(rows.iter().flat_map(query.read).collect())
     }
 }
 

@@ -4,26 +4,36 @@
 //! redelivery recorded on its run. Every query goes through an index.
 
 use bson::{doc, Bson, DateTime, Document};
+use mongodb::Collection;
 
 use super::mongo::cursor::BoundedCursor;
 use super::runs::decode_run;
-use super::{Attempts, Find, RetryScope, RunDoc, Store, StoreError};
+use super::{first, Attempts, Find, RetryScope, RunDoc, Store, StoreError};
 use crate::domain::RecordStatus;
 
-fn scope(op: &'static str) -> RetryScope<'static> {
-    RetryScope { op, deanery: None }
-}
-
 impl Store {
+    /// What `find` selects, with retries of its own: the incident
+    /// commands make one read at a time.
+    async fn read_once(
+        &self,
+        op: &'static str,
+        on: &Collection<Document>,
+        find: Find,
+    ) -> Result<Vec<Document>, StoreError> {
+        let mut attempts = Attempts::default();
+        let scope = RetryScope::global(op);
+        self.read_all(scope, on, find, &mut attempts).await
+    }
+
     /// The record with this `_id`, if any.
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
     pub(crate) async fn find_record(&self, id: &Bson) -> Result<Option<Document>, StoreError> {
         let find = Find::of(doc! {"_id": id.clone()});
-        let mut attempts = Attempts::default();
-        self.find_first(scope("find_record"), &self.records, find, &mut attempts)
+        self.read_once("find_record", &self.records, find.limited(1))
             .await
+            .map(first)
     }
 
     /// One run document matching `filter` (the first by `sort`).
@@ -33,14 +43,11 @@ impl Store {
         filter: Document,
         sort: Document,
     ) -> Result<Option<RunDoc>, StoreError> {
-        let find = Find {
-            sort: Some(sort),
-            ..Find::of(filter)
-        };
-        let mut attempts = Attempts::default();
+        let find = Find::of(filter).sorted(sort);
         let found = self
-            .find_first(scope(op), &self.runs, find, &mut attempts)
-            .await?;
+            .read_once(op, &self.runs, find.limited(1))
+            .await
+            .map(first)?;
         found.map(decode_run).transpose()
     }
 
@@ -82,9 +89,9 @@ impl Store {
     /// When MongoDB fails beyond the retry policy.
     pub(crate) async fn lease_of(&self, deanery: &str) -> Result<Option<Document>, StoreError> {
         let find = Find::of(doc! {"_id": deanery});
-        let mut attempts = Attempts::default();
-        self.find_first(scope("read_lease"), &self.leases, find, &mut attempts)
+        self.read_once("read_lease", &self.leases, find.limited(1))
             .await
+            .map(first)
     }
 
     /// Runs with a published file, newest publication first.
@@ -101,15 +108,9 @@ impl Store {
         if let Some(deanery) = deanery {
             filter.insert("deanery", deanery);
         }
-        let find = Find {
-            sort: Some(doc! {"publication.publishedAt": -1}),
-            limit: Some(limit),
-            ..Find::of(filter)
-        };
-        let mut attempts = Attempts::default();
-        let found = self
-            .find_all(scope("published_runs"), &self.runs, find, &mut attempts)
-            .await?;
+        let newest_first = doc! {"publication.publishedAt": -1};
+        let find = Find::of(filter).sorted(newest_first).limited(limit);
+        let found = self.read_once("published_runs", &self.runs, find).await?;
         found.into_iter().map(decode_run).collect()
     }
 
@@ -132,14 +133,18 @@ impl Store {
         let mut attempts = Attempts::default();
         let cursor = self
             .retry
-            .run(scope("records_of_run"), &mut attempts, || async move {
-                records
-                    .find(filter.clone())
-                    .sort(doc! {"_id": 1})
-                    .batch_size(batch_size)
-                    .max_time(self.max_time)
-                    .await
-            })
+            .run(
+                RetryScope::global("records_of_run"),
+                &mut attempts,
+                || async move {
+                    records
+                        .find(filter.clone())
+                        .sort(doc! {"_id": 1})
+                        .batch_size(batch_size)
+                        .max_time(self.max_time)
+                        .await
+                },
+            )
             .await?;
         Ok(BoundedCursor::new(cursor, &self.retry, "records_of_run"))
     }
@@ -153,21 +158,10 @@ impl Store {
         run_id: &str,
         since: DateTime,
     ) -> Result<Vec<String>, StoreError> {
-        let filter = doc! {"exportRunId": run_id, "updatedAt": {"$gt": since}};
-        let find = Find {
-            projection: Some(doc! {"_id": 1}),
-            sort: Some(doc! {"_id": 1}),
-            limit: Some(20),
-            ..Find::of(filter)
-        };
-        let mut attempts = Attempts::default();
+        let find = Find::ids(doc! {"exportRunId": run_id, "updatedAt": {"$gt": since}});
+        let find = find.sorted(doc! {"_id": 1}).limited(20);
         let found = self
-            .find_all(
-                scope("records_updated_since"),
-                &self.records,
-                find,
-                &mut attempts,
-            )
+            .read_once("records_updated_since", &self.records, find)
             .await?;
         Ok(found
             .iter()
@@ -192,13 +186,17 @@ impl Store {
         let (runs, redelivery) = (&self.runs, &redelivery);
         let mut attempts = Attempts::default();
         self.retry
-            .run(scope("record_redelivery"), &mut attempts, || async move {
-                runs.update_one(
-                    doc! {"_id": run_id},
-                    doc! {"$push": {"redeliveries": redelivery.clone()}},
-                )
-                .await
-            })
+            .run(
+                RetryScope::global("record_redelivery"),
+                &mut attempts,
+                || async move {
+                    runs.update_one(
+                        doc! {"_id": run_id},
+                        doc! {"$push": {"redeliveries": redelivery.clone()}},
+                    )
+                    .await
+                },
+            )
             .await?;
         Ok(())
     }

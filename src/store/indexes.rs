@@ -34,10 +34,7 @@ const INDEX_KEY_SPECS_CONFLICT: i32 = 86;
 /// daemon does nothing else until its indexes exist.
 const INDEX_BUILD_DEADLINE: Duration = Duration::from_secs(3_600);
 
-const CREATE_INDEXES: RetryScope<'static> = RetryScope {
-    op: "create_indexes",
-    deanery: None,
-};
+const CREATE_INDEXES: RetryScope<'static> = RetryScope::global("create_indexes");
 
 /// An index this daemon needs: its name and keys.
 type IndexSpec = (&'static str, Document);
@@ -147,15 +144,9 @@ impl Store {
     /// MongoDB failing beyond the retry policy.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
         let mut attempts = Attempts::default();
-        let plan = [
-            (&self.records, records_indexes()),
-            (&self.runs, runs_indexes()),
-        ];
-        for (collection, indexes) in plan {
-            for (name, keys) in indexes {
-                self.ensure_index(collection, name, keys, &mut attempts)
-                    .await?;
-            }
+        for (collection, name, keys) in self.index_plan() {
+            self.ensure_index(collection, name, keys, &mut attempts)
+                .await?;
         }
         self.warn_of_legacy_index(&mut attempts).await
     }
@@ -250,10 +241,7 @@ impl Store {
         keys: &Document,
         attempts: &mut Attempts,
     ) -> Result<Option<(String, Option<&'static str>)>, StoreError> {
-        let scope = RetryScope {
-            op: "list_indexes",
-            deanery: None,
-        };
+        let scope = RetryScope::global("list_indexes");
         let indexes: Vec<IndexModel> = self
             .retry
             .run(scope, attempts, || async move {
@@ -286,21 +274,27 @@ impl Store {
     pub async fn missing_indexes(&self) -> Result<Vec<String>, StoreError> {
         let mut attempts = Attempts::default();
         let mut missing = Vec::new();
-        let plan = [
-            (&self.records, records_indexes()),
-            (&self.runs, runs_indexes()),
-        ];
-        for (collection, indexes) in plan {
-            for (name, keys) in indexes {
-                let found = self
-                    .index_with_keys(collection, &keys, &mut attempts)
-                    .await?;
-                if !matches!(found, Some((_, None))) {
-                    missing.push(format!("{}.{name}", collection.name()));
-                }
+        for (collection, name, keys) in self.index_plan() {
+            let found = self
+                .index_with_keys(collection, &keys, &mut attempts)
+                .await?;
+            if !matches!(found, Some((_, None))) {
+                missing.push(format!("{}.{name}", collection.name()));
             }
         }
         Ok(missing)
+    }
+
+    /// Every index this daemon relies on, with its collection.
+    fn index_plan(&self) -> Vec<(&Collection<Document>, &'static str, Document)> {
+        let on = |collection, indexes: Vec<IndexSpec>| {
+            indexes
+                .into_iter()
+                .map(move |(name, keys)| (collection, name, keys))
+        };
+        on(&self.records, records_indexes())
+            .chain(on(&self.runs, runs_indexes()))
+            .collect()
     }
 
     /// A WARN when the records index of earlier versions still exists.

@@ -49,7 +49,7 @@ use mongodb::options::{ClientOptions, FindOptions, ReadPreference, SelectionCrit
 use mongodb::{Client, ClientSession, Collection};
 
 pub(crate) use claim::{Claim, ClaimedChunk};
-pub(crate) use counts::{LatestRun, OldestWaiting, StatusCount};
+pub(crate) use counts::{LatestRun, OldestWaiting, StatusCount, StatusQuery};
 pub(crate) use id_range::IdRange;
 pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
 pub(crate) use leases::LeaseOutcome;
@@ -165,6 +165,55 @@ impl Find {
             ..Self::default()
         }
     }
+
+    /// The `_id`s alone of the documents `filter` selects.
+    fn ids(filter: Document) -> Self {
+        Self {
+            projection: Some(doc! {"_id": 1}),
+            ..Self::of(filter)
+        }
+    }
+
+    fn sorted(self, sort: Document) -> Self {
+        Self {
+            sort: Some(sort),
+            ..self
+        }
+    }
+
+    fn limited(self, limit: i64) -> Self {
+        Self {
+            limit: Some(limit),
+            ..self
+        }
+    }
+
+    fn options(&self, max_time: Duration) -> FindOptions {
+        FindOptions::builder()
+            .projection(self.projection.clone())
+            .sort(self.sort.clone())
+            .limit(self.limit)
+            .max_time(max_time)
+            .build()
+    }
+}
+
+/// A read collected whole: a find, or an aggregation pipeline.
+enum Query {
+    Find(Box<Find>),
+    Pipeline(Vec<Document>),
+}
+
+impl From<Find> for Query {
+    fn from(find: Find) -> Self {
+        Query::Find(Box::new(find))
+    }
+}
+
+impl From<Vec<Document>> for Query {
+    fn from(pipeline: Vec<Document>) -> Self {
+        Query::Pipeline(pipeline)
+    }
 }
 
 /// Handle on the database; cheap to clone.
@@ -209,6 +258,11 @@ fn scope<'a>(op: &'static str, deanery: &'a Deanery) -> RetryScope<'a> {
         op,
         deanery: Some(deanery.as_str()),
     }
+}
+
+/// The first of the documents a `read_all` limited to one collected.
+fn first(found: Vec<Document>) -> Option<Document> {
+    found.into_iter().next()
 }
 
 /// A count as stored by `$sum`: any numeric type.
@@ -324,10 +378,7 @@ impl Store {
         let hello = admin
             .run_command(doc! {"hello": 1})
             .selection_criteria(SelectionCriteria::ReadPreference(ReadPreference::Primary));
-        let scope = RetryScope {
-            op: "hello",
-            deanery: None,
-        };
+        let scope = RetryScope::global("hello");
         let reply = self
             .retry
             .bounded(scope, hello)
@@ -344,7 +395,7 @@ impl Store {
         let admin = self.client.database("admin");
         let run = admin.run_command(command);
         self.retry
-            .bounded(RetryScope { op, deanery: None }, run)
+            .bounded(RetryScope::global(op), run)
             .await?
             .map(drop)
             .map_err(|source| StoreError::Mongo(retry::permanent(op, source)))
@@ -372,10 +423,7 @@ impl Store {
         Ok(self
             .retry
             .run(
-                RetryScope {
-                    op: "start_session",
-                    deanery: None,
-                },
+                RetryScope::global("start_session"),
                 attempts,
                 || async move { client.start_session().await },
             )
@@ -400,69 +448,35 @@ impl Store {
         Ok(found.map(|_| value))
     }
 
-    /// The documents an aggregation `pipeline` on `collection` yields.
-    /// The first document `find` selects (by its sort), if any.
-    async fn find_first(
+    /// The documents `query` yields, collected whole (so it is for small
+    /// answers: a limit, a grouping, or a handful of documents by nature).
+    async fn read_all(
         &self,
         scope: RetryScope<'_>,
         collection: &Collection<Document>,
-        find: Find,
-        attempts: &mut Attempts,
-    ) -> Result<Option<Document>, StoreError> {
-        let first = Find {
-            limit: Some(1),
-            ..find
-        };
-        let found = self.find_all(scope, collection, first, attempts).await?;
-        Ok(found.into_iter().next())
-    }
-
-    /// The documents `find` selects, collected whole (so it is for small
-    /// answers: a limit, or a handful of documents by nature).
-    async fn find_all(
-        &self,
-        scope: RetryScope<'_>,
-        collection: &Collection<Document>,
-        find: Find,
+        query: impl Into<Query>,
         attempts: &mut Attempts,
     ) -> Result<Vec<Document>, StoreError> {
-        let (find, max_time) = (&find, self.max_time);
+        let (query, max_time) = (&query.into(), self.max_time);
         Ok(self
             .retry
             .run(scope, attempts, || async move {
-                let options = FindOptions::builder()
-                    .projection(find.projection.clone())
-                    .sort(find.sort.clone())
-                    .limit(find.limit)
-                    .max_time(max_time)
-                    .build();
-                collection
-                    .find(find.filter.clone())
-                    .with_options(options)
-                    .await?
-                    .try_collect()
-                    .await
-            })
-            .await?)
-    }
-
-    async fn aggregate(
-        &self,
-        scope: RetryScope<'_>,
-        collection: &Collection<Document>,
-        pipeline: Vec<Document>,
-        attempts: &mut Attempts,
-    ) -> Result<Vec<Document>, StoreError> {
-        let (pipeline, max_time) = (&pipeline, self.max_time);
-        Ok(self
-            .retry
-            .run(scope, attempts, || async move {
-                collection
-                    .aggregate(pipeline.clone())
-                    .max_time(max_time)
-                    .await?
-                    .try_collect()
-                    .await
+                let cursor = match query {
+                    Query::Find(find) => {
+                        let options = find.options(max_time);
+                        collection
+                            .find(find.filter.clone())
+                            .with_options(options)
+                            .await?
+                    }
+                    Query::Pipeline(pipeline) => {
+                        collection
+                            .aggregate(pipeline.clone())
+                            .max_time(max_time)
+                            .await?
+                    }
+                };
+                cursor.try_collect().await
             })
             .await?)
     }

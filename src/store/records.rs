@@ -10,7 +10,7 @@ use mongodb::ClientSession;
 
 use super::mongo::cursor::BoundedCursor;
 use super::retry::TransactionBody;
-use super::{now, open_runs, scope, Attempts, Find, IdRange, RetryScope, Store, StoreError};
+use super::{first, now, open_runs, scope, Attempts, Find, IdRange, RetryScope, Store, StoreError};
 use crate::domain::{AppRow, Deanery, RecordStatus};
 
 /// Which fields of a record a read returns.
@@ -23,8 +23,9 @@ pub(crate) enum Fields {
 }
 
 /// A read of records in `_id` order, a batch at a time.
-struct Read {
+struct Read<'a> {
     op: &'static str,
+    deanery: &'a Deanery,
     filter: Document,
     projection: Document,
     batch_size: u32,
@@ -122,15 +123,13 @@ impl Store {
         deanery: &Deanery,
         attempts: &mut Attempts,
     ) -> Result<Option<ObjectId>, StoreError> {
-        let find = Find {
-            projection: Some(doc! {"_id": 1}),
-            sort: Some(doc! {"_id": -1}),
-            ..Find::of(waiting_of(deanery, doc! {"$type": "objectId"}))
-        };
+        let waiting = waiting_of(deanery, doc! {"$type": "objectId"});
+        let find = Find::ids(waiting).sorted(doc! {"_id": -1});
         let scope = scope("find_backlog", deanery);
         let found = self
-            .find_first(scope, &self.records, find, attempts)
-            .await?;
+            .read_all(scope, &self.records, find.limited(1), attempts)
+            .await
+            .map(first)?;
         Ok(found.and_then(|d| d.get_object_id("_id").ok()))
     }
 
@@ -166,24 +165,24 @@ impl Store {
     ) -> Result<BoundedCursor, StoreError> {
         let read = Read {
             op,
+            deanery,
             filter,
             projection: doc! {"_id": 1},
             batch_size,
         };
-        self.records_in_order(read, deanery, attempts).await
+        self.records_in_order(read, attempts).await
     }
 
     /// The records `read` selects, in `_id` order, `batch_size` at a time.
     async fn records_in_order(
         &self,
-        read: Read,
-        deanery: &Deanery,
+        read: Read<'_>,
         attempts: &mut Attempts,
     ) -> Result<BoundedCursor, StoreError> {
         let (records, read) = (&self.records, &read);
         let cursor = self
             .retry
-            .run(scope(read.op, deanery), attempts, || async move {
+            .run(scope(read.op, read.deanery), attempts, || async move {
                 records
                     .find(read.filter.clone())
                     .sort(doc! {"_id": 1})
@@ -215,11 +214,12 @@ impl Store {
         };
         let read = Read {
             op,
+            deanery,
             filter: claimed_by(run_id),
             projection,
             batch_size,
         };
-        self.records_in_order(read, deanery, attempts).await
+        self.records_in_order(read, attempts).await
     }
 
     /// How many records the run has claimed and not yet marked.
@@ -353,10 +353,7 @@ impl Store {
         &self,
         attempts: &mut Attempts,
     ) -> Result<Vec<Bson>, StoreError> {
-        let scope = RetryScope {
-            op: "list_deaneries",
-            deanery: None,
-        };
+        let scope = RetryScope::global("list_deaneries");
         let mut codes = self.deaneries_waiting(scope, attempts).await?;
         let (runs, max_time) = (&self.runs, self.max_time);
         let open = self
@@ -389,7 +386,7 @@ impl Store {
             doc! {"$group": {"_id": "$deanery"}},
         ];
         let groups = self
-            .aggregate(scope, &self.records, pipeline, attempts)
+            .read_all(scope, &self.records, pipeline, attempts)
             .await?;
         Ok(groups
             .into_iter()
@@ -409,10 +406,7 @@ impl Store {
         reason: &str,
         attempts: &mut Attempts,
     ) -> Result<u64, StoreError> {
-        let scope = RetryScope {
-            op: "reject_invalid_deanery",
-            deanery: None,
-        };
+        let scope = RetryScope::global("reject_invalid_deanery");
         let filter = doc! {"deanery": value.clone(), "status": RecordStatus::ToExport.as_str()};
         self.reject_where(scope, filter, reason, attempts).await
     }

@@ -5,7 +5,7 @@ use bson::oid::ObjectId;
 use bson::{doc, DateTime, Document};
 use serde::{Deserialize, Serialize};
 
-use super::{now, scope, Attempts, Find, Store, StoreError};
+use super::{first, now, scope, Attempts, Find, Store, StoreError};
 use crate::domain::Deanery;
 
 /// Where a run is. A run only moves forward.
@@ -284,12 +284,12 @@ impl Store {
             "phase": RunPhase::Completed.as_str(),
             "$or": either,
         };
-        let find = Find {
-            projection: Some(doc! {"_id": 1}),
-            ..Find::of(filter)
-        };
+        let find = Find::ids(filter);
         let scope = scope("find_done_trigger", deanery);
-        let found = self.find_first(scope, &self.runs, find, attempts).await?;
+        let found = self
+            .read_all(scope, &self.runs, find.limited(1), attempts)
+            .await
+            .map(first)?;
         Ok(found.is_some())
     }
 }

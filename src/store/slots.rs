@@ -8,7 +8,7 @@ use bson::{doc, Document};
 use mongodb::options::ReadConcern;
 
 use super::leases::{Lease, Taken};
-use super::{now, retry, Attempts, Find, RetryScope, Store, StoreError};
+use super::{first, now, retry, Attempts, Find, RetryScope, Store, StoreError};
 
 /// Outcome of asking to fire a slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,10 +22,6 @@ pub(crate) enum SlotClaim {
         /// That replica's owner id.
         owner: String,
     },
-}
-
-fn scope(op: &'static str) -> RetryScope<'static> {
-    RetryScope { op, deanery: None }
 }
 
 impl Store {
@@ -45,7 +41,7 @@ impl Store {
             collection: &self.slots,
             id: slot_id,
             expiry: "leaseUntil",
-            scope: scope("claim_slot"),
+            scope: RetryScope::global("claim_slot"),
             read_op: "read_slot",
         };
         let publishing = doc! {"state": "PUBLISHING"};
@@ -82,7 +78,7 @@ impl Store {
         let matched = self
             .retry
             .write(
-                scope("slot_published"),
+                RetryScope::global("slot_published"),
                 attempts,
                 || async move {
                     let result = slots
@@ -115,8 +111,9 @@ impl Store {
         attempts: &mut Attempts,
     ) -> Result<Option<Document>, StoreError> {
         let find = Find::of(doc! {"_id": slot_id});
-        self.find_first(scope("read_slot"), &self.slots, find, attempts)
-            .await
+        let scope = RetryScope::global("read_slot");
+        let found = self.read_all(scope, &self.slots, find.limited(1), attempts);
+        found.await.map(first)
     }
 
     /// The owner token of a catch-up claim, read `local`: a claim whose
@@ -154,7 +151,7 @@ impl Store {
         Ok(self
             .retry
             .write(
-                scope("claim_catch_up"),
+                RetryScope::global("claim_catch_up"),
                 attempts,
                 || async move {
                     let claim =

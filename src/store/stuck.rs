@@ -72,12 +72,9 @@ impl Store {
         before: DateTime,
         attempts: &mut Attempts,
     ) -> Result<Vec<StuckRecords>, StoreError> {
-        let scope = RetryScope {
-            op: "find_stuck_records",
-            deanery: None,
-        };
+        let scope = RetryScope::global("find_stuck_records");
         let rows = self
-            .aggregate(scope, &self.records, stuck_pipeline(before), attempts)
+            .read_all(scope, &self.records, stuck_pipeline(before), attempts)
             .await?;
         Ok(rows.iter().map(stuck_row).collect())
     }

@@ -6,7 +6,7 @@
 use bson::{doc, Bson};
 
 use super::records::{waiting, waiting_of};
-use super::{scope, Attempts, Find, Store, StoreError};
+use super::{first, scope, Attempts, Find, Store, StoreError};
 use crate::domain::{bson_type_name, Deanery, RecordStatus};
 
 /// Records looked at per round.
@@ -42,15 +42,12 @@ impl Store {
         order: i32,
         attempts: &mut Attempts,
     ) -> Result<Option<Bson>, StoreError> {
-        let find = Find {
-            projection: Some(doc! {"_id": 1}),
-            sort: Some(doc! {"_id": order}),
-            ..Find::of(waiting(deanery))
-        };
+        let find = Find::ids(waiting(deanery)).sorted(doc! {"_id": order});
         let scope = scope("find_backlog", deanery);
         let found = self
-            .find_first(scope, &self.records, find, attempts)
-            .await?;
+            .read_all(scope, &self.records, find.limited(1), attempts)
+            .await
+            .map(first)?;
         Ok(found.and_then(|mut d| d.remove("_id")))
     }
 
@@ -84,13 +81,10 @@ impl Store {
         deanery: &Deanery,
         attempts: &mut Attempts,
     ) -> Result<Vec<Bson>, StoreError> {
-        let find = Find {
-            projection: Some(doc! {"_id": 1}),
-            limit: Some(ROUND),
-            ..Find::of(waiting_of(deanery, doc! {"$not": {"$type": "objectId"}}))
-        };
+        let unexportable = waiting_of(deanery, doc! {"$not": {"$type": "objectId"}});
+        let find = Find::ids(unexportable).limited(ROUND);
         let scope = scope("find_unexportable_ids", deanery);
-        let found = self.find_all(scope, &self.records, find, attempts).await?;
+        let found = self.read_all(scope, &self.records, find, attempts).await?;
         Ok(found
             .into_iter()
             .filter_map(|mut d| d.remove("_id"))

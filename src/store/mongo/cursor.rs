@@ -34,10 +34,7 @@ impl BoundedCursor {
     /// deadline) ends this attempt, and the next attempt streams again from
     /// the start.
     pub(crate) async fn next(&mut self) -> Result<Option<Document>, StoreError> {
-        let scope = RetryScope {
-            op: self.op,
-            deanery: None,
-        };
+        let scope = RetryScope::global(self.op);
         let next = self.cursor.try_next();
         match self.policy.bounded(scope, next).await? {
             Ok(document) => Ok(document),
@@ -49,7 +46,7 @@ impl BoundedCursor {
 fn stream_error(policy: &RetryPolicy, op: &'static str, err: mongodb::error::Error) -> RetryError {
     match retry::classify(&err, Phase::Operation) {
         Transience::Permanent | Transience::TooLarge => retry::permanent(op, err),
-        Transience::Unreachable => policy.unreachable(RetryScope { op, deanery: None }, err),
+        Transience::Unreachable => policy.unreachable(RetryScope::global(op), err),
         _ => RetryError::Exhausted {
             op,
             attempts: 1,

@@ -144,6 +144,13 @@ pub(crate) struct RetryScope<'a> {
     pub deanery: Option<&'a str>,
 }
 
+impl RetryScope<'static> {
+    /// A scope that belongs to no deanery (slots, leases, indexes).
+    pub(crate) const fn global(op: &'static str) -> Self {
+        RetryScope { op, deanery: None }
+    }
+}
+
 impl RetryScope<'_> {
     /// The span a retry's log lines are said in: it carries the deanery,
     /// which an export run's own span carries too (a JSON line keeps one,

@@ -13,6 +13,11 @@ fn command_error(code: i32) -> MongoError {
     MongoError::from(ErrorKind::Command(command))
 }
 
+/// How a command failing with `code` is classified.
+fn classified(code: i32) -> Transience {
+    classify(&command_error(code), Phase::Operation)
+}
+
 #[test]
 fn every_code_of_a_transient_category_is_transient_on_every_command() {
     for (code, name, _) in SERVER_CODES {
@@ -53,11 +58,7 @@ fn the_codes_a_replica_set_or_a_sharded_cluster_produces_are_transient() {
 #[test]
 fn a_transaction_too_large_runs_again_smaller() {
     for (code, name) in TOO_LARGE_CODES {
-        assert_eq!(
-            classify(&command_error(code), Phase::Operation),
-            Transience::TooLarge,
-            "{code} {name}"
-        );
+        assert_eq!(classified(code), Transience::TooLarge, "{code} {name}");
     }
 }
 
@@ -102,11 +103,7 @@ fn codes_outside_the_table_are_permanent() {
         (11000, "DuplicateKey"),
         (85, "IndexOptionsConflict"),
     ] {
-        assert_eq!(
-            classify(&command_error(code), Phase::Operation),
-            Transience::Permanent,
-            "{code} {name}"
-        );
+        assert_eq!(classified(code), Transience::Permanent, "{code} {name}");
     }
 }
 
@@ -155,7 +152,7 @@ fn write_concern_error(code: i32) -> MongoError {
 fn every_unknown_outcome_code_is_read_back_before_anything_else() {
     for (code, name) in UNKNOWN_OUTCOME_CODES {
         assert_eq!(
-            classify(&command_error(code), Phase::Operation),
+            classified(code),
             Transience::UnknownOutcome,
             "{code} {name}"
         );

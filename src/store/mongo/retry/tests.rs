@@ -16,10 +16,7 @@ fn io_error() -> MongoError {
     ))
 }
 
-const TEST_SCOPE: RetryScope<'static> = RetryScope {
-    op: "test",
-    deanery: None,
-};
+const TEST_SCOPE: RetryScope<'static> = RetryScope::global("test");
 
 /// Runs an operation whose every try fails with `err()` under `settings`:
 /// the error the policy gives up with, and the attempts it counted.
