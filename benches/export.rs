@@ -38,6 +38,8 @@ use futures_util::TryStreamExt;
 use mongodb::{Client, Collection};
 
 mod common;
+#[path = "../tests/support/env.rs"]
+mod env_support;
 #[path = "support/s3.rs"]
 mod s3;
 #[path = "../tests/support/sshd.rs"]
@@ -241,6 +243,23 @@ async fn concurrent_writer(
     }
 }
 
+/// A new database `<prefix>_<pid>` with the daemon's indexes and `n`
+/// seeded records: its name and records.
+async fn fresh_seeded(
+    client: &Client,
+    uri: &str,
+    prefix: &str,
+    n: usize,
+) -> anyhow::Result<(String, Collection<Document>)> {
+    let db_name = format!("{prefix}_{}", std::process::id());
+    let records = client
+        .database(&db_name)
+        .collection::<Document>("generatedAppRecords");
+    prepare(uri, &db_name).await?;
+    seed(&records, n).await?;
+    Ok((db_name, records))
+}
+
 fn rate(n: u64, d: Duration) -> f64 {
     n as f64 / d.as_secs_f64()
 }
@@ -297,13 +316,8 @@ async fn main() -> anyhow::Result<()> {
     verify(&records, dir.path(), n).await?;
     let export_rate = rate(run.exported, run.wall);
     println!(
-        "export:  {:>9.0} records/s  ({} exported in {:.2} s; {} transaction attempts, {} retries; peak RSS {:.1} MiB)",
-        export_rate,
-        run.exported,
-        run.wall.as_secs_f64(),
-        run.attempts,
-        run.retries,
-        run.peak_rss_kib as f64 / 1024.0
+        "export:  {export_rate:>9.0} records/s  ({})",
+        run.described()
     );
     println!(
         "ratio export time / floor time: {:.2}",
@@ -313,12 +327,7 @@ async fn main() -> anyhow::Result<()> {
     client.database(&db_name).drop().await?;
 
     // The design's commands alone, on a fresh seed of the same shape.
-    let db_name = format!("esr_bench_commands_{}", std::process::id());
-    let records = client
-        .database(&db_name)
-        .collection::<Document>("generatedAppRecords");
-    prepare(&server.uri, &db_name).await?;
-    seed(&records, n).await?;
+    let (db_name, records) = fresh_seeded(&client, &server.uri, "esr_bench_commands", n).await?;
     let commands = design_commands(&client, &records, args.chunk_size as usize, n).await?;
     println!(
         "commands: {:>8.0} records/s  (the claim and mark transactions alone in {:.2} s; ratio to the floor {:.2}; the export took {:.2}x these)",
@@ -334,12 +343,7 @@ async fn main() -> anyhow::Result<()> {
     }
 
     // Contended: a writer keeps updating random waiting records.
-    let db_name = format!("esr_bench_contended_{}", std::process::id());
-    let records = client
-        .database(&db_name)
-        .collection::<Document>("generatedAppRecords");
-    prepare(&server.uri, &db_name).await?;
-    seed(&records, n).await?;
+    let (db_name, records) = fresh_seeded(&client, &server.uri, "esr_bench_contended", n).await?;
     let ids = seeded_ids(&records).await?;
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
@@ -356,17 +360,12 @@ async fn main() -> anyhow::Result<()> {
     writer.await?;
     verify(&records, dir.path(), n).await?;
     let contended_rate = rate(contended.exported, contended.wall);
+    let (writes, pace) = (writes.load(Ordering::Relaxed), args.writer_rate);
+    let share = 100.0 * contended_rate / export_rate;
     println!(
-        "contended: {:>7.0} records/s  ({} exported in {:.2} s; {} concurrent writes at {}/s; {} WriteConflicts, {} retries, {} failed runs) = {:.0}% of uncontended; nothing lost or duplicated",
-        contended_rate,
-        contended.exported,
-        contended.wall.as_secs_f64(),
-        writes.load(Ordering::Relaxed),
-        args.writer_rate,
-        contended.write_conflicts,
-        contended.retries,
-        contended.failed,
-        100.0 * contended_rate / export_rate
+        "contended: {contended_rate:>7.0} records/s  ({}; {writes} concurrent writes at {pace}/s) \
+         = {share:.0}% of uncontended; nothing lost or duplicated",
+        contended.described()
     );
     client.database(&db_name).drop().await?;
     Ok(())

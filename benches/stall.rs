@@ -35,7 +35,6 @@ use common::{record, start_server};
 #[path = "../tests/support/mongo.rs"]
 mod mongo_support;
 #[path = "../tests/support/proxy.rs"]
-#[allow(dead_code)]
 mod proxy;
 
 #[derive(Debug, Parser)]

@@ -36,6 +36,8 @@ use tokio::process::{Child, Command};
 
 #[path = "support/bucket.rs"]
 mod bucket;
+#[path = "support/env.rs"]
+mod env_support;
 #[path = "support/export_file.rs"]
 mod export_file;
 #[path = "support/mongo.rs"]
@@ -49,6 +51,7 @@ mod sshd;
 #[path = "support/broker.rs"]
 mod support;
 
+use env_support::{daemon_env, env_line};
 use mongo_support::base_uri;
 
 #[derive(Debug, Parser)]
@@ -474,7 +477,7 @@ async fn run_round(
     index: usize,
     quick: bool,
     work: &Path,
-) -> anyhow::Result<(String, usize, u64, Duration, Vec<String>)> {
+) -> anyhow::Result<Report> {
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
     let dir = work.join(format!("round-{index:02}"));
     let log_dir = dir.join("logs");
@@ -503,29 +506,20 @@ async fn run_round(
         false => None,
     };
     let uri = proxy.as_ref().map_or_else(base_uri, proxy::WireProxy::uri);
-    let mut env: HashMap<String, String> = [
+    let mut env: HashMap<String, String> = daemon_env(&app, &format!("esr.faults.{id}"))
+        .into_iter()
+        .collect();
+    env.extend(env_line(
+        "ESR_EXPORT__LEASE_SECONDS=2 ESR_AMQP__MAX_ATTEMPTS=100 ESR_RETRY__MAX_DELAY_MS=200",
+    ));
+    let where_to = [
         ("ESR_MONGODB__URI", format!("{uri}&appName={app}")),
         ("ESR_MONGODB__DATABASE", format!("esr_faults_{id}")),
         ("ESR_EXPORT__OUTPUT_DIR", out.display().to_string()),
         ("ESR_EXPORT__CHUNK_SIZE", chunk.to_string()),
-        ("ESR_EXPORT__LEASE_SECONDS", "2".into()),
-        ("ESR_AMQP__QUEUE", format!("esr.faults.{id}")),
-        ("ESR_AMQP__CONNECTION_NAME", app.clone()),
-        ("ESR_AMQP__RETRY_DELAY_MS", "300".into()),
-        ("ESR_AMQP__MAX_ATTEMPTS", "100".into()),
-        ("ESR_AMQP__RECONNECT_MIN_DELAY_MS", "50".into()),
-        ("ESR_AMQP__RECONNECT_MAX_DELAY_MS", "1000".into()),
-        ("ESR_RETRY__MIN_DELAY_MS", "5".into()),
-        ("ESR_RETRY__MAX_DELAY_MS", "200".into()),
-        ("ESR_SCHEDULE__ENABLED", "false".into()),
-        ("ESR_WATCHDOG__ENABLED", "false".into()),
-        ("ESR_HTTP__LISTEN", "127.0.0.1:0".into()),
-        ("ESR_LOG__FORMAT", "json".into()),
         ("PATH", std::env::var("PATH").unwrap_or_default()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    ];
+    env.extend(where_to.map(|(key, value)| (key.to_owned(), value)));
     if let Some(target) = &target_bucket {
         let endpoint = s3proxy
             .as_ref()
@@ -759,13 +753,38 @@ async fn run_round(
         .database(&round.settings.mongodb.database)
         .drop()
         .await?;
-    Ok((
-        format!("{} (chunk {chunk}){fired}", fault.label()),
-        total,
-        at_ms,
-        elapsed,
+    Ok(Report {
+        fault: format!("{} (chunk {chunk}){fired}", fault.label()),
+        records: total,
+        fault_at_ms: at_ms,
+        took: elapsed,
         violations,
-    ))
+    })
+}
+
+/// What one round did and found.
+struct Report {
+    /// The fault, its chunk size, whether it was hit, the destination.
+    fault: String,
+    records: usize,
+    /// When the fault came, after the commands were published.
+    fault_at_ms: u64,
+    took: Duration,
+    /// The guarantees the round found broken; empty when it passed.
+    violations: Vec<String>,
+}
+
+impl Report {
+    /// The round's row of the table.
+    fn row(&self, index: usize) -> String {
+        let result = match self.violations.is_empty() {
+            true => "ok".to_owned(),
+            false => format!("VIOLATED: {}", self.violations.join("; ")),
+        };
+        let (fault, records, at_ms) = (&self.fault, self.records, self.fault_at_ms);
+        let took = self.took.as_secs_f64();
+        format!("{index:>5}  {fault:<58} {records:>7} {at_ms:>6}ms {took:>8.1}s  {result}")
+    }
 }
 
 #[tokio::main]
@@ -790,8 +809,8 @@ async fn main() -> anyhow::Result<()> {
     let mut failed = 0;
     for index in 1..=rounds {
         let round = run_round(&client, &mut rng, index, args.quick, work.path()).await;
-        let (fault, records, at_ms, took, violations) = match round {
-            Ok(outcome) => outcome,
+        let report = match round {
+            Ok(report) => report,
             // The round could not be carried out: keep its logs, which
             // the error names, before the folder would be removed.
             Err(err) => {
@@ -799,17 +818,10 @@ async fn main() -> anyhow::Result<()> {
                 return Err(err.context(format!("logs kept in {}", kept.display())));
             }
         };
-        let result = if violations.is_empty() {
-            "ok".to_owned()
-        } else {
+        if !report.violations.is_empty() {
             failed += 1;
-            format!("VIOLATED: {}", violations.join("; "))
-        };
-        println!(
-            "{index:>5}  {fault:<58} {records:>7} {:>6}ms {:>8.1}s  {result}",
-            at_ms,
-            took.as_secs_f64()
-        );
+        }
+        println!("{}", report.row(index));
     }
     if failed > 0 {
         // Keep the logs of failed rounds.

@@ -135,6 +135,20 @@ pub struct ExportRun {
     pub phases: Phases,
 }
 
+impl ExportRun {
+    /// What the run did, for the figures' lines.
+    pub fn described(&self) -> String {
+        let secs = self.wall.as_secs_f64();
+        let rss_mib = self.peak_rss_kib as f64 / 1024.0;
+        let (exported, attempts, retries) = (self.exported, self.attempts, self.retries);
+        let (conflicts, failed) = (self.write_conflicts, self.failed);
+        format!(
+            "{exported} exported in {secs:.2} s; {attempts} transaction attempts, {retries} retries, \
+             {conflicts} WriteConflicts, {failed} failed runs; peak RSS {rss_mib:.1} MiB"
+        )
+    }
+}
+
 /// Log filter that keeps the lines with phase timings and the warnings.
 const PHASE_LOG_FILTER: &str = "warn,esr_exporter::export::claim=info,\
 esr_exporter::export::mark=info,esr_exporter::export::run=debug,esr_exporter::export::attempt=info";

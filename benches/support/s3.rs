@@ -14,6 +14,7 @@ use mongodb::{Client, Collection};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{export_all_with, prepare, record, ExportRun};
+use crate::env_support::s3_env;
 
 /// The deanery the single run exports.
 const DEANERY: &str = "MER";
@@ -114,17 +115,7 @@ pub async fn compare(
         &uuid::Uuid::new_v4().simple().to_string()[..12]
     );
     create_bucket(endpoint, &bucket).await?;
-    let env: Vec<(String, String)> = [
-        ("ESR_EXPORT__DESTINATION", format!("s3://{bucket}/app")),
-        ("AWS_ENDPOINT_URL", endpoint.to_owned()),
-        ("AWS_ALLOW_HTTP", "true".to_owned()),
-        ("AWS_ACCESS_KEY_ID", "bench".to_owned()),
-        ("AWS_SECRET_ACCESS_KEY", "bench".to_owned()),
-        ("AWS_REGION", "us-east-1".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+    let env = s3_env(&format!("s3://{bucket}/app"), endpoint, "bench");
     compare_with(uri, client, n, chunk, &format!("bucket ({endpoint})"), &env).await
 }
 

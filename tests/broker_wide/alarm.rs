@@ -85,8 +85,7 @@ async fn a_blocked_consumer_connection_is_in_readyz_and_a_metric_until_unblocked
     let (_, metrics) = http_get(daemon.http, "/metrics").await;
     let blocked = metric(&metrics, r#"esr_amqp_blocked{role="consumer"}"#);
     assert_eq!(blocked, Some(0.0), "{metrics}");
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 /// The app's settings with `env` on top.

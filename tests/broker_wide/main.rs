@@ -4,6 +4,8 @@
 //! own target, one at a time, and `scripts/test` runs it after the
 //! integration suite.
 
+#[path = "../support/env.rs"]
+mod env_support;
 #[path = "../support/export_file.rs"]
 mod export_file;
 #[path = "../it/helpers.rs"]

@@ -6,7 +6,9 @@ use std::time::Duration;
 use bson::doc;
 use esr_exporter::domain::Slot;
 
-use crate::helpers::{consumer_detached, eventually, http_get, spawn_app, unique_deanery};
+use crate::helpers::{
+    assert_detached_while_the_export_runs, eventually, http_get, spawn_app, unique_deanery,
+};
 use crate::{rabbitmqctl, Restore, NODE};
 
 const WAIT: Duration = Duration::from_secs(240);
@@ -45,24 +47,12 @@ async fn after_an_acknowledgement_timeout_readiness_follows_the_closed_channel()
     let guard = app.arm_failpoint(slow, 40).await;
 
     app.publish_command(&code, Slot::Manual).await;
-    eventually("detached while the export runs", WAIT, || {
-        consumer_detached(daemon.http)
-    })
-    .await;
-    let exported_yet = !app.files().is_empty();
-    app.disarm().await;
-    drop(guard);
+    assert_detached_while_the_export_runs(&app, &daemon, guard).await;
     drop(timeout);
-
-    assert!(
-        !exported_yet,
-        "readiness followed the channel, not the export's end"
-    );
     eventually("exported and attached again", WAIT, || async {
         !app.files().is_empty() && http_get(daemon.http, "/readyz").await.0 == 200
     })
     .await;
     app.assert_exported_once(&code, &ids).await;
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }

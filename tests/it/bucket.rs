@@ -9,25 +9,17 @@ use std::time::{Duration, Instant};
 use bson::doc;
 
 use crate::bucket_support::{
-    assert_delivered_once, bucket_env, export_by_two_replicas, pairs, s3_endpoint, TestBucket,
-    PREFIX,
+    assert_delivered_once, bucket_env, export, export_by_two_replicas, export_ok,
+    export_once_the_lease_lapses, pairs, s3_endpoint, stderr, TestBucket, PREFIX,
 };
 use crate::helpers::{
-    assert_published, assert_refused_over, run_binary, spawn_app, spawn_app_with, TestApp,
+    assert_published, assert_refused_over, run_binary, spawn_app, spawn_app_with,
 };
 use crate::s3proxy::{Action, Rule, S3Proxy};
-
-async fn export(app: &TestApp, env: &[(String, String)], code: &str) -> std::process::Output {
-    run_binary(app, &["export", "--deanery", code], &pairs(env)).await
-}
 
 fn summary(output: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(stdout.lines().next().unwrap_or("null")).unwrap()
-}
-
-fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
 #[tokio::test]
@@ -35,8 +27,7 @@ async fn a_run_publishes_manifest_and_file_to_the_bucket_and_records_where() {
     let (app, bucket) = (spawn_app().await, TestBucket::create().await);
     let ids = app.seed("MER", 40).await;
     let env = bucket_env(&bucket.destination(), &s3_endpoint());
-    let output = export(&app, &env, "MER").await;
-    assert!(output.status.success(), "{}", stderr(&output));
+    let output = export_ok(&app, &env, "MER").await;
     assert_delivered_once(&app, &bucket, &ids).await;
     let summary = summary(&output);
     let file = summary["file"].as_str().unwrap();
@@ -109,10 +100,7 @@ async fn an_object_someone_else_put_under_the_name_is_refused_and_nothing_is_mar
     // Moved away: the next attempt publishes the run's own file.
     bucket.delete(&key).await;
     bucket.delete(&format!("{key}.json")).await;
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
-    let output = export(&app, &env, "MER").await;
-    assert!(output.status.success(), "{}", stderr(&output));
-    assert_delivered_once(&app, &bucket, &ids).await;
+    export_once_the_lease_lapses(&app, &env, &bucket, &ids).await;
 }
 
 #[tokio::test]
@@ -209,8 +197,7 @@ async fn slow_down_503_429_and_409_conflict_answers_are_retried_and_logged() {
         })
         .collect();
     let env = bucket_env(&bucket.destination(), &proxy.endpoint());
-    let output = export(&app, &env, "MER").await;
-    assert!(output.status.success(), "{}", stderr(&output));
+    let output = export_ok(&app, &env, "MER").await;
     assert!(
         rules.iter().all(|rule| rule.matched() >= 1),
         "every answer was given"

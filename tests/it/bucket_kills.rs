@@ -53,7 +53,7 @@ where
 
 /// The next run, directly against the store and from another folder.
 async fn finish_elsewhere(app: &TestApp, bucket: &TestBucket, extra: &[(String, String)]) {
-    tokio::time::sleep(Duration::from_millis(2_200)).await; // the lease lapses
+    app.until_leases_lapse().await;
     let elsewhere = tempfile::tempdir().unwrap();
     let mut env = bucket_env(&bucket.destination(), &s3_endpoint());
     env.extend(extra.iter().cloned());

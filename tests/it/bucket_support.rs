@@ -9,13 +9,77 @@ use bson::{doc, oid::ObjectId};
 
 pub use crate::bucket_store::{bucket_env, pairs, s3_endpoint, TestBucket, PREFIX};
 use crate::helpers::{binary, eventually, free_port, http_get, metric, run_binary, TestApp};
+use crate::sshd::TestSshd;
 use esr_exporter::domain::Slot;
+
+/// `esr-exporter export --deanery <code>` with `env` on top of the app's
+/// settings; its output.
+pub async fn export(app: &TestApp, env: &[(String, String)], code: &str) -> std::process::Output {
+    run_binary(app, &["export", "--deanery", code], &pairs(env)).await
+}
+
+/// [`export`], asserting it succeeded.
+pub async fn export_ok(
+    app: &TestApp,
+    env: &[(String, String)],
+    code: &str,
+) -> std::process::Output {
+    let output = export(app, env, code).await;
+    assert!(output.status.success(), "{}", stderr(&output));
+    output
+}
+
+/// A command's standard error, as text.
+pub fn stderr(output: &std::process::Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
 
 /// Asserts every id is `EXPORTED` into exactly one file of the bucket,
 /// named on the record, and nothing is left waiting or claimed.
-pub async fn assert_delivered_once(app: &TestApp, bucket: &TestBucket, ids: &[ObjectId]) {
-    assert_each_once(app, &bucket.files().await, ids).await;
-    bucket.assert_only_published().await;
+pub async fn assert_delivered_once(app: &TestApp, inbox: &impl Inbox, ids: &[ObjectId]) {
+    assert_each_once(app, &inbox.delivered().await, ids).await;
+    inbox.assert_only_published().await;
+}
+
+/// Where the receiving side collects files: a bucket or an SFTP server.
+pub(crate) trait Inbox {
+    /// The published export files, each with its lines.
+    async fn delivered(&self) -> BTreeMap<String, Vec<String>>;
+    /// Asserts nothing but published files (no temporaries) is there.
+    async fn assert_only_published(&self);
+}
+
+impl Inbox for TestBucket {
+    async fn delivered(&self) -> BTreeMap<String, Vec<String>> {
+        self.files().await
+    }
+
+    async fn assert_only_published(&self) {
+        TestBucket::assert_only_published(self).await;
+    }
+}
+
+impl Inbox for TestSshd {
+    async fn delivered(&self) -> BTreeMap<String, Vec<String>> {
+        TestSshd::delivered(self)
+    }
+
+    async fn assert_only_published(&self) {
+        TestSshd::assert_only_published(self);
+    }
+}
+
+/// The next attempt, once the failed one's lease lapsed: it delivers
+/// every record once.
+pub async fn export_once_the_lease_lapses(
+    app: &TestApp,
+    env: &[(String, String)],
+    inbox: &impl Inbox,
+    ids: &[ObjectId],
+) {
+    app.until_leases_lapse().await;
+    export_ok(app, env, "MER").await;
+    assert_delivered_once(app, inbox, ids).await;
 }
 
 /// Asserts every id is `EXPORTED` into exactly one of `files` (ids per file

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use bson::doc;
 
-use crate::helpers::{run_binary as run, spawn_app};
+use crate::helpers::{check_config, run_binary as run, spawn_app};
 
 #[tokio::test]
 async fn an_invalid_deanery_is_refused_before_any_path_is_built() {
@@ -89,15 +89,14 @@ async fn export_all_prints_one_json_summary_per_deanery_and_status_shows_them() 
 async fn bad_configuration_exits_2_naming_the_key_and_secrets_stay_hidden() {
     let app = spawn_app().await;
 
-    let bad = run(&app, &["check-config"], &[("ESR_EXPORT__CHUNK_SIZE", "0")]).await;
+    let bad = check_config(&app, &[("ESR_EXPORT__CHUNK_SIZE", "0")]).await;
     assert_eq!(bad.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&bad.stderr);
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("export.chunk_size"), "{stderr}");
 
-    let good = run(
+    let good = check_config(
         &app,
-        &["check-config"],
         &[("ESR_AMQP__URI", "amqp://esr:pa55word@broker:5672/%2f")],
     )
     .await;
@@ -168,7 +167,7 @@ async fn check_config_warns_when_the_uri_pins_one_host() {
         "ESR_MONGODB__URI",
         "mongodb://127.0.0.1:27017/?directConnection=true",
     )];
-    let output = run(&app, &["check-config"], &pinned).await;
+    let output = check_config(&app, &pinned).await;
     assert_eq!(output.status.code(), Some(0));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("directConnection=true"), "{stderr}");
@@ -177,7 +176,7 @@ async fn check_config_warns_when_the_uri_pins_one_host() {
         "ESR_MONGODB__URI",
         "mongodb://127.0.0.1:27017/?replicaSet=secantus",
     )];
-    let output = run(&app, &["check-config"], &discovered).await;
+    let output = check_config(&app, &discovered).await;
     assert_eq!(output.status.code(), Some(0));
     assert!(
         output.stderr.is_empty(),
@@ -193,7 +192,7 @@ async fn esr_config_names_the_settings_file() {
     let file = dir.path().join("config.toml");
     std::fs::write(&file, "[export]\nchunk_size = 777\n").unwrap();
     let path = file.display().to_string();
-    let output = run(&app, &["check-config"], &[("ESR_CONFIG", path.as_str())]).await;
+    let output = check_config(&app, &[("ESR_CONFIG", path.as_str())]).await;
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -207,12 +206,7 @@ async fn esr_config_names_the_settings_file() {
         "{stdout}"
     );
 
-    let missing = run(
-        &app,
-        &["check-config"],
-        &[("ESR_CONFIG", "/no/such/config.toml")],
-    )
-    .await;
+    let missing = check_config(&app, &[("ESR_CONFIG", "/no/such/config.toml")]).await;
     assert_eq!(missing.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/no/such/config.toml"));
 }

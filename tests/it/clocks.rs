@@ -12,7 +12,7 @@ use esr_exporter::domain::Slot;
 use futures_util::TryStreamExt;
 use tokio::io::AsyncReadExt;
 
-use crate::helpers::{binary, eventually, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{binary, eventually, http_get, metric, spawn_app, spawn_app_with, TestApp};
 
 const WATCH: Duration = Duration::from_secs(30);
 
@@ -130,7 +130,13 @@ async fn a_command_ahead_of_this_clock_waits_until_its_slot_is_recorded_fired() 
     // The replica that fired it runs 10 minutes ahead of this one.
     let ahead = Utc::now().with_nanosecond(0).unwrap() + chrono::Duration::minutes(10);
     app.publish_command("KSS", Slot::Scheduled(ahead)).await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    let retried = "esr_commands_total{outcome=\"retry\"}";
+    eventually(
+        "the command sent to be retried",
+        Duration::from_secs(30),
+        || async { metric(&http_get(daemon.http, "/metrics").await.1, retried) >= Some(1.0) },
+    )
+    .await;
     assert_eq!(
         app.count(doc! {"status": "TO_EXPORT"}).await,
         10,
@@ -151,8 +157,7 @@ async fn a_command_ahead_of_this_clock_waits_until_its_slot_is_recorded_fired() 
     )
     .await;
     assert_eq!(app.queue_len(&dlq).await, 0);
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 #[tokio::test]

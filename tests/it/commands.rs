@@ -4,6 +4,7 @@
 use std::time::Duration;
 
 use bson::doc;
+use bson::oid::ObjectId;
 use chrono::{Timelike, Utc};
 use esr_exporter::domain::Slot;
 
@@ -45,8 +46,7 @@ async fn a_command_becomes_a_file_of_exported_records_and_the_queue_drains() {
         app.queue_len(&app.settings.amqp.queue).await == 0
     })
     .await;
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,13 +74,12 @@ async fn malformed_and_invalid_commands_are_dead_lettered_with_their_reasons_onc
     assert!(letters[1].1.contains("invalid deanery code"), "{letters:?}");
     assert!(letters[2].1.contains("malformed command"), "{letters:?}");
     assert!(app.files().is_empty());
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_command_for_a_completed_slot_is_a_no_op() {
-    let (app, ids) = seeded("LDN", 40, &[]).await;
+    let (app, ids) = seeded("LDN", 40, "").await;
     let daemon = app.spawn_daemon().await;
     let slot = Slot::Scheduled(Utc::now().with_nanosecond(0).unwrap());
 
@@ -105,21 +104,16 @@ async fn a_duplicate_command_for_a_completed_slot_is_a_no_op() {
             .await,
         3
     );
-    let file = app
-        .files()
-        .into_iter()
-        .filter(|f| f.ends_with(".DAT"))
-        .collect::<Vec<_>>();
+    let file = app.data_files();
     assert_eq!(file.len(), 1);
     let exported = app.find(doc! {"status": "EXPORTED"}).await;
     assert_eq!(exported.len(), ids.len());
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_connection_closed_during_a_run_is_recovered_and_the_work_completes() {
-    let (app, ids) = seeded("OXF", 8_000, &[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
+    let (app, ids) = seeded("OXF", 8_000, "ESR_EXPORT__CHUNK_SIZE=25").await;
     let daemon = app.spawn_daemon().await;
 
     app.publish_command("OXF", Slot::Manual).await;
@@ -147,17 +141,13 @@ async fn a_broker_connection_closed_during_a_run_is_recovered_and_the_work_compl
             == 10
     })
     .await;
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_transient_failure_is_retried_later_through_the_retry_queue() {
-    let overrides = [
-        ("ESR_RETRY__MAX_ATTEMPTS", "2"),
-        ("ESR_AMQP__RETRY_DELAY_MS", "1000"),
-    ];
-    let (app, ids) = seeded("WES", 30, &overrides).await;
+    let tuning = "ESR_RETRY__MAX_ATTEMPTS=2 ESR_AMQP__RETRY_DELAY_MS=1000";
+    let (app, ids) = seeded("WES", 30, tuning).await;
     // Four WriteConflicts on reads: the first two processing attempts
     // exhaust their two tries each; the third attempt succeeds.
     let guard = app.arm_write_conflicts("find", 4).await;
@@ -178,14 +168,24 @@ async fn a_transient_failure_is_retried_later_through_the_retry_queue() {
         app.queue_len(&app.settings.amqp.dead_letter_queue()).await,
         0
     );
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 /// A cron expression whose daily slot was `minutes_ago` minutes ago.
 pub fn cron_minutes_ago(minutes_ago: i64) -> String {
     let slot = Utc::now() - chrono::Duration::minutes(minutes_ago);
     format!("0 {} {} * * *", slot.minute(), slot.hour())
+}
+
+/// `n` records of a new deanery stuck past a daily slot nobody fired ten
+/// minutes ago: that slot's cron expression, the app, the deanery and
+/// the records' ids.
+pub async fn stuck_past_a_missed_slot(n: usize) -> (String, TestApp, String, Vec<ObjectId>) {
+    let cron = cron_minutes_ago(10);
+    let app = spawn_app_with(&[]).await;
+    let code = crate::helpers::unique_deanery();
+    let ids = app.seed_stuck(&code, n).await;
+    (cron, app, code, ids)
 }
 
 /// An app whose schedule's daily slot passed 10 minutes ago, unfired,
@@ -255,11 +255,8 @@ async fn cli(app: &TestApp, args: &[&str]) -> (Option<i32>, String) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dead_letters_can_be_inspected_and_replayed_once_the_cause_is_fixed() {
     // Arrange: one try per command, and MongoDB "down" for the first one.
-    let overrides = [
-        ("ESR_AMQP__MAX_ATTEMPTS", "1"),
-        ("ESR_RETRY__MAX_ATTEMPTS", "1"),
-    ];
-    let (app, ids) = seeded("PEN", 20, &overrides).await;
+    let tuning = "ESR_AMQP__MAX_ATTEMPTS=1 ESR_RETRY__MAX_ATTEMPTS=1";
+    let (app, ids) = seeded("PEN", 20, tuning).await;
     let guard = app.arm_write_conflicts("find", 1).await;
     let daemon = app.spawn_daemon().await;
     let command = app.publish_command("PEN", Slot::Manual).await;
@@ -308,8 +305,7 @@ async fn dead_letters_can_be_inspected_and_replayed_once_the_cause_is_fixed() {
         app.queue_len(&dlq).await == 1
     })
     .await;
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -47,8 +47,7 @@ pub(crate) async fn kill_when(app: &TestApp, code: &str, ready: Document) {
 }
 
 async fn export_again(app: &TestApp, code: &str) -> serde_json::Value {
-    // The dead process's lease lapses after export.lease_seconds.
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    app.until_leases_lapse().await;
     let output = exporter_command(app, &["export", "--deanery", code])
         .output()
         .await
@@ -64,11 +63,8 @@ async fn export_again(app: &TestApp, code: &str) -> serde_json::Value {
 
 #[tokio::test]
 async fn a_run_killed_while_claiming_is_finished_by_the_next_run_with_one_file() {
-    let overrides = [
-        ("ESR_EXPORT__CHUNK_SIZE", "20"),
-        ("ESR_EXPORT__LEASE_SECONDS", "2"),
-    ];
-    let (app, ids) = seeded("MER", 6_000, &overrides).await;
+    let tuning = "ESR_EXPORT__CHUNK_SIZE=20 ESR_EXPORT__LEASE_SECONDS=2";
+    let (app, ids) = seeded("MER", 6_000, tuning).await;
 
     kill_when(&app, "MER", doc! {"status": "EXPORTING", "deanery": "MER"}).await;
     assert!(
@@ -87,12 +83,9 @@ async fn a_run_killed_while_claiming_is_finished_by_the_next_run_with_one_file()
 #[tokio::test]
 async fn a_run_killed_while_marking_records_is_finished_without_a_second_file() {
     // Marked 100 records a statement, so the kill lands between statements.
-    let overrides = [
-        ("ESR_EXPORT__CHUNK_SIZE", "10"),
-        ("ESR_EXPORT__MARK_BATCH_SIZE", "100"),
-        ("ESR_EXPORT__LEASE_SECONDS", "2"),
-    ];
-    let (app, ids) = seeded("EOE", 6_000, &overrides).await;
+    let tuning =
+        "ESR_EXPORT__CHUNK_SIZE=10 ESR_EXPORT__MARK_BATCH_SIZE=100 ESR_EXPORT__LEASE_SECONDS=2";
+    let (app, ids) = seeded("EOE", 6_000, tuning).await;
 
     kill_when(&app, "EOE", doc! {"status": "EXPORTED", "deanery": "EOE"}).await;
     assert!(

@@ -476,8 +476,7 @@ async fn promtool_check_metrics_passes_over_a_real_scrape_of_the_daemon() {
     )
     .await;
     let (status, scrape) = http_get(daemon.http, "/metrics").await;
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 
     // Assert: Prometheus's own lint passes over the scrape...
     assert_eq!(status, 200);

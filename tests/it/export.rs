@@ -131,7 +131,7 @@ async fn a_backlog_of_many_chunks_exports_completely() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_exporters_racing_for_one_deanery_write_one_file() {
-    let (app, ids) = seeded("WES", 2_000, &[("ESR_EXPORT__CHUNK_SIZE", "50")]).await;
+    let (app, ids) = seeded("WES", 2_000, "ESR_EXPORT__CHUNK_SIZE=50").await;
     let racer = |exporter: esr_exporter::export::Exporter| {
         tokio::spawn(async move { exporter.run(&deanery("WES")).await })
     };
@@ -259,7 +259,7 @@ async fn a_file_gone_before_its_publication_was_recorded_is_published_again_with
     // Arrange: a completed run, wound back to the moment after its file
     // was published and a reader took it, before the run recorded that.
     // Nothing says where the file went, so it is not assumed delivered.
-    let (app, ids) = seeded("EMD", 35, &[("ESR_EXPORT__CHUNK_SIZE", "10")]).await;
+    let (app, ids) = seeded("EMD", 35, "ESR_EXPORT__CHUNK_SIZE=10").await;
     let first = app.exporter.run(&deanery("EMD")).await;
     let name = first.file.clone().unwrap();
     let runs = app.runs();
@@ -352,11 +352,7 @@ async fn finishing_an_old_run_is_followed_by_a_run_for_records_that_came_since()
             .await,
         (old.len() + new.len()) as u64
     );
-    let files: Vec<String> = app
-        .files()
-        .into_iter()
-        .filter(|f| f.ends_with(".DAT"))
-        .collect();
+    let files = app.data_files();
     assert_eq!(files.len(), 2, "{files:?}");
     assert_eq!(summary.file.as_deref(), Some(files[1].as_str()));
     let with_slot = runs
@@ -368,11 +364,8 @@ async fn finishing_an_old_run_is_followed_by_a_run_for_records_that_came_since()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn another_writer_touching_the_records_while_they_are_marked_loses_nothing() {
-    let overrides = [
-        ("ESR_EXPORT__CHUNK_SIZE", "200"),
-        ("ESR_EXPORT__MARK_BATCH_SIZE", "400"),
-    ];
-    let (app, ids) = seeded("PEN", 4_000, &overrides).await;
+    let tuning = "ESR_EXPORT__CHUNK_SIZE=200 ESR_EXPORT__MARK_BATCH_SIZE=400";
+    let (app, ids) = seeded("PEN", 4_000, tuning).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
         let (records, stop) = (app.records(), stop.clone());

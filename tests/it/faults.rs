@@ -11,17 +11,14 @@ use esr_exporter::export::Exporter;
 use esr_exporter::store::Store;
 use futures_util::TryStreamExt;
 
-use crate::helpers::{deanery, seeded, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{deanery, seeded, spawn_app_with, TestApp};
 
 #[tokio::test]
 async fn a_concurrent_writer_causes_write_conflicts_and_every_record_is_still_exported_once() {
     // Arrange: small chunks, and a writer that keeps updating exactly the
     // records the next claim transaction is about to take.
-    let overrides = [
-        ("ESR_EXPORT__CHUNK_SIZE", "100"),
-        ("ESR_RETRY__MAX_ATTEMPTS", "50"),
-    ];
-    let (app, ids) = seeded("MER", 3_000, &overrides).await;
+    let tuning = "ESR_EXPORT__CHUNK_SIZE=100 ESR_RETRY__MAX_ATTEMPTS=50";
+    let (app, ids) = seeded("MER", 3_000, tuning).await;
     let records = app.records();
     let stop = Arc::new(AtomicBool::new(false));
     let writes = Arc::new(AtomicU64::new(0));
@@ -92,6 +89,11 @@ async fn a_concurrent_writer_causes_write_conflicts_and_every_record_is_still_ex
     app.assert_exported_once("MER", &ids).await;
 }
 
+/// The commands and error labels the failpoint tests arm.
+const COMMIT: &[&str] = &["commitTransaction"];
+const CONFLICT: &str = "TransientTransactionError";
+const UNKNOWN_COMMIT: &str = "UnknownTransactionCommitResult";
+
 /// Arms `failCommand` on `commands` with `error_code` and `labels`,
 /// `times` times, runs an export of 300 records, and returns its summary
 /// after checking every record was exported once.
@@ -109,7 +111,7 @@ async fn export_through_failpoint(
 /// records, and returns its summary after checking every record was
 /// exported once.
 async fn export_through(data: Document, times: i32) -> RunSummary {
-    let (app, ids) = seeded("EOE", 300, &[("ESR_EXPORT__CHUNK_SIZE", "100")]).await;
+    let (app, ids) = seeded("EOE", 300, "ESR_EXPORT__CHUNK_SIZE=100").await;
     let exporter = quick_to_rediscover(&app).await;
     let guard = app.arm_failpoint(data, times).await;
     let summary = exporter.run(&deanery("EOE")).await;
@@ -184,27 +186,20 @@ async fn a_write_concern_error_on_the_lease_take_is_read_back_as_taken() {
 
 #[tokio::test]
 async fn write_conflicts_injected_on_the_claims_find_are_retried() {
-    let summary = export_through_failpoint(&["find"], 112, &["TransientTransactionError"], 3).await;
+    let summary = export_through_failpoint(&["find"], 112, &[CONFLICT], 3).await;
     assert!(summary.write_conflicts >= 3, "{summary:?}");
     assert!(summary.retries >= 3, "{summary:?}");
 }
 
 #[tokio::test]
 async fn write_conflicts_injected_on_the_claims_update_are_retried() {
-    let summary =
-        export_through_failpoint(&["update"], 112, &["TransientTransactionError"], 3).await;
+    let summary = export_through_failpoint(&["update"], 112, &[CONFLICT], 3).await;
     assert!(summary.write_conflicts >= 3, "{summary:?}");
 }
 
 #[tokio::test]
 async fn write_conflicts_injected_on_commit_retry_the_whole_transaction() {
-    let summary = export_through_failpoint(
-        &["commitTransaction"],
-        112,
-        &["TransientTransactionError"],
-        2,
-    )
-    .await;
+    let summary = export_through_failpoint(COMMIT, 112, &[CONFLICT], 2).await;
     assert!(summary.write_conflicts >= 2, "{summary:?}");
     // Each conflict on commit costs a whole new transaction attempt.
     assert!(summary.attempts >= 2 + 2 + 2, "{summary:?}");
@@ -214,13 +209,7 @@ async fn write_conflicts_injected_on_commit_retry_the_whole_transaction() {
 async fn an_unknown_commit_result_retries_the_commit_and_succeeds() {
     // 91 ShutdownInProgress is retryable: the driver retries the commit
     // once itself, then our policy retries the commit alone.
-    let summary = export_through_failpoint(
-        &["commitTransaction"],
-        91,
-        &["UnknownTransactionCommitResult"],
-        3,
-    )
-    .await;
+    let summary = export_through_failpoint(COMMIT, 91, &[UNKNOWN_COMMIT], 3).await;
     assert!(summary.retries >= 1, "{summary:?}");
     assert_eq!(summary.write_conflicts, 0, "{summary:?}");
 }
@@ -253,7 +242,7 @@ async fn fail_mid_claim(app: &TestApp, code: &str) -> RunSummary {
 #[tokio::test]
 async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_file() {
     // Arrange: a run with many chunks, so it is mid-file when the error comes.
-    let (app, ids) = seeded("SEV", 10_000, &[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
+    let (app, ids) = seeded("SEV", 10_000, "ESR_EXPORT__CHUNK_SIZE=25").await;
 
     // Act: 13 Unauthorized on a claim's update once the first chunk is in.
     let summary = fail_mid_claim(&app, "SEV").await;
@@ -296,7 +285,7 @@ async fn a_non_transient_error_fails_fast_with_a_clear_message_and_no_partial_fi
 #[tokio::test]
 async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_counts_agree() {
     // Arrange: a run stopped mid-claim by a non-transient error.
-    let (app, ids) = seeded("KSS", 6_000, &[("ESR_EXPORT__CHUNK_SIZE", "25")]).await;
+    let (app, ids) = seeded("KSS", 6_000, "ESR_EXPORT__CHUNK_SIZE=25").await;
     let failed = fail_mid_claim(&app, "KSS").await;
     assert_eq!(failed.status(), RunStatus::Failed, "{failed:?}");
     // Another writer breaks two records the stopped run had claimed.
@@ -349,11 +338,8 @@ async fn claimed_records_that_turn_invalid_are_rejected_on_resume_and_the_run_co
 
 #[tokio::test]
 async fn an_exhausted_retry_budget_fails_the_run_and_the_next_attempt_completes_it() {
-    let overrides = [
-        ("ESR_EXPORT__CHUNK_SIZE", "50"),
-        ("ESR_RETRY__MAX_ATTEMPTS", "3"),
-    ];
-    let (app, ids) = seeded("NWN", 120, &overrides).await;
+    let tuning = "ESR_EXPORT__CHUNK_SIZE=50 ESR_RETRY__MAX_ATTEMPTS=3";
+    let (app, ids) = seeded("NWN", 120, tuning).await;
     let guard = app.arm_write_conflicts("find", 10).await;
     let failed = app.exporter.run(&deanery("NWN")).await;
     app.disarm().await;
@@ -370,22 +356,6 @@ async fn an_exhausted_retry_budget_fails_the_run_and_the_next_attempt_completes_
     let resumed = app.exporter.run(&deanery("NWN")).await;
     assert_eq!(resumed.status(), RunStatus::Completed, "{resumed:?}");
     app.assert_exported_once("NWN", &ids).await;
-}
-
-#[tokio::test]
-async fn status_reports_counts_oldest_wait_and_last_run() {
-    let app = spawn_app().await;
-    app.seed("MER", 4).await;
-    app.exporter.run(&deanery("MER")).await;
-    app.seed("MER", 2).await;
-
-    let (_, mer) = app.status_of("MER").await;
-    assert_eq!(mer.counts.get("EXPORTED"), Some(&4));
-    assert_eq!(mer.counts.get("TO_EXPORT"), Some(&2));
-    assert!(mer.oldest_to_export_age_seconds.is_some());
-    let last = mer.last_run.as_ref().unwrap();
-    assert_eq!(last.phase, "COMPLETED");
-    assert_eq!(last.exported, Some(4));
 }
 
 #[tokio::test]

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::Duration;
 
+use crate::env_support::{daemon_env, env_line};
 use crate::export_file::{self, Detail, Header};
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use esr_exporter::config::Settings;
@@ -67,29 +68,20 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let app_name = format!("esr-test-{}", &id[..12]);
     let dir = tempfile::tempdir().expect("temp dir");
-    let mut env: HashMap<String, String> = [
+    let mut env: HashMap<String, String> =
+        daemon_env(&app_name, &format!("esr.test.{}", &id[..12]))
+            .into_iter()
+            .collect();
+    env.extend(env_line(
+        "ESR_RETRY__MAX_DELAY_MS=100 ESR_DAEMON__SHUTDOWN_GRACE_SECONDS=20",
+    ));
+    let exports = dir.path().join("exports").display().to_string();
+    let where_to = [
         ("ESR_MONGODB__URI", with_app_name(&base_uri(), &app_name)),
         ("ESR_MONGODB__DATABASE", format!("esr_test_{}", &id[..16])),
-        (
-            "ESR_EXPORT__OUTPUT_DIR",
-            dir.path().join("exports").display().to_string(),
-        ),
-        ("ESR_RETRY__MIN_DELAY_MS", "5".to_owned()),
-        ("ESR_RETRY__MAX_DELAY_MS", "100".to_owned()),
-        ("ESR_LOG__FORMAT", "json".to_owned()),
-        ("ESR_AMQP__QUEUE", format!("esr.test.{}", &id[..12])),
-        ("ESR_AMQP__CONNECTION_NAME", app_name.clone()),
-        ("ESR_AMQP__RETRY_DELAY_MS", "300".to_owned()),
-        ("ESR_AMQP__RECONNECT_MIN_DELAY_MS", "50".to_owned()),
-        ("ESR_AMQP__RECONNECT_MAX_DELAY_MS", "1000".to_owned()),
-        ("ESR_SCHEDULE__ENABLED", "false".to_owned()),
-        ("ESR_WATCHDOG__ENABLED", "false".to_owned()),
-        ("ESR_HTTP__LISTEN", "127.0.0.1:0".to_owned()),
-        ("ESR_DAEMON__SHUTDOWN_GRACE_SECONDS", "20".to_owned()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v))
-    .collect();
+        ("ESR_EXPORT__OUTPUT_DIR", exports),
+    ];
+    env.extend(where_to.map(|(key, value)| (key.to_owned(), value)));
     for (key, value) in overrides {
         env.insert((*key).to_owned(), (*value).to_owned());
     }
@@ -149,6 +141,26 @@ impl TestApp {
     /// The export run documents.
     pub fn runs(&self) -> Collection<Document> {
         self.db.collection("exportRuns")
+    }
+
+    /// Waits until every deanery lease has lapsed: a killed process or a
+    /// failed command leaves its lease to run out (`export.lease_seconds`).
+    pub async fn until_leases_lapse(&self) {
+        let leases = self.db.collection::<Document>("exportLeases");
+        let latest = leases
+            .find(doc! {})
+            .await
+            .unwrap()
+            .try_collect::<Vec<Document>>()
+            .await
+            .unwrap()
+            .iter()
+            .filter_map(|lease| lease.get_datetime("expiresAt").ok())
+            .map(|at| at.timestamp_millis())
+            .max();
+        let left = latest.map_or(0, |at| at - DateTime::now().timestamp_millis());
+        // A margin for the clocks of the server and the next process.
+        tokio::time::sleep(Duration::from_millis(left.max(0) as u64 + 100)).await;
     }
 
     /// The status report, and its row of the deanery `code`.
@@ -228,6 +240,13 @@ impl TestApp {
         list(&self.export_dir())
     }
 
+    /// The export files (`.DAT`) in the export folder, sorted.
+    pub fn data_files(&self) -> Vec<String> {
+        let mut files = self.files();
+        files.retain(|f| f.ends_with(".DAT"));
+        files
+    }
+
     /// Arms `failCommand` for this app's connections only, `times` times.
     /// Holds the server-wide failpoint until the guard is dropped; call
     /// [`TestApp::disarm`] before dropping it.
@@ -279,11 +298,8 @@ impl TestApp {
     /// all valid: every id in `ids` is `EXPORTED` exactly once, in exactly
     /// one well-formed file whose manifest matches; returns that file.
     pub async fn assert_exported_once(&self, deanery: &str, ids: &[ObjectId]) -> ExportedFile {
-        let files: Vec<String> = self
-            .files()
-            .into_iter()
-            .filter(|f| f.starts_with(&format!("DE_{deanery}_APP_")) && f.ends_with(".DAT"))
-            .collect();
+        let mut files = self.data_files();
+        files.retain(|f| f.starts_with(&format!("DE_{deanery}_APP_")));
         assert_eq!(files.len(), 1, "exactly one file for {deanery}: {files:?}");
         let file = ExportedFile::read(&self.export_dir(), &files[0]);
         let mut expected: Vec<String> = ids.iter().map(|id| id.to_hex()).collect();
@@ -380,6 +396,12 @@ impl RunningDaemon {
 }
 
 impl TestApp {
+    /// Stops `daemon`, then deletes this app's queues and exchanges.
+    pub async fn stop_and_clean_up(&self, daemon: RunningDaemon) {
+        daemon.stop().await;
+        self.delete_broker_topology().await;
+    }
+
     /// `esr-exporter run` in this process, with these settings.
     pub async fn spawn_daemon(&self) -> RunningDaemon {
         self.spawn_daemon_with(self.settings.clone()).await
@@ -562,7 +584,28 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
-/// The value of one Prometheus sample, e.g. `esr_records_exported_total{deanery="X"}`.
+/// Waits for the daemon's consumer to be detached while a failpoint
+/// (`guard`) holds its export, then lifts it: readiness followed the
+/// consumer, not the export's end, if no file was written by then.
+pub async fn assert_detached_while_the_export_runs(
+    app: &TestApp,
+    daemon: &RunningDaemon,
+    guard: MutexGuard<'static, ()>,
+) {
+    let wait = Duration::from_secs(90);
+    eventually("detached while the export runs", wait, || {
+        consumer_detached(daemon.http)
+    })
+    .await;
+    let exported_yet = !app.files().is_empty();
+    app.disarm().await;
+    drop(guard);
+    assert!(
+        !exported_yet,
+        "readiness followed the consumer, not the export's end"
+    );
+}
+
 /// True when the daemon serving `addr` says it has no consumer attached:
 /// `/readyz` answers 503 and `esr_consumer_attached` is 0.
 pub async fn consumer_detached(addr: std::net::SocketAddr) -> bool {
@@ -571,6 +614,7 @@ pub async fn consumer_detached(addr: std::net::SocketAddr) -> bool {
     status == 503 && metric(&metrics, "esr_consumer_attached") == Some(0.0)
 }
 
+/// The value of one Prometheus sample, e.g. `esr_records_exported_total{deanery="X"}`.
 pub fn metric(text: &str, sample: &str) -> Option<f64> {
     text.lines()
         .find(|line| line.starts_with(sample) && line[sample.len()..].starts_with(' '))
@@ -596,17 +640,33 @@ pub fn unique_deanery() -> String {
 /// `esr-exporter <args>` as a child process with the app's settings and
 /// `extra` environment on top; output captured, killed when dropped.
 pub fn binary(app: &TestApp, args: &[&str], extra: &[(&str, &str)]) -> tokio::process::Command {
+    binary_with(&app.env, args, extra)
+}
+
+/// `esr-exporter <args>` as [`binary`] makes it, with `env` alone under
+/// `extra`.
+pub fn binary_with(
+    env: &HashMap<String, String>,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> tokio::process::Command {
     let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_esr-exporter"));
     command
         .args(args)
         .env_clear()
-        .envs(&app.env)
+        .envs(env)
         .envs(extra.iter().copied())
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(true);
     command
+}
+
+/// `esr-exporter check-config` with `extra` on top of the app's
+/// settings, to the end; its output.
+pub async fn check_config(app: &TestApp, extra: &[(&str, &str)]) -> std::process::Output {
+    run_binary(app, &["check-config"], extra).await
 }
 
 /// Runs `esr-exporter <args>` to the end; its output.
@@ -644,13 +704,15 @@ pub fn assert_published<'r>(
     publication
 }
 
-/// An app with `overrides`, and `n` waiting records of `deanery`.
-pub async fn seeded(
-    deanery: &str,
-    n: usize,
-    overrides: &[(&str, &str)],
-) -> (TestApp, Vec<ObjectId>) {
-    let app = spawn_app_with(overrides).await;
+/// An app tuned by `tuning` (`KEY=value` words) with `n` records of
+/// `deanery` waiting.
+pub async fn seeded(deanery: &str, n: usize, tuning: &str) -> (TestApp, Vec<ObjectId>) {
+    let tuning = env_line(tuning);
+    let overrides: Vec<(&str, &str)> = tuning
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    let app = spawn_app_with(&overrides).await;
     let ids = app.seed(deanery, n).await;
     (app, ids)
 }

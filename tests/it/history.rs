@@ -8,7 +8,7 @@ use esr_exporter::store::StoreError;
 use crate::helpers::{deanery, spawn_app};
 
 #[tokio::test]
-async fn status_counts_what_recent_runs_exported_and_ignores_older_history() {
+async fn status_reports_counts_oldest_wait_and_last_run_and_ignores_older_history() {
     let app = spawn_app().await;
     app.seed("MER", 3).await;
     app.exporter.run(&deanery("MER")).await;
@@ -27,7 +27,11 @@ async fn status_counts_what_recent_runs_exported_and_ignores_older_history() {
     assert_eq!(mer.counts.get("EXPORTED"), Some(&3), "{mer:?}");
     assert_eq!(mer.counts.get("REJECTED"), Some(&0), "{mer:?}");
     assert_eq!(mer.counts.get("TO_EXPORT"), Some(&2), "{mer:?}");
-    assert_ne!(mer.last_run.as_ref().unwrap().run_id, "old-run");
+    assert!(mer.oldest_to_export_age_seconds.is_some());
+    let last = mer.last_run.as_ref().unwrap();
+    assert_ne!(last.run_id, "old-run");
+    assert_eq!(last.phase, "COMPLETED");
+    assert_eq!(last.exported, Some(3));
 }
 
 #[tokio::test]

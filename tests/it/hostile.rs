@@ -11,8 +11,8 @@ use esr_exporter::export::Exporter;
 use tokio::process::Child;
 
 use crate::helpers::{
-    binary, deanery, eventually, http_get, list, metric, seeded, spawn_app, valid_record,
-    ExportedFile,
+    binary, check_config, deanery, eventually, http_get, list, metric, seeded, spawn_app,
+    valid_record, ExportedFile,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -25,7 +25,7 @@ fn today() -> String {
 async fn a_resume_on_another_host_stages_the_file_again_instead_of_assuming_a_reader_took_it() {
     // Arrange: host A's folder has a dangling symlink under the run's
     // final name, so A stages the file but cannot publish it.
-    let (app, ids) = seeded("MER", 300, &[("ESR_EXPORT__CHUNK_SIZE", "50")]).await;
+    let (app, ids) = seeded("MER", 300, "ESR_EXPORT__CHUNK_SIZE=50").await;
     let folder_a = app.export_dir();
     std::fs::create_dir_all(&folder_a).unwrap();
     let name = format!("DE_MER_APP_{}_00001.DAT", today());
@@ -118,11 +118,7 @@ async fn waiting_records_whose_id_is_not_an_object_id_are_counted_stuck_then_rej
     assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     assert_eq!(summary.exported, 20);
     assert_eq!(summary.rejected, 5);
-    let files: Vec<String> = app
-        .files()
-        .into_iter()
-        .filter(|f| f.ends_with(".DAT"))
-        .collect();
+    let files = app.data_files();
     let file = ExportedFile::read(&app.export_dir(), &files[0]);
     let mut expected: Vec<String> = valid.iter().map(|id| id.to_hex()).collect();
     expected.sort();
@@ -189,8 +185,7 @@ async fn a_command_for_a_future_slot_is_dead_lettered_and_uses_nothing_up() {
         app.count(doc! {"status": "EXPORTED"}).await == 10
     })
     .await;
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 /// A tmpfs of its own, unmounted when dropped.
@@ -250,12 +245,11 @@ async fn a_read_only_then_full_output_folder_is_retried_reported_and_loses_nothi
     let folder = disk.dir.path().join("exports");
     std::fs::create_dir_all(&folder).unwrap();
     disk.remount("ro");
-    let folder_env = folder.display().to_string();
-    let overrides = [
-        ("ESR_EXPORT__OUTPUT_DIR", folder_env.as_str()),
-        ("ESR_AMQP__MAX_ATTEMPTS", "1000"),
-    ];
-    let (app, ids) = seeded("SEV", 2_000, &overrides).await;
+    let tuning = format!(
+        "ESR_EXPORT__OUTPUT_DIR={} ESR_AMQP__MAX_ATTEMPTS=1000",
+        folder.display()
+    );
+    let (app, ids) = seeded("SEV", 2_000, &tuning).await;
     let daemon = app.spawn_daemon().await;
 
     app.publish_command("SEV", Slot::Manual).await;
@@ -288,8 +282,7 @@ async fn a_read_only_then_full_output_folder_is_retried_reported_and_loses_nothi
     .await;
     app.assert_exported_once("SEV", &ids).await;
     daemon.until_ready("ready again", WAIT).await;
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 /// `GET path`: the status, or None when the server closed or did not answer.
@@ -408,14 +401,14 @@ async fn a_huge_requested_by_with_a_line_break_neither_floods_nor_forges_log_lin
 #[tokio::test]
 async fn a_password_with_odd_characters_is_never_printed() {
     let app = spawn_app().await;
-    let cases = [
-        (
-            "ESR_MONGODB__URI",
-            "mongodb://u:pa?ss-S3CRET@127.0.0.1:27017/",
-        ),
+    let mongodb = (
+        "ESR_MONGODB__URI",
+        "mongodb://u:pa?ss-S3CRET@127.0.0.1:27017/",
+    );
+    for (key, uri) in [
+        mongodb,
         ("ESR_AMQP__URI", "amqp://u:pa?ss-S3CRET@127.0.0.1:5672/%2f"),
-    ];
-    for (key, uri) in cases {
+    ] {
         for command in ["check-config", "status", "run"] {
             let output = binary(&app, &[command], &[(key, uri)])
                 .output()
@@ -441,24 +434,14 @@ async fn a_password_with_odd_characters_is_never_printed() {
     // Option values that are secrets: redacted when shown...
     let oidc = "mongodb://127.0.0.1:27017/?authMechanism=MONGODB-OIDC\
                 &authMechanismProperties=ENVIRONMENT:azure,TOKEN_RESOURCE:TOKPW";
-    let output = binary(&app, &["check-config"], &[("ESR_MONGODB__URI", oidc)])
-        .output()
-        .await
-        .unwrap();
+    let output = check_config(&app, &[("ESR_MONGODB__URI", oidc)]).await;
     let printed = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(0), "{printed}");
     assert!(printed.contains("authMechanismProperties=***"), "{printed}");
     assert!(!printed.contains("TOKPW"), "{printed}");
     // ... and never echoed when the driver refuses the option.
     let key_password = "mongodb://127.0.0.1:27017/?tls=true&tlsCertificateKeyFilePassword=KEYPW";
-    let output = binary(
-        &app,
-        &["check-config"],
-        &[("ESR_MONGODB__URI", key_password)],
-    )
-    .output()
-    .await
-    .unwrap();
+    let output = check_config(&app, &[("ESR_MONGODB__URI", key_password)]).await;
     let printed = String::from_utf8_lossy(&output.stderr);
     assert_eq!(output.status.code(), Some(2), "{printed}");
     assert!(

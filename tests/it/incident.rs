@@ -150,11 +150,7 @@ async fn redeliver_to_a_folder_rebuilds_the_same_bytes_and_records_it_on_the_run
     let app = spawn_app().await;
     app.seed("WES", 25).await;
     export(&app, "WES").await;
-    let name = app
-        .files()
-        .into_iter()
-        .find(|f| f.ends_with(".DAT"))
-        .unwrap();
+    let name = app.data_files().remove(0);
     let original = std::fs::read(app.export_dir().join(&name)).unwrap();
     let before = app.find(doc! {"deanery": "WES"}).await;
     let elsewhere = tempfile::tempdir().unwrap();
@@ -214,11 +210,7 @@ async fn redeliver_is_refused_when_a_record_changed_since_naming_it() {
     let app = spawn_app().await;
     let ids = app.seed("SEV", 10).await;
     export(&app, "SEV").await;
-    let name = app
-        .files()
-        .into_iter()
-        .find(|f| f.ends_with(".DAT"))
-        .unwrap();
+    let name = app.data_files().remove(0);
     app.records()
         .update_one(
             doc! {"_id": ids[3]},

@@ -9,8 +9,8 @@ use esr_exporter::domain::Slot;
 use esr_exporter::store::{Attempts, Store};
 
 use crate::helpers::{
-    binary, consumer_detached, eventually, spawn_app, spawn_app_with, unique_deanery, TestApp,
-    Watched,
+    assert_detached_while_the_export_runs, binary, eventually, spawn_app, spawn_app_with,
+    unique_deanery, TestApp, Watched,
 };
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -68,8 +68,7 @@ async fn commands_routed_to_a_deleted_queue_are_kept_and_land_once_it_is_back() 
     )
     .await;
     assert_eq!(app.queue_len(&amqp.dead_letter_queue()).await, 0);
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 /// The consumer's own queue deleted while an export runs: the broker
@@ -97,17 +96,7 @@ async fn a_consumer_the_broker_cancels_is_detached_at_once() {
     })
     .await;
     delete_queues(&app, std::slice::from_ref(&app.settings.amqp.queue)).await;
-    eventually("detached while the export runs", WAIT, || {
-        consumer_detached(daemon.http)
-    })
-    .await;
-    let exported_yet = !app.files().is_empty();
-    app.disarm().await;
-    drop(guard);
-    assert!(
-        !exported_yet,
-        "readiness followed the consumer, not the export's end"
-    );
+    assert_detached_while_the_export_runs(&app, &daemon, guard).await;
 
     daemon.until_ready("attached again", WAIT).await;
     let second = unique_deanery();
@@ -122,8 +111,7 @@ async fn a_consumer_the_broker_cancels_is_detached_at_once() {
     })
     .await;
     app.assert_exported_once(&second, &ids).await;
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 /// Runs one read in `session`, as a run would.

@@ -13,6 +13,8 @@ mod clocks;
 mod commands;
 mod crash;
 mod deploy;
+#[path = "../support/env.rs"]
+mod env_support;
 mod export;
 #[path = "../support/export_file.rs"]
 mod export_file;
@@ -42,6 +44,4 @@ mod stalls;
 mod supervision;
 #[path = "../support/broker.rs"]
 mod support;
-#[path = "../support/tcp_proxy.rs"]
-mod tcp_proxy;
 mod tls;

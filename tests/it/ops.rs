@@ -1,18 +1,18 @@
 //! Operations: readiness, metrics, the watchdog, secrets in logs, and the
 //! deployment files.
 
-use std::process::Stdio;
 use std::time::Duration;
 
 use bson::doc;
 use esr_exporter::domain::Slot;
 use tokio::io::AsyncReadExt;
 
-use crate::commands::cron_minutes_ago;
+use crate::commands::stuck_past_a_missed_slot;
 use crate::helpers::{
-    eventually, free_port, http_get, metric, primary_host_port, spawn_app_with, unique_deanery,
+    binary_with, eventually, free_port, http_get, metric, primary_host_port, spawn_app_with,
+    unique_deanery,
 };
-use crate::tcp_proxy::TcpProxy;
+use crate::proxy::WireProxy;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -20,8 +20,8 @@ const WAIT: Duration = Duration::from_secs(60);
 async fn readyz_follows_mongodb_and_rabbitmq_going_away_and_coming_back() {
     // Arrange: this daemon reaches both services through proxies we control.
     let app = spawn_app_with(&[]).await;
-    let mongo = TcpProxy::start(&primary_host_port().await).await;
-    let rabbit = TcpProxy::start("127.0.0.1:5672").await;
+    let mongo = WireProxy::start_opaque(&primary_host_port().await).await;
+    let rabbit = WireProxy::start_opaque("127.0.0.1:5672").await;
     let mut settings = app.settings.clone();
     settings.mongodb.uri = esr_exporter::config::SecretUri::new(format!(
         "mongodb://{}/?directConnection=true&serverSelectionTimeoutMS=1000",
@@ -72,8 +72,7 @@ async fn readyz_follows_mongodb_and_rabbitmq_going_away_and_coming_back() {
     })
     .await;
 
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -118,8 +117,7 @@ async fn metrics_move_as_runs_happen_including_write_conflicts() {
         .unwrap()
             > 1.7e9
     );
-    daemon.stop().await;
-    app.delete_broker_topology().await;
+    app.stop_and_clean_up(daemon).await;
 }
 
 /// Runs `esr-exporter run` as a process until `until` holds (or a fixed
@@ -129,16 +127,8 @@ async fn run_process(
     extra: &[(&str, String)],
     until: impl std::future::Future<Output = ()>,
 ) -> (Option<i32>, String) {
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
-        .arg("run")
-        .env_clear()
-        .envs(env)
+    let mut child = binary_with(env, &["run"], &[("RUST_LOG", "debug")])
         .envs(extra.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "debug")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .unwrap();
     let mut stdout = child.stdout.take().unwrap();
@@ -168,12 +158,7 @@ async fn run_process(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_watchdog_reports_stuck_records_and_its_catch_up_command_exports_them() {
-    // Arrange: yesterday's-style slot 10 minutes ago that nobody fired, and
-    // records created an hour before it.
-    let cron = cron_minutes_ago(10);
-    let app = spawn_app_with(&[]).await;
-    let code = unique_deanery();
-    let ids = app.seed_stuck(&code, 25).await;
+    let (cron, app, code, ids) = stuck_past_a_missed_slot(25).await;
     let port = free_port();
 
     // Act

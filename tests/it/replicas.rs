@@ -8,20 +8,13 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 use crate::commands::cron_minutes_ago;
-use crate::helpers::{eventually, seeded, spawn_app_with, TestApp};
+use crate::helpers::{binary, eventually, seeded, spawn_app_with, TestApp};
 
 const WAIT: Duration = Duration::from_secs(90);
 
 fn spawn_daemon_process(app: &TestApp) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
-        .arg("run")
-        .env_clear()
-        .envs(&app.env)
-        .env("RUST_LOG", "info")
-        .stdin(Stdio::null())
+    binary(app, &["run"], &[("RUST_LOG", "info")])
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("spawn esr-exporter run")
 }
@@ -111,7 +104,7 @@ async fn three_replicas_fire_a_due_slot_once_and_write_one_file_per_deanery() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_during_a_run_exits_cleanly_and_a_later_run_completes_it() {
-    let (app, ids) = seeded("NWN", 12_000, &[("ESR_EXPORT__CHUNK_SIZE", "20")]).await;
+    let (app, ids) = seeded("NWN", 12_000, "ESR_EXPORT__CHUNK_SIZE=20").await;
     let daemon = spawn_daemon_process(&app);
 
     app.publish_command("NWN", esr_exporter::domain::Slot::Manual)

@@ -8,28 +8,17 @@ use std::time::{Duration, Instant};
 
 use bson::doc;
 
-use crate::bucket_support::{assert_each_once, export_by_two_replicas, pairs};
-use crate::helpers::{assert_published, assert_refused_over, run_binary, spawn_app, TestApp};
+use crate::bucket_support::{
+    assert_delivered_once, export, export_by_two_replicas, export_ok, export_once_the_lease_lapses,
+    pairs, stderr,
+};
+use crate::helpers::{assert_published, assert_refused_over, run_binary, spawn_app};
+use crate::proxy::WireProxy;
 use crate::sshd::TestSshd;
-use crate::tcp_proxy::TcpProxy;
-
-pub async fn export(app: &TestApp, env: &[(String, String)], code: &str) -> std::process::Output {
-    run_binary(app, &["export", "--deanery", code], &pairs(env)).await
-}
-
-pub fn stderr(output: &std::process::Output) -> String {
-    String::from_utf8_lossy(&output.stderr).into_owned()
-}
 
 fn summary(output: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
     serde_json::from_str(stdout.lines().next().unwrap_or("null")).unwrap()
-}
-
-/// Every id exported once into the server's files, nothing else there.
-pub async fn assert_delivered_once(app: &TestApp, sshd: &TestSshd, ids: &[bson::oid::ObjectId]) {
-    assert_each_once(app, &sshd.delivered(), ids).await;
-    sshd.assert_only_published();
 }
 
 fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
@@ -101,8 +90,7 @@ async fn check_config_proves_the_server_and_never_prints_the_passphrase() {
         sshd.temporaries()
     );
     let ids = app.seed("MER", 5).await;
-    let output = export(&app, &env, "MER").await;
-    assert!(output.status.success(), "{}", stderr(&output));
+    export_ok(&app, &env, "MER").await;
     assert_delivered_once(&app, &sshd, &ids).await;
 }
 
@@ -213,10 +201,7 @@ async fn a_file_someone_else_put_under_the_name_is_refused_and_nothing_is_marked
     // Moved away: the next attempt publishes the run's own file.
     std::fs::remove_file(sshd.inbox.join(&name)).unwrap();
     let _ = std::fs::remove_file(sshd.inbox.join(format!("{name}.json")));
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
-    let output = export(&app, &env, "MER").await;
-    assert!(output.status.success(), "{}", stderr(&output));
-    assert_delivered_once(&app, &sshd, &ids).await;
+    export_once_the_lease_lapses(&app, &env, &sshd, &ids).await;
 }
 
 #[tokio::test]
@@ -253,17 +238,14 @@ async fn a_full_disk_fails_the_attempt_transiently_and_the_next_one_delivers() {
         .status()
         .unwrap();
     assert!(status.success());
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
-    let output = export(&app, &env, "MER").await;
-    assert!(output.status.success(), "{}", stderr(&output));
-    assert_delivered_once(&app, &sshd, &ids).await;
+    export_once_the_lease_lapses(&app, &env, &sshd, &ids).await;
 }
 
 #[tokio::test]
 async fn a_black_holed_server_fails_the_attempt_within_the_bound_naming_the_destination() {
     let (app, sshd) = (spawn_app().await, TestSshd::start().await);
     app.seed("MER", 20_000).await;
-    let proxy = TcpProxy::start(&format!("127.0.0.1:{}", sshd.port)).await;
+    let proxy = WireProxy::start_opaque(&format!("127.0.0.1:{}", sshd.port)).await;
     let mut env = sshd.env();
     let through = sshd.destination().replace(
         &format!(":{}/", sshd.port),

@@ -7,9 +7,9 @@ use std::time::Duration;
 use bson::doc;
 use esr_exporter::domain::Slot;
 
+use crate::bucket_support::assert_delivered_once;
 use crate::bucket_support::{export_by_command, ready_daemon, readyz};
 use crate::helpers::{eventually, http_get, metric, spawn_app};
-use crate::sftp::assert_delivered_once;
 use crate::sshd::TestSshd;
 
 #[tokio::test]

@@ -10,10 +10,11 @@ use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
 
+use crate::bucket_support::assert_delivered_once;
 use crate::bucket_support::pairs;
+use crate::bucket_support::stderr;
 use crate::helpers::{binary, primary_host_port, run_binary, spawn_app, TestApp};
 use crate::proxy::{Fault, WireProxy};
-use crate::sftp::{assert_delivered_once, stderr};
 use crate::sshd::TestSshd;
 
 /// Records enough for an upload that lasts a while.
@@ -48,7 +49,7 @@ fn uploading(sshd: &TestSshd) -> bool {
 
 /// The next run, directly and from another folder, after the lease lapses.
 async fn finish_elsewhere(app: &TestApp, sshd: &TestSshd, ids: &[ObjectId]) {
-    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    app.until_leases_lapse().await;
     let elsewhere = tempfile::tempdir().unwrap();
     let mut env = env_of(sshd);
     env.push((

@@ -12,7 +12,7 @@ use esr_exporter::domain::{RunStatus, RunSummary};
 use esr_exporter::export::Exporter;
 use esr_exporter::store::Store;
 
-use crate::commands::{app_with_a_missed_slot, cron_minutes_ago};
+use crate::commands::{app_with_a_missed_slot, stuck_past_a_missed_slot};
 use crate::helpers::{
     deanery, eventually, http_get, primary_host_port, spawn_app_with, unique_deanery, TestApp,
 };
@@ -314,10 +314,7 @@ async fn a_lost_reply_to_the_catch_up_claim_is_not_mistaken_for_another_replicas
     // Records stuck past a slot nobody fired: the watchdog claims the
     // catch-up (an insert) and publishes it. Its reply is lost twice, so
     // the retried insert finds the `_id` taken: by this very claim.
-    let cron = cron_minutes_ago(10);
-    let app = spawn_app_with(&[]).await;
-    let code = unique_deanery();
-    let ids = app.seed_stuck(&code, 25).await;
+    let (cron, app, code, ids) = stuck_past_a_missed_slot(25).await;
     let proxy = WireProxy::start(&primary_host_port().await).await;
     proxy.arm_times(Fault::LostReply, 2, |r| {
         r.is("insert", "scheduleSlots", "watchdog/")

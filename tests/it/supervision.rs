@@ -8,22 +8,20 @@
 use std::process::Output;
 use std::time::Duration;
 
-use crate::helpers::{spawn_app, TestApp};
+use crate::helpers::{binary, spawn_app, TestApp};
 
-/// `esr-exporter run` with the hook set; it must stop on its own.
-async fn run_with_failing_task(app: &TestApp, hook: &str, extra_env: &[(&str, &str)]) -> Output {
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
-        .arg("run")
-        .env_clear()
-        .envs(&app.env)
-        .envs(extra_env.iter().copied())
+/// `esr-exporter run` of a new app with the hook set; it must stop on
+/// its own. The app, and the daemon's output.
+async fn run_with_failing_task(hook: &str, extra_env: &[(&str, &str)]) -> (TestApp, Output) {
+    let app = spawn_app().await;
+    let child = binary(&app, &["run"], extra_env)
         .env("TEST_ESR_EXPORTER_FAIL_TASK", hook)
-        .kill_on_drop(true)
         .output();
-    tokio::time::timeout(Duration::from_secs(60), child)
+    let output = tokio::time::timeout(Duration::from_secs(60), child)
         .await
         .expect("the daemon stops on its own when a task fails")
-        .unwrap()
+        .unwrap();
+    (app, output)
 }
 
 /// The JSON log lines of a run.
@@ -65,10 +63,7 @@ fn assert_reported(output: &Output, task: &str, panicked: bool) {
 #[cfg(debug_assertions)]
 #[tokio::test]
 async fn a_consumer_that_panics_stops_the_daemon_with_exit_1_naming_it() {
-    let app = spawn_app().await;
-
-    let output = run_with_failing_task(&app, "consumer", &[]).await;
-
+    let (app, output) = run_with_failing_task("consumer", &[]).await;
     assert_reported(&output, "consumer", true);
     let lines = log_lines(&output);
     assert!(
@@ -81,21 +76,15 @@ async fn a_consumer_that_panics_stops_the_daemon_with_exit_1_naming_it() {
 #[cfg(debug_assertions)]
 #[tokio::test]
 async fn an_http_listener_that_ends_early_stops_the_daemon_with_exit_1_naming_it() {
-    let app = spawn_app().await;
-
-    let output = run_with_failing_task(&app, "http:end", &[]).await;
-
+    let (_app, output) = run_with_failing_task("http:end", &[]).await;
     assert_reported(&output, "http", false);
 }
 
 #[cfg(debug_assertions)]
 #[tokio::test]
 async fn a_watchdog_that_ends_early_stops_the_daemon_with_exit_1_naming_it() {
-    let app = spawn_app().await;
     let enabled = [("ESR_WATCHDOG__ENABLED", "true")];
-
-    let output = run_with_failing_task(&app, "watchdog:end", &enabled).await;
-
+    let (app, output) = run_with_failing_task("watchdog:end", &enabled).await;
     assert_reported(&output, "watchdog", false);
     app.delete_broker_topology().await;
 }

@@ -13,6 +13,8 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
 use object_store::ObjectStore;
 use sha2::{Digest, Sha256};
+
+use crate::env_support::{env_line, s3_env};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The S3-compatible server under test.
@@ -134,21 +136,12 @@ impl TestBucket {
 /// The environment that points the binary at `endpoint` (the server, or a
 /// proxy in front of it) with this bucket as its destination.
 pub fn bucket_env(destination: &str, endpoint: &str) -> Vec<(String, String)> {
-    [
-        ("ESR_EXPORT__DESTINATION", destination),
-        ("AWS_ENDPOINT_URL", endpoint),
-        ("AWS_ALLOW_HTTP", "true"),
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test-secret-never-printed"),
-        ("AWS_REGION", "us-east-1"),
-        ("ESR_S3__REQUEST_TIMEOUT_MS", "3000"),
-        ("ESR_S3__MIN_DELAY_MS", "20"),
-        ("ESR_S3__MAX_DELAY_MS", "200"),
-        ("ESR_EXPORT__LEASE_SECONDS", "2"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_owned(), v.to_owned()))
-    .collect()
+    let mut env = s3_env(destination, endpoint, "test-secret-never-printed");
+    env.extend(env_line(
+        "ESR_S3__REQUEST_TIMEOUT_MS=3000 ESR_S3__MIN_DELAY_MS=20 ESR_S3__MAX_DELAY_MS=200 \
+         ESR_EXPORT__LEASE_SECONDS=2",
+    ));
+    env
 }
 
 /// `&[(&str, &str)]` view of an owned environment.

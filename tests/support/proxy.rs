@@ -10,6 +10,13 @@
 //!
 //! It reads the wire protocol's message framing, so a fault can fire on the
 //! first request a test names (`arm`), at a moment no timer could hit.
+//!
+//! Started `opaque`, it carries a protocol whose bytes a test cannot read
+//! (SSH, AMQP, or MongoDB where no request is named): black hole and reset
+//! still apply, and it can be switched off (`set_enabled(false)`: every
+//! open connection cut, new ones dropped: the service is down).
+
+#![allow(dead_code)] // each test binary uses its own part
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -68,6 +75,8 @@ struct Armed {
 #[derive(Default)]
 struct Shared {
     black_hole: bool,
+    /// Switched off: connections are dropped as they come.
+    refusing: bool,
     armed: Option<Armed>,
     fired: Option<(Instant, Request)>,
     fired_times: usize,
@@ -75,6 +84,15 @@ struct Shared {
 }
 
 type State = Arc<Mutex<Shared>>;
+
+/// How the proxy reads what it carries.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Framing {
+    /// MongoDB wire messages, so a request can be named.
+    Wire,
+    /// Bytes as they come.
+    Opaque,
+}
 
 /// The proxy; everything it holds closes when it is dropped.
 pub struct WireProxy {
@@ -85,12 +103,22 @@ pub struct WireProxy {
 }
 
 impl WireProxy {
-    /// A proxy to `upstream` (`host:port`), forwarding.
+    /// A proxy to the MongoDB server `upstream` (`host:port`), forwarding.
     pub async fn start(upstream: &str) -> Self {
+        Self::started(upstream, Framing::Wire).await
+    }
+
+    /// A proxy to `upstream` that reads nothing of what it carries.
+    pub async fn start_opaque(upstream: &str) -> Self {
+        Self::started(upstream, Framing::Opaque).await
+    }
+
+    async fn started(upstream: &str, framing: Framing) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         let addr = listener.local_addr().expect("proxy address");
         let state: State = Arc::default();
-        let accept = tokio::spawn(accept_loop(listener, upstream.to_owned(), state.clone()));
+        let upstream = upstream.to_owned();
+        let accept = tokio::spawn(accept_loop(listener, upstream, framing, state.clone()));
         Self {
             addr,
             state,
@@ -141,6 +169,15 @@ impl WireProxy {
         self.reset();
     }
 
+    /// Off: every open connection is cut and new ones are dropped. On:
+    /// forwarding again.
+    pub fn set_enabled(&self, on: bool) {
+        self.lock().refusing = !on;
+        if !on {
+            self.reset();
+        }
+    }
+
     /// Closes every open connection.
     pub fn reset(&self) {
         for task in self.lock().connections.drain(..) {
@@ -178,12 +215,15 @@ fn unnamed() -> Request {
     }
 }
 
-async fn accept_loop(listener: TcpListener, upstream: String, state: State) {
+async fn accept_loop(listener: TcpListener, upstream: String, framing: Framing, state: State) {
     while let Ok((inbound, _)) = listener.accept().await {
         // Spawned and listed under the lock: the task's first look at the
         // black hole waits for it, so a heal or reset never misses it.
         let mut shared = state.lock().unwrap_or_else(|e| e.into_inner());
-        let task = tokio::spawn(serve(inbound, upstream.clone(), state.clone()));
+        if shared.refusing {
+            continue; // dropped: the service is down
+        }
+        let task = tokio::spawn(serve(inbound, upstream.clone(), framing, state.clone()));
         shared.connections.retain(|t| !t.is_finished());
         shared.connections.push(task);
     }
@@ -191,7 +231,7 @@ async fn accept_loop(listener: TcpListener, upstream: String, state: State) {
 
 /// One client connection: pumps both ways until either side closes or a
 /// fault ends it. Held forever (until reset) once black-holed.
-async fn serve(inbound: TcpStream, upstream: String, state: State) {
+async fn serve(inbound: TcpStream, upstream: String, framing: Framing, state: State) {
     if is_black_hole(&state) {
         return hold(inbound).await;
     }
@@ -201,11 +241,18 @@ async fn serve(inbound: TcpStream, upstream: String, state: State) {
     let (client_in, client_out) = inbound.into_split();
     let (server_in, server_out) = outbound.into_split();
     let lost: Arc<Mutex<Option<i32>>> = Arc::default();
-    let requests = |m: &[u8]| request_step(m, &state, &lost);
-    let replies = |m: &[u8]| reply_step(m, &lost);
+    let wire = framing == Framing::Wire;
+    let requests = |m: &[u8]| match wire {
+        true => request_step(m, &state, &lost),
+        false => Step::Forward,
+    };
+    let replies = |m: &[u8]| match wire {
+        true => reply_step(m, &lost),
+        false => Step::Forward,
+    };
     tokio::select! {
-        () = pump(client_in, server_out, &state, requests) => {}
-        () = pump(server_in, client_out, &state, replies) => {}
+        () = pump(client_in, server_out, framing, &state, requests) => {}
+        () = pump(server_in, client_out, framing, &state, replies) => {}
     }
 }
 
@@ -227,16 +274,17 @@ enum Step {
     Close,
 }
 
-/// Moves whole messages from `from` to `to` as `decide` says, holding
-/// everything once the proxy is black-holed. Returns to close the
-/// connection.
+/// Moves whole messages (or, opaque, what comes) from `from` to `to` as
+/// `decide` says, holding everything once the proxy is black-holed.
+/// Returns to close the connection.
 async fn pump(
     mut from: OwnedReadHalf,
     mut to: OwnedWriteHalf,
+    framing: Framing,
     state: &State,
     decide: impl Fn(&[u8]) -> Step,
 ) {
-    while let Ok(message) = read_message(&mut from).await {
+    while let Ok(message) = read_unit(&mut from, framing).await {
         let step = match is_black_hole(state) {
             true => Step::Hold,
             false => decide(&message),
@@ -303,6 +351,25 @@ fn fault_for(message: &[u8], state: &State) -> Option<Fault> {
         shared.black_hole = true;
     }
     Some(fault)
+}
+
+async fn read_unit(from: &mut OwnedReadHalf, framing: Framing) -> std::io::Result<Vec<u8>> {
+    match framing {
+        Framing::Wire => read_message(from).await,
+        Framing::Opaque => read_chunk(from).await,
+    }
+}
+
+/// What the socket has, up to 64 KiB; an error at its end.
+async fn read_chunk(from: &mut OwnedReadHalf) -> std::io::Result<Vec<u8>> {
+    let mut chunk = vec![0u8; 64 * 1024];
+    match from.read(&mut chunk).await? {
+        0 => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        read => {
+            chunk.truncate(read);
+            Ok(chunk)
+        }
+    }
 }
 
 async fn read_message(from: &mut OwnedReadHalf) -> std::io::Result<Vec<u8>> {

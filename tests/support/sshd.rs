@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
+use crate::env_support::env_line;
+
 /// The folder under the destination that holds temporaries.
 pub const TEMP_DIR: &str = ".esr-exporter-tmp";
 
@@ -159,22 +161,22 @@ impl TestSshd {
 
     /// The environment that points the binary at this server.
     pub fn env(&self) -> Vec<(String, String)> {
-        [
-            ("ESR_EXPORT__DESTINATION", self.destination()),
-            ("ESR_SFTP__PRIVATE_KEY_FILE", self.key.display().to_string()),
+        let mut env = env_line(
+            "ESR_SFTP__CONNECT_TIMEOUT_MS=3000 ESR_SFTP__REQUEST_TIMEOUT_MS=5000 \
+             ESR_SFTP__MIN_DELAY_MS=100 ESR_SFTP__MAX_DELAY_MS=1000 ESR_SFTP__MAX_ELAPSED_MS=30000",
+        );
+        env.extend([
+            ("ESR_EXPORT__DESTINATION".to_owned(), self.destination()),
             (
-                "ESR_SFTP__KNOWN_HOSTS_FILE",
+                "ESR_SFTP__PRIVATE_KEY_FILE".to_owned(),
+                self.key.display().to_string(),
+            ),
+            (
+                "ESR_SFTP__KNOWN_HOSTS_FILE".to_owned(),
                 self.known_hosts.display().to_string(),
             ),
-            ("ESR_SFTP__CONNECT_TIMEOUT_MS", "3000".to_owned()),
-            ("ESR_SFTP__REQUEST_TIMEOUT_MS", "5000".to_owned()),
-            ("ESR_SFTP__MIN_DELAY_MS", "100".to_owned()),
-            ("ESR_SFTP__MAX_DELAY_MS", "1000".to_owned()),
-            ("ESR_SFTP__MAX_ELAPSED_MS", "30000".to_owned()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect()
+        ]);
+        env
     }
 
     /// The published names in the inbox, sorted.
