@@ -131,11 +131,13 @@ impl Exporter {
                 "the output folder cannot be written; the command is retried"
             );
         }
+        // The summary holds the error's chain, said once (`end_of`).
+        let error = summary.error().unwrap_or_default();
         tracing::error!(
             attempts = summary.attempts,
             duration_ms = summary.duration_ms,
             transient = err.is_transient(),
-            error = %crate::report::Chain(err),
+            error,
             "export run failed; the next attempt resumes it"
         );
         let Some(run_id) = &progress.run_id else {
@@ -146,7 +148,7 @@ impl Exporter {
             // the ERROR above is the record of this attempt.
             return;
         }
-        self.record_error_on_run(deanery, run_id, err, summary.attempts)
+        self.record_error_on_run(deanery, run_id, error, summary.attempts)
             .await;
     }
 
@@ -156,19 +158,13 @@ impl Exporter {
         &self,
         deanery: &Deanery,
         run_id: &str,
-        err: &ExportError,
+        error: &str,
         attempts: u32,
     ) {
         let mut ignored = Attempts::default();
         let recorded = self
             .store
-            .record_run_error(
-                run_id,
-                deanery,
-                &crate::report::chain(err),
-                i64::from(attempts),
-                &mut ignored,
-            )
+            .record_run_error(run_id, deanery, error, i64::from(attempts), &mut ignored)
             .await;
         if let Err(not_recorded) = recorded {
             // The ERROR logged before is this attempt's record; the next
