@@ -3,7 +3,6 @@
 //! memory holds one chunk, never the backlog. Then the count check and
 //! staging.
 
-use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
@@ -11,7 +10,7 @@ use bson::oid::ObjectId;
 use super::context::RunContext;
 use super::file::ExportFile;
 use super::{ExportError, Exporter};
-use crate::store::{BoundedCursor, Claim, ClaimedChunk, RunDoc};
+use crate::store::{Claim, ClaimedChunk, RunDoc};
 
 /// Where the claim's time went, for the log line of the written file.
 #[derive(Debug, Default)]
@@ -26,29 +25,9 @@ struct Timings {
     write: Duration,
 }
 
-/// The `_id`s still to claim: read ahead from one cursor, a chunk at a time.
-struct Waiting {
-    cursor: BoundedCursor,
-    pending: VecDeque<ObjectId>,
-    drained: bool,
-}
-
-impl Waiting {
-    /// Reads ahead until a chunk's worth of ids is pending or the cursor ends.
-    async fn fill(&mut self, chunk: usize) -> Result<(), ExportError> {
-        while !self.drained && self.pending.len() < chunk {
-            match self.cursor.next().await? {
-                Some(document) => self.pending.extend(document.get_object_id("_id").ok()),
-                None => self.drained = true,
-            }
-        }
-        Ok(())
-    }
-}
-
 /// The size of the next claim: `export.chunk_size` at most; after a
-/// conflict, the size that got through (each retry covers half as many
-/// ids); then an eighth of `export.chunk_size` more after each claim that
+/// conflict, the size that got through (each retry reads half as many
+/// records); then an eighth of `export.chunk_size` more after each claim that
 /// goes through whole. A concurrent writer's chance of touching a claim
 /// grows with the claim's size times its duration, so under one the size
 /// settles where conflicts are rare instead of each claim starting at full
@@ -64,7 +43,8 @@ impl ChunkSize {
         Self { max, next: max }
     }
 
-    /// After a claim of `offered` ids that dealt with `covered`.
+    /// After a claim asked for `offered` records that got through with a
+    /// limit of `covered` (fewer when its retries shrank it).
     fn after(&mut self, offered: usize, covered: usize) {
         self.next = if covered < offered {
             covered.max(1)
@@ -123,41 +103,25 @@ impl Exporter {
         let Some(up_to) = run.claim_up_to else {
             return Ok(timings);
         };
-        let chunk = self.settings.chunk_size;
-        let cursor = self
-            .store
-            .waiting_ids(
-                ctx.deanery,
-                run.last_claimed_id,
-                up_to,
-                chunk,
-                &mut ctx.attempts,
-            )
-            .await?;
-        let mut waiting = Waiting {
-            cursor,
-            pending: VecDeque::new(),
-            drained: false,
-        };
-        let mut size = ChunkSize::new(chunk as usize);
+        let mut size = ChunkSize::new(self.settings.chunk_size as usize);
         loop {
             ctx.options.check()?;
-            waiting.fill(size.next).await?;
-            if waiting.pending.is_empty() {
-                return Ok(timings);
-            }
-            let ids: Vec<ObjectId> = waiting.pending.iter().take(size.next).copied().collect();
             let claiming = Instant::now();
-            let claimed = self.claim_chunk(ctx, run, &ids).await?;
+            let offered = size.next;
+            let claimed = self.claim_chunk(ctx, run, (up_to, offered)).await?;
             timings.claim += claiming.elapsed();
             timings.claim_read += claimed.read_time;
             timings.claim_write += claimed.write_time;
-            size.after(ids.len(), claimed.covered);
-            waiting.pending.drain(..claimed.covered);
+            size.after(offered, claimed.limit);
+            // Fewer read than the limit: none was left to read.
+            let drained = claimed.covered < claimed.limit;
             let writing = Instant::now();
             self.take_chunk(ctx, run, claimed, writer, boundaries)
                 .await?;
             timings.write += writing.elapsed();
+            if drained {
+                return Ok(timings);
+            }
         }
     }
 
@@ -165,17 +129,18 @@ impl Exporter {
         &self,
         ctx: &mut RunContext<'_>,
         run: &RunDoc,
-        ids: &[ObjectId],
+        next: (ObjectId, usize),
     ) -> Result<ClaimedChunk, ExportError> {
         let claim = Claim {
             run,
             deanery: ctx.deanery,
             owner: &ctx.lease.owner,
             lease_ttl: ctx.lease.ttl,
+            batch_size: self.settings.cursor_batch_size,
         };
         Ok(self
             .store
-            .claim_chunk(&mut ctx.session, claim, ids, &mut ctx.attempts)
+            .claim_chunk(&mut ctx.session, claim, next, &mut ctx.attempts)
             .await?)
     }
 
@@ -188,7 +153,9 @@ impl Exporter {
         writer: &mut Option<ExportFile>,
         boundaries: &mut Vec<ObjectId>,
     ) -> Result<(), ExportError> {
-        run.last_claimed_id = chunk.last_id;
+        if chunk.last_id.is_some() {
+            run.last_claimed_id = chunk.last_id;
+        }
         run.claimed += chunk.rows.len() as i64;
         run.rejected += chunk.rejections.len() as i64;
         for (id, reason) in &chunk.rejections {

@@ -27,9 +27,11 @@ pub(crate) struct ClaimedChunk {
     pub rows: Vec<AppRow>,
     /// Records rejected by this chunk: `_id` and reason.
     pub rejections: Vec<(Bson, String)>,
-    /// How many of the ids offered were dealt with (all, unless a conflict
-    /// made the transaction take fewer).
+    /// How many waiting records the claim read (valid and rejected).
     pub(crate) covered: usize,
+    /// The most it could read: the size asked for, unless a conflict made
+    /// its retries take fewer. Fewer read than this means none was left.
+    pub(crate) limit: usize,
     /// The end of the `_id` range dealt with.
     pub(crate) last_id: Option<ObjectId>,
     /// `(seq, file name)` when this chunk allocated the run's file name.
@@ -38,6 +40,30 @@ pub(crate) struct ClaimedChunk {
     pub(crate) read_time: std::time::Duration,
     /// Time spent writing them `EXPORTING` and advancing the run.
     pub(crate) write_time: std::time::Duration,
+}
+
+/// The records one claim read, in `_id` order.
+#[derive(Debug, Default)]
+struct ChunkRead {
+    /// The valid ones, as rows.
+    rows: Vec<AppRow>,
+    /// The invalid ones: `_id` and reason.
+    rejections: Vec<(Bson, String)>,
+    /// The `_id` of the last one read.
+    last: Option<ObjectId>,
+}
+
+impl ChunkRead {
+    fn add(&mut self, document: &Document, deanery: &Deanery) {
+        self.last = document.get_object_id("_id").ok().or(self.last);
+        match AppRow::from_document(document, deanery) {
+            Ok(row) => self.rows.push(row),
+            Err(reason) => {
+                let id = document.get("_id").cloned().unwrap_or(Bson::Null);
+                self.rejections.push((id, reason));
+            }
+        }
+    }
 }
 
 /// Marker carried inside a driver error when the lease check in a claim
@@ -61,18 +87,21 @@ pub(crate) struct Claim<'a> {
     pub(crate) owner: &'a str,
     /// How long each renewal holds the lease for.
     pub(crate) lease_ttl: Duration,
+    /// Records per batch of the claim's read (`export.cursor_batch_size`).
+    pub(crate) batch_size: u32,
 }
 
 /// The claim transaction's body. After a transient failure the retry
-/// covers half as many ids: a smaller transaction gives another writer a
-/// smaller window.
+/// reads half as many records: a smaller transaction gives another writer
+/// a smaller window.
 struct ClaimAttempt<'a> {
     store: &'a Store,
     claim: Claim<'a>,
-    /// The ids offered, sorted.
-    ids: &'a [ObjectId],
-    /// How many of `ids` the attempt covers.
-    covered: usize,
+    /// The waiting records after the run's last claimed `_id` and up to
+    /// its bound.
+    range: IdRange,
+    /// How many of them the attempt reads, at most.
+    limit: usize,
     /// Whether an attempt ran before (only a whole-transaction retry runs
     /// the body again).
     retrying: bool,
@@ -86,24 +115,19 @@ impl TransactionBody for ClaimAttempt<'_> {
         session: &'s mut ClientSession,
     ) -> BoxFuture<'s, Result<ClaimedChunk, MongoError>> {
         if self.retrying {
-            self.covered = (self.covered / 2).max(1);
+            self.limit = (self.limit / 2).max(1);
         }
         self.retrying = true;
-        let range = (self.ids[0], self.ids[self.covered - 1]);
         Box::pin(async move {
+            let (claim, range, limit) = (&self.claim, self.range, self.limit);
             let mut chunk = self
                 .store
-                .try_claim_chunk(session, &self.claim, range)
+                .try_claim_chunk(session, claim, range, limit)
                 .await?;
-            chunk.covered = self.covered;
+            chunk.limit = self.limit;
             Ok(chunk)
         })
     }
-}
-
-/// The waiting records of the deanery with `_id` in `[first, last]`.
-fn waiting_in(deanery: &Deanery, (first, last): (ObjectId, ObjectId)) -> Document {
-    IdRange::between(first, last).narrow(waiting(deanery))
 }
 
 /// A stored counter as an `i64`.
@@ -117,14 +141,15 @@ fn counter_seq(counter: &Document) -> Result<i64, MongoError> {
 
 impl Store {
     /// Claims records in one short transaction: renews the lease (and stops
-    /// if it was lost), reads the `TO_EXPORT` records in the `_id` range of
-    /// `ids` (sorted, from [`Store::waiting_ids`]), marks the valid ones
-    /// `EXPORTING` and the invalid ones `REJECTED` with their reasons,
-    /// allocates the run's file name on the first valid record, and moves
-    /// the run document forward; all or nothing. After a transient failure
-    /// the retry covers half as many ids: a smaller transaction gives
-    /// another writer a smaller window. [`ClaimedChunk::covered`] says how
-    /// many of `ids` were dealt with.
+    /// if it was lost), reads the first `limit` `TO_EXPORT` records after
+    /// the run's last claimed `_id` and up to `up_to`, in `_id` order,
+    /// marks the valid ones `EXPORTING` and the invalid ones `REJECTED`
+    /// with their reasons, allocates the run's file name on the first
+    /// valid record, and moves the run document forward; all or nothing.
+    /// After a transient failure the retry reads half as many: a smaller
+    /// transaction gives another writer a smaller window.
+    /// [`ClaimedChunk::covered`] says how many were read, and
+    /// [`ClaimedChunk::limit`] how many could have been.
     ///
     /// # Errors
     /// [`StoreError::LeaseLost`], or MongoDB failing beyond the policy.
@@ -132,18 +157,15 @@ impl Store {
         &self,
         session: &mut ClientSession,
         claim: Claim<'_>,
-        ids: &[ObjectId],
+        (up_to, limit): (ObjectId, usize),
         attempts: &mut Attempts,
     ) -> Result<ClaimedChunk, StoreError> {
-        if ids.is_empty() {
-            return Ok(ClaimedChunk::default());
-        }
         let (run, deanery) = (claim.run, claim.deanery);
         let body = ClaimAttempt {
             store: self,
             claim,
-            ids,
-            covered: ids.len(),
+            range: IdRange::after(run.last_claimed_id, Some(up_to)),
+            limit: limit.max(1),
             retrying: false,
         };
         let result = self
@@ -158,22 +180,31 @@ impl Store {
         &self,
         s: &mut ClientSession,
         claim: &Claim<'_>,
-        range: (ObjectId, ObjectId),
+        range: IdRange,
+        limit: usize,
     ) -> Result<ClaimedChunk, MongoError> {
         self.renew_lease_in(s, claim).await?;
-        let in_range = waiting_in(claim.deanery, range);
         let reading = std::time::Instant::now();
-        let (rows, rejections) = self.read_chunk(s, &in_range, claim.deanery).await?;
+        let in_range = range.narrow(waiting(claim.deanery));
+        let read = self.read_chunk(s, in_range, limit, claim).await?;
         let read_time = reading.elapsed();
+        let Some(last) = read.last else {
+            return Ok(ClaimedChunk::default());
+        };
         let writing = std::time::Instant::now();
+        let (rows, rejections) = (read.rows, read.rejections);
         self.reject_in_claim(s, &rejections, &claim.run.id).await?;
         if !rows.is_empty() {
             // The snapshot (plus this transaction's own rejections) makes the
-            // range hold exactly the rows just read; a range update is
-            // cheaper for the server than an `$in` list of ids.
-            self.mark_exporting(s, in_range, &claim.run.id).await?;
+            // range up to the last record read hold exactly the rows just
+            // read; a range update is cheaper for the server than an `$in`
+            // list of ids.
+            let claimed = IdRange::after(claim.run.last_claimed_id, Some(last));
+            let in_claim = claimed.narrow(waiting(claim.deanery));
+            self.mark_exporting(s, in_claim, &claim.run.id).await?;
         }
-        let mut set = doc! {"lastClaimedId": range.1};
+        let covered = rows.len() + rejections.len();
+        let mut set = doc! {"lastClaimedId": last};
         let mut assigned_file = None;
         if claim.run.file_name.is_none() && !rows.is_empty() {
             let (seq, name) = self.allocate_file_name(s, claim).await?;
@@ -186,8 +217,9 @@ impl Store {
         Ok(ClaimedChunk {
             rows,
             rejections,
-            covered: 0,
-            last_id: Some(range.1),
+            covered,
+            limit,
+            last_id: Some(last),
             assigned_file,
             read_time,
             write_time: writing.elapsed(),
@@ -209,33 +241,29 @@ impl Store {
         Ok(())
     }
 
-    /// The chunk's records in `_id` order: valid rows, and the `_id` and
-    /// reason of each invalid one.
+    /// The first `limit` records `in_range` selects, in `_id` order.
     async fn read_chunk(
         &self,
         s: &mut ClientSession,
-        in_range: &Document,
-        deanery: &Deanery,
-    ) -> Result<(Vec<AppRow>, Vec<(Bson, String)>), MongoError> {
+        in_range: Document,
+        limit: usize,
+        claim: &Claim<'_>,
+    ) -> Result<ChunkRead, MongoError> {
         let mut cursor = self
             .records
-            .find(in_range.clone())
+            .find(in_range)
             .projection(AppRow::projection())
             .sort(doc! {"_id": 1})
+            .limit(limit as i64)
+            .batch_size(claim.batch_size.min(limit as u32))
             .session(&mut *s)
             .max_time(self.max_time)
             .await?;
-        let (mut rows, mut rejections) = (Vec::new(), Vec::new());
+        let mut read = ChunkRead::default();
         while let Some(document) = cursor.next(&mut *s).await {
-            let document = document?;
-            match AppRow::from_document(&document, deanery) {
-                Ok(row) => rows.push(row),
-                Err(reason) => {
-                    rejections.push((document.get("_id").cloned().unwrap_or(Bson::Null), reason))
-                }
-            }
+            read.add(&document?, claim.deanery);
         }
-        Ok((rows, rejections))
+        Ok(read)
     }
 
     /// Rejects the chunk's invalid records, each with its reason.

@@ -1,49 +1,30 @@
 //! A range of record `_id`s, as every read and write over a slice of a
-//! deanery's records states it: a claim's `[first, last]`, a marking
-//! statement's `(after, up_to]`, a run's waiting ids up to its bound.
+//! deanery's records states it: a claim's `(last claimed, up_to]`, a
+//! marking statement's `(after, up_to]`.
 
 use bson::oid::ObjectId;
 use bson::Document;
 
-/// `_id`s from a lower bound (open or closed, or none) up to an upper one
-/// (closed, or none).
+/// `_id`s after a lower bound (or from the first) up to an upper one (or
+/// to the last).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct IdRange {
-    lower: Option<Lower>,
+    after: Option<ObjectId>,
     up_to: Option<ObjectId>,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Lower {
-    After(ObjectId),
-    From(ObjectId),
 }
 
 impl IdRange {
     /// `(after, up_to]`; a bound that is `None` is left open.
     pub(crate) fn after(after: Option<ObjectId>, up_to: Option<ObjectId>) -> Self {
-        Self {
-            lower: after.map(Lower::After),
-            up_to,
-        }
-    }
-
-    /// `[first, last]`.
-    pub(crate) fn between(first: ObjectId, last: ObjectId) -> Self {
-        Self {
-            lower: Some(Lower::From(first)),
-            up_to: Some(last),
-        }
+        Self { after, up_to }
     }
 
     /// The `_id` condition, or `None` when neither end is bounded.
     pub(crate) fn condition(&self) -> Option<Document> {
         let mut condition = Document::new();
-        match self.lower {
-            Some(Lower::After(id)) => condition.insert("$gt", id),
-            Some(Lower::From(id)) => condition.insert("$gte", id),
-            None => None,
-        };
+        if let Some(after) = self.after {
+            condition.insert("$gt", after);
+        }
         if let Some(up_to) = self.up_to {
             condition.insert("$lte", up_to);
         }
@@ -65,7 +46,7 @@ mod tests {
     use bson::doc;
 
     #[test]
-    fn a_mark_range_is_open_below_and_closed_above() {
+    fn a_range_is_open_below_and_closed_above() {
         let (a, b) = (ObjectId::new(), ObjectId::new());
         assert_eq!(IdRange::after(None, None).condition(), None);
         assert_eq!(
@@ -75,15 +56,6 @@ mod tests {
         assert_eq!(
             IdRange::after(None, Some(b)).condition(),
             Some(doc! {"$lte": b})
-        );
-    }
-
-    #[test]
-    fn a_claim_range_is_closed_at_both_ends() {
-        let (a, b) = (ObjectId::new(), ObjectId::new());
-        assert_eq!(
-            IdRange::between(a, b).condition(),
-            Some(doc! {"$gte": a, "$lte": b})
         );
     }
 

@@ -53,7 +53,6 @@ pub(crate) use counts::{LatestRun, OldestWaiting, StatusCount, StatusQuery};
 pub(crate) use id_range::IdRange;
 pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
 pub(crate) use leases::LeaseOutcome;
-pub(crate) use mongo::cursor::BoundedCursor;
 pub(crate) use records::{Fields, Marking};
 pub use retry::Attempts;
 pub use retry::RetryError;

@@ -133,46 +133,6 @@ impl Store {
         Ok(found.and_then(|d| d.get_object_id("_id").ok()))
     }
 
-    /// The `_id`s of the deanery's waiting records after `after` and up to
-    /// `up_to`, in order: one cursor for the whole run, read a chunk at a
-    /// time. Each claim then reads its records by a tight `_id` range, which
-    /// costs the same however large the backlog behind it is.
-    ///
-    /// # Errors
-    /// When the query cannot be started within the retry policy.
-    pub(crate) async fn waiting_ids(
-        &self,
-        deanery: &Deanery,
-        after: Option<ObjectId>,
-        up_to: ObjectId,
-        batch_size: u32,
-        attempts: &mut Attempts,
-    ) -> Result<BoundedCursor, StoreError> {
-        let range = IdRange::after(after, Some(up_to));
-        let filter = range.narrow(waiting(deanery));
-        self.id_cursor("find_waiting_ids", deanery, filter, batch_size, attempts)
-            .await
-    }
-
-    /// `_id`s of the records matching `filter`, in order, `batch_size` at a time.
-    async fn id_cursor(
-        &self,
-        op: &'static str,
-        deanery: &Deanery,
-        filter: Document,
-        batch_size: u32,
-        attempts: &mut Attempts,
-    ) -> Result<BoundedCursor, StoreError> {
-        let read = Read {
-            op,
-            deanery,
-            filter,
-            projection: doc! {"_id": 1},
-            batch_size,
-        };
-        self.records_in_order(read, attempts).await
-    }
-
     /// The records `read` selects, in `_id` order, `batch_size` at a time.
     async fn records_in_order(
         &self,

@@ -128,6 +128,7 @@ async fn proxied(overrides: &[(&str, &str)], n: usize) -> Proxied {
 async fn black_hole_during(matches: fn(&Request) -> bool) {
     let overrides = [
         ("ESR_EXPORT__CHUNK_SIZE", "100"),
+        ("ESR_EXPORT__CURSOR_BATCH_SIZE", "50"),
         ("ESR_EXPORT__LEASE_SECONDS", "2"),
     ];
     let px = proxied(&overrides, 1_000).await;
@@ -173,8 +174,8 @@ async fn a_black_hole_during_the_marking_fails_the_attempt_within_the_bound() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_hole_mid_stream_fails_the_attempt_within_the_bound() {
-    // The claimed records are streamed back in batches: a getMore that
-    // never answers.
+    // A claim's records are read in batches of 50 (of its 100): a getMore
+    // that never answers.
     black_hole_during(|r| r.command == "getMore").await;
 }
 
