@@ -601,7 +601,13 @@ async fn run_round(
             let held = proxy.add(s3proxy::Rule::new("PUT", ".DAT", action).times(1));
             let deadline = Instant::now() + Duration::from_secs(60);
             while held.matched() == 0 && Instant::now() < deadline {
-                tokio::time::sleep(Duration::from_millis(10)).await;
+                // Every file went by before the rule was in place.
+                let exported = doc! {"status": "EXPORTED"};
+                if records.count_documents(exported).await? as usize == total {
+                    missed = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
             if *after_reply {
                 tokio::time::sleep(Duration::from_millis(200)).await; // it applies

@@ -102,11 +102,9 @@ impl Daemon {
         let serve = crate::ops::http::serve(listener, http_state, shutdown.clone());
         tasks.spawn("http", serve);
         tokio::pin!(signal);
-        let started = tokio::select! {
-            ready = startup::prepare(&settings, &store, &destination, &mut shutdown) => ready,
-            () = &mut signal => Ok(false),
-            ended = tasks.next_end() => Err(ended.into()),
-        };
+        let preparing = startup::prepare(&settings, &store, &destination, &mut shutdown);
+        let grace = Duration::from_secs(settings.daemon.shutdown_grace_seconds);
+        let started = prepared(preparing, &mut signal, &mut tasks, &trigger, grace).await;
         let result = match started {
             Ok(true) => {
                 let exporter = Exporter::new(store.clone(), settings.export.clone())
@@ -175,6 +173,35 @@ fn spawn_workers(
 
 /// Tells systemd the daemon is ready, then waits for the signal, or for a
 /// task to end before it (an error).
+/// What must hold before work is taken (`startup::prepare`). A signal
+/// meanwhile ends the waiting for a dependency but lets a step under way
+/// finish, within `grace`: an index build, or the destination's probe,
+/// which removes its object last and would leave it behind if cut short.
+/// True when the daemon may take work.
+async fn prepared<S>(
+    preparing: impl Future<Output = anyhow::Result<bool>>,
+    signal: &mut std::pin::Pin<&mut S>,
+    tasks: &mut Tasks,
+    trigger: &crate::shutdown::ShutdownTrigger,
+    grace: Duration,
+) -> anyhow::Result<bool>
+where
+    S: Future<Output = ()>,
+{
+    tokio::pin!(preparing);
+    tokio::select! {
+        ready = &mut preparing => ready,
+        () = signal.as_mut() => {
+            trigger.trigger();
+            match tokio::time::timeout(grace, preparing).await {
+                Ok(finished) => finished.map(|_| false),
+                Err(_) => Ok(false),
+            }
+        }
+        ended = tasks.next_end() => Err(ended.into()),
+    }
+}
+
 async fn supervise<S>(tasks: &mut Tasks, signal: &mut std::pin::Pin<&mut S>) -> anyhow::Result<()>
 where
     S: Future<Output = ()>,

@@ -5,11 +5,12 @@
 
 use std::time::Duration;
 
+use crate::bucket_support::pairs;
 use crate::bucket_support::{
     assert_delivered_once, bucket_env, export_by_command, ready_daemon, readyz, s3_endpoint,
     TestBucket,
 };
-use crate::helpers::{eventually, metric, spawn_app};
+use crate::helpers::{binary, eventually, metric, spawn_app};
 use crate::s3proxy::{Action, Rule, S3Proxy};
 
 #[tokio::test]
@@ -36,4 +37,45 @@ async fn the_daemon_reports_the_bucket_in_readyz_and_counts_its_uploads() {
     })
     .await;
     daemon.kill().await.unwrap();
+}
+
+/// Stopped while it probes the bucket (the reply to the probe's first
+/// create is held, so the probe is under way), the daemon lets the probe
+/// finish and remove its object before it exits: no probe object is left
+/// in the bucket.
+#[tokio::test]
+async fn a_daemon_stopped_during_its_probe_removes_the_probe_object_first() {
+    let (app, bucket) = (spawn_app().await, TestBucket::create().await);
+    let proxy = S3Proxy::start(&s3_endpoint()).await;
+    let held = proxy.add(Rule::new("PUT", "", Action::HoldAfter).times(1));
+    let env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    let daemon = binary(&app, &["run"], &pairs(&env)).spawn().unwrap();
+    eventually(
+        "the probe's create held",
+        Duration::from_secs(30),
+        || async { held.matched() == 1 },
+    )
+    .await;
+    assert!(
+        bucket.objects().await.keys().any(|k| k.contains("probe")),
+        "the probe object exists while its reply is held"
+    );
+
+    let pid = daemon.id().unwrap().to_string();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status();
+    assert!(status.unwrap().success());
+    let output = tokio::time::timeout(Duration::from_secs(60), daemon.wait_with_output())
+        .await
+        .expect("the daemon stops")
+        .unwrap();
+
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stderr}");
+    let left: Vec<String> = bucket.objects().await.into_keys().collect();
+    assert!(
+        left.iter().all(|k| !k.contains("probe")),
+        "{left:?}\n{stderr}"
+    );
 }
