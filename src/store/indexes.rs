@@ -39,6 +39,11 @@ const CREATE_INDEXES: RetryScope<'static> = RetryScope::global("create_indexes")
 /// An index this daemon needs: its name and keys.
 type IndexSpec = (&'static str, Document);
 
+/// `NamespaceExists`: a collection is there already.
+const NAMESPACE_EXISTS: i32 = 48;
+/// `Unauthorized`.
+const UNAUTHORIZED: i32 = 13;
+
 /// A conflict `createIndexes` reported: its code and message.
 type Conflict = (i32, String);
 
@@ -148,7 +153,37 @@ impl Store {
             self.ensure_index(collection, name, keys, &mut attempts)
                 .await?;
         }
+        self.ensure_sequences(&mut attempts).await?;
         self.warn_of_legacy_index(&mut attempts).await
+    }
+
+    /// Creates the file-sequence collection if it is missing. Left to the
+    /// first claims, a fresh database's collection would be created inside
+    /// their transactions, and two runs at once would meet a WriteConflict
+    /// ("namespace already in use"). A user who may not create collections
+    /// leaves it to the first claim, as before.
+    async fn ensure_sequences(&self, attempts: &mut Attempts) -> Result<(), StoreError> {
+        let namespace = self.sequences.namespace();
+        let db = self.client.database(&namespace.db);
+        let (db, name) = (&db, namespace.coll.as_str());
+        let created = self
+            .retry
+            .run(CREATE_INDEXES, attempts, || async move {
+                match db.create_collection(name).await {
+                    Ok(()) => Ok(true),
+                    Err(err) if retry::error_code(&err) == Some(NAMESPACE_EXISTS) => Ok(true),
+                    Err(err) if retry::error_code(&err) == Some(UNAUTHORIZED) => Ok(false),
+                    Err(err) => Err(err),
+                }
+            })
+            .await?;
+        if !created {
+            tracing::info!(
+                collection = name,
+                "not allowed to create the collection; the first claim creates it"
+            );
+        }
+        Ok(())
     }
 
     /// Creates one index, or makes sure an index with its keys serves.

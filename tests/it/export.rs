@@ -395,3 +395,28 @@ async fn another_writer_touching_the_records_while_they_are_marked_loses_nothing
     app.assert_exported_once("PEN", &ids).await;
     crate::helpers::assert_marked_alike(&app, "PEN").await;
 }
+
+/// The file-sequence collection exists before the first claim: created
+/// inside the first claims' transactions, two runs of a fresh database at
+/// once would both create it and one would meet a WriteConflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_first_runs_of_a_fresh_database_meet_no_write_conflict() {
+    let app = spawn_app().await;
+    let collections = app.db.list_collection_names().await.unwrap();
+    assert!(
+        collections.iter().any(|c| c == "exportSequences"),
+        "{collections:?}"
+    );
+    let mer = app.seed("MER", 300).await;
+    let eoe = app.seed("EOE", 300).await;
+
+    let (first, second) = (deanery("MER"), deanery("EOE"));
+    let (a, b) = tokio::join!(app.exporter.run(&first), app.exporter.run(&second));
+
+    for summary in [&a, &b] {
+        assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
+        assert_eq!(summary.write_conflicts, 0, "{summary:?}");
+    }
+    app.assert_exported_once("MER", &mer).await;
+    app.assert_exported_once("EOE", &eoe).await;
+}
