@@ -4,36 +4,23 @@
 //! redelivery recorded on its run. Every query goes through an index.
 
 use bson::{doc, Bson, DateTime, Document};
-use mongodb::Collection;
 
 use super::mongo::cursor::BoundedCursor;
+use super::records::Read;
 use super::runs::decode_run;
-use super::{first, Attempts, Find, RetryScope, RunDoc, Store, StoreError};
+use super::{Attempts, Find, RetryScope, RunDoc, Store, StoreError};
 use crate::domain::RecordStatus;
 
 impl Store {
-    /// What `find` selects, with retries of its own: the incident
-    /// commands make one read at a time.
-    async fn read_once(
-        &self,
-        op: &'static str,
-        on: &Collection<Document>,
-        find: Find,
-    ) -> Result<Vec<Document>, StoreError> {
-        let mut attempts = Attempts::default();
-        let scope = RetryScope::global(op);
-        self.read_all(scope, on, find, &mut attempts).await
-    }
-
     /// The record with this `_id`, if any.
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
     pub(crate) async fn find_record(&self, id: &Bson) -> Result<Option<Document>, StoreError> {
         let find = Find::of(doc! {"_id": id.clone()});
-        self.read_once("find_record", &self.records, find.limited(1))
+        let scope = RetryScope::global("find_record");
+        self.read_first(scope, &self.records, find, &mut Attempts::default())
             .await
-            .map(first)
     }
 
     /// One run document matching `filter` (the first by `sort`).
@@ -44,10 +31,10 @@ impl Store {
         sort: Document,
     ) -> Result<Option<RunDoc>, StoreError> {
         let find = Find::of(filter).sorted(sort);
+        let scope = RetryScope::global(op);
         let found = self
-            .read_once(op, &self.runs, find.limited(1))
-            .await
-            .map(first)?;
+            .read_first(scope, &self.runs, find, &mut Attempts::default())
+            .await?;
         found.map(decode_run).transpose()
     }
 
@@ -89,9 +76,9 @@ impl Store {
     /// When MongoDB fails beyond the retry policy.
     pub(crate) async fn lease_of(&self, deanery: &str) -> Result<Option<Document>, StoreError> {
         let find = Find::of(doc! {"_id": deanery});
-        self.read_once("read_lease", &self.leases, find.limited(1))
+        let scope = RetryScope::global("read_lease");
+        self.read_first(scope, &self.leases, find, &mut Attempts::default())
             .await
-            .map(first)
     }
 
     /// Runs with a published file, newest publication first.
@@ -110,7 +97,10 @@ impl Store {
         }
         let newest_first = doc! {"publication.publishedAt": -1};
         let find = Find::of(filter).sorted(newest_first).limited(limit);
-        let found = self.read_once("published_runs", &self.runs, find).await?;
+        let scope = RetryScope::global("published_runs");
+        let found = self
+            .read_all(scope, &self.runs, find, &mut Attempts::default())
+            .await?;
         found.into_iter().map(decode_run).collect()
     }
 
@@ -128,25 +118,13 @@ impl Store {
             RecordStatus::Exporting.as_str(),
             RecordStatus::Exported.as_str(),
         ];
-        let filter = doc! {"exportRunId": run_id, "status": {"$in": statuses.to_vec()}};
-        let (records, filter) = (&self.records, &filter);
-        let mut attempts = Attempts::default();
-        let cursor = self
-            .retry
-            .run(
-                RetryScope::global("records_of_run"),
-                &mut attempts,
-                || async move {
-                    records
-                        .find(filter.clone())
-                        .sort(doc! {"_id": 1})
-                        .batch_size(batch_size)
-                        .max_time(self.max_time)
-                        .await
-                },
-            )
-            .await?;
-        Ok(BoundedCursor::new(cursor, &self.retry, "records_of_run"))
+        let read = Read {
+            scope: RetryScope::global("records_of_run"),
+            filter: doc! {"exportRunId": run_id, "status": {"$in": statuses.to_vec()}},
+            projection: None,
+            batch_size,
+        };
+        self.records_in_order(read, &mut Attempts::default()).await
     }
 
     /// Ids of the run's records whose `updatedAt` is after `since` (at most 20).
@@ -160,8 +138,9 @@ impl Store {
     ) -> Result<Vec<String>, StoreError> {
         let find = Find::ids(doc! {"exportRunId": run_id, "updatedAt": {"$gt": since}});
         let find = find.sorted(doc! {"_id": 1}).limited(20);
+        let scope = RetryScope::global("records_updated_since");
         let found = self
-            .read_once("records_updated_since", &self.records, find)
+            .read_all(scope, &self.records, find, &mut Attempts::default())
             .await?;
         Ok(found
             .iter()

@@ -7,7 +7,7 @@ use std::time::Duration;
 use bson::{doc, DateTime, Document};
 use mongodb::Collection;
 
-use super::{first, in_future, now, retry, scope, Attempts, Find, RetryScope, Store, StoreError};
+use super::{in_future, now, retry, scope, Attempts, Find, RetryScope, Store, StoreError};
 use crate::domain::Deanery;
 
 /// Outcome of asking for a deanery's lease.
@@ -148,9 +148,8 @@ impl Store {
             ..lease.scope
         };
         let find = Find::of(doc! {"_id": lease.id});
-        self.read_all(read, lease.collection, find.limited(1), attempts)
+        self.read_first(read, lease.collection, find, attempts)
             .await
-            .map(first)
     }
 
     fn deanery_lease<'a>(&'a self, deanery: &'a Deanery) -> Lease<'a> {

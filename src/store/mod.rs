@@ -259,11 +259,6 @@ fn scope<'a>(op: &'static str, deanery: &'a Deanery) -> RetryScope<'a> {
     }
 }
 
-/// The first of the documents a `read_all` limited to one collected.
-fn first(found: Vec<Document>) -> Option<Document> {
-    found.into_iter().next()
-}
-
 /// A count as stored by `$sum`: any numeric type.
 fn int(value: Option<&Bson>) -> Option<i64> {
     match value? {
@@ -445,6 +440,18 @@ impl Store {
             .max_time(self.max_time)
             .await?;
         Ok(found.map(|_| value))
+    }
+
+    /// The first document `find` selects (by its sort), if any.
+    async fn read_first(
+        &self,
+        scope: RetryScope<'_>,
+        collection: &Collection<Document>,
+        find: Find,
+        attempts: &mut Attempts,
+    ) -> Result<Option<Document>, StoreError> {
+        let found = self.read_all(scope, collection, find.limited(1), attempts);
+        Ok(found.await?.into_iter().next())
     }
 
     /// The documents `query` yields, collected whole (so it is for small

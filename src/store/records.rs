@@ -6,11 +6,12 @@ use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime, Document};
 use futures_util::future::BoxFuture;
 use mongodb::error::Error as MongoError;
+use mongodb::options::FindOptions;
 use mongodb::ClientSession;
 
 use super::mongo::cursor::BoundedCursor;
 use super::retry::TransactionBody;
-use super::{first, now, open_runs, scope, Attempts, Find, IdRange, RetryScope, Store, StoreError};
+use super::{now, open_runs, scope, Attempts, Find, IdRange, RetryScope, Store, StoreError};
 use crate::domain::{AppRow, Deanery, RecordStatus};
 
 /// Which fields of a record a read returns.
@@ -23,12 +24,12 @@ pub(crate) enum Fields {
 }
 
 /// A read of records in `_id` order, a batch at a time.
-struct Read<'a> {
-    op: &'static str,
-    deanery: &'a Deanery,
-    filter: Document,
-    projection: Document,
-    batch_size: u32,
+pub(super) struct Read<'a> {
+    pub(super) scope: RetryScope<'a>,
+    pub(super) filter: Document,
+    /// The fields returned; all when `None`.
+    pub(super) projection: Option<Document>,
+    pub(super) batch_size: u32,
 }
 
 /// The deanery's waiting (`TO_EXPORT`) records.
@@ -127,32 +128,35 @@ impl Store {
         let find = Find::ids(waiting).sorted(doc! {"_id": -1});
         let scope = scope("find_backlog", deanery);
         let found = self
-            .read_all(scope, &self.records, find.limited(1), attempts)
-            .await
-            .map(first)?;
+            .read_first(scope, &self.records, find, attempts)
+            .await?;
         Ok(found.and_then(|d| d.get_object_id("_id").ok()))
     }
 
     /// The records `read` selects, in `_id` order, `batch_size` at a time.
-    async fn records_in_order(
+    pub(super) async fn records_in_order(
         &self,
         read: Read<'_>,
         attempts: &mut Attempts,
     ) -> Result<BoundedCursor, StoreError> {
         let (records, read) = (&self.records, &read);
+        let options = FindOptions::builder()
+            .sort(doc! {"_id": 1})
+            .projection(read.projection.clone())
+            .batch_size(read.batch_size)
+            .max_time(self.max_time)
+            .build();
+        let options = &options;
         let cursor = self
             .retry
-            .run(scope(read.op, read.deanery), attempts, || async move {
+            .run(read.scope, attempts, || async move {
                 records
                     .find(read.filter.clone())
-                    .sort(doc! {"_id": 1})
-                    .projection(read.projection.clone())
-                    .batch_size(read.batch_size)
-                    .max_time(self.max_time)
+                    .with_options(options.clone())
                     .await
             })
             .await?;
-        Ok(BoundedCursor::new(cursor, &self.retry, read.op))
+        Ok(BoundedCursor::new(cursor, &self.retry, read.scope.op))
     }
 
     /// Streams the records a run has claimed and not yet marked, in `_id`
@@ -173,10 +177,9 @@ impl Store {
             Fields::Row => ("stream_claimed", AppRow::projection()),
         };
         let read = Read {
-            op,
-            deanery,
+            scope: scope(op, deanery),
             filter: claimed_by(run_id),
-            projection,
+            projection: Some(projection),
             batch_size,
         };
         self.records_in_order(read, attempts).await

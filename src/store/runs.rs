@@ -5,7 +5,7 @@ use bson::oid::ObjectId;
 use bson::{doc, DateTime, Document};
 use serde::{Deserialize, Serialize};
 
-use super::{first, now, scope, Attempts, Find, Store, StoreError};
+use super::{now, scope, Attempts, Find, Store, StoreError};
 use crate::domain::Deanery;
 
 /// Where a run is. A run only moves forward.
@@ -286,10 +286,7 @@ impl Store {
         };
         let find = Find::ids(filter);
         let scope = scope("find_done_trigger", deanery);
-        let found = self
-            .read_all(scope, &self.runs, find.limited(1), attempts)
-            .await
-            .map(first)?;
+        let found = self.read_first(scope, &self.runs, find, attempts).await?;
         Ok(found.is_some())
     }
 }

@@ -8,7 +8,7 @@ use bson::{doc, Document};
 use mongodb::options::ReadConcern;
 
 use super::leases::{Lease, Taken};
-use super::{first, now, retry, Attempts, Find, RetryScope, Store, StoreError};
+use super::{now, retry, Attempts, Find, RetryScope, Store, StoreError};
 
 /// Outcome of asking to fire a slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,8 +112,7 @@ impl Store {
     ) -> Result<Option<Document>, StoreError> {
         let find = Find::of(doc! {"_id": slot_id});
         let scope = RetryScope::global("read_slot");
-        let found = self.read_all(scope, &self.slots, find.limited(1), attempts);
-        found.await.map(first)
+        self.read_first(scope, &self.slots, find, attempts).await
     }
 
     /// The owner token of a catch-up claim, read `local`: a claim whose

@@ -6,7 +6,7 @@
 use bson::{doc, Bson};
 
 use super::records::{waiting, waiting_of};
-use super::{first, scope, Attempts, Find, Store, StoreError};
+use super::{scope, Attempts, Find, Store, StoreError};
 use crate::domain::{bson_type_name, Deanery, RecordStatus};
 
 /// Records looked at per round.
@@ -45,9 +45,8 @@ impl Store {
         let find = Find::ids(waiting(deanery)).sorted(doc! {"_id": order});
         let scope = scope("find_backlog", deanery);
         let found = self
-            .read_all(scope, &self.records, find.limited(1), attempts)
-            .await
-            .map(first)?;
+            .read_first(scope, &self.records, find, attempts)
+            .await?;
         Ok(found.and_then(|mut d| d.remove("_id")))
     }
 
