@@ -171,8 +171,6 @@ fn spawn_workers(
     }
 }
 
-/// Tells systemd the daemon is ready, then waits for the signal, or for a
-/// task to end before it (an error).
 /// What must hold before work is taken (`startup::prepare`). A signal
 /// meanwhile ends the waiting for a dependency but lets a step under way
 /// finish, within `grace`: an index build, or the destination's probe,
@@ -202,6 +200,8 @@ where
     }
 }
 
+/// Tells systemd the daemon is ready, then waits for the signal, or for a
+/// task to end before it (an error).
 async fn supervise<S>(tasks: &mut Tasks, signal: &mut std::pin::Pin<&mut S>) -> anyhow::Result<()>
 where
     S: Future<Output = ()>,

@@ -97,9 +97,9 @@ pub(crate) struct Claim<'a> {
 struct ClaimAttempt<'a> {
     store: &'a Store,
     claim: Claim<'a>,
-    /// The waiting records after the run's last claimed `_id` and up to
-    /// its bound.
-    range: IdRange,
+    /// The run's bound: it claims the waiting records after its last
+    /// claimed `_id` and up to this one.
+    up_to: ObjectId,
     /// How many of them the attempt reads, at most.
     limit: usize,
     /// Whether an attempt ran before (only a whole-transaction retry runs
@@ -119,10 +119,10 @@ impl TransactionBody for ClaimAttempt<'_> {
         }
         self.retrying = true;
         Box::pin(async move {
-            let (claim, range, limit) = (&self.claim, self.range, self.limit);
+            let (claim, up_to, limit) = (&self.claim, self.up_to, self.limit);
             let mut chunk = self
                 .store
-                .try_claim_chunk(session, claim, range, limit)
+                .try_claim_chunk(session, claim, up_to, limit)
                 .await?;
             chunk.limit = self.limit;
             Ok(chunk)
@@ -164,7 +164,7 @@ impl Store {
         let body = ClaimAttempt {
             store: self,
             claim,
-            range: IdRange::after(run.last_claimed_id, Some(up_to)),
+            up_to,
             limit: limit.max(1),
             retrying: false,
         };
@@ -180,12 +180,13 @@ impl Store {
         &self,
         s: &mut ClientSession,
         claim: &Claim<'_>,
-        range: IdRange,
+        up_to: ObjectId,
         limit: usize,
     ) -> Result<ClaimedChunk, MongoError> {
         self.renew_lease_in(s, claim).await?;
         let reading = std::time::Instant::now();
-        let in_range = range.narrow(waiting(claim.deanery));
+        let after = claim.run.last_claimed_id;
+        let in_range = IdRange::after(after, Some(up_to)).narrow(waiting(claim.deanery));
         let read = self.read_chunk(s, in_range, limit, claim).await?;
         let read_time = reading.elapsed();
         let Some(last) = read.last else {
@@ -199,7 +200,7 @@ impl Store {
             // range up to the last record read hold exactly the rows just
             // read; a range update is cheaper for the server than an `$in`
             // list of ids.
-            let claimed = IdRange::after(claim.run.last_claimed_id, Some(last));
+            let claimed = IdRange::after(after, Some(last));
             let in_claim = claimed.narrow(waiting(claim.deanery));
             self.mark_exporting(s, in_claim, &claim.run.id).await?;
         }

@@ -168,14 +168,18 @@ impl Store {
         let (db, name) = (&db, namespace.coll.as_str());
         let created = self
             .retry
-            .run(CREATE_INDEXES, attempts, || async move {
-                match db.create_collection(name).await {
-                    Ok(()) => Ok(true),
-                    Err(err) if retry::error_code(&err) == Some(NAMESPACE_EXISTS) => Ok(true),
-                    Err(err) if retry::error_code(&err) == Some(UNAUTHORIZED) => Ok(false),
-                    Err(err) => Err(err),
-                }
-            })
+            .run(
+                RetryScope::global("create_collection"),
+                attempts,
+                || async move {
+                    match db.create_collection(name).await {
+                        Ok(()) => Ok(true),
+                        Err(err) if retry::error_code(&err) == Some(NAMESPACE_EXISTS) => Ok(true),
+                        Err(err) if retry::error_code(&err) == Some(UNAUTHORIZED) => Ok(false),
+                        Err(err) => Err(err),
+                    }
+                },
+            )
             .await?;
         if !created {
             tracing::info!(
