@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use bson::{doc, oid::ObjectId};
 
-pub use crate::bucket_store::{bucket_env, pairs, s3_endpoint, TestBucket, PREFIX};
+pub use crate::bucket_store::{bucket_env, s3_endpoint, TestBucket, PREFIX};
+pub use crate::env_support::pairs;
 use crate::helpers::{binary, eventually, free_port, http_get, metric, run_binary, TestApp};
 use crate::sshd::TestSshd;
 use esr_exporter::domain::Slot;

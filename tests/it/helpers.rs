@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::Duration;
 
-use crate::env_support::{daemon_env, env_line};
+use crate::env_support::{daemon_env, env_line, pairs};
 use crate::export_file::{self, Detail, Header};
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use esr_exporter::config::Settings;
@@ -708,11 +708,7 @@ pub fn assert_published<'r>(
 /// `deanery` waiting.
 pub async fn seeded(deanery: &str, n: usize, tuning: &str) -> (TestApp, Vec<ObjectId>) {
     let tuning = env_line(tuning);
-    let overrides: Vec<(&str, &str)> = tuning
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    let app = spawn_app_with(&overrides).await;
+    let app = spawn_app_with(&pairs(&tuning)).await;
     let ids = app.seed(deanery, n).await;
     (app, ids)
 }

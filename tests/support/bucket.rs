@@ -144,11 +144,6 @@ pub fn bucket_env(destination: &str, endpoint: &str) -> Vec<(String, String)> {
     env
 }
 
-/// `&[(&str, &str)]` view of an owned environment.
-pub fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
-    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
-}
-
 /// One HTTP/1.1 request without a body; the status code.
 async fn raw_request(endpoint: &str, method: &str, path: &str) -> u16 {
     let host = endpoint.trim_start_matches("http://");

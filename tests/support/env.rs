@@ -14,6 +14,11 @@ pub fn env_line(text: &str) -> Vec<(String, String)> {
         .collect()
 }
 
+/// `&[(&str, &str)]` view of an owned environment.
+pub fn pairs(env: &[(String, String)]) -> Vec<(&str, &str)> {
+    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect()
+}
+
 /// What every daemon a test starts shares: its queue and connection
 /// names, quick reconnects and retries, no schedule or watchdog, a port
 /// of its own and JSON logs.
