@@ -84,6 +84,7 @@ impl Daemon {
         // The recorder first: what is recorded before it is lost.
         let recorder = metrics::install();
         metrics::set_consumer_attached(false);
+        metrics::set_starting(true);
         let deaneries: Vec<String> = settings
             .schedule
             .deaneries
@@ -101,8 +102,10 @@ impl Daemon {
         };
         let serve = crate::ops::http::serve(listener, http_state, shutdown.clone());
         tasks.spawn("http", serve);
+        announce_serving(&mut tasks, &shutdown);
         tokio::pin!(signal);
-        let preparing = startup::prepare(&settings, &store, &destination, &mut shutdown);
+        let preparing =
+            startup::prepare(&settings, &store, &destination, &readiness, &mut shutdown);
         let grace = Duration::from_secs(settings.daemon.shutdown_grace_seconds);
         let started = prepared(preparing, &mut signal, &mut tasks, &trigger, grace).await;
         let result = match started {
@@ -139,8 +142,7 @@ fn log_starting(settings: &Settings, listener: &TcpListener) {
     );
 }
 
-/// The consumer, and as configured the scheduler, the watchdog and the
-/// systemd watchdog pings.
+/// The consumer, and as configured the scheduler and the watchdog.
 fn spawn_workers(
     tasks: &mut Tasks,
     settings: &Settings,
@@ -163,6 +165,14 @@ fn spawn_workers(
         let watchdog = Watchdog::new(settings.watchdog.clone(), schedule, amqp.clone(), store);
         tasks.spawn("watchdog", watchdog.run(shutdown.clone()));
     }
+}
+
+/// Tells systemd the daemon is up (READY=1) as soon as its endpoints
+/// serve, and pings its watchdog from then on: start-up may wait for
+/// MongoDB or an index build for as long as it takes, which `/readyz` and
+/// the unit's status line say, and must not be killed for it.
+fn announce_serving(tasks: &mut Tasks, shutdown: &Shutdown) {
+    systemd::ready();
     if let Some(period) = systemd::watchdog_period() {
         tasks.spawn(
             "systemd-watchdog",
@@ -200,13 +210,12 @@ where
     }
 }
 
-/// Tells systemd the daemon is ready, then waits for the signal, or for a
-/// task to end before it (an error).
+/// Waits for the signal, or for a task to end before it (an error).
 async fn supervise<S>(tasks: &mut Tasks, signal: &mut std::pin::Pin<&mut S>) -> anyhow::Result<()>
 where
     S: Future<Output = ()>,
 {
-    systemd::ready();
+    systemd::status("running");
     tracing::info!("esr-exporter running");
     tokio::select! {
         () = signal => Ok(()),

@@ -10,6 +10,8 @@ use anyhow::Context;
 
 use crate::config::Settings;
 use crate::destination::Destination;
+use crate::ops::failing::{self, say_failure, say_recovery, FailureStreak};
+use crate::ops::Readiness;
 use crate::shutdown::Shutdown;
 use crate::store::{StatusQuery, Store};
 
@@ -23,8 +25,10 @@ pub(super) async fn prepare(
     settings: &Settings,
     store: &Store,
     destination: &Destination,
+    readiness: &Readiness,
     shutdown: &mut Shutdown,
 ) -> anyhow::Result<bool> {
+    readiness.set_waiting_for(Some("MongoDB (its indexes are checked and built first)"));
     let indexed = until_done(settings, shutdown, "MongoDB", || store.ensure_indexes())
         .await
         .context("Failed to prepare MongoDB's indexes")?;
@@ -32,6 +36,9 @@ pub(super) async fn prepare(
         return Ok(false);
     }
     seed_last_runs(store).await;
+    readiness.set_waiting_for(Some(
+        "the destination's probe (a second create of a name must be refused)",
+    ));
     let probed = until_done(settings, shutdown, "the destination", || {
         destination.probe()
     })
@@ -89,7 +96,8 @@ impl Transient for crate::destination::DestinationError {
 }
 
 /// Runs `op` until it succeeds, retrying transient failures with the
-/// reconnect backoff until shutdown. False if shutdown came first.
+/// reconnect backoff until shutdown: a WARN each, and one ERROR once it
+/// has kept failing for a minute. False if shutdown came first.
 async fn until_done<E, F, Fut>(
     settings: &Settings,
     shutdown: &mut Shutdown,
@@ -102,13 +110,19 @@ where
     Fut: Future<Output = Result<(), E>>,
 {
     let mut backoff = settings.amqp.reconnect_backoff();
+    let mut failures = FailureStreak::new(failing::MIN_BOUND);
+    let what = format!("reaching {what} at start");
     loop {
         match op().await {
-            Ok(()) => return Ok(true),
+            Ok(()) => {
+                say_recovery(&mut failures, &what);
+                return Ok(true);
+            }
             Err(err) if !err.is_transient() => return Err(err),
             Err(err) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                tracing::error!(error = %crate::report::Chain(&err), delay_ms = delay.as_millis() as u64, "{what} unavailable at start; retrying");
+                let error = crate::report::chain(&err);
+                say_failure(&mut failures, &what, &error, "retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = shutdown.recv() => return Ok(false),

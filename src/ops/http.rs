@@ -1,7 +1,8 @@
 //! HTTP on `http.listen` (axum): `GET /healthz` (alive), `GET /readyz`
-//! (MongoDB's `hello` says it is a writable primary, the consumer is attached to its queue, the
-//! output folder can be written and a bucket destination answers, else 503 with the reasons), `GET /metrics`
-//! (Prometheus text format).
+//! (start-up is done, MongoDB's `hello` says it is a writable primary, the
+//! consumer is attached to its queue, the output folder can be written and
+//! a remote destination answers, else 503 with the reasons; the checks run
+//! at once, each bounded), `GET /metrics` (Prometheus text format).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -104,54 +105,40 @@ async fn healthz() -> impl IntoResponse {
     Json(json!({"status": "alive"}))
 }
 
+/// Every check at once, so the answer comes within [`PING_TIMEOUT`]
+/// (plus a little), whatever fails: a readiness probe's timeout of 3 s
+/// or more is enough.
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    let mongodb = match tokio::time::timeout(PING_TIMEOUT, state.store.ping()).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(crate::store::StoreError::NotWritablePrimary)) => {
-            Err(crate::store::StoreError::NotWritablePrimary.to_string())
-        }
-        Ok(Err(err)) => Err(crate::report::chain(&err)),
-        Err(_) => Err(format!("no answer within {} s", PING_TIMEOUT.as_secs())),
+    let (mongodb, folder, destination) = tokio::join!(
+        check_mongodb(&state.store),
+        check_folder(state.output_dir.clone()),
+        check_destination(&state.destination),
+    );
+    let startup = match state.readiness.waiting_for() {
+        Some(what) => Err(format!("waiting for {what}")),
+        None => Ok(()),
     };
-    let rabbitmq = if let Some(reason) = state.readiness.broker_blocked() {
-        Err(format!(
-            "RabbitMQ blocks publishing on this connection (connection.blocked: {reason})"
-        ))
-    } else if state.readiness.consumer_attached() {
-        Ok(())
-    } else if !state.readiness.started() {
-        Err("not consuming yet: start-up waits for MongoDB (its indexes) and the destination's probe (see the log)".to_owned())
-    } else {
-        Err("consumer not attached to its queue (RabbitMQ unreachable or reconnecting)".to_owned())
-    };
-    let dir = state.output_dir.clone();
-    let folder = match tokio::time::timeout(
-        PING_TIMEOUT,
-        tokio::task::spawn_blocking(move || super::output_folder::check(&dir)),
-    )
-    .await
-    {
-        Ok(Ok(checked)) => checked,
-        Ok(Err(join)) => Err(format!("probe failed: {join}")),
-        Err(_) => Err(format!(
-            "no answer from the folder within {} s",
-            PING_TIMEOUT.as_secs()
-        )),
-    };
-    let destination = check_destination(&state.destination).await;
-    let ready = mongodb.is_ok() && rabbitmq.is_ok() && folder.is_ok() && destination.is_ok();
-    let show = |check: &Result<(), String>| match check {
-        Ok(()) => "ok".to_owned(),
-        Err(reason) => reason.clone(),
-    };
+    let rabbitmq = check_rabbitmq(&state.readiness);
+    let checks = [
+        ("startup", startup),
+        ("mongodb", mongodb),
+        ("rabbitmq", rabbitmq),
+        ("outputFolder", folder),
+        ("destination", destination),
+    ];
+    let ready = checks.iter().all(|(_, check)| check.is_ok());
+    let shown: serde_json::Map<String, serde_json::Value> = checks
+        .into_iter()
+        .map(|(name, check)| {
+            (
+                name.to_owned(),
+                check.err().unwrap_or_else(|| "ok".to_owned()).into(),
+            )
+        })
+        .collect();
     let body = Json(json!({
         "status": if ready { "ready" } else { "not ready" },
-        "checks": {
-            "mongodb": show(&mongodb),
-            "rabbitmq": show(&rabbitmq),
-            "outputFolder": show(&folder),
-            "destination": show(&destination),
-        },
+        "checks": shown,
     }));
     let code = if ready {
         StatusCode::OK
@@ -159,6 +146,46 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, body)
+}
+
+/// MongoDB's `hello` says it is a writable primary, within the bound.
+async fn check_mongodb(store: &Store) -> Result<(), String> {
+    match tokio::time::timeout(PING_TIMEOUT, store.ping()).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(crate::store::StoreError::NotWritablePrimary)) => {
+            Err(crate::store::StoreError::NotWritablePrimary.to_string())
+        }
+        Ok(Err(err)) => Err(crate::report::chain(&err)),
+        Err(_) => Err(format!("no answer within {} s", PING_TIMEOUT.as_secs())),
+    }
+}
+
+/// The consumer is attached and its connection not blocked.
+fn check_rabbitmq(readiness: &Readiness) -> Result<(), String> {
+    if let Some(reason) = readiness.broker_blocked() {
+        Err(format!(
+            "RabbitMQ blocks publishing on this connection (connection.blocked: {reason})"
+        ))
+    } else if readiness.consumer_attached() {
+        Ok(())
+    } else if !readiness.started() {
+        Err("not consuming yet: start-up is under way (see `startup`)".to_owned())
+    } else {
+        Err("consumer not attached to its queue (RabbitMQ unreachable or reconnecting)".to_owned())
+    }
+}
+
+/// The staging folder can be written, off the async workers, within the bound.
+async fn check_folder(dir: std::path::PathBuf) -> Result<(), String> {
+    let checked = tokio::task::spawn_blocking(move || super::output_folder::check(&dir));
+    match tokio::time::timeout(PING_TIMEOUT, checked).await {
+        Ok(Ok(checked)) => checked,
+        Ok(Err(join)) => Err(format!("probe failed: {join}")),
+        Err(_) => Err(format!(
+            "no answer from the folder within {} s",
+            PING_TIMEOUT.as_secs()
+        )),
+    }
 }
 
 /// A bucket or server answers one look within the bound (the folder is

@@ -17,6 +17,7 @@
 //! | `esr_stuck_records` | gauge | `deanery` |
 //! | `esr_stuck_records_oldest_age_seconds` | gauge | `deanery` |
 //! | `esr_watchdog_catch_up_commands_total` | counter | `deanery` |
+//! | `esr_starting` | gauge | |
 //! | `esr_consumer_attached` | gauge | |
 //! | `esr_amqp_blocked` | gauge | `role` (`consumer`, `scheduler`, `watchdog`, `trigger`) |
 //! | `esr_output_folder_errors_total` | counter | `error` (errno name: `ENOSPC`, `EROFS`, `EMFILE`, ...) |
@@ -108,7 +109,7 @@ enum Kind {
 }
 
 /// Every metric: name, kind, HELP text.
-const HELP: [(&str, Kind, &str); 28] = [
+const HELP: [(&str, Kind, &str); 29] = [
     (
         "esr_export_runs_total",
         Kind::Counter,
@@ -238,6 +239,11 @@ const HELP: [(&str, Kind, &str); 28] = [
         "esr_export_run_duration_seconds",
         Kind::Histogram,
         "How long an export attempt took, whatever its outcome.",
+    ),
+    (
+        "esr_starting",
+        Kind::Gauge,
+        "1 while start-up waits for MongoDB's indexes and the destination's probe; 0 once the daemon takes work.",
     ),
     (
         "esr_records_waiting",
@@ -399,7 +405,12 @@ pub(crate) fn record_catch_up(deanery: &str) {
     counter!("esr_watchdog_catch_up_commands_total", "deanery" => deanery.to_owned()).increment(1);
 }
 
-/// Sets the consumer-attached gauge.
+/// Sets `esr_starting`.
+pub(crate) fn set_starting(starting: bool) {
+    gauge!("esr_starting").set(if starting { 1.0 } else { 0.0 });
+}
+
+/// Sets `esr_consumer_attached`.
 pub(crate) fn set_consumer_attached(attached: bool) {
     gauge!("esr_consumer_attached").set(if attached { 1.0 } else { 0.0 });
 }

@@ -1,8 +1,9 @@
 //! Operations: Prometheus metrics, the HTTP endpoints (health, readiness,
-//! metrics), the output folder's health, readiness, and systemd
-//! notifications. Imports none of `export`, `broker` or `schedule`: they
+//! metrics), the output folder's health, readiness, systemd notifications,
+//! and how background work says its failures (`failing`). Imports none of `export`, `broker` or `schedule`: they
 //! report here, not the other way round.
 
+pub(crate) mod failing;
 pub mod http;
 pub mod metrics;
 pub mod output_folder;
@@ -20,6 +21,8 @@ pub(crate) struct Readiness {
     /// done and the consumer runs: before that, a detached consumer says
     /// nothing about RabbitMQ.
     started: Arc<AtomicBool>,
+    /// What start-up waits for, while it does (`MongoDB's indexes`, ...).
+    waiting_for: Arc<Mutex<Option<String>>>,
     consumer_attached: Arc<AtomicBool>,
     /// Why RabbitMQ blocks the consumer's connection, while it does.
     broker_blocked: Arc<Mutex<Option<String>>>,
@@ -29,6 +32,24 @@ impl Readiness {
     /// Records that start-up is done and the consumer runs.
     pub(crate) fn set_started(&self) {
         self.started.store(true, Ordering::SeqCst);
+        self.set_waiting_for(None);
+        metrics::set_starting(false);
+    }
+
+    /// Records what start-up waits for now (`None` once it waits for
+    /// nothing), for `/readyz` and systemd's status line.
+    pub(crate) fn set_waiting_for(&self, what: Option<&str>) {
+        if let Ok(mut waiting) = self.waiting_for.lock() {
+            *waiting = what.map(str::to_owned);
+        }
+        if let Some(what) = what {
+            systemd::status(&format!("starting: waiting for {what}"));
+        }
+    }
+
+    /// What start-up waits for, while it does.
+    pub(crate) fn waiting_for(&self) -> Option<String> {
+        self.waiting_for.lock().ok().and_then(|w| w.clone())
     }
 
     /// True once start-up is done and the consumer runs.

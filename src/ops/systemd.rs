@@ -1,6 +1,9 @@
-//! systemd notifications (`Type=notify`): READY=1 once started, WATCHDOG=1
-//! at half the unit's `WatchdogSec` while the runtime is responsive,
-//! STOPPING=1 on shutdown. Without `NOTIFY_SOCKET` (not under systemd),
+//! systemd notifications (`Type=notify`): READY=1 as soon as the HTTP
+//! endpoints serve (before start-up waits for MongoDB's indexes and the
+//! destination's probe, which may take as long as an index build: `/readyz`
+//! and STATUS= say what it waits for meanwhile, so `TimeoutStartSec` bounds
+//! only binding the port), WATCHDOG=1 at half the unit's `WatchdogSec`
+//! while the runtime is responsive, STOPPING=1 on shutdown. Without `NOTIFY_SOCKET` (not under systemd),
 //! all of this does nothing.
 
 use std::time::Duration;
@@ -14,6 +17,11 @@ pub fn ready() {
     if let Err(err) = sd_notify::notify(false, &[NotifyState::Ready]) {
         tracing::warn!(error = %crate::report::Chain(&err), "cannot notify systemd (READY=1)");
     }
+}
+
+/// Tells systemd what the daemon is doing (`systemctl status` shows it).
+pub(crate) fn status(text: &str) {
+    let _ = sd_notify::notify(false, &[NotifyState::Status(text)]);
 }
 
 /// Tells systemd the daemon is stopping.

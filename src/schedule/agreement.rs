@@ -193,8 +193,27 @@ impl Agreement {
             }
             tokio::select! {
                 _ = tokio::time::sleep(CHECK_PERIOD) => {}
-                _ = shutdown.recv() => return,
+                _ = shutdown.recv() => break,
             }
+        }
+        self.withdraw().await;
+    }
+
+    /// At a clean stop, a scheduling replica removes its settings record:
+    /// after a rollout that changes `[schedule]`, the new replicas see no
+    /// difference with the old ones that stopped. A replica killed leaves
+    /// its record until it is no longer live ([`LIVE`]).
+    async fn withdraw(&self) {
+        if !self.scheduling {
+            return;
+        }
+        let mut attempts = Attempts::default();
+        if let Err(err) = self
+            .store
+            .withdraw_schedule(&self.replica, &mut attempts)
+            .await
+        {
+            tracing::debug!(error = %crate::report::Chain(&err), "cannot withdraw this replica's schedule record; it stops being live on its own");
         }
     }
 }

@@ -17,6 +17,7 @@ use super::{Agreement, SlotClock};
 use crate::broker::{requester, BrokerError, Publisher};
 use crate::config::{AmqpSettings, ScheduleSettings};
 use crate::domain::{Deanery, GenerationCommand, Slot};
+use crate::ops::failing::{say_failure, FailureStreak};
 use crate::shutdown::Shutdown;
 use crate::store::{Attempts, SlotClaim, Store, StoreError};
 
@@ -105,9 +106,13 @@ impl Scheduler {
     }
 
     /// Fires `slot`, retrying with backoff while MongoDB or RabbitMQ is
-    /// away. Returns false if shutdown came first.
+    /// away: each failure a WARN, and one ERROR once the slot has not been
+    /// fired within its lease (`schedule.slot_lease_seconds`, at least a
+    /// minute). Returns false if shutdown came first.
     async fn fire_until_done(&self, slot: DateTime<Utc>, shutdown: &mut Shutdown) -> bool {
         let mut backoff = self.amqp.reconnect_backoff();
+        let mut failures =
+            FailureStreak::new(Duration::from_secs(self.settings.slot_lease_seconds));
         loop {
             let wait = match self.fire(slot).await {
                 Ok(Fired::Published(_) | Fired::AlreadyPublished) => return true,
@@ -118,12 +123,17 @@ impl Scheduler {
                 }
                 Err(err) => {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                    tracing::error!(
-                        slot = %Slot::Scheduled(slot).id(),
-                        error = %crate::report::Chain(&err),
-                        delay_ms = delay.as_millis() as u64,
-                        "failed to fire schedule slot; retrying"
-                    );
+                    let span =
+                        tracing::error_span!("fire_slot", slot = %Slot::Scheduled(slot).id());
+                    let error = crate::report::chain(&err);
+                    span.in_scope(|| {
+                        say_failure(
+                            &mut failures,
+                            "firing the schedule slot",
+                            &error,
+                            "retrying",
+                        );
+                    });
                     delay
                 }
             };

@@ -16,6 +16,7 @@ use super::SlotClock;
 use crate::broker::{publish_commands, BrokerError};
 use crate::config::{AmqpSettings, ScheduleSettings, WatchdogSettings};
 use crate::domain::{Deanery, Slot};
+use crate::ops::failing::{say_failure, say_recovery, FailureStreak};
 use crate::ops::metrics;
 use crate::shutdown::Shutdown;
 use crate::store::{Attempts, StatusQuery, Store, StoreError, StuckRecords};
@@ -32,6 +33,9 @@ pub(crate) struct Watchdog {
     /// Deaneries the previous check found stuck, so their gauges can be
     /// reset when they recover.
     previous: Arc<Mutex<Vec<(String, u64)>>>,
+    /// Deaneries the previous count found waiting, so their gauges drop
+    /// to 0 once they drain.
+    counted: Arc<Mutex<Vec<String>>>,
 }
 
 /// One check's findings.
@@ -60,15 +64,25 @@ impl Watchdog {
             store,
             deaneries: schedule.deaneries.clone(),
             previous: Arc::default(),
+            counted: Arc::default(),
         }
     }
 
-    /// Checks every period until shutdown.
+    /// Checks every period until shutdown. A failed check is a WARN, and
+    /// one ERROR once checks have kept failing for longer than a period
+    /// (at least a minute): the waiting count and the dead letters are
+    /// WARNs only, as the check's ERROR covers their cause.
     pub(crate) async fn run(self, mut shutdown: Shutdown) {
         let period = Duration::from_secs(self.settings.period_seconds);
+        let mut checks = FailureStreak::new(period);
+        let what = "stuck-record check";
         loop {
-            if let Err(err) = self.check().await {
-                tracing::error!(error = %crate::report::Chain(&err), "stuck-record check failed; trying again next period");
+            match self.check().await {
+                Ok(_) => say_recovery(&mut checks, what),
+                Err(err) => {
+                    let error = crate::report::chain(&err);
+                    say_failure(&mut checks, what, &error, "trying again next period");
+                }
             }
             self.count_dead_letters().await;
             self.count_waiting().await;
@@ -80,7 +94,8 @@ impl Watchdog {
     }
 
     /// Sets `esr_records_waiting` for every deanery with records waiting,
-    /// and 0 for the configured ones without; MongoDB away leaves them.
+    /// and 0 for the configured ones without and for those that had some
+    /// at the last count; MongoDB away leaves them.
     async fn count_waiting(&self) {
         let mut attempts = Attempts::default();
         let counts = match self
@@ -102,11 +117,14 @@ impl Watchdog {
                 seen.push(deanery.to_owned());
             }
         }
-        for deanery in &self.deaneries {
-            if !seen.iter().any(|s| s == deanery.as_str()) {
-                metrics::set_records_waiting(deanery.as_str(), 0);
+        let configured = self.deaneries.iter().map(|d| d.as_str().to_owned());
+        let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
+        for drained in configured.chain(counted.drain(..)) {
+            if !seen.contains(&drained) {
+                metrics::set_records_waiting(&drained, 0);
             }
         }
+        *counted = seen;
     }
 
     /// Sets `esr_dead_letter_queue_messages` from the dead-letter queue;

@@ -42,6 +42,27 @@ impl Store {
         Ok(())
     }
 
+    /// Removes this replica's settings document (at a clean stop), so
+    /// the replicas that stay do not compare theirs with a replica gone.
+    ///
+    /// # Errors
+    /// When MongoDB fails beyond the retry policy.
+    pub(crate) async fn withdraw_schedule(
+        &self,
+        replica: &str,
+        attempts: &mut Attempts,
+    ) -> Result<(), StoreError> {
+        let (slots, id) = (&self.slots, &format!("{REPLICA_PREFIX}{replica}"));
+        self.retry
+            .run(
+                RetryScope::global("withdraw_schedule"),
+                attempts,
+                || async move { slots.delete_one(doc! {"_id": id}).await },
+            )
+            .await?;
+        Ok(())
+    }
+
     /// Every replica's settings document seen since `since`, its own
     /// included; each has `_id` `schedule/replica/<replica>`.
     ///

@@ -2,6 +2,7 @@
 //! `ESR_TEST_MONGODB_URI` points elsewhere, e.g. a `mongod` replica set)
 //! and a real RabbitMQ on 127.0.0.1:5672.
 
+mod blips;
 mod bucket;
 mod bucket_daemon;
 mod bucket_kills;
@@ -32,6 +33,7 @@ mod ops;
 mod privilege;
 #[path = "../support/proxy.rs"]
 mod proxy;
+mod readme_metrics;
 mod replicas;
 #[path = "../support/s3proxy.rs"]
 mod s3proxy;

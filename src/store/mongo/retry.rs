@@ -217,7 +217,7 @@ impl RetryPolicy {
     }
 
     /// Runs one try of `op` within the deadline. A try that does not end
-    /// in time fails the attempt: logged at ERROR, naming the operation and
+    /// in time fails the attempt: logged at WARN, naming the operation and
     /// the bound.
     ///
     /// # Errors
@@ -339,8 +339,10 @@ pub(crate) fn server_side(deadline: Duration) -> Duration {
 }
 
 impl RetryPolicy {
-    /// The [`RetryError::TimedOut`] of `scope`, logged at ERROR (DEBUG
-    /// when the caller says it).
+    /// The [`RetryError::TimedOut`] of `scope`, logged at WARN (DEBUG
+    /// when the caller says it): the caller decides whether the failure
+    /// is an ERROR (a failed export attempt is; a background check that
+    /// will try again is not, until it has kept failing).
     pub(crate) fn timed_out(&self, scope: RetryScope<'_>) -> RetryError {
         let bound_ms = self.deadline.as_millis() as u64;
         let op = scope.op;
@@ -349,14 +351,14 @@ impl RetryPolicy {
             if self.said_by_caller {
                 tracing::debug!(op, bound_ms, "{message}");
             } else {
-                tracing::error!(op, bound_ms, "{message}");
+                tracing::warn!(op, bound_ms, "{message}");
             }
         });
         RetryError::TimedOut { op, bound_ms }
     }
 
-    /// The [`RetryError::Unreachable`] of `scope`, logged at ERROR (DEBUG
-    /// when the caller says it).
+    /// The [`RetryError::Unreachable`] of `scope`, logged at WARN (DEBUG
+    /// when the caller says it), as [`RetryPolicy::timed_out`].
     pub(crate) fn unreachable(&self, scope: RetryScope<'_>, err: MongoError) -> RetryError {
         let op = scope.op;
         let message = "MongoDB unreachable (the driver gave up on the server); the attempt fails and the next one resumes";
@@ -364,7 +366,7 @@ impl RetryPolicy {
             if self.said_by_caller {
                 tracing::debug!(op, error = %err, "{message}");
             } else {
-                tracing::error!(op, error = %err, "{message}");
+                tracing::warn!(op, error = %err, "{message}");
             }
         });
         RetryError::Unreachable { op, cause: err }
