@@ -59,7 +59,10 @@ impl Exporter {
         let summary = summarise(deanery, &ended, &progress, &attempts, started);
         metrics::record_run(&summary);
         match &ended {
-            Ended::Ran(Ok(())) => log_completed(&summary),
+            Ended::Ran(Ok(())) => {
+                self.record_folder_health(&summary);
+                log_completed(&summary);
+            }
             Ended::Held(reason) => tracing::warn!(reason = %reason, "export run skipped"),
             Ended::Ran(Err(err)) if err.is_shutdown() => log_interrupted(&summary),
             Ended::Ran(Err(err)) => self.report_failure(deanery, err, &summary, &progress).await,
@@ -108,6 +111,15 @@ impl Exporter {
             tracing::warn!(error = %crate::report::Chain(err), "failed to release lease; it lapses on its own");
         }
         released.is_ok()
+    }
+
+    /// A completed run that wrote a file staged it in the output folder,
+    /// whatever the destination: the folder works again, so the gauge and
+    /// `/readyz` stop reporting an earlier failure there.
+    fn record_folder_health(&self, summary: &RunSummary) {
+        if summary.file.is_some() {
+            output_folder::record_success(&self.settings.output_dir);
+        }
     }
 
     /// Logs a failed attempt at ERROR (and the folder, when it was the

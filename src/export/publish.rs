@@ -149,7 +149,6 @@ impl Exporter {
             etag: None,
             version: None,
         };
-        crate::ops::output_folder::record_success(&self.settings.output_dir);
         tracing::info!(
             host = %publication.host,
             path = %publication.path,

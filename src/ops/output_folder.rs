@@ -1,6 +1,6 @@
 //! The output folder's health, for `/readyz` and the metrics: the last I/O
-//! error an export met in a folder (kept until an export publishes there
-//! again), and an active probe that writes and removes a small file.
+//! error an export met in a folder (kept until a run that stages a file
+//! there completes, whatever its destination), and an active probe that writes and removes a small file.
 
 use std::collections::HashMap;
 use std::io::{self, Write};
@@ -85,7 +85,7 @@ pub(crate) fn record_failure(dir: &Path, err: &io::Error) {
     with_errors(|errors| errors.insert(dir.to_owned(), format!("{}: {err}", dir.display())));
 }
 
-/// An export published a file in `dir`.
+/// A run that staged its file in `dir` completed.
 pub(crate) fn record_success(dir: &Path) {
     metrics::set_output_folder_writable(true);
     with_errors(|errors| errors.remove(dir));

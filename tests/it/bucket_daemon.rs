@@ -10,8 +10,9 @@ use crate::bucket_support::{
     assert_delivered_once, bucket_env, export_by_command, ready_daemon, readyz, s3_endpoint,
     TestBucket,
 };
-use crate::helpers::{binary, eventually, metric, spawn_app};
+use crate::helpers::{binary, eventually, http_get, metric, spawn_app};
 use crate::s3proxy::{Action, Rule, S3Proxy};
+use esr_exporter::domain::Slot;
 
 #[tokio::test]
 async fn the_daemon_reports_the_bucket_in_readyz_and_counts_its_uploads() {
@@ -78,4 +79,42 @@ async fn a_daemon_stopped_during_its_probe_removes_the_probe_object_first() {
         left.iter().all(|k| !k.contains("probe")),
         "{left:?}\n{stderr}"
     );
+}
+
+/// The staging folder fails once (a file stands where the folder should
+/// be), then works again: the run that then completes records the folder's
+/// health for a bucket destination too, so `esr_output_folder_writable`
+/// and `/readyz` recover without a restart.
+#[tokio::test]
+async fn a_staging_folder_that_failed_once_recovers_with_the_next_run_to_a_bucket() {
+    let (app, bucket) = (spawn_app().await, TestBucket::create().await);
+    let ids = app.seed("MER", 12).await;
+    let env = bucket_env(&bucket.destination(), &s3_endpoint());
+    let (mut daemon, addr) = ready_daemon(&app, &env).await;
+    let staging = app.export_dir();
+    let aside = staging.with_extension("aside");
+    std::fs::rename(&staging, &aside).unwrap();
+    std::fs::write(&staging, b"not a folder").unwrap();
+
+    app.publish_command("MER", Slot::Manual).await;
+    eventually("the folder reported", Duration::from_secs(30), || async {
+        let (_, metrics) = http_get(addr, "/metrics").await;
+        metric(&metrics, "esr_output_folder_writable") == Some(0.0)
+    })
+    .await;
+    std::fs::remove_file(&staging).unwrap();
+    std::fs::rename(&aside, &staging).unwrap();
+
+    eventually("exported on a retry", Duration::from_secs(60), || async {
+        app.count(bson::doc! {"status": "EXPORTED"}).await == 12
+    })
+    .await;
+    assert_delivered_once(&app, &bucket, &ids).await;
+    eventually("ready again", Duration::from_secs(30), || async {
+        readyz(addr).await.is_some_and(|(status, _)| status == 200)
+    })
+    .await;
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    assert_eq!(metric(&metrics, "esr_output_folder_writable"), Some(1.0));
+    daemon.kill().await.unwrap();
 }
