@@ -133,6 +133,32 @@ pub struct ExportArgs {
     pub all: bool,
 }
 
+/// Parses the command line. A usage error is said in one line on stderr
+/// and exits 2; `--help` and `--version` print as usual and exit 0.
+pub fn parse_args() -> Cli {
+    Cli::try_parse().unwrap_or_else(|err| {
+        if !err.use_stderr() {
+            err.exit();
+        }
+        eprintln!("{}", usage_error_line(&err));
+        std::process::exit(2)
+    })
+}
+
+/// clap's message without its usage block and tips: its first line, and
+/// where to read more.
+fn usage_error_line(err: &clap::Error) -> String {
+    use clap::error::ErrorKind;
+    let first = if err.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        "error: a command is required".to_owned()
+    } else {
+        let rendered = err.render().to_string();
+        let line = rendered.lines().find(|l| !l.trim().is_empty());
+        line.unwrap_or("error: invalid usage").trim_end().to_owned()
+    };
+    format!("{first} (esr-exporter --help lists the commands and options)")
+}
+
 fn parse_deanery(code: &str) -> Result<Deanery, String> {
     Deanery::parse(code).map_err(|err| err.to_string())
 }

@@ -253,4 +253,39 @@ async fn completions_and_the_man_page_need_no_settings() {
         page.contains("esr\\-exporter") || page.contains("esr-exporter"),
         "names itself"
     );
+    // One page: every command described on it, none sent to a page that
+    // is not built, and the exit codes.
+    assert!(!page.contains("(1)"), "no other page named: {page}");
+    assert!(
+        page.contains(".SH COMMANDS") && page.contains("dead\\-letters"),
+        "{page}"
+    );
+    let status = page
+        .split(".SH \"EXIT STATUS\"")
+        .nth(1)
+        .expect("EXIT STATUS");
+    for code in ["0", "1", "2"] {
+        assert!(status.contains(&format!(".TP\n{code}\n")), "{status}");
+    }
+}
+
+/// A usage error is one line on stderr, exit 2 (README, DESIGN.md), not
+/// clap's usage block and tips.
+#[tokio::test]
+async fn a_usage_error_is_one_line_on_stderr_and_exit_2() {
+    let app = spawn_app().await;
+    for args in [&["export", "--no-such-flag"][..], &["no-such-command"], &[]] {
+        let output = run(&app, args, &[]).await;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{args:?}: {stderr}");
+        assert!(stderr.starts_with("error: "), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("--help"),
+            "says where to read more: {stderr}"
+        );
+    }
+    let help = run(&app, &["--help"], &[]).await;
+    assert_eq!(help.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&help.stdout).contains("Usage:"));
 }
