@@ -5,7 +5,8 @@
 # Debian as a non-root user.
 #
 #   docker build --build-arg ESR_BUILD_COMMIT=$(git rev-parse --short=12 HEAD) \
-#     --build-arg ESR_BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) -t esr-exporter .
+#     --build-arg ESR_BUILD_DATE=$(date -u +%Y-%m-%dT%H:%M:%SZ) \
+#     -t registry.example.com/esr-exporter:0.1.0 .
 ARG RUST_VERSION=1.95.0
 
 FROM rust:${RUST_VERSION}-bookworm AS chef
@@ -44,13 +45,18 @@ RUN apt-get update \
  && mkdir -p /var/lib/esr-exporter/exports \
  && chown -R esr /var/lib/esr-exporter
 COPY --from=build /src/target/release/esr-exporter /usr/local/bin/esr-exporter
+# The image's settings are a file, not ENV: environment variables layer over
+# the config file, so an ESR_* variable set here would override the settings
+# of whatever runs the image (a Kubernetes ConfigMap mounted over
+# /etc/esr-exporter, say) with no way to change them but another variable.
+# deploy/container/config.toml: export.output_dir is the VOLUME below,
+# http.listen 0.0.0.0:8080 (EXPOSE, HEALTHCHECK).
+COPY --chmod=0644 deploy/container/config.toml /etc/esr-exporter/config.toml
 USER 10001
 WORKDIR /var/lib/esr-exporter
-ENV ESR_EXPORT__OUTPUT_DIR=/var/lib/esr-exporter/exports \
-    ESR_HTTP__LISTEN=0.0.0.0:8080
 EXPOSE 8080
 VOLUME ["/var/lib/esr-exporter/exports"]
 HEALTHCHECK --interval=15s --timeout=3s --start-period=20s \
   CMD curl -fsS http://127.0.0.1:8080/healthz || exit 1
 ENTRYPOINT ["/usr/local/bin/esr-exporter"]
-CMD ["run"]
+CMD ["run", "--config", "/etc/esr-exporter/config.toml"]
