@@ -3,12 +3,16 @@
 //! (`deploy/grafana/esr-exporter.json`) query is one the daemon exports,
 //! as documented in `src/ops/metrics.rs` and as a real `/metrics` scrape
 //! shows; `promtool check metrics` passes over that scrape; the dashboard's
-//! queries are valid PromQL to `promtool`.
+//! queries are valid PromQL to `promtool`. The Dockerfile and the
+//! Kubernetes manifest, read as a container runtime and Kubernetes read
+//! them, give the binary's `check-config` the settings the container runs
+//! with: the files are staged in the pod's emptyDir, and the image alone
+//! uses its VOLUME and the HEALTHCHECK's port.
 //!
 //! `promtool` comes from Debian's `prometheus` package; `scripts/check-deploy`
 //! (run by `scripts/test`) installs it.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -16,7 +20,10 @@ use std::time::Duration;
 use bson::doc;
 use esr_exporter::domain::Slot;
 
-use crate::helpers::{eventually, http_get, metric, spawn_app_with, unique_deanery, valid_record};
+use crate::env_support::pairs;
+use crate::helpers::{
+    binary_with, eventually, http_get, metric, spawn_app_with, unique_deanery, valid_record,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -609,4 +616,455 @@ fn the_kubernetes_replicas_are_spread_limited_and_covered_by_a_disruption_budget
         Some(app)
     );
     assert!(budget["spec"]["minAvailable"].as_i64().unwrap() >= 1);
+}
+
+/// The runtime stage of the Dockerfile (after its last `FROM`), as a
+/// container runtime reads it.
+#[derive(Default)]
+struct Image {
+    /// `ENV`, in order.
+    env: Vec<(String, String)>,
+    /// Files `COPY`'d from the build context: path in the image → path in
+    /// the repository.
+    files: BTreeMap<String, String>,
+    entrypoint: Vec<String>,
+    cmd: Vec<String>,
+    volumes: Vec<String>,
+    exposed: Vec<String>,
+    healthcheck: String,
+}
+
+/// The Dockerfile's instructions: comment lines dropped, continuation
+/// lines joined.
+fn dockerfile_instructions() -> Vec<(String, String)> {
+    let mut instructions = Vec::new();
+    let mut current = String::new();
+    for line in read("Dockerfile").lines() {
+        if line.trim_start().starts_with('#') {
+            continue;
+        }
+        match line.trim_end().strip_suffix('\\') {
+            Some(part) => current.push_str(part),
+            None => {
+                current.push_str(line);
+                let text = std::mem::take(&mut current);
+                let text = text.trim();
+                if let Some((word, rest)) = text.split_once(char::is_whitespace) {
+                    instructions.push((word.to_uppercase(), rest.trim().to_owned()));
+                }
+            }
+        }
+    }
+    instructions
+}
+
+/// An exec-form (JSON array) `CMD`, `ENTRYPOINT` or `VOLUME`.
+fn exec_form(what: &str, text: &str) -> Vec<String> {
+    serde_json::from_str(text)
+        .unwrap_or_else(|err| panic!("the Dockerfile's {what} is not a JSON array ({err}): {text}"))
+}
+
+fn image() -> Image {
+    let mut image = Image::default();
+    for (word, rest) in dockerfile_instructions() {
+        match word.as_str() {
+            "FROM" => image = Image::default(),
+            "ENV" => {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                if words[0].contains('=') {
+                    for word in words {
+                        let (key, value) = word.split_once('=').expect("ENV KEY=value");
+                        image
+                            .env
+                            .push((key.to_owned(), value.trim_matches('"').to_owned()));
+                    }
+                } else {
+                    image.env.push((words[0].to_owned(), words[1..].join(" ")));
+                }
+            }
+            "COPY" => {
+                let words: Vec<&str> = rest.split_whitespace().collect();
+                if words.iter().any(|w| w.starts_with("--from=")) {
+                    continue;
+                }
+                let paths: Vec<&str> = words.into_iter().filter(|w| !w.starts_with("--")).collect();
+                let [source, target] = paths[..] else {
+                    panic!("COPY {rest}: one source and one target expected");
+                };
+                image.files.insert(target.to_owned(), source.to_owned());
+            }
+            "ENTRYPOINT" => image.entrypoint = exec_form("ENTRYPOINT", &rest),
+            "CMD" => image.cmd = exec_form("CMD", &rest),
+            "VOLUME" => image.volumes.extend(exec_form("VOLUME", &rest)),
+            "EXPOSE" => image.exposed.extend(
+                rest.split_whitespace()
+                    .map(|p| p.trim_end_matches("/tcp").to_owned()),
+            ),
+            "HEALTHCHECK" => image.healthcheck = rest,
+            _ => {}
+        }
+    }
+    assert!(
+        !image.entrypoint.is_empty(),
+        "the Dockerfile has an ENTRYPOINT"
+    );
+    image
+}
+
+/// A dummy URI for a secret file named `key` (the key of a Secret or a
+/// credential file's name).
+fn dummy_secret(key: &str) -> &'static str {
+    if key.contains("mongodb") {
+        "mongodb://esr:not-a-password@mongo.invalid:27017/?replicaSet=rs0"
+    } else if key.contains("amqp") {
+        "amqp://esr:not-a-password@rabbitmq.invalid:5672/%2f"
+    } else {
+        panic!("no dummy value for the secret {key}")
+    }
+}
+
+/// The files a container sees, stood in for by files in a temporary
+/// folder: what volumes mount (a ConfigMap's keys, a Secret's keys with
+/// dummy values, mode 0400) over what the image holds (files `COPY`'d from
+/// the repository).
+struct Filesystem {
+    dir: tempfile::TempDir,
+    /// mountPath → the volume (its entry under the pod's `volumes`).
+    mounts: Vec<(String, yaml_rust2::Yaml)>,
+    /// The manifests, for ConfigMaps.
+    manifests: Vec<yaml_rust2::Yaml>,
+    image_files: BTreeMap<String, String>,
+}
+
+impl Filesystem {
+    /// The path of a local stand-in for `path` in the container, when
+    /// `path` is a file a volume or the image provides.
+    fn stand_in(&self, path: &str) -> Option<String> {
+        use std::os::unix::fs::PermissionsExt;
+        let mounted = self
+            .mounts
+            .iter()
+            .filter_map(|(mount, volume)| {
+                let key = path.strip_prefix(mount.as_str())?.strip_prefix('/')?;
+                Some((key, volume))
+            })
+            .max_by_key(|(key, _)| std::cmp::Reverse(key.len()));
+        let local = self
+            .dir
+            .path()
+            .join(uuid::Uuid::new_v4().simple().to_string());
+        if let Some((key, volume)) = mounted {
+            if let Some(name) = volume["configMap"]["name"].as_str() {
+                let map = self
+                    .manifests
+                    .iter()
+                    .find(|d| {
+                        d["kind"].as_str() == Some("ConfigMap")
+                            && d["metadata"]["name"].as_str() == Some(name)
+                    })
+                    .unwrap_or_else(|| panic!("the ConfigMap {name} among the manifests"));
+                let text = map["data"][key]
+                    .as_str()
+                    .unwrap_or_else(|| panic!("{path}: the ConfigMap {name} has no key {key}"));
+                std::fs::write(&local, text).unwrap();
+            } else if !volume["secret"].is_badvalue() {
+                std::fs::write(&local, dummy_secret(key)).unwrap();
+                std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o400)).unwrap();
+            } else {
+                panic!("{path} is on a volume that holds no files: {volume:?}");
+            }
+        } else {
+            let source = self.image_files.get(path)?;
+            std::fs::copy(format!("{}/{source}", env!("CARGO_MANIFEST_DIR")), &local).unwrap();
+        }
+        Some(local.display().to_string())
+    }
+}
+
+/// What `check-config` printed: the settings (TOML) and each key's source
+/// (`#   export.output_dir = config file /etc/...`).
+struct Shown {
+    settings: toml::Table,
+    sources: BTreeMap<String, String>,
+}
+
+impl Shown {
+    fn value(&self, key: &str) -> String {
+        let (section, name) = key.split_once('.').unwrap();
+        let value = &self.settings[section][name];
+        value
+            .as_str()
+            .map_or_else(|| value.to_string(), str::to_owned)
+    }
+}
+
+/// Runs `check-config` as the container would run its command: `argv` is
+/// the container's (entrypoint and arguments, `run` among them), `env`
+/// its environment, container paths already replaced by their stand-ins;
+/// `extra` goes on top.
+async fn check_config_as(
+    argv: &[String],
+    env: &[(String, String)],
+    extra: &[(String, String)],
+) -> Shown {
+    assert!(
+        argv[0].ends_with("/esr-exporter"),
+        "the container runs the binary: {argv:?}"
+    );
+    let run = argv
+        .iter()
+        .position(|a| a == "run")
+        .unwrap_or_else(|| panic!("the container runs the daemon: {argv:?}"));
+    let mut args: Vec<&str> = argv[1..].iter().map(String::as_str).collect();
+    args[run - 1] = "check-config";
+    let env: HashMap<String, String> = env.iter().cloned().collect();
+    let output = binary_with(&env, &args, &pairs(extra))
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    assert!(
+        output.status.success(),
+        "check-config {args:?} with {env:?}: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let sources = stdout
+        .lines()
+        .filter_map(|line| line.strip_prefix("#   "))
+        .filter_map(|line| line.split_once(" = "))
+        .map(|(key, source)| (key.to_owned(), source.to_owned()))
+        .collect();
+    let settings = stdout
+        .parse::<toml::Table>()
+        .unwrap_or_else(|err| panic!("check-config printed TOML ({err}): {stdout}"));
+    Shown { settings, sources }
+}
+
+/// A bucket on the test S3 server in place of the manifest's, so that
+/// `check-config`'s probe of it passes; nothing here changes
+/// `export.output_dir`.
+async fn test_bucket_env() -> (crate::bucket_store::TestBucket, Vec<(String, String)>) {
+    let bucket = crate::bucket_store::TestBucket::create().await;
+    let env = crate::env_support::s3_env(
+        &bucket.destination(),
+        &crate::bucket_store::s3_endpoint(),
+        "test-secret",
+    );
+    (bucket, env)
+}
+
+/// The variables that are settings (`ESR_<SECTION>__<KEY>`).
+fn settings_in(env: &[(String, String)]) -> Vec<&str> {
+    env.iter()
+        .map(|(key, _)| key.as_str())
+        .filter(|key| key.starts_with("ESR_") && key.contains("__"))
+        .collect()
+}
+
+/// On Kubernetes the files are staged in the pod's emptyDir, whatever the
+/// image sets: the settings the container's command ends up with (the
+/// image's environment, then the container's; `--config` the ConfigMap
+/// mounted over /etc/esr-exporter; the URIs from the Secret's files), as
+/// `check-config` of the binary computes them, put `export.output_dir` at
+/// the mountPath of an emptyDir volume, and `http.listen` on the port the
+/// probes use.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_kubernetes_files_are_staged_in_the_pods_empty_dir() {
+    // Arrange: the image and the Deployment's container, as read from the
+    // files.
+    let image = image();
+    let manifests =
+        yaml_rust2::YamlLoader::load_from_str(&read("deploy/kubernetes/esr-exporter.yaml"))
+            .expect("manifests parse");
+    let deployment = manifests
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    let container = &pod["containers"][0];
+    let volumes = pod["volumes"].as_vec().expect("volumes");
+    let volume = |name: &str| {
+        volumes
+            .iter()
+            .find(|v| v["name"].as_str() == Some(name))
+            .unwrap_or_else(|| panic!("the volume {name}"))
+            .clone()
+    };
+    let mounts: Vec<(String, yaml_rust2::Yaml)> = container["volumeMounts"]
+        .as_vec()
+        .expect("volumeMounts")
+        .iter()
+        .map(|m| {
+            (
+                m["mountPath"].as_str().unwrap().to_owned(),
+                volume(m["name"].as_str().unwrap()),
+            )
+        })
+        .collect();
+    let empty_dirs: Vec<&str> = mounts
+        .iter()
+        .filter(|(_, v)| !v["emptyDir"].is_badvalue())
+        .map(|(path, _)| path.as_str())
+        .collect();
+    let files = Filesystem {
+        dir: tempfile::tempdir().unwrap(),
+        mounts: mounts.clone(),
+        manifests: manifests.clone(),
+        image_files: image.files.clone(),
+    };
+    // Kubernetes: `command` replaces the ENTRYPOINT, `args` the CMD (and a
+    // `command` without `args` drops the CMD).
+    let strings = |y: &yaml_rust2::Yaml| {
+        y.as_vec().map(|v| {
+            v.iter()
+                .map(|s| s.as_str().expect("a string").to_owned())
+                .collect::<Vec<_>>()
+        })
+    };
+    let command = strings(&container["command"]);
+    let args = strings(&container["args"]);
+    let mut argv = command.clone().unwrap_or_else(|| image.entrypoint.clone());
+    argv.extend(args.unwrap_or_else(|| {
+        if command.is_some() {
+            Vec::new()
+        } else {
+            image.cmd.clone()
+        }
+    }));
+    let argv: Vec<String> = argv
+        .into_iter()
+        .map(|a| files.stand_in(&a).unwrap_or(a))
+        .collect();
+    let mut env = image.env.clone();
+    for var in container["env"].as_vec().cloned().unwrap_or_default() {
+        let name = var["name"].as_str().expect("env name").to_owned();
+        let value = var["value"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{name}: a value (valueFrom is not read here)"));
+        let value = files.stand_in(value).unwrap_or_else(|| value.to_owned());
+        env.retain(|(key, _)| *key != name);
+        env.push((name, value));
+    }
+    let (_bucket, bucket_env) = test_bucket_env().await;
+
+    // Act
+    let shown = check_config_as(&argv, &env, &bucket_env).await;
+
+    // Assert: the emptyDir, wherever the value came from...
+    let output_dir = shown.value("export.output_dir");
+    assert!(
+        empty_dirs.contains(&output_dir.as_str()),
+        "export.output_dir is {output_dir} ({}), not the mountPath of an emptyDir ({empty_dirs:?}): \
+         files would be staged outside the pod's scratch volume",
+        shown.sources["export.output_dir"]
+    );
+    // ...and from the ConfigMap, which an image's ESR_* variable would
+    // override with no way back but another variable.
+    assert!(
+        shown.sources["export.output_dir"].starts_with("config file "),
+        "export.output_dir from {}",
+        shown.sources["export.output_dir"]
+    );
+    assert!(
+        settings_in(&image.env).is_empty(),
+        "the image sets {:?}, which override the settings of a ConfigMap",
+        settings_in(&image.env)
+    );
+    for key in ["mongodb.uri", "amqp.uri"] {
+        assert!(
+            shown.sources[key].starts_with("secret file "),
+            "{key} from {}",
+            shown.sources[key]
+        );
+    }
+    let listen = shown.value("http.listen");
+    let port = container["ports"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"].as_str() == Some("http"))
+        .and_then(|p| p["containerPort"].as_i64())
+        .expect("the container port http");
+    assert_eq!(
+        listen,
+        format!("0.0.0.0:{port}"),
+        "the probes reach http.listen"
+    );
+}
+
+/// Run as it is (`docker run`, Compose), the image stages and publishes
+/// files in its VOLUME and serves the HEALTHCHECK's port on every address,
+/// from its own config file: the image sets no ESR_* variable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_image_alone_uses_its_volume_and_the_healthcheck_port() {
+    let image = image();
+    assert!(
+        settings_in(&image.env).is_empty(),
+        "the image sets {:?}: environment variables layer over the config file, so a \
+         ConfigMap or a mounted config file could not change them",
+        settings_in(&image.env)
+    );
+    let files = Filesystem {
+        dir: tempfile::tempdir().unwrap(),
+        mounts: Vec::new(),
+        manifests: Vec::new(),
+        image_files: image.files.clone(),
+    };
+    let mut argv = image.entrypoint.clone();
+    argv.extend(image.cmd.clone());
+    let argv: Vec<String> = argv
+        .into_iter()
+        .map(|a| files.stand_in(&a).unwrap_or(a))
+        .collect();
+    assert!(
+        argv.iter()
+            .any(|a| a.starts_with(files.dir.path().to_str().unwrap())),
+        "the image's command names its config file: {argv:?}"
+    );
+    // No destination in the image: a folder, checked without a bucket.
+    let shown = check_config_as(&argv, &image.env, &[]).await;
+
+    let output_dir = shown.value("export.output_dir");
+    assert!(
+        image.volumes.contains(&output_dir),
+        "export.output_dir {output_dir} is a VOLUME ({:?})",
+        image.volumes
+    );
+    let listen = shown.value("http.listen");
+    let port = listen
+        .strip_prefix("0.0.0.0:")
+        .unwrap_or_else(|| panic!("http.listen {listen} is on every address, for port mappings"));
+    assert!(image.exposed.iter().any(|p| p == port), "EXPOSE {port}");
+    assert!(
+        image
+            .healthcheck
+            .contains(&format!("127.0.0.1:{port}/healthz")),
+        "the HEALTHCHECK asks {port}: {}",
+        image.healthcheck
+    );
+}
+
+/// `/readyz` checks MongoDB, the broker and the destination, each within
+/// 2 s: a readiness probe that gives up sooner than 3 s fails a ready pod.
+#[test]
+fn the_readiness_probe_waits_longer_than_a_readyz_check() {
+    let manifests =
+        yaml_rust2::YamlLoader::load_from_str(&read("deploy/kubernetes/esr-exporter.yaml"))
+            .expect("manifests parse");
+    let deployment = manifests
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .expect("a Deployment");
+    for container in deployment["spec"]["template"]["spec"]["containers"]
+        .as_vec()
+        .unwrap()
+    {
+        let probe = &container["readinessProbe"];
+        // Kubernetes' default is 1 s.
+        let timeout = probe["timeoutSeconds"].as_i64().unwrap_or(1);
+        assert!(
+            timeout >= 3,
+            "the readiness probe's timeoutSeconds is {timeout}: /readyz takes up to 2 s"
+        );
+    }
 }
