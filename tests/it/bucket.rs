@@ -144,13 +144,32 @@ async fn a_forbidden_or_missing_bucket_is_refused_with_exit_2() {
     let bucket = TestBucket::create().await;
     let forbidden = bucket_env(&bucket.destination(), &proxy.endpoint());
     let missing = bucket_env("s3://esr-no-such-bucket-here/app", &s3_endpoint());
-    for env in [forbidden, missing] {
+    let cases = [
+        (forbidden, bucket.destination(), "AccessDenied"),
+        (
+            missing,
+            "s3://esr-no-such-bucket-here/app".to_owned(),
+            "NoSuchBucket",
+        ),
+    ];
+    for (env, destination, cause) in cases {
         let output = run_binary(&app, &["export", "--deanery", "MER"], &pairs(&env)).await;
-        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        let said = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{said}");
+        let line = said
+            .lines()
+            .find(|l| l.contains("command failed"))
+            .unwrap_or_else(|| panic!("no failure line: {said}"));
+        // The line names the destination, the store's own reason, and
+        // what to check.
         assert!(
-            stderr(&output).contains("s3://"),
-            "names the destination: {}",
-            stderr(&output)
+            line.contains(&format!("destination {destination}")),
+            "{line}"
+        );
+        assert!(line.contains(cause), "{cause}: {line}");
+        assert!(
+            line.contains("s3:PutObject"),
+            "the permissions to check: {line}"
         );
     }
 }

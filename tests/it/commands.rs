@@ -8,7 +8,7 @@ use bson::oid::ObjectId;
 use chrono::{Timelike, Utc};
 use esr_exporter::domain::Slot;
 
-use crate::helpers::{eventually, seeded, spawn_app_with, TestApp};
+use crate::helpers::{eventually, seeded, spawn_app_with, unique_deanery, TestApp};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -63,8 +63,10 @@ async fn malformed_and_invalid_commands_are_dead_lettered_with_their_reasons_onc
         app.queue_len(&dlq).await == 3
     })
     .await;
-    // Nothing loops: the queues stay as they are.
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    // Nothing loops: once a later command is done, the queues are as
+    // they were.
+    let later = until_a_later_command_is_done(&app).await;
+    assert_eq!(app.queue_len(&dlq).await, 3);
     assert_eq!(app.queue_len(&app.settings.amqp.queue).await, 0);
     assert_eq!(app.queue_len(&app.settings.amqp.retry_queue()).await, 0);
     let letters = app.take_dead_letters().await;
@@ -73,8 +75,25 @@ async fn malformed_and_invalid_commands_are_dead_lettered_with_their_reasons_onc
     assert!(letters[0].1.starts_with("malformed command"), "{letters:?}");
     assert!(letters[1].1.contains("invalid deanery code"), "{letters:?}");
     assert!(letters[2].1.contains("malformed command"), "{letters:?}");
-    assert!(app.files().is_empty());
+    let files = app.data_files();
+    assert!(
+        files.iter().all(|f| f.contains(&later)),
+        "only the later command's: {files:?}"
+    );
     app.stop_and_clean_up(daemon).await;
+}
+
+/// Publishes a command for one record of a new deanery and waits until
+/// it is exported: the consumer takes one delivery at a time
+/// (`amqp.prefetch` 1), so every command published before it has been
+/// settled by then. What a test asserts did not happen, it asserts after.
+/// The deanery it used.
+async fn until_a_later_command_is_done(app: &TestApp) -> String {
+    let later = unique_deanery();
+    app.seed(&later, 1).await;
+    app.publish_command(&later, Slot::Manual).await;
+    eventually("a later command done", WAIT, || all_exported(app, &later)).await;
+    later
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -87,11 +106,7 @@ async fn a_duplicate_command_for_a_completed_slot_is_a_no_op() {
     eventually("LDN exported", WAIT, || all_exported(&app, "LDN")).await;
     app.seed("LDN", 3).await; // new work that the old slot must not pick up
     app.publish_command("LDN", slot).await;
-    eventually("queue drained", WAIT, || async {
-        app.queue_len(&app.settings.amqp.queue).await == 0
-    })
-    .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    until_a_later_command_is_done(&app).await;
 
     let runs = app
         .runs()
@@ -104,9 +119,15 @@ async fn a_duplicate_command_for_a_completed_slot_is_a_no_op() {
             .await,
         3
     );
-    let file = app.data_files();
-    assert_eq!(file.len(), 1);
-    let exported = app.find(doc! {"status": "EXPORTED"}).await;
+    let files: Vec<String> = app
+        .data_files()
+        .into_iter()
+        .filter(|f| f.contains("_LDN_"))
+        .collect();
+    assert_eq!(files.len(), 1, "{files:?}");
+    let exported = app
+        .find(doc! {"deanery": "LDN", "status": "EXPORTED"})
+        .await;
     assert_eq!(exported.len(), ids.len());
     app.stop_and_clean_up(daemon).await;
 }

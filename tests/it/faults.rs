@@ -4,14 +4,16 @@
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use bson::{doc, Document};
+use bson::{doc, Bson, Document};
 use esr_exporter::config::Settings;
 use esr_exporter::domain::{RunStatus, RunSummary};
 use esr_exporter::export::Exporter;
 use esr_exporter::store::Store;
 use futures_util::TryStreamExt;
 
-use crate::helpers::{deanery, seeded, spawn_app_with, TestApp};
+use crate::helpers::{deanery, primary_host_port, seeded, spawn_app_with, TestApp};
+use crate::proxy::WireProxy;
+use crate::stalls::exporter_through;
 
 #[tokio::test]
 async fn a_concurrent_writer_causes_write_conflicts_and_every_record_is_still_exported_once() {
@@ -426,9 +428,44 @@ async fn a_clusters_transient_codes_are_retried_on_every_command() {
 #[tokio::test]
 async fn a_transaction_too_large_for_the_server_is_claimed_again_in_halves() {
     for code in [388, 10334] {
+        let (app, ids) = seeded("EOE", 300, "ESR_EXPORT__CHUNK_SIZE=100").await;
+        let proxy = WireProxy::start(&primary_host_port().await).await;
+        let records = app.settings.mongodb.records_collection.clone();
+        // The claim's reads: `find`s of waiting records with a limit.
+        proxy.record(move |r| r.is("find", &records, "TO_EXPORT") && r.body.contains_key("limit"));
+        let exporter = exporter_through(&app, &proxy, &[]).await;
         let data = doc! {"failCommands": ["update"], "errorCode": code};
-        let summary = export_through(data, 2).await;
-        assert!(summary.retries >= 2, "{code}: {summary:?}");
-        assert!(summary.attempts >= 3, "{code}: {summary:?}");
+        let guard = app.arm_failpoint(data, 2).await;
+        let summary = exporter.run(&deanery("EOE")).await;
+        app.disarm().await;
+        drop(guard);
+
+        assert_eq!(
+            summary.status(),
+            RunStatus::Completed,
+            "{code}: {summary:?}"
+        );
+        app.assert_exported_once("EOE", &ids).await;
+        let limits: Vec<i64> = proxy
+            .recorded()
+            .iter()
+            .filter_map(|r| match r.body.get("limit") {
+                Some(Bson::Int32(n)) => Some(i64::from(*n)),
+                Some(Bson::Int64(n)) => Some(*n),
+                _ => None,
+            })
+            .collect();
+        // The first claim failed twice before it read (its first update,
+        // the lease's renewal, failed): its third try reads a quarter of
+        // the chunk, where a plain retry would read all 100 again. The next
+        // claim asks for what got through, then an eighth more each time.
+        // (Reads of one document are the run's own look-ups.)
+        let claims: Vec<i64> = limits.into_iter().filter(|n| *n > 1).collect();
+        assert_eq!(
+            claims.get(..3),
+            Some(&[25, 25, 37][..]),
+            "{code}: {claims:?}"
+        );
+        assert_eq!(summary.retries, 2, "{code}: {summary:?}");
     }
 }

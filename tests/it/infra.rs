@@ -124,9 +124,38 @@ async fn used(store: &Store, session: &mut mongodb::ClientSession) {
         .expect("a read in the session");
 }
 
+/// Takes sessions from `store`, holding each, until the one with id
+/// `wanted` is handed out (the driver checks a dropped session back in
+/// from a task of its own, so it may take a moment): every id taken
+/// before it, and the sessions, to drop together.
+async fn take_until(
+    store: &Store,
+    wanted: &bson::Document,
+) -> (Vec<bson::Document>, Vec<mongodb::ClientSession>) {
+    let mut attempts = Attempts::default();
+    let (mut ids, mut held) = (Vec::new(), Vec::new());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let session = store.start_session(&mut attempts).await.unwrap();
+        if session.id() == wanted {
+            held.push(session);
+            return (ids, held);
+        }
+        ids.push(session.id().clone());
+        held.push(session);
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the session given back was never handed out again: {ids:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// The driver pools sessions: one given back is handed to the next
 /// caller. A session a lease still names is parked instead, so a later
-/// takeover's `killSessions` can never end another run's session.
+/// takeover's `killSessions` can never end another run's session: after
+/// it is parked, a session given back later comes out of the pool again,
+/// and the parked one never does.
 #[tokio::test]
 async fn a_parked_session_is_never_handed_to_another_run() {
     let app = spawn_app().await;
@@ -137,21 +166,22 @@ async fn a_parked_session_is_never_handed_to_another_run() {
     let pooled_id = pooled.id().clone();
     used(&store, &mut pooled).await;
     drop(pooled);
-    // The driver checks a dropped session back in from a task of its own.
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let mut reused = store.start_session(&mut attempts).await.unwrap();
+    let (_, mut held) = take_until(&store, &pooled_id).await;
+    let mut reused = held.pop().expect("the session given back");
+    drop(held);
     used(&store, &mut reused).await;
-    assert_eq!(
-        reused.id(),
-        &pooled_id,
-        "the driver reuses a session given back"
-    );
 
+    let mut later = store.start_session(&mut attempts).await.unwrap();
+    let later_id = later.id().clone();
+    used(&store, &mut later).await;
     store.park_session(reused);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let next = store.start_session(&mut attempts).await.unwrap();
-    assert_ne!(next.id(), &pooled_id, "a parked session is not reused");
-    drop(next);
+    drop(later);
+    let (taken, held) = take_until(&store, &later_id).await;
+    assert!(
+        !taken.contains(&pooled_id),
+        "a parked session is not reused: {taken:?}"
+    );
+    drop(held);
     store.shutdown().await;
 }
 

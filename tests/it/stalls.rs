@@ -47,7 +47,11 @@ fn settings_through_with(app: &TestApp, proxy: &WireProxy, extra: &[(&str, &str)
     Settings::load_with_env(None, Some(env)).expect("settings through the proxy")
 }
 
-async fn exporter_through(app: &TestApp, proxy: &WireProxy, extra: &[(&str, &str)]) -> Exporter {
+pub(crate) async fn exporter_through(
+    app: &TestApp,
+    proxy: &WireProxy,
+    extra: &[(&str, &str)],
+) -> Exporter {
     let settings = settings_through_with(app, proxy, extra);
     let store = Store::build(&settings)
         .await

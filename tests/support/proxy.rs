@@ -80,6 +80,9 @@ struct Shared {
     armed: Option<Armed>,
     fired: Option<(Instant, Request)>,
     fired_times: usize,
+    /// Requests kept as they pass, and which.
+    recording: Option<Matcher>,
+    recorded: Vec<Request>,
     connections: Vec<JoinHandle<()>>,
 }
 
@@ -188,6 +191,17 @@ impl WireProxy {
     /// When the armed fault first fired, and on which request.
     pub fn fired(&self) -> Option<(Instant, Request)> {
         self.lock().fired.clone()
+    }
+
+    /// Keeps every request `matches` accepts from now on (see
+    /// [`WireProxy::recorded`]), faults or not.
+    pub fn record(&self, matches: impl Fn(&Request) -> bool + Send + Sync + 'static) {
+        self.lock().recording = Some(Box::new(matches));
+    }
+
+    /// The requests kept since [`WireProxy::record`], in the order they came.
+    pub fn recorded(&self) -> Vec<Request> {
+        self.lock().recorded.clone()
     }
 
     /// How many requests the armed faults hit.
@@ -332,10 +346,14 @@ fn reset_all(state: &State) {
     }
 }
 
-/// The armed fault, if `message` is the request it waits for (disarming it).
+/// The armed fault, if `message` is the request it waits for (disarming
+/// it); the request kept first if it is recorded.
 fn fault_for(message: &[u8], state: &State) -> Option<Fault> {
     let request = decode(message)?;
     let mut shared = state.lock().unwrap_or_else(|e| e.into_inner());
+    if shared.recording.as_ref().is_some_and(|keep| keep(&request)) {
+        shared.recorded.push(request.clone());
+    }
     let armed = shared.armed.as_mut()?;
     if !(armed.matches)(&request) {
         return None;
