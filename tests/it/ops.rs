@@ -402,6 +402,74 @@ fn the_example_secret_has_the_name_and_keys_the_deployment_reads() {
     }
 }
 
+/// What the manifests and the unit promise about secrets, read from the
+/// files: no service links in the pod (`enableServiceLinks: false`), the
+/// URIs read from files of the mounted Secret (whose mode lets no other
+/// user write them), and under systemd from `LoadCredential=` files that
+/// `ESR_*__URI_FILE=%d/<name>` names.
+#[test]
+fn secrets_reach_the_daemon_as_files_on_kubernetes_and_under_systemd() {
+    let manifests = yaml("deploy/kubernetes/esr-exporter.yaml");
+    let deployment = manifests
+        .iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .expect("a Deployment");
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["enableServiceLinks"].as_bool(), Some(false));
+    let container = &pod["containers"][0];
+    let secret_volume = pod["volumes"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|v| !v["secret"].is_badvalue())
+        .expect("a Secret volume");
+    let mode = secret_volume["secret"]["defaultMode"]
+        .as_i64()
+        .expect("a defaultMode");
+    // Kubernetes reads YAML 1.1, where a leading 0 is octal (0440); this
+    // parser reads YAML 1.2 and sees the digits as decimal.
+    let mode = i64::from_str_radix(&mode.to_string(), 8).unwrap_or(mode);
+    assert_eq!(
+        mode & 0o022,
+        0,
+        "no other user writes the secret files: {mode:o}"
+    );
+    let name = secret_volume["name"].as_str().unwrap();
+    let mount = container["volumeMounts"]
+        .as_vec()
+        .unwrap()
+        .iter()
+        .find(|m| m["name"].as_str() == Some(name))
+        .and_then(|m| m["mountPath"].as_str())
+        .expect("the Secret mounted");
+    let env = container["env"].as_vec().unwrap();
+    let unit = std::fs::read_to_string(format!(
+        "{}/deploy/systemd/esr-exporter.service",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+    .unwrap();
+    for key in ["ESR_MONGODB__URI_FILE", "ESR_AMQP__URI_FILE"] {
+        let path = env
+            .iter()
+            .find(|e| e["name"].as_str() == Some(key))
+            .and_then(|e| e["value"].as_str())
+            .unwrap_or_else(|| panic!("{key} in the Deployment"));
+        assert!(
+            path.starts_with(&format!("{mount}/")),
+            "{key}={path} under {mount}"
+        );
+        let credential = unit
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("Environment={key}=%d/")))
+            .unwrap_or_else(|| panic!("{key} from a credential in the unit"));
+        assert!(
+            unit.lines()
+                .any(|l| l.starts_with(&format!("LoadCredential={credential}:"))),
+            "the unit loads the credential {credential}"
+        );
+    }
+}
+
 #[test]
 fn the_systemd_unit_passes_systemd_analyze_verify() {
     let unit = std::fs::read_to_string(format!(

@@ -377,3 +377,54 @@ async fn the_exporter_works_with_a_user_holding_only_readwrite_on_its_database()
         );
     }
 }
+
+/// An empty secret file (a Secret key left blank, a credential not yet
+/// written) is refused at start naming the key and the file, never taken
+/// as an empty URI.
+#[tokio::test]
+async fn an_empty_secret_file_is_refused_naming_the_key() {
+    let app = spawn_app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let empty = secret_file(dir.path(), "amqp-uri", "");
+    let mut env = app.env.clone();
+    env.remove("ESR_AMQP__URI");
+    env.insert("ESR_AMQP__URI_FILE".into(), empty.display().to_string());
+    for args in [&["check-config"][..], &["run"][..], &["trigger"][..]] {
+        let output = esr(&env, args).await;
+        let shown = text(&output);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {shown}");
+        let expected = format!("key `amqp.uri_file`: {} is empty", empty.display());
+        assert!(shown.contains(&expected), "{args:?}: {shown}");
+    }
+}
+
+/// Kubernetes puts `<SERVICE>_SERVICE_HOST`, `<SERVICE>_PORT` and the like
+/// into every pod of a namespace with a Service named `esr-exporter`
+/// (unless `enableServiceLinks: false`): through the binary, they are not
+/// taken for settings (`ESR_EXPORTER_PORT` is no `ESR_<SECTION>__<KEY>`).
+#[tokio::test]
+async fn kubernetes_service_link_variables_are_not_settings() {
+    let app = spawn_app().await;
+    let mut env = app.env.clone();
+    for (key, value) in [
+        ("ESR_EXPORTER_SERVICE_HOST", "10.0.0.7"),
+        ("ESR_EXPORTER_SERVICE_PORT", "8080"),
+        ("ESR_EXPORTER_PORT", "tcp://10.0.0.7:8080"),
+        ("ESR_EXPORTER_PORT_8080_TCP", "tcp://10.0.0.7:8080"),
+        ("ESR_EXPORTER_PORT_8080_TCP_ADDR", "10.0.0.7"),
+        ("ESR_EXPORTER_PORT_8080_TCP_PROTO", "tcp"),
+    ] {
+        env.insert(key.into(), value.into());
+    }
+    let output = esr(&env, &["check-config"]).await;
+    let shown = text(&output);
+    assert_eq!(output.status.code(), Some(0), "{shown}");
+    assert!(
+        !shown.contains("10.0.0.7"),
+        "no setting took a link's value: {shown}"
+    );
+    assert!(
+        shown.contains("http.listen = "),
+        "the settings were shown: {shown}"
+    );
+}
