@@ -46,6 +46,35 @@ async fn a_run_publishes_manifest_and_file_to_the_bucket_and_records_where() {
         !everything.contains("test-secret-never-printed"),
         "credentials leaked"
     );
+    assert_said_where_it_went(&app, &output, &bucket.destination(), &key, &url).await;
+}
+
+/// The log line of the publication names the destination and the key,
+/// and `status` the file's URL: an operator finds where a file went
+/// without reading the run document.
+async fn assert_said_where_it_went(
+    app: &crate::helpers::TestApp,
+    output: &std::process::Output,
+    destination: &str,
+    key: &str,
+    url: &str,
+) {
+    let said = stderr(output);
+    let published: serde_json::Value = said
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|l| l["message"] == "export file published")
+        .unwrap_or_else(|| panic!("no publication line: {said}"));
+    assert_eq!(published["destination"], destination, "{published}");
+    assert_eq!(published["key"], key, "{published}");
+    let status = run_binary(app, &["status", "--json"], &[]).await;
+    assert_eq!(status.status.code(), Some(0), "{}", stderr(&status));
+    let report: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let mer = report["deaneries"]
+        .as_array()
+        .and_then(|rows| rows.iter().find(|d| d["deanery"] == "MER"))
+        .unwrap_or_else(|| panic!("MER in {report}"));
+    assert_eq!(mer["lastRun"]["publishedTo"], url, "{mer}");
 }
 
 #[tokio::test]

@@ -118,3 +118,31 @@ async fn a_staging_folder_that_failed_once_recovers_with_the_next_run_to_a_bucke
     assert_eq!(metric(&metrics, "esr_output_folder_writable"), Some(1.0));
     daemon.kill().await.unwrap();
 }
+
+/// A store that does not answer one create within its bound: the attempt
+/// fails, the command's retry delivers the file, and the failure is
+/// counted by its kind, `esr_destination_failures_total{kind="timeout"}`.
+#[tokio::test]
+async fn a_destination_failure_is_counted_by_its_kind() {
+    let (app, bucket) = (spawn_app().await, TestBucket::create().await);
+    let ids = app.seed("MER", 12).await;
+    let proxy = S3Proxy::start(&s3_endpoint()).await;
+    let mut env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    env.push(("ESR_S3__REQUEST_TIMEOUT_MS".to_owned(), "1500".to_owned()));
+    let (mut daemon, addr) = ready_daemon(&app, &env).await;
+    let held = proxy.add(Rule::new("PUT", ".DAT", Action::HoldBefore).times(1));
+
+    app.publish_command("MER", Slot::Manual).await;
+    eventually("exported on a retry", Duration::from_secs(60), || async {
+        app.count(bson::doc! {"status": "EXPORTED"}).await == 12
+    })
+    .await;
+    assert!(held.matched() >= 1, "the first create was held");
+    assert_delivered_once(&app, &bucket, &ids).await;
+    let (_, metrics) = http_get(addr, "/metrics").await;
+    let timeouts = r#"esr_destination_failures_total{destination="s3",kind="timeout"}"#;
+    assert_eq!(metric(&metrics, timeouts), Some(1.0), "{metrics}");
+    let others = r#"esr_destination_failures_total{destination="s3",kind="permanent"}"#;
+    assert!(metric(&metrics, others).unwrap_or(0.0) == 0.0, "{metrics}");
+    daemon.kill().await.unwrap();
+}
