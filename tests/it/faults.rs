@@ -425,15 +425,77 @@ async fn a_clusters_transient_codes_are_retried_on_every_command() {
 /// 388 TransactionTooLargeForCache and 10334 BSONObjectTooLarge on the
 /// claim's write: the transaction runs again on half the chunk, as after
 /// a conflict, and the run completes.
+/// The `limit` of a `find`, if it has one.
+fn limit_of(request: &crate::proxy::Request) -> Option<i64> {
+    match request.body.get("limit") {
+        Some(Bson::Int32(n)) => Some(i64::from(*n)),
+        Some(Bson::Int64(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+/// An exporter that reaches MongoDB through a proxy recording the claim's
+/// reads: `find`s of waiting records with a limit above one (a limit of
+/// one is the run's look-up of its bound).
+async fn recording_claims(app: &TestApp) -> (WireProxy, Exporter) {
+    let proxy = WireProxy::start(&primary_host_port().await).await;
+    let records = app.settings.mongodb.records_collection.clone();
+    proxy.record(move |r| r.is("find", &records, "TO_EXPORT") && limit_of(r) > Some(1));
+    let exporter = exporter_through(app, &proxy, &[]).await;
+    (proxy, exporter)
+}
+
+/// The claim reads only what the file needs (DESIGN.md's detail fields,
+/// and the deanery), so a large field another service adds to a record
+/// never crosses the wire or fills a transaction.
+#[tokio::test]
+async fn the_claim_reads_only_the_fields_a_file_needs() {
+    let (app, ids) = seeded("EOE", 30, "ESR_EXPORT__CHUNK_SIZE=10").await;
+    let large = "x".repeat(200_000);
+    app.records()
+        .update_many(doc! {}, doc! {"$set": {"attachment": &large}})
+        .await
+        .unwrap();
+    let (proxy, exporter) = recording_claims(&app).await;
+    let summary = exporter.run(&deanery("EOE")).await;
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
+    app.assert_exported_once("EOE", &ids).await;
+
+    let claims = proxy.recorded();
+    assert!(claims.len() >= 3, "one read per chunk: {}", claims.len());
+    let contract = [
+        "_id",
+        "deanery",
+        "positionNumber",
+        "gmcNumber",
+        "title",
+        "lastName",
+        "firstName",
+        "dateOfBirth",
+        "gender",
+        "niNumber",
+        "emailAddress",
+        "placementStartDate",
+        "placementEndDate",
+        "gradeAbbreviation",
+        "specialty",
+        "wte",
+    ];
+    for claim in claims {
+        let projection = claim.body.get_document("projection").expect("a projection");
+        let mut read: Vec<&str> = projection.keys().map(String::as_str).collect();
+        read.sort_unstable();
+        let mut expected = contract.to_vec();
+        expected.sort_unstable();
+        assert_eq!(read, expected, "{projection}");
+    }
+}
+
 #[tokio::test]
 async fn a_transaction_too_large_for_the_server_is_claimed_again_in_halves() {
     for code in [388, 10334] {
         let (app, ids) = seeded("EOE", 300, "ESR_EXPORT__CHUNK_SIZE=100").await;
-        let proxy = WireProxy::start(&primary_host_port().await).await;
-        let records = app.settings.mongodb.records_collection.clone();
-        // The claim's reads: `find`s of waiting records with a limit.
-        proxy.record(move |r| r.is("find", &records, "TO_EXPORT") && r.body.contains_key("limit"));
-        let exporter = exporter_through(&app, &proxy, &[]).await;
+        let (proxy, exporter) = recording_claims(&app).await;
         let data = doc! {"failCommands": ["update"], "errorCode": code};
         let guard = app.arm_failpoint(data, 2).await;
         let summary = exporter.run(&deanery("EOE")).await;
@@ -446,21 +508,11 @@ async fn a_transaction_too_large_for_the_server_is_claimed_again_in_halves() {
             "{code}: {summary:?}"
         );
         app.assert_exported_once("EOE", &ids).await;
-        let limits: Vec<i64> = proxy
-            .recorded()
-            .iter()
-            .filter_map(|r| match r.body.get("limit") {
-                Some(Bson::Int32(n)) => Some(i64::from(*n)),
-                Some(Bson::Int64(n)) => Some(*n),
-                _ => None,
-            })
-            .collect();
+        let claims: Vec<i64> = proxy.recorded().iter().filter_map(limit_of).collect();
         // The first claim failed twice before it read (its first update,
         // the lease's renewal, failed): its third try reads a quarter of
         // the chunk, where a plain retry would read all 100 again. The next
         // claim asks for what got through, then an eighth more each time.
-        // (Reads of one document are the run's own look-ups.)
-        let claims: Vec<i64> = limits.into_iter().filter(|n| *n > 1).collect();
         assert_eq!(
             claims.get(..3),
             Some(&[25, 25, 37][..]),
