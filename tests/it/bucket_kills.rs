@@ -10,7 +10,7 @@ use std::time::Duration;
 use bson::oid::ObjectId;
 
 use crate::bucket_support::{assert_delivered_once, bucket_env, pairs, s3_endpoint, TestBucket};
-use crate::helpers::{binary, run_binary, spawn_app, TestApp};
+use crate::helpers::{assert_refused_over, binary, run_binary, spawn_app, TestApp};
 use crate::s3proxy::{Action, Rule, S3Proxy};
 
 /// Records big enough for a file of more than one 5 MiB part.
@@ -144,4 +144,36 @@ async fn killed_after_the_multipart_copy_the_file_is_kept_and_its_temporary_remo
     multipart_env(&mut extra);
     finish_elsewhere(&app, &bucket, &extra).await;
     assert_delivered_once(&app, &bucket, &ids).await;
+}
+
+/// Killed after the file was created, before its publication was
+/// recorded; then the object under its name is replaced by other bytes:
+/// the next run finds what it did not publish and refuses, naming the
+/// file at ERROR, and marks nothing. It never writes over the name.
+#[tokio::test]
+async fn killed_after_the_file_then_other_bytes_under_its_name_the_resume_refuses() {
+    let (app, bucket, proxy, _) = setup(30).await;
+    let rule = proxy.add(Rule::new("PUT", ".DAT", Action::HoldAfter));
+    let env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    kill_at(&app, &env, &rule, || async {
+        !bucket.dat_keys().await.is_empty()
+    })
+    .await;
+    let dat = bucket.dat_keys().await.remove(0);
+    bucket.put(&dat, b"someone else's bytes").await;
+
+    app.until_leases_lapse().await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut env = bucket_env(&bucket.destination(), &s3_endpoint());
+    let folder = elsewhere.path().display().to_string();
+    env.push(("ESR_EXPORT__OUTPUT_DIR".to_owned(), folder));
+    let output = run_binary(&app, &["export", "--deanery", "MER"], &pairs(&env)).await;
+    let name = dat.rsplit('/').next().unwrap();
+    assert_refused_over(&app, &output, name).await;
+    assert_eq!(output.status.code(), Some(1));
+    assert_eq!(
+        bucket.objects().await[&dat],
+        b"someone else's bytes",
+        "the name is never written over"
+    );
 }

@@ -13,7 +13,9 @@ use bson::oid::ObjectId;
 use crate::bucket_support::assert_delivered_once;
 use crate::bucket_support::pairs;
 use crate::bucket_support::stderr;
-use crate::helpers::{binary, primary_host_port, run_binary, spawn_app, TestApp};
+use crate::helpers::{
+    assert_refused_over, binary, primary_host_port, run_binary, spawn_app, TestApp,
+};
 use crate::proxy::{Fault, WireProxy};
 use crate::sshd::TestSshd;
 
@@ -145,4 +147,45 @@ async fn sshd_killed_mid_upload_and_restarted_the_run_reconnects_and_delivers_on
         stderr(&output)
     );
     assert_delivered_once(&app, &sshd, &ids).await;
+}
+
+/// Killed after the rename, before the publication was recorded; then
+/// the file under its name is replaced by other bytes: the next run finds
+/// what it did not publish and refuses, naming the file at ERROR, and
+/// marks nothing. The file stays as the other writer left it.
+#[tokio::test]
+async fn killed_after_the_rename_then_other_bytes_under_its_name_the_resume_refuses() {
+    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+    app.seed("MER", 500).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
+    proxy.arm(Fault::BlackHole, |r| {
+        r.is("update", "exportRuns", "publication")
+    });
+    let mut env = env_of(&sshd);
+    env.push((
+        "ESR_MONGODB__URI".to_owned(),
+        format!("{}&appName={}", proxy.uri(), app.app_name),
+    ));
+    let mut child = binary(&app, &["export", "--deanery", "MER"], &pairs(&env))
+        .spawn()
+        .unwrap();
+    until("the publication's write held", || proxy.fired().is_some()).await;
+    child.kill().await.unwrap();
+    let name = sshd
+        .files()
+        .into_iter()
+        .find(|n| n.ends_with(".DAT"))
+        .expect("renamed before the write");
+    std::fs::write(sshd.inbox.join(&name), b"someone else's bytes").unwrap();
+
+    app.until_leases_lapse().await;
+    let elsewhere = tempfile::tempdir().unwrap();
+    let mut env = env_of(&sshd);
+    let folder = elsewhere.path().display().to_string();
+    env.push(("ESR_EXPORT__OUTPUT_DIR".to_owned(), folder));
+    let output = run_binary(&app, &["export", "--deanery", "MER"], &pairs(&env)).await;
+    assert_refused_over(&app, &output, &name).await;
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let kept = std::fs::read(sshd.inbox.join(&name)).unwrap();
+    assert_eq!(kept, b"someone else's bytes", "never written over");
 }
