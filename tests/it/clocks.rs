@@ -12,7 +12,9 @@ use esr_exporter::domain::Slot;
 use futures_util::TryStreamExt;
 use tokio::io::AsyncReadExt;
 
-use crate::helpers::{binary, eventually, http_get, metric, spawn_app, spawn_app_with, TestApp};
+use crate::helpers::{
+    binary, eventually, free_port, http_get, metric, spawn_app, spawn_app_with, TestApp, Watched,
+};
 
 const WATCH: Duration = Duration::from_secs(30);
 
@@ -225,5 +227,105 @@ async fn replicas_with_different_schedules_say_so_and_command_the_deaneries_eith
         line.contains("schedule.timezone: here UTC, there Europe/London"),
         "{line}"
     );
+    app.delete_broker_topology().await;
+}
+
+/// `command`, run as on another host: in a UTS namespace of its own whose
+/// host name is `host` (replicas are told apart by host name), through a
+/// shell that `exec`s it.
+fn on_host(command: tokio::process::Command, host: &str) -> tokio::process::Command {
+    let std = command.as_std();
+    let mut other = tokio::process::Command::new("unshare");
+    other
+        .args(["--uts", "sh", "-c", r#"hostname "$0" && exec "$@""#, host])
+        .arg(std.get_program())
+        .args(std.get_args())
+        .env_clear()
+        .envs(std.get_envs().filter_map(|(k, v)| Some((k, v?))))
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    other
+}
+
+/// A second real daemon, on another host (its own UTS namespace) whose
+/// clock runs two minutes ahead (libfaketime) and whose schedule differs:
+/// it reads both from the running replica and says them in its metrics,
+/// `esr_clock_skew_seconds` and `esr_schedule_settings_differ`; at a clean
+/// stop it withdraws its schedule record.
+#[tokio::test]
+async fn a_second_real_replica_reports_its_clock_skew_and_the_differing_schedule() {
+    let app = spawn_app().await;
+    let settings = app.db.collection::<Document>("scheduleSlots");
+    let (port_a, port_b) = (free_port(), free_port());
+    let (listen_a, listen_b) = (format!("127.0.0.1:{port_a}"), format!("127.0.0.1:{port_b}"));
+    let a_env = [
+        ("ESR_SCHEDULE__ENABLED", "true"),
+        ("ESR_SCHEDULE__DEANERIES", "MER"),
+        ("ESR_HTTP__LISTEN", listen_a.as_str()),
+    ];
+    let mut a = binary(&app, &["run"], &a_env).spawn().unwrap();
+    let own = format!(
+        "schedule/replica/{}",
+        std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .unwrap()
+            .trim()
+    );
+    eventually("the first replica's record", WATCH, || async {
+        settings.count_documents(doc! {"_id": &own}).await.unwrap() == 1
+    })
+    .await;
+
+    let b_env = [
+        ("ESR_SCHEDULE__ENABLED", "true"),
+        ("ESR_SCHEDULE__TIMEZONE", "Europe/London"),
+        ("ESR_SCHEDULE__DEANERIES", "EOE"),
+        ("ESR_HTTP__LISTEN", listen_b.as_str()),
+        ("LD_PRELOAD", &libfaketime()),
+        ("FAKETIME", "+120s"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+    ];
+    let b = Watched::spawn(on_host(binary(&app, &["run"], &b_env), "esr-replica-b"));
+    let addr_b = listen_b.parse().unwrap();
+    eventually("the second replica's view", WATCH, || async {
+        if tokio::net::TcpStream::connect(addr_b).await.is_err() {
+            return false;
+        }
+        let shown = http_get(addr_b, "/metrics").await.1;
+        metric(&shown, "esr_schedule_settings_differ") == Some(1.0)
+            && metric(&shown, "esr_clock_skew_seconds").is_some()
+    })
+    .await;
+    let shown = http_get(addr_b, "/metrics").await.1;
+    let skew = metric(&shown, "esr_clock_skew_seconds").unwrap();
+    assert!((100.0..140.0).contains(&skew), "two minutes ahead: {skew}");
+    let withdrawn = doc! {"_id": "schedule/replica/esr-replica-b"};
+    assert_eq!(
+        settings.count_documents(withdrawn.clone()).await.unwrap(),
+        1
+    );
+
+    let (status, log) = b.terminate().await;
+    assert!(status.success(), "{status:?}\n{log}");
+    let differ = log
+        .lines()
+        .find(|l| l.contains("schedule settings differ between replicas"))
+        .unwrap_or_else(|| panic!("no ERROR about the settings: {log}"));
+    assert!(
+        differ.contains(&own["schedule/replica/".len()..]),
+        "names the other: {differ}"
+    );
+    assert!(
+        differ.contains("schedule.timezone: here Europe/London, there UTC"),
+        "{differ}"
+    );
+    assert_eq!(
+        settings.count_documents(withdrawn).await.unwrap(),
+        0,
+        "withdrawn at its clean stop"
+    );
+    a.kill().await.unwrap();
     app.delete_broker_topology().await;
 }
