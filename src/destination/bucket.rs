@@ -12,7 +12,9 @@ use futures_util::StreamExt;
 use object_store::aws::S3CopyIfNotExists;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::path::Path;
-use object_store::{ClientConfigKey, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
+use object_store::{
+    ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
 use sha2::{Digest, Sha256};
 
 use super::error::{DestinationError, FailureKind};
@@ -50,11 +52,18 @@ impl Bucket {
             prefix: prefix.to_owned(),
         }
         .to_string();
+        // The client's TLS (rustls through reqwest) takes the process's
+        // default crypto provider: ring, the one rustls is built with here.
+        // Installed once; a second call finds it there.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = |key| AmazonS3ConfigKey::Client(key);
         let store = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
             .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
+            // One DeleteObject per name, as before 0.13: not the bulk
+            // DeleteObjects POST, which some S3-compatible servers lack.
+            .with_disable_bulk_delete(true)
             // Our own policy retries, bounded and logged; the client's is off.
             .with_retry(RetryConfig {
                 max_retries: 0,
