@@ -12,9 +12,12 @@ use futures_util::StreamExt;
 use object_store::aws::S3CopyIfNotExists;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::path::Path;
-use object_store::{ClientConfigKey, ObjectStore, PutMode, PutOptions, PutPayload, RetryConfig};
+use object_store::{
+    ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+};
 use sha2::{Digest, Sha256};
 
+use super::credentials::CredentialSource;
 use super::error::{DestinationError, FailureKind};
 use super::retry::RequestPolicy;
 use super::Found;
@@ -30,6 +33,7 @@ pub(super) const TEMP_DIR: &str = ".esr-exporter-tmp";
 #[derive(Debug, Clone)]
 pub struct Bucket {
     store: Arc<AmazonS3>,
+    credentials: CredentialSource,
     prefix: String,
     url: String,
     policy: RequestPolicy,
@@ -50,11 +54,18 @@ impl Bucket {
             prefix: prefix.to_owned(),
         }
         .to_string();
+        // The client's TLS (rustls through reqwest) takes the process's
+        // default crypto provider: ring, the one rustls is built with here.
+        // Installed once; a second call finds it there.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let client = |key| AmazonS3ConfigKey::Client(key);
-        let store = AmazonS3Builder::from_env()
+        let builder = AmazonS3Builder::from_env()
             .with_bucket_name(bucket)
             .with_conditional_put(S3ConditionalPut::ETagMatch)
             .with_copy_if_not_exists(S3CopyIfNotExists::Multipart)
+            // One DeleteObject per name, as before 0.13: not the bulk
+            // DeleteObjects POST, which some S3-compatible servers lack.
+            .with_disable_bulk_delete(true)
             // Our own policy retries, bounded and logged; the client's is off.
             .with_retry(RetryConfig {
                 max_retries: 0,
@@ -69,11 +80,14 @@ impl Bucket {
             .with_config(
                 client(ClientConfigKey::ConnectTimeout),
                 format!("{}ms", s3.connect_timeout_ms),
-            )
+            );
+        let credentials = CredentialSource::of(&builder);
+        let store = builder
             .build()
             .map_err(|err| DestinationError::from_store(&url, "configure", "", &err))?;
         Ok(Self {
             store: Arc::new(store),
+            credentials,
             prefix: prefix.to_owned(),
             url,
             policy: RequestPolicy::from_settings(s3),
@@ -100,6 +114,8 @@ impl Bucket {
         DestinationError::from_store(&self.url, op, &self.key(name), err)
     }
 
+    /// Runs one operation under the request policy, once credentials are
+    /// at hand: a request that cannot be signed is not retried.
     async fn request<T, F, Fut>(
         &self,
         op: &'static str,
@@ -111,10 +127,54 @@ impl Bucket {
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, DestinationError>>,
     {
+        self.credentials(op, name).await?;
         let key = self.key(name);
         self.policy
             .run((&self.url, op, &key), bound, try_once)
             .await
+    }
+
+    /// Fetches the credentials the environment points at (the client
+    /// caches them until shortly before they expire, so this costs a
+    /// request only when they are due), in one try bounded by
+    /// `s3.request_timeout_ms`. Nothing is sent to the bucket.
+    ///
+    /// # Errors
+    /// [`FailureKind::Transient`] naming where the client looked (a role
+    /// may yet be attached, a metadata service come back: the daemon waits
+    /// for it at start, a run's attempt is retried later), or
+    /// [`FailureKind::Timeout`].
+    pub(crate) async fn credentials(
+        &self,
+        op: &'static str,
+        name: &str,
+    ) -> Result<(), DestinationError> {
+        if !self.credentials.signs() {
+            return Ok(());
+        }
+        let bound = self.policy.timeout;
+        let fetched = tokio::time::timeout(bound, self.store.credentials().get_credential()).await;
+        let (kind, cause) = match fetched {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err(err)) => (
+                FailureKind::Transient,
+                crate::report::Chain(&err).to_string(),
+            ),
+            Err(_) => (
+                FailureKind::Timeout,
+                format!(
+                    "no answer within {} ms (s3.request_timeout_ms)",
+                    bound.as_millis()
+                ),
+            ),
+        };
+        Err(DestinationError::new(
+            kind,
+            &self.url,
+            op,
+            &self.key(name),
+            self.credentials.failure(&cause),
+        ))
     }
 
     /// One look at the bucket, no retry: a HEAD of a name that is never
@@ -125,6 +185,7 @@ impl Bucket {
     /// What that look met.
     pub async fn check(&self) -> Result<(), DestinationError> {
         let name = ".esr-exporter-readiness";
+        self.credentials("check", name).await?;
         match self.store.head(&self.path(name)).await {
             Ok(_) | Err(object_store::Error::NotFound { .. }) => Ok(()),
             Err(err) => Err(self.fail("check", name, &err)),

@@ -130,7 +130,7 @@ pub(crate) fn classify(err: &object_store::Error) -> FailureKind {
         E::PermissionDenied { .. } | E::Unauthenticated { .. } | E::NotFound { .. } => {
             FailureKind::Permanent
         }
-        E::NotSupported { .. } | E::NotImplemented | E::UnknownConfigurationKey { .. } => {
+        E::NotSupported { .. } | E::NotImplemented { .. } | E::UnknownConfigurationKey { .. } => {
             FailureKind::Permanent
         }
         E::InvalidPath { .. } => FailureKind::Permanent,

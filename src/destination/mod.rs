@@ -8,6 +8,7 @@
 //! publication (hard link, never over a file) stays in `export::file`.
 
 mod bucket;
+mod credentials;
 mod error;
 pub(crate) mod metrics;
 mod multipart;

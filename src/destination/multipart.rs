@@ -5,7 +5,7 @@
 use std::path::Path as LocalPath;
 
 use object_store::path::Path;
-use object_store::{ObjectStore, WriteMultipart};
+use object_store::{ObjectStore, ObjectStoreExt, WriteMultipart};
 use tokio::io::AsyncReadExt;
 
 /// Read buffer; parts are assembled from these.

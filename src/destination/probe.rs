@@ -16,6 +16,9 @@ use super::error::{DestinationError, FailureKind};
 /// [`FailureKind::Permanent`] when the store accepted a second create;
 /// otherwise the failure met (403, missing bucket, timeout, ...).
 pub(crate) async fn probe(bucket: &Bucket) -> Result<(), DestinationError> {
+    // Without credentials nothing can be created, nor cleaned up: say so
+    // once, before anything is tried.
+    bucket.credentials("probe", super::bucket::TEMP_DIR).await?;
     let name = format!(
         "{}/.esr-exporter-probe-{}",
         super::bucket::TEMP_DIR,

@@ -2,7 +2,7 @@
 //! delivered once (also by two replicas on one bucket), the publication
 //! recorded, foreign objects refused, a store that ignores the condition
 //! refused at start, and the store's faults: a black hole, 503, 403, a
-//! missing bucket.
+//! missing bucket, no credentials to be had.
 
 use std::time::{Duration, Instant};
 
@@ -255,4 +255,47 @@ async fn slow_down_503_429_and_409_conflict_answers_are_retried_and_logged() {
         .count();
     assert_eq!(retries, answers.len(), "{}", stderr(&output));
     assert_delivered_once(&app, &bucket, &ids).await;
+}
+
+#[tokio::test]
+async fn without_credentials_the_probe_says_where_it_looked_at_once_and_sends_nothing() {
+    let (app, bucket) = (spawn_app().await, TestBucket::create().await);
+    app.seed("MER", 5).await;
+    // No keys, no web identity, no container credentials: the client asks
+    // the instance metadata service, here a closed loopback port.
+    let destination = bucket.destination();
+    let endpoint = s3_endpoint();
+    let env = [
+        ("ESR_EXPORT__DESTINATION", destination.as_str()),
+        ("AWS_ENDPOINT_URL", endpoint.as_str()),
+        ("AWS_ALLOW_HTTP", "true"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_METADATA_ENDPOINT", "http://127.0.0.1:1"),
+    ];
+    for (args, code) in [
+        (&["check-config"][..], 2),
+        (&["export", "--deanery", "MER"][..], 1),
+    ] {
+        let started = Instant::now();
+        let output = run_binary(&app, args, &env).await;
+        let took = started.elapsed();
+        let said = stderr(&output);
+        assert_eq!(output.status.code(), Some(code), "{args:?}: {said}");
+        for part in [
+            "could not obtain AWS credentials",
+            "AWS_ACCESS_KEY_ID",
+            "AWS_WEB_IDENTITY_TOKEN_FILE",
+            "instance metadata service at http://127.0.0.1:1",
+            destination.as_str(),
+        ] {
+            assert!(said.contains(part), "{args:?} names {part}: {said}");
+        }
+        assert!(
+            !said.contains("permissions") && !said.contains("retrying"),
+            "{args:?}: neither blamed on permissions nor retried: {said}"
+        );
+        assert!(took < Duration::from_secs(5), "{args:?} at once: {took:?}");
+    }
+    assert!(bucket.objects().await.is_empty(), "nothing sent");
+    assert_eq!(app.count(doc! {"status": "TO_EXPORT"}).await, 5);
 }

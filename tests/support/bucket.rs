@@ -11,7 +11,7 @@ use std::time::Duration;
 use futures_util::TryStreamExt;
 use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path;
-use object_store::ObjectStore;
+use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 
 use crate::env_support::{env_line, s3_env};
@@ -40,6 +40,8 @@ impl TestBucket {
         );
         let status = raw_request(&s3_endpoint(), "PUT", &format!("/{name}")).await;
         assert_eq!(status, 200, "create bucket {name}");
+        // rustls through reqwest takes the process's default provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let store = AmazonS3Builder::new()
             .with_endpoint(s3_endpoint())
             .with_allow_http(true)
