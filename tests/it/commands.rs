@@ -8,7 +8,9 @@ use bson::oid::ObjectId;
 use chrono::{Timelike, Utc};
 use esr_exporter::domain::Slot;
 
-use crate::helpers::{eventually, seeded, spawn_app_with, unique_deanery, TestApp};
+use crate::helpers::{
+    binary, eventually, seeded, spawn_app_with, unique_deanery, TestApp, Watched,
+};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -231,11 +233,18 @@ async fn a_missed_slot_is_caught_up_once_on_start() {
     daemon.stop().await;
     app.assert_exported_once("SEV", &ids).await;
 
-    // Started again: the slot is already fired, so nothing new is published.
+    // Started again: the slot is already fired, so nothing new is
+    // published. Asserted once the scheduler has looked at that slot and
+    // moved on to wait for the next one.
     app.seed("SEV", 4).await;
-    let daemon = app.spawn_daemon().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    daemon.stop().await;
+    let daemon = Watched::spawn(binary(&app, &["run"], &[]));
+    daemon.until_said("waiting for the next slot", WAIT).await;
+    let (status, said) = daemon.terminate().await;
+    assert!(status.success(), "{said}");
+    assert!(
+        said.contains("checking the latest slot for catch-up"),
+        "{said}"
+    );
     assert_eq!(
         app.count(doc! {"deanery": "SEV", "status": "TO_EXPORT"})
             .await,

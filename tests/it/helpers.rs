@@ -731,10 +731,11 @@ pub fn output_text(output: &std::process::Output) -> String {
 }
 
 /// A child process whose standard error is read as it comes (a full pipe
-/// would stall it).
+/// would stall it), so a test can wait for a line it says.
 pub struct Watched {
     pub child: tokio::process::Child,
-    stderr: tokio::task::JoinHandle<String>,
+    said: std::sync::Arc<std::sync::Mutex<String>>,
+    stderr: tokio::task::JoinHandle<()>,
 }
 
 impl Watched {
@@ -743,12 +744,31 @@ impl Watched {
         use tokio::io::AsyncReadExt;
         let mut child = command.spawn().unwrap();
         let mut pipe = child.stderr.take().expect("stderr piped");
+        let said = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let kept = said.clone();
         let stderr = tokio::spawn(async move {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text).await;
-            text
+            let mut chunk = vec![0u8; 8192];
+            while let Ok(n @ 1..) = pipe.read(&mut chunk).await {
+                let text = String::from_utf8_lossy(&chunk[..n]).into_owned();
+                kept.lock().unwrap().push_str(&text);
+            }
         });
-        Self { child, stderr }
+        Self {
+            child,
+            said,
+            stderr,
+        }
+    }
+
+    /// What it wrote to stderr so far.
+    pub fn said(&self) -> String {
+        self.said.lock().unwrap().clone()
+    }
+
+    /// Waits up to `within` until it has written `text` to stderr.
+    pub async fn until_said(&self, text: &str, within: Duration) {
+        let what = format!("the daemon saying {text:?}");
+        eventually(&what, within, || async { self.said().contains(text) }).await;
     }
 
     /// SIGTERM, then the exit status and all it wrote to stderr.
@@ -762,6 +782,9 @@ impl Watched {
             .await
             .expect("exits after SIGTERM")
             .unwrap();
-        (status, self.stderr.await.unwrap())
+        let said = self.said.clone();
+        self.stderr.await.unwrap();
+        let all = said.lock().unwrap().clone();
+        (status, all)
     }
 }
