@@ -9,9 +9,10 @@ use esr_exporter::domain::Slot;
 use esr_exporter::store::{Attempts, Store};
 
 use crate::helpers::{
-    assert_detached_while_the_export_runs, binary, eventually, spawn_app, spawn_app_with,
-    unique_deanery, TestApp, Watched,
+    assert_detached_while_the_export_runs, binary, eventually, primary_host_port, spawn_app,
+    spawn_app_with, unique_deanery, TestApp, Watched,
 };
+use crate::proxy::WireProxy;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -219,5 +220,43 @@ async fn a_sigterm_mid_run_is_an_interruption_not_a_failure() {
         stderr.contains("export run interrupted by shutdown at a safe point"),
         "{stderr}"
     );
+    app.delete_broker_topology().await;
+}
+
+/// At exit the daemon shuts its MongoDB client down (`Client::shutdown`):
+/// the server hears `endSessions` for the sessions it used, instead of
+/// keeping them until they time out. Seen through a recording proxy, after
+/// a run that used sessions.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_exit_the_daemon_ends_its_server_sessions() {
+    let app = spawn_app().await;
+    let code = unique_deanery();
+    app.seed(&code, 20).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
+    proxy.record(|r| r.command == "endSessions");
+    let uri = format!("{}&appName={}", proxy.uri(), app.app_name);
+    let daemon = Watched::spawn(binary(&app, &["run"], &[("ESR_MONGODB__URI", &uri)]));
+    app.publish_command(&code, Slot::Manual).await;
+    eventually("exported", Duration::from_secs(60), || async {
+        app.count(doc! {"deanery": &code, "status": "EXPORTED"})
+            .await
+            == 20
+    })
+    .await;
+    assert!(
+        proxy.recorded().is_empty(),
+        "no session ended while running"
+    );
+
+    let (status, said) = daemon.terminate().await;
+    assert!(status.success(), "{said}");
+    let ended = proxy.recorded();
+    assert_eq!(ended.len(), 1, "one endSessions at exit: {ended:?}");
+    let ids = ended[0]
+        .body
+        .get_array("endSessions")
+        .map(Vec::len)
+        .unwrap_or(0);
+    assert!(ids >= 1, "the sessions it used: {:?}", ended[0].body);
     app.delete_broker_topology().await;
 }
