@@ -4,7 +4,8 @@
 
 use serde_json::Value;
 
-use crate::helpers::{run_binary as run, spawn_app};
+use crate::helpers::{primary_host_port, run_binary as run, spawn_app};
+use crate::proxy::{Fault, WireProxy};
 
 #[tokio::test]
 async fn json_lines_inside_a_run_carry_its_deanery_and_run_id_once() {
@@ -49,4 +50,60 @@ async fn json_lines_inside_a_run_carry_its_deanery_and_run_id_once() {
             "{line}"
         );
     }
+}
+
+/// A failed attempt whose error cannot be recorded on its run document
+/// (every write of it loses its connection) says so at WARN with the
+/// cause, after the attempt's own ERROR; the run keeps no error.
+#[tokio::test]
+async fn an_error_that_cannot_be_recorded_on_its_run_is_logged() {
+    let app = spawn_app().await;
+    app.seed("MER", 3).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
+    proxy.arm_times(Fault::Reset, 100, |r| {
+        r.is("update", "exportRuns", "lastError")
+    });
+    let uri = format!("{}&appName={}", proxy.uri(), app.app_name);
+    // The staging folder is a file: the attempt fails after its run began.
+    let dir = tempfile::tempdir().unwrap();
+    let not_a_folder = dir.path().join("exports");
+    std::fs::write(&not_a_folder, b"in the way").unwrap();
+    let folder = not_a_folder.display().to_string();
+    let env = [
+        ("ESR_MONGODB__URI", uri.as_str()),
+        ("ESR_EXPORT__OUTPUT_DIR", folder.as_str()),
+        ("ESR_RETRY__MAX_ATTEMPTS", "3"),
+    ];
+
+    let output = run(&app, &["export", "--deanery", "MER"], &env).await;
+
+    let stderr = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(proxy.fired_times() >= 1, "the error's write was reached");
+    let lines: Vec<Value> = stderr
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let failed = lines
+        .iter()
+        .position(|l| l["message"] == "export run failed; the next attempt resumes it")
+        .unwrap_or_else(|| panic!("the attempt's ERROR: {stderr}"));
+    let warned = lines
+        .iter()
+        .position(|l| {
+            l["level"] == "WARN"
+                && l["message"]
+                    == "the failed attempt's error could not be recorded on its run document"
+        })
+        .unwrap_or_else(|| panic!("the WARN: {stderr}"));
+    assert!(failed < warned, "{stderr}");
+    assert!(lines[warned]["error"]
+        .as_str()
+        .is_some_and(|e| !e.is_empty()));
+    let run = app
+        .run_doc(bson::doc! {"deanery": "MER"})
+        .await
+        .expect("the run");
+    let recorded = run.get("lastError");
+    assert!(matches!(recorded, None | Some(bson::Bson::Null)), "{run}");
 }
