@@ -3,24 +3,30 @@
 //! is the short run `scripts/test` and CI do).
 //!
 //! Each round seeds records for a few deaneries, starts `esr-exporter run`,
-//! publishes a command per deanery, injects one fault at a random moment
-//! (SIGKILL of the daemon, its RabbitMQ connections closed, a MongoDB
-//! failpoint: write conflicts, unknown commit results, step-down codes, closed
-//! connections; or, through a wire-protocol proxy, a black hole of 1-4 s or
-//! a write applied whose reply is lost), restarts what was stopped, waits for completion, and checks:
-//! every seeded record `EXPORTED` exactly once; each record id in exactly
-//! one `.DAT` file, one file per deanery; trailer counts and manifest
-//! hashes match; no temporary files; nothing dead-lettered (every command
-//! was valid). Prints a table and exits non-zero on any violation.
+//! publishes a command per deanery, injects one fault at a random moment,
+//! restarts what was stopped, waits for completion, and checks: every
+//! seeded record `EXPORTED` exactly once; each record id in exactly one
+//! `.DAT` file, one file per deanery; trailer counts and manifest hashes
+//! match; no temporary files; nothing dead-lettered (every command was
+//! valid).
 //!
-//! Every third round publishes to a bucket (moto, `scripts/services`)
-//! instead of the folder, and every third to an SFTP server (OpenSSH's
-//! `sshd`, one per round). Half of the bucket rounds kill the daemon at the
-//! `.DAT`'s create, held by an HTTP proxy before the request or after it
-//! applied; half of the SFTP rounds kill the daemon during the `.DAT`'s
-//! upload, or kill `sshd` with its sessions and start it again.
+//! A run first meets every fault kind ([`Kind::ALL`]) once, in an order
+//! and on targets drawn from the seed: kills at a `.DAT`'s create on a
+//! bucket (moto, `scripts/services`), kills during an upload and of `sshd`
+//! on an SFTP server (OpenSSH's `sshd`, one per round), every other kind
+//! spread over the folder, a bucket and an SFTP server. Then `--rounds N`
+//! rounds of a random kind on a random target (20; 3 with `--quick`).
+//!
+//! A fault must be hit to count: a proxy's fault fired on a request, a kill
+//! at publication or upload found the request or the upload under way, a
+//! failpoint failed at least one of the daemon's commands, a black hole or
+//! an `sshd` kill came while records were still to export, AMQP
+//! connections were there to close. A round whose fault was not hit is
+//! drawn again with an earlier moment, up to three tries, and is otherwise
+//! reported as not run. The run prints a table, the kinds it covered, and
+//! exits non-zero when a round violated a guarantee or was not run.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -31,7 +37,8 @@ use clap::Parser;
 use esr_exporter::config::Settings;
 use esr_exporter::domain::{Deanery, GenerationCommand, Slot};
 use futures_util::TryStreamExt;
-use mongodb::Client;
+use mongodb::options::ClientOptions;
+use mongodb::{Client, Collection};
 use tokio::process::{Child, Command};
 
 #[path = "support/bucket.rs"]
@@ -56,10 +63,12 @@ use mongo_support::base_uri;
 
 #[derive(Debug, Parser)]
 struct Args {
-    /// Rounds to run.
-    #[arg(long, default_value_t = 20)]
-    rounds: usize,
-    /// Short run for CI: 6 rounds of smaller data.
+    /// Random rounds after every kind was met once (default 20; 3 with
+    /// `--quick`).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Short run for CI: every kind once, then 3 random rounds, of smaller
+    /// data.
     #[arg(long)]
     quick: bool,
     /// Random seed (printed, to replay a run).
@@ -70,10 +79,24 @@ struct Args {
     nocapture: bool,
 }
 
+/// Tries of a round whose fault was not hit, each at an earlier moment.
+const TRIES: u32 = 3;
+
 /// xorshift64*: enough randomness for choosing faults, reproducible by seed.
 struct Rng(u64);
 
 impl Rng {
+    /// The generator of one try of one round: the same for a seed whatever
+    /// the rounds before it did (a try more or less, a fault hit or not).
+    fn of(seed: u64, round: usize, attempt: u32) -> Self {
+        // splitmix64 of the three, so neighbouring rounds start apart.
+        let mut z = seed
+            ^ (round as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            ^ u64::from(attempt).wrapping_mul(0xD1B5_4A32_D192_ED03);
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        Self((z ^ (z >> 31)) | 1)
+    }
     fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
@@ -82,6 +105,142 @@ impl Rng {
     }
     fn below(&mut self, n: u64) -> u64 {
         self.next() % n.max(1)
+    }
+    /// A coin from the high bits: the generator's lowest bit alternates
+    /// too regularly.
+    fn coin(&mut self) -> bool {
+        (self.next() >> 40) & 1 == 0
+    }
+    fn shuffle<T>(&mut self, items: &mut [T]) {
+        for i in (1..items.len()).rev() {
+            items.swap(i, self.below(i as u64 + 1) as usize);
+        }
+    }
+}
+
+/// A kind of fault: what a run must meet at least once. Each [`Fault`] is
+/// of one kind ([`Fault::kind`]); each kind draws its faults
+/// ([`Kind::draw`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    KillDaemon,
+    CloseBrokerConnections,
+    BlackHole,
+    BlackHoleMonitorFirst,
+    ResetConnections,
+    LostReply,
+    WriteConflict,
+    UnknownCommitResult,
+    TooLargeOnCommit,
+    NetClose,
+    StepDown,
+    KillBeforeCreate,
+    KillAfterCreate,
+    KillAtSftpUpload,
+    KillSshd,
+    DeleteQueues,
+    MemoryAlarm,
+}
+
+impl Kind {
+    const ALL: [Self; 17] = [
+        Self::KillDaemon,
+        Self::CloseBrokerConnections,
+        Self::BlackHole,
+        Self::BlackHoleMonitorFirst,
+        Self::ResetConnections,
+        Self::LostReply,
+        Self::WriteConflict,
+        Self::UnknownCommitResult,
+        Self::TooLargeOnCommit,
+        Self::NetClose,
+        Self::StepDown,
+        Self::KillBeforeCreate,
+        Self::KillAfterCreate,
+        Self::KillAtSftpUpload,
+        Self::KillSshd,
+        Self::DeleteQueues,
+        Self::MemoryAlarm,
+    ];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::KillDaemon => "SIGKILL daemon",
+            Self::CloseBrokerConnections => "close AMQP conns",
+            Self::BlackHole => "black hole",
+            Self::BlackHoleMonitorFirst => "black hole, monitor first",
+            Self::ResetConnections => "reset MongoDB conns",
+            Self::LostReply => "lost reply",
+            Self::WriteConflict => "failpoint 112 on find/update",
+            Self::UnknownCommitResult => "failpoint unknown commit result",
+            Self::TooLargeOnCommit => "failpoint 388 on commit",
+            Self::NetClose => "failpoint net-close on find",
+            Self::StepDown => "step-down codes",
+            Self::KillBeforeCreate => "SIGKILL at .DAT create",
+            Self::KillAfterCreate => "SIGKILL after .DAT create",
+            Self::KillAtSftpUpload => "SIGKILL during SFTP upload",
+            Self::KillSshd => "sshd killed",
+            Self::DeleteQueues => "delete retry and DLQ",
+            Self::MemoryAlarm => "memory alarm",
+        }
+    }
+
+    /// The one target a kind needs, if it needs one.
+    fn only_on(self) -> Option<Target> {
+        match self {
+            Self::KillBeforeCreate | Self::KillAfterCreate => Some(Target::Bucket),
+            Self::KillAtSftpUpload | Self::KillSshd => Some(Target::Sftp),
+            _ => None,
+        }
+    }
+
+    fn fits(self, target: Target) -> bool {
+        self.only_on().is_none_or(|only| only == target)
+    }
+
+    /// A fault of this kind, its details drawn.
+    fn draw(self, rng: &mut Rng) -> Fault {
+        match self {
+            Self::KillDaemon => Fault::KillDaemon,
+            Self::CloseBrokerConnections => Fault::CloseBrokerConnections,
+            Self::BlackHole => Fault::BlackHole {
+                hole_ms: 1_000 + rng.below(3_000),
+            },
+            Self::BlackHoleMonitorFirst => Fault::BlackHoleMonitorFirst {
+                hole_ms: 12_000 + rng.below(3_000),
+            },
+            Self::ResetConnections => Fault::ResetConnections,
+            Self::LostReply => Fault::lost_reply(rng),
+            Self::WriteConflict => {
+                let command = if rng.coin() { "find" } else { "update" };
+                let data = doc! {"errorCode": 112, "errorLabels": ["TransientTransactionError"]};
+                Fault::fail_point(self, command, data, "112", rng)
+            }
+            Self::UnknownCommitResult => {
+                let data =
+                    doc! {"errorCode": 50, "errorLabels": ["UnknownTransactionCommitResult"]};
+                Fault::fail_point(self, "commitTransaction", data, "unknown-commit", rng)
+            }
+            Self::TooLargeOnCommit => {
+                let data = doc! {"errorCode": 388};
+                Fault::fail_point(self, "commitTransaction", data, "388", rng)
+            }
+            Self::NetClose => {
+                let data = doc! {"closeConnection": true};
+                Fault::fail_point(self, "find", data, "net-close", rng)
+            }
+            Self::StepDown => Fault::step_down(rng),
+            Self::KillBeforeCreate => Fault::KillAtPublication { after_reply: false },
+            Self::KillAfterCreate => Fault::KillAtPublication { after_reply: true },
+            Self::KillAtSftpUpload => Fault::KillAtSftpUpload,
+            Self::KillSshd => Fault::KillSshd {
+                down_ms: 200 + rng.below(2_000),
+            },
+            Self::DeleteQueues => Fault::DeleteQueues,
+            Self::MemoryAlarm => Fault::MemoryAlarm {
+                alarm_ms: 1_000 + rng.below(3_000),
+            },
+        }
     }
 }
 
@@ -102,7 +261,10 @@ enum Fault {
         collection: &'static str,
         times: usize,
     },
+    /// A `failCommand` failpoint on the daemon's connections: the next
+    /// `times` `command`s fail as `data` says.
     FailPoint {
+        kind: Kind,
         command: &'static str,
         data: Document,
         times: i32,
@@ -134,74 +296,39 @@ enum Fault {
 }
 
 impl Fault {
-    /// A fault for a round; bucket and SFTP rounds also draw kills at
-    /// publication.
-    fn pick_for(rng: &mut Rng, target: Target) -> Self {
-        // High bits: the generator's lowest bit alternates too regularly
-        // for a coin.
-        let coin = |rng: &mut Rng| (rng.next() >> 40) & 1 == 0;
-        match target {
-            Target::Bucket if coin(rng) => Self::KillAtPublication {
-                after_reply: coin(rng),
-            },
-            Target::Sftp if coin(rng) => match coin(rng) {
-                true => Self::KillAtSftpUpload,
-                false => Self::KillSshd {
-                    down_ms: 200 + rng.below(2_000),
-                },
-            },
-            _ => Self::pick(rng),
+    fn kind(&self) -> Kind {
+        match self {
+            Self::KillDaemon => Kind::KillDaemon,
+            Self::CloseBrokerConnections => Kind::CloseBrokerConnections,
+            Self::BlackHole { .. } => Kind::BlackHole,
+            Self::BlackHoleMonitorFirst { .. } => Kind::BlackHoleMonitorFirst,
+            Self::ResetConnections => Kind::ResetConnections,
+            Self::LostReply { .. } => Kind::LostReply,
+            Self::FailPoint { kind, .. } => *kind,
+            Self::KillAtPublication { after_reply: false } => Kind::KillBeforeCreate,
+            Self::KillAtPublication { after_reply: true } => Kind::KillAfterCreate,
+            Self::KillAtSftpUpload => Kind::KillAtSftpUpload,
+            Self::KillSshd { .. } => Kind::KillSshd,
+            Self::DeleteQueues => Kind::DeleteQueues,
+            Self::MemoryAlarm { .. } => Kind::MemoryAlarm,
         }
     }
 
-    fn pick(rng: &mut Rng) -> Self {
-        match rng.below(12) {
-            9 => Self::DeleteQueues,
-            10 => Self::MemoryAlarm {
-                alarm_ms: 1_000 + rng.below(3_000),
-            },
-            11 => Self::BlackHoleMonitorFirst {
-                hole_ms: 12_000 + rng.below(3_000),
-            },
-            0 | 1 => Self::KillDaemon,
-            2 => Self::CloseBrokerConnections,
-            3 => Self::BlackHole {
-                hole_ms: 1_000 + rng.below(3_000),
-            },
-            4 => Self::lost_reply(rng),
-            5 => Self::step_down(rng),
-            6 => match rng.below(2) {
-                0 => Self::step_down(rng),
-                _ => Self::ResetConnections,
-            },
-            _ => {
-                let times = 1 + rng.below(4) as i32;
-                let (command, data, what) = match rng.below(5) {
-                    4 => ("commitTransaction", doc! {"errorCode": 388}, "388"),
-                    0 => (
-                        "find",
-                        doc! {"errorCode": 112, "errorLabels": ["TransientTransactionError"]},
-                        "112",
-                    ),
-                    1 => (
-                        "update",
-                        doc! {"errorCode": 112, "errorLabels": ["TransientTransactionError"]},
-                        "112",
-                    ),
-                    2 => (
-                        "commitTransaction",
-                        doc! {"errorCode": 50, "errorLabels": ["UnknownTransactionCommitResult"]},
-                        "unknown-commit",
-                    ),
-                    _ => ("find", doc! {"closeConnection": true}, "net-close"),
-                };
-                Self::FailPoint {
-                    command,
-                    data,
-                    times,
-                    label: format!("failpoint {what} on {command} x{times}"),
-                }
-            }
+    /// `command` failed as `data` says, the next 1-4 times.
+    fn fail_point(
+        kind: Kind,
+        command: &'static str,
+        data: Document,
+        what: &str,
+        rng: &mut Rng,
+    ) -> Self {
+        let times = 1 + rng.below(4) as i32;
+        Self::FailPoint {
+            kind,
+            command,
+            data,
+            times,
+            label: format!("failpoint {what} on {command} x{times}"),
         }
     }
 
@@ -234,6 +361,7 @@ impl Fault {
         };
         let times = 1 + rng.below(3) as i32;
         Self::FailPoint {
+            kind: Kind::StepDown,
             command,
             data,
             times,
@@ -262,7 +390,7 @@ impl Fault {
                 command,
                 collection,
                 times,
-            } => format!("lost reply {command} {collection} x{times}"),
+            } => format!("lost reply {command} {collection} x{times}").replace("  ", " "),
             Self::FailPoint { label, .. } => label.clone(),
             Self::KillAtPublication { after_reply: false } => "SIGKILL at .DAT create".to_owned(),
             Self::KillAtPublication { after_reply: true } => {
@@ -288,14 +416,58 @@ enum Target {
 }
 
 impl Target {
-    /// Every third round to a bucket, every third to an SFTP server.
-    fn of_round(index: usize) -> Self {
-        match index % 3 {
-            0 => Self::Bucket,
-            2 => Self::Sftp,
-            _ => Self::Folder,
+    const ALL: [Self; 3] = [Self::Folder, Self::Bucket, Self::Sftp];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Folder => "folder",
+            Self::Bucket => "s3",
+            Self::Sftp => "sftp",
         }
     }
+}
+
+/// One round of a run: a kind on a target.
+#[derive(Debug, Clone, Copy)]
+struct Planned {
+    kind: Kind,
+    target: Target,
+}
+
+/// The run's rounds: every kind once (the kinds that need a target on it;
+/// the others in a drawn order over the three targets in turn), then
+/// `random` rounds of a kind drawn for a drawn target.
+fn plan(seed: u64, random: usize) -> Vec<Planned> {
+    let mut rng = Rng::of(seed, 0, 0);
+    let mut free: Vec<Kind> = Kind::ALL
+        .into_iter()
+        .filter(|kind| kind.only_on().is_none())
+        .collect();
+    rng.shuffle(&mut free);
+    let first = rng.below(3) as usize;
+    let mut rounds: Vec<Planned> = free
+        .into_iter()
+        .enumerate()
+        .map(|(i, kind)| Planned {
+            kind,
+            target: Target::ALL[(first + i) % 3],
+        })
+        .collect();
+    rounds.extend(Kind::ALL.into_iter().filter_map(|kind| {
+        let target = kind.only_on()?;
+        Some(Planned { kind, target })
+    }));
+    rng.shuffle(&mut rounds);
+    for _ in 0..random {
+        let target = Target::ALL[rng.below(3) as usize];
+        let fitting: Vec<Kind> = Kind::ALL
+            .into_iter()
+            .filter(|kind| kind.fits(target))
+            .collect();
+        let kind = fitting[rng.below(fitting.len() as u64) as usize];
+        rounds.push(Planned { kind, target });
+    }
+    rounds
 }
 
 const CODES: [&str; 8] = ["MER", "EOE", "LDN", "OXF", "WES", "SEV", "KSS", "NWN"];
@@ -471,22 +643,102 @@ fn folder_files(dir: &Path) -> anyhow::Result<(Vec<Published>, Vec<String>)> {
     Ok((files, temporaries))
 }
 
+/// How many of a failpoint's `times` failures the daemon met. The
+/// harness sends `command` itself from a client of the same application
+/// name (the failpoint's scope), without the driver's retries, until it
+/// succeeds: each failure is one the daemon left. Works the same on
+/// `mongod`, and on SecantusDB, whose `configureFailPoint` reply has no
+/// `count`.
+async fn fail_point_met(
+    app: &str,
+    database: &str,
+    command: &str,
+    times: i32,
+) -> anyhow::Result<i32> {
+    let mut options = ClientOptions::parse(base_uri()).await?;
+    options.app_name = Some(app.to_owned());
+    options.retry_reads = Some(false);
+    options.retry_writes = Some(false);
+    options.server_selection_timeout = Some(Duration::from_secs(20));
+    let probe = Client::with_options(options)?;
+    let scratch: Collection<Document> = probe.database(database).collection("faultProbe");
+    // Created outside the failpoint's commands, so a transaction may write.
+    scratch.insert_one(doc! {}).await?;
+    let mut left = 0;
+    for _ in 0..times {
+        let answered = match command {
+            "find" => scratch.find_one(doc! {}).await.map(drop),
+            "update" => scratch
+                .update_one(doc! {}, doc! {"$inc": {"n": 1}})
+                .await
+                .map(drop),
+            "commitTransaction" => {
+                let mut session = probe.start_session().await?;
+                session.start_transaction().await?;
+                scratch.insert_one(doc! {}).session(&mut session).await?;
+                session.commit_transaction().await
+            }
+            other => bail!("no probe for a failpoint on {other}"),
+        };
+        match answered {
+            Ok(()) => break,
+            Err(_) => left += 1,
+        }
+    }
+    probe.shutdown().await;
+    Ok(times - left)
+}
+
+/// Proves [`fail_point_met`] counts: a failpoint armed for an application
+/// nobody runs is met 0 times (and the probe uses it up). A server has one
+/// `failCommand` failpoint, which each `configureFailPoint` replaces: when
+/// another client sets failpoints on the same server (tests run alongside),
+/// a replaced failpoint would count as met, so the harness stops instead.
+async fn fail_points_counted(client: &Client) -> anyhow::Result<()> {
+    let app = format!("esr-faults-unmet-{}", uuid::Uuid::new_v4().simple());
+    let data = doc! {"errorCode": 112, "failCommands": ["find"], "appName": &app};
+    client
+        .database("admin")
+        .run_command(doc! {"configureFailPoint": "failCommand", "mode": {"times": 1}, "data": data})
+        .await
+        .context("configureFailPoint (SecantusDB needs --enable-test-commands)")?;
+    let database = format!("esr_faults_unmet_{}", &app[17..29]);
+    let met = fail_point_met(&app, &database, "find", 1).await?;
+    client.database(&database).drop().await?;
+    anyhow::ensure!(
+        met == 0,
+        "a failpoint nobody met counted as met {met} times: another client sets \
+         failpoints on this server (run the harness alone against it), or the \
+         server ignores them"
+    );
+    Ok(())
+}
+
+/// True while some seeded record is not yet `EXPORTED`.
+async fn under_way(records: &Collection<Document>, total: usize) -> anyhow::Result<bool> {
+    let exported = records.count_documents(doc! {"status": "EXPORTED"}).await?;
+    Ok(exported < total as u64)
+}
+
+/// One try of a round: `planned`'s kind on its target, its details, data
+/// and moment drawn from `rng`; the moment is earlier at each try (a fault
+/// that came after the work is drawn again).
 async fn run_round(
     client: &Client,
     rng: &mut Rng,
-    index: usize,
+    planned: Planned,
+    attempt: u32,
     quick: bool,
-    work: &Path,
+    dir: &Path,
 ) -> anyhow::Result<Report> {
     let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
-    let dir = work.join(format!("round-{index:02}"));
     let log_dir = dir.join("logs");
     let out = dir.join("exports");
     std::fs::create_dir_all(&log_dir)?;
     let app = format!("esr-faults-{id}");
     let chunk = [10u64, 25, 50, 100, 250][rng.below(5) as usize];
-    let target = Target::of_round(index);
-    let fault = Fault::pick_for(rng, target);
+    let target = planned.target;
+    let fault = planned.kind.draw(rng);
     let target_bucket = match target {
         Target::Bucket => Some(bucket::TestBucket::create().await),
         _ => None,
@@ -585,10 +837,13 @@ async fn run_round(
         publisher.publish(&command).await?;
     }
     publisher.close().await;
-    let at_ms = rng.below(if quick { 800 } else { 2_000 });
+    let latest_ms = (if quick { 800 } else { 2_000 }) >> (2 * (attempt - 1));
+    let at_ms = rng.below(latest_ms);
     tokio::time::sleep(Duration::from_millis(at_ms)).await;
     let admin = client.database("admin");
-    let mut missed = false;
+    // Whether the fault met the daemon at work (the proxy's faults and the
+    // failpoints are looked at once the run is done).
+    let mut hit = true;
     match &fault {
         Fault::KillAtPublication { after_reply } => {
             let proxy = s3proxy
@@ -602,13 +857,12 @@ async fn run_round(
             let deadline = Instant::now() + Duration::from_secs(60);
             while held.matched() == 0 && Instant::now() < deadline {
                 // Every file went by before the rule was in place.
-                let exported = doc! {"status": "EXPORTED"};
-                if records.count_documents(exported).await? as usize == total {
-                    missed = true;
+                if !under_way(&records, total).await? {
                     break;
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
+            hit = held.matched() > 0;
             if *after_reply {
                 tokio::time::sleep(Duration::from_millis(200)).await; // it applies
             }
@@ -616,6 +870,7 @@ async fn run_round(
             daemon = round.spawn_daemon()?;
         }
         Fault::KillDaemon => {
+            // A daemon killed before it did any work is killed all the same.
             daemon.kill().await?; // SIGKILL
             daemon = round.spawn_daemon()?;
         }
@@ -630,20 +885,28 @@ async fn run_round(
             while !uploading(sshd) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
-            if !uploading(sshd) {
-                missed = true; // the upload went by between two looks
-            }
+            // Else the upload went by between two looks.
+            hit = uploading(sshd);
             daemon.kill().await?; // SIGKILL
             daemon = round.spawn_daemon()?;
         }
         Fault::KillSshd { down_ms } => {
             let sshd = round.sftp.as_mut().context("SFTP fault without sshd")?;
             sshd.kill();
+            hit = under_way(&records, total).await?;
             tokio::time::sleep(Duration::from_millis(*down_ms)).await;
             sshd.restart().await;
         }
         Fault::CloseBrokerConnections => {
-            support::close_connections(&app).await?;
+            // At the moment, or as soon as the daemon has connected.
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while support::close_connections(&app).await? == 0 {
+                if Instant::now() > deadline {
+                    hit = false;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
         }
         Fault::DeleteQueues => {
             support::delete_queues(
@@ -662,6 +925,9 @@ async fn run_round(
         Fault::BlackHole { hole_ms } | Fault::BlackHoleMonitorFirst { hole_ms } => {
             let proxy = proxy.as_ref().context("black hole without a proxy")?;
             proxy.black_hole();
+            // Records still to export once the hole is open: the daemon's
+            // next requests fall into it.
+            hit = under_way(&records, total).await?;
             tokio::time::sleep(Duration::from_millis(*hole_ms)).await;
             proxy.heal();
         }
@@ -686,6 +952,7 @@ async fn run_round(
             times,
             ..
         } => {
+            fail_points_counted(client).await?;
             let mut data = data.clone();
             data.insert("failCommands", vec![*command]);
             data.insert("appName", &app);
@@ -719,10 +986,28 @@ async fn run_round(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let elapsed = started.elapsed();
-    if matches!(fault, Fault::FailPoint { .. }) {
+    // What the armed faults met. A fault armed on a request that never
+    // came did nothing.
+    let mut met = String::new();
+    if let Fault::FailPoint { command, times, .. } = &fault {
+        let database = &round.settings.mongodb.database;
+        let fired = fail_point_met(&app, database, command, *times).await?;
         admin
             .run_command(doc! {"configureFailPoint": "failCommand", "mode": "off"})
             .await?;
+        hit = fired > 0;
+        met = format!(" (hit {fired}/{times})");
+    }
+    if let Some(proxy) = &proxy {
+        if !matches!(
+            fault,
+            Fault::BlackHole { .. } | Fault::BlackHoleMonitorFirst { .. }
+        ) {
+            hit = proxy.fired().is_some();
+        }
+        if let Fault::LostReply { times, .. } = fault {
+            met = format!(" (hit {}/{times})", proxy.fired_times());
+        }
     }
     // Stop cleanly.
     let pid = daemon.id().context("daemon pid")?.to_string();
@@ -735,22 +1020,11 @@ async fn run_round(
     if !violations.is_empty() {
         violations.push(format!("logs in {}", round.log_dir.display()));
     }
-
-    // A fault armed on a request that never came did nothing: say so.
-    let mut fired = match &proxy {
-        Some(proxy) if proxy.fired().is_none() => " (not hit)".to_owned(),
-        Some(proxy) if matches!(fault, Fault::LostReply { .. }) => {
-            format!(" (hit {})", proxy.fired_times())
-        }
-        _ => String::new(),
-    };
-    if missed {
-        fired.push_str(" (not hit)");
+    if !hit {
+        met = " (not hit)".to_owned();
     }
-    match target {
-        Target::Bucket => fired.push_str(" [s3]"),
-        Target::Sftp => fired.push_str(" [sftp]"),
-        Target::Folder => {}
+    if target != Target::Folder {
+        met.push_str(&format!(" [{}]", target.name()));
     }
 
     // Clean up the round's queues and database.
@@ -760,7 +1034,10 @@ async fn run_round(
         .drop()
         .await?;
     Ok(Report {
-        fault: format!("{} (chunk {chunk}){fired}", fault.label()),
+        kind: fault.kind(),
+        target,
+        hit,
+        fault: format!("{} (chunk {chunk}){met}", fault.label()),
         records: total,
         fault_at_ms: at_ms,
         took: elapsed,
@@ -768,8 +1045,12 @@ async fn run_round(
     })
 }
 
-/// What one round did and found.
+/// What one try of a round did and found.
 struct Report {
+    kind: Kind,
+    target: Target,
+    /// Whether the fault met the daemon at work.
+    hit: bool,
     /// The fault, its chunk size, whether it was hit, the destination.
     fault: String,
     records: usize,
@@ -780,23 +1061,62 @@ struct Report {
     violations: Vec<String>,
 }
 
+/// How a round ended, after its tries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Outcome {
+    Passed,
+    Failed,
+    /// Its fault was not hit in any try: neither passed nor failed.
+    NotRun,
+}
+
 impl Report {
-    /// The round's row of the table.
-    fn row(&self, index: usize) -> String {
-        let result = match self.violations.is_empty() {
-            true => "ok".to_owned(),
-            false => format!("VIOLATED: {}", self.violations.join("; ")),
+    fn outcome(&self) -> Outcome {
+        match (self.violations.is_empty(), self.hit) {
+            (false, _) => Outcome::Failed,
+            (true, true) => Outcome::Passed,
+            (true, false) => Outcome::NotRun,
+        }
+    }
+
+    /// The try's row of the table.
+    fn row(&self, round: &str, last_try: bool) -> String {
+        let result = match self.outcome() {
+            Outcome::Passed => "ok".to_owned(),
+            Outcome::Failed => format!("VIOLATED: {}", self.violations.join("; ")),
+            Outcome::NotRun if last_try => format!("NOT RUN: not hit in {TRIES} tries"),
+            Outcome::NotRun => "not hit, drawn again".to_owned(),
         };
         let (fault, records, at_ms) = (&self.fault, self.records, self.fault_at_ms);
         let took = self.took.as_secs_f64();
-        format!("{index:>5}  {fault:<58} {records:>7} {at_ms:>6}ms {took:>8.1}s  {result}")
+        format!("{round:>5}  {fault:<70} {records:>7} {at_ms:>6}ms {took:>8.1}s  {result}")
     }
+}
+
+/// The closing summary: per kind, the targets of the rounds that met it
+/// (passed or failed), and the kinds that no round met.
+fn coverage(ends: &[Report]) -> (Vec<String>, Vec<&'static str>) {
+    let mut met: BTreeMap<Kind, Vec<&'static str>> = BTreeMap::new();
+    for report in ends.iter().filter(|r| r.outcome() != Outcome::NotRun) {
+        met.entry(report.kind)
+            .or_default()
+            .push(report.target.name());
+    }
+    let mut lines = Vec::new();
+    let mut missing = Vec::new();
+    for kind in Kind::ALL {
+        match met.get(&kind) {
+            Some(targets) => lines.push(format!("  {:<34} {}", kind.name(), targets.join(", "))),
+            None => missing.push(kind.name()),
+        }
+    }
+    (lines, missing)
 }
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    let rounds = if args.quick { 6 } else { args.rounds };
+    let random = args.rounds.unwrap_or(if args.quick { 3 } else { 20 });
     let seed = args.seed.unwrap_or_else(|| {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -804,38 +1124,92 @@ async fn main() -> anyhow::Result<()> {
             .unwrap_or(1)
             | 1
     });
-    let mut rng = Rng(seed);
+    for kind in Kind::ALL {
+        assert_eq!(kind.draw(&mut Rng::of(seed, 0, 0)).kind(), kind);
+    }
+    let rounds = plan(seed, random);
     let client = Client::with_uri_str(base_uri()).await?;
+    fail_points_counted(&client).await?;
     let work = tempfile::Builder::new().prefix("esr-faults-").tempdir()?;
-    println!("fault-injection harness: {rounds} rounds, seed {seed}");
+    let begun = Instant::now();
     println!(
-        "{:>5}  {:<58} {:>7} {:>8} {:>9}  result",
+        "fault-injection harness: {} rounds ({} kinds once, {random} random), seed {seed}",
+        rounds.len(),
+        Kind::ALL.len()
+    );
+    println!(
+        "{:>5}  {:<70} {:>7} {:>8} {:>9}  result",
         "round", "fault", "records", "fault at", "took"
     );
-    let mut failed = 0;
-    for index in 1..=rounds {
-        let round = run_round(&client, &mut rng, index, args.quick, work.path()).await;
-        let report = match round {
-            Ok(report) => report,
-            // The round could not be carried out: keep its logs, which
-            // the error names, before the folder would be removed.
-            Err(err) => {
-                let kept = work.keep();
-                return Err(err.context(format!("logs kept in {}", kept.display())));
+    let mut ends = Vec::new();
+    for (index, planned) in rounds.iter().enumerate() {
+        let index = index + 1;
+        let mut attempt = 1;
+        let end = loop {
+            let mut rng = Rng::of(seed, index, attempt);
+            let dir = work.path().join(format!("round-{index:02}-{attempt}"));
+            let try_of = run_round(&client, &mut rng, *planned, attempt, args.quick, &dir).await;
+            let report = match try_of {
+                Ok(report) => report,
+                // The round could not be carried out: keep its logs, which
+                // the error names, before the folder would be removed.
+                Err(err) => {
+                    let kept = work.keep();
+                    return Err(err.context(format!("logs kept in {}", kept.display())));
+                }
+            };
+            let last = attempt == TRIES || report.outcome() != Outcome::NotRun;
+            let label = match attempt {
+                1 => index.to_string(),
+                _ => format!("{index}.{attempt}"),
+            };
+            println!("{}", report.row(&label, last));
+            if last {
+                break report;
             }
+            attempt += 1;
         };
-        if !report.violations.is_empty() {
-            failed += 1;
-        }
-        println!("{}", report.row(index));
+        ends.push(end);
     }
-    if failed > 0 {
-        // Keep the logs of failed rounds.
+    let count = |outcome| ends.iter().filter(|r| r.outcome() == outcome).count();
+    let (passed, failed, not_run) = (
+        count(Outcome::Passed),
+        count(Outcome::Failed),
+        count(Outcome::NotRun),
+    );
+    let (lines, missing) = coverage(&ends);
+    println!(
+        "kinds covered: {} of {}, in {:.0} s",
+        lines.len(),
+        Kind::ALL.len(),
+        begun.elapsed().as_secs_f64()
+    );
+    for line in lines {
+        println!("{line}");
+    }
+    if !missing.is_empty() {
+        println!("kinds not run: {}", missing.join(", "));
+    }
+    let not_run_rounds: Vec<String> = ends
+        .iter()
+        .filter(|r| r.outcome() == Outcome::NotRun)
+        .map(|r| format!("{} [{}]", r.kind.name(), r.target.name()))
+        .collect();
+    if !not_run_rounds.is_empty() {
+        println!("rounds not run: {}", not_run_rounds.join(", "));
+    }
+    let broken = failed > 0 || not_run > 0 || !missing.is_empty();
+    if broken {
+        // Keep the logs of failed rounds and of faults never hit.
         let kept = work.keep();
         println!("logs kept in {}", kept.display());
     }
-    println!("faults: {} passed, {failed} failed", rounds - failed);
-    if failed > 0 {
+    // Not run is not passed: the closing line names it, and it fails the run.
+    match not_run {
+        0 => println!("faults: {passed} passed, {failed} failed"),
+        _ => println!("faults: {passed} passed, {failed} failed, {not_run} not run"),
+    }
+    if broken {
         std::process::exit(1);
     }
     Ok(())
