@@ -177,3 +177,39 @@ async fn killed_after_the_file_then_other_bytes_under_its_name_the_resume_refuse
         "the name is never written over"
     );
 }
+
+/// A large file goes up in parts to a temporary object, then is copied
+/// onto its name only if the name is free: another writer that takes the
+/// name while the parts go up makes the copy refuse, the run fails naming
+/// the file at ERROR, marks nothing, and leaves the other writer's object
+/// as it is.
+#[tokio::test]
+async fn a_name_taken_during_a_multipart_upload_is_never_written_over() {
+    let (app, bucket, proxy, _) = setup(MULTIPART_RECORDS).await;
+    let rule = proxy.add(
+        Rule::new("PUT", ".tmp", Action::HoldBefore)
+            .query("partNumber=2")
+            .times(1),
+    );
+    let mut env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    multipart_env(&mut env);
+    env.push(("ESR_S3__REQUEST_TIMEOUT_MS".to_owned(), "3000".to_owned()));
+    let child = binary(&app, &["export", "--deanery", "MER"], &pairs(&env))
+        .spawn()
+        .unwrap();
+    crate::helpers::eventually("a part held", Duration::from_secs(120), || async {
+        rule.matched() >= 1
+    })
+    .await;
+    let run = app
+        .run_doc(bson::doc! {"deanery": "MER"})
+        .await
+        .expect("the run");
+    let name = run.get_str("fileName").expect("a file name").to_owned();
+    let key = format!("{}/{name}", crate::bucket_support::PREFIX);
+    bucket.put(&key, b"someone else's file").await;
+
+    let output = child.wait_with_output().await.unwrap();
+    assert_refused_over(&app, &output, &name).await;
+    assert_eq!(bucket.objects().await[&key], b"someone else's file");
+}
