@@ -386,8 +386,31 @@ impl Bucket {
     /// # Errors
     /// When the store fails beyond the policy.
     pub async fn remove_temporaries(&self, name_prefix: &str) -> Result<usize, DestinationError> {
-        let dir = Path::from(self.key(TEMP_DIR));
         let wanted = format!(".{name_prefix}");
+        self.remove_in_temp_dir(|name, _| name.starts_with(&wanted) && name.ends_with(".tmp"))
+            .await
+    }
+
+    /// Removes the probe objects killed processes left
+    /// ([`super::leftovers`]).
+    ///
+    /// # Errors
+    /// When the store fails beyond the policy.
+    pub(crate) async fn remove_left_probes(&self) -> Result<usize, DestinationError> {
+        let now = chrono::Utc::now();
+        self.remove_in_temp_dir(|name, modified| {
+            super::leftovers::is_left_over(name, Some(modified), now)
+        })
+        .await
+    }
+
+    /// Removes the objects of [`TEMP_DIR`] that `left` says a killed
+    /// process left (given each name and when it was last modified).
+    async fn remove_in_temp_dir(
+        &self,
+        left: impl Fn(&str, chrono::DateTime<chrono::Utc>) -> bool,
+    ) -> Result<usize, DestinationError> {
+        let dir = Path::from(self.key(TEMP_DIR));
         let listing = self
             .request("list", TEMP_DIR, self.policy.timeout * 4, || async {
                 self.store
@@ -399,9 +422,9 @@ impl Bucket {
         let mut removed = 0;
         for meta in listing.objects {
             let name = meta.location.filename().unwrap_or_default().to_owned();
-            if name.starts_with(&wanted) && name.ends_with(".tmp") {
+            if left(&name, meta.last_modified) {
                 self.delete(&format!("{TEMP_DIR}/{name}")).await?;
-                tracing::info!(destination = %self.url, key = %meta.location, "removed a temporary object left by an interrupted run");
+                tracing::info!(destination = %self.url, key = %meta.location, "removed a temporary object left by an interrupted process");
                 removed += 1;
             }
         }

@@ -10,6 +10,7 @@
 mod bucket;
 mod credentials;
 mod error;
+mod leftovers;
 pub(crate) mod metrics;
 mod multipart;
 mod probe;

@@ -2,7 +2,8 @@
 //! some S3-compatible servers accept `If-None-Match: *` and ignore it, and
 //! on such a store two replicas could each write the same file. A probe
 //! object under the prefix is created twice (plain put, then the
-//! multipart copy large files use), then deleted.
+//! multipart copy large files use), then deleted; then the probe objects
+//! of processes killed during their probe ([`super::leftovers`]).
 
 use bytes::Bytes;
 
@@ -20,9 +21,9 @@ pub(crate) async fn probe(bucket: &Bucket) -> Result<(), DestinationError> {
     // once, before anything is tried.
     bucket.credentials("probe", super::bucket::TEMP_DIR).await?;
     let name = format!(
-        "{}/.esr-exporter-probe-{}",
+        "{}/.{}",
         super::bucket::TEMP_DIR,
-        uuid::Uuid::new_v4().simple()
+        super::leftovers::probe_name()
     );
     let copy = format!("{name}.copy");
     let proven = prove(bucket, &name, &copy).await;
@@ -31,7 +32,12 @@ pub(crate) async fn probe(bucket: &Bucket) -> Result<(), DestinationError> {
             tracing::warn!(destination = %bucket.url(), key = %bucket.key(leftover), error = %crate::report::Chain(&err), "could not remove the probe object");
         }
     }
-    proven
+    proven?;
+    // Those of processes killed during their probe, once this one passed.
+    if let Err(err) = bucket.remove_left_probes().await {
+        tracing::warn!(destination = %bucket.url(), error = %crate::report::Chain(&err), "could not remove the probe objects killed processes left; the next start tries again");
+    }
+    Ok(())
 }
 
 async fn prove(bucket: &Bucket, name: &str, copy: &str) -> Result<(), DestinationError> {

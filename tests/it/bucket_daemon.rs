@@ -146,3 +146,41 @@ async fn a_destination_failure_is_counted_by_its_kind() {
     assert!(metric(&metrics, others).unwrap_or(0.0) == 0.0, "{metrics}");
     daemon.kill().await.unwrap();
 }
+
+/// Killed (SIGKILL) while its probe's first create is held, the daemon
+/// leaves its probe object; the next start on this host removes it once
+/// its own probe passed, as the process that made it no longer runs. A
+/// probe object of another host, young enough to be under way, is kept.
+#[tokio::test]
+async fn the_probe_object_of_a_killed_daemon_is_removed_by_the_next_start() {
+    let (app, bucket) = (spawn_app().await, TestBucket::create().await);
+    let proxy = S3Proxy::start(&s3_endpoint()).await;
+    let held = proxy.add(Rule::new("PUT", "", Action::HoldAfter).times(1));
+    let env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    let mut daemon = binary(&app, &["run"], &pairs(&env)).spawn().unwrap();
+    eventually(
+        "the probe's create held",
+        Duration::from_secs(30),
+        || async { held.matched() == 1 },
+    )
+    .await;
+    daemon.kill().await.unwrap();
+    daemon.wait().await.unwrap();
+    let probes = |objects: Vec<String>| -> Vec<String> {
+        objects
+            .into_iter()
+            .filter(|k| k.contains("esr-exporter-probe-"))
+            .collect()
+    };
+    let left = probes(bucket.objects().await.into_keys().collect());
+    assert_eq!(left.len(), 1, "the killed probe's object: {left:?}");
+    let elsewhere = "app/.esr-exporter-tmp/.esr-exporter-probe-other-host-7-0123abcd";
+    bucket
+        .put(elsewhere, b"another replica's probe, under way")
+        .await;
+
+    let (mut again, _) = ready_daemon(&app, &env).await;
+    let now = probes(bucket.objects().await.into_keys().collect());
+    assert_eq!(now, [elsewhere.to_owned()], "only the other host's is kept");
+    again.kill().await.unwrap();
+}

@@ -310,3 +310,36 @@ async fn two_replicas_with_their_own_staging_folders_deliver_each_file_once() {
     let ids = export_by_two_replicas(&app, &env, &env_b, 3).await;
     assert_delivered_once(&app, &sshd, &ids).await;
 }
+
+/// Probe files a killed process left in the server's temporary folder: the
+/// next probe on this host removes those of processes that no longer run,
+/// and keeps another host's that are young enough to be under way.
+#[tokio::test]
+async fn the_probe_files_of_killed_processes_are_removed_by_the_next_probe() {
+    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+    let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .unwrap()
+        .trim()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '.' || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let temp = sshd.inbox.join(crate::sshd::TEMP_DIR);
+    std::fs::create_dir_all(&temp).unwrap();
+    let gone = format!("esr-exporter-probe-{host}-{}-0123abcd", u32::MAX - 1);
+    let uploading = format!(".{gone}.4567.tmp");
+    let elsewhere = "esr-exporter-probe-other-host-7-0123abcd".to_owned();
+    for name in [&gone, &uploading, &elsewhere] {
+        std::fs::write(temp.join(name), b"left").unwrap();
+    }
+
+    let output = export(&app, &sshd.env(), "MER").await;
+
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(sshd.temporaries(), [elsewhere], "{}", stderr(&output));
+}

@@ -274,11 +274,35 @@ impl Sftp {
     /// # Errors
     /// When the server fails beyond the policy.
     pub async fn remove_temporaries(&self, name_prefix: &str) -> Result<usize, DestinationError> {
-        let temp_dir = self.key(TEMP_DIR);
         let wanted = format!(".{name_prefix}");
+        self.remove_in_temp_dir(move |name, _| name.starts_with(&wanted) && name.ends_with(".tmp"))
+            .await
+    }
+
+    /// Removes the probe files killed processes left
+    /// ([`super::super::leftovers`]).
+    ///
+    /// # Errors
+    /// When the server fails beyond the policy.
+    pub(crate) async fn remove_left_probes(&self) -> Result<usize, DestinationError> {
+        let now = chrono::Utc::now();
+        self.remove_in_temp_dir(move |name, modified| {
+            super::super::leftovers::is_left_over(name, modified, now)
+        })
+        .await
+    }
+
+    /// Removes the files of [`TEMP_DIR`] that `left` says a killed process
+    /// left (given each name and when it was last modified, if the server
+    /// says).
+    async fn remove_in_temp_dir(
+        &self,
+        left: impl Fn(&str, Option<chrono::DateTime<chrono::Utc>>) -> bool + Clone + Send + Sync,
+    ) -> Result<usize, DestinationError> {
+        let temp_dir = self.key(TEMP_DIR);
         let names = self
             .request("list", TEMP_DIR, self.policy.timeout * 4, |c| {
-                let (temp_dir, wanted) = (temp_dir.clone(), wanted.clone());
+                let (temp_dir, left) = (temp_dir.clone(), left.clone());
                 async move {
                     let entries = match c.sftp.read_dir(temp_dir).await {
                         Ok(entries) => entries,
@@ -286,18 +310,24 @@ impl Sftp {
                         Err(err) => return Err(Failed::from(err)),
                     };
                     Ok(entries
+                        .filter(|entry| left(&entry.file_name(), modified(entry)))
                         .map(|entry| entry.file_name())
-                        .filter(|n| n.starts_with(&wanted) && n.ends_with(".tmp"))
                         .collect::<Vec<_>>())
                 }
             })
             .await?;
         for name in &names {
             self.delete(&format!("{TEMP_DIR}/{name}")).await?;
-            tracing::info!(destination = %self.url, path = %format!("{temp_dir}/{name}"), "removed a temporary file left by an interrupted run");
+            tracing::info!(destination = %self.url, path = %format!("{temp_dir}/{name}"), "removed a temporary file left by an interrupted process");
         }
         Ok(names.len())
     }
+}
+
+/// When a directory entry was last modified, if the server says.
+fn modified(entry: &russh_sftp::client::fs::DirEntry) -> Option<chrono::DateTime<chrono::Utc>> {
+    let mtime = entry.metadata().mtime?;
+    chrono::DateTime::from_timestamp(i64::from(mtime), 0)
 }
 
 /// The number of request bounds an operation on `size` bytes gets.

@@ -3,7 +3,8 @@
 //! the target of a plain rename, and there two replicas could each
 //! publish the same file. A probe file is created twice under
 //! [`TEMP_DIR`], the second time with other bytes: the second must be
-//! refused and the first bytes kept. Then it is removed.
+//! refused and the first bytes kept. Then it is removed, and so are the
+//! probe files of processes killed during their probe.
 
 use bytes::Bytes;
 
@@ -18,15 +19,17 @@ impl Sftp {
     /// otherwise the failure met (refused login, unknown host key, a
     /// read-only folder, a timeout, ...).
     pub async fn probe(&self) -> Result<(), DestinationError> {
-        let name = format!(
-            "{TEMP_DIR}/esr-exporter-probe-{}",
-            uuid::Uuid::new_v4().simple()
-        );
+        let name = format!("{TEMP_DIR}/{}", super::super::leftovers::probe_name());
         let proven = self.prove(&name).await;
         if let Err(err) = self.delete(&name).await {
             tracing::warn!(destination = %self.url, path = %self.key(&name), error = %crate::report::Chain(&err), "could not remove the probe file");
         }
-        proven
+        proven?;
+        // Those of processes killed during their probe, once this one passed.
+        if let Err(err) = self.remove_left_probes().await {
+            tracing::warn!(destination = %self.url, error = %crate::report::Chain(&err), "could not remove the probe files killed processes left; the next start tries again");
+        }
+        Ok(())
     }
 
     async fn prove(&self, name: &str) -> Result<(), DestinationError> {
