@@ -14,7 +14,8 @@ use esr_exporter::store::Store;
 
 use crate::commands::{app_with_a_missed_slot, stuck_past_a_missed_slot};
 use crate::helpers::{
-    deanery, eventually, http_get, primary_host_port, spawn_app_with, unique_deanery, TestApp,
+    binary, deanery, eventually, http_get, primary_host_port, spawn_app_with, unique_deanery,
+    TestApp, Watched,
 };
 use crate::proxy::{Fault, Request, WireProxy};
 
@@ -390,4 +391,64 @@ async fn a_black_hole_the_drivers_monitor_notices_first_ends_the_attempt_at_once
     let summary = px.run_until_completed().await;
     assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
     px.assert_exported_once().await;
+}
+
+/// `mongodb.operation_timeout_ms` as `config/default.toml` sets it.
+fn default_operation_bound() -> Duration {
+    let defaults =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/config/default.toml"));
+    let ms = defaults
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("operation_timeout_ms = ")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .expect("mongodb.operation_timeout_ms in config/default.toml");
+    Duration::from_millis(ms)
+}
+
+/// At the default settings (`mongodb.operation_timeout_ms` 30 s, the
+/// driver's own monitor), a MongoDB that stops answering mid-claim fails
+/// the attempt at ERROR within the bound + 10 s, and `export` exits within
+/// twice the bound + 10 s: README's promise, through the binary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn at_the_default_settings_a_silent_mongodb_ends_an_export_within_its_bounds() {
+    let app = spawn_app_with(&[("ESR_EXPORT__CHUNK_SIZE", "100")]).await;
+    app.seed("MER", 2_000).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
+    let records = app.settings.mongodb.records_collection.clone();
+    proxy.arm(Fault::BlackHole, move |r| {
+        r.is("update", &records, "EXPORTING")
+    });
+    let uri = format!("{}&appName={}", proxy.uri(), app.app_name);
+    let mut export = Watched::spawn(binary(
+        &app,
+        &["export", "--deanery", "MER"],
+        &[("ESR_MONGODB__URI", &uri)],
+    ));
+    let bound = default_operation_bound();
+
+    eventually("the black hole", WAIT, || async { proxy.fired().is_some() }).await;
+    let (opened, request) = proxy.fired().unwrap();
+    export.until_said("export run failed", bound + WAIT).await;
+    let said_after = opened.elapsed();
+    let status = tokio::time::timeout(2 * bound + WAIT, export.child.wait())
+        .await
+        .expect("export exits")
+        .unwrap();
+    let exited_after = opened.elapsed();
+
+    assert_eq!(status.code(), Some(1), "{}", export.said());
+    let on = format!("{} {}", request.command, request.collection);
+    assert!(
+        said_after <= bound + Duration::from_secs(10),
+        "ERROR {said_after:?} after the hole on {on}"
+    );
+    assert!(
+        exited_after <= 2 * bound + Duration::from_secs(10),
+        "exit {exited_after:?} after it"
+    );
 }
