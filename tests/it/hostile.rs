@@ -300,6 +300,24 @@ fn open_fds(child: &Child) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd")).map_or(0, Iterator::count)
 }
 
+/// Connections the daemon serves at once (`ops::http::MAX_CONNECTIONS`).
+fn esr_exporter_max_connections() -> usize {
+    64
+}
+
+/// How many of `streams` the other side has closed: a read sees the end
+/// (or an error) instead of waiting.
+fn closed_by_peer(streams: &[tokio::net::TcpStream]) -> usize {
+    let closed = |stream: &tokio::net::TcpStream| {
+        let mut buf = [0u8; 1];
+        match stream.try_read(&mut buf) {
+            Ok(read) => read == 0,
+            Err(err) => err.kind() != std::io::ErrorKind::WouldBlock,
+        }
+    };
+    streams.iter().filter(|s| closed(s)).count()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flood_of_idle_http_connections_neither_exhausts_descriptors_nor_starves_exports() {
     let app = spawn_app().await;
@@ -326,7 +344,13 @@ async fn a_flood_of_idle_http_connections_neither_exhausts_descriptors_nor_starv
             flood.push(stream);
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The daemon serves 64 at once and closes the rest as it accepts them:
+    // once it has closed all but those, the flood has reached it.
+    let served = esr_exporter_max_connections();
+    eventually("the connections over the limit closed", WAIT, || async {
+        closed_by_peer(&flood) >= flood.len().saturating_sub(served)
+    })
+    .await;
     let during = open_fds(&child);
     assert!(
         during < before + 100,

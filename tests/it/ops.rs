@@ -9,8 +9,8 @@ use tokio::io::AsyncReadExt;
 
 use crate::commands::stuck_past_a_missed_slot;
 use crate::helpers::{
-    binary_with, eventually, free_port, http_get, metric, primary_host_port, spawn_app_with,
-    unique_deanery,
+    binary, binary_with, eventually, free_port, http_get, metric, output_text, primary_host_port,
+    run_binary, spawn_app_with, unique_deanery, Watched,
 };
 use crate::proxy::WireProxy;
 
@@ -275,24 +275,29 @@ async fn the_alert_gauges_are_set_at_start_from_the_runs_and_the_dead_letter_que
 async fn no_password_from_the_configured_uris_appears_in_any_log_line() {
     let app = spawn_app_with(&[]).await;
     let port = free_port();
-    let (status, logs) = run_process(
-        &app.env,
-        &[
-            // Unreachable MongoDB and refused RabbitMQ credentials: the
-            // daemon logs errors about both, over and over.
-            (
-                "ESR_MONGODB__URI",
-                "mongodb://esr:Mongo-Pa55-Secret@127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=200".into(),
-            ),
-            ("ESR_AMQP__URI", "amqp://guest:Amqp-Pa55-Secret@127.0.0.1:5672/%2f".into()),
-            ("ESR_HTTP__LISTEN", format!("127.0.0.1:{port}")),
-        ],
-        tokio::time::sleep(Duration::from_secs(4)),
-    )
+    let listen = format!("127.0.0.1:{port}");
+    // An unreachable MongoDB: the daemon logs its start-up wait over and
+    // over; refused RabbitMQ credentials: `trigger` fails on them.
+    let mongodb = "mongodb://esr:Mongo-Pa55-Secret@127.0.0.1:1/?directConnection=true&serverSelectionTimeoutMS=200";
+    let amqp = "amqp://guest:Amqp-Pa55-Secret@127.0.0.1:5672/%2f";
+    let env = [
+        ("ESR_MONGODB__URI", mongodb),
+        ("ESR_AMQP__URI", amqp),
+        ("ESR_HTTP__LISTEN", listen.as_str()),
+        ("RUST_LOG", "debug"),
+    ];
+    let daemon = Watched::spawn(binary(&app, &["run"], &env));
+    let waited = "reaching MongoDB at start failed";
+    eventually("the wait said over and over", WAIT, || async {
+        daemon.said().matches(waited).count() >= 3
+    })
     .await;
+    let (status, mut logs) = daemon.terminate().await;
+    assert_eq!(status.code(), Some(0), "{logs}");
+    let trigger = run_binary(&app, &["trigger", "--deanery", "MER"], &env).await;
+    assert_eq!(trigger.status.code(), Some(1), "refused credentials");
+    logs.push_str(&output_text(&trigger));
 
-    assert_eq!(status, Some(0));
-    assert!(logs.lines().count() > 3, "{logs}");
     assert!(logs.contains("mongodb://esr:***@127.0.0.1:1/"), "{logs}");
     assert!(logs.contains("amqp://guest:***@127.0.0.1:5672"), "{logs}");
     for line in logs.lines() {
