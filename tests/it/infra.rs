@@ -5,12 +5,12 @@
 use std::time::Duration;
 
 use bson::doc;
-use esr_exporter::domain::Slot;
+use esr_exporter::domain::{RunStatus, Slot};
 use esr_exporter::store::{Attempts, Store};
 
 use crate::helpers::{
-    assert_detached_while_the_export_runs, binary, eventually, primary_host_port, spawn_app,
-    spawn_app_with, unique_deanery, TestApp, Watched,
+    assert_detached_while_the_export_runs, binary, deanery, eventually, primary_host_port,
+    spawn_app, spawn_app_with, unique_deanery, TestApp, Watched,
 };
 use crate::proxy::WireProxy;
 
@@ -259,4 +259,55 @@ async fn at_exit_the_daemon_ends_its_server_sessions() {
         .unwrap_or(0);
     assert!(ids >= 1, "the sessions it used: {:?}", ended[0].body);
     app.delete_broker_topology().await;
+}
+
+/// A takeover of a lapsed lease ends the dead holder's session, and only
+/// it: the holder's open transaction is aborted, while a transaction of
+/// another run of the same process, on another session, still commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_takeover_ends_the_dead_holders_session_and_no_other() {
+    let app = spawn_app().await;
+    let code = unique_deanery();
+    app.seed(&code, 3).await;
+    let holder = Store::build(&app.settings).await.unwrap();
+    // Documents no run takes (not TO_EXPORT), written by the holder's client.
+    let scratch = holder.records();
+    let mut attempts = Attempts::default();
+    let mut dead = holder.start_session(&mut attempts).await.unwrap();
+    let mut other = holder.start_session(&mut attempts).await.unwrap();
+    for (session, marker) in [(&mut dead, "dead"), (&mut other, "other")] {
+        session.start_transaction().await.unwrap();
+        scratch
+            .insert_one(doc! {"marker": marker, "status": "SCRATCH"})
+            .session(&mut *session)
+            .await
+            .unwrap();
+    }
+    // The holder's lease lapsed a minute ago, naming its session.
+    let lapsed = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() - 60_000);
+    app.db
+        .collection::<bson::Document>("exportLeases")
+        .insert_one(doc! {"_id": &code, "owner": "dead-holder", "expiresAt": lapsed, "sessionId": dead.id().clone()})
+        .await
+        .unwrap();
+
+    let summary = app.exporter.run(&deanery(&code)).await;
+
+    assert_eq!(summary.status(), RunStatus::Completed, "{summary:?}");
+    assert!(
+        dead.commit_transaction().await.is_err(),
+        "the dead holder's transaction was ended"
+    );
+    other
+        .commit_transaction()
+        .await
+        .expect("another run's transaction commits");
+    for (marker, count) in [("dead", 0), ("other", 1)] {
+        let found = scratch
+            .count_documents(doc! {"marker": marker})
+            .await
+            .unwrap();
+        assert_eq!(found, count, "{marker}");
+    }
+    holder.shutdown().await;
 }
