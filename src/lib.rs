@@ -13,6 +13,8 @@
 //! Module map, bottom to top (a module imports only those above it in
 //! this list, never one below):
 //!
+//! - [`identity`]: the build's version, commit and date.
+//! - [`report`]: an error and its causes said once (`Chain`).
 //! - [`domain`]: validated types: [`domain::Deanery`] codes, APP detail rows
 //!   built from record documents, commands, run summaries, cron and zones.
 //! - [`config`]: layered settings (`config/default.toml` → `--config` →
@@ -23,8 +25,11 @@
 //!   primitive for deanery leases and schedule slots), records (claim,
 //!   reject, mark, cursors, stuck records), runs (typed transitions), the
 //!   status queries, and the bounded retry policy with its transaction helper.
+//! - [`destination`]: where a staged file is published (a folder, a
+//!   bucket, an SFTP server): the probe at start, create only if absent,
+//!   what a name holds, temporaries and probe leftovers.
 //! - [`ops`]: metrics, HTTP health/readiness/metrics, the output folder's
-//!   health, systemd notifications.
+//!   health, systemd notifications, how background work says failures.
 //! - [`export`]: one export run per deanery as named steps on a run context:
 //!   resume, rewrite, claim, verify, stage, publish, mark, complete.
 //! - [`broker`]: RabbitMQ topology, confirmed publishing
@@ -32,8 +37,10 @@
 //! - [`schedule`]: daily slots (DST-aware), fired once across replicas,
 //!   missed slots caught up on start; the stuck-record watchdog.
 //! - [`status`]: the per-deanery status report.
+//! - [`incident`]: the incident commands (`explain`, `files`, `redeliver`).
 //! - [`daemon`]: `run`: the HTTP endpoints, the consumer, the scheduler and
 //!   the watchdog as supervised tasks, until shutdown.
+//! - [`docs`]: the man page and shell completions, from the command line.
 //! - [`cli`]: the command line (`run`, `export`, `trigger`, `status`,
 //!   `dead-letters`, `check-config`, `ensure-indexes`) and exit codes.
 
