@@ -93,15 +93,21 @@ async fn killed_after_the_manifest_the_next_run_publishes_the_file_once() {
     assert_delivered_once(&app, &bucket, &ids).await;
 }
 
-#[tokio::test]
-async fn killed_after_the_file_before_its_publication_is_recorded_the_file_is_kept() {
-    let (app, bucket, proxy, ids) = setup(30).await;
+/// Runs `export` until the `.DAT` is created and the store's reply is
+/// held (its publication not yet recorded), then SIGKILLs it.
+async fn killed_after_the_create(app: &TestApp, bucket: &TestBucket, proxy: &S3Proxy) {
     let rule = proxy.add(Rule::new("PUT", ".DAT", Action::HoldAfter));
     let env = bucket_env(&bucket.destination(), &proxy.endpoint());
-    kill_at(&app, &env, &rule, || async {
+    kill_at(app, &env, &rule, || async {
         !bucket.dat_keys().await.is_empty()
     })
     .await;
+}
+
+#[tokio::test]
+async fn killed_after_the_file_before_its_publication_is_recorded_the_file_is_kept() {
+    let (app, bucket, proxy, ids) = setup(30).await;
+    killed_after_the_create(&app, &bucket, &proxy).await;
     let before = bucket.objects().await;
     finish_elsewhere(&app, &bucket, &[]).await;
     assert_delivered_once(&app, &bucket, &ids).await;
@@ -153,12 +159,7 @@ async fn killed_after_the_multipart_copy_the_file_is_kept_and_its_temporary_remo
 #[tokio::test]
 async fn killed_after_the_file_then_other_bytes_under_its_name_the_resume_refuses() {
     let (app, bucket, proxy, _) = setup(30).await;
-    let rule = proxy.add(Rule::new("PUT", ".DAT", Action::HoldAfter));
-    let env = bucket_env(&bucket.destination(), &proxy.endpoint());
-    kill_at(&app, &env, &rule, || async {
-        !bucket.dat_keys().await.is_empty()
-    })
-    .await;
+    killed_after_the_create(&app, &bucket, &proxy).await;
     let dat = bucket.dat_keys().await.remove(0);
     bucket.put(&dat, b"someone else's bytes").await;
 

@@ -868,6 +868,18 @@ fn settings_in(env: &[(String, String)]) -> Vec<&str> {
 /// `check-config` of the binary computes them, put `export.output_dir` at
 /// the mountPath of an emptyDir volume, and `http.listen` on the port the
 /// probes use.
+/// The pod spec of the Deployment in `deploy/kubernetes/esr-exporter.yaml`.
+fn deployment_pod() -> yaml_rust2::Yaml {
+    let manifests =
+        yaml_rust2::YamlLoader::load_from_str(&read("deploy/kubernetes/esr-exporter.yaml"))
+            .expect("manifests parse");
+    let deployment = manifests
+        .into_iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .expect("a Deployment");
+    deployment["spec"]["template"]["spec"].clone()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn on_kubernetes_files_are_staged_in_the_pods_empty_dir() {
     // Arrange: the image and the Deployment's container, as read from the
@@ -876,11 +888,7 @@ async fn on_kubernetes_files_are_staged_in_the_pods_empty_dir() {
     let manifests =
         yaml_rust2::YamlLoader::load_from_str(&read("deploy/kubernetes/esr-exporter.yaml"))
             .expect("manifests parse");
-    let deployment = manifests
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("Deployment"))
-        .expect("a Deployment");
-    let pod = &deployment["spec"]["template"]["spec"];
+    let pod = &deployment_pod();
     let container = &pod["containers"][0];
     let volumes = pod["volumes"].as_vec().expect("volumes");
     let volume = |name: &str| {
@@ -1048,17 +1056,7 @@ async fn the_image_alone_uses_its_volume_and_the_healthcheck_port() {
 /// 2 s: a readiness probe that gives up sooner than 3 s fails a ready pod.
 #[test]
 fn the_readiness_probe_waits_longer_than_a_readyz_check() {
-    let manifests =
-        yaml_rust2::YamlLoader::load_from_str(&read("deploy/kubernetes/esr-exporter.yaml"))
-            .expect("manifests parse");
-    let deployment = manifests
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("Deployment"))
-        .expect("a Deployment");
-    for container in deployment["spec"]["template"]["spec"]["containers"]
-        .as_vec()
-        .unwrap()
-    {
+    for container in deployment_pod()["containers"].as_vec().unwrap() {
         let probe = &container["readinessProbe"];
         // Kubernetes' default is 1 s.
         let timeout = probe["timeoutSeconds"].as_i64().unwrap_or(1);

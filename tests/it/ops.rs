@@ -373,16 +373,29 @@ fn the_kubernetes_manifests_parse_and_probe_the_http_endpoints() {
     );
 }
 
+/// The value the container's environment gives `key`.
+fn env_value<'e>(env: &'e [yaml_rust2::Yaml], key: &str) -> &'e str {
+    env.iter()
+        .find(|e| e["name"].as_str() == Some(key))
+        .and_then(|e| e["value"].as_str())
+        .unwrap_or_else(|| panic!("{key} in the Deployment"))
+}
+
+/// The pod spec of the Deployment in `deploy/kubernetes/esr-exporter.yaml`.
+fn deployment_pod() -> yaml_rust2::Yaml {
+    let manifests = yaml("deploy/kubernetes/esr-exporter.yaml");
+    let deployment = manifests
+        .into_iter()
+        .find(|d| d["kind"].as_str() == Some("Deployment"))
+        .expect("a Deployment");
+    deployment["spec"]["template"]["spec"].clone()
+}
+
 /// The Secret the Deployment mounts is not applied with it; the example
 /// beside the manifests has its name and the keys the URIs are read from.
 #[test]
 fn the_example_secret_has_the_name_and_keys_the_deployment_reads() {
-    let manifests = yaml("deploy/kubernetes/esr-exporter.yaml");
-    let deployment = manifests
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("Deployment"))
-        .expect("a Deployment");
-    let pod = &deployment["spec"]["template"]["spec"];
+    let pod = &deployment_pod();
     let mounted = pod["volumes"]
         .as_vec()
         .unwrap()
@@ -394,11 +407,7 @@ fn the_example_secret_has_the_name_and_keys_the_deployment_reads() {
     assert_eq!(example[0]["metadata"]["name"].as_str(), Some(mounted));
     let env = pod["containers"][0]["env"].as_vec().unwrap();
     for key in ["ESR_MONGODB__URI_FILE", "ESR_AMQP__URI_FILE"] {
-        let path = env
-            .iter()
-            .find(|e| e["name"].as_str() == Some(key))
-            .and_then(|e| e["value"].as_str())
-            .unwrap_or_else(|| panic!("{key} in the Deployment"));
+        let path = env_value(env, key);
         let file = path.rsplit('/').next().unwrap();
         assert!(
             !example[0]["stringData"][file].is_badvalue(),
@@ -414,12 +423,7 @@ fn the_example_secret_has_the_name_and_keys_the_deployment_reads() {
 /// `ESR_*__URI_FILE=%d/<name>` names.
 #[test]
 fn secrets_reach_the_daemon_as_files_on_kubernetes_and_under_systemd() {
-    let manifests = yaml("deploy/kubernetes/esr-exporter.yaml");
-    let deployment = manifests
-        .iter()
-        .find(|d| d["kind"].as_str() == Some("Deployment"))
-        .expect("a Deployment");
-    let pod = &deployment["spec"]["template"]["spec"];
+    let pod = &deployment_pod();
     assert_eq!(pod["enableServiceLinks"].as_bool(), Some(false));
     let container = &pod["containers"][0];
     let secret_volume = pod["volumes"]
@@ -454,11 +458,7 @@ fn secrets_reach_the_daemon_as_files_on_kubernetes_and_under_systemd() {
     ))
     .unwrap();
     for key in ["ESR_MONGODB__URI_FILE", "ESR_AMQP__URI_FILE"] {
-        let path = env
-            .iter()
-            .find(|e| e["name"].as_str() == Some(key))
-            .and_then(|e| e["value"].as_str())
-            .unwrap_or_else(|| panic!("{key} in the Deployment"));
+        let path = env_value(env, key);
         assert!(
             path.starts_with(&format!("{mount}/")),
             "{key}={path} under {mount}"

@@ -85,20 +85,20 @@ async fn killed_during_the_upload_the_next_run_removes_the_temporary_and_deliver
     finish_elsewhere(&app, &sshd, &ids).await;
 }
 
-#[tokio::test]
-async fn killed_after_the_rename_before_the_publication_is_recorded_the_file_is_kept() {
-    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
-    let ids = app.seed("MER", 500).await;
+/// Runs `export` until the `.DAT` is renamed into place and the write of
+/// its publication is held (MongoDB black-holed at that write), then
+/// SIGKILLs it; the `.DAT`'s name.
+async fn killed_after_the_rename(app: &TestApp, sshd: &TestSshd) -> String {
     let proxy = WireProxy::start(&primary_host_port().await).await;
     proxy.arm(Fault::BlackHole, |r| {
         r.is("update", "exportRuns", "publication")
     });
-    let mut env = env_of(&sshd);
+    let mut env = env_of(sshd);
     env.push((
         "ESR_MONGODB__URI".to_owned(),
         format!("{}&appName={}", proxy.uri(), app.app_name),
     ));
-    let mut child = binary(&app, &["export", "--deanery", "MER"], &pairs(&env))
+    let mut child = binary(app, &["export", "--deanery", "MER"], &pairs(&env))
         .spawn()
         .unwrap();
     until("the publication's write held", || proxy.fired().is_some()).await;
@@ -109,12 +109,20 @@ async fn killed_after_the_rename_before_the_publication_is_recorded_the_file_is_
         .filter(|n| n.ends_with(".DAT"))
         .collect();
     assert_eq!(dat.len(), 1, "renamed before the write: {:?}", sshd.files());
-    let before = std::fs::metadata(sshd.inbox.join(&dat[0]))
+    dat[0].clone()
+}
+
+#[tokio::test]
+async fn killed_after_the_rename_before_the_publication_is_recorded_the_file_is_kept() {
+    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+    let ids = app.seed("MER", 500).await;
+    let dat = killed_after_the_rename(&app, &sshd).await;
+    let before = std::fs::metadata(sshd.inbox.join(&dat))
         .unwrap()
         .modified()
         .unwrap();
     finish_elsewhere(&app, &sshd, &ids).await;
-    let after = std::fs::metadata(sshd.inbox.join(&dat[0]))
+    let after = std::fs::metadata(sshd.inbox.join(&dat))
         .unwrap()
         .modified()
         .unwrap();
@@ -157,25 +165,7 @@ async fn sshd_killed_mid_upload_and_restarted_the_run_reconnects_and_delivers_on
 async fn killed_after_the_rename_then_other_bytes_under_its_name_the_resume_refuses() {
     let (app, sshd) = (spawn_app().await, TestSshd::start().await);
     app.seed("MER", 500).await;
-    let proxy = WireProxy::start(&primary_host_port().await).await;
-    proxy.arm(Fault::BlackHole, |r| {
-        r.is("update", "exportRuns", "publication")
-    });
-    let mut env = env_of(&sshd);
-    env.push((
-        "ESR_MONGODB__URI".to_owned(),
-        format!("{}&appName={}", proxy.uri(), app.app_name),
-    ));
-    let mut child = binary(&app, &["export", "--deanery", "MER"], &pairs(&env))
-        .spawn()
-        .unwrap();
-    until("the publication's write held", || proxy.fired().is_some()).await;
-    child.kill().await.unwrap();
-    let name = sshd
-        .files()
-        .into_iter()
-        .find(|n| n.ends_with(".DAT"))
-        .expect("renamed before the write");
+    let name = killed_after_the_rename(&app, &sshd).await;
     std::fs::write(sshd.inbox.join(&name), b"someone else's bytes").unwrap();
 
     app.until_leases_lapse().await;
