@@ -1,5 +1,7 @@
 //! The binary killed with SIGKILL at each step of a publication to an SFTP
-//! server, and the server killed mid-upload: during the `.DAT`'s upload
+//! server, and the server killed mid-upload: during the manifest's upload
+//! and just before the `.DAT`'s rename (the server's SFTP subsystem holds
+//! that request: `tests/support/sftp_hold.py`), during the `.DAT`'s upload
 //! (the manifest published, the temporary file half written), and after
 //! the `.DAT`'s rename (its publication not yet recorded: MongoDB is held
 //! by a proxy at that write). The next run, on another staging folder
@@ -178,4 +180,65 @@ async fn killed_after_the_rename_then_other_bytes_under_its_name_the_resume_refu
     assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
     let kept = std::fs::read(sshd.inbox.join(&name)).unwrap();
     assert_eq!(kept, b"someone else's bytes", "never written over");
+}
+
+/// Runs `export` against `sshd` until its subsystem holds the request it
+/// waits for, then SIGKILLs it.
+async fn killed_when_held(app: &TestApp, sshd: &TestSshd) {
+    let env = env_of(sshd);
+    let mut child = binary(app, &["export", "--deanery", "MER"], &pairs(&env))
+        .spawn()
+        .unwrap();
+    until("the request held", || sshd.held()).await;
+    child.kill().await.unwrap();
+}
+
+/// Killed during the manifest's upload (its temporary file open, its first
+/// write held): nothing is published yet; the next run, from another
+/// folder, removes the temporary and delivers once.
+#[tokio::test]
+async fn killed_during_the_manifest_upload_the_next_run_delivers_once() {
+    let (app, sshd) = (
+        spawn_app().await,
+        TestSshd::start_holding("write-after-open", ".DAT.json.").await,
+    );
+    let ids = app.seed("MER", 500).await;
+    killed_when_held(&app, &sshd).await;
+    assert!(
+        sshd.files().is_empty(),
+        "nothing published: {:?}",
+        sshd.files()
+    );
+    let temporaries = sshd.temporaries();
+    assert!(
+        temporaries.iter().any(|t| t.contains(".DAT.json.")),
+        "the manifest's temporary: {temporaries:?}"
+    );
+    finish_elsewhere(&app, &sshd, &ids).await;
+}
+
+/// Killed just before the `.DAT`'s rename (uploaded and made durable under
+/// its temporary name, the rename held): the manifest is published, the
+/// file is not; the next run delivers it once and removes the temporary.
+#[tokio::test]
+async fn killed_just_before_the_rename_the_next_run_delivers_once() {
+    let (app, sshd) = (
+        spawn_app().await,
+        TestSshd::start_holding("rename-to", ".DAT").await,
+    );
+    let ids = app.seed("MER", 500).await;
+    killed_when_held(&app, &sshd).await;
+    let files = sshd.files();
+    assert!(
+        files.iter().all(|f| f.ends_with(".json")),
+        "only the manifest: {files:?}"
+    );
+    let temporaries = sshd.temporaries();
+    assert!(
+        temporaries
+            .iter()
+            .any(|t| t.contains(".DAT.") && !t.contains(".json.")),
+        "the file under its temporary name: {temporaries:?}"
+    );
+    finish_elsewhere(&app, &sshd, &ids).await;
 }

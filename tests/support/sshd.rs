@@ -1,7 +1,8 @@
 //! OpenSSH's `sshd` for the SFTP tests: one server per test, as root, on a
 //! free loopback port, with its own config, host key and authorized key
 //! (all generated with `ssh-keygen`), `PasswordAuthentication no` and
-//! `Subsystem sftp internal-sftp`. The folder files go to may be a small
+//! `Subsystem sftp internal-sftp` (or `sftp-server` behind a relay that
+//! holds one request, `sftp_hold.py`). The folder files go to may be a small
 //! tmpfs (a full disk) or made read-only with a read-only remount.
 
 #![allow(dead_code)] // each test binary uses its own part
@@ -29,6 +30,9 @@ pub struct TestSshd {
     pub known_hosts: PathBuf,
     child: Option<Child>,
     mounted: bool,
+    /// The subsystem's relay that holds one request (`sftp_hold.py`):
+    /// its mode and needle.
+    hold: Option<(String, String)>,
 }
 
 fn keygen(path: &Path) {
@@ -56,6 +60,25 @@ impl TestSshd {
     /// Starts a server whose inbox is a tmpfs of `bytes` (a disk that fills).
     pub async fn start_on_tmpfs(bytes: u64) -> Self {
         Self::start_with(Some(bytes)).await
+    }
+
+    /// Starts a server whose SFTP subsystem (OpenSSH's `sftp-server`
+    /// behind `sftp_hold.py`) holds one request for good: `mode` is
+    /// `rename-to` (a rename to a path ending with `needle`) or
+    /// `write-after-open` (the first write after opening a path containing
+    /// `needle`). [`TestSshd::held`] says when it holds.
+    pub async fn start_holding(mode: &str, needle: &str) -> Self {
+        let mut sshd = Self::start_with(None).await;
+        sshd.hold = Some((mode.to_owned(), needle.to_owned()));
+        sshd.write_config();
+        sshd.kill();
+        sshd.restart().await;
+        sshd
+    }
+
+    /// True once the subsystem holds its request.
+    pub fn held(&self) -> bool {
+        self.dir.path().join("held").exists()
     }
 
     async fn start_with(tmpfs: Option<u64>) -> Self {
@@ -87,6 +110,7 @@ impl TestSshd {
             known_hosts,
             child: None,
             mounted: tmpfs.is_some(),
+            hold: None,
         };
         sshd.write_config();
         sshd.restart().await;
@@ -95,12 +119,19 @@ impl TestSshd {
 
     fn write_config(&self) {
         let d = self.dir.path().display();
+        let subsystem = match &self.hold {
+            None => "internal-sftp".to_owned(),
+            Some((mode, needle)) => format!(
+                "/usr/bin/python3 {}/tests/support/sftp_hold.py {mode} {needle} {d}/held",
+                env!("CARGO_MANIFEST_DIR")
+            ),
+        };
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n\
-             Subsystem sftp internal-sftp\nLogLevel VERBOSE\n",
+             Subsystem sftp {subsystem}\nLogLevel VERBOSE\n",
             port = self.port
         );
         std::fs::write(self.dir.path().join("sshd_config"), config).unwrap();
