@@ -109,6 +109,11 @@ fn parse_s3(rest: &str) -> Result<DestinationUrl, String> {
     if prefix.split('/').any(|part| part == "." || part == "..") {
         return Err("the key prefix may not contain . or .. segments".to_owned());
     }
+    // The store's paths drop empty segments: `app//x` would be recorded as
+    // one key and written under another.
+    if prefix.contains("//") {
+        return Err("the key prefix may not contain an empty segment (//)".to_owned());
+    }
     Ok(DestinationUrl::S3 {
         bucket: bucket.to_owned(),
         prefix: prefix.to_owned(),
@@ -268,6 +273,8 @@ mod tests {
             .contains("az://"));
         assert!(DestinationUrl::parse("s3://Bad_Bucket/p").is_err());
         assert!(DestinationUrl::parse("s3://bucket/a/../b").is_err());
+        let doubled = DestinationUrl::parse("s3://bucket/app//x").unwrap_err();
+        assert!(doubled.contains("empty segment"), "{doubled}");
         assert!(DestinationUrl::parse("s3://bucket/p?x=1").is_err());
         assert!(DestinationUrl::parse("/just/a/path").is_err());
     }
