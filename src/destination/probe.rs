@@ -26,8 +26,11 @@ pub(crate) async fn probe(bucket: &Bucket) -> Result<(), DestinationError> {
         super::leftovers::probe_name()
     );
     let copy = format!("{name}.copy");
-    let proven = prove(bucket, &name, &copy).await;
-    for leftover in [&name, &copy] {
+    let mut created = false;
+    let proven = prove(bucket, &name, &copy, &mut created).await;
+    // Nothing to remove if its first create was refused (a 403, a missing
+    // bucket); one whose outcome is unknown (a timeout) is removed too.
+    for leftover in [&name, &copy].into_iter().filter(|_| created) {
         if let Err(err) = bucket.delete(leftover).await {
             tracing::warn!(destination = %bucket.url(), key = %bucket.key(leftover), error = %crate::report::Chain(&err), "could not remove the probe object");
         }
@@ -40,12 +43,25 @@ pub(crate) async fn probe(bucket: &Bucket) -> Result<(), DestinationError> {
     Ok(())
 }
 
-async fn prove(bucket: &Bucket, name: &str, copy: &str) -> Result<(), DestinationError> {
+async fn prove(
+    bucket: &Bucket,
+    name: &str,
+    copy: &str,
+    created: &mut bool,
+) -> Result<(), DestinationError> {
     let body = Bytes::from_static(b"esr-exporter: proves this store refuses a second create\n");
-    bucket.create_bytes(name, body.clone()).await?;
+    let first = bucket.create_bytes(name, body.clone()).await;
+    *created = might_have_created(&first);
+    first?;
     refused_again(bucket, name, bucket.create_bytes(name, body).await)?;
     bucket.copy_if_absent(name, copy).await?;
     refused_again(bucket, copy, bucket.copy_if_absent(name, copy).await)
+}
+
+/// Whether a create that ended so may have left its object: all but a
+/// refusal (which [`FailureKind::Permanent`] is) may have.
+pub(super) fn might_have_created<T>(create: &Result<T, DestinationError>) -> bool {
+    !matches!(create, Err(err) if err.kind == FailureKind::Permanent)
 }
 
 /// The second create must have been refused as occupied.

@@ -200,6 +200,8 @@ async fn a_forbidden_or_missing_bucket_is_refused_with_exit_2() {
             line.contains("s3:PutObject"),
             "the permissions to check: {line}"
         );
+        let tried = "could not remove the probe";
+        assert!(!said.contains(tried), "none was created: {said}");
     }
 }
 

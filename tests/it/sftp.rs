@@ -159,6 +159,11 @@ async fn a_refused_login_is_permanent_and_a_read_only_folder_is_named_as_such() 
         "{}",
         stderr(&output)
     );
+    assert!(
+        !stderr(&output).contains("could not remove the probe"),
+        "no probe file was created: {}",
+        stderr(&output)
+    );
 
     std::fs::copy(
         sshd.dir.path().join("id_ed25519.pub"),

@@ -20,9 +20,14 @@ impl Sftp {
     /// read-only folder, a timeout, ...).
     pub async fn probe(&self) -> Result<(), DestinationError> {
         let name = format!("{TEMP_DIR}/{}", super::super::leftovers::probe_name());
-        let proven = self.prove(&name).await;
-        if let Err(err) = self.delete(&name).await {
-            tracing::warn!(destination = %self.url, path = %self.key(&name), error = %crate::report::Chain(&err), "could not remove the probe file");
+        let mut created = false;
+        let proven = self.prove(&name, &mut created).await;
+        // Nothing to remove if its first create was refused (a refused
+        // login, an unknown host key); one whose outcome is unknown is.
+        if created {
+            if let Err(err) = self.delete(&name).await {
+                tracing::warn!(destination = %self.url, path = %self.key(&name), error = %crate::report::Chain(&err), "could not remove the probe file");
+            }
         }
         proven?;
         // Those of processes killed during their probe, once this one passed.
@@ -32,10 +37,12 @@ impl Sftp {
         Ok(())
     }
 
-    async fn prove(&self, name: &str) -> Result<(), DestinationError> {
+    async fn prove(&self, name: &str, created: &mut bool) -> Result<(), DestinationError> {
         let first =
             Bytes::from_static(b"esr-exporter: proves this server refuses a second create\n");
-        self.create_bytes(name, first.clone()).await?;
+        let created_first = self.create_bytes(name, first.clone()).await;
+        *created = super::super::probe::might_have_created(&created_first);
+        created_first?;
         let second = self
             .create_bytes(name, Bytes::from_static(b"replaced\n"))
             .await;
