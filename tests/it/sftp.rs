@@ -92,6 +92,31 @@ async fn check_config_proves_the_server_and_never_prints_the_passphrase() {
     let ids = app.seed("MER", 5).await;
     export_ok(&app, &env, "MER").await;
     assert_delivered_once(&app, &sshd, &ids).await;
+
+    // A wrong passphrase, or none for the encrypted key: refused naming
+    // the setting to fix (the key library says only "cryptographic error").
+    env.retain(|(key, _)| key != "ESR_SFTP__PRIVATE_KEY_PASSPHRASE_FILE");
+    set(&mut env, "ESR_SFTP__PRIVATE_KEY_PASSPHRASE", "wrong");
+    let wrong = run_binary(&app, &["check-config"], &pairs(&env)).await;
+    assert_eq!(wrong.status.code(), Some(2), "{}", stderr(&wrong));
+    let said = stderr(&wrong);
+    assert!(
+        said.contains("is sftp.private_key_passphrase the passphrase of this key?"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("never-printed-passphrase") && !said.contains("wrong\""),
+        "{said}"
+    );
+    env.retain(|(key, _)| !key.starts_with("ESR_SFTP__PRIVATE_KEY_PASSPHRASE"));
+    let none = run_binary(&app, &["check-config"], &pairs(&env)).await;
+    assert_eq!(none.status.code(), Some(2), "{}", stderr(&none));
+    assert!(
+        stderr(&none)
+            .contains("the key is encrypted: give its passphrase in sftp.private_key_passphrase"),
+        "{}",
+        stderr(&none)
+    );
 }
 
 #[tokio::test]

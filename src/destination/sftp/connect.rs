@@ -121,15 +121,7 @@ impl Connection {
             &settings.private_key_file,
             settings.private_key_passphrase.expose(),
         )
-        .map_err(|err| {
-            fail(
-                FailureKind::Permanent,
-                format!(
-                    "cannot load the private key {} (sftp.private_key_file): {err}",
-                    settings.private_key_file.display()
-                ),
-            )
-        })?;
+        .map_err(|err| fail(FailureKind::Permanent, key_not_loaded(settings, &err)))?;
         let verdict = Arc::new(Mutex::new(None));
         let check = HostCheck {
             target: target.clone(),
@@ -245,4 +237,20 @@ async fn open_sftp(
     // session's is a backstop for a request no try waits on.
     sftp.set_timeout(settings.request_timeout().as_secs() + 2);
     Ok(sftp)
+}
+
+/// Why the private key could not be loaded, naming the setting to fix: an
+/// encrypted key without a passphrase, or one the passphrase given does
+/// not open (which the key library reports only as a cryptographic error).
+fn key_not_loaded(settings: &SftpSettings, err: &russh::keys::Error) -> String {
+    let file = settings.private_key_file.display();
+    let hint = match (err, settings.private_key_passphrase.expose().is_some()) {
+        (russh::keys::Error::KeyIsEncrypted, false) => {
+            "; the key is encrypted: give its passphrase in sftp.private_key_passphrase \
+             (or sftp.private_key_passphrase_file)"
+        }
+        (_, true) => "; is sftp.private_key_passphrase the passphrase of this key?",
+        (_, false) => "",
+    };
+    format!("cannot load the private key {file} (sftp.private_key_file): {err}{hint}")
 }
