@@ -373,3 +373,21 @@ async fn the_probe_files_of_killed_processes_are_removed_by_the_next_probe() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(sshd.temporaries(), [elsewhere], "{}", stderr(&output));
 }
+
+/// A folder for temporaries that cannot be made (a file holds its name) is
+/// said as such, naming it, not as a full disk or a quota.
+#[tokio::test]
+async fn a_folder_for_temporaries_that_cannot_be_made_is_named() {
+    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+    std::fs::write(sshd.inbox.join(crate::sshd::TEMP_DIR), b"a file").unwrap();
+    let output = run_binary(&app, &["check-config"], &pairs(&sshd.env())).await;
+    let said = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{said}");
+    let folder = format!(
+        "cannot create the folder {}/{}",
+        sshd.inbox.display(),
+        crate::sshd::TEMP_DIR
+    );
+    assert!(said.contains(&folder), "{said}");
+    assert!(!said.contains("full disk"), "{said}");
+}

@@ -366,15 +366,25 @@ async fn upload(c: &Connection, dir: &str, temp: &str, source: Source<'_>) -> Re
 }
 
 /// Creates [`TEMP_DIR`] under the destination's folder (another writer
-/// may have just made it).
+/// may have just made it). A folder that cannot be made is said as such,
+/// not as a write's failure (a full disk, a quota).
 async fn make_temp_dir(c: &Connection, dir: &str) -> Result<(), Failed> {
     let temp_dir = format!("{dir}/{TEMP_DIR}");
-    match c.sftp.create_dir(temp_dir.clone()).await {
-        Ok(()) => Ok(()),
-        Err(err) => match c.sftp.metadata(temp_dir).await {
-            Ok(meta) if meta.is_dir() => Ok(()),
-            _ => Err(Failed::from(err)),
-        },
+    let err = match c.sftp.create_dir(temp_dir.clone()).await {
+        Ok(()) => return Ok(()),
+        Err(err) => err,
+    };
+    match c.sftp.metadata(temp_dir.clone()).await {
+        Ok(meta) if meta.is_dir() => Ok(()),
+        _ => {
+            let cause = err.to_string();
+            let mut failed = Failed::from(err);
+            failed.detail = format!(
+                "cannot create the folder {temp_dir} for temporaries: {cause} (does {dir} \
+                 exist, and may this user create a folder in it?)"
+            );
+            Err(failed)
+        }
     }
 }
 
