@@ -33,6 +33,7 @@ mod ops;
 mod privilege;
 #[path = "../support/proxy.rs"]
 mod proxy;
+mod readme_layout;
 mod readme_metrics;
 mod replicas;
 #[path = "../support/s3proxy.rs"]
