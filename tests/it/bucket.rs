@@ -301,3 +301,29 @@ async fn without_credentials_the_probe_says_where_it_looked_at_once_and_sends_no
     assert!(bucket.objects().await.is_empty(), "nothing sent");
     assert_eq!(app.count(doc! {"status": "TO_EXPORT"}).await, 5);
 }
+
+/// Each of the probe's two checks stands on its own: a store that ignores
+/// `If-None-Match` only on a plain PUT is refused by the put check, one
+/// that ignores it only on completing a multipart upload (the conditional
+/// copy large files use) by the copy check; each names its probe object.
+#[tokio::test]
+async fn a_store_that_ignores_if_none_match_on_puts_or_on_copies_alone_is_refused() {
+    let (app, bucket) = (spawn_app().await, TestBucket::create().await);
+    for (method, copy) in [("PUT", false), ("POST", true)] {
+        let proxy = S3Proxy::start(&s3_endpoint()).await;
+        proxy.add(Rule::new(method, "", Action::StripHeader("if-none-match")));
+        let env = bucket_env(&bucket.destination(), &proxy.endpoint());
+        let output = run_binary(&app, &["check-config"], &pairs(&env)).await;
+        let said = stderr(&output);
+        assert_eq!(output.status.code(), Some(2), "{method}: {said}");
+        let line = said
+            .lines()
+            .find(|l| l.contains("accepted a second create"))
+            .unwrap_or_else(|| panic!("{method}: {said}"));
+        assert_eq!(
+            line.contains(".copy"),
+            copy,
+            "{method}: the check that caught it: {line}"
+        );
+    }
+}

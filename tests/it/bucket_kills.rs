@@ -187,18 +187,18 @@ async fn killed_after_the_file_then_other_bytes_under_its_name_the_resume_refuse
 #[tokio::test]
 async fn a_name_taken_during_a_multipart_upload_is_never_written_over() {
     let (app, bucket, proxy, _) = setup(MULTIPART_RECORDS).await;
+    let delay = Action::Delay(Duration::from_secs(2));
     let rule = proxy.add(
-        Rule::new("PUT", ".tmp", Action::HoldBefore)
+        Rule::new("PUT", ".tmp", delay)
             .query("partNumber=2")
             .times(1),
     );
     let mut env = bucket_env(&bucket.destination(), &proxy.endpoint());
     multipart_env(&mut env);
-    env.push(("ESR_S3__REQUEST_TIMEOUT_MS".to_owned(), "3000".to_owned()));
     let child = binary(&app, &["export", "--deanery", "MER"], &pairs(&env))
         .spawn()
         .unwrap();
-    crate::helpers::eventually("a part held", Duration::from_secs(120), || async {
+    crate::helpers::eventually("a part delayed", Duration::from_secs(120), || async {
         rule.matched() >= 1
     })
     .await;
@@ -211,6 +211,50 @@ async fn a_name_taken_during_a_multipart_upload_is_never_written_over() {
     bucket.put(&key, b"someone else's file").await;
 
     let output = child.wait_with_output().await.unwrap();
-    assert_refused_over(&app, &output, &name).await;
-    assert_eq!(bucket.objects().await[&key], b"someone else's file");
+    assert_refused_for_other_bytes(&app, &bucket, &output, &key).await;
+}
+
+/// Another writer takes the file's name between the run's look-up and its
+/// create (the create is delayed on its way to the store): the
+/// store refuses the create, the second look finds other bytes, and the
+/// run fails naming the file, marks nothing and leaves the other object.
+#[tokio::test]
+async fn a_name_taken_between_the_look_up_and_the_create_is_refused() {
+    let (app, bucket, proxy, _) = setup(30).await;
+    let delay = Action::Delay(Duration::from_secs(2));
+    let rule = proxy.add(Rule::new("PUT", ".DAT", delay).times(1));
+    let env = bucket_env(&bucket.destination(), &proxy.endpoint());
+    let child = binary(&app, &["export", "--deanery", "MER"], &pairs(&env))
+        .spawn()
+        .unwrap();
+    crate::helpers::eventually("the create held", Duration::from_secs(60), || async {
+        rule.matched() >= 1
+    })
+    .await;
+    let run = app
+        .run_doc(bson::doc! {"deanery": "MER"})
+        .await
+        .expect("the run");
+    let name = run.get_str("fileName").expect("a file name").to_owned();
+    let key = format!("{}/{name}", crate::bucket_support::PREFIX);
+    bucket.put(&key, b"someone else's file").await;
+
+    let output = child.wait_with_output().await.unwrap();
+    assert_refused_for_other_bytes(&app, &bucket, &output, &key).await;
+}
+
+/// The export failed because other bytes hold `key` (said in its summary
+/// and at ERROR naming the file), marked nothing, and left the object.
+async fn assert_refused_for_other_bytes(
+    app: &TestApp,
+    bucket: &TestBucket,
+    output: &std::process::Output,
+    key: &str,
+) {
+    let name = key.rsplit('/').next().unwrap();
+    assert_refused_over(app, output, name).await;
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let error = summary["error"].as_str().unwrap_or_default();
+    assert!(error.contains("a file with other bytes"), "{error}");
+    assert_eq!(bucket.objects().await[key], b"someone else's file");
 }

@@ -34,6 +34,9 @@ pub enum Action {
     HoldAfter,
     Respond(u16, &'static str),
     StripHeader(&'static str),
+    /// Forwards the request after this long (another writer may act
+    /// meanwhile).
+    Delay(std::time::Duration),
 }
 
 /// Which requests a rule matches: method, a path suffix, a query part.
@@ -163,6 +166,10 @@ async fn handle(
             std::future::pending().await
         }
         Some(Action::StripHeader(name)) => Ok(forward(req, &client, &upstream, Some(name)).await),
+        Some(Action::Delay(delay)) => {
+            tokio::time::sleep(delay).await;
+            Ok(forward(req, &client, &upstream, None).await)
+        }
         None => Ok(forward(req, &client, &upstream, None).await),
     }
 }
