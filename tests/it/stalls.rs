@@ -452,3 +452,43 @@ async fn at_the_default_settings_a_silent_mongodb_ends_an_export_within_its_boun
         "exit {exited_after:?} after it"
     );
 }
+
+/// A process whose lease lapsed while it was stuck (MongoDB silent to it)
+/// and was taken over stops claiming at its next claim: the renewal inside
+/// the claim's transaction finds another holder, and the attempt fails
+/// naming the lost lease. The process that took over exports every record
+/// once, in one file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_that_lost_its_lease_while_stuck_stops_claiming() {
+    let tuning = [
+        ("ESR_EXPORT__CHUNK_SIZE", "50"),
+        ("ESR_EXPORT__LEASE_SECONDS", "2"),
+    ];
+    let app = spawn_app_with(&tuning).await;
+    let code = unique_deanery();
+    let ids = app.seed(&code, 2_000).await;
+    let proxy = WireProxy::start(&primary_host_port().await).await;
+    let mut extra = tuning.to_vec();
+    extra.push(("ESR_MONGODB__OPERATION_TIMEOUT_MS", "30000"));
+    let stuck = exporter_through(&app, &proxy, &extra).await;
+    let d = deanery(&code);
+    let attempt = tokio::spawn(async move { stuck.run(&d).await });
+    let claimed = doc! {"deanery": &code, "status": "EXPORTING"};
+    eventually("the first process claiming", WAIT, || async {
+        app.count(claimed.clone()).await > 0
+    })
+    .await;
+    proxy.arm(Fault::BlackHole, |r| r.is("update", "exportLeases", ""));
+    eventually("it is stuck", WAIT, || async { proxy.fired().is_some() }).await;
+    app.until_leases_lapse().await;
+
+    let took_over = app.exporter.run(&deanery(&code)).await;
+    assert_eq!(took_over.status(), RunStatus::Completed, "{took_over:?}");
+    proxy.heal();
+    let lost = attempt.await.unwrap();
+
+    assert_eq!(lost.status(), RunStatus::Failed, "{lost:?}");
+    let error = lost.error().unwrap_or_default();
+    assert!(error.contains("lost to another process"), "{error}");
+    app.assert_exported_once(&code, &ids).await;
+}
