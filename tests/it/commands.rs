@@ -245,6 +245,8 @@ async fn a_missed_slot_is_caught_up_once_on_start() {
         said.contains("checking the latest slot for catch-up"),
         "{said}"
     );
+    assert!(said.contains("slot already fired"), "{said}");
+    assert!(!said.contains("schedule slot fired"), "fired again: {said}");
     assert_eq!(
         app.count(doc! {"deanery": "SEV", "status": "TO_EXPORT"})
             .await,
