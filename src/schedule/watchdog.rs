@@ -200,7 +200,7 @@ impl Watchdog {
         match self.publish_catch_up(deanery).await {
             Ok(command_id) => {
                 metrics::record_catch_up(deanery.as_str());
-                tracing::warn!(deanery = %deanery, command_id = %command_id, "catch-up command published for stuck records");
+                tracing::warn!(deanery = %deanery, command_id = %command_id, period = bucket, "catch-up command published for stuck records");
                 Ok(true)
             }
             Err(err) => {

@@ -8,7 +8,7 @@ use tokio::io::AsyncReadExt;
 use tokio::process::{Child, Command};
 
 use crate::commands::cron_minutes_ago;
-use crate::helpers::{binary, eventually, seeded, spawn_app_with, TestApp};
+use crate::helpers::{binary, eventually, seeded, spawn_app_with, TestApp, Watched};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -140,5 +140,64 @@ async fn sigterm_during_a_run_exits_cleanly_and_a_later_run_completes_it() {
     .await;
     daemon.stop().await;
     app.assert_exported_once("NWN", &ids).await;
+    app.delete_broker_topology().await;
+}
+
+/// Two replicas' watchdogs find the same stuck records period after
+/// period (the deanery's lease is held elsewhere, so no catch-up command
+/// can export them): each period, one catch-up command is published, by
+/// whichever replica claimed that period first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_watchdogs_publish_one_catch_up_command_per_period() {
+    let (cron, app, code, _) = crate::commands::stuck_past_a_missed_slot(5).await;
+    let never = bson::DateTime::from_millis(bson::DateTime::now().timestamp_millis() + 3_600_000);
+    app.db
+        .collection::<bson::Document>("exportLeases")
+        .insert_one(doc! {"_id": &code, "owner": "a process elsewhere", "expiresAt": never})
+        .await
+        .unwrap();
+    let watching = [
+        ("ESR_SCHEDULE__CRON", cron.as_str()),
+        ("ESR_WATCHDOG__ENABLED", "true"),
+        ("ESR_WATCHDOG__PERIOD_SECONDS", "2"),
+        ("ESR_WATCHDOG__GRACE_MINUTES", "0"),
+    ];
+    let replicas = [
+        Watched::spawn(binary(&app, &["run"], &watching)),
+        Watched::spawn(binary(&app, &["run"], &watching)),
+    ];
+    let published = "catch-up command published for stuck records";
+    eventually(
+        "catch-up commands in several periods",
+        Duration::from_secs(60),
+        || async {
+            replicas
+                .iter()
+                .map(|r| r.said().matches(published).count())
+                .sum::<usize>()
+                >= 4
+        },
+    )
+    .await;
+    let mut periods = Vec::new();
+    for replica in replicas {
+        let (_, said) = replica.terminate().await;
+        let lines = said
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok());
+        periods.extend(
+            lines
+                .filter(|l| l["message"] == published)
+                .filter_map(|l| l["period"].as_i64()),
+        );
+    }
+    let mut distinct = periods.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(
+        periods.len(),
+        distinct.len(),
+        "a period published twice: {periods:?}"
+    );
     app.delete_broker_topology().await;
 }
