@@ -81,6 +81,9 @@ impl Daemon {
         let closing = store.clone();
         let (trigger, mut shutdown) = Shutdown::new();
         let readiness = Readiness::default();
+        // Said before READY=1, so systemd's status and /readyz never show
+        // a start-up that waits for nothing.
+        readiness.set_waiting_for(Some(startup::WAITING_FOR_MONGODB));
         // The recorder first: what is recorded before it is lost.
         let recorder = metrics::install();
         metrics::set_consumer_attached(false);

@@ -15,6 +15,9 @@ use crate::ops::Readiness;
 use crate::shutdown::Shutdown;
 use crate::store::{StatusQuery, Store};
 
+/// What start-up waits for first, from before the endpoints serve.
+pub(super) const WAITING_FOR_MONGODB: &str = "MongoDB (its indexes are checked and built first)";
+
 /// Creates the indexes, then probes the destination. False if shutdown
 /// came first.
 ///
@@ -28,7 +31,7 @@ pub(super) async fn prepare(
     readiness: &Readiness,
     shutdown: &mut Shutdown,
 ) -> anyhow::Result<bool> {
-    readiness.set_waiting_for(Some("MongoDB (its indexes are checked and built first)"));
+    readiness.set_waiting_for(Some(WAITING_FOR_MONGODB));
     let indexed = until_done(settings, shutdown, "MongoDB", || store.ensure_indexes())
         .await
         .context("Failed to prepare MongoDB's indexes")?;

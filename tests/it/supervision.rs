@@ -159,11 +159,10 @@ async fn a_start_waiting_for_mongodb_is_up_for_systemd_and_says_what_it_waits_fo
     ];
     let daemon = Watched::spawn(as_its_own_watchdog_pid(binary(&app, &["run"], &env)));
 
-    let said = notifications_until(&socket, &["READY=1", "WATCHDOG=1"], WAIT).await;
-    assert!(
-        said.contains("STATUS=starting: waiting for MongoDB"),
-        "{said}"
-    );
+    let waiting = "STATUS=starting: waiting for MongoDB";
+    let said = notifications_until(&socket, &[waiting, "READY=1", "WATCHDOG=1"], WAIT).await;
+    let (waits, ready) = (said.find(waiting), said.find("READY=1"));
+    assert!(waits < ready, "the wait is said before READY=1: {said}");
     let addr = listen.parse().unwrap();
     let (status, body) = http_get(addr, "/readyz").await;
     assert_eq!(status, 503, "{body}");
