@@ -195,23 +195,7 @@ async fn a_name_taken_during_a_multipart_upload_is_never_written_over() {
     );
     let mut env = bucket_env(&bucket.destination(), &proxy.endpoint());
     multipart_env(&mut env);
-    let child = binary(&app, &["export", "--deanery", "MER"], &pairs(&env))
-        .spawn()
-        .unwrap();
-    crate::helpers::eventually("a part delayed", Duration::from_secs(120), || async {
-        rule.matched() >= 1
-    })
-    .await;
-    let run = app
-        .run_doc(bson::doc! {"deanery": "MER"})
-        .await
-        .expect("the run");
-    let name = run.get_str("fileName").expect("a file name").to_owned();
-    let key = format!("{}/{name}", crate::bucket_support::PREFIX);
-    bucket.put(&key, b"someone else's file").await;
-
-    let output = child.wait_with_output().await.unwrap();
-    assert_refused_for_other_bytes(&app, &bucket, &output, &key).await;
+    export_while_another_takes_the_name(&app, &bucket, &rule, &env).await;
 }
 
 /// Another writer takes the file's name between the run's look-up and its
@@ -224,10 +208,22 @@ async fn a_name_taken_between_the_look_up_and_the_create_is_refused() {
     let delay = Action::Delay(Duration::from_secs(2));
     let rule = proxy.add(Rule::new("PUT", ".DAT", delay).times(1));
     let env = bucket_env(&bucket.destination(), &proxy.endpoint());
-    let child = binary(&app, &["export", "--deanery", "MER"], &pairs(&env))
+    export_while_another_takes_the_name(&app, &bucket, &rule, &env).await;
+}
+
+/// Runs `export` until `rule` delays a request, puts another writer's
+/// object under the file's name meanwhile, and asserts the export refused
+/// it.
+async fn export_while_another_takes_the_name(
+    app: &TestApp,
+    bucket: &TestBucket,
+    rule: &Rule,
+    env: &[(String, String)],
+) {
+    let child = binary(app, &["export", "--deanery", "MER"], &pairs(env))
         .spawn()
         .unwrap();
-    crate::helpers::eventually("the create held", Duration::from_secs(60), || async {
+    crate::helpers::eventually("a request delayed", Duration::from_secs(120), || async {
         rule.matched() >= 1
     })
     .await;
@@ -238,9 +234,8 @@ async fn a_name_taken_between_the_look_up_and_the_create_is_refused() {
     let name = run.get_str("fileName").expect("a file name").to_owned();
     let key = format!("{}/{name}", crate::bucket_support::PREFIX);
     bucket.put(&key, b"someone else's file").await;
-
     let output = child.wait_with_output().await.unwrap();
-    assert_refused_for_other_bytes(&app, &bucket, &output, &key).await;
+    assert_refused_for_other_bytes(app, bucket, &output, &key).await;
 }
 
 /// The export failed because other bytes hold `key` (said in its summary
