@@ -225,12 +225,16 @@ async fn open_sftp(
         .request_subsystem(true, "sftp")
         .await
         .map_err(transient)?;
+    // A server without an SFTP subsystem and one that went away during the
+    // session's start (a restart, sshd killed) end it alike, the channel
+    // dropped: transient, so a restarting server is waited for, and a
+    // missing subsystem keeps failing, said at WARN and then ERROR.
     let sftp = SftpSession::new(channel.into_stream())
         .await
         .map_err(|err| {
             (
-                FailureKind::Permanent,
-                format!("the server offers no SFTP subsystem: {err}"),
+                FailureKind::Transient,
+                format!("the SFTP session did not start (the server offers no SFTP subsystem, or the connection dropped): {err}"),
             )
         })?;
     // Our own bound (each try's, naming its setting) fires first; the
