@@ -391,3 +391,21 @@ async fn a_folder_for_temporaries_that_cannot_be_made_is_named() {
     assert!(said.contains(&folder), "{said}");
     assert!(!said.contains("full disk"), "{said}");
 }
+
+/// A server whose SFTP subsystem does not start a session (here one that
+/// exits at once, as a server restarting meanwhile would drop it) is a
+/// transient failure, tried again and said as such: `export` exits 1, not
+/// 2, which a systemd unit would never restart.
+#[tokio::test]
+async fn an_sftp_session_that_does_not_start_is_transient() {
+    let app = spawn_app().await;
+    let sshd = TestSshd::start_with_subsystem("/bin/false".to_owned(), false).await;
+    app.seed("MER", 3).await;
+    let mut env = sshd.env();
+    set(&mut env, "ESR_SFTP__MAX_ELAPSED_MS", "500");
+    let output = export(&app, &env, "MER").await;
+    let said = stderr(&output);
+    assert_eq!(output.status.code(), Some(1), "{said}");
+    assert!(said.contains("the SFTP session did not start"), "{said}");
+    assert_eq!(app.count(doc! {"status": "TO_EXPORT"}).await, 3);
+}

@@ -30,9 +30,10 @@ pub struct TestSshd {
     pub known_hosts: PathBuf,
     child: Option<Child>,
     mounted: bool,
-    /// The subsystem's relay that holds one request (`sftp_hold.py`):
-    /// its mode and needle.
-    hold: Option<(String, String)>,
+    /// The SFTP subsystem's command when not `internal-sftp` (the relay
+    /// that holds one request, `sftp_hold.py`, or one that is no SFTP
+    /// server at all).
+    subsystem: Option<String>,
 }
 
 fn keygen(path: &Path) {
@@ -68,8 +69,22 @@ impl TestSshd {
     /// `write-after-open` (the first write after opening a path containing
     /// `needle`). [`TestSshd::held`] says when it holds.
     pub async fn start_holding(mode: &str, needle: &str) -> Self {
+        let relay = format!(
+            "/usr/bin/python3 {}/tests/support/sftp_hold.py {mode} {needle}",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        Self::start_with_subsystem(relay, true).await
+    }
+
+    /// Starts a server whose SFTP subsystem is `command` (its marker file
+    /// appended as the last argument when `marked`).
+    pub async fn start_with_subsystem(command: String, marked: bool) -> Self {
         let mut sshd = Self::start_with(None).await;
-        sshd.hold = Some((mode.to_owned(), needle.to_owned()));
+        let marker = sshd.dir.path().join("held");
+        sshd.subsystem = Some(match marked {
+            true => format!("{command} {}", marker.display()),
+            false => command,
+        });
         sshd.write_config();
         sshd.kill();
         sshd.restart().await;
@@ -110,7 +125,7 @@ impl TestSshd {
             known_hosts,
             child: None,
             mounted: tmpfs.is_some(),
-            hold: None,
+            subsystem: None,
         };
         sshd.write_config();
         sshd.restart().await;
@@ -119,13 +134,7 @@ impl TestSshd {
 
     fn write_config(&self) {
         let d = self.dir.path().display();
-        let subsystem = match &self.hold {
-            None => "internal-sftp".to_owned(),
-            Some((mode, needle)) => format!(
-                "/usr/bin/python3 {}/tests/support/sftp_hold.py {mode} {needle} {d}/held",
-                env!("CARGO_MANIFEST_DIR")
-            ),
-        };
+        let subsystem = self.subsystem.as_deref().unwrap_or("internal-sftp");
         let config = format!(
             "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
