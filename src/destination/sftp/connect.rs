@@ -200,6 +200,15 @@ async fn authenticate(
     if result.success() {
         return Ok(());
     }
+    // A server killed or restarting during the authentication ends it as
+    // a failure too: only an answer on a connection still open is a
+    // refusal.
+    if handle.is_closed() {
+        return Err((
+            FailureKind::Transient,
+            "connection lost while authenticating (the server closed it)".to_owned(),
+        ));
+    }
     Err((
         FailureKind::Permanent,
         format!(
