@@ -15,7 +15,8 @@ use crate::ops::Readiness;
 use crate::shutdown::Shutdown;
 use crate::store::{StatusQuery, Store};
 
-/// What start-up waits for first, from before the endpoints serve.
+/// What start-up waits for first: `run` says it before the endpoints
+/// serve, and [`prepare`] moves on from it.
 pub(super) const WAITING_FOR_MONGODB: &str = "MongoDB (its indexes are checked and built first)";
 
 /// Creates the indexes, then probes the destination. False if shutdown
@@ -31,7 +32,6 @@ pub(super) async fn prepare(
     readiness: &Readiness,
     shutdown: &mut Shutdown,
 ) -> anyhow::Result<bool> {
-    readiness.set_waiting_for(Some(WAITING_FOR_MONGODB));
     let indexed = until_done(settings, shutdown, "MongoDB", || store.ensure_indexes())
         .await
         .context("Failed to prepare MongoDB's indexes")?;
