@@ -23,6 +23,7 @@ use anyhow::{bail, Context};
 use bson::{doc, Document};
 use clap::Parser;
 use esr_exporter::config::Settings;
+use esr_exporter::destination::Destination;
 use esr_exporter::domain::{Deanery, RunStatus};
 use esr_exporter::export::Exporter;
 use esr_exporter::store::Store;
@@ -83,7 +84,8 @@ async fn exporter(
     .collect();
     let settings = Settings::load_with_env(None, Some(env))?;
     let store = Store::build(&settings).await?;
-    Ok(Exporter::new(store, settings.export.clone()))
+    let destination = Destination::from_settings(&settings)?;
+    Ok(Exporter::new(store, settings.export.clone(), destination))
 }
 
 /// What one trial measured from the black hole on.

@@ -292,12 +292,10 @@ async fn check_config(settings: &Settings) -> anyhow::Result<ExitCode> {
     print!("{}", settings.to_redacted_toml());
     match Destination::proven(settings).await {
         Ok(destination) => {
-            if let Some(remote) = destination.remote() {
-                eprintln!(
-                    "destination {}: refuses a second create of a name (probe passed)",
-                    remote.url()
-                );
-            }
+            eprintln!(
+                "destination {}: refuses a second create of a name (probe passed)",
+                destination.url()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
@@ -319,8 +317,8 @@ async fn run_export(settings: &Settings, args: ExportArgs) -> anyhow::Result<Exi
         each_once(args.deaneries)
     };
     let closing = store.clone();
-    let exporter = Exporter::new(store, settings.export.clone())
-        .with_destination(Destination::proven(settings).await?);
+    let destination = Destination::proven(settings).await?;
+    let exporter = Exporter::new(store, settings.export.clone(), destination);
     let mut any_failed = false;
     // Deaneries are independent (one lease each): run a few at once, and
     // print the summaries in deanery order as they finish.

@@ -90,7 +90,8 @@ async fn one_run(
     let size = run_doc
         .get_document("publication")
         .ok()
-        .and_then(|p| p.get_str("path").ok())
+        .and_then(|p| p.get_document("location").ok())
+        .and_then(|l| l.get_str("path").ok())
         .map(str::to_owned);
     client.database(&db_name).drop().await?;
     let bytes = match size {

@@ -24,20 +24,24 @@ use lapin::options::{BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions}
 use lapin::types::{AMQPValue, FieldTable};
 use lapin::Channel;
 
-use super::decision::{decide, retry_or_give_up, Disposition};
+use tracing::Instrument;
+
+use super::decision::{decide, Handled};
 use super::settle::{Outcome, Settler, Settling};
 use super::{closed_within, open_declared, BrokerError, Watcher, ATTEMPT_HEADER};
 use crate::config::AmqpSettings;
 use crate::domain::{Deanery, GenerationCommand, RunSummary, Slot, SLOT_CLOCK_SKEW};
-use crate::export::{Exporter, RunOptions};
+use crate::export::{Ended, Exporter, RunOptions};
 use crate::ops::{metrics, Readiness};
 use crate::shutdown::Shutdown;
+use crate::store::{Attempts, Store};
 
 /// Consumes generation commands and runs exports.
 #[derive(Debug, Clone)]
 pub(crate) struct Consumer {
     settings: AmqpSettings,
     exporter: Exporter,
+    store: Store,
     readiness: Readiness,
 }
 
@@ -65,11 +69,18 @@ impl Consumer {
         }
     }
 
-    /// A consumer of `settings.queue` running exports with `exporter`.
-    pub(crate) fn new(settings: AmqpSettings, exporter: Exporter, readiness: Readiness) -> Self {
+    /// A consumer of `settings.queue` running exports with `exporter`,
+    /// and checking in `store` whether a command is due or done.
+    pub(crate) fn new(
+        settings: AmqpSettings,
+        exporter: Exporter,
+        store: Store,
+        readiness: Readiness,
+    ) -> Self {
         Self {
             settings,
             exporter,
+            store,
             readiness,
         }
     }
@@ -188,7 +199,8 @@ impl Consumer {
         }
     }
 
-    /// Settles one delivery (see the module docs). Errors mean the channel
+    /// Settles one delivery (see the module docs): handles it into one
+    /// typed [`Handled`], decides, settles. Errors mean the channel
     /// failed; the broker then redelivers the message.
     ///
     /// # Errors
@@ -199,120 +211,92 @@ impl Consumer {
         delivery: Delivery,
         shutdown: &Shutdown,
     ) -> Result<Outcome, BrokerError> {
-        let mut settling = Settling {
+        let attempt = attempt_of(&delivery);
+        let (handled, command_id) = self.handle_delivery(&delivery, attempt, shutdown).await;
+        let settling = Settling {
             channel,
             delivery: &delivery,
-            attempt: attempt_of(&delivery),
-            command_id: None,
+            attempt,
+            command_id: command_id.as_deref(),
         };
+        let max_attempts = self.settings.max_attempts;
+        let disposition = decide(&handled, attempt, max_attempts, shutdown.is_shutdown());
+        let acked = match handled {
+            Handled::Ran(summary, _) => Outcome::Exported(summary),
+            _ => Outcome::AlreadyDone,
+        };
+        self.settler().settle(&settling, disposition, acked).await
+    }
+
+    /// Parses the command and handles it; with its id once parsed.
+    async fn handle_delivery(
+        &self,
+        delivery: &Delivery,
+        attempt: i64,
+        shutdown: &Shutdown,
+    ) -> (Handled, Option<String>) {
         let (command, deanery) = match GenerationCommand::parse(&delivery.data) {
             Ok(parsed) => parsed,
-            Err(err) => return self.settler().dead_letter(&settling, err.to_string()).await,
+            Err(err) => return (Handled::Unparsable(err), None),
         };
-        log_received(&command, &deanery, &settling);
+        log_received(&command, &deanery, attempt, delivery.redelivered);
         let command_id = command.command_id.to_string();
-        settling.command_id = Some(&command_id);
-        let slot = command.slot.id();
-        if let Some(outcome) = self.settle_if_ahead(&settling, &command.slot).await? {
-            return Ok(outcome);
-        }
-        if let Some(outcome) = self.settle_if_done(&settling, &deanery, &slot).await? {
-            return Ok(outcome);
-        }
-        let summary = self.export(&deanery, slot, &command_id, shutdown).await;
-        let disposition = decide(
-            &summary.end,
-            settling.attempt,
-            self.settings.max_attempts,
-            shutdown.is_shutdown(),
-        );
-        let error = summary.error().unwrap_or_default().to_owned();
-        let done = Outcome::Exported(Box::new(summary));
-        self.settler()
-            .settle(&settling, disposition, &error, done)
-            .await
+        let handled = self.handle_command(&command, &deanery, shutdown).await;
+        (handled, Some(command_id))
     }
 
-    /// Settles a command whose work a completed run already did (acked as a
-    /// no-op), or whose check failed (retried or dead-lettered); `None` when
-    /// there is work to do.
-    async fn settle_if_done(
+    /// A command whose slot is not yet due or whose work is done is not
+    /// run; otherwise the deanery's export runs (or resumes).
+    async fn handle_command(
         &self,
-        settling: &Settling<'_>,
+        command: &GenerationCommand,
         deanery: &Deanery,
-        slot: &str,
-    ) -> Result<Option<Outcome>, BrokerError> {
-        let command_id = settling.command_id.unwrap_or_default();
+        shutdown: &Shutdown,
+    ) -> Handled {
+        if let Some(handled) = self.not_yet_due(&command.slot).await {
+            return handled;
+        }
+        let (slot, command_id) = (command.slot.id(), command.command_id.to_string());
+        let span = tracing::info_span!("already_done", deanery = %deanery);
         let done = self
-            .exporter
-            .already_done(deanery, Some(slot), command_id)
+            .store
+            .trigger_done(deanery, Some(&slot), &command_id, &mut Attempts::default())
+            .instrument(span)
             .await;
-        let (disposition, error) = match done {
-            Ok(false) => return Ok(None),
+        match done {
+            Ok(false) => {}
             Ok(true) => {
                 tracing::info!(command_id = %command_id, deanery = %deanery, slot = %slot, "already completed; acknowledged as a no-op");
-                (Disposition::Ack, String::new())
+                return Handled::AlreadyDone;
             }
-            Err(err) => {
-                let error = crate::report::chain(&err);
-                let disposition = if err.is_transient() {
-                    retry_or_give_up(settling.attempt, self.settings.max_attempts, &error)
-                } else {
-                    Disposition::DeadLetter {
-                        reason: error.clone(),
-                    }
-                };
-                (disposition, error)
-            }
-        };
-        self.settle_before_export(settling, disposition, &error)
-            .await
-    }
-
-    /// Settles a command decided before its export started (done already,
-    /// or its slot ahead of this clock).
-    async fn settle_before_export(
-        &self,
-        settling: &Settling<'_>,
-        disposition: Disposition,
-        error: &str,
-    ) -> Result<Option<Outcome>, BrokerError> {
-        let settler = self.settler();
-        let outcome = settler.settle(settling, disposition, error, Outcome::AlreadyDone);
-        outcome.await.map(Some)
+            Err(err) => return Handled::Unchecked(err),
+        }
+        let (summary, ended) = self.export(deanery, slot, &command_id, shutdown).await;
+        Handled::Ran(Box::new(summary), ended)
     }
 
     /// A scheduled slot ahead of this replica's clock (beyond the skew
     /// allowance) is taken when the slot collection records it fired;
-    /// otherwise the command is retried (and dead-lettered once its
-    /// attempts are spent). `None` when the command may go on.
-    async fn settle_if_ahead(
-        &self,
-        settling: &Settling<'_>,
-        slot: &Slot,
-    ) -> Result<Option<Outcome>, BrokerError> {
+    /// otherwise it is not yet due. `None` when the command may go on.
+    async fn not_yet_due(&self, slot: &Slot) -> Option<Handled> {
         let Slot::Scheduled(at) = slot else {
-            return Ok(None);
+            return None;
         };
         let ahead = *at - chrono::Utc::now();
         if ahead <= SLOT_CLOCK_SKEW {
-            return Ok(None);
+            return None;
         }
-        let error = match self.exporter.slot_fired(&slot.id()).await {
-            Ok(true) => {
+        match self.store.slot(&slot.id(), &mut Attempts::default()).await {
+            Ok(Some(_)) => {
                 tracing::warn!(slot = %slot.id(), ahead_s = ahead.num_seconds(), "slot ahead of this replica's clock but recorded as fired; taken (is this clock slow? see esr_clock_skew_seconds)");
-                return Ok(None);
+                None
             }
-            Ok(false) => format!(
-                "slot {} is {} s ahead of this replica's clock and no replica recorded it as fired",
-                slot.id(),
-                ahead.num_seconds()
-            ),
-            Err(err) => crate::report::chain(&err),
-        };
-        let disposition = retry_or_give_up(settling.attempt, self.settings.max_attempts, &error);
-        self.settle_before_export(settling, disposition, &error)
-            .await
+            Ok(None) => Some(Handled::NotYetDue {
+                slot: slot.id(),
+                ahead_s: ahead.num_seconds(),
+            }),
+            Err(err) => Some(Handled::Unchecked(err)),
+        }
     }
 
     /// Runs (or resumes) the deanery's export for this command, stopping at
@@ -323,7 +307,7 @@ impl Consumer {
         slot: String,
         command_id: &str,
         shutdown: &Shutdown,
-    ) -> RunSummary {
+    ) -> (RunSummary, Ended) {
         let timeout = Duration::from_secs(self.settings.processing_timeout_seconds);
         let options = RunOptions {
             slot: Some(slot),
@@ -331,18 +315,18 @@ impl Consumer {
             shutdown: Some(shutdown.clone()),
             deadline: Some(Instant::now() + timeout),
         };
-        self.exporter.run_with(deanery, &options).await
+        self.exporter.run_for(deanery, &options).await
     }
 }
 
-fn log_received(command: &GenerationCommand, deanery: &Deanery, settling: &Settling<'_>) {
+fn log_received(command: &GenerationCommand, deanery: &Deanery, attempt: i64, redelivered: bool) {
     tracing::info!(
         command_id = %command.command_id,
         deanery = %deanery,
         slot = %command.slot.id(),
-        attempt = settling.attempt,
+        attempt,
         requested_by = %crate::domain::printable(&command.requested_by, 200),
-        redelivered = settling.delivery.redelivered,
+        redelivered,
         "command received"
     );
 }

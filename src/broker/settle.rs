@@ -57,7 +57,6 @@ impl Settler<'_> {
         &self,
         settling: &Settling<'_>,
         disposition: Disposition,
-        error: &str,
         acked: Outcome,
     ) -> Result<Outcome, BrokerError> {
         match disposition {
@@ -65,7 +64,9 @@ impl Settler<'_> {
                 ack(settling.delivery).await?;
                 Ok(acked)
             }
-            Disposition::Retry { attempt } => self.retry_later(settling, attempt, error).await,
+            Disposition::Retry { attempt, reason } => {
+                self.retry_later(settling, attempt, &reason).await
+            }
             Disposition::DeadLetter { reason } => self.dead_letter(settling, reason).await,
             Disposition::Requeue => requeue(settling).await,
         }
@@ -158,7 +159,7 @@ impl Settler<'_> {
 
     /// Republishes the message, confirmed, to the dead-letter exchange with
     /// `reason` in a header, then acks it.
-    pub(super) async fn dead_letter(
+    async fn dead_letter(
         &self,
         settling: &Settling<'_>,
         reason: String,

@@ -113,8 +113,7 @@ impl Daemon {
         let started = prepared(preparing, &mut signal, &mut tasks, &trigger, grace).await;
         let result = match started {
             Ok(true) => {
-                let exporter = Exporter::new(store.clone(), settings.export.clone())
-                    .with_destination(destination);
+                let exporter = Exporter::new(store.clone(), settings.export.clone(), destination);
                 spawn_workers(&mut tasks, &settings, exporter, store, readiness, &shutdown);
                 supervise(&mut tasks, &mut signal).await
             }
@@ -155,7 +154,7 @@ fn spawn_workers(
     shutdown: &Shutdown,
 ) {
     readiness.set_started();
-    let consumer = Consumer::new(settings.amqp.clone(), exporter, readiness);
+    let consumer = Consumer::new(settings.amqp.clone(), exporter, store.clone(), readiness);
     tasks.spawn("consumer", consumer.run(shutdown.clone()));
     let (schedule, amqp) = (&settings.schedule, &settings.amqp);
     if schedule.enabled {

@@ -47,9 +47,7 @@ pub(super) async fn prepare(
     })
     .await?;
     if probed {
-        if let Some(remote) = destination.remote() {
-            tracing::info!(destination = %remote.url(), "destination refuses a second create of a name (probe passed)");
-        }
+        tracing::info!(destination = %destination.url(), "destination refuses a second create of a name (probe passed)");
     }
     Ok(probed)
 }

@@ -1,15 +1,17 @@
-//! Where a staged file is published: the local folder, a bucket, or an
-//! SFTP server.
+//! Where a staged file is published: a folder, a bucket, or an SFTP
+//! server, one file each.
 //!
 //! One small interface, knowing nothing of records or runs: prove at start
 //! that a name cannot be created twice ([`Destination::probe`]); create a
 //! name only if absent; look up what a name holds (size, ETag, SHA-256
-//! read back); remove temporaries a killed process left. The folder's own
-//! publication (hard link, never over a file) stays in `export::file`.
+//! read back); remove temporaries a killed process left; say where a name
+//! is ([`Destination::location`]). A new kind of destination is a new file
+//! here, its settings, and a variant of [`Destination`].
 
 mod bucket;
 mod credentials;
 mod error;
+mod folder;
 mod leftovers;
 pub(crate) mod metrics;
 mod multipart;
@@ -19,6 +21,7 @@ mod sftp;
 
 pub use bucket::Bucket;
 pub use error::{DestinationError, FailureKind};
+pub use folder::Folder;
 pub use sftp::Sftp;
 
 use std::path::Path;
@@ -26,10 +29,10 @@ use std::path::Path;
 use bytes::Bytes;
 
 use crate::config::Settings;
-use crate::domain::DestinationUrl;
+use crate::domain::{DestinationUrl, Location};
 
 /// What a name holds at a destination (or was just created with).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Found {
     /// Bytes.
     pub size: u64,
@@ -53,12 +56,23 @@ pub enum Holding {
 /// Where files go, from `export.destination`.
 #[derive(Debug, Clone)]
 pub enum Destination {
-    /// The folder `export.output_dir`.
-    Folder,
+    /// A folder on this host (`export.output_dir` by default).
+    Folder(Folder),
     /// An S3-compatible bucket.
     Bucket(Bucket),
     /// A folder on an SFTP server.
     Sftp(Sftp),
+}
+
+/// Calls the same method on whichever destination it is.
+macro_rules! each {
+    ($destination:expr, $inner:ident => $call:expr) => {
+        match $destination {
+            Destination::Folder($inner) => $call,
+            Destination::Bucket($inner) => $call,
+            Destination::Sftp($inner) => $call,
+        }
+    };
 }
 
 impl Destination {
@@ -75,13 +89,18 @@ impl Destination {
     /// # Errors
     /// When the AWS environment cannot configure a client.
     pub fn of(url: &DestinationUrl, settings: &Settings) -> Result<Self, DestinationError> {
+        let output_dir = &settings.export.output_dir;
+        let folder = |dir: Option<&Path>| {
+            let dir = dir.unwrap_or(output_dir);
+            Self::Folder(Folder::new(dir, settings.export.file_mode_bits()))
+        };
         match url {
-            DestinationUrl::Folder(_) => Ok(Self::Folder),
+            DestinationUrl::Folder(dir) => Ok(folder(dir.as_deref())),
             DestinationUrl::S3 { bucket, prefix } => {
                 Bucket::open(bucket, prefix, &settings.s3).map(Self::Bucket)
             }
             DestinationUrl::Sftp { .. } => {
-                Ok(Sftp::open(url, &settings.sftp).map_or(Self::Folder, Self::Sftp))
+                Ok(Sftp::open(url, &settings.sftp).map_or_else(|| folder(None), Self::Sftp))
             }
         }
     }
@@ -96,69 +115,41 @@ impl Destination {
         Ok(destination)
     }
 
-    /// Proves a bucket or server refuses a second create of a name (a
-    /// folder's hard link always does).
-    ///
-    /// # Errors
-    /// When the proof fails or the store cannot be reached.
-    pub async fn probe(&self) -> Result<(), DestinationError> {
-        match self.remote() {
-            None => Ok(()),
-            Some(remote) => remote.probe().await,
-        }
-    }
-
     /// The scheme, for metric labels: `file`, `s3` or `sftp`.
     pub fn scheme(&self) -> &'static str {
-        self.remote().map_or("file", |remote| remote.scheme())
-    }
-
-    /// The destination when it is not the local folder.
-    pub fn remote(&self) -> Option<Remote<'_>> {
         match self {
-            Self::Folder => None,
-            Self::Bucket(bucket) => Some(Remote::Bucket(bucket)),
-            Self::Sftp(sftp) => Some(Remote::Sftp(sftp)),
-        }
-    }
-}
-
-/// A destination other than the local folder: what publishing a file
-/// needs of it, the same for a bucket and a server.
-#[derive(Debug, Clone, Copy)]
-pub enum Remote<'a> {
-    /// An S3-compatible bucket.
-    Bucket(&'a Bucket),
-    /// A folder on an SFTP server.
-    Sftp(&'a Sftp),
-}
-
-/// Calls the same method on whichever destination it is.
-macro_rules! either {
-    ($remote:expr, $inner:ident => $call:expr) => {
-        match $remote {
-            Remote::Bucket($inner) => $call,
-            Remote::Sftp($inner) => $call,
-        }
-    };
-}
-
-impl Remote<'_> {
-    /// `s3://bucket/prefix` or `sftp://user@host:port/path`.
-    pub fn url(&self) -> &str {
-        either!(self, r => r.url())
-    }
-
-    /// The object key or server path of a file name.
-    pub fn key(&self, name: &str) -> String {
-        either!(self, r => r.key(name))
-    }
-
-    /// `s3` or `sftp`, for metric labels.
-    pub fn scheme(&self) -> &'static str {
-        match self {
+            Self::Folder(_) => "file",
             Self::Bucket(_) => "s3",
             Self::Sftp(_) => "sftp",
+        }
+    }
+
+    /// The folder's path, `s3://bucket/prefix` or `sftp://user@host:port/path`.
+    pub fn url(&self) -> &str {
+        each!(self, d => d.url())
+    }
+
+    /// The path or object key of a file name.
+    pub fn key(&self, name: &str) -> String {
+        each!(self, d => d.key(name))
+    }
+
+    /// Where a file created under `name` is, with what its create gave.
+    pub fn location(&self, name: &str, found: Found) -> Location {
+        match self {
+            Self::Folder(folder) => Location::Folder {
+                path: folder.key(name),
+            },
+            Self::Bucket(bucket) => Location::Object {
+                destination: bucket.url().to_owned(),
+                key: bucket.key(name),
+                etag: found.etag,
+                version: found.version,
+            },
+            Self::Sftp(sftp) => Location::Server {
+                destination: sftp.url().to_owned(),
+                path: sftp.key(name),
+            },
         }
     }
 
@@ -167,7 +158,7 @@ impl Remote<'_> {
     /// # Errors
     /// What that look met.
     pub async fn check(&self) -> Result<(), DestinationError> {
-        either!(self, r => r.check().await)
+        each!(self, d => d.check().await)
     }
 
     /// Proves a second create of a name is refused.
@@ -175,7 +166,11 @@ impl Remote<'_> {
     /// # Errors
     /// When the proof fails or the destination cannot be reached.
     pub async fn probe(&self) -> Result<(), DestinationError> {
-        either!(self, r => r.probe().await)
+        match self {
+            Self::Bucket(bucket) => probe::probe(bucket).await,
+            Self::Folder(folder) => folder.probe().await,
+            Self::Sftp(sftp) => sftp.probe().await,
+        }
     }
 
     /// What the name holds (size, ETag, version); `None` when absent.
@@ -183,7 +178,7 @@ impl Remote<'_> {
     /// # Errors
     /// When the destination fails beyond the policy.
     pub async fn lookup(&self, name: &str) -> Result<Option<Found>, DestinationError> {
-        either!(self, r => r.lookup(name).await)
+        each!(self, d => d.lookup(name).await)
     }
 
     /// The bytes of a small file such as a manifest.
@@ -191,7 +186,7 @@ impl Remote<'_> {
     /// # Errors
     /// When the destination fails beyond the policy.
     pub async fn read_small(&self, name: &str) -> Result<Option<Bytes>, DestinationError> {
-        either!(self, r => r.read_small(name).await)
+        each!(self, d => d.read_small(name).await)
     }
 
     /// Creates the name with these bytes only if nothing is there.
@@ -199,7 +194,7 @@ impl Remote<'_> {
     /// # Errors
     /// [`FailureKind::Occupied`] when the name exists; others as classified.
     pub async fn create_bytes(&self, name: &str, bytes: Bytes) -> Result<Found, DestinationError> {
-        either!(self, r => r.create_bytes(name, bytes).await)
+        each!(self, d => d.create_bytes(name, bytes).await)
     }
 
     /// Creates the name from a local file only if nothing is there.
@@ -211,7 +206,7 @@ impl Remote<'_> {
         name: &str,
         file: &Path,
     ) -> Result<Found, DestinationError> {
-        either!(self, r => r.create_from_file(name, file).await)
+        each!(self, d => d.create_from_file(name, file).await)
     }
 
     /// Removes the name (absent is fine).
@@ -219,7 +214,7 @@ impl Remote<'_> {
     /// # Errors
     /// When the destination fails beyond the policy.
     pub async fn delete(&self, name: &str) -> Result<(), DestinationError> {
-        either!(self, r => r.delete(name).await)
+        each!(self, d => d.delete(name).await)
     }
 
     /// Removes temporaries of `name_prefix` a killed process left (only
@@ -228,7 +223,7 @@ impl Remote<'_> {
     /// # Errors
     /// When the destination fails beyond the policy.
     pub async fn remove_temporaries(&self, name_prefix: &str) -> Result<usize, DestinationError> {
-        either!(self, r => r.remove_temporaries(name_prefix).await)
+        each!(self, d => d.remove_temporaries(name_prefix).await)
     }
 
     /// What the name holds compared with `sha256`: absent, the same bytes
@@ -240,21 +235,11 @@ impl Remote<'_> {
         let Some(found) = self.lookup(name).await? else {
             return Ok(Holding::Absent);
         };
-        let hash = either!(self, r => r.sha256(name).await)?;
+        let hash = each!(self, d => d.sha256(name).await)?;
         Ok(match hash {
             None => Holding::Absent,
             Some(hash) if hash == sha256 => Holding::Same(found),
             Some(hash) => Holding::Other(hash),
         })
-    }
-}
-
-impl Bucket {
-    /// Proves this bucket refuses a second create of a name.
-    ///
-    /// # Errors
-    /// When the proof fails or the store cannot be reached.
-    pub async fn probe(&self) -> Result<(), DestinationError> {
-        probe::probe(self).await
     }
 }

@@ -4,6 +4,7 @@
 mod command;
 mod deanery;
 mod destination;
+mod location;
 mod record;
 mod schedule;
 mod summary;
@@ -15,7 +16,8 @@ pub use command::CommandError;
 pub use deanery::Deanery;
 pub use deanery::DeaneryError;
 pub use destination::DestinationUrl;
+pub use location::Location;
 pub(crate) use record::{type_name as bson_type_name, AppRow, RecordStatus};
 pub(crate) use schedule::{parse_cron, parse_timezone};
-pub use summary::{AttemptEnd, RunStatus, RunSummary};
+pub use summary::{RunEnd, RunStatus, RunSummary};
 pub(crate) use text::{host_name, printable};

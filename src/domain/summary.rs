@@ -17,7 +17,7 @@ pub enum RunStatus {
 /// command by.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "status")]
-pub enum AttemptEnd {
+pub enum RunEnd {
     /// Every claimed record is in the file (or rejected) and marked.
     #[serde(rename = "completed")]
     Completed,
@@ -53,7 +53,7 @@ pub enum AttemptEnd {
     },
 }
 
-impl AttemptEnd {
+impl RunEnd {
     /// The `status` of the summary line.
     pub fn status(&self) -> RunStatus {
         match self {
@@ -93,7 +93,7 @@ pub struct RunSummary {
     pub run_id: Option<String>,
     /// How the attempt ended: `status`, and `error` unless it completed.
     #[serde(flatten)]
-    pub end: AttemptEnd,
+    pub end: RunEnd,
     /// Records written to the file and marked `EXPORTED`.
     pub exported: u64,
     /// Records marked `REJECTED` by this run.
@@ -103,8 +103,10 @@ pub struct RunSummary {
     /// Where the file went: its path on this host, or its URL
     /// (`s3://bucket/key`); null when no file was written.
     pub published_to: Option<String>,
-    /// Transaction attempts in total, whole-transaction retries included.
-    pub attempts: u32,
+    /// Transactions tried in total, whole-transaction retries included
+    /// (`attempts` in the summary line).
+    #[serde(rename = "attempts")]
+    pub transactions: u32,
     /// Retries of any MongoDB operation, transaction or commit.
     pub retries: u32,
     /// WriteConflict (112) errors met, each followed by a retry or a failure.

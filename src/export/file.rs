@@ -1,7 +1,8 @@
-//! Writing one export file atomically: CSV (RFC 4180 quoting, CRLF) to a
-//! temporary name in the output folder, hashing the bytes as they go, then
-//! fsync, rename to the final name, the `.json` manifest the same way, and
-//! fsync of the folder. A reader never sees a partial file.
+//! Writing one export file: CSV (RFC 4180 quoting, CRLF) to a temporary
+//! name in the output folder, hashing the bytes as they go, then fsync and
+//! a rename to its staging name `.<file>.final.tmp`, and fsync of the
+//! folder. The destination publishes it from there (a hard link, for a
+//! folder), with the `.json` manifest [`manifest_bytes`] gives.
 
 use std::fs::File;
 use std::io::{self, Write};
@@ -162,7 +163,7 @@ impl ExportFile {
 
     /// Writes the trailer and makes the file durable under its staging
     /// name `.<file>.final.tmp` (not yet visible to readers). The run then
-    /// records the hash and count, and [`publish`] renames it.
+    /// records the hash and count, and the destination publishes it.
     ///
     /// # Errors
     /// When any step fails; the temporary file is then removed.
@@ -200,87 +201,6 @@ fn staging_path(dir: &Path, file_name: &str) -> PathBuf {
     dir.join(format!(".{file_name}.final{TEMP_SUFFIX}"))
 }
 
-/// What [`publish`] found.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Published {
-    /// The file is under its final name, with its manifest beside it.
-    Final,
-    /// Neither the final file nor a staged file with the recorded hash is
-    /// in this folder (another host staged it, or a reader took it before
-    /// the publication was recorded): the caller stages it again from the
-    /// claimed records. Nothing is assumed delivered.
-    NotStaged,
-}
-
-/// Makes a staged file final: writes its manifest, then links the `.DAT`
-/// under its final name (never over an existing file), so a reader that
-/// sees the `.DAT` always finds its manifest. Idempotent, so a run that
-/// died anywhere in here is finished by calling it again with what the run
-/// recorded.
-///
-/// # Errors
-/// When the final name holds anything but this run's file (another file, a
-/// symlink, a folder), or on I/O errors.
-pub fn publish(dir: &Path, header: &FileHeader, staged: &Staged) -> io::Result<Published> {
-    let final_path = dir.join(&header.file_name);
-    let staging = staging_path(dir, &header.file_name);
-    match final_state(&final_path, &staged.sha256)? {
-        FinalState::Ours => {
-            ensure_manifest(dir, header, staged)?;
-            remove_if_present(&staging)?;
-            File::open(dir)?.sync_all()?;
-            return Ok(Published::Final);
-        }
-        FinalState::Foreign(what) => {
-            return Err(io::Error::new(
-                io::ErrorKind::AlreadyExists,
-                format!(
-                    "{} {what}; refusing to publish over it (move it away, and the next attempt publishes)",
-                    final_path.display()
-                ),
-            ))
-        }
-        FinalState::Absent => {}
-    }
-    if !file_has_hash(&staging, &staged.sha256)? {
-        remove_if_present(&staging)?;
-        return Ok(Published::NotStaged);
-    }
-    ensure_manifest(dir, header, staged)?;
-    // Never replace a final file: a reader may have taken it already.
-    std::fs::hard_link(&staging, &final_path)?;
-    std::fs::remove_file(&staging)?;
-    File::open(dir)?.sync_all()?;
-    Ok(Published::Final)
-}
-
-/// What holds a final file name.
-enum FinalState {
-    Absent,
-    Ours,
-    Foreign(&'static str),
-}
-
-fn final_state(path: &Path, sha256: &str) -> io::Result<FinalState> {
-    let meta = match std::fs::symlink_metadata(path) {
-        Ok(meta) => meta,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(FinalState::Absent),
-        Err(err) => return Err(err),
-    };
-    if !meta.file_type().is_file() {
-        return Ok(FinalState::Foreign(
-            "exists and is not a regular file (a symlink or a folder holds the name)",
-        ));
-    }
-    if file_has_hash(path, sha256)? {
-        Ok(FinalState::Ours)
-    } else {
-        Ok(FinalState::Foreign(
-            "already exists and is not this run's file",
-        ))
-    }
-}
-
 /// True when `path` is a regular file whose SHA-256 is `sha256`; false
 /// when it is absent.
 fn file_has_hash(path: &Path, sha256: &str) -> io::Result<bool> {
@@ -311,15 +231,6 @@ pub(crate) fn remove_if_present(path: &Path) -> io::Result<()> {
     }
 }
 
-/// Writes the manifest unless one for these bytes is already there.
-fn ensure_manifest(dir: &Path, header: &FileHeader, staged: &Staged) -> io::Result<()> {
-    let existing = read_manifest(dir, &header.file_name).ok();
-    if existing.is_some_and(|m| m["sha256"] == staged.sha256.as_str()) {
-        return Ok(());
-    }
-    write_manifest(dir, &manifest_of(header, staged), header.mode)
-}
-
 fn manifest_of(header: &FileHeader, staged: &Staged) -> Manifest {
     Manifest {
         run_id: header.run_id.clone(),
@@ -331,15 +242,12 @@ fn manifest_of(header: &FileHeader, staged: &Staged) -> Manifest {
     }
 }
 
-/// The manifest's bytes, as [`publish`] writes them into a folder.
-///
-/// # Errors
-/// Never in practice (serialising plain strings and numbers).
-pub(crate) fn manifest_bytes(header: &FileHeader, staged: &Staged) -> io::Result<Vec<u8>> {
-    let mut bytes =
-        serde_json::to_vec_pretty(&manifest_of(header, staged)).map_err(io::Error::other)?;
+/// The manifest's bytes, as published beside the file.
+pub(crate) fn manifest_bytes(header: &FileHeader, staged: &Staged) -> Vec<u8> {
+    let mut bytes = serde_json::to_vec_pretty(&manifest_of(header, staged))
+        .expect("a manifest of strings and numbers serialises");
     bytes.push(b'\n');
-    Ok(bytes)
+    bytes
 }
 
 /// The staged file of `file_name` when it holds exactly the recorded
@@ -396,31 +304,6 @@ pub(crate) fn remove_stale_temporaries(dir: &Path, deanery: &Deanery) -> io::Res
 /// Sets the permission bits exactly (`fchmod` is not subject to the umask).
 fn exact_mode(file: &File, mode: u32) -> io::Result<()> {
     file.set_permissions(std::fs::Permissions::from_mode(mode))
-}
-
-/// Reads a manifest back.
-///
-/// # Errors
-/// When it is missing or not a manifest.
-pub(crate) fn read_manifest(dir: &Path, file_name: &str) -> io::Result<serde_json::Value> {
-    let bytes = std::fs::read(dir.join(format!("{file_name}.json")))?;
-    serde_json::from_slice(&bytes).map_err(io::Error::other)
-}
-
-fn write_manifest(dir: &Path, manifest: &Manifest, mode: u32) -> io::Result<()> {
-    let manifest_name = format!("{}.json", manifest.file_name);
-    let mut temp = tempfile::Builder::new()
-        .prefix(&temp_prefix(&manifest_name))
-        .suffix(TEMP_SUFFIX)
-        .permissions(std::fs::Permissions::from_mode(mode))
-        .tempfile_in(dir)?;
-    exact_mode(temp.as_file(), mode)?;
-    serde_json::to_writer_pretty(&mut temp, manifest)?;
-    temp.write_all(b"\n")?;
-    temp.as_file().sync_all()?;
-    temp.persist(dir.join(&manifest_name))
-        .map_err(|err| err.error)?;
-    File::open(dir)?.sync_all()
 }
 
 #[cfg(test)]

@@ -1,157 +1,101 @@
-//! Staging and publishing: the file is made durable under a staging name
-//! and its hash recorded (`FINALIZING`); then its manifest, then the
-//! `.DAT` under its final name, and the publication recorded (`WRITTEN`).
-//! Records are marked only after that. A file this folder cannot find is
-//! staged again from the claimed records: nothing is assumed delivered.
+//! Publishing a staged file, the same way whatever the destination: the
+//! manifest first, then the `.DAT`, each created only if the name is free;
+//! a file someone else put under the name is refused; a resume that finds
+//! the recorded bytes keeps them, finds nothing publishes the same bytes
+//! again, finds other bytes refuses. Where the file is (a typed
+//! [`crate::domain::Location`]) is recorded before any record is marked.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use bytes::Bytes;
 
 use super::context::RunContext;
-use super::file::{self, ExportFile, Published, Staged};
+use super::file::{self, FileHeader, Staged};
 use super::io::blocking;
+use super::stage::recorded;
 use super::{ExportError, Exporter};
-use crate::domain::{Deanery, DestinationUrl};
+use crate::destination::{metrics, Destination, DestinationError, FailureKind, Found, Holding};
 use crate::store::{Publication, RunDoc, Transition};
 
 impl Exporter {
-    /// A run whose claimed records all turned out invalid writes no file.
-    pub(super) async fn record_nothing_to_write(
-        &self,
-        ctx: &mut RunContext<'_>,
-        run: &mut RunDoc,
-    ) -> Result<(), ExportError> {
-        let nothing = Transition::NothingToWrite;
-        self.store
-            .transition(run, ctx.deanery, nothing, &mut ctx.attempts)
-            .await?;
-        Ok(())
-    }
-
-    /// Trailer, fsync and the staging name; then, as lease holder, the
-    /// file's hash and count recorded (`FINALIZING`).
-    pub(super) async fn stage(
-        &self,
-        ctx: &mut RunContext<'_>,
-        writer: ExportFile,
-        run: &mut RunDoc,
-    ) -> Result<Staged, ExportError> {
-        let staged = blocking(&self.settings.output_dir, move || writer.stage()).await?;
-        // Only the lease holder may make the file final: renew (and stop
-        // if another process took over) before recording it.
-        ctx.renew_lease(&self.store).await?;
-        let recorded = Transition::Staged {
-            record_count: staged.record_count,
-            sha256: staged.sha256.clone(),
-        };
-        self.store
-            .transition(run, ctx.deanery, recorded, &mut ctx.attempts)
-            .await?;
-        Ok(staged)
-    }
-
-    /// Makes the staged file final and records where. When this folder
-    /// holds neither the final file nor the staged one (staged on another
-    /// host, or taken by a reader before its publication was recorded),
-    /// the file is staged again and published again under the same name.
+    /// Takes a `FINALIZING` run's file to the destination and records
+    /// where.
     pub(super) async fn publish(
         &self,
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
     ) -> Result<(), ExportError> {
-        if let Some(remote) = self.destination.remote() {
-            return self.deliver(ctx, run, remote).await;
-        }
-        if !matches!(self.settings.destination, DestinationUrl::Folder(_)) {
-            return Err(ExportError::inconsistent(
-                &run.id,
-                "export.destination names a bucket or server but this exporter was built for the folder",
-            ));
-        }
-        let mut staged = recorded(run)?;
-        if self.publish_staged(run, ctx.deanery, &staged).await? == Published::NotStaged {
-            tracing::warn!(
-                file = run.file_name.as_deref().unwrap_or(""),
-                folder = %self.settings.output_dir.display(),
-                "the run's staged file is not in this folder and its publication was never recorded; \
-                 staging it again from the claimed records"
-            );
-            let Some(again) = self.restage(ctx, run).await? else {
-                return self.record_nothing_to_write(ctx, run).await;
-            };
-            staged = again;
-            if self.publish_staged(run, ctx.deanery, &staged).await? != Published::Final {
-                return Err(ExportError::inconsistent(
-                    &run.id,
-                    "the file staged again vanished before it could be published",
-                ));
+        let (to, temporaries) = (&self.destination, format!("DE_{}_APP_", ctx.deanery));
+        let staged = recorded(run)?;
+        let name = self.header(run, ctx.deanery)?.file_name;
+        // Temporaries an interrupted attempt left (this deanery's lease is
+        // held, so none is in use).
+        to.remove_temporaries(&temporaries).await?;
+        let found = match to.holding(&name, &staged.sha256).await? {
+            Holding::Same(found) => {
+                metrics::record_kept(to.scheme());
+                tracing::info!(key = %to.key(&name), "the file is already at the destination with the recorded hash; keeping it");
+                let header = self.header(run, ctx.deanery)?;
+                ensure_manifest(to, &header, &staged, false).await?;
+                found
             }
+            Holding::Other(hash) => return Err(occupied(to, &name, &hash).into()),
+            Holding::Absent => {
+                let Some((staged, path)) = self.staged_here(ctx, run).await? else {
+                    return self.record_nothing_to_write(ctx, run).await;
+                };
+                self.create_file(ctx, run, &staged, path).await?
+            }
+        };
+        // A try that failed mid-upload (a lost connection) may have left
+        // its temporary behind: none outlives a completed publication.
+        if let Err(err) = to.remove_temporaries(&temporaries).await {
+            tracing::warn!(error = %crate::report::Chain(&err), "could not remove a temporary file; the next run of the deanery removes it");
         }
-        self.record_publication(ctx, run, &staged).await
-    }
-
-    async fn publish_staged(
-        &self,
-        run: &RunDoc,
-        deanery: &Deanery,
-        staged: &Staged,
-    ) -> Result<Published, ExportError> {
-        let header = self.header(run, deanery)?;
-        let (dir, staged) = (self.settings.output_dir.clone(), staged.clone());
+        let dir = self.settings.output_dir.clone();
         blocking(&self.settings.output_dir, move || {
-            file::publish(&dir, &header, &staged)
+            file::remove_staged(&dir, &name)
         })
-        .await
+        .await?;
+        self.record_publication(ctx, run, found).await
     }
 
-    /// Writes the claimed records into a new staged file. Unchanged
-    /// records give the same bytes as before; if another writer changed a
-    /// claimed record since, the new hash and count are recorded.
-    pub(super) async fn restage(
+    /// Manifest, then `.DAT`, each created only if absent.
+    async fn create_file(
         &self,
         ctx: &mut RunContext<'_>,
-        run: &mut RunDoc,
-    ) -> Result<Option<Staged>, ExportError> {
-        let recorded = run.sha256.clone();
-        let (writer, _) = self.rewrite_claimed(ctx, run).await?;
-        let written = writer.as_ref().map_or(0, ExportFile::count);
-        self.verify_claimed(ctx, run, written).await?;
-        let Some(writer) = writer.filter(|w| w.count() > 0) else {
-            return Ok(None);
-        };
-        let staged = self.stage(ctx, writer, run).await?;
-        if recorded.as_deref() != Some(staged.sha256.as_str()) {
-            tracing::warn!(
-                sha256 = %staged.sha256,
-                records = staged.record_count,
-                "the file staged again differs from the first (claimed records changed since); publishing the new bytes"
-            );
-        }
-        Ok(Some(staged))
+        run: &RunDoc,
+        staged: &Staged,
+        path: PathBuf,
+    ) -> Result<Found, ExportError> {
+        let header = self.header(run, ctx.deanery)?;
+        ensure_manifest(&self.destination, &header, staged, true).await?;
+        // Only the lease holder may create the file.
+        ctx.renew_lease(&self.store).await?;
+        Ok(create_file(&self.destination, &header.file_name, staged, &path).await?)
     }
 
-    /// Records where the file now exists under its final name (`WRITTEN`).
+    /// Records where the file now is (`WRITTEN`); records are marked after.
     async fn record_publication(
         &self,
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
-        staged: &Staged,
+        found: Found,
     ) -> Result<(), ExportError> {
-        let path = self
-            .settings
-            .output_dir
-            .join(run.file_name.as_deref().unwrap_or_default());
-        let path = std::path::absolute(&path).unwrap_or(path);
+        let staged = recorded(run)?;
+        let name = run.file_name.clone().unwrap_or_default();
         let publication = Publication {
             host: crate::domain::host_name(),
-            path: path.display().to_string(),
-            sha256: staged.sha256.clone(),
+            sha256: staged.sha256,
             published_at: crate::store::now(),
-            destination: None,
-            key: None,
-            etag: None,
-            version: None,
+            location: self.destination.location(&name, found),
         };
+        ctx.renew_lease(&self.store).await?;
         tracing::info!(
-            host = %publication.host,
-            path = %publication.path,
+            destination = %self.destination.url(),
+            key = %self.destination.key(&name),
+            location = %publication.location.address(),
             sha256 = %publication.sha256,
             "export file published"
         );
@@ -163,16 +107,159 @@ impl Exporter {
     }
 }
 
-/// The hash and count the run recorded when it staged its file.
-pub(super) fn recorded(run: &RunDoc) -> Result<Staged, ExportError> {
-    match (run.sha256.clone(), run.record_count) {
-        (Some(sha256), Some(count)) => Ok(Staged {
-            sha256,
-            record_count: count.max(0) as u64,
+/// Publishes a staged file outside a run (`redeliver`): its manifest,
+/// then the file, each created only if absent, as a run does.
+///
+/// # Errors
+/// [`FailureKind::Occupied`] when something holds either name.
+pub(crate) async fn publish_file(
+    to: &Destination,
+    header: &FileHeader,
+    staged: &Staged,
+    path: &Path,
+) -> Result<Found, DestinationError> {
+    ensure_manifest(to, header, staged, true).await?;
+    create_file(to, &header.file_name, staged, path).await
+}
+
+/// Creates `name` from the staged file at `path` only if absent. An
+/// occupied name is looked at again: the same bytes (a reply lost after
+/// the create applied) are the file; other bytes are refused.
+///
+/// # Errors
+/// [`FailureKind::Occupied`] when other bytes hold the name; others as met.
+async fn create_file(
+    to: &Destination,
+    name: &str,
+    staged: &Staged,
+    path: &Path,
+) -> Result<Found, DestinationError> {
+    let started = Instant::now();
+    match to.create_from_file(name, path).await {
+        Ok(created) => {
+            metrics::record_created(to.scheme(), created.size, started.elapsed());
+            Ok(created)
+        }
+        Err(err) if err.kind == FailureKind::Occupied => {
+            match to.holding(name, &staged.sha256).await? {
+                Holding::Same(found) => Ok(found),
+                Holding::Other(hash) => Err(occupied(to, name, &hash)),
+                Holding::Absent => Err(raced(err)),
+            }
+        }
+        Err(err) => Err(err),
+    }
+}
+
+/// Creates the file's manifest unless one for these bytes is there. One
+/// left by an earlier attempt of the same run for other bytes (its records
+/// changed and were staged again; its `.DAT` never created) is replaced;
+/// any other is refused.
+///
+/// # Errors
+/// [`FailureKind::Occupied`] when another manifest holds the name.
+async fn ensure_manifest(
+    to: &Destination,
+    header: &FileHeader,
+    staged: &Staged,
+    dat_absent: bool,
+) -> Result<(), DestinationError> {
+    let manifest_name = format!("{}.json", header.file_name);
+    let bytes = Bytes::from(file::manifest_bytes(header, staged));
+    let started = Instant::now();
+    let err = match to.create_bytes(&manifest_name, bytes.clone()).await {
+        Ok(created) => {
+            metrics::record_created(to.scheme(), created.size, started.elapsed());
+            return Ok(());
+        }
+        Err(err) if err.kind == FailureKind::Occupied => err,
+        Err(err) => return Err(err),
+    };
+    let existing = to.read_small(&manifest_name).await?;
+    match manifest_owner(existing.as_deref(), &header.run_id, &staged.sha256) {
+        ManifestOwner::Same => Ok(()),
+        ManifestOwner::EarlierAttempt if dat_absent => {
+            tracing::warn!(key = %to.key(&manifest_name), "replacing this run's manifest for bytes that were never published (its records changed and were staged again)");
+            to.delete(&manifest_name).await?;
+            to.create_bytes(&manifest_name, bytes).await.map(drop)
+        }
+        ManifestOwner::EarlierAttempt | ManifestOwner::Foreign => Err(DestinationError {
+            detail: format!("{}; another file holds the manifest's name and is not this file's manifest: refusing to publish (move it away, and the next attempt publishes)", err.detail),
+            ..err
         }),
-        _ => Err(ExportError::inconsistent(
-            &run.id,
-            "finalizing without a recorded hash and count",
-        )),
+    }
+}
+
+/// Whose manifest holds the name.
+#[derive(Debug, PartialEq, Eq)]
+enum ManifestOwner {
+    /// This file's manifest.
+    Same,
+    /// This run's, for other bytes.
+    EarlierAttempt,
+    /// Anything else.
+    Foreign,
+}
+
+fn manifest_owner(existing: Option<&[u8]>, run_id: &str, sha256: &str) -> ManifestOwner {
+    let Some(manifest) = existing.and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+    else {
+        return ManifestOwner::Foreign;
+    };
+    match (manifest["runId"].as_str(), manifest["sha256"].as_str()) {
+        (Some(id), Some(hash)) if id == run_id && hash == sha256 => ManifestOwner::Same,
+        (Some(id), Some(_)) if id == run_id => ManifestOwner::EarlierAttempt,
+        _ => ManifestOwner::Foreign,
+    }
+}
+
+/// Another file holds the file's name: nothing is marked into it.
+fn occupied(to: &Destination, name: &str, hash: &str) -> DestinationError {
+    DestinationError::new(
+        FailureKind::Occupied,
+        to.url(),
+        "create",
+        &to.key(name),
+        format!(
+            "a file with other bytes (sha256 {hash}) already holds the name: refusing to \
+             publish over it, and no record is marked (move it away, and the next attempt publishes)"
+        ),
+    )
+}
+
+/// A create refused as occupied, with nothing under the name on a second
+/// look: two writers raced (409); the attempt is tried again.
+fn raced(err: DestinationError) -> DestinationError {
+    DestinationError {
+        kind: FailureKind::Transient,
+        detail: format!(
+            "{}; nothing holds the name now (a conflicting write raced this one)",
+            err.detail
+        ),
+        ..err
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_manifest_is_ours_only_with_our_run_and_hash() {
+        let ours = br#"{"runId":"r1","sha256":"aa"}"#;
+        assert_eq!(manifest_owner(Some(ours), "r1", "aa"), ManifestOwner::Same);
+        assert_eq!(
+            manifest_owner(Some(ours), "r1", "bb"),
+            ManifestOwner::EarlierAttempt
+        );
+        assert_eq!(
+            manifest_owner(Some(ours), "r2", "aa"),
+            ManifestOwner::Foreign
+        );
+        assert_eq!(
+            manifest_owner(Some(b"not json"), "r1", "aa"),
+            ManifestOwner::Foreign
+        );
+        assert_eq!(manifest_owner(None, "r1", "aa"), ManifestOwner::Foreign);
     }
 }

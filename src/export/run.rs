@@ -140,7 +140,7 @@ impl Exporter {
         progress.rejected += run.rejected.max(0) as u64;
         if exported > 0 {
             progress.file = run.file_name.clone();
-            progress.published_to = run.publication.as_ref().map(|p| p.path.clone());
+            progress.published_to = run.publication.as_ref().map(|p| p.location.address());
             progress.completed_run_id = Some(run.id.clone());
         } else if progress.file.is_none() {
             progress.completed_run_id = Some(run.id.clone());

@@ -131,7 +131,7 @@ fn run_view(run: &RunDoc) -> RunView {
         phase: run.phase.as_str().to_owned(),
         started_at: rfc3339(run.started_at.to_chrono()),
         finished_at: run.finished_at.map(|t| rfc3339(t.to_chrono())),
-        published_to: run.publication.as_ref().map(|p| p.path.clone()),
+        published_to: run.publication.as_ref().map(|p| p.location.address()),
         sha256: run.sha256.clone(),
         last_error: run.last_error.clone(),
     }

@@ -40,8 +40,8 @@ fn published(run: RunDoc) -> Option<PublishedFile> {
         deanery: run.deanery,
         records: run.record_count.unwrap_or(0),
         sha256: publication.sha256,
-        published_to: publication.path,
-        destination: publication.destination,
+        published_to: publication.location.address(),
+        destination: publication.location.destination_url().map(str::to_owned),
         host: publication.host,
         published_at: publication
             .published_at

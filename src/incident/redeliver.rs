@@ -1,17 +1,17 @@
 //! `esr-exporter redeliver FILE_NAME [--to DESTINATION] [--replace]`: the
 //! file rebuilt from the records its run wrote into it, in `_id` order,
-//! checked against the recorded SHA-256, and published again, manifest
-//! first, each name created only if absent (with `--replace`, what holds
-//! the name is removed first, then the name is created conditionally as
-//! ever). The redelivery is recorded on the run; records do not change.
+//! checked against the recorded SHA-256, and published again through the
+//! same path as a run: manifest first, each name created only if absent
+//! (with `--replace`, what holds the names is removed first, then they are
+//! created conditionally as ever). The redelivery is recorded on the run;
+//! records do not change.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use bson::doc;
-use bytes::Bytes;
 
 use crate::config::Settings;
-use crate::destination::{Destination, DestinationError, FailureKind, Remote};
+use crate::destination::{Destination, DestinationError, FailureKind, Found};
 use crate::domain::{AppRow, Deanery, DestinationUrl};
 use crate::export::file::{self, ExportFile, FileHeader, Staged};
 use crate::store::{RunDoc, Store, StoreError};
@@ -89,38 +89,14 @@ pub async fn redeliver(
             phase: run.phase.as_str().to_owned(),
         });
     };
-    let target = match to {
-        Some(url) => url.clone(),
-        None => original_destination(&publication.path, publication.destination.as_deref()),
-    };
+    let target = to
+        .cloned()
+        .unwrap_or_else(|| publication.location.destination());
     let header = header_of(&run, settings)?;
-    let delivered = match &target {
-        DestinationUrl::Folder(dir) => {
-            let dir = dir
-                .clone()
-                .unwrap_or_else(|| settings.export.output_dir.clone());
-            to_folder(store, settings, &run, &header, &dir, replace).await?
-        }
-        remote => {
-            let destination = Destination::of(remote, settings)?;
-            let Some(remote) = destination.remote() else {
-                return Err(RedeliverError::NotFound(format!(
-                    "the destination {remote}"
-                )));
-            };
-            to_remote(store, settings, &run, &header, remote, replace).await?
-        }
-    };
+    let destination = Destination::of(&target, settings)?;
+    let delivered = deliver_again(store, settings, &run, &header, &destination, replace).await?;
     record(store, &run, &delivered, replace).await?;
     Ok(delivered)
-}
-
-/// Where the run published: its bucket, or the folder of its path.
-fn original_destination(path: &str, destination: Option<&str>) -> DestinationUrl {
-    if let Some(url) = destination.and_then(|d| DestinationUrl::parse(d).ok()) {
-        return url;
-    }
-    DestinationUrl::Folder(Path::new(path).parent().map(Path::to_path_buf))
 }
 
 fn header_of(run: &RunDoc, settings: &Settings) -> Result<FileHeader, RedeliverError> {
@@ -148,8 +124,7 @@ async fn rebuild(
     run: &RunDoc,
     header: &FileHeader,
     dir: &Path,
-) -> Result<Staged, RedeliverError> {
-    std::fs::create_dir_all(dir)?;
+) -> Result<(Staged, PathBuf), RedeliverError> {
     let mut writer = ExportFile::create(dir, header.clone())?;
     let mut cursor = store
         .records_of_run(&run.id, settings.export.cursor_batch_size)
@@ -169,7 +144,9 @@ async fn rebuild(
     }
     let staged = writer.stage()?;
     if Some(staged.sha256.as_str()) == run.sha256.as_deref() {
-        return Ok(staged);
+        if let Some(path) = file::staged_with_hash(dir, &header.file_name, &staged.sha256)? {
+            return Ok((staged, path));
+        }
     }
     file::remove_staged(dir, &header.file_name)?;
     let what = what_differs(store, run, &staged, &unwritable).await?;
@@ -215,70 +192,43 @@ async fn what_differs(
     Ok(found.join("; "))
 }
 
-async fn to_folder(
+/// Publishes the rebuilt file to `to` as a run does: manifest, then the
+/// file, each created only if absent (with `--replace`, both names are
+/// removed first).
+async fn deliver_again(
     store: &Store,
     settings: &Settings,
     run: &RunDoc,
     header: &FileHeader,
-    dir: &Path,
+    to: &Destination,
     replace: bool,
 ) -> Result<Redelivered, RedeliverError> {
-    let target = dir.join(&header.file_name);
-    let manifest = dir.join(format!("{}.json", header.file_name));
+    to.probe().await?;
+    let name = &header.file_name;
+    let exists = |err: DestinationError| match err.kind {
+        FailureKind::Occupied => RedeliverError::Exists(address(to, name)),
+        _ => RedeliverError::Destination(err),
+    };
     if replace {
-        for path in [&target, &manifest] {
-            file::remove_if_present(path)?;
-        }
-    } else if std::fs::symlink_metadata(&target).is_ok() {
-        return Err(RedeliverError::Exists(target.display().to_string()));
+        to.delete(&format!("{name}.json")).await?;
+        to.delete(name).await?;
+    } else if to.lookup(name).await.map_err(exists)?.is_some() {
+        return Err(RedeliverError::Exists(address(to, name)));
     }
-    let staged = rebuild(store, settings, run, header, dir).await?;
-    // Never over a file: the final name is made by a hard link, which
-    // fails if anything took the name meanwhile.
-    file::publish(dir, header, &staged)?;
-    let location = std::path::absolute(&target).unwrap_or(target);
+    let staging = tempfile::tempdir_in(ensure_dir(&settings.export.output_dir)?)?;
+    let (staged, path) = rebuild(store, settings, run, header, staging.path()).await?;
+    let found = crate::export::publish_file(to, header, &staged, &path)
+        .await
+        .map_err(exists)?;
     Ok(Redelivered {
-        location: location.display().to_string(),
+        location: to.location(name, found).address(),
         sha256: staged.sha256,
         records: staged.record_count,
     })
 }
 
-async fn to_remote(
-    store: &Store,
-    settings: &Settings,
-    run: &RunDoc,
-    header: &FileHeader,
-    bucket: Remote<'_>,
-    replace: bool,
-) -> Result<Redelivered, RedeliverError> {
-    bucket.probe().await?;
-    let name = &header.file_name;
-    let manifest_name = format!("{name}.json");
-    if replace {
-        bucket.delete(&manifest_name).await?;
-        bucket.delete(name).await?;
-    } else if bucket.lookup(name).await?.is_some() {
-        return Err(RedeliverError::Exists(format!("{}/{name}", bucket.url())));
-    }
-    let staging = tempfile::tempdir_in(ensure_dir(&settings.export.output_dir)?)?;
-    let staged = rebuild(store, settings, run, header, staging.path()).await?;
-    let exists = |err: DestinationError| match err.kind {
-        FailureKind::Occupied => RedeliverError::Exists(format!("{}/{}", err.destination, err.key)),
-        _ => RedeliverError::Destination(err),
-    };
-    let manifest = Bytes::from(file::manifest_bytes(header, &staged)?);
-    bucket
-        .create_bytes(&manifest_name, manifest)
-        .await
-        .map_err(exists)?;
-    let path = staging.path().join(format!(".{name}.final.tmp"));
-    bucket.create_from_file(name, &path).await.map_err(exists)?;
-    Ok(Redelivered {
-        location: format!("{}/{name}", bucket.url()),
-        sha256: staged.sha256,
-        records: staged.record_count,
-    })
+fn address(to: &Destination, name: &str) -> String {
+    to.location(name, Found::default()).address()
 }
 
 fn ensure_dir(dir: &Path) -> std::io::Result<&Path> {

@@ -188,18 +188,14 @@ async fn check_folder(dir: std::path::PathBuf) -> Result<(), String> {
     }
 }
 
-/// A bucket or server answers one look within the bound (the folder is
-/// checked as the output folder).
+/// The destination answers one look within the bound.
 async fn check_destination(destination: &Destination) -> Result<(), String> {
-    let Some(bucket) = destination.remote() else {
-        return Ok(());
-    };
-    match tokio::time::timeout(PING_TIMEOUT, bucket.check()).await {
+    match tokio::time::timeout(PING_TIMEOUT, destination.check()).await {
         Ok(Ok(())) => Ok(()),
         Ok(Err(err)) => Err(crate::report::chain(&err)),
         Err(_) => Err(format!(
             "{}: no answer within {} s",
-            bucket.url(),
+            destination.url(),
             PING_TIMEOUT.as_secs()
         )),
     }

@@ -49,7 +49,7 @@ use std::sync::OnceLock;
 use metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
-use crate::domain::{AttemptEnd, RunSummary};
+use crate::domain::{RunEnd, RunSummary};
 
 static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
 
@@ -272,15 +272,15 @@ fn describe() {
 pub(crate) fn record_run(summary: &RunSummary) {
     let deanery = summary.deanery.clone();
     let outcome = match summary.end {
-        AttemptEnd::Completed => "completed",
-        AttemptEnd::Interrupted { .. } => "interrupted",
-        AttemptEnd::Transient { .. } | AttemptEnd::Permanent { .. } => "failed",
-        AttemptEnd::Skipped { .. } => "skipped",
+        RunEnd::Completed => "completed",
+        RunEnd::Interrupted { .. } => "interrupted",
+        RunEnd::Transient { .. } | RunEnd::Permanent { .. } => "failed",
+        RunEnd::Skipped { .. } => "skipped",
     };
     counter!("esr_export_runs_total", "deanery" => deanery.clone(), "outcome" => outcome)
         .increment(1);
     counter!("esr_records_exported_total", "deanery" => deanery.clone()).increment(
-        if summary.end == AttemptEnd::Completed {
+        if summary.end == RunEnd::Completed {
             summary.exported
         } else {
             0
@@ -289,7 +289,7 @@ pub(crate) fn record_run(summary: &RunSummary) {
     counter!("esr_records_rejected_total", "deanery" => deanery.clone())
         .increment(summary.rejected);
     counter!("esr_transaction_attempts_total", "deanery" => deanery.clone())
-        .increment(u64::from(summary.attempts));
+        .increment(u64::from(summary.transactions));
     counter!("esr_write_conflicts_total", "deanery" => deanery.clone())
         .increment(u64::from(summary.write_conflicts));
     counter!("esr_retries_total", "deanery" => deanery.clone())

@@ -7,7 +7,7 @@
 
 use bson::{doc, Bson, DateTime, Document};
 
-use super::{int, oldest_created, open_runs, Attempts, RetryScope, Store, StoreError};
+use super::{int, oldest_created, open_runs, Attempts, Publication, RetryScope, Store, StoreError};
 use crate::domain::RecordStatus;
 use crate::store::RunPhase;
 
@@ -105,8 +105,8 @@ fn latest_run(row: &Document) -> LatestRun {
         published_to: run
             .get_document("publication")
             .ok()
-            .and_then(|p| p.get_str("path").ok())
-            .map(str::to_owned),
+            .and_then(|p| bson::from_document::<Publication>(p.clone()).ok())
+            .map(|p| p.location.address()),
         record_count: int(run.get("recordCount")),
         rejected: int(run.get("rejected")),
         last_error: text("lastError"),

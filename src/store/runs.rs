@@ -6,7 +6,7 @@ use bson::{doc, DateTime, Document};
 use serde::{Deserialize, Serialize};
 
 use super::{now, scope, Attempts, Find, Store, StoreError};
-use crate::domain::Deanery;
+use crate::domain::{Deanery, Location};
 
 /// Where a run is. A run only moves forward.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,31 +81,61 @@ pub(crate) struct RunDoc {
 }
 
 /// Where a run's file was published.
+///
+/// Stored as `{host, sha256, publishedAt, location: {kind, ...}}`. A
+/// document written before locations were typed holds the location flat
+/// (`path`, and `destination`, `key`, `etag`, `version` for a bucket or a
+/// server); it reads as the same typed location ([`Location::from_flat`]).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", try_from = "StoredPublication")]
 pub(crate) struct Publication {
-    /// Host that published the file (whose output folder holds it, for
-    /// the folder destination).
+    /// Host that published the file (whose folder holds it, for a folder).
     pub host: String,
-    /// Where the file is: its full path on that host, or its URL
-    /// (`s3://bucket/key`).
-    pub path: String,
     /// SHA-256 of the published bytes.
     pub sha256: String,
     /// When the final name came to exist.
     pub(crate) published_at: DateTime,
-    /// The destination (`export.destination`; absent for the folder).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) destination: Option<String>,
-    /// The object key, for a bucket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) key: Option<String>,
-    /// The object's ETag, for a bucket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) etag: Option<String>,
-    /// The object's version, on a versioned bucket.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub(crate) version: Option<String>,
+    /// Where the file is.
+    pub location: Location,
+}
+
+/// A publication as stored, in either shape.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct StoredPublication {
+    host: String,
+    sha256: String,
+    published_at: DateTime,
+    location: Option<Location>,
+    path: Option<String>,
+    destination: Option<String>,
+    key: Option<String>,
+    etag: Option<String>,
+    version: Option<String>,
+}
+
+impl TryFrom<StoredPublication> for Publication {
+    type Error = String;
+
+    fn try_from(stored: StoredPublication) -> Result<Self, String> {
+        let location = match (stored.location, stored.path) {
+            (Some(location), _) => location,
+            (None, Some(path)) => Location::from_flat(
+                path,
+                stored.destination,
+                stored.key,
+                stored.etag,
+                stored.version,
+            ),
+            (None, None) => return Err("a publication with neither `location` nor `path`".into()),
+        };
+        Ok(Self {
+            host: stored.host,
+            sha256: stored.sha256,
+            published_at: stored.published_at,
+            location,
+        })
+    }
 }
 
 impl RunDoc {

@@ -27,13 +27,11 @@ async fn store() -> Store {
 fn publication() -> Publication {
     Publication {
         host: "host-a".to_owned(),
-        path: "/exports/DE_MER_APP_20261203_00001.DAT".to_owned(),
         sha256: "ab".repeat(32),
         published_at: now(),
-        destination: None,
-        key: None,
-        etag: None,
-        version: None,
+        location: crate::domain::Location::Folder {
+            path: "/exports/DE_MER_APP_20261203_00001.DAT".to_owned(),
+        },
     }
 }
 

@@ -36,7 +36,9 @@ async fn a_run_publishes_manifest_and_file_to_the_bucket_and_records_where() {
     let run = app.run_doc(doc! {}).await.unwrap();
     let key = format!("{PREFIX}/{file}");
     let publication = assert_published(&app, &run, &bucket.destination(), &key);
-    assert!(!publication.get_str("etag").unwrap().is_empty());
+    let location = publication.get_document("location").unwrap();
+    assert_eq!(location.get_str("kind").unwrap(), "object", "{location}");
+    assert!(!location.get_str("etag").unwrap().is_empty());
     let everything = format!(
         "{}{}{run}",
         stderr(&output),

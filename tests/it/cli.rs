@@ -178,10 +178,12 @@ async fn check_config_warns_when_the_uri_pins_one_host() {
     )];
     let output = check_config(&app, &discovered).await;
     assert_eq!(output.status.code(), Some(0));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let said: Vec<&str> = stderr.lines().collect();
+    assert_eq!(said.len(), 1, "only the probe's line: {stderr}");
     assert!(
-        output.stderr.is_empty(),
-        "{}",
-        String::from_utf8_lossy(&output.stderr)
+        said[0].ends_with("refuses a second create of a name (probe passed)"),
+        "{stderr}"
     );
 }
 

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use bson::{doc, Bson, Document};
 use esr_exporter::config::Settings;
+use esr_exporter::destination::Destination;
 use esr_exporter::domain::{RunStatus, RunSummary};
 use esr_exporter::export::Exporter;
 use esr_exporter::store::Store;
@@ -133,7 +134,8 @@ async fn quick_to_rediscover(app: &TestApp) -> Exporter {
     env.insert("ESR_MONGODB__URI".to_owned(), uri);
     let settings = Settings::load_with_env(None, Some(env)).unwrap();
     let store = Store::build(&settings).await.unwrap();
-    Exporter::new(store, settings.export.clone())
+    let destination = Destination::from_settings(&settings).unwrap();
+    Exporter::new(store, settings.export.clone(), destination)
 }
 
 /// What a primary stepping down answers, on each command a run depends on.
@@ -204,7 +206,7 @@ async fn write_conflicts_injected_on_commit_retry_the_whole_transaction() {
     let summary = export_through_failpoint(COMMIT, 112, &[CONFLICT], 2).await;
     assert!(summary.write_conflicts >= 2, "{summary:?}");
     // Each conflict on commit costs a whole new transaction attempt.
-    assert!(summary.attempts >= 2 + 2 + 2, "{summary:?}");
+    assert!(summary.transactions >= 2 + 2 + 2, "{summary:?}");
 }
 
 #[tokio::test]

@@ -12,6 +12,7 @@ use crate::env_support::{daemon_env, env_line, pairs};
 use crate::export_file::{self, Detail, Header};
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use esr_exporter::config::Settings;
+use esr_exporter::destination::Destination;
 use esr_exporter::domain::{Deanery, GenerationCommand, Slot};
 use esr_exporter::export::Exporter;
 use esr_exporter::store::Store;
@@ -89,7 +90,11 @@ pub async fn spawn_app_with(overrides: &[(&str, &str)]) -> TestApp {
     let store = Store::build(&settings).await.expect("store");
     let client = Client::with_uri_str(base_uri()).await.expect("client");
     let db = client.database(&settings.mongodb.database);
-    let exporter = Exporter::new(store.clone(), settings.export.clone());
+    let exporter = Exporter::new(
+        store.clone(),
+        settings.export.clone(),
+        Destination::from_settings(&settings).expect("the folder"),
+    );
     TestApp {
         settings,
         store,
@@ -690,8 +695,12 @@ pub fn assert_published<'r>(
     key: &str,
 ) -> &'r Document {
     let publication = run.get_document("publication").unwrap();
-    assert_eq!(publication.get_str("destination").unwrap(), destination);
-    assert_eq!(publication.get_str("key").unwrap(), key);
+    let location = publication.get_document("location").unwrap();
+    assert_eq!(location.get_str("destination").unwrap(), destination);
+    let key_or_path = location
+        .get_str("key")
+        .or_else(|_| location.get_str("path"));
+    assert_eq!(key_or_path.unwrap(), key, "{location}");
     assert_eq!(
         publication.get_str("sha256").unwrap(),
         run.get_str("sha256").unwrap()

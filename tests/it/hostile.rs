@@ -6,7 +6,8 @@ use std::time::{Duration, Instant};
 
 use bson::{doc, Bson, DateTime, Document};
 use chrono::{Timelike, Utc};
-use esr_exporter::domain::{RunStatus, Slot};
+use esr_exporter::destination::Destination;
+use esr_exporter::domain::{DestinationUrl, RunStatus, Slot};
 use esr_exporter::export::Exporter;
 use tokio::process::Child;
 
@@ -47,7 +48,9 @@ async fn a_resume_on_another_host_stages_the_file_again_instead_of_assuming_a_re
     let folder_b = folder_a.with_file_name("host-b");
     let mut settings_b = app.settings.export.clone();
     settings_b.output_dir = folder_b.clone();
-    let on_b = Exporter::new(app.store.clone(), settings_b)
+    let folder = DestinationUrl::Folder(Some(folder_b.clone()));
+    let to_b = Destination::of(&folder, &app.settings).unwrap();
+    let on_b = Exporter::new(app.store.clone(), settings_b, to_b)
         .run(&deanery("MER"))
         .await;
 
@@ -69,7 +72,12 @@ async fn a_resume_on_another_host_stages_the_file_again_instead_of_assuming_a_re
         .unwrap();
     let published = run.get_document("publication").unwrap();
     assert!(
-        published.get_str("path").unwrap().contains("host-b"),
+        published
+            .get_document("location")
+            .unwrap()
+            .get_str("path")
+            .unwrap()
+            .contains("host-b"),
         "{published}"
     );
     assert!(list(&folder_b).iter().all(|f| !f.ends_with(".tmp")));

@@ -272,3 +272,74 @@ async fn redeliver_to_the_bucket_it_went_to_puts_the_same_object_back() {
     assert_eq!(output.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&output.stderr).contains("already exists"));
 }
+
+/// The run's publication as documents written before locations were
+/// typed hold it: flat, with the full path or URL in `path`.
+fn flat_publication(typed: &Document, path: &str, bucket: Option<(&str, &str)>) -> Document {
+    let mut flat = doc! {
+        "host": typed.get_str("host").unwrap(),
+        "path": path,
+        "sha256": typed.get_str("sha256").unwrap(),
+        "publishedAt": typed.get_datetime("publishedAt").unwrap(),
+    };
+    if let Some((destination, key)) = bucket {
+        flat.insert("destination", destination);
+        flat.insert("key", key);
+        flat.insert("etag", "\"0123\"");
+    }
+    flat
+}
+
+#[tokio::test]
+async fn a_run_document_written_before_locations_were_typed_still_reads() {
+    let app = spawn_app().await;
+    app.seed("PEN", 6).await;
+    export(&app, "PEN").await;
+    let name = app.data_files().remove(0);
+    let run = run_of(&app, &name).await;
+    let typed = run.get_document("publication").unwrap().clone();
+    let path = std::path::absolute(app.export_dir().join(&name)).unwrap();
+    let path = path.display().to_string();
+    assert_eq!(
+        typed.get_document("location").unwrap(),
+        &doc! {"kind": "folder", "path": &path}
+    );
+    assert!(!typed.contains_key("path"), "one typed location: {typed}");
+
+    // Written before: flat, for the folder.
+    let flat = flat_publication(&typed, &path, None);
+    let runs = app.runs();
+    let id = run.get_str("_id").unwrap();
+    runs.update_one(doc! {"_id": id}, doc! {"$set": {"publication": flat}})
+        .await
+        .unwrap();
+    let (code, stdout, stderr) = esr(&app, &["files", "--deanery", "PEN", "--json"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let files: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(files[0]["publishedTo"], path.as_str(), "{files}");
+    assert_eq!(files[0]["destination"], serde_json::Value::Null, "{files}");
+    let (code, stdout, _) = esr(&app, &["status", "--json"]).await;
+    assert_eq!(code, Some(0));
+    assert!(stdout.contains(&path), "status reads it: {stdout}");
+    // `redeliver` finds the folder it went to from the old path.
+    std::fs::remove_file(app.export_dir().join(&name)).unwrap();
+    let (code, _, stderr) = esr(&app, &["redeliver", &name]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(app.export_dir().join(&name).exists(), "{stderr}");
+
+    // Written before: flat, for a bucket.
+    let url = format!("s3://old-bucket/app/{name}");
+    let flat = flat_publication(
+        &typed,
+        &url,
+        Some(("s3://old-bucket/app", &format!("app/{name}"))),
+    );
+    runs.update_one(doc! {"_id": id}, doc! {"$set": {"publication": flat}})
+        .await
+        .unwrap();
+    let (code, stdout, stderr) = esr(&app, &["files", "--deanery", "PEN", "--json"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    let files: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(files[0]["publishedTo"], url.as_str(), "{files}");
+    assert_eq!(files[0]["destination"], "s3://old-bucket/app", "{files}");
+}

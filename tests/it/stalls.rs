@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use bson::doc;
 use esr_exporter::config::Settings;
+use esr_exporter::destination::Destination;
 use esr_exporter::domain::{RunStatus, RunSummary};
 use esr_exporter::export::Exporter;
 use esr_exporter::store::Store;
@@ -57,7 +58,8 @@ pub(crate) async fn exporter_through(
     let store = Store::build(&settings)
         .await
         .expect("store through the proxy");
-    Exporter::new(store, settings.export.clone())
+    let destination = Destination::from_settings(&settings).expect("the folder");
+    Exporter::new(store, settings.export.clone(), destination)
 }
 
 /// An app with `n` waiting records of a new deanery, and an exporter that

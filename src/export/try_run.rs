@@ -1,12 +1,12 @@
-//! One export attempt from start to summary: take the deanery's lease, run
-//! the steps, give the lease back, then summarise, count and log what
-//! happened (a failure also goes on the run document).
+//! One try at a deanery's run, from start to summary: take the deanery's
+//! lease, run the steps, give the lease back, then summarise, count and
+//! log what happened (a failure also goes on the run document).
 
 use std::time::Instant;
 
 use super::context::{LeaseKeeper, Progress, RunContext, RunOptions};
 use super::{ExportError, Exporter};
-use crate::domain::{AttemptEnd, Deanery, RunSummary};
+use crate::domain::{Deanery, RunEnd, RunSummary};
 use crate::ops::{metrics, output_folder};
 use crate::store::{Attempts, LeaseOutcome, StoreError};
 
@@ -18,8 +18,9 @@ enum Lease {
     Held(String),
 }
 
-/// How the steps of an attempt ended, before it is summarised.
-enum Ended {
+/// How a try ended, typed: what the consumer decides a command by.
+#[derive(Debug)]
+pub(crate) enum Ended {
     /// The steps ran to completion, or stopped on this error.
     Ran(Result<(), ExportError>),
     /// Another process holds the lease; why, for the summary.
@@ -27,10 +28,14 @@ enum Ended {
 }
 
 impl Exporter {
-    /// Runs one attempt for the deanery and summarises it. Never panics on
-    /// a failure: a failed attempt is a summary with `status: failed`,
+    /// Tries the deanery's run once and summarises the try. Never panics
+    /// on a failure: a failed try is a summary with `status: failed`,
     /// logged at ERROR, and its run is left to resume.
-    pub(super) async fn attempt(&self, deanery: &Deanery, options: &RunOptions) -> RunSummary {
+    pub(super) async fn try_run(
+        &self,
+        deanery: &Deanery,
+        options: &RunOptions,
+    ) -> (RunSummary, Ended) {
         let started = Instant::now();
         let owner = uuid::Uuid::new_v4().to_string();
         let mut attempts = Attempts::default();
@@ -67,7 +72,7 @@ impl Exporter {
             Ended::Ran(Err(err)) if err.is_shutdown() => log_interrupted(&summary),
             Ended::Ran(Err(err)) => self.report_failure(deanery, err, &summary, &progress).await,
         }
-        summary
+        (summary, ended)
     }
 
     /// Starts this attempt's session and takes the deanery's lease with it.
@@ -146,7 +151,7 @@ impl Exporter {
         // The summary holds the error's chain, said once (`end_of`).
         let error = summary.error().unwrap_or_default();
         tracing::error!(
-            attempts = summary.attempts,
+            transactions = summary.transactions,
             duration_ms = summary.duration_ms,
             transient = err.is_transient(),
             error,
@@ -160,7 +165,7 @@ impl Exporter {
             // the ERROR above is the record of this attempt.
             return;
         }
-        self.record_error_on_run(deanery, run_id, error, summary.attempts)
+        self.record_error_on_run(deanery, run_id, error, summary.transactions)
             .await;
     }
 
@@ -198,7 +203,7 @@ fn summarise(
 ) -> RunSummary {
     let end = end_of(ended);
     let run_id = match end {
-        AttemptEnd::Completed => progress
+        RunEnd::Completed => progress
             .completed_run_id
             .clone()
             .or_else(|| progress.run_id.clone()),
@@ -212,7 +217,7 @@ fn summarise(
         rejected: progress.rejected,
         file: progress.file.clone(),
         published_to: progress.published_to.clone(),
-        attempts: attempts.transactions,
+        transactions: attempts.transactions,
         retries: attempts.retries,
         write_conflicts: attempts.write_conflicts,
         duration_ms: started.elapsed().as_millis() as u64,
@@ -220,11 +225,11 @@ fn summarise(
     }
 }
 
-fn end_of(ended: &Ended) -> AttemptEnd {
+fn end_of(ended: &Ended) -> RunEnd {
     let err = match ended {
-        Ended::Ran(Ok(())) => return AttemptEnd::Completed,
+        Ended::Ran(Ok(())) => return RunEnd::Completed,
         Ended::Held(reason) => {
-            return AttemptEnd::Skipped {
+            return RunEnd::Skipped {
                 reason: reason.clone(),
             }
         }
@@ -232,11 +237,11 @@ fn end_of(ended: &Ended) -> AttemptEnd {
     };
     let error = crate::report::chain(err);
     if err.is_shutdown() {
-        AttemptEnd::Interrupted { error }
+        RunEnd::Interrupted { error }
     } else if err.is_transient() {
-        AttemptEnd::Transient { error }
+        RunEnd::Transient { error }
     } else {
-        AttemptEnd::Permanent { error }
+        RunEnd::Permanent { error }
     }
 }
 
@@ -253,7 +258,7 @@ fn log_completed(summary: &RunSummary) {
         rejected = summary.rejected,
         file = summary.file.as_deref().unwrap_or(""),
         published_to = summary.published_to.as_deref().unwrap_or(""),
-        attempts = summary.attempts,
+        transactions = summary.transactions,
         retries = summary.retries,
         write_conflicts = summary.write_conflicts,
         duration_ms = summary.duration_ms,
