@@ -37,13 +37,11 @@ use clap::Parser;
 use futures_util::TryStreamExt;
 use mongodb::{Client, Collection};
 
+#[path = "common/bucket_runs.rs"]
+mod bucket_runs;
 mod common;
-#[path = "../tests/support/env.rs"]
-mod env_support;
-#[path = "support/s3.rs"]
-mod s3;
-#[path = "../tests/support/sshd.rs"]
-mod sshd;
+#[path = "../tests/support/mod.rs"]
+mod support;
 use common::{export_all, prepare, seed, start_server, verify, DEANERIES};
 
 #[derive(Debug, Parser)]
@@ -271,13 +269,14 @@ async fn main() -> anyhow::Result<()> {
     let client = Client::with_uri_str(&server.uri).await?;
     if args.destination == "s3" {
         let n = args.records.unwrap_or(100_000);
-        return s3::compare(&server.uri, &client, n, args.chunk_size, &args.s3_endpoint).await;
+        return bucket_runs::compare(&server.uri, &client, n, args.chunk_size, &args.s3_endpoint)
+            .await;
     }
     if args.destination == "sftp" {
         let n = args.records.unwrap_or(100_000);
-        let sshd = sshd::TestSshd::start().await;
+        let sshd = support::sshd::TestSshd::start().await;
         let label = format!("SFTP ({})", sshd.destination());
-        return s3::compare_with(
+        return bucket_runs::compare_with(
             &server.uri,
             &client,
             n,

@@ -23,6 +23,8 @@ use clap::Parser;
 use mongodb::{Client, Collection};
 
 mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 use common::{export_all, prepare, record, seed, start_server, DEANERIES};
 
 #[derive(Debug, Parser)]
@@ -138,10 +140,7 @@ async fn time_queries(uri: &str, db: &str, waiting: usize) -> anyhow::Result<(Du
         );
     }
     let started = Instant::now();
-    let mut attempts = esr_exporter::store::Attempts::default();
-    let stuck = store
-        .stuck_records(bson::DateTime::now(), &mut attempts)
-        .await?;
+    let stuck = store.stuck_records(bson::DateTime::now()).await?;
     let watchdog = started.elapsed();
     let counted: u64 = stuck.iter().map(|s| s.count).sum();
     if counted != waiting as u64 {

@@ -31,12 +31,9 @@ use mongodb::{Client, Collection};
 use tokio::task::JoinHandle;
 
 mod common;
+#[path = "../tests/support/mod.rs"]
+mod support;
 use common::{record, start_server};
-
-#[path = "../tests/support/mongo.rs"]
-mod mongo_support;
-#[path = "../tests/support/proxy.rs"]
-mod proxy;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -161,7 +158,7 @@ async fn trial(args: &Args, server_uri: &str, client: &Client, n: usize) -> anyh
         records.insert_many(batch.to_vec()).await?;
     }
     let dir = tempfile::tempdir()?;
-    let proxy = proxy::WireProxy::start(&mongo_support::first_seed(server_uri)).await;
+    let proxy = support::proxy::WireProxy::start(&support::mongo::first_seed(server_uri)).await;
     let exporter = exporter(&proxy.uri(), &db, dir.path(), args.bound_ms).await?;
     let deanery = Deanery::parse("MER")?;
 

@@ -17,7 +17,7 @@ use crate::config::Settings;
 use crate::destination::{Destination, DestinationError};
 use crate::domain::{Deanery, DestinationUrl, RunStatus};
 use crate::export::{self, Exporter};
-use crate::incident::run as incident;
+use crate::incident::commands as incident;
 use crate::store::Store;
 
 /// Exports NHS ESR applicant (APP) files from MongoDB, one per deanery.
@@ -190,7 +190,7 @@ pub async fn execute(cli: Cli) -> ExitCode {
     let settings = match Settings::load(config_file(cli.config.clone()).as_deref()) {
         Ok(settings) => settings,
         Err(err) => {
-            eprintln!("error: {}", crate::report::Chain(&err));
+            eprintln!("error: {}", crate::error_chain::Chain(&err));
             return ExitCode::from(2);
         }
     };
@@ -243,10 +243,10 @@ fn write_docs(command: &Command) -> Option<ExitCode> {
     let mut out = std::io::stdout().lock();
     match command {
         Command::Completions { shell } => {
-            crate::docs::completions(Cli::command(), *shell, &mut out);
+            crate::manual::completions(Cli::command(), *shell, &mut out);
             Some(ExitCode::SUCCESS)
         }
-        Command::Man => Some(match crate::docs::man_page(Cli::command(), &mut out) {
+        Command::Man => Some(match crate::manual::man_page(Cli::command(), &mut out) {
             Ok(()) => ExitCode::SUCCESS,
             Err(err) => {
                 eprintln!("error: cannot write the man page: {err}");
@@ -261,7 +261,7 @@ fn write_docs(command: &Command) -> Option<ExitCode> {
 /// configured log format, or a plain `error:` line on stderr when the log
 /// filter drops errors.
 fn report_failure(err: &anyhow::Error) {
-    let said = crate::report::chain(err.as_ref());
+    let said = crate::error_chain::chain(err.as_ref());
     if tracing::enabled!(tracing::Level::ERROR) {
         tracing::error!(error = %said, "command failed");
     } else {
@@ -299,7 +299,7 @@ async fn check_config(settings: &Settings) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
-            eprintln!("error: {}", crate::report::Chain(&err));
+            eprintln!("error: {}", crate::error_chain::Chain(&err));
             Ok(ExitCode::from(2))
         }
     }
@@ -350,7 +350,7 @@ async fn shutdown_signal() {
     ) {
         Ok(stream) => stream,
         Err(err) => {
-            tracing::error!(error = %crate::report::Chain(&err), "cannot listen for SIGTERM; only SIGINT stops the daemon");
+            tracing::error!(error = %crate::error_chain::Chain(&err), "cannot listen for SIGTERM; only SIGINT stops the daemon");
             let _ = tokio::signal::ctrl_c().await;
             return;
         }
@@ -455,7 +455,7 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
     let report = crate::status::report(&store)
         .await
         .context("Failed to read the status from MongoDB")?;
-    crate::incident::run::print_as(&report, json, crate::status::render_table)?;
+    crate::incident::commands::print_as(&report, json, crate::status::render_table)?;
     Ok(ExitCode::SUCCESS)
 }
 

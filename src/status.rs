@@ -12,9 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::domain::RecordStatus;
-use crate::store::{
-    Attempts, LatestRun, OldestWaiting, StatusCount, StatusQuery, Store, StoreError,
-};
+use crate::store::{LatestRun, OldestWaiting, StatusCount, StatusQuery, Store, StoreError};
 
 /// The days of runs whose exported and rejected records are counted.
 pub(crate) const WINDOW_DAYS: i64 = 30;
@@ -150,17 +148,12 @@ pub async fn report(store: &Store) -> Result<StatusReport, StoreError> {
     }
     let now = Utc::now();
     let since = bson::DateTime::from_chrono(now - chrono::Duration::days(WINDOW_DAYS));
-    let mut attempts = Attempts::default();
-    let counts = store
-        .status_rows(StatusQuery::counts(), &mut attempts)
-        .await?;
+    let counts = store.status_rows(StatusQuery::counts()).await?;
     let totals = StatusQuery::recent_run_totals(since);
-    let totals = store.status_rows(totals, &mut attempts).await?;
-    let oldest = store
-        .status_rows(StatusQuery::oldest_waiting(), &mut attempts)
-        .await?;
+    let totals = store.status_rows(totals).await?;
+    let oldest = store.status_rows(StatusQuery::oldest_waiting()).await?;
     let last_runs = StatusQuery::latest_runs(since);
-    let last_runs = store.status_rows(last_runs, &mut attempts).await?;
+    let last_runs = store.status_rows(last_runs).await?;
 
     let mut lines = Lines::new();
     add_counts(&mut lines, counts);

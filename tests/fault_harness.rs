@@ -41,25 +41,11 @@ use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
 use tokio::process::{Child, Command};
 
-#[path = "support/bucket.rs"]
-mod bucket;
-#[path = "support/env.rs"]
-mod env_support;
-#[path = "support/export_file.rs"]
-mod export_file;
-#[path = "support/mongo.rs"]
-mod mongo_support;
-#[path = "support/proxy.rs"]
-mod proxy;
-#[path = "support/s3proxy.rs"]
-mod s3proxy;
-#[path = "support/sshd.rs"]
-mod sshd;
-#[path = "support/broker.rs"]
+#[path = "support/mod.rs"]
 mod support;
 
-use env_support::{daemon_env, env_line};
-use mongo_support::base_uri;
+use support::env::{daemon_env, env_line};
+use support::mongo::base_uri;
 
 #[derive(Debug, Parser)]
 struct Args {
@@ -489,8 +475,8 @@ struct Round {
     dir: PathBuf,
     log_dir: PathBuf,
     daemons_started: usize,
-    bucket: Option<bucket::TestBucket>,
-    sftp: Option<sshd::TestSshd>,
+    bucket: Option<support::bucket::TestBucket>,
+    sftp: Option<support::sshd::TestSshd>,
 }
 
 impl Round {
@@ -534,7 +520,7 @@ async fn check(
         violations.push(format!("temporary file left: {name}"));
     }
     for (name, bytes, manifest) in files {
-        let parsed = match export_file::parse(&bytes) {
+        let parsed = match support::export_file::parse(&bytes) {
             Ok(parsed) => parsed,
             Err(err) => {
                 violations.push(format!("{name}: {err}"));
@@ -546,7 +532,7 @@ async fn check(
             .or_default() += 1;
         let manifest: serde_json::Value = serde_json::from_slice(&manifest)?;
         let count = parsed.details.len();
-        violations.extend(export_file::manifest_mismatches(
+        violations.extend(support::export_file::manifest_mismatches(
             &name, &bytes, count, &manifest,
         ));
         for id in parsed.ids() {
@@ -585,7 +571,7 @@ async fn check(
             "{mismatched} records name another file than theirs"
         ));
     }
-    let dead = support::queue_len(
+    let dead = support::broker::queue_len(
         &round.settings.amqp,
         &round.settings.amqp.dead_letter_queue(),
     )
@@ -740,24 +726,28 @@ async fn run_round(
     let target = planned.target;
     let fault = planned.kind.draw(rng);
     let target_bucket = match target {
-        Target::Bucket => Some(bucket::TestBucket::create().await),
+        Target::Bucket => Some(support::bucket::TestBucket::create().await),
         _ => None,
     };
     let target_sftp = match target {
-        Target::Sftp => Some(sshd::TestSshd::start().await),
+        Target::Sftp => Some(support::sshd::TestSshd::start().await),
         _ => None,
     };
     let s3proxy = match fault {
         Fault::KillAtPublication { .. } => {
-            Some(s3proxy::S3Proxy::start(&bucket::s3_endpoint()).await)
+            Some(support::s3proxy::S3Proxy::start(&support::bucket::s3_endpoint()).await)
         }
         _ => None,
     };
     let proxy = match fault.needs_proxy() {
-        true => Some(proxy::WireProxy::start(&mongo_support::primary_of(client).await?).await),
+        true => {
+            Some(support::proxy::WireProxy::start(&support::mongo::primary_of(client).await?).await)
+        }
         false => None,
     };
-    let uri = proxy.as_ref().map_or_else(base_uri, proxy::WireProxy::uri);
+    let uri = proxy
+        .as_ref()
+        .map_or_else(base_uri, support::proxy::WireProxy::uri);
     let mut env: HashMap<String, String> = daemon_env(&app, &format!("esr.faults.{id}"))
         .into_iter()
         .collect();
@@ -775,8 +765,11 @@ async fn run_round(
     if let Some(target) = &target_bucket {
         let endpoint = s3proxy
             .as_ref()
-            .map_or_else(bucket::s3_endpoint, |p| p.endpoint());
-        env.extend(bucket::bucket_env(&target.destination(), &endpoint));
+            .map_or_else(support::bucket::s3_endpoint, |p| p.endpoint());
+        env.extend(support::bucket::bucket_env(
+            &target.destination(),
+            &endpoint,
+        ));
     }
     if let Some(sshd) = &target_sftp {
         env.extend(sshd.env());
@@ -850,10 +843,10 @@ async fn run_round(
                 .as_ref()
                 .context("kill at publication without a proxy")?;
             let action = match after_reply {
-                true => s3proxy::Action::HoldAfter,
-                false => s3proxy::Action::HoldBefore,
+                true => support::s3proxy::Action::HoldAfter,
+                false => support::s3proxy::Action::HoldBefore,
             };
-            let held = proxy.add(s3proxy::Rule::new("PUT", ".DAT", action).times(1));
+            let held = proxy.add(support::s3proxy::Rule::new("PUT", ".DAT", action).times(1));
             let deadline = Instant::now() + Duration::from_secs(60);
             while held.matched() == 0 && Instant::now() < deadline {
                 // Every file went by before the rule was in place.
@@ -877,7 +870,7 @@ async fn run_round(
         Fault::KillAtSftpUpload => {
             let sshd = round.sftp.as_ref().context("SFTP fault without sshd")?;
             let deadline = Instant::now() + Duration::from_secs(20);
-            let uploading = |sshd: &sshd::TestSshd| {
+            let uploading = |sshd: &support::sshd::TestSshd| {
                 sshd.temporaries()
                     .iter()
                     .any(|t| t.starts_with(".DE_") && t.contains(".DAT.") && !t.contains(".json."))
@@ -900,7 +893,7 @@ async fn run_round(
         Fault::CloseBrokerConnections => {
             // At the moment, or as soon as the daemon has connected.
             let deadline = Instant::now() + Duration::from_secs(10);
-            while support::close_connections(&app).await? == 0 {
+            while support::broker::close_connections(&app).await? == 0 {
                 if Instant::now() > deadline {
                     hit = false;
                     break;
@@ -909,7 +902,7 @@ async fn run_round(
             }
         }
         Fault::DeleteQueues => {
-            support::delete_queues(
+            support::broker::delete_queues(
                 &round.settings.amqp,
                 &[
                     round.settings.amqp.retry_queue(),
@@ -919,7 +912,7 @@ async fn run_round(
             .await?;
         }
         Fault::MemoryAlarm { alarm_ms } => {
-            let _alarm = support::MemoryAlarm::raise().await?;
+            let _alarm = support::broker::MemoryAlarm::raise().await?;
             tokio::time::sleep(Duration::from_millis(*alarm_ms)).await;
         }
         Fault::BlackHole { hole_ms } | Fault::BlackHoleMonitorFirst { hole_ms } => {
@@ -938,13 +931,13 @@ async fn run_round(
         } => {
             let proxy = proxy.as_ref().context("lost reply without a proxy")?;
             let (command, collection) = (*command, *collection);
-            proxy.arm_times(proxy::Fault::LostReply, *times, move |r| {
+            proxy.arm_times(support::proxy::Fault::LostReply, *times, move |r| {
                 r.is(command, collection, "")
             });
         }
         Fault::ResetConnections => {
             let proxy = proxy.as_ref().context("reset without a proxy")?;
-            proxy.arm(proxy::Fault::Reset, |r| r.command == "update");
+            proxy.arm(support::proxy::Fault::Reset, |r| r.command == "update");
         }
         Fault::FailPoint {
             command,
@@ -967,8 +960,10 @@ async fn run_round(
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let done = records.count_documents(doc! {"status": "EXPORTED"}).await? == total as u64
-            && support::queue_len(&round.settings.amqp, &round.settings.amqp.queue).await? == 0
-            && support::queue_len(&round.settings.amqp, &round.settings.amqp.retry_queue()).await?
+            && support::broker::queue_len(&round.settings.amqp, &round.settings.amqp.queue).await?
+                == 0
+            && support::broker::queue_len(&round.settings.amqp, &round.settings.amqp.retry_queue())
+                .await?
                 == 0;
         if done {
             break;
@@ -1028,7 +1023,7 @@ async fn run_round(
     }
 
     // Clean up the round's queues and database.
-    support::delete_topology(&round.settings.amqp).await;
+    support::broker::delete_topology(&round.settings.amqp).await;
     client
         .database(&round.settings.mongodb.database)
         .drop()

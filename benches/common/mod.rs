@@ -13,9 +13,6 @@ use anyhow::{bail, Context};
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use mongodb::Collection;
 
-#[path = "../../tests/support/export_file.rs"]
-mod export_file;
-
 pub const DEANERIES: [&str; 14] = [
     "MER", "EOE", "LDN", "OXF", "WES", "SEV", "KSS", "NWN", "YHD", "EMD", "WMD", "NTH", "PEN",
     "TVD",
@@ -309,7 +306,7 @@ pub async fn verify(records: &Collection<Document>, dir: &Path, n: usize) -> any
         if !name.ends_with(".DAT") {
             continue;
         }
-        let parsed = export_file::parse(&std::fs::read(&path)?)
+        let parsed = crate::support::export_file::parse(&std::fs::read(&path)?)
             .map_err(|err| anyhow::anyhow!("{name}: {err}"))?;
         for id in parsed.ids() {
             if !seen.insert(id.clone()) {

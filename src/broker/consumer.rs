@@ -34,7 +34,7 @@ use crate::domain::{Deanery, GenerationCommand, RunSummary, Slot, SLOT_CLOCK_SKE
 use crate::export::{Ended, Exporter, RunOptions};
 use crate::ops::{metrics, Readiness};
 use crate::shutdown::Shutdown;
-use crate::store::{Attempts, Store};
+use crate::store::Store;
 
 /// Consumes generation commands and runs exports.
 #[derive(Debug, Clone)]
@@ -101,7 +101,7 @@ impl Consumer {
             };
             if err.is_access_refused() {
                 tracing::error!(
-                    error = %crate::report::Chain(&err),
+                    error = %crate::error_chain::Chain(&err),
                     queue = %self.settings.queue,
                     "RabbitMQ refused this user (ACCESS_REFUSED); stopping: it needs configure, write and read on ^<queue>(\\..*)?$ and write on amq.default (README: Permissions)"
                 );
@@ -114,7 +114,7 @@ impl Consumer {
                 .next()
                 .unwrap_or(Duration::from_millis(self.settings.reconnect_max_delay_ms));
             tracing::warn!(
-                error = %crate::report::Chain(&err),
+                error = %crate::error_chain::Chain(&err),
                 delay_ms = delay.as_millis() as u64,
                 "RabbitMQ connection unavailable; reconnecting"
             );
@@ -260,7 +260,7 @@ impl Consumer {
         let span = tracing::info_span!("already_done", deanery = %deanery);
         let done = self
             .store
-            .trigger_done(deanery, Some(&slot), &command_id, &mut Attempts::default())
+            .trigger_done(deanery, Some(&slot), &command_id)
             .instrument(span)
             .await;
         match done {
@@ -286,7 +286,7 @@ impl Consumer {
         if ahead <= SLOT_CLOCK_SKEW {
             return None;
         }
-        match self.store.slot(&slot.id(), &mut Attempts::default()).await {
+        match self.store.slot(&slot.id()).await {
             Ok(Some(_)) => {
                 tracing::warn!(slot = %slot.id(), ahead_s = ahead.num_seconds(), "slot ahead of this replica's clock but recorded as fired; taken (is this clock slow? see esr_clock_skew_seconds)");
                 None

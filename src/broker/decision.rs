@@ -74,12 +74,12 @@ pub(crate) fn decide(
             attempt,
             format!("slot {slot} is {ahead_s} s ahead of this replica's clock and no replica recorded it as fired"),
         ),
-        Handled::Unchecked(err) if err.is_transient() => retry(attempt, crate::report::chain(err)),
+        Handled::Unchecked(err) if err.is_transient() => retry(attempt, crate::error_chain::chain(err)),
         Handled::Unchecked(err) => dead_letter(err),
         Handled::Ran(..) if shutting_down && handled_retryable(handled) => Disposition::Requeue,
         Handled::Ran(_, Ended::Held(reason)) => retry(attempt - 1, reason.clone()),
         Handled::Ran(_, Ended::Ran(Err(err))) if err.is_transient() => {
-            retry(attempt, crate::report::chain(err))
+            retry(attempt, crate::error_chain::chain(err))
         }
         Handled::Ran(_, Ended::Ran(Err(err))) => dead_letter(err),
     }
@@ -97,7 +97,7 @@ fn handled_retryable(handled: &Handled) -> bool {
 
 fn dead_letter(err: &(dyn std::error::Error + 'static)) -> Disposition {
     Disposition::DeadLetter {
-        reason: crate::report::chain(err),
+        reason: crate::error_chain::chain(err),
     }
 }
 

@@ -113,7 +113,7 @@ impl Settler<'_> {
         if let Err(err @ BrokerError::Unroutable { .. }) = &published {
             tracing::error!(
                 command_id = settling.command_id.unwrap_or_default(),
-                error = %crate::report::Chain(err),
+                error = %crate::error_chain::Chain(err),
                 "a route of the topology is missing; the command is requeued and the topology declared again"
             );
             settling

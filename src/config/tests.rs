@@ -8,7 +8,7 @@ use std::path::PathBuf;
 /// causes.
 fn refused(file: Option<&std::path::Path>, vars: &[(&str, &str)]) -> String {
     let err = Settings::load_with_env(file, env(vars)).unwrap_err();
-    crate::report::chain(&err)
+    crate::error_chain::chain(&err)
 }
 
 fn env(pairs: &[(&str, &str)]) -> Option<HashMap<String, String>> {

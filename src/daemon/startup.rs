@@ -60,12 +60,10 @@ const LAST_RUNS_DAYS: i64 = 30;
 /// them see through a restart. A failure only costs that: WARN.
 async fn seed_last_runs(store: &Store) {
     let since = chrono::Utc::now() - chrono::Duration::days(LAST_RUNS_DAYS);
-    let mut attempts = crate::store::Attempts::default();
     match store
-        .status_rows(
-            StatusQuery::last_run_times(bson::DateTime::from_chrono(since)),
-            &mut attempts,
-        )
+        .status_rows(StatusQuery::last_run_times(bson::DateTime::from_chrono(
+            since,
+        )))
         .await
     {
         Ok(rows) => {
@@ -74,7 +72,7 @@ async fn seed_last_runs(store: &Store) {
             }
         }
         Err(err) => {
-            tracing::warn!(error = %crate::report::Chain(&err), "cannot read when each deanery's runs last completed; the last-run gauges start empty")
+            tracing::warn!(error = %crate::error_chain::Chain(&err), "cannot read when each deanery's runs last completed; the last-run gauges start empty")
         }
     }
 }
@@ -122,7 +120,7 @@ where
             Err(err) if !err.is_transient() => return Err(err),
             Err(err) => {
                 let delay = backoff.next().unwrap_or(Duration::from_secs(30));
-                let error = crate::report::chain(&err);
+                let error = crate::error_chain::chain(&err);
                 say_failure(&mut failures, &what, &error, "retrying");
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}

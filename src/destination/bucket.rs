@@ -158,7 +158,7 @@ impl Bucket {
             Ok(Ok(_)) => return Ok(()),
             Ok(Err(err)) => (
                 FailureKind::Transient,
-                crate::report::Chain(&err).to_string(),
+                crate::error_chain::Chain(&err).to_string(),
             ),
             Err(_) => (
                 FailureKind::Timeout,
@@ -303,7 +303,7 @@ impl Bucket {
         self.upload_parts(&temp, file, size).await?;
         let copied = self.copy_if_absent(&temp, name).await;
         if let Err(err) = self.delete(&temp).await {
-            tracing::warn!(destination = %self.url, key = %self.key(&temp), error = %crate::report::Chain(&err), "could not remove a temporary object; the next run of the deanery removes it");
+            tracing::warn!(destination = %self.url, key = %self.key(&temp), error = %crate::error_chain::Chain(&err), "could not remove a temporary object; the next run of the deanery removes it");
         }
         copied?;
         // The copy's reply carries no ETag: look the new object up.

@@ -274,7 +274,11 @@ fn link_final(source: &Path, dir: &Path, name: &str) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
-fn hash_if_present(path: &Path) -> io::Result<Option<String>> {
+/// The SHA-256 of the file at `path`, lowercase hex; `None` when absent.
+///
+/// # Errors
+/// On I/O errors other than the file being absent.
+pub(crate) fn hash_if_present(path: &Path) -> io::Result<Option<String>> {
     let mut file = match File::open(path) {
         Ok(file) => file,
         Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(None),

@@ -21,6 +21,7 @@ mod sftp;
 
 pub use bucket::Bucket;
 pub use error::{DestinationError, FailureKind};
+pub(crate) use folder::hash_if_present;
 pub use folder::Folder;
 pub use sftp::Sftp;
 

@@ -32,13 +32,13 @@ pub(crate) async fn probe(bucket: &Bucket) -> Result<(), DestinationError> {
     // bucket); one whose outcome is unknown (a timeout) is removed too.
     for leftover in [&name, &copy].into_iter().filter(|_| created) {
         if let Err(err) = bucket.delete(leftover).await {
-            tracing::warn!(destination = %bucket.url(), key = %bucket.key(leftover), error = %crate::report::Chain(&err), "could not remove the probe object");
+            tracing::warn!(destination = %bucket.url(), key = %bucket.key(leftover), error = %crate::error_chain::Chain(&err), "could not remove the probe object");
         }
     }
     proven?;
     // Those of processes killed during their probe, once this one passed.
     if let Err(err) = bucket.remove_left_probes().await {
-        tracing::warn!(destination = %bucket.url(), error = %crate::report::Chain(&err), "could not remove the probe objects killed processes left; the next start tries again");
+        tracing::warn!(destination = %bucket.url(), error = %crate::error_chain::Chain(&err), "could not remove the probe objects killed processes left; the next start tries again");
     }
     Ok(())
 }

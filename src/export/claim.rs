@@ -138,10 +138,7 @@ impl Exporter {
             lease_ttl: ctx.lease.ttl,
             batch_size: self.settings.cursor_batch_size,
         };
-        Ok(self
-            .store
-            .claim_chunk(&mut ctx.session, claim, next, &mut ctx.attempts)
-            .await?)
+        Ok(ctx.store.claim_chunk(&mut ctx.session, claim, next).await?)
     }
 
     /// Applies a committed claim to the run and appends its rows.

@@ -9,7 +9,7 @@ use mongodb::ClientSession;
 use super::ExportError;
 use crate::domain::Deanery;
 use crate::shutdown::Shutdown;
-use crate::store::{Attempts, RunDoc, Store, StoreError};
+use crate::store::{RunDoc, Store, StoreError};
 
 /// What triggered a run and when it must stop.
 #[derive(Debug, Clone, Default)]
@@ -103,7 +103,9 @@ pub(super) struct RunContext<'a> {
     pub(super) deanery: &'a Deanery,
     pub(super) options: &'a RunOptions,
     pub(super) session: ClientSession,
-    pub(super) attempts: Attempts,
+    /// The store as this run uses it: labelled with its deanery, counted
+    /// apart.
+    pub(super) store: Store,
     pub(super) lease: LeaseKeeper,
     pub(super) progress: Progress,
 }
@@ -119,19 +121,17 @@ impl RunContext<'_> {
 
     /// Extends the lease now; fails with [`StoreError::LeaseLost`] when
     /// another process took it over (this attempt must then stop).
-    pub(super) async fn renew_lease(&mut self, store: &Store) -> Result<(), StoreError> {
+    pub(super) async fn renew_lease(&mut self) -> Result<(), StoreError> {
         let (owner, ttl) = (&self.lease.owner, self.lease.ttl);
-        store
-            .renew_lease(self.deanery, owner, ttl, &mut self.attempts)
-            .await?;
+        self.store.renew_lease(self.deanery, owner, ttl).await?;
         self.lease.renewed = Instant::now();
         Ok(())
     }
 
     /// Extends the lease once a third of its lifetime has passed.
-    pub(super) async fn renew_lease_if_due(&mut self, store: &Store) -> Result<(), StoreError> {
+    pub(super) async fn renew_lease_if_due(&mut self) -> Result<(), StoreError> {
         if self.lease.renewed.elapsed() >= self.lease.ttl / 3 {
-            self.renew_lease(store).await?;
+            self.renew_lease().await?;
         }
         Ok(())
     }

@@ -201,23 +201,10 @@ fn staging_path(dir: &Path, file_name: &str) -> PathBuf {
     dir.join(format!(".{file_name}.final{TEMP_SUFFIX}"))
 }
 
-/// True when `path` is a regular file whose SHA-256 is `sha256`; false
-/// when it is absent.
+/// True when `path` is a file whose SHA-256 is `sha256`; false when it
+/// is absent.
 fn file_has_hash(path: &Path, sha256: &str) -> io::Result<bool> {
-    let mut file = match File::open(path) {
-        Ok(file) => file,
-        Err(err) if err.kind() == io::ErrorKind::NotFound => return Ok(false),
-        Err(err) => return Err(err),
-    };
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0; 64 * 1024];
-    loop {
-        match io::Read::read(&mut file, &mut buffer)? {
-            0 => break,
-            read => hasher.update(&buffer[..read]),
-        }
-    }
-    Ok(hex::encode(hasher.finalize()) == sha256)
+    Ok(crate::destination::hash_if_present(path)?.as_deref() == Some(sha256))
 }
 
 /// Removes `path`; absent is fine.

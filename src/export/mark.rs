@@ -46,11 +46,9 @@ impl Exporter {
         let mut after = None;
         for up_to in self.batch_ends(&boundaries) {
             ctx.options.check()?;
-            ctx.renew_lease_if_due(&self.store).await?;
+            ctx.renew_lease_if_due().await?;
             let range = IdRange::after(after, up_to);
-            self.store
-                .mark_exported(&marking, ctx.deanery, range, &mut ctx.attempts)
-                .await?;
+            ctx.store.mark_exported(&marking, range).await?;
             after = up_to;
         }
         self.verify_marked(ctx, run).await?;
@@ -83,10 +81,7 @@ impl Exporter {
         ctx: &mut RunContext<'_>,
         run: &RunDoc,
     ) -> Result<(), ExportError> {
-        let left = self
-            .store
-            .count_claimed(&run.id, ctx.deanery, &mut ctx.attempts)
-            .await?;
+        let left = ctx.store.count_claimed(&run.id).await?;
         if left == 0 {
             return Ok(());
         }
@@ -105,10 +100,7 @@ impl Exporter {
     ) -> Result<Vec<ObjectId>, ExportError> {
         let chunk = self.settings.chunk_size as usize;
         let batch = self.settings.cursor_batch_size;
-        let mut cursor = self
-            .store
-            .claimed(&run.id, ctx.deanery, Fields::Ids, batch, &mut ctx.attempts)
-            .await?;
+        let mut cursor = ctx.store.claimed(&run.id, Fields::Ids, batch).await?;
         let (mut boundaries, mut seen) = (Vec::new(), 0usize);
         while let Some(document) = cursor.next().await? {
             seen += 1;

@@ -1,7 +1,7 @@
 //! One export run per deanery.
 //!
 //! A run takes the deanery's lease, then, as named steps on one
-//! [`context::RunContext`] (deanery, session, attempts, lease keeper):
+//! [`context::RunContext`] (deanery, session, lease keeper):
 //! 1. **resume or start** ([`run`]): the deanery's unfinished run, or a new
 //!    one claiming up to the newest waiting record;
 //! 2. **rewrite** ([`rewrite`]): what an earlier attempt claimed is written

@@ -51,7 +51,7 @@ impl Exporter {
         // A try that failed mid-upload (a lost connection) may have left
         // its temporary behind: none outlives a completed publication.
         if let Err(err) = to.remove_temporaries(&temporaries).await {
-            tracing::warn!(error = %crate::report::Chain(&err), "could not remove a temporary file; the next run of the deanery removes it");
+            tracing::warn!(error = %crate::error_chain::Chain(&err), "could not remove a temporary file; the next run of the deanery removes it");
         }
         let dir = self.settings.output_dir.clone();
         blocking(&self.settings.output_dir, move || {
@@ -72,7 +72,7 @@ impl Exporter {
         let header = self.header(run, ctx.deanery)?;
         ensure_manifest(&self.destination, &header, staged, true).await?;
         // Only the lease holder may create the file.
-        ctx.renew_lease(&self.store).await?;
+        ctx.renew_lease().await?;
         Ok(create_file(&self.destination, &header.file_name, staged, &path).await?)
     }
 
@@ -91,7 +91,7 @@ impl Exporter {
             published_at: crate::store::now(),
             location: self.destination.location(&name, found),
         };
-        ctx.renew_lease(&self.store).await?;
+        ctx.renew_lease().await?;
         tracing::info!(
             destination = %self.destination.url(),
             key = %self.destination.key(&name),
@@ -100,9 +100,7 @@ impl Exporter {
             "export file published"
         );
         let published = Transition::Published(publication);
-        self.store
-            .transition(run, ctx.deanery, published, &mut ctx.attempts)
-            .await?;
+        ctx.store.transition(run, published).await?;
         Ok(())
     }
 }

@@ -32,15 +32,9 @@ impl Exporter {
         }
         let chunk = self.settings.chunk_size as usize;
         let mut writer = Some(self.open_file(run, ctx.deanery).await?);
-        let mut cursor = self
+        let mut cursor = ctx
             .store
-            .claimed(
-                &run.id,
-                ctx.deanery,
-                Fields::Row,
-                self.settings.cursor_batch_size,
-                &mut ctx.attempts,
-            )
+            .claimed(&run.id, Fields::Row, self.settings.cursor_batch_size)
             .await?;
         let (mut batch, mut rejections) = (Vec::with_capacity(chunk), Vec::new());
         while let Some(document) = cursor.next().await? {
@@ -52,7 +46,7 @@ impl Exporter {
             }
             if batch.len() >= chunk {
                 // A long rewrite must not let the lease lapse under it.
-                ctx.renew_lease_if_due(&self.store).await?;
+                ctx.renew_lease_if_due().await?;
                 boundaries.extend(batch.last().map(|row: &AppRow| row.id));
                 self.append(&mut writer, std::mem::take(&mut batch)).await?;
             }
@@ -76,16 +70,9 @@ impl Exporter {
             return Ok(());
         }
         let batch = self.settings.chunk_size as usize;
-        let rejected = self
+        let rejected = ctx
             .store
-            .reject_claimed(
-                &mut ctx.session,
-                &run.id,
-                ctx.deanery,
-                rejections,
-                batch,
-                &mut ctx.attempts,
-            )
+            .reject_claimed(&mut ctx.session, &run.id, rejections, batch)
             .await?;
         for (id, reason) in &rejected {
             tracing::warn!(record_id = %id, reason = %reason, "record rejected: it changed after it was claimed");
@@ -104,10 +91,7 @@ impl Exporter {
         run: &RunDoc,
         written: u64,
     ) -> Result<(), ExportError> {
-        let claimed = self
-            .store
-            .count_claimed(&run.id, ctx.deanery, &mut ctx.attempts)
-            .await?;
+        let claimed = ctx.store.count_claimed(&run.id).await?;
         if claimed != written {
             return Err(ExportError::ClaimMismatch {
                 run_id: run.id.clone(),

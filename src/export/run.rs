@@ -36,7 +36,7 @@ impl Exporter {
         ctx: &mut RunContext<'_>,
     ) -> Result<(RunDoc, bool), ExportError> {
         let deanery = ctx.deanery;
-        if let Some(run) = self.store.find_open_run(deanery, &mut ctx.attempts).await? {
+        if let Some(run) = ctx.store.find_open_run(deanery).await? {
             ctx.track(&run);
             tracing::info!(
                 phase = run.phase.as_str(),
@@ -49,9 +49,7 @@ impl Exporter {
         let mut run = RunDoc::new(deanery, up_to);
         // Counted on the run, so its summary and the status report show them.
         run.rejected = unexportable as i64;
-        self.store
-            .insert_run(&run, deanery, &mut ctx.attempts)
-            .await?;
+        ctx.store.insert_run(&run).await?;
         ctx.track(&run);
         tracing::info!("export run started");
         Ok((run, false))
@@ -63,19 +61,14 @@ impl Exporter {
         &self,
         ctx: &mut RunContext<'_>,
     ) -> Result<(u64, Option<bson::oid::ObjectId>), ExportError> {
-        let (lowest, highest) = self
-            .store
-            .waiting_id_extremes(ctx.deanery, &mut ctx.attempts)
-            .await?;
+        let (lowest, highest) = ctx.store.waiting_id_extremes(ctx.deanery).await?;
         match (lowest, highest) {
             (None, None) => Ok((0, None)),
             (Some(Bson::ObjectId(_)), Some(Bson::ObjectId(newest))) => Ok((0, Some(newest))),
             _ => {
                 let rejected = self.reject_unexportable(ctx).await?;
-                let store = &self.store;
-                let newest = store
-                    .max_to_export_id(ctx.deanery, &mut ctx.attempts)
-                    .await?;
+                let store = &ctx.store;
+                let newest = store.max_to_export_id(ctx.deanery).await?;
                 Ok((rejected, newest))
             }
         }
@@ -84,10 +77,7 @@ impl Exporter {
     /// Rejects the deanery's waiting records no run can claim (an `_id`
     /// that is not an ObjectId), each logged with its reason.
     async fn reject_unexportable(&self, ctx: &mut RunContext<'_>) -> Result<u64, ExportError> {
-        let rejected = self
-            .store
-            .reject_unexportable_ids(ctx.deanery, &mut ctx.attempts)
-            .await?;
+        let rejected = ctx.store.reject_unexportable_ids(ctx.deanery).await?;
         for (id, reason) in &rejected {
             tracing::warn!(record_id = %id, reason = %reason, "record rejected");
         }
@@ -123,18 +113,16 @@ impl Exporter {
         resumed: bool,
     ) -> Result<(), ExportError> {
         let exported = run.record_count.unwrap_or(0).max(0) as u64;
-        let attempts_so_far = i64::from(ctx.attempts.transactions);
+        let transactions = i64::from(ctx.store.counts().transactions);
         let completed = match resumed {
-            true => Transition::completed(attempts_so_far, None, None),
+            true => Transition::completed(transactions, None, None),
             false => Transition::completed(
-                attempts_so_far,
+                transactions,
                 ctx.options.slot.as_deref(),
                 ctx.options.command_id.as_deref(),
             ),
         };
-        self.store
-            .transition(run, ctx.deanery, completed, &mut ctx.attempts)
-            .await?;
+        ctx.store.transition(run, completed).await?;
         let progress = &mut ctx.progress;
         progress.exported += exported;
         progress.rejected += run.rejected.max(0) as u64;

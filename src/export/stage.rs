@@ -19,9 +19,7 @@ impl Exporter {
         run: &mut RunDoc,
     ) -> Result<(), ExportError> {
         let nothing = Transition::NothingToWrite;
-        self.store
-            .transition(run, ctx.deanery, nothing, &mut ctx.attempts)
-            .await?;
+        ctx.store.transition(run, nothing).await?;
         Ok(())
     }
 
@@ -36,14 +34,12 @@ impl Exporter {
         let staged = blocking(&self.settings.output_dir, move || writer.stage()).await?;
         // Only the lease holder may make the file final: renew (and stop
         // if another process took over) before recording it.
-        ctx.renew_lease(&self.store).await?;
+        ctx.renew_lease().await?;
         let recorded = Transition::Staged {
             record_count: staged.record_count,
             sha256: staged.sha256.clone(),
         };
-        self.store
-            .transition(run, ctx.deanery, recorded, &mut ctx.attempts)
-            .await?;
+        ctx.store.transition(run, recorded).await?;
         Ok(staged)
     }
 

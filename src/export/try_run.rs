@@ -8,7 +8,7 @@ use super::context::{LeaseKeeper, Progress, RunContext, RunOptions};
 use super::{ExportError, Exporter};
 use crate::domain::{Deanery, RunEnd, RunSummary};
 use crate::ops::{metrics, output_folder};
-use crate::store::{Attempts, LeaseOutcome, StoreError};
+use crate::store::{Counts, LeaseOutcome, Store, StoreError};
 
 /// Whether the attempt could take the deanery's lease.
 enum Lease {
@@ -38,30 +38,29 @@ impl Exporter {
     ) -> (RunSummary, Ended) {
         let started = Instant::now();
         let owner = uuid::Uuid::new_v4().to_string();
-        let mut attempts = Attempts::default();
-        let (ended, progress, attempts) =
-            match self.take_lease(deanery, &owner, &mut attempts).await {
-                Ok(Lease::Taken(session)) => {
-                    let mut ctx = RunContext {
-                        deanery,
-                        options,
-                        session: *session,
-                        attempts,
-                        lease: LeaseKeeper::new(owner, self.settings.lease()),
-                        progress: Progress::default(),
-                    };
-                    let result = self.run_all(&mut ctx).await;
-                    let silent = result.as_ref().is_err_and(ExportError::is_timeout);
-                    if silent || !self.release_lease(&mut ctx).await {
-                        // The lease still names this session.
-                        self.store.park_session(ctx.session);
-                    }
-                    (Ended::Ran(result), ctx.progress, ctx.attempts)
+        let store = self.store.for_run(deanery);
+        let (ended, progress) = match self.take_lease(&store, deanery, &owner).await {
+            Ok(Lease::Taken(session)) => {
+                let mut ctx = RunContext {
+                    deanery,
+                    options,
+                    session: *session,
+                    store: store.clone(),
+                    lease: LeaseKeeper::new(owner, self.settings.lease()),
+                    progress: Progress::default(),
+                };
+                let result = self.run_all(&mut ctx).await;
+                let silent = result.as_ref().is_err_and(ExportError::is_timeout);
+                if silent || !release_lease(&mut ctx).await {
+                    // The lease still names this session.
+                    store.park_session(ctx.session);
                 }
-                Ok(Lease::Held(held)) => (Ended::Held(held), Progress::default(), attempts),
-                Err(err) => (Ended::Ran(Err(err.into())), Progress::default(), attempts),
-            };
-        let summary = summarise(deanery, &ended, &progress, &attempts, started);
+                (Ended::Ran(result), ctx.progress)
+            }
+            Ok(Lease::Held(held)) => (Ended::Held(held), Progress::default()),
+            Err(err) => (Ended::Ran(Err(err.into())), Progress::default()),
+        };
+        let summary = summarise(deanery, &ended, &progress, store.counts(), started);
         metrics::record_run(&summary);
         match &ended {
             Ended::Ran(Ok(())) => {
@@ -81,15 +80,14 @@ impl Exporter {
     /// keeps it for up to `transactionLifetimeLimitSeconds`, 60 s).
     async fn take_lease(
         &self,
+        store: &Store,
         deanery: &Deanery,
         owner: &str,
-        attempts: &mut Attempts,
     ) -> Result<Lease, StoreError> {
-        let session = self.store.start_session(attempts).await?;
+        let session = store.start_session().await?;
         let ttl = self.settings.lease();
-        let outcome = self
-            .store
-            .acquire_lease(deanery, owner, session.id(), ttl, attempts)
+        let outcome = store
+            .acquire_lease(deanery, owner, session.id(), ttl)
             .await?;
         match outcome {
             LeaseOutcome::Acquired { lapsed_session } => {
@@ -103,19 +101,6 @@ impl Exporter {
                 expires_at.map_or_else(|| "unknown".to_owned(), |t| t.to_string())
             ))),
         }
-    }
-
-    /// Gives the lease up so the next attempt need not wait for it to
-    /// lapse; false when it could not.
-    async fn release_lease(&self, ctx: &mut RunContext<'_>) -> bool {
-        let released = self
-            .store
-            .release_lease(ctx.deanery, &ctx.lease.owner, &mut ctx.attempts)
-            .await;
-        if let Err(err) = &released {
-            tracing::warn!(error = %crate::report::Chain(err), "failed to release lease; it lapses on its own");
-        }
-        released.is_ok()
     }
 
     /// A completed run that wrote a file staged it in the output folder,
@@ -169,36 +154,46 @@ impl Exporter {
             .await;
     }
 
-    /// Records a failed attempt's error and attempts on its run document;
+    /// Records a failed try's error and transactions on its run document;
     /// a failure to do so is logged, and the run keeps its previous error.
     async fn record_error_on_run(
         &self,
         deanery: &Deanery,
         run_id: &str,
         error: &str,
-        attempts: u32,
+        transactions: u32,
     ) {
-        let mut ignored = Attempts::default();
         let recorded = self
             .store
-            .record_run_error(run_id, deanery, error, i64::from(attempts), &mut ignored)
+            .for_run(deanery)
+            .record_run_error(run_id, error, i64::from(transactions))
             .await;
         if let Err(not_recorded) = recorded {
             // The ERROR logged before is this attempt's record; the next
             // attempt resumes the run either way.
             tracing::warn!(
-                error = %crate::report::Chain(&not_recorded),
+                error = %crate::error_chain::Chain(&not_recorded),
                 "the failed attempt's error could not be recorded on its run document"
             );
         }
     }
 }
 
+/// Gives the lease up so the next attempt need not wait for it to
+/// lapse; false when it could not.
+async fn release_lease(ctx: &mut RunContext<'_>) -> bool {
+    let released = ctx.store.release_lease(ctx.deanery, &ctx.lease.owner).await;
+    if let Err(err) = &released {
+        tracing::warn!(error = %crate::error_chain::Chain(err), "failed to release lease; it lapses on its own");
+    }
+    released.is_ok()
+}
+
 fn summarise(
     deanery: &Deanery,
     ended: &Ended,
     progress: &Progress,
-    attempts: &Attempts,
+    counts: Counts,
     started: Instant,
 ) -> RunSummary {
     let end = end_of(ended);
@@ -217,9 +212,9 @@ fn summarise(
         rejected: progress.rejected,
         file: progress.file.clone(),
         published_to: progress.published_to.clone(),
-        transactions: attempts.transactions,
-        retries: attempts.retries,
-        write_conflicts: attempts.write_conflicts,
+        transactions: counts.transactions,
+        retries: counts.retries,
+        write_conflicts: counts.write_conflicts,
         duration_ms: started.elapsed().as_millis() as u64,
         resumed: progress.resumed,
     }
@@ -235,7 +230,7 @@ fn end_of(ended: &Ended) -> RunEnd {
         }
         Ended::Ran(Err(err)) => err,
     };
-    let error = crate::report::chain(err);
+    let error = crate::error_chain::chain(err);
     if err.is_shutdown() {
         RunEnd::Interrupted { error }
     } else if err.is_transient() {

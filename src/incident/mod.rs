@@ -3,7 +3,7 @@
 //! (`redeliver`). They read the records and run documents through indexes;
 //! only a redelivery writes (on its run document, never on a record).
 
+pub mod commands;
 pub mod explain;
 pub mod files;
 pub mod redeliver;
-pub mod run;

@@ -74,7 +74,7 @@ pub(crate) async fn serve(listener: TcpListener, state: HttpState, mut shutdown:
             Ok((stream, _)) => stream,
             Err(err) => {
                 // EMFILE and the like: wait a little rather than spin.
-                tracing::warn!(error = %crate::report::Chain(&err), "HTTP accept failed");
+                tracing::warn!(error = %crate::error_chain::Chain(&err), "HTTP accept failed");
                 tokio::time::sleep(Duration::from_millis(100)).await;
                 continue;
             }
@@ -155,7 +155,7 @@ async fn check_mongodb(store: &Store) -> Result<(), String> {
         Ok(Err(crate::store::StoreError::NotWritablePrimary)) => {
             Err(crate::store::StoreError::NotWritablePrimary.to_string())
         }
-        Ok(Err(err)) => Err(crate::report::chain(&err)),
+        Ok(Err(err)) => Err(crate::error_chain::chain(&err)),
         Err(_) => Err(format!("no answer within {} s", PING_TIMEOUT.as_secs())),
     }
 }
@@ -192,7 +192,7 @@ async fn check_folder(dir: std::path::PathBuf) -> Result<(), String> {
 async fn check_destination(destination: &Destination) -> Result<(), String> {
     match tokio::time::timeout(PING_TIMEOUT, destination.check()).await {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(err)) => Err(crate::report::chain(&err)),
+        Ok(Err(err)) => Err(crate::error_chain::chain(&err)),
         Err(_) => Err(format!(
             "{}: no answer within {} s",
             destination.url(),

@@ -83,7 +83,7 @@ pub fn install() -> PrometheusHandle {
                 })
                 .and_then(PrometheusBuilder::install_recorder)
                 .unwrap_or_else(|err| {
-                    tracing::error!(error = %crate::report::Chain(&err), "cannot install the metrics recorder; /metrics stays empty");
+                    tracing::error!(error = %crate::error_chain::Chain(&err), "cannot install the metrics recorder; /metrics stays empty");
                     PrometheusBuilder::new().build_recorder().handle()
                 });
             describe();

@@ -15,7 +15,7 @@ use crate::shutdown::Shutdown;
 /// Tells systemd the daemon is ready.
 pub fn ready() {
     if let Err(err) = sd_notify::notify(false, &[NotifyState::Ready]) {
-        tracing::warn!(error = %crate::report::Chain(&err), "cannot notify systemd (READY=1)");
+        tracing::warn!(error = %crate::error_chain::Chain(&err), "cannot notify systemd (READY=1)");
     }
 }
 

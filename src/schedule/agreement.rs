@@ -23,7 +23,7 @@ use crate::config::ScheduleSettings;
 use crate::domain::Deanery;
 use crate::ops::metrics;
 use crate::shutdown::Shutdown;
-use crate::store::{Attempts, Store, StoreError};
+use crate::store::{Store, StoreError};
 
 /// How often the clock and the settings are compared.
 pub(crate) const CHECK_PERIOD: Duration = Duration::from_secs(300);
@@ -135,12 +135,11 @@ impl Agreement {
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
     pub(crate) async fn refresh(&self) -> Result<Vec<Deanery>, StoreError> {
-        let mut attempts = Attempts::default();
         self.store
-            .register_schedule(&self.replica, self.own.to_document(), &mut attempts)
+            .register_schedule(&self.replica, self.own.to_document())
             .await?;
         let since = bson::DateTime::from_chrono(Utc::now() - LIVE);
-        let live = self.store.live_schedules(since, &mut attempts).await?;
+        let live = self.store.live_schedules(since).await?;
         let mut differ = false;
         let mut deaneries: Vec<String> = self.own.deaneries.clone();
         for (replica, document) in live.iter().filter(|(r, _)| *r != self.replica) {
@@ -184,11 +183,11 @@ impl Agreement {
     pub(crate) async fn run(self, mut shutdown: Shutdown) {
         loop {
             if let Err(err) = self.check_clock().await {
-                tracing::debug!(error = %crate::report::Chain(&err), "clock check failed; trying again next period");
+                tracing::debug!(error = %crate::error_chain::Chain(&err), "clock check failed; trying again next period");
             }
             if self.scheduling {
                 if let Err(err) = self.refresh().await {
-                    tracing::debug!(error = %crate::report::Chain(&err), "schedule settings check failed; trying again next period");
+                    tracing::debug!(error = %crate::error_chain::Chain(&err), "schedule settings check failed; trying again next period");
                 }
             }
             tokio::select! {
@@ -207,13 +206,8 @@ impl Agreement {
         if !self.scheduling {
             return;
         }
-        let mut attempts = Attempts::default();
-        if let Err(err) = self
-            .store
-            .withdraw_schedule(&self.replica, &mut attempts)
-            .await
-        {
-            tracing::debug!(error = %crate::report::Chain(&err), "cannot withdraw this replica's schedule record; it stops being live on its own");
+        if let Err(err) = self.store.withdraw_schedule(&self.replica).await {
+            tracing::debug!(error = %crate::error_chain::Chain(&err), "cannot withdraw this replica's schedule record; it stops being live on its own");
         }
     }
 }

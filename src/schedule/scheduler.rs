@@ -19,7 +19,7 @@ use crate::config::{AmqpSettings, ScheduleSettings};
 use crate::domain::{Deanery, GenerationCommand, Slot};
 use crate::ops::failing::{say_failure, FailureStreak};
 use crate::shutdown::Shutdown;
-use crate::store::{Attempts, SlotClaim, Store, StoreError};
+use crate::store::{SlotClaim, Store, StoreError};
 
 /// Why firing a slot did not finish.
 #[derive(Debug, thiserror::Error)]
@@ -125,7 +125,7 @@ impl Scheduler {
                     let delay = backoff.next().unwrap_or(Duration::from_secs(30));
                     let span =
                         tracing::error_span!("fire_slot", slot = %Slot::Scheduled(slot).id());
-                    let error = crate::report::chain(&err);
+                    let error = crate::error_chain::chain(&err);
                     span.in_scope(|| {
                         say_failure(
                             &mut failures,
@@ -152,18 +152,15 @@ impl Scheduler {
     /// by this replica until its lease lapses, and firing it again resumes.
     pub(crate) async fn fire(&self, slot: DateTime<Utc>) -> Result<Fired, FireError> {
         let slot_id = Slot::Scheduled(slot).id();
-        let mut attempts = Attempts::default();
-        if let Some(fired) = self.claim(&slot_id, &mut attempts).await? {
+        if let Some(fired) = self.claim(&slot_id).await? {
             return Ok(fired);
         }
         let deaneries = self.deaneries_for_slot().await?;
-        let commands = match self.publish(slot, &deaneries, &mut attempts).await? {
+        let commands = match self.publish(slot, &deaneries).await? {
             Ok(commands) => commands,
             Err(fired) => return Ok(fired),
         };
-        let published = self
-            .mark_published(&slot_id, &commands, &mut attempts)
-            .await?;
+        let published = self.mark_published(&slot_id, &commands).await?;
         crate::ops::metrics::record_slot_fired();
         tracing::info!(slot = %slot_id, commands = published.len(), "schedule slot fired");
         Ok(Fired::Published(published))
@@ -175,12 +172,9 @@ impl Scheduler {
         &self,
         slot: DateTime<Utc>,
         deaneries: &[Deanery],
-        attempts: &mut Attempts,
     ) -> Result<Result<Vec<GenerationCommand>, Fired>, FireError> {
         let publisher = Publisher::connect(&self.amqp, "scheduler").await?;
-        let published = self
-            .publish_each(&publisher, slot, deaneries, attempts)
-            .await;
+        let published = self.publish_each(&publisher, slot, deaneries).await;
         publisher.close().await;
         published
     }
@@ -195,14 +189,13 @@ impl Scheduler {
         publisher: &Publisher,
         slot: DateTime<Utc>,
         deaneries: &[Deanery],
-        attempts: &mut Attempts,
     ) -> Result<Result<Vec<GenerationCommand>, Fired>, FireError> {
         let slot_id = Slot::Scheduled(slot).id();
         let by = requester("scheduler");
         let mut commands = Vec::with_capacity(deaneries.len());
         for deanery in deaneries {
             if !commands.is_empty() {
-                if let Some(other) = self.claim(&slot_id, attempts).await? {
+                if let Some(other) = self.claim(&slot_id).await? {
                     return Ok(Err(other));
                 }
             }
@@ -215,17 +208,9 @@ impl Scheduler {
     }
 
     /// Claims the slot; `Some` when another replica fired it or holds it.
-    async fn claim(
-        &self,
-        slot_id: &str,
-        attempts: &mut Attempts,
-    ) -> Result<Option<Fired>, StoreError> {
+    async fn claim(&self, slot_id: &str) -> Result<Option<Fired>, StoreError> {
         let lease = Duration::from_secs(self.settings.slot_lease_seconds);
-        match self
-            .store
-            .claim_slot(slot_id, &self.owner, lease, attempts)
-            .await?
-        {
+        match self.store.claim_slot(slot_id, &self.owner, lease).await? {
             SlotClaim::Claimed => Ok(None),
             SlotClaim::Published => {
                 tracing::info!(slot = %slot_id, "slot already fired");
@@ -253,7 +238,6 @@ impl Scheduler {
         &self,
         slot_id: &str,
         commands: &[GenerationCommand],
-        attempts: &mut Attempts,
     ) -> Result<Vec<(String, String)>, StoreError> {
         let published: Vec<(String, String)> = commands
             .iter()
@@ -269,7 +253,6 @@ impl Scheduler {
                 &self.owner,
                 documents,
                 self.agreement.own().to_document(),
-                attempts,
             )
             .await?;
         Ok(published)

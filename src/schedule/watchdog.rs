@@ -19,7 +19,7 @@ use crate::domain::{Deanery, Slot};
 use crate::ops::failing::{say_failure, say_recovery, FailureStreak};
 use crate::ops::metrics;
 use crate::shutdown::Shutdown;
-use crate::store::{Attempts, StatusQuery, Store, StoreError, StuckRecords};
+use crate::store::{StatusQuery, Store, StoreError, StuckRecords};
 
 /// Looks for stuck records; one per replica.
 #[derive(Debug, Clone)]
@@ -80,7 +80,7 @@ impl Watchdog {
             match self.check().await {
                 Ok(_) => say_recovery(&mut checks, what),
                 Err(err) => {
-                    let error = crate::report::chain(&err);
+                    let error = crate::error_chain::chain(&err);
                     say_failure(&mut checks, what, &error, "trying again next period");
                 }
             }
@@ -97,15 +97,10 @@ impl Watchdog {
     /// and 0 for the configured ones without and for those that had some
     /// at the last count; MongoDB away leaves them.
     async fn count_waiting(&self) {
-        let mut attempts = Attempts::default();
-        let counts = match self
-            .store
-            .status_rows(StatusQuery::counts(), &mut attempts)
-            .await
-        {
+        let counts = match self.store.status_rows(StatusQuery::counts()).await {
             Ok(counts) => counts,
             Err(err) => {
-                tracing::warn!(error = %crate::report::Chain(&err), "cannot count the waiting records; trying again next period");
+                tracing::warn!(error = %crate::error_chain::Chain(&err), "cannot count the waiting records; trying again next period");
                 return;
             }
         };
@@ -133,7 +128,7 @@ impl Watchdog {
         match crate::broker::dead_letters_waiting(&self.amqp).await {
             Ok(waiting) => metrics::set_dead_letters_waiting(waiting),
             Err(err) => {
-                tracing::warn!(error = %crate::report::Chain(&err), "cannot count the dead letters; trying again next period")
+                tracing::warn!(error = %crate::error_chain::Chain(&err), "cannot count the dead letters; trying again next period")
             }
         }
     }
@@ -148,10 +143,9 @@ impl Watchdog {
             return Ok(Report::default());
         };
         let slot_id = Slot::Scheduled(slot).id();
-        let mut attempts = Attempts::default();
         let stuck = self
             .store
-            .stuck_records(bson::DateTime::from_chrono(slot), &mut attempts)
+            .stuck_records(bson::DateTime::from_chrono(slot))
             .await?;
         let mut report = Report {
             slot: Some(slot_id.clone()),
@@ -164,7 +158,7 @@ impl Watchdog {
             let Ok(deanery) = Deanery::parse(&code) else {
                 continue;
             };
-            if self.catch_up(&deanery, bucket, &mut attempts).await? {
+            if self.catch_up(&deanery, bucket).await? {
                 report.caught_up.push(deanery.to_string());
             }
         }
@@ -184,17 +178,12 @@ impl Watchdog {
 
     /// Publishes a catch-up command for `deanery` if catch-up is on and no
     /// replica has this period (`bucket`). True when published.
-    async fn catch_up(
-        &self,
-        deanery: &Deanery,
-        bucket: i64,
-        attempts: &mut Attempts,
-    ) -> Result<bool, StoreError> {
+    async fn catch_up(&self, deanery: &Deanery, bucket: i64) -> Result<bool, StoreError> {
         if !self.settings.catch_up {
             return Ok(false);
         }
         let key = format!("watchdog/{deanery}/{bucket}");
-        if !self.store.claim_once(&key, attempts).await? {
+        if !self.store.claim_once(&key).await? {
             return Ok(false);
         }
         match self.publish_catch_up(deanery).await {
@@ -204,7 +193,7 @@ impl Watchdog {
                 Ok(true)
             }
             Err(err) => {
-                tracing::error!(deanery = %deanery, error = %crate::report::Chain(&err), "failed to publish a catch-up command");
+                tracing::error!(deanery = %deanery, error = %crate::error_chain::Chain(&err), "failed to publish a catch-up command");
                 Ok(false)
             }
         }

@@ -6,7 +6,7 @@
 
 use bson::{doc, DateTime, Document};
 
-use super::{now, Attempts, Find, RetryScope, Store, StoreError};
+use super::{now, Find, RetryScope, Store, StoreError};
 
 /// `_id` prefix of the replicas' settings documents.
 const REPLICA_PREFIX: &str = "schedule/replica/";
@@ -20,7 +20,6 @@ impl Store {
         &self,
         replica: &str,
         settings: Document,
-        attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
         let (slots, settings) = (&self.slots, &settings);
         let id = format!("{REPLICA_PREFIX}{replica}");
@@ -28,7 +27,7 @@ impl Store {
         self.retry
             .run(
                 RetryScope::global("register_schedule"),
-                attempts,
+                &self.counters,
                 || async move {
                     let mut set = settings.clone();
                     set.insert("seenAt", now());
@@ -47,16 +46,12 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn withdraw_schedule(
-        &self,
-        replica: &str,
-        attempts: &mut Attempts,
-    ) -> Result<(), StoreError> {
+    pub(crate) async fn withdraw_schedule(&self, replica: &str) -> Result<(), StoreError> {
         let (slots, id) = (&self.slots, &format!("{REPLICA_PREFIX}{replica}"));
         self.retry
             .run(
                 RetryScope::global("withdraw_schedule"),
-                attempts,
+                &self.counters,
                 || async move { slots.delete_one(doc! {"_id": id}).await },
             )
             .await?;
@@ -71,7 +66,6 @@ impl Store {
     pub(crate) async fn live_schedules(
         &self,
         since: DateTime,
-        attempts: &mut Attempts,
     ) -> Result<Vec<(String, Document)>, StoreError> {
         let filter =
             doc! {"_id": {"$regex": format!("^{REPLICA_PREFIX}")}, "seenAt": {"$gte": since}};
@@ -80,7 +74,6 @@ impl Store {
                 RetryScope::global("live_schedules"),
                 &self.slots,
                 Find::of(filter),
-                attempts,
             )
             .await?;
         Ok(found

@@ -15,9 +15,7 @@ use futures_util::future::BoxFuture;
 use super::leases::lease_renewal;
 use super::records::{waiting, Rejection};
 use super::retry::TransactionBody;
-use super::{
-    in_future, runs, scope, Attempts, IdRange, RetryError, RunDoc, RunPhase, Store, StoreError,
-};
+use super::{in_future, runs, IdRange, RetryError, RunDoc, RunPhase, Store, StoreError};
 use crate::domain::{AppRow, Deanery, RecordStatus};
 
 /// What one claim transaction did, applied by the caller after commit.
@@ -94,7 +92,7 @@ pub(crate) struct Claim<'a> {
 /// The claim transaction's body. After a transient failure the retry
 /// reads half as many records: a smaller transaction gives another writer
 /// a smaller window.
-struct ClaimAttempt<'a> {
+struct ClaimTransaction<'a> {
     store: &'a Store,
     claim: Claim<'a>,
     /// The run's bound: it claims the waiting records after its last
@@ -107,10 +105,10 @@ struct ClaimAttempt<'a> {
     retrying: bool,
 }
 
-impl TransactionBody for ClaimAttempt<'_> {
+impl TransactionBody for ClaimTransaction<'_> {
     type Output = ClaimedChunk;
 
-    fn attempt<'s>(
+    fn try_once<'s>(
         &'s mut self,
         session: &'s mut ClientSession,
     ) -> BoxFuture<'s, Result<ClaimedChunk, MongoError>> {
@@ -158,10 +156,9 @@ impl Store {
         session: &mut ClientSession,
         claim: Claim<'_>,
         (up_to, limit): (ObjectId, usize),
-        attempts: &mut Attempts,
     ) -> Result<ClaimedChunk, StoreError> {
         let (run, deanery) = (claim.run, claim.deanery);
-        let body = ClaimAttempt {
+        let body = ClaimTransaction {
             store: self,
             claim,
             up_to,
@@ -170,7 +167,7 @@ impl Store {
         };
         let result = self
             .retry
-            .in_transaction(scope("claim_chunk", deanery), session, attempts, body)
+            .in_transaction(self.scope("claim_chunk"), session, &self.counters, body)
             .await;
         result.map_err(|err| lease_lost_or_mongo(err, deanery, &run.id))
     }

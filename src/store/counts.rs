@@ -7,7 +7,7 @@
 
 use bson::{doc, Bson, DateTime, Document};
 
-use super::{int, oldest_created, open_runs, Attempts, Publication, RetryScope, Store, StoreError};
+use super::{int, oldest_created, open_runs, Publication, RetryScope, Store, StoreError};
 use crate::domain::RecordStatus;
 use crate::store::RunPhase;
 
@@ -228,16 +228,12 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn status_rows<T>(
-        &self,
-        query: StatusQuery<T>,
-        attempts: &mut Attempts,
-    ) -> Result<Vec<T>, StoreError> {
+    pub(crate) async fn status_rows<T>(&self, query: StatusQuery<T>) -> Result<Vec<T>, StoreError> {
         let on = match query.over {
             Over::Records => &self.records,
             Over::Runs => &self.runs,
         };
-        let rows = self.read_all(STATUS, on, query.pipeline, attempts).await?;
+        let rows = self.read_all(STATUS, on, query.pipeline).await?;
         Ok(rows.iter().flat_map(query.read).collect())
     }
 }

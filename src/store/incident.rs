@@ -8,7 +8,7 @@ use bson::{doc, Bson, DateTime, Document};
 use super::mongo::cursor::BoundedCursor;
 use super::records::Read;
 use super::runs::decode_run;
-use super::{Attempts, Find, RetryScope, RunDoc, Store, StoreError};
+use super::{Find, RetryScope, RunDoc, Store, StoreError};
 use crate::domain::RecordStatus;
 
 impl Store {
@@ -19,8 +19,7 @@ impl Store {
     pub(crate) async fn find_record(&self, id: &Bson) -> Result<Option<Document>, StoreError> {
         let find = Find::of(doc! {"_id": id.clone()});
         let scope = RetryScope::global("find_record");
-        self.read_first(scope, &self.records, find, &mut Attempts::default())
-            .await
+        self.read_first(scope, &self.records, find).await
     }
 
     /// One run document matching `filter` (the first by `sort`).
@@ -32,9 +31,7 @@ impl Store {
     ) -> Result<Option<RunDoc>, StoreError> {
         let find = Find::of(filter).sorted(sort);
         let scope = RetryScope::global(op);
-        let found = self
-            .read_first(scope, &self.runs, find, &mut Attempts::default())
-            .await?;
+        let found = self.read_first(scope, &self.runs, find).await?;
         found.map(decode_run).transpose()
     }
 
@@ -77,8 +74,7 @@ impl Store {
     pub(crate) async fn lease_of(&self, deanery: &str) -> Result<Option<Document>, StoreError> {
         let find = Find::of(doc! {"_id": deanery});
         let scope = RetryScope::global("read_lease");
-        self.read_first(scope, &self.leases, find, &mut Attempts::default())
-            .await
+        self.read_first(scope, &self.leases, find).await
     }
 
     /// Runs with a published file, newest publication first.
@@ -98,9 +94,7 @@ impl Store {
         let newest_first = doc! {"publication.publishedAt": -1};
         let find = Find::of(filter).sorted(newest_first).limited(limit);
         let scope = RetryScope::global("published_runs");
-        let found = self
-            .read_all(scope, &self.runs, find, &mut Attempts::default())
-            .await?;
+        let found = self.read_all(scope, &self.runs, find).await?;
         found.into_iter().map(decode_run).collect()
     }
 
@@ -124,7 +118,7 @@ impl Store {
             projection: None,
             batch_size,
         };
-        self.records_in_order(read, &mut Attempts::default()).await
+        self.records_in_order(read).await
     }
 
     /// Ids of the run's records whose `updatedAt` is after `since` (at most 20).
@@ -139,9 +133,7 @@ impl Store {
         let find = Find::ids(doc! {"exportRunId": run_id, "updatedAt": {"$gt": since}});
         let find = find.sorted(doc! {"_id": 1}).limited(20);
         let scope = RetryScope::global("records_updated_since");
-        let found = self
-            .read_all(scope, &self.records, find, &mut Attempts::default())
-            .await?;
+        let found = self.read_all(scope, &self.records, find).await?;
         Ok(found
             .iter()
             .filter_map(|d| {
@@ -163,11 +155,10 @@ impl Store {
         redelivery: Document,
     ) -> Result<(), StoreError> {
         let (runs, redelivery) = (&self.runs, &redelivery);
-        let mut attempts = Attempts::default();
         self.retry
             .run(
                 RetryScope::global("record_redelivery"),
-                &mut attempts,
+                &self.counters,
                 || async move {
                     runs.update_one(
                         doc! {"_id": run_id},

@@ -10,7 +10,7 @@ use futures_util::TryStreamExt;
 use mongodb::options::IndexOptions;
 use mongodb::{Collection, IndexModel};
 
-use super::{retry, Attempts, RetryScope, Store, StoreError};
+use super::{retry, RetryScope, Store, StoreError};
 
 /// The records index every status query uses: waiting records by deanery
 /// in `_id` order, the deaneries with work, the stuck-record watchdog. With
@@ -148,13 +148,11 @@ impl Store {
     /// by other keys or an index with its keys cannot serve queries; or
     /// MongoDB failing beyond the retry policy.
     pub async fn ensure_indexes(&self) -> Result<(), StoreError> {
-        let mut attempts = Attempts::default();
         for (collection, name, keys) in self.index_plan() {
-            self.ensure_index(collection, name, keys, &mut attempts)
-                .await?;
+            self.ensure_index(collection, name, keys).await?;
         }
-        self.ensure_sequences(&mut attempts).await?;
-        self.warn_of_legacy_index(&mut attempts).await
+        self.ensure_sequences().await?;
+        self.warn_of_legacy_index().await
     }
 
     /// Creates the file-sequence collection if it is missing. Left to the
@@ -162,7 +160,7 @@ impl Store {
     /// their transactions, and two runs at once would meet a WriteConflict
     /// ("namespace already in use"). A user who may not create collections
     /// leaves it to the first claim, as before.
-    async fn ensure_sequences(&self, attempts: &mut Attempts) -> Result<(), StoreError> {
+    async fn ensure_sequences(&self) -> Result<(), StoreError> {
         let namespace = self.sequences.namespace();
         let db = self.client.database(&namespace.db);
         let (db, name) = (&db, namespace.coll.as_str());
@@ -170,7 +168,7 @@ impl Store {
             .retry
             .run(
                 RetryScope::global("create_collection"),
-                attempts,
+                &self.counters,
                 || async move {
                     match db.create_collection(name).await {
                         Ok(()) => Ok(true),
@@ -196,10 +194,9 @@ impl Store {
         collection: &Collection<Document>,
         name: &'static str,
         keys: Document,
-        attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
         let model = index_model(name, keys);
-        match self.create_index(collection, &model, attempts).await? {
+        match self.create_index(collection, &model).await? {
             None => Ok(()),
             Some((INDEX_KEY_SPECS_CONFLICT, message)) => Err(index_error(
                 collection,
@@ -209,7 +206,7 @@ impl Store {
                 ),
             )),
             Some((_, message)) => {
-                self.use_existing_index(collection, name, &model.keys, message, attempts)
+                self.use_existing_index(collection, name, &model.keys, message)
                     .await
             }
         }
@@ -221,12 +218,11 @@ impl Store {
         &self,
         collection: &Collection<Document>,
         model: &IndexModel,
-        attempts: &mut Attempts,
     ) -> Result<Option<Conflict>, StoreError> {
         Ok(self
             .retry
             .with_deadline(INDEX_BUILD_DEADLINE)
-            .run(CREATE_INDEXES, attempts, || async move {
+            .run(CREATE_INDEXES, &self.counters, || async move {
                 match collection.create_index(model.clone()).await {
                     Ok(_) => Ok(None),
                     Err(err) => match retry::error_code(&err) {
@@ -248,9 +244,8 @@ impl Store {
         name: &str,
         keys: &Document,
         message: String,
-        attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
-        match self.index_with_keys(collection, keys, attempts).await? {
+        match self.index_with_keys(collection, keys).await? {
             Some((existing, None)) => {
                 tracing::info!(
                     collection = collection.name(),
@@ -278,12 +273,11 @@ impl Store {
         &self,
         collection: &Collection<Document>,
         keys: &Document,
-        attempts: &mut Attempts,
     ) -> Result<Option<(String, Option<&'static str>)>, StoreError> {
         let scope = RetryScope::global("list_indexes");
         let indexes: Vec<IndexModel> = self
             .retry
-            .run(scope, attempts, || async move {
+            .run(scope, &self.counters, || async move {
                 match collection.list_indexes().await {
                     Ok(cursor) => cursor.try_collect().await,
                     // A collection not created yet has no indexes.
@@ -311,12 +305,9 @@ impl Store {
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
     pub async fn missing_indexes(&self) -> Result<Vec<String>, StoreError> {
-        let mut attempts = Attempts::default();
         let mut missing = Vec::new();
         for (collection, name, keys) in self.index_plan() {
-            let found = self
-                .index_with_keys(collection, &keys, &mut attempts)
-                .await?;
+            let found = self.index_with_keys(collection, &keys).await?;
             if !matches!(found, Some((_, None))) {
                 missing.push(format!("{}.{name}", collection.name()));
             }
@@ -337,11 +328,11 @@ impl Store {
     }
 
     /// A WARN when the records index of earlier versions still exists.
-    async fn warn_of_legacy_index(&self, attempts: &mut Attempts) -> Result<(), StoreError> {
+    async fn warn_of_legacy_index(&self) -> Result<(), StoreError> {
         let records = &self.records;
         let names = self
             .retry
-            .run(CREATE_INDEXES, attempts, || async move {
+            .run(CREATE_INDEXES, &self.counters, || async move {
                 records.list_index_names().await
             })
             .await?;

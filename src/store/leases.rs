@@ -7,7 +7,7 @@ use std::time::Duration;
 use bson::{doc, DateTime, Document};
 use mongodb::Collection;
 
-use super::{in_future, now, retry, scope, Attempts, Find, RetryScope, Store, StoreError};
+use super::{in_future, now, retry, Find, RetryScope, Store, StoreError};
 use crate::domain::Deanery;
 
 /// Outcome of asking for a deanery's lease.
@@ -96,7 +96,6 @@ impl Store {
         ttl: Duration,
         condition: &Document,
         more: impl Fn(DateTime) -> Document + Sync,
-        attempts: &mut Attempts,
     ) -> Result<Taken, StoreError> {
         // One time for every try, so a read-back can recognise this very
         // take by the expiry it wrote.
@@ -113,7 +112,7 @@ impl Store {
             .retry
             .write(
                 lease.scope,
-                attempts,
+                &self.counters,
                 || async move {
                     let result = lease
                         .collection
@@ -133,23 +132,18 @@ impl Store {
         if taken {
             return Ok(Taken::Taken);
         }
-        let holder = self.read_lease(lease, attempts).await?;
+        let holder = self.read_lease(lease).await?;
         Ok(Taken::Held(holder.unwrap_or_default()))
     }
 
     /// The lease document, if there is one.
-    async fn read_lease(
-        &self,
-        lease: &Lease<'_>,
-        attempts: &mut Attempts,
-    ) -> Result<Option<Document>, StoreError> {
+    async fn read_lease(&self, lease: &Lease<'_>) -> Result<Option<Document>, StoreError> {
         let read = RetryScope {
             op: lease.read_op,
             ..lease.scope
         };
         let find = Find::of(doc! {"_id": lease.id});
-        self.read_first(read, lease.collection, find, attempts)
-            .await
+        self.read_first(read, lease.collection, find).await
     }
 
     fn deanery_lease<'a>(&'a self, deanery: &'a Deanery) -> Lease<'a> {
@@ -157,7 +151,7 @@ impl Store {
             collection: &self.leases,
             id: deanery.as_str(),
             expiry: "expiresAt",
-            scope: scope("acquire_lease", deanery),
+            scope: self.scope("acquire_lease"),
             read_op: "read_lease",
         }
     }
@@ -173,13 +167,12 @@ impl Store {
         owner: &str,
         session_id: &Document,
         ttl: Duration,
-        attempts: &mut Attempts,
     ) -> Result<LeaseOutcome, StoreError> {
         let lease = self.deanery_lease(deanery);
-        let lapsed_session = self.end_lapsed_holder(&lease, owner, attempts).await?;
+        let lapsed_session = self.end_lapsed_holder(&lease, owner).await?;
         let stamp = |now| doc! {"$set": {"sessionId": session_id.clone(), "acquiredAt": now}};
         let taken = self
-            .take_lease(&lease, owner, ttl, &Document::new(), stamp, attempts)
+            .take_lease(&lease, owner, ttl, &Document::new(), stamp)
             .await?;
         Ok(match taken {
             Taken::Taken => LeaseOutcome::Acquired { lapsed_session },
@@ -199,9 +192,8 @@ impl Store {
         &self,
         lease: &Lease<'_>,
         owner: &str,
-        attempts: &mut Attempts,
     ) -> Result<Option<Document>, StoreError> {
-        let Some(current) = self.read_lease(lease, attempts).await? else {
+        let Some(current) = self.read_lease(lease).await? else {
             return Ok(None);
         };
         let lapsed = current
@@ -215,7 +207,7 @@ impl Store {
             return Ok(None);
         };
         if let Err(err) = self.kill_session(session).await {
-            tracing::warn!(lease = %lease.id, error = %crate::report::Chain(&err), "could not end the lapsed lease holder's session");
+            tracing::warn!(lease = %lease.id, error = %crate::error_chain::Chain(&err), "could not end the lapsed lease holder's session");
         }
         Ok(Some(session.clone()))
     }
@@ -236,7 +228,6 @@ impl Store {
         deanery: &Deanery,
         owner: &str,
         ttl: Duration,
-        attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
         let leases = &self.leases;
         let until = in_future(ttl);
@@ -245,8 +236,8 @@ impl Store {
         let matched = self
             .retry
             .write(
-                scope("renew_lease", deanery),
-                attempts,
+                self.scope("renew_lease"),
+                &self.counters,
                 || async move {
                     let result = leases.update_one(filter.clone(), update.clone()).await?;
                     Ok(result.matched_count)
@@ -270,7 +261,6 @@ impl Store {
         &self,
         deanery: &Deanery,
         owner: &str,
-        attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
         let (leases, held) = (
             &self.leases,
@@ -278,8 +268,8 @@ impl Store {
         );
         self.retry
             .write(
-                scope("release_lease", deanery),
-                attempts,
+                self.scope("release_lease"),
+                &self.counters,
                 || async move { leases.delete_one(held.clone()).await.map(drop) },
                 || async move {
                     let still = self.read_back(leases, held, ()).await?;

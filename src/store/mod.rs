@@ -54,8 +54,8 @@ pub(crate) use id_range::IdRange;
 pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
 pub(crate) use leases::LeaseOutcome;
 pub(crate) use records::{Fields, Marking};
-pub use retry::Attempts;
 pub use retry::RetryError;
+pub use retry::{Counters, Counts};
 pub(crate) use retry::{RetryPolicy, RetryScope};
 pub use runs::file_name;
 pub(crate) use runs::{Publication, RunDoc, RunPhase};
@@ -232,6 +232,11 @@ pub struct Store {
     /// Sessions named by a lease that was not given back (see
     /// [`Store::park_session`]), held until the process ends.
     parked: std::sync::Arc<std::sync::Mutex<Vec<ClientSession>>>,
+    /// Where this handle's work is counted (a run's own, see
+    /// [`Store::for_run`]).
+    counters: std::sync::Arc<Counters>,
+    /// The deanery whose run this handle serves, labelling its retries.
+    deanery: Option<Deanery>,
 }
 
 /// Runs not yet `COMPLETED`, by the phases an index can serve.
@@ -250,13 +255,6 @@ pub fn now() -> DateTime {
 
 fn in_future(duration: Duration) -> DateTime {
     DateTime::from_millis(DateTime::now().timestamp_millis() + duration.as_millis() as i64)
-}
-
-fn scope<'a>(op: &'static str, deanery: &'a Deanery) -> RetryScope<'a> {
-    RetryScope {
-        op,
-        deanery: Some(deanery.as_str()),
-    }
 }
 
 /// A count as stored by `$sum`: any numeric type.
@@ -317,8 +315,35 @@ impl Store {
             retry: RetryPolicy::new(settings.retry.clone(), bound),
             max_time: retry::server_side(bound),
             parked: std::sync::Arc::default(),
+            counters: std::sync::Arc::default(),
+            deanery: None,
         };
         Ok(store)
+    }
+
+    /// The same handle for one run of `deanery`: its calls are labelled
+    /// with the deanery and counted apart from any other handle's
+    /// ([`Store::counts`]).
+    pub fn for_run(&self, deanery: &Deanery) -> Self {
+        Self {
+            counters: std::sync::Arc::default(),
+            deanery: Some(deanery.clone()),
+            ..self.clone()
+        }
+    }
+
+    /// What this handle's calls counted: transactions, retries,
+    /// WriteConflicts.
+    pub fn counts(&self) -> Counts {
+        self.counters.counts()
+    }
+
+    /// The retry scope of `op`, labelled with this handle's deanery.
+    fn scope(&self, op: &'static str) -> RetryScope<'_> {
+        RetryScope {
+            op,
+            deanery: self.deanery.as_ref().map(Deanery::as_str),
+        }
     }
 
     /// The same handle for a one-shot command that says its own failure
@@ -409,16 +434,13 @@ impl Store {
     ///
     /// # Errors
     /// When no server can be reached within the policy.
-    pub async fn start_session(
-        &self,
-        attempts: &mut Attempts,
-    ) -> Result<ClientSession, StoreError> {
+    pub async fn start_session(&self) -> Result<ClientSession, StoreError> {
         let client = &self.client;
         Ok(self
             .retry
             .run(
                 RetryScope::global("start_session"),
-                attempts,
+                &self.counters,
                 || async move { client.start_session().await },
             )
             .await?)
@@ -448,9 +470,8 @@ impl Store {
         scope: RetryScope<'_>,
         collection: &Collection<Document>,
         find: Find,
-        attempts: &mut Attempts,
     ) -> Result<Option<Document>, StoreError> {
-        let found = self.read_all(scope, collection, find.limited(1), attempts);
+        let found = self.read_all(scope, collection, find.limited(1));
         Ok(found.await?.into_iter().next())
     }
 
@@ -461,12 +482,11 @@ impl Store {
         scope: RetryScope<'_>,
         collection: &Collection<Document>,
         query: impl Into<Query>,
-        attempts: &mut Attempts,
     ) -> Result<Vec<Document>, StoreError> {
         let (query, max_time) = (&query.into(), self.max_time);
         Ok(self
             .retry
-            .run(scope, attempts, || async move {
+            .run(scope, &self.counters, || async move {
                 let cursor = match query {
                     Query::Find(find) => {
                         let options = find.options(max_time);

@@ -11,7 +11,7 @@ use mongodb::ClientSession;
 
 use super::mongo::cursor::BoundedCursor;
 use super::retry::TransactionBody;
-use super::{now, open_runs, scope, Attempts, Find, IdRange, RetryScope, Store, StoreError};
+use super::{now, open_runs, Find, IdRange, RetryScope, Store, StoreError};
 use crate::domain::{AppRow, Deanery, RecordStatus};
 
 /// Which fields of a record a read returns.
@@ -81,16 +81,16 @@ impl<'a> Rejection<'a> {
 }
 
 /// One transaction of [`Store::reject_claimed`]: a part of the rejections.
-struct RejectAttempt<'a> {
+struct RejectTransaction<'a> {
     store: &'a Store,
     run_id: &'a str,
     part: &'a [(ObjectId, String)],
 }
 
-impl TransactionBody for RejectAttempt<'_> {
+impl TransactionBody for RejectTransaction<'_> {
     type Output = Vec<(ObjectId, String)>;
 
-    fn attempt<'s>(
+    fn try_once<'s>(
         &'s mut self,
         session: &'s mut ClientSession,
     ) -> BoxFuture<'s, Result<Self::Output, MongoError>> {
@@ -122,14 +122,11 @@ impl Store {
     pub(crate) async fn max_to_export_id(
         &self,
         deanery: &Deanery,
-        attempts: &mut Attempts,
     ) -> Result<Option<ObjectId>, StoreError> {
         let waiting = waiting_of(deanery, doc! {"$type": "objectId"});
         let find = Find::ids(waiting).sorted(doc! {"_id": -1});
-        let scope = scope("find_backlog", deanery);
-        let found = self
-            .read_first(scope, &self.records, find, attempts)
-            .await?;
+        let scope = self.scope("find_backlog");
+        let found = self.read_first(scope, &self.records, find).await?;
         Ok(found.and_then(|d| d.get_object_id("_id").ok()))
     }
 
@@ -137,7 +134,6 @@ impl Store {
     pub(super) async fn records_in_order(
         &self,
         read: Read<'_>,
-        attempts: &mut Attempts,
     ) -> Result<BoundedCursor, StoreError> {
         let (records, read) = (&self.records, &read);
         let options = FindOptions::builder()
@@ -149,7 +145,7 @@ impl Store {
         let options = &options;
         let cursor = self
             .retry
-            .run(read.scope, attempts, || async move {
+            .run(read.scope, &self.counters, || async move {
                 records
                     .find(read.filter.clone())
                     .with_options(options.clone())
@@ -167,38 +163,31 @@ impl Store {
     pub(crate) async fn claimed(
         &self,
         run_id: &str,
-        deanery: &Deanery,
         fields: Fields,
         batch_size: u32,
-        attempts: &mut Attempts,
     ) -> Result<BoundedCursor, StoreError> {
         let (op, projection) = match fields {
             Fields::Ids => ("find_claimed_ids", doc! {"_id": 1}),
             Fields::Row => ("stream_claimed", AppRow::projection()),
         };
         let read = Read {
-            scope: scope(op, deanery),
+            scope: self.scope(op),
             filter: claimed_by(run_id),
             projection: Some(projection),
             batch_size,
         };
-        self.records_in_order(read, attempts).await
+        self.records_in_order(read).await
     }
 
     /// How many records the run has claimed and not yet marked.
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn count_claimed(
-        &self,
-        run_id: &str,
-        deanery: &Deanery,
-        attempts: &mut Attempts,
-    ) -> Result<u64, StoreError> {
+    pub(crate) async fn count_claimed(&self, run_id: &str) -> Result<u64, StoreError> {
         let records = &self.records;
         Ok(self
             .retry
-            .run(scope("count_claimed", deanery), attempts, || async move {
+            .run(self.scope("count_claimed"), &self.counters, || async move {
                 records
                     .count_documents(claimed_by(run_id))
                     .max_time(self.max_time)
@@ -220,21 +209,19 @@ impl Store {
         &self,
         session: &mut ClientSession,
         run_id: &str,
-        deanery: &Deanery,
         rejections: &[(ObjectId, String)],
         batch: usize,
-        attempts: &mut Attempts,
     ) -> Result<Vec<(ObjectId, String)>, StoreError> {
         let mut rejected = Vec::new();
         for part in rejections.chunks(batch.max(1)) {
-            let body = RejectAttempt {
+            let body = RejectTransaction {
                 store: self,
                 run_id,
                 part,
             };
             let modified = self
                 .retry
-                .in_transaction(scope("reject_claimed", deanery), session, attempts, body)
+                .in_transaction(self.scope("reject_claimed"), session, &self.counters, body)
                 .await?;
             rejected.extend(modified);
         }
@@ -287,9 +274,7 @@ impl Store {
     pub(crate) async fn mark_exported(
         &self,
         marking: &Marking<'_>,
-        deanery: &Deanery,
         range: IdRange,
-        attempts: &mut Attempts,
     ) -> Result<u64, StoreError> {
         let filter = range.narrow(claimed_by(marking.run_id));
         let update = doc! {"$set": {
@@ -300,7 +285,7 @@ impl Store {
         let (records, filter, update) = (&self.records, &filter, &update);
         let result = self
             .retry
-            .run(scope("mark_exported", deanery), attempts, || async move {
+            .run(self.scope("mark_exported"), &self.counters, || async move {
                 records.update_many(filter.clone(), update.clone()).await
             })
             .await?;
@@ -312,16 +297,13 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn deaneries_with_work(
-        &self,
-        attempts: &mut Attempts,
-    ) -> Result<Vec<Bson>, StoreError> {
+    pub(crate) async fn deaneries_with_work(&self) -> Result<Vec<Bson>, StoreError> {
         let scope = RetryScope::global("list_deaneries");
-        let mut codes = self.deaneries_waiting(scope, attempts).await?;
+        let mut codes = self.deaneries_waiting(scope).await?;
         let (runs, max_time) = (&self.runs, self.max_time);
         let open = self
             .retry
-            .run(scope, attempts, || async move {
+            .run(scope, &self.counters, || async move {
                 runs.distinct("deanery", open_runs())
                     .max_time(max_time)
                     .await
@@ -336,11 +318,7 @@ impl Store {
     }
 
     /// Deanery values of the waiting and claimed records.
-    async fn deaneries_waiting(
-        &self,
-        scope: RetryScope<'_>,
-        attempts: &mut Attempts,
-    ) -> Result<Vec<Bson>, StoreError> {
+    async fn deaneries_waiting(&self, scope: RetryScope<'_>) -> Result<Vec<Bson>, StoreError> {
         // A `$group` on the status-first index reads only the waiting and
         // claimed records (a `distinct` on SecantusDB reads every document).
         // A record without a deanery groups under null and is rejected.
@@ -348,9 +326,7 @@ impl Store {
             doc! {"$match": {"status": {"$in": [RecordStatus::ToExport.as_str(), RecordStatus::Exporting.as_str()]}}},
             doc! {"$group": {"_id": "$deanery"}},
         ];
-        let groups = self
-            .read_all(scope, &self.records, pipeline, attempts)
-            .await?;
+        let groups = self.read_all(scope, &self.records, pipeline).await?;
         Ok(groups
             .into_iter()
             .map(|group| group.get("_id").cloned().unwrap_or(Bson::Null))
@@ -367,11 +343,10 @@ impl Store {
         &self,
         value: &Bson,
         reason: &str,
-        attempts: &mut Attempts,
     ) -> Result<u64, StoreError> {
         let scope = RetryScope::global("reject_invalid_deanery");
         let filter = doc! {"deanery": value.clone(), "status": RecordStatus::ToExport.as_str()};
-        self.reject_where(scope, filter, reason, attempts).await
+        self.reject_where(scope, filter, reason).await
     }
 
     /// Rejects the records `filter` selects (outside any run) with
@@ -381,12 +356,11 @@ impl Store {
         scope: RetryScope<'_>,
         filter: Document,
         reason: &str,
-        attempts: &mut Attempts,
     ) -> Result<u64, StoreError> {
         let (records, filter) = (&self.records, &filter);
         let result = self
             .retry
-            .run(scope, attempts, || async move {
+            .run(scope, &self.counters, || async move {
                 records
                     .update_many(filter.clone(), Rejection::because(reason).update())
                     .await

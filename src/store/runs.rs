@@ -5,7 +5,7 @@ use bson::oid::ObjectId;
 use bson::{doc, DateTime, Document};
 use serde::{Deserialize, Serialize};
 
-use super::{now, scope, Attempts, Find, Store, StoreError};
+use super::{now, Find, Store, StoreError};
 use crate::domain::{Deanery, Location};
 
 /// Where a run is. A run only moves forward.
@@ -65,9 +65,10 @@ pub(crate) struct RunDoc {
     pub(crate) record_count: Option<i64>,
     /// When the run completed.
     pub(crate) finished_at: Option<DateTime>,
-    /// Transaction and operation attempts over all of the run's attempts.
-    #[serde(default)]
-    pub attempts: i64,
+    /// Transactions tried over all of the run's tries (stored as
+    /// `attempts`).
+    #[serde(default, rename = "attempts")]
+    pub transactions: i64,
     /// The last error an attempt stopped on.
     #[serde(default)]
     pub(crate) last_error: Option<String>,
@@ -155,7 +156,7 @@ impl RunDoc {
             sha256: None,
             record_count: None,
             finished_at: None,
-            attempts: 0,
+            transactions: 0,
             last_error: None,
             publication: None,
             redeliveries: Vec::new(),
@@ -186,12 +187,11 @@ impl Store {
     pub(crate) async fn find_open_run(
         &self,
         deanery: &Deanery,
-        attempts: &mut Attempts,
     ) -> Result<Option<RunDoc>, StoreError> {
         let runs = &self.runs;
         let found = self
             .retry
-            .run(scope("find_open_run", deanery), attempts, || async move {
+            .run(self.scope("find_open_run"), &self.counters, || async move {
                 runs.find_one(doc! {
                     "deanery": deanery.as_str(),
                     "phase": {"$ne": RunPhase::Completed.as_str()},
@@ -208,12 +208,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn insert_run(
-        &self,
-        run: &RunDoc,
-        deanery: &Deanery,
-        attempts: &mut Attempts,
-    ) -> Result<(), StoreError> {
+    pub(crate) async fn insert_run(&self, run: &RunDoc) -> Result<(), StoreError> {
         let document = bson::to_document(run).map_err(|err| StoreError::Malformed {
             what: "export run",
             reason: err.to_string(),
@@ -222,8 +217,8 @@ impl Store {
         let inserted = doc! {"_id": &run.id};
         self.retry
             .write(
-                scope("insert_run", deanery),
-                attempts,
+                self.scope("insert_run"),
+                &self.counters,
                 || async move {
                     match runs.insert_one(document.clone()).await {
                         Ok(_) => Ok(()),
@@ -247,22 +242,20 @@ impl Store {
     async fn update_run(
         &self,
         run_id: &str,
-        deanery: &Deanery,
         set: Document,
-        add_attempts: i64,
-        attempts: &mut Attempts,
+        add_transactions: i64,
     ) -> Result<(), StoreError> {
         let mut applied = set.clone();
         applied.insert("_id", run_id);
         let (runs, set, applied) = (&self.runs, &set, &applied);
         self.retry
             .write(
-                scope("update_run", deanery),
-                attempts,
+                self.scope("update_run"),
+                &self.counters,
                 || async move {
                     runs.update_one(
                         doc! {"_id": run_id},
-                        doc! {"$set": set.clone(), "$inc": {"attempts": add_attempts}},
+                        doc! {"$set": set.clone(), "$inc": {"attempts": add_transactions}},
                     )
                     .await
                     .map(drop)
@@ -283,14 +276,11 @@ impl Store {
     pub(crate) async fn record_run_error(
         &self,
         run_id: &str,
-        deanery: &Deanery,
         error: &str,
-        add_attempts: i64,
-        attempts: &mut Attempts,
+        add_transactions: i64,
     ) -> Result<(), StoreError> {
         let set = doc! {"lastError": error, "lastErrorAt": now()};
-        self.update_run(run_id, deanery, set, add_attempts, attempts)
-            .await
+        self.update_run(run_id, set, add_transactions).await
     }
 
     /// True when a completed run of the deanery already carries this
@@ -303,7 +293,6 @@ impl Store {
         deanery: &Deanery,
         slot: Option<&str>,
         command_id: &str,
-        attempts: &mut Attempts,
     ) -> Result<bool, StoreError> {
         let mut either = vec![doc! {"commands": command_id}];
         if let Some(slot) = slot.filter(|s| *s != "manual") {
@@ -315,8 +304,8 @@ impl Store {
             "$or": either,
         };
         let find = Find::ids(filter);
-        let scope = scope("find_done_trigger", deanery);
-        let found = self.read_first(scope, &self.runs, find, attempts).await?;
+        let scope = self.scope("find_done_trigger");
+        let found = self.read_first(scope, &self.runs, find).await?;
         Ok(found.is_some())
     }
 }

@@ -8,7 +8,7 @@ use bson::{doc, Document};
 use mongodb::options::ReadConcern;
 
 use super::leases::{Lease, Taken};
-use super::{now, retry, Attempts, Find, RetryScope, Store, StoreError};
+use super::{now, retry, Find, RetryScope, Store, StoreError};
 
 /// Outcome of asking to fire a slot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +35,6 @@ impl Store {
         slot_id: &str,
         owner: &str,
         lease: Duration,
-        attempts: &mut Attempts,
     ) -> Result<SlotClaim, StoreError> {
         let slot = Lease {
             collection: &self.slots,
@@ -47,7 +46,7 @@ impl Store {
         let publishing = doc! {"state": "PUBLISHING"};
         let stamp = |now| doc! {"$setOnInsert": {"claimedAt": now}};
         let taken = self
-            .take_lease(&slot, owner, lease, &publishing, stamp, attempts)
+            .take_lease(&slot, owner, lease, &publishing, stamp)
             .await?;
         let Taken::Held(current) = taken else {
             return Ok(SlotClaim::Claimed);
@@ -71,7 +70,6 @@ impl Store {
         owner: &str,
         commands: Vec<Document>,
         schedule: Document,
-        attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
         let (slots, commands, schedule) = (&self.slots, &commands, &schedule);
         let published = doc! {"_id": slot_id, "owner": owner, "state": "PUBLISHED"};
@@ -79,7 +77,7 @@ impl Store {
             .retry
             .write(
                 RetryScope::global("slot_published"),
-                attempts,
+                &self.counters,
                 || async move {
                     let result = slots
                         .update_one(
@@ -105,14 +103,10 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn slot(
-        &self,
-        slot_id: &str,
-        attempts: &mut Attempts,
-    ) -> Result<Option<Document>, StoreError> {
+    pub async fn slot(&self, slot_id: &str) -> Result<Option<Document>, StoreError> {
         let find = Find::of(doc! {"_id": slot_id});
         let scope = RetryScope::global("read_slot");
-        self.read_first(scope, &self.slots, find, attempts).await
+        self.read_first(scope, &self.slots, find).await
     }
 
     /// The owner token of a catch-up claim, read `local`: a claim whose
@@ -134,11 +128,7 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub(crate) async fn claim_once(
-        &self,
-        key: &str,
-        attempts: &mut Attempts,
-    ) -> Result<bool, StoreError> {
+    pub(crate) async fn claim_once(&self, key: &str) -> Result<bool, StoreError> {
         // A token of this claim: after a lost reply, the retried insert
         // finds the `_id` taken, and only the token tells whose it is.
         let token = uuid::Uuid::new_v4().to_string();
@@ -151,7 +141,7 @@ impl Store {
             .retry
             .write(
                 RetryScope::global("claim_catch_up"),
-                attempts,
+                &self.counters,
                 || async move {
                     let claim =
                         doc! {"_id": key, "owner": token, "state": "PUBLISHED", "claimedAt": now()};

@@ -4,7 +4,7 @@
 use bson::oid::ObjectId;
 use bson::{doc, Bson, DateTime, Document};
 
-use super::{int, oldest_created, Attempts, RetryScope, Store, StoreError};
+use super::{int, oldest_created, RetryScope, Store, StoreError};
 use crate::domain::RecordStatus;
 
 /// Waiting records of one deanery that a past slot should have exported.
@@ -67,14 +67,10 @@ impl Store {
     ///
     /// # Errors
     /// When MongoDB fails beyond the retry policy.
-    pub async fn stuck_records(
-        &self,
-        before: DateTime,
-        attempts: &mut Attempts,
-    ) -> Result<Vec<StuckRecords>, StoreError> {
+    pub async fn stuck_records(&self, before: DateTime) -> Result<Vec<StuckRecords>, StoreError> {
         let scope = RetryScope::global("find_stuck_records");
         let rows = self
-            .read_all(scope, &self.records, stuck_pipeline(before), attempts)
+            .read_all(scope, &self.records, stuck_pipeline(before))
             .await?;
         Ok(rows.iter().map(stuck_row).collect())
     }

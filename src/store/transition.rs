@@ -7,8 +7,7 @@
 use bson::{doc, Bson, DateTime, Document};
 
 use super::runs::{Publication, RunDoc, RunPhase};
-use super::{now, scope, Attempts, Store, StoreError};
-use crate::domain::Deanery;
+use super::{now, Store, StoreError};
 
 /// One move of a run to its next phase.
 #[derive(Debug, Clone)]
@@ -32,7 +31,7 @@ pub(crate) enum Transition {
     /// triggered the run, so a duplicate of either is known to be done.
     Completed {
         /// Attempts to add to the run's count.
-        add_attempts: i64,
+        add_transactions: i64,
         /// The scheduled slot, if a schedule triggered the run.
         slot: Option<String>,
         /// The command's id, if a command triggered the run.
@@ -45,12 +44,12 @@ pub(crate) enum Transition {
 impl Transition {
     /// The run completed now.
     pub(crate) fn completed(
-        add_attempts: i64,
+        add_transactions: i64,
         slot: Option<&str>,
         command_id: Option<&str>,
     ) -> Self {
         Self::Completed {
-            add_attempts,
+            add_transactions,
             slot: slot.map(str::to_owned),
             command_id: command_id.map(str::to_owned),
             at: now(),
@@ -103,13 +102,13 @@ impl Transition {
     fn update(&self, set: &Document) -> Document {
         let mut update = doc! {"$set": set.clone()};
         if let Self::Completed {
-            add_attempts,
+            add_transactions,
             slot,
             command_id,
             ..
         } = self
         {
-            update.insert("$inc", doc! {"attempts": add_attempts});
+            update.insert("$inc", doc! {"attempts": add_transactions});
             let mut add = Document::new();
             if let Some(slot) = slot {
                 add.insert("slots", slot);
@@ -138,9 +137,11 @@ impl Transition {
             Self::NothingToWrite => run.record_count = Some(0),
             Self::Published(publication) => run.publication = Some(publication),
             Self::Completed {
-                add_attempts, at, ..
+                add_transactions,
+                at,
+                ..
             } => {
-                run.attempts += add_attempts;
+                run.transactions += add_transactions;
                 run.finished_at = Some(at);
                 run.last_error = None;
             }
@@ -175,9 +176,7 @@ impl Store {
     pub(crate) async fn transition(
         &self,
         run: &mut RunDoc,
-        deanery: &Deanery,
         transition: Transition,
-        attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
         let set = transition.set()?;
         let update = transition.update(&set);
@@ -189,8 +188,8 @@ impl Store {
         let matched = self
             .retry
             .write(
-                scope(transition.name(), deanery),
-                attempts,
+                self.scope(transition.name()),
+                &self.counters,
                 || async move {
                     let result = runs.update_one(fence.clone(), update.clone()).await?;
                     Ok(result.matched_count)
@@ -199,8 +198,7 @@ impl Store {
             )
             .await?;
         if matched == 0 {
-            self.already_applied(run, &transition, applied, deanery, attempts)
-                .await?;
+            self.already_applied(run, &transition, applied).await?;
         }
         transition.apply(run);
         Ok(())
@@ -214,13 +212,11 @@ impl Store {
         run: &RunDoc,
         transition: &Transition,
         applied: &Document,
-        deanery: &Deanery,
-        attempts: &mut Attempts,
     ) -> Result<(), StoreError> {
         let runs = &self.runs;
         let stored = self
             .retry
-            .run(scope("read_run_back", deanery), attempts, || async move {
+            .run(self.scope("read_run_back"), &self.counters, || async move {
                 runs.find_one(doc! {"_id": run.id.as_str()})
                     .max_time(self.max_time)
                     .await

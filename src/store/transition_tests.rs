@@ -7,6 +7,7 @@ use bson::doc;
 
 use super::*;
 use crate::config::Settings;
+use crate::domain::Deanery;
 
 /// A store on a database of its own.
 async fn store() -> Store {
@@ -37,20 +38,13 @@ fn publication() -> Publication {
 
 /// A run at `FINALIZING`, stored and as its holder sees it.
 async fn finalizing_run(store: &Store, deanery: &Deanery) -> RunDoc {
-    let mut attempts = Attempts::default();
     let mut run = RunDoc::new(deanery, None);
-    store
-        .insert_run(&run, deanery, &mut attempts)
-        .await
-        .unwrap();
+    store.insert_run(&run).await.unwrap();
     let staged = Transition::Staged {
         record_count: 3,
         sha256: "ab".repeat(32),
     };
-    store
-        .transition(&mut run, deanery, staged, &mut attempts)
-        .await
-        .unwrap();
+    store.transition(&mut run, staged).await.unwrap();
     assert_eq!(run.phase, RunPhase::Finalizing);
     run
 }
@@ -67,30 +61,21 @@ async fn stored(store: &Store, run: &RunDoc) -> bson::Document {
 #[tokio::test]
 async fn a_stale_holder_cannot_move_a_run_another_process_moved_on() {
     let (store, deanery) = (store().await, Deanery::parse("MER").unwrap());
-    let mut attempts = Attempts::default();
     let mut stale = finalizing_run(&store, &deanery).await;
     // Another process resumed the run after this one's lease lapsed and
     // took it to the end.
     let mut taken_over = stale.clone();
     let published = Transition::Published(publication());
-    store
-        .transition(&mut taken_over, &deanery, published, &mut attempts)
-        .await
-        .unwrap();
+    store.transition(&mut taken_over, published).await.unwrap();
     let completed = Transition::completed(2, None, Some("command-b"));
-    store
-        .transition(&mut taken_over, &deanery, completed, &mut attempts)
-        .await
-        .unwrap();
+    store.transition(&mut taken_over, completed).await.unwrap();
     let before = stored(&store, &stale).await;
 
     let late = Transition::Published(Publication {
         host: "host-stale".to_owned(),
         ..publication()
     });
-    let refused = store
-        .transition(&mut stale, &deanery, late, &mut attempts)
-        .await;
+    let refused = store.transition(&mut stale, late).await;
 
     match refused {
         Err(StoreError::StaleTransition {
@@ -105,7 +90,7 @@ async fn a_stale_holder_cannot_move_a_run_another_process_moved_on() {
         }
         other => panic!("a stale publication must be refused, got {other:?}"),
     }
-    assert!(refused_is_transient(&store, &stale, &deanery).await);
+    assert!(refused_is_transient(&store, &stale).await);
     assert_eq!(
         stored(&store, &stale).await,
         before,
@@ -121,11 +106,11 @@ async fn a_stale_holder_cannot_move_a_run_another_process_moved_on() {
 
 /// A refused completion is transient: the next attempt resumes from the
 /// stored run.
-async fn refused_is_transient(store: &Store, stale: &RunDoc, deanery: &Deanery) -> bool {
+async fn refused_is_transient(store: &Store, stale: &RunDoc) -> bool {
     let mut copy = stale.clone();
     let completed = Transition::completed(0, None, None);
     let err = store
-        .transition(&mut copy, deanery, completed, &mut Attempts::default())
+        .transition(&mut copy, completed)
         .await
         .expect_err("a completion from FINALIZING is refused");
     err.is_transient()
@@ -134,20 +119,16 @@ async fn refused_is_transient(store: &Store, stale: &RunDoc, deanery: &Deanery) 
 #[tokio::test]
 async fn a_transition_that_already_landed_counts_as_done() {
     let (store, deanery) = (store().await, Deanery::parse("EOE").unwrap());
-    let mut attempts = Attempts::default();
     let mut run = finalizing_run(&store, &deanery).await;
     let published = Transition::Published(publication());
     let mut first = run.clone();
     store
-        .transition(&mut first, &deanery, published.clone(), &mut attempts)
+        .transition(&mut first, published.clone())
         .await
         .unwrap();
 
     // The same write again, as after a reply that was lost.
-    store
-        .transition(&mut run, &deanery, published, &mut attempts)
-        .await
-        .unwrap();
+    store.transition(&mut run, published).await.unwrap();
 
     assert_eq!(run.phase, RunPhase::Written);
     assert_eq!(run.publication, first.publication);
@@ -166,16 +147,12 @@ async fn a_transition_that_already_landed_counts_as_done() {
 #[tokio::test]
 async fn each_transition_leaves_the_copy_as_stored() {
     let (store, deanery) = (store().await, Deanery::parse("LDN").unwrap());
-    let mut attempts = Attempts::default();
     let mut run = finalizing_run(&store, &deanery).await;
     for transition in [
         Transition::Published(publication()),
         Transition::completed(4, Some("2026-12-03T13:00Z"), Some("command-a")),
     ] {
-        store
-            .transition(&mut run, &deanery, transition, &mut attempts)
-            .await
-            .unwrap();
+        store.transition(&mut run, transition).await.unwrap();
         let stored = super::super::runs::decode_run(stored(&store, &run).await).unwrap();
         assert_eq!(
             bson::to_document(&stored).unwrap(),

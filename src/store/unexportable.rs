@@ -6,7 +6,7 @@
 use bson::{doc, Bson};
 
 use super::records::{waiting, waiting_of};
-use super::{scope, Attempts, Find, Store, StoreError};
+use super::{Find, Store, StoreError};
 use crate::domain::{bson_type_name, Deanery, RecordStatus};
 
 /// Records looked at per round.
@@ -23,30 +23,23 @@ impl Store {
     pub(crate) async fn waiting_id_extremes(
         &self,
         deanery: &Deanery,
-        attempts: &mut Attempts,
     ) -> Result<(Option<Bson>, Option<Bson>), StoreError> {
         // Both at once: each is a round trip of its own.
-        let mut other = Attempts::default();
-        let both = futures_util::future::try_join(
-            self.waiting_id_at(deanery, 1, attempts),
-            self.waiting_id_at(deanery, -1, &mut other),
+        futures_util::future::try_join(
+            self.waiting_id_at(deanery, 1),
+            self.waiting_id_at(deanery, -1),
         )
-        .await;
-        attempts.absorb(other);
-        both
+        .await
     }
 
     async fn waiting_id_at(
         &self,
         deanery: &Deanery,
         order: i32,
-        attempts: &mut Attempts,
     ) -> Result<Option<Bson>, StoreError> {
         let find = Find::ids(waiting(deanery)).sorted(doc! {"_id": order});
-        let scope = scope("find_backlog", deanery);
-        let found = self
-            .read_first(scope, &self.records, find, attempts)
-            .await?;
+        let scope = self.scope("find_backlog");
+        let found = self.read_first(scope, &self.records, find).await?;
         Ok(found.and_then(|mut d| d.remove("_id")))
     }
 
@@ -58,14 +51,13 @@ impl Store {
     pub(crate) async fn reject_unexportable_ids(
         &self,
         deanery: &Deanery,
-        attempts: &mut Attempts,
     ) -> Result<Vec<(Bson, String)>, StoreError> {
         let mut rejected = Vec::new();
         loop {
-            let found = self.unexportable_ids(deanery, attempts).await?;
+            let found = self.unexportable_ids(deanery).await?;
             for id in &found {
                 let reason = format!("_id: expected objectId, found {}", bson_type_name(id));
-                if self.reject_waiting(deanery, id, &reason, attempts).await? {
+                if self.reject_waiting(id, &reason).await? {
                     rejected.push((id.clone(), reason));
                 }
             }
@@ -75,15 +67,11 @@ impl Store {
         }
     }
 
-    async fn unexportable_ids(
-        &self,
-        deanery: &Deanery,
-        attempts: &mut Attempts,
-    ) -> Result<Vec<Bson>, StoreError> {
+    async fn unexportable_ids(&self, deanery: &Deanery) -> Result<Vec<Bson>, StoreError> {
         let unexportable = waiting_of(deanery, doc! {"$not": {"$type": "objectId"}});
         let find = Find::ids(unexportable).limited(ROUND);
-        let scope = scope("find_unexportable_ids", deanery);
-        let found = self.read_all(scope, &self.records, find, attempts).await?;
+        let scope = self.scope("find_unexportable_ids");
+        let found = self.read_all(scope, &self.records, find).await?;
         Ok(found
             .into_iter()
             .filter_map(|mut d| d.remove("_id"))
@@ -91,15 +79,9 @@ impl Store {
     }
 
     /// Rejects one waiting record; false when it no longer waits.
-    async fn reject_waiting(
-        &self,
-        deanery: &Deanery,
-        id: &Bson,
-        reason: &str,
-        attempts: &mut Attempts,
-    ) -> Result<bool, StoreError> {
+    async fn reject_waiting(&self, id: &Bson, reason: &str) -> Result<bool, StoreError> {
         let filter = doc! {"_id": id.clone(), "status": RecordStatus::ToExport.as_str()};
-        let scope = scope("reject_unexportable", deanery);
-        Ok(self.reject_where(scope, filter, reason, attempts).await? == 1)
+        let scope = self.scope("reject_unexportable");
+        Ok(self.reject_where(scope, filter, reason).await? == 1)
     }
 }

@@ -8,7 +8,7 @@ use esr_exporter::config::Settings;
 use esr_exporter::domain::Slot;
 
 use crate::helpers::{eventually, http_get, metric, run_binary, spawn_app, unique_deanery};
-use crate::support::MemoryAlarm;
+use crate::support::broker::MemoryAlarm;
 use crate::NODE;
 
 const WAIT: Duration = Duration::from_secs(60);

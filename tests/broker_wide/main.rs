@@ -4,17 +4,11 @@
 //! own target, one at a time, and `scripts/test` runs it after the
 //! integration suite.
 
-#[path = "../support/env.rs"]
-mod env_support;
-#[path = "../support/export_file.rs"]
-mod export_file;
 #[path = "../it/helpers.rs"]
 #[allow(dead_code)]
 mod helpers;
-#[path = "../support/mongo.rs"]
-mod mongo_support;
-#[path = "../support/broker.rs"]
-#[allow(dead_code)]
+
+#[path = "../support/mod.rs"]
 mod support;
 
 mod alarm;

@@ -10,7 +10,7 @@ use crate::helpers::{
     binary, eventually, free_port, http_get, metric, primary_host_port, spawn_app, unique_deanery,
     TestApp, Watched,
 };
-use crate::proxy::WireProxy;
+use crate::support::proxy::WireProxy;
 
 /// `mongodb.operation_timeout_ms` here: each failed check takes this long.
 const BOUND_MS: &str = "2000";

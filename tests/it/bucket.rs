@@ -8,14 +8,14 @@ use std::time::{Duration, Instant};
 
 use bson::doc;
 
-use crate::bucket_support::{
+use crate::delivery::{
     assert_delivered_once, bucket_env, export, export_by_two_replicas, export_ok,
     export_once_the_lease_lapses, pairs, s3_endpoint, stderr, TestBucket, PREFIX,
 };
 use crate::helpers::{
     assert_published, assert_refused_over, run_binary, spawn_app, spawn_app_with,
 };
-use crate::s3proxy::{Action, Rule, S3Proxy};
+use crate::support::s3proxy::{Action, Rule, S3Proxy};
 
 fn summary(output: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&output.stdout);

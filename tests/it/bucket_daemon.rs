@@ -5,13 +5,13 @@
 
 use std::time::Duration;
 
-use crate::bucket_support::pairs;
-use crate::bucket_support::{
+use crate::delivery::pairs;
+use crate::delivery::{
     assert_delivered_once, bucket_env, export_by_command, ready_daemon, readyz, s3_endpoint,
     TestBucket,
 };
 use crate::helpers::{binary, eventually, http_get, metric, spawn_app};
-use crate::s3proxy::{Action, Rule, S3Proxy};
+use crate::support::s3proxy::{Action, Rule, S3Proxy};
 use esr_exporter::domain::Slot;
 
 #[tokio::test]

@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use bson::oid::ObjectId;
 
-use crate::bucket_support::{assert_delivered_once, bucket_env, pairs, s3_endpoint, TestBucket};
+use crate::delivery::{assert_delivered_once, bucket_env, pairs, s3_endpoint, TestBucket};
 use crate::helpers::{assert_refused_over, binary, run_binary, spawn_app, TestApp};
-use crate::s3proxy::{Action, Rule, S3Proxy};
+use crate::support::s3proxy::{Action, Rule, S3Proxy};
 
 /// Records big enough for a file of more than one 5 MiB part.
 const MULTIPART_RECORDS: usize = 45_000;
@@ -232,7 +232,7 @@ async fn export_while_another_takes_the_name(
         .await
         .expect("the run");
     let name = run.get_str("fileName").expect("a file name").to_owned();
-    let key = format!("{}/{name}", crate::bucket_support::PREFIX);
+    let key = format!("{}/{name}", crate::delivery::PREFIX);
     bucket.put(&key, b"someone else's file").await;
     let output = child.wait_with_output().await.unwrap();
     assert_refused_for_other_bytes(app, bucket, &output, &key).await;

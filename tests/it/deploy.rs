@@ -20,10 +20,10 @@ use std::time::Duration;
 use bson::doc;
 use esr_exporter::domain::Slot;
 
-use crate::env_support::pairs;
 use crate::helpers::{
     binary_with, eventually, http_get, metric, spawn_app_with, unique_deanery, valid_record,
 };
+use crate::support::env::pairs;
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -843,11 +843,11 @@ async fn check_config_as(
 /// A bucket on the test S3 server in place of the manifest's, so that
 /// `check-config`'s probe of it passes; nothing here changes
 /// `export.output_dir`.
-async fn test_bucket_env() -> (crate::bucket_store::TestBucket, Vec<(String, String)>) {
-    let bucket = crate::bucket_store::TestBucket::create().await;
-    let env = crate::env_support::s3_env(
+async fn test_bucket_env() -> (crate::support::bucket::TestBucket, Vec<(String, String)>) {
+    let bucket = crate::support::bucket::TestBucket::create().await;
+    let env = crate::support::env::s3_env(
         &bucket.destination(),
-        &crate::bucket_store::s3_endpoint(),
+        &crate::support::bucket::s3_endpoint(),
         "test-secret",
     );
     (bucket, env)

@@ -13,8 +13,8 @@ use esr_exporter::store::Store;
 use futures_util::TryStreamExt;
 
 use crate::helpers::{deanery, primary_host_port, seeded, spawn_app_with, TestApp};
-use crate::proxy::WireProxy;
 use crate::stalls::exporter_through;
+use crate::support::proxy::WireProxy;
 
 #[tokio::test]
 async fn a_concurrent_writer_causes_write_conflicts_and_every_record_is_still_exported_once() {
@@ -428,7 +428,7 @@ async fn a_clusters_transient_codes_are_retried_on_every_command() {
 /// claim's write: the transaction runs again on half the chunk, as after
 /// a conflict, and the run completes.
 /// The `limit` of a `find`, if it has one.
-fn limit_of(request: &crate::proxy::Request) -> Option<i64> {
+fn limit_of(request: &crate::support::proxy::Request) -> Option<i64> {
     match request.body.get("limit") {
         Some(Bson::Int32(n)) => Some(i64::from(*n)),
         Some(Bson::Int64(n)) => Some(*n),

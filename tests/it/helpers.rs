@@ -8,8 +8,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::Duration;
 
-use crate::env_support::{daemon_env, env_line, pairs};
-use crate::export_file::{self, Detail, Header};
+use crate::support::env::{daemon_env, env_line, pairs};
+use crate::support::export_file::{self, Detail, Header};
 use bson::{doc, oid::ObjectId, DateTime, Document};
 use esr_exporter::config::Settings;
 use esr_exporter::destination::Destination;
@@ -20,8 +20,8 @@ use futures_util::TryStreamExt;
 use mongodb::{Client, Collection, Database};
 use tokio::sync::{oneshot, Mutex, MutexGuard};
 
-pub use crate::mongo_support::base_uri;
-use crate::mongo_support::primary_of;
+pub use crate::support::mongo::base_uri;
+use crate::support::mongo::primary_of;
 
 /// `host:port` of the primary of the server under test, as its `hello`
 /// names it (else the first seed of its URI): a proxy in front of it
@@ -469,7 +469,7 @@ impl TestApp {
 
     /// Ready messages in a queue.
     pub async fn queue_len(&self, queue: &str) -> u32 {
-        crate::support::queue_len(&self.settings.amqp, queue)
+        crate::support::broker::queue_len(&self.settings.amqp, queue)
             .await
             .unwrap()
     }
@@ -509,14 +509,14 @@ impl TestApp {
     /// Forcibly closes this app's broker connections, as an operator's
     /// `rabbitmqctl close_connection` (or a broker restart) would.
     pub async fn close_broker_connections(&self) -> usize {
-        crate::support::close_connections(&self.app_name)
+        crate::support::broker::close_connections(&self.app_name)
             .await
             .unwrap()
     }
 
     /// Deletes this app's queues and exchange.
     pub async fn delete_broker_topology(&self) {
-        crate::support::delete_topology(&self.settings.amqp).await;
+        crate::support::broker::delete_topology(&self.settings.amqp).await;
     }
 }
 

@@ -110,12 +110,7 @@ async fn waiting_records_whose_id_is_not_an_object_id_are_counted_stuck_then_rej
 
     // The watchdog counts them as stuck (they carry no creation time).
     let an_hour_ago = DateTime::from_millis(DateTime::now().timestamp_millis() - 3_600_000);
-    let mut attempts = Default::default();
-    let stuck = app
-        .store
-        .stuck_records(an_hour_ago, &mut attempts)
-        .await
-        .unwrap();
+    let stuck = app.store.stuck_records(an_hour_ago).await.unwrap();
     let eoe = stuck
         .iter()
         .find(|s| s.deanery == Bson::String("EOE".into()));

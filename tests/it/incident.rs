@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use bson::{doc, Document};
 
-use crate::bucket_support::{bucket_env, pairs, s3_endpoint, TestBucket, PREFIX};
 use crate::crash::kill_when;
+use crate::delivery::{bucket_env, pairs, s3_endpoint, TestBucket, PREFIX};
 use crate::helpers::{run_binary, spawn_app, spawn_app_with, valid_record, TestApp};
 
 async fn esr(app: &TestApp, args: &[&str]) -> (Option<i32>, String, String) {
@@ -290,6 +290,15 @@ fn flat_publication(typed: &Document, path: &str, bucket: Option<(&str, &str)>) 
     flat
 }
 
+/// `files --json` once the run `id` holds `publication` as stored.
+async fn files_once_stored(app: &TestApp, id: &str, publication: Document) -> serde_json::Value {
+    let set = doc! {"$set": {"publication": publication}};
+    app.runs().update_one(doc! {"_id": id}, set).await.unwrap();
+    let (code, stdout, stderr) = esr(app, &["files", "--deanery", "PEN", "--json"]).await;
+    assert_eq!(code, Some(0), "{stderr}");
+    serde_json::from_str(&stdout).unwrap()
+}
+
 #[tokio::test]
 async fn a_run_document_written_before_locations_were_typed_still_reads() {
     let app = spawn_app().await;
@@ -307,15 +316,8 @@ async fn a_run_document_written_before_locations_were_typed_still_reads() {
     assert!(!typed.contains_key("path"), "one typed location: {typed}");
 
     // Written before: flat, for the folder.
-    let flat = flat_publication(&typed, &path, None);
-    let runs = app.runs();
     let id = run.get_str("_id").unwrap();
-    runs.update_one(doc! {"_id": id}, doc! {"$set": {"publication": flat}})
-        .await
-        .unwrap();
-    let (code, stdout, stderr) = esr(&app, &["files", "--deanery", "PEN", "--json"]).await;
-    assert_eq!(code, Some(0), "{stderr}");
-    let files: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let files = files_once_stored(&app, id, flat_publication(&typed, &path, None)).await;
     assert_eq!(files[0]["publishedTo"], path.as_str(), "{files}");
     assert_eq!(files[0]["destination"], serde_json::Value::Null, "{files}");
     let (code, stdout, _) = esr(&app, &["status", "--json"]).await;
@@ -334,12 +336,7 @@ async fn a_run_document_written_before_locations_were_typed_still_reads() {
         &url,
         Some(("s3://old-bucket/app", &format!("app/{name}"))),
     );
-    runs.update_one(doc! {"_id": id}, doc! {"$set": {"publication": flat}})
-        .await
-        .unwrap();
-    let (code, stdout, stderr) = esr(&app, &["files", "--deanery", "PEN", "--json"]).await;
-    assert_eq!(code, Some(0), "{stderr}");
-    let files: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    let files = files_once_stored(&app, id, flat).await;
     assert_eq!(files[0]["publishedTo"], url.as_str(), "{files}");
     assert_eq!(files[0]["destination"], "s3://old-bucket/app", "{files}");
 }

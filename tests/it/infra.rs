@@ -6,19 +6,19 @@ use std::time::Duration;
 
 use bson::doc;
 use esr_exporter::domain::{RunStatus, Slot};
-use esr_exporter::store::{Attempts, Store};
+use esr_exporter::store::Store;
 
 use crate::helpers::{
     assert_detached_while_the_export_runs, binary, deanery, eventually, primary_host_port,
     spawn_app, spawn_app_with, unique_deanery, TestApp, Watched,
 };
-use crate::proxy::WireProxy;
+use crate::support::proxy::WireProxy;
 
 const WAIT: Duration = Duration::from_secs(60);
 
 /// Deletes these queues of the app's topology while it runs.
 async fn delete_queues(app: &TestApp, queues: &[String]) {
-    crate::support::delete_queues(&app.settings.amqp, queues)
+    crate::support::broker::delete_queues(&app.settings.amqp, queues)
         .await
         .expect("queues deleted");
 }
@@ -133,11 +133,10 @@ async fn take_until(
     store: &Store,
     wanted: &bson::Document,
 ) -> (Vec<bson::Document>, Vec<mongodb::ClientSession>) {
-    let mut attempts = Attempts::default();
     let (mut ids, mut held) = (Vec::new(), Vec::new());
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let session = store.start_session(&mut attempts).await.unwrap();
+        let session = store.start_session().await.unwrap();
         if session.id() == wanted {
             held.push(session);
             return (ids, held);
@@ -161,9 +160,8 @@ async fn take_until(
 async fn a_parked_session_is_never_handed_to_another_run() {
     let app = spawn_app().await;
     let store = Store::build(&app.settings).await.unwrap();
-    let mut attempts = Attempts::default();
 
-    let mut pooled = store.start_session(&mut attempts).await.unwrap();
+    let mut pooled = store.start_session().await.unwrap();
     let pooled_id = pooled.id().clone();
     used(&store, &mut pooled).await;
     drop(pooled);
@@ -172,7 +170,7 @@ async fn a_parked_session_is_never_handed_to_another_run() {
     drop(held);
     used(&store, &mut reused).await;
 
-    let mut later = store.start_session(&mut attempts).await.unwrap();
+    let mut later = store.start_session().await.unwrap();
     let later_id = later.id().clone();
     used(&store, &mut later).await;
     store.park_session(reused);
@@ -272,9 +270,8 @@ async fn a_takeover_ends_the_dead_holders_session_and_no_other() {
     let holder = Store::build(&app.settings).await.unwrap();
     // Documents no run takes (not TO_EXPORT), written by the holder's client.
     let scratch = holder.records();
-    let mut attempts = Attempts::default();
-    let mut dead = holder.start_session(&mut attempts).await.unwrap();
-    let mut other = holder.start_session(&mut attempts).await.unwrap();
+    let mut dead = holder.start_session().await.unwrap();
+    let mut other = holder.start_session().await.unwrap();
     for (session, marker) in [(&mut dead, "dead"), (&mut other, "other")] {
         session.start_transaction().await.unwrap();
         scratch

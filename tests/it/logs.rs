@@ -5,7 +5,7 @@
 use serde_json::Value;
 
 use crate::helpers::{primary_host_port, run_binary as run, spawn_app};
-use crate::proxy::{Fault, WireProxy};
+use crate::support::proxy::{Fault, WireProxy};
 
 #[tokio::test]
 async fn json_lines_inside_a_run_carry_its_deanery_and_run_id_once() {

@@ -12,7 +12,7 @@ use crate::helpers::{
     binary, binary_with, eventually, free_port, http_get, metric, output_text, primary_host_port,
     run_binary, spawn_app_with, unique_deanery, Watched,
 };
-use crate::proxy::WireProxy;
+use crate::support::proxy::WireProxy;
 
 const WAIT: Duration = Duration::from_secs(60);
 

@@ -8,13 +8,13 @@ use std::time::{Duration, Instant};
 
 use bson::doc;
 
-use crate::bucket_support::{
+use crate::delivery::{
     assert_delivered_once, export, export_by_two_replicas, export_ok, export_once_the_lease_lapses,
     pairs, stderr,
 };
 use crate::helpers::{assert_published, assert_refused_over, run_binary, spawn_app};
-use crate::proxy::WireProxy;
-use crate::sshd::TestSshd;
+use crate::support::proxy::WireProxy;
+use crate::support::sshd::TestSshd;
 
 fn summary(output: &std::process::Output) -> serde_json::Value {
     let stdout = String::from_utf8_lossy(&output.stdout);
@@ -359,7 +359,7 @@ async fn the_probe_files_of_killed_processes_are_removed_by_the_next_probe() {
             }
         })
         .collect();
-    let temp = sshd.inbox.join(crate::sshd::TEMP_DIR);
+    let temp = sshd.inbox.join(crate::support::sshd::TEMP_DIR);
     std::fs::create_dir_all(&temp).unwrap();
     let gone = format!("esr-exporter-probe-{host}-{}-0123abcd", u32::MAX - 1);
     let uploading = format!(".{gone}.4567.tmp");
@@ -379,14 +379,14 @@ async fn the_probe_files_of_killed_processes_are_removed_by_the_next_probe() {
 #[tokio::test]
 async fn a_folder_for_temporaries_that_cannot_be_made_is_named() {
     let (app, sshd) = (spawn_app().await, TestSshd::start().await);
-    std::fs::write(sshd.inbox.join(crate::sshd::TEMP_DIR), b"a file").unwrap();
+    std::fs::write(sshd.inbox.join(crate::support::sshd::TEMP_DIR), b"a file").unwrap();
     let output = run_binary(&app, &["check-config"], &pairs(&sshd.env())).await;
     let said = stderr(&output);
     assert_eq!(output.status.code(), Some(2), "{said}");
     let folder = format!(
         "cannot create the folder {}/{}",
         sshd.inbox.display(),
-        crate::sshd::TEMP_DIR
+        crate::support::sshd::TEMP_DIR
     );
     assert!(said.contains(&folder), "{said}");
     assert!(!said.contains("full disk"), "{said}");

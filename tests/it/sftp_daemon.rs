@@ -7,10 +7,10 @@ use std::time::Duration;
 use bson::doc;
 use esr_exporter::domain::Slot;
 
-use crate::bucket_support::assert_delivered_once;
-use crate::bucket_support::{export_by_command, ready_daemon, readyz};
+use crate::delivery::assert_delivered_once;
+use crate::delivery::{export_by_command, ready_daemon, readyz};
 use crate::helpers::{eventually, http_get, metric, spawn_app};
-use crate::sshd::TestSshd;
+use crate::support::sshd::TestSshd;
 
 #[tokio::test]
 async fn the_daemon_reports_the_server_in_readyz_and_counts_its_uploads() {

@@ -12,14 +12,14 @@ use std::time::{Duration, Instant};
 
 use bson::oid::ObjectId;
 
-use crate::bucket_support::assert_delivered_once;
-use crate::bucket_support::pairs;
-use crate::bucket_support::stderr;
+use crate::delivery::assert_delivered_once;
+use crate::delivery::pairs;
+use crate::delivery::stderr;
 use crate::helpers::{
     assert_refused_over, binary, primary_host_port, run_binary, spawn_app, TestApp,
 };
-use crate::proxy::{Fault, WireProxy};
-use crate::sshd::TestSshd;
+use crate::support::proxy::{Fault, WireProxy};
+use crate::support::sshd::TestSshd;
 
 /// Records enough for an upload that lasts a while.
 const BIG: usize = 45_000;
@@ -46,7 +46,7 @@ fn uploading(sshd: &TestSshd) -> bool {
         name.ends_with(".tmp")
             && name.contains(".DAT.")
             && !name.contains(".DAT.json.")
-            && std::fs::metadata(sshd.inbox.join(crate::sshd::TEMP_DIR).join(name))
+            && std::fs::metadata(sshd.inbox.join(crate::support::sshd::TEMP_DIR).join(name))
                 .is_ok_and(|m| m.len() > 0)
     })
 }

@@ -18,7 +18,7 @@ use crate::helpers::{
     binary, deanery, eventually, http_get, primary_host_port, spawn_app_with, unique_deanery,
     TestApp, Watched,
 };
-use crate::proxy::{Fault, Request, WireProxy};
+use crate::support::proxy::{Fault, Request, WireProxy};
 
 /// `mongodb.operation_timeout_ms` of these tests.
 const BOUND: Duration = Duration::from_millis(2_000);

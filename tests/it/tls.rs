@@ -40,9 +40,10 @@ async fn the_daemon_exports_over_tls_trusting_the_ca_in_ssl_cert_file() {
     })
     .await;
     app.assert_exported_once("MER", &ids).await;
-    let consumer = crate::support::connections(&format!("{}:consumer", app.app_name), &["ssl"])
-        .await
-        .unwrap();
+    let consumer =
+        crate::support::broker::connections(&format!("{}:consumer", app.app_name), &["ssl"])
+            .await
+            .unwrap();
     assert_eq!(consumer.len(), 1, "{consumer:?}");
     assert!(
         consumer[0].starts_with("true"),

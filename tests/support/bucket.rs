@@ -1,5 +1,5 @@
-//! Bucket support for the tests and the fault harness: a bucket of its own
-//! per test on the S3-compatible server (`ESR_TEST_S3_ENDPOINT`, else moto
+//! Bucket support for the tests, the fault harness and the benchmarks: a
+//! bucket of its own per test or run on the S3-compatible server (`ESR_TEST_S3_ENDPOINT`, else moto
 //! on 127.0.0.1:9000), the environment that points the binary at it
 //! (directly or through a fault proxy), and readers of what it holds.
 
@@ -14,7 +14,7 @@ use object_store::path::Path;
 use object_store::{ObjectStore, ObjectStoreExt};
 use sha2::{Digest, Sha256};
 
-use crate::env_support::{env_line, s3_env};
+use super::env::{env_line, s3_env};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The S3-compatible server under test.
@@ -32,18 +32,26 @@ pub struct TestBucket {
 pub const PREFIX: &str = "app";
 
 impl TestBucket {
-    /// Creates a new, empty bucket.
+    /// Creates a new, empty bucket on the server under test.
     pub async fn create() -> Self {
+        Self::create_on(&s3_endpoint()).await
+    }
+
+    /// Creates a new, empty bucket on the server at `endpoint`.
+    pub async fn create_on(endpoint: &str) -> Self {
         let name = format!(
             "esr-test-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..16]
         );
-        let status = raw_request(&s3_endpoint(), "PUT", &format!("/{name}")).await;
-        assert_eq!(status, 200, "create bucket {name}");
+        let status = raw_request(endpoint, "PUT", &format!("/{name}")).await;
+        assert_eq!(
+            status, 200,
+            "create bucket {name} on {endpoint} (run scripts/services)"
+        );
         // rustls through reqwest takes the process's default provider.
         let _ = rustls::crypto::ring::default_provider().install_default();
         let store = AmazonS3Builder::new()
-            .with_endpoint(s3_endpoint())
+            .with_endpoint(endpoint)
             .with_allow_http(true)
             .with_bucket_name(&name)
             .with_region("us-east-1")

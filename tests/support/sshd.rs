@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
 
-use crate::env_support::env_line;
+use super::env::env_line;
 
 /// The folder under the destination that holds temporaries.
 pub const TEMP_DIR: &str = ".esr-exporter-tmp";

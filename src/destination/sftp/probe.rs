@@ -26,13 +26,13 @@ impl Sftp {
         // login, an unknown host key); one whose outcome is unknown is.
         if created {
             if let Err(err) = self.delete(&name).await {
-                tracing::warn!(destination = %self.url, path = %self.key(&name), error = %crate::report::Chain(&err), "could not remove the probe file");
+                tracing::warn!(destination = %self.url, path = %self.key(&name), error = %crate::error_chain::Chain(&err), "could not remove the probe file");
             }
         }
         proven?;
         // Those of processes killed during their probe, once this one passed.
         if let Err(err) = self.remove_left_probes().await {
-            tracing::warn!(destination = %self.url, error = %crate::report::Chain(&err), "could not remove the probe files killed processes left; the next start tries again");
+            tracing::warn!(destination = %self.url, error = %crate::error_chain::Chain(&err), "could not remove the probe files killed processes left; the next start tries again");
         }
         Ok(())
     }

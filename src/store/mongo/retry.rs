@@ -115,10 +115,10 @@ impl RetryError {
     }
 }
 
-/// Counts of one run's work against MongoDB, for its summary.
+/// Counts of MongoDB work, for a run's summary.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Attempts {
-    /// Transaction attempts, first tries and whole-transaction retries.
+pub struct Counts {
+    /// Transactions tried, first tries and whole-transaction retries.
     pub transactions: u32,
     /// Retries of anything (operations, transactions, commits).
     pub retries: u32,
@@ -126,12 +126,26 @@ pub struct Attempts {
     pub write_conflicts: u32,
 }
 
-impl Attempts {
-    /// Adds the counts of operations that ran beside these.
-    pub(crate) fn absorb(&mut self, other: Attempts) {
-        self.transactions += other.transactions;
-        self.retries += other.retries;
-        self.write_conflicts += other.write_conflicts;
+/// Where a store handle counts its work; shared by the handle's clones,
+/// so a run's calls all add to its own.
+#[derive(Debug, Default)]
+pub struct Counters(std::sync::Mutex<Counts>);
+
+impl Counters {
+    /// What was counted so far.
+    pub fn counts(&self) -> Counts {
+        self.0
+            .lock()
+            .map_or_else(|poisoned| *poisoned.into_inner(), |counts| *counts)
+    }
+
+    /// Adds to the counts.
+    pub(crate) fn add(&self, count: impl FnOnce(&mut Counts)) {
+        let mut counts = self
+            .0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        count(&mut counts);
     }
 }
 
@@ -254,14 +268,14 @@ impl RetryPolicy {
     }
 
     /// Runs `op` until it succeeds, a permanent error occurs, or the policy
-    /// is exhausted. Retries are counted in `attempts`.
+    /// is exhausted. Retries are counted in `counters`.
     ///
     /// # Errors
     /// [`RetryError`] with the last error.
     pub(crate) async fn run<T, F, Fut>(
         &self,
         scope: RetryScope<'_>,
-        attempts: &mut Attempts,
+        counters: &Counters,
         mut op: F,
     ) -> Result<T, RetryError>
     where
@@ -284,7 +298,7 @@ impl RetryPolicy {
                 Transience::Unreachable => return Err(self.unreachable(scope, err)),
                 _ => {}
             }
-            self.wait_or_give_up(scope, attempt, started, &mut backoff, err, attempts)
+            self.wait_or_give_up(scope, attempt, started, &mut backoff, err, counters)
                 .await?;
         }
     }
@@ -297,15 +311,15 @@ impl RetryPolicy {
         started: Instant,
         backoff: &mut impl Iterator<Item = Duration>,
         err: MongoError,
-        attempts: &mut Attempts,
+        counters: &Counters,
     ) -> Result<(), RetryError> {
         let code = error_code(&err);
         if code == Some(WRITE_CONFLICT) {
-            attempts.write_conflicts += 1;
+            counters.add(|c| c.write_conflicts += 1);
         }
         match self.next_delay(backoff, started) {
             Some(delay) => {
-                attempts.retries += 1;
+                counters.add(|c| c.retries += 1);
                 scope.say(|| {
                     tracing::warn!(
                         op = scope.op,

@@ -23,14 +23,14 @@ const TEST_SCOPE: RetryScope<'static> = RetryScope::global("test");
 async fn failing_every_try(
     settings: RetrySettings,
     err: fn() -> MongoError,
-) -> (RetryError, Attempts) {
+) -> (RetryError, Counts) {
     let policy = RetryPolicy::new(settings, Duration::from_secs(30));
-    let mut attempts = Attempts::default();
+    let attempts = Counters::default();
     let failed = policy
-        .run(TEST_SCOPE, &mut attempts, || async { Err::<(), _>(err()) })
+        .run(TEST_SCOPE, &attempts, || async { Err::<(), _>(err()) })
         .await
         .unwrap_err();
-    (failed, attempts)
+    (failed, attempts.counts())
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn a_message_shows_the_error_code_only_when_there_is_one() {
 #[tokio::test(start_paused = true)]
 async fn transient_errors_are_retried_until_success() {
     let policy = RetryPolicy::new(settings(5, 60_000), Duration::from_secs(30));
-    let mut attempts = Attempts::default();
+    let attempts = Counters::default();
     let mut calls = 0;
     let result = policy
         .run(
@@ -63,7 +63,7 @@ async fn transient_errors_are_retried_until_success() {
                 op: "test",
                 deanery: Some("MER"),
             },
-            &mut attempts,
+            &attempts,
             || {
                 calls += 1;
                 let n = calls;
@@ -79,7 +79,7 @@ async fn transient_errors_are_retried_until_success() {
         .await
         .unwrap();
     assert_eq!(result, 3);
-    assert_eq!(attempts.retries, 2);
+    assert_eq!(attempts.counts().retries, 2);
 }
 
 #[tokio::test(start_paused = true)]
@@ -109,7 +109,7 @@ async fn permanent_errors_fail_at_once() {
 #[tokio::test(start_paused = true)]
 async fn a_try_that_never_answers_fails_the_attempt_at_the_deadline_without_retrying() {
     let policy = RetryPolicy::new(settings(10, 600_000), Duration::from_millis(2_000));
-    let mut attempts = Attempts::default();
+    let attempts = Counters::default();
     let started = tokio::time::Instant::now();
     let err = policy
         .run(
@@ -117,14 +117,14 @@ async fn a_try_that_never_answers_fails_the_attempt_at_the_deadline_without_retr
                 op: "claim_chunk",
                 deanery: Some("MER"),
             },
-            &mut attempts,
+            &attempts,
             std::future::pending::<Result<(), MongoError>>,
         )
         .await
         .unwrap_err();
     assert_eq!(started.elapsed(), Duration::from_millis(2_000));
     assert!(err.is_transient() && err.is_timeout(), "{err:?}");
-    assert_eq!(attempts.retries, 0);
+    assert_eq!(attempts.counts().retries, 0);
     assert_eq!(
         err.to_string(),
         "claim_chunk: MongoDB did not answer within 2000 ms (mongodb.operation_timeout_ms)"

@@ -11,23 +11,23 @@ use mongodb::options::{Acknowledgment, ReadConcern, WriteConcern};
 use mongodb::ClientSession;
 
 use super::{
-    classify, permanent, Attempts, Phase, RetryError, RetryPolicy, RetryScope, Transience,
+    classify, permanent, Counters, Phase, RetryError, RetryPolicy, RetryScope, Transience,
 };
 
 /// The work of one transaction: [`RetryPolicy::in_transaction`] runs it
-/// once per attempt, in the attempt's session.
+/// once per try, in the run's session.
 ///
-/// An attempt may be followed by another, so it must not change outside
-/// state: it returns what it did and the caller applies it after commit.
-/// State of the body's own, such as a range it narrows on each new
-/// attempt, is fine. (A trait rather than a closure: the attempt's future
-/// borrows the session, which an `async` closure cannot promise is `Send`.)
+/// A try may be followed by another, so it must not change outside state:
+/// it returns what it did and the caller applies it after commit. State of
+/// the body's own, such as a range it narrows on each new try, is fine.
+/// (A trait rather than a closure: the try's future borrows the session,
+/// which an `async` closure cannot promise is `Send`.)
 pub(crate) trait TransactionBody: Send {
-    /// What a committed attempt returns.
+    /// What a committed try returns.
     type Output: Send;
 
-    /// One attempt's reads and writes, in `session`.
-    fn attempt<'s>(
+    /// One try's reads and writes, in `session`.
+    fn try_once<'s>(
         &'s mut self,
         session: &'s mut ClientSession,
     ) -> BoxFuture<'s, Result<Self::Output, MongoError>>;
@@ -43,7 +43,7 @@ impl RetryPolicy {
             scope,
             started: Instant::now(),
             backoff: self.backoff(),
-            attempt: 0,
+            tries: 0,
         }
     }
 
@@ -56,8 +56,8 @@ impl RetryPolicy {
     /// error anywhere runs the whole transaction
     /// (`body` included) again after the backoff delay;
     /// `UnknownTransactionCommitResult` retries the commit alone; anything
-    /// else aborts and fails fast. Every attempt and retry is counted in
-    /// `attempts` and every retry logged.
+    /// else aborts and fails fast. Every try and retry is counted in
+    /// `counters` and every retry logged.
     ///
     /// # Errors
     /// [`RetryError`] for a permanent error or an exhausted policy.
@@ -65,14 +65,14 @@ impl RetryPolicy {
         &self,
         scope: RetryScope<'_>,
         session: &mut ClientSession,
-        attempts: &mut Attempts,
+        counters: &Counters,
         mut body: B,
     ) -> Result<B::Output, RetryError> {
         let mut txn = self.transaction(scope);
         loop {
-            txn.begin(session, attempts).await?;
-            let outcome = self.bounded(scope, body.attempt(session)).await?;
-            if let Some(value) = txn.end(session, outcome, attempts).await? {
+            txn.begin(session, counters).await?;
+            let outcome = self.bounded(scope, body.try_once(session)).await?;
+            if let Some(value) = txn.end(session, outcome, counters).await? {
                 return Ok(value);
             }
         }
@@ -84,9 +84,9 @@ impl RetryPolicy {
 /// ```text
 /// let mut txn = policy.transaction(scope);
 /// let value = loop {
-///     txn.begin(session, attempts).await?;
+///     txn.begin(session, counters).await?;
 ///     let outcome = body(session).await; // reads and writes in the session
-///     if let Some(value) = txn.end(session, outcome, attempts).await? {
+///     if let Some(value) = txn.end(session, outcome, counters).await? {
 ///         break value;
 ///     }
 /// };
@@ -101,22 +101,22 @@ pub(crate) struct Transaction<'a> {
     scope: RetryScope<'a>,
     started: Instant,
     backoff: ExponentialBackoff,
-    attempt: u32,
+    tries: u32,
 }
 
 impl Transaction<'_> {
-    /// Starts the next attempt.
+    /// Starts the next try.
     ///
     /// # Errors
     /// [`RetryError`] when the transaction cannot be started within the policy.
     pub(crate) async fn begin(
         &mut self,
         session: &mut ClientSession,
-        attempts: &mut Attempts,
+        counters: &Counters,
     ) -> Result<(), RetryError> {
         loop {
-            self.attempt += 1;
-            attempts.transactions += 1;
+            self.tries += 1;
+            counters.add(|c| c.transactions += 1);
             let started = session
                 .start_transaction()
                 .read_concern(ReadConcern::snapshot())
@@ -131,12 +131,12 @@ impl Transaction<'_> {
                     return Err(permanent(self.scope.op, err))
                 }
                 Transience::Unreachable => return Err(self.policy.unreachable(self.scope, err)),
-                _ => self.retry_after(err, attempts).await?,
+                _ => self.retry_after(err, counters).await?,
             }
         }
     }
 
-    /// Ends the attempt with the body's outcome: commits on success.
+    /// Ends the try with the body's outcome: commits on success.
     /// Returns the value once committed, or `None` when the whole
     /// transaction must run again (after the backoff delay).
     ///
@@ -147,7 +147,7 @@ impl Transaction<'_> {
         &mut self,
         session: &mut ClientSession,
         outcome: Result<T, MongoError>,
-        attempts: &mut Attempts,
+        counters: &Counters,
     ) -> Result<Option<T>, RetryError> {
         let value = match outcome {
             Ok(value) => value,
@@ -169,11 +169,11 @@ impl Transaction<'_> {
                 }
                 // Transient or too large: the body runs again, on fewer
                 // records where it can.
-                self.retry_after(err, attempts).await?;
+                self.retry_after(err, counters).await?;
                 return Ok(None);
             }
         };
-        self.commit(session, value, attempts).await
+        self.commit(session, value, counters).await
     }
 
     /// Commits, retrying the commit alone while its result is unknown.
@@ -182,7 +182,7 @@ impl Transaction<'_> {
         &mut self,
         session: &mut ClientSession,
         value: T,
-        attempts: &mut Attempts,
+        counters: &Counters,
     ) -> Result<Option<T>, RetryError> {
         loop {
             let commit = RetryScope {
@@ -203,16 +203,16 @@ impl Transaction<'_> {
                     self.policy
                         .wait_or_give_up(
                             commit,
-                            self.attempt,
+                            self.tries,
                             self.started,
                             &mut self.backoff,
                             err,
-                            attempts,
+                            counters,
                         )
                         .await?;
                 }
                 Transience::Transient | Transience::TooLarge => {
-                    self.retry_after(err, attempts).await?;
+                    self.retry_after(err, counters).await?;
                     return Ok(None);
                 }
                 Transience::Unreachable => return Err(self.policy.unreachable(commit, err)),
@@ -230,16 +230,16 @@ impl Transaction<'_> {
     async fn retry_after(
         &mut self,
         err: MongoError,
-        attempts: &mut Attempts,
+        counters: &Counters,
     ) -> Result<(), RetryError> {
         self.policy
             .wait_or_give_up(
                 self.scope,
-                self.attempt,
+                self.tries,
                 self.started,
                 &mut self.backoff,
                 err,
-                attempts,
+                counters,
             )
             .await
     }

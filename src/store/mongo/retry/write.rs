@@ -6,7 +6,7 @@ use std::future::Future;
 
 use mongodb::error::Error as MongoError;
 
-use super::{error_code, outcome_unknown, Attempts, RetryError, RetryPolicy, RetryScope};
+use super::{error_code, outcome_unknown, Counters, RetryError, RetryPolicy, RetryScope};
 
 impl RetryPolicy {
     /// Runs the write `op` under the policy like [`RetryPolicy::run`]; when
@@ -21,7 +21,7 @@ impl RetryPolicy {
     pub(crate) async fn write<T, F, Fut, R, RFut>(
         &self,
         scope: RetryScope<'_>,
-        attempts: &mut Attempts,
+        counters: &Counters,
         op: F,
         read_back: R,
     ) -> Result<T, RetryError>
@@ -32,7 +32,7 @@ impl RetryPolicy {
         RFut: Future<Output = Result<Option<T>, MongoError>>,
     {
         let (op, read_back) = (&op, &read_back);
-        self.run(scope, attempts, || async move {
+        self.run(scope, counters, || async move {
             let err = match op().await {
                 Err(err) if outcome_unknown(&err) => err,
                 answered => return answered,

@@ -11,10 +11,10 @@ use std::time::Instant;
 use anyhow::{bail, Context};
 use bson::{doc, Document};
 use mongodb::{Client, Collection};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::common::{export_all_with, prepare, record, ExportRun};
-use crate::env_support::s3_env;
+use crate::support::bucket::TestBucket;
+use crate::support::env::s3_env;
 
 /// The deanery the single run exports.
 const DEANERY: &str = "MER";
@@ -30,27 +30,6 @@ async fn seed_one(records: &Collection<Document>, n: usize) -> anyhow::Result<()
     }
     if !batch.is_empty() {
         records.insert_many(batch).await?;
-    }
-    Ok(())
-}
-
-/// Creates a bucket with a plain `PUT /bucket` (moto needs no signature).
-async fn create_bucket(endpoint: &str, bucket: &str) -> anyhow::Result<()> {
-    let host = endpoint.trim_start_matches("http://");
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .with_context(|| format!("no S3-compatible server at {endpoint} (run scripts/services)"))?;
-    let request = format!(
-        "PUT /{bucket} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
-    );
-    stream.write_all(request.as_bytes()).await?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await?;
-    if !response.starts_with("HTTP/1.1 200") {
-        bail!(
-            "creating bucket {bucket}: {}",
-            response.lines().next().unwrap_or("")
-        );
     }
     Ok(())
 }
@@ -111,12 +90,8 @@ pub async fn compare(
     chunk: u32,
     endpoint: &str,
 ) -> anyhow::Result<()> {
-    let bucket = format!(
-        "esr-bench-{}",
-        &uuid::Uuid::new_v4().simple().to_string()[..12]
-    );
-    create_bucket(endpoint, &bucket).await?;
-    let env = s3_env(&format!("s3://{bucket}/app"), endpoint, "bench");
+    let bucket = TestBucket::create_on(endpoint).await;
+    let env = s3_env(&bucket.destination(), endpoint, "bench");
     compare_with(uri, client, n, chunk, &format!("bucket ({endpoint})"), &env).await
 }
 

@@ -74,7 +74,7 @@ pub async fn run_redeliver(
             Ok(ExitCode::SUCCESS)
         }
         Err(err) => {
-            eprintln!("error: {}", crate::report::Chain(&err));
+            eprintln!("error: {}", crate::error_chain::Chain(&err));
             Ok(ExitCode::FAILURE)
         }
     }

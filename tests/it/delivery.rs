@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use bson::{doc, oid::ObjectId};
 
-pub use crate::bucket_store::{bucket_env, s3_endpoint, TestBucket, PREFIX};
-pub use crate::env_support::pairs;
 use crate::helpers::{binary, eventually, free_port, http_get, metric, run_binary, TestApp};
-use crate::sshd::TestSshd;
+pub use crate::support::bucket::{bucket_env, s3_endpoint, TestBucket, PREFIX};
+pub use crate::support::env::pairs;
+use crate::support::sshd::TestSshd;
 use esr_exporter::domain::Slot;
 
 /// `esr-exporter export --deanery <code>` with `env` on top of the app's
