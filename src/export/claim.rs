@@ -72,7 +72,7 @@ impl Exporter {
         let Some(writer) = writer.filter(|w| w.count() > 0) else {
             // Nothing valid to write: no file (dropping a writer removes
             // its temporary file).
-            self.record_nothing_to_write(ctx, run).await?;
+            ctx.record_nothing_to_write(run).await?;
             return Ok(boundaries);
         };
         let finishing = Instant::now();

@@ -9,7 +9,7 @@ use mongodb::ClientSession;
 use super::ExportError;
 use crate::domain::Deanery;
 use crate::shutdown::Shutdown;
-use crate::store::{RunDoc, Store, StoreError};
+use crate::store::{RunDoc, Store, StoreError, Transition};
 
 /// What triggered a run and when it must stop.
 #[derive(Debug, Clone, Default)]
@@ -117,6 +117,11 @@ impl RunContext<'_> {
     pub(super) fn track(&mut self, run: &RunDoc) {
         self.progress.run_id = Some(run.id.clone());
         tracing::Span::current().record("run_id", run.id.as_str());
+    }
+
+    /// A run whose claimed records all turned out invalid writes no file.
+    pub(super) async fn record_nothing_to_write(&self, run: &mut RunDoc) -> Result<(), StoreError> {
+        self.store.transition(run, Transition::NothingToWrite).await
     }
 
     /// Extends the lease now; fails with [`StoreError::LeaseLost`] when

@@ -43,7 +43,7 @@ impl Exporter {
             Holding::Other(hash) => return Err(occupied(to, &name, &hash).into()),
             Holding::Absent => {
                 let Some((staged, path)) = self.staged_here(ctx, run).await? else {
-                    return self.record_nothing_to_write(ctx, run).await;
+                    return Ok(ctx.record_nothing_to_write(run).await?);
                 };
                 self.create_file(ctx, run, &staged, path).await?
             }

@@ -12,17 +12,6 @@ use super::{ExportError, Exporter};
 use crate::store::{RunDoc, Transition};
 
 impl Exporter {
-    /// A run whose claimed records all turned out invalid writes no file.
-    pub(super) async fn record_nothing_to_write(
-        &self,
-        ctx: &mut RunContext<'_>,
-        run: &mut RunDoc,
-    ) -> Result<(), ExportError> {
-        let nothing = Transition::NothingToWrite;
-        ctx.store.transition(run, nothing).await?;
-        Ok(())
-    }
-
     /// Trailer, fsync and the staging name; then, as lease holder, the
     /// file's hash and count recorded (`FINALIZING`).
     pub(super) async fn stage(

@@ -31,6 +31,16 @@ async fn export(app: &TestApp, code: &str) {
     assert_eq!(status, Some(0), "{stderr}");
 }
 
+/// A new app with `n` records of `code` exported to its folder, and the
+/// file's name.
+async fn exported_file(code: &str, n: usize) -> (TestApp, String) {
+    let app = spawn_app().await;
+    app.seed(code, n).await;
+    export(&app, code).await;
+    let name = app.data_files().remove(0);
+    (app, name)
+}
+
 async fn run_of(app: &TestApp, file: &str) -> Document {
     let runs = app.runs();
     runs.find_one(doc! {"fileName": file})
@@ -147,10 +157,7 @@ async fn files_lists_published_files_newest_first_with_filters() {
 
 #[tokio::test]
 async fn redeliver_to_a_folder_rebuilds_the_same_bytes_and_records_it_on_the_run() {
-    let app = spawn_app().await;
-    app.seed("WES", 25).await;
-    export(&app, "WES").await;
-    let name = app.data_files().remove(0);
+    let (app, name) = exported_file("WES", 25).await;
     let original = std::fs::read(app.export_dir().join(&name)).unwrap();
     let before = app.find(doc! {"deanery": "WES"}).await;
     let elsewhere = tempfile::tempdir().unwrap();
@@ -301,10 +308,7 @@ async fn files_once_stored(app: &TestApp, id: &str, publication: Document) -> se
 
 #[tokio::test]
 async fn a_run_document_written_before_locations_were_typed_still_reads() {
-    let app = spawn_app().await;
-    app.seed("PEN", 6).await;
-    export(&app, "PEN").await;
-    let name = app.data_files().remove(0);
+    let (app, name) = exported_file("PEN", 6).await;
     let run = run_of(&app, &name).await;
     let typed = run.get_document("publication").unwrap().clone();
     let path = std::path::absolute(app.export_dir().join(&name)).unwrap();
