@@ -148,7 +148,7 @@ impl ExportRun {
 
 /// Log filter that keeps the lines with phase timings and the warnings.
 const PHASE_LOG_FILTER: &str = "warn,esr_exporter::export::claim=info,\
-esr_exporter::export::mark=info,esr_exporter::export::run=debug,esr_exporter::export::attempt=info";
+esr_exporter::export::mark=info,esr_exporter::export::run=debug,esr_exporter::export::try_run=info";
 
 fn read_all<R>(mut from: R) -> tokio::task::JoinHandle<std::io::Result<String>>
 where

@@ -22,7 +22,8 @@
 //!   - `leases`: the one lease primitive, and the per-deanery leases on it;
 //!   - `slots`: schedule slots (on the lease primitive) and catch-up claims;
 //!   - `agreement`: what the replicas' clocks and schedules say;
-//!   - `indexes`: the indexes this daemon needs, and reusing equal ones.
+//!   - `indexes`: the indexes this daemon needs, and reusing equal ones;
+//!   - `query`: the small reads collected whole (a find or a pipeline).
 
 mod agreement;
 mod claim;
@@ -32,6 +33,7 @@ mod incident;
 mod indexes;
 mod leases;
 pub mod mongo;
+mod query;
 mod records;
 mod runs;
 mod slots;
@@ -45,7 +47,7 @@ use std::time::Duration;
 
 use bson::{doc, Bson, DateTime, Document};
 use futures_util::TryStreamExt;
-use mongodb::options::{ClientOptions, FindOptions, ReadPreference, SelectionCriteria};
+use mongodb::options::{ClientOptions, ReadPreference, SelectionCriteria};
 use mongodb::{Client, ClientSession, Collection};
 
 pub(crate) use claim::{Claim, ClaimedChunk};
@@ -53,6 +55,7 @@ pub(crate) use counts::{LatestRun, OldestWaiting, StatusCount, StatusQuery};
 pub(crate) use id_range::IdRange;
 pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
 pub(crate) use leases::LeaseOutcome;
+use query::{Find, Query};
 pub(crate) use records::{Fields, Marking};
 pub use retry::RetryError;
 pub use retry::{Counters, Counts};
@@ -144,74 +147,6 @@ impl StoreError {
     /// else to it now would likely wait out the bound again.
     pub fn is_timeout(&self) -> bool {
         matches!(self, Self::Mongo(err) if err.is_timeout())
-    }
-}
-
-/// A small read: which documents, and optionally which fields, in which
-/// order, how many.
-#[derive(Debug, Default)]
-struct Find {
-    filter: Document,
-    projection: Option<Document>,
-    sort: Option<Document>,
-    limit: Option<i64>,
-}
-
-impl Find {
-    fn of(filter: Document) -> Self {
-        Self {
-            filter,
-            ..Self::default()
-        }
-    }
-
-    /// The `_id`s alone of the documents `filter` selects.
-    fn ids(filter: Document) -> Self {
-        Self {
-            projection: Some(doc! {"_id": 1}),
-            ..Self::of(filter)
-        }
-    }
-
-    fn sorted(self, sort: Document) -> Self {
-        Self {
-            sort: Some(sort),
-            ..self
-        }
-    }
-
-    fn limited(self, limit: i64) -> Self {
-        Self {
-            limit: Some(limit),
-            ..self
-        }
-    }
-
-    fn options(&self, max_time: Duration) -> FindOptions {
-        FindOptions::builder()
-            .projection(self.projection.clone())
-            .sort(self.sort.clone())
-            .limit(self.limit)
-            .max_time(max_time)
-            .build()
-    }
-}
-
-/// A read collected whole: a find, or an aggregation pipeline.
-enum Query {
-    Find(Box<Find>),
-    Pipeline(Vec<Document>),
-}
-
-impl From<Find> for Query {
-    fn from(find: Find) -> Self {
-        Query::Find(Box::new(find))
-    }
-}
-
-impl From<Vec<Document>> for Query {
-    fn from(pipeline: Vec<Document>) -> Self {
-        Query::Pipeline(pipeline)
     }
 }
 
