@@ -1,7 +1,8 @@
 //! The SFTP destination against OpenSSH's `sshd`: files delivered once
 //! (also by two replicas on one server), the publication recorded, the
 //! host key pinned (unknown and changed keys refused, naming the host and
-//! the fingerprint), a refused login, a foreign file under the name, a
+//! the fingerprint; `known_hosts` read as OpenSSH reads it: several keys,
+//! an RSA-only pin, `@revoked`), a refused login, a foreign file under the name, a
 //! read-only folder, a full disk and a black-holed server.
 
 use std::time::{Duration, Instant};
@@ -167,6 +168,58 @@ async fn an_unknown_or_changed_host_key_is_refused_naming_host_and_fingerprint()
     assert_eq!(
         app.count(doc! {"status": "TO_EXPORT"}).await,
         5,
+        "nothing claimed"
+    );
+}
+
+/// The server's key of `kind` as a `known_hosts` line for its port.
+fn pinned(sshd: &TestSshd, key_line: &str) -> String {
+    let key: Vec<&str> = key_line.split_whitespace().take(2).collect();
+    format!("[127.0.0.1]:{} {}\n", sshd.port, key.join(" "))
+}
+
+#[tokio::test]
+async fn the_known_hosts_file_is_read_as_openssh_reads_it() {
+    let (app, mut sshd) = (spawn_app().await, TestSshd::start().await);
+    let ed25519 = std::fs::read_to_string(sshd.dir.path().join("host_key.pub")).unwrap();
+    let rsa = sshd.add_host_key("rsa").await;
+    let other = tempfile::tempdir().unwrap();
+    let other_key = other.path().join("key");
+    std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&other_key)
+        .status()
+        .unwrap();
+    let other_key = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
+    let cases = [
+        // Several keys of one type for the host: any of them is the host.
+        (
+            "two ed25519 keys",
+            pinned(&sshd, &other_key) + &pinned(&sshd, &ed25519),
+        ),
+        // Only the RSA key pinned: the client offers only RSA, as
+        // OpenSSH's `sftp` does, though the server prefers ed25519.
+        ("the RSA key alone", pinned(&sshd, &rsa)),
+    ];
+    let mut ids = Vec::new();
+    for (what, listed) in cases {
+        std::fs::write(&sshd.known_hosts, listed).unwrap();
+        ids.extend(app.seed("MER", 3).await);
+        let output = export(&app, &sshd.env(), "MER").await;
+        assert_eq!(output.status.code(), Some(0), "{what}: {}", stderr(&output));
+        assert_delivered_once(&app, &sshd, &ids).await;
+    }
+    // Revoked: refused though it is also pinned.
+    let revoked = pinned(&sshd, &rsa) + &format!("@revoked * {rsa}");
+    std::fs::write(&sshd.known_hosts, revoked).unwrap();
+    app.seed("MER", 3).await;
+    let output = export(&app, &sshd.env(), "MER").await;
+    let log = stderr(&output);
+    assert_eq!(output.status.code(), Some(2), "{log}");
+    assert!(log.contains("REVOKED") && log.contains("line 2"), "{log}");
+    assert_eq!(
+        app.count(doc! {"status": "TO_EXPORT"}).await,
+        3,
         "nothing claimed"
     );
 }

@@ -34,11 +34,17 @@ pub struct TestSshd {
     /// that holds one request, `sftp_hold.py`, or one that is no SFTP
     /// server at all).
     subsystem: Option<String>,
+    /// Host keys served besides `host_key`.
+    more_host_keys: Vec<PathBuf>,
 }
 
 fn keygen(path: &Path) {
+    keygen_of("ed25519", path);
+}
+
+fn keygen_of(kind: &str, path: &Path) {
     let status = Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-C", "esr-test", "-f"])
+        .args(["-q", "-t", kind, "-N", "", "-C", "esr-test", "-f"])
         .arg(path)
         .status()
         .expect("ssh-keygen (Debian openssh-client)");
@@ -126,6 +132,7 @@ impl TestSshd {
             child: None,
             mounted: tmpfs.is_some(),
             subsystem: None,
+            more_host_keys: Vec::new(),
         };
         sshd.write_config();
         sshd.restart().await;
@@ -135,8 +142,13 @@ impl TestSshd {
     fn write_config(&self) {
         let d = self.dir.path().display();
         let subsystem = self.subsystem.as_deref().unwrap_or("internal-sftp");
+        let more: String = self
+            .more_host_keys
+            .iter()
+            .map(|key| format!("HostKey {}\n", key.display()))
+            .collect();
         let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\nPidFile {d}/sshd.pid\n\
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {d}/host_key\n{more}PidFile {d}/sshd.pid\n\
              AuthorizedKeysFile {d}/authorized_keys\nPasswordAuthentication no\n\
              KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
              PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\n\
@@ -144,6 +156,18 @@ impl TestSshd {
             port = self.port
         );
         std::fs::write(self.dir.path().join("sshd_config"), config).unwrap();
+    }
+
+    /// Serves a host key of `kind` (`rsa`, `ecdsa`) besides the ed25519
+    /// one, after a restart; its public line (`TYPE BASE64 COMMENT`).
+    pub async fn add_host_key(&mut self, kind: &str) -> String {
+        let path = self.dir.path().join(format!("host_key_{kind}"));
+        keygen_of(kind, &path);
+        self.more_host_keys.push(path.clone());
+        self.kill();
+        self.write_config();
+        self.restart().await;
+        std::fs::read_to_string(path.with_extension("pub")).unwrap()
     }
 
     /// Starts (again) the server, and waits until it accepts connections.

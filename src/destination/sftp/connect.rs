@@ -3,34 +3,32 @@
 //! key authentication, then the `sftp` subsystem. Every step is bounded by
 //! `sftp.connect_timeout_ms`.
 
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use russh::client::{self, Handle};
-use russh::keys::{check_known_hosts_path, HashAlg, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::keys::{PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh_sftp::client::SftpSession;
 
 use super::super::error::{DestinationError, FailureKind};
+use super::known_hosts::{fingerprint, Pinned, Verdict};
 use super::Target;
 use crate::config::SftpSettings;
 
 /// What the host key check found, for the error that follows a refusal.
 #[derive(Debug, Clone)]
 enum HostKey {
-    /// Listed: the connection goes on.
-    Known,
-    /// Not listed for this host and port.
-    Unknown { fingerprint: String },
-    /// Listed with another key of the same type.
-    Changed { fingerprint: String, line: usize },
-    /// The server offered a certificate, or the file could not be read.
-    Refused { reason: String },
+    /// What `sftp.known_hosts_file` says of the offered key.
+    Checked {
+        verdict: Verdict,
+        fingerprint: String,
+    },
+    /// The server offered a certificate.
+    Certificate,
 }
 
 /// The client side of the handshake: checks the server's host key.
 struct HostCheck {
-    target: Target,
-    known_hosts: PathBuf,
+    pinned: Arc<Pinned>,
     verdict: Arc<Mutex<Option<HostKey>>>,
 }
 
@@ -41,32 +39,24 @@ impl client::Handler for HostCheck {
         &mut self,
         key: &PublicKeyOrCertificate,
     ) -> Result<bool, Self::Error> {
-        let verdict = self.verdict_on(key);
-        let known = matches!(verdict, HostKey::Known);
+        let found = match key {
+            PublicKeyOrCertificate::PublicKey { key, .. } => HostKey::Checked {
+                verdict: self.pinned.verdict(key),
+                fingerprint: fingerprint(key),
+            },
+            _ => HostKey::Certificate,
+        };
+        let known = matches!(
+            &found,
+            HostKey::Checked {
+                verdict: Verdict::Known,
+                ..
+            }
+        );
         if let Ok(mut slot) = self.verdict.lock() {
-            *slot = Some(verdict);
+            *slot = Some(found);
         }
         Ok(known)
-    }
-}
-
-impl HostCheck {
-    fn verdict_on(&self, key: &PublicKeyOrCertificate) -> HostKey {
-        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
-            return HostKey::Refused {
-                reason: "the server offered a host certificate; only keys listed in sftp.known_hosts_file are accepted".to_owned(),
-            };
-        };
-        let fingerprint = key.fingerprint(HashAlg::Sha256).to_string();
-        let (host, port) = (&self.target.host, self.target.port);
-        match check_known_hosts_path(host, port, key, &self.known_hosts) {
-            Ok(true) => HostKey::Known,
-            Ok(false) => HostKey::Unknown { fingerprint },
-            Err(russh::keys::Error::KeyChanged { line }) => HostKey::Changed { fingerprint, line },
-            Err(err) => HostKey::Refused {
-                reason: format!("cannot read {}: {err}", self.known_hosts.display()),
-            },
-        }
     }
 }
 
@@ -122,23 +112,19 @@ impl Connection {
             settings.private_key_passphrase.expose(),
         )
         .map_err(|err| fail(FailureKind::Permanent, key_not_loaded(settings, &err)))?;
+        let pinned = Pinned::read(&settings.known_hosts_file, &target.host, target.port)
+            .map(Arc::new)
+            .map_err(|reason| fail(FailureKind::Permanent, reason))?;
         let verdict = Arc::new(Mutex::new(None));
         let check = HostCheck {
-            target: target.clone(),
-            known_hosts: settings.known_hosts_file.clone(),
+            pinned: pinned.clone(),
             verdict: verdict.clone(),
         };
-        let config = Arc::new(client::Config {
-            inactivity_timeout: Some(settings.request_timeout() * 4),
-            keepalive_interval: Some(settings.request_timeout() / 2),
-            keepalive_max: 2,
-            nodelay: true,
-            ..client::Config::default()
-        });
+        let config = Arc::new(client_config(settings, &pinned));
         let connected = client::connect(config, (target.host.as_str(), target.port), check).await;
         let mut handle = match connected {
             Ok(handle) => handle,
-            Err(err) => return Err(refused(&fail, target, &verdict, &err)),
+            Err(err) => return Err(refused(&fail, target, &pinned, &verdict, &err)),
         };
         authenticate(&mut handle, target, key)
             .await
@@ -150,28 +136,45 @@ impl Connection {
     }
 }
 
+/// The SSH client's settings: bounded, kept alive, and offering only the
+/// host key algorithms of the keys pinned for the host.
+fn client_config(settings: &SftpSettings, pinned: &Pinned) -> client::Config {
+    let mut preferred = russh::Preferred::default();
+    if let Some(algorithms) = pinned.algorithms(&preferred.key) {
+        preferred.key = algorithms.into();
+    }
+    client::Config {
+        inactivity_timeout: Some(settings.request_timeout() * 4),
+        keepalive_interval: Some(settings.request_timeout() / 2),
+        keepalive_max: 2,
+        nodelay: true,
+        preferred,
+        ..client::Config::default()
+    }
+}
+
 /// Why the connection did not come up: a host key refused (permanent, with
 /// its fingerprint), or the network (transient).
 fn refused(
     fail: &impl Fn(FailureKind, String) -> DestinationError,
     target: &Target,
+    pinned: &Pinned,
     verdict: &Mutex<Option<HostKey>>,
     err: &russh::Error,
 ) -> DestinationError {
     let verdict = verdict.lock().ok().and_then(|v| v.clone());
     let host = target.known_hosts_name();
-    match verdict {
-        Some(HostKey::Unknown { fingerprint }) => fail(
-            FailureKind::Permanent,
-            format!("the host key of {host} ({fingerprint}) is not in sftp.known_hosts_file: refusing to connect, nothing is sent (add the server's key after checking its fingerprint)"),
-        ),
-        Some(HostKey::Changed { fingerprint, line }) => fail(
-            FailureKind::Permanent,
-            format!("the host key of {host} CHANGED: the server offers {fingerprint}, sftp.known_hosts_file line {line} lists another; refusing to connect, nothing is sent"),
-        ),
-        Some(HostKey::Refused { reason }) => fail(FailureKind::Permanent, format!("the host key of {host} was refused: {reason}")),
-        Some(HostKey::Known) | None => fail(FailureKind::Transient, format!("cannot connect: {err}")),
-    }
+    let authorities = pinned.authorities_note().unwrap_or_default();
+    let detail = match verdict {
+        Some(HostKey::Checked { verdict: Verdict::Unknown, fingerprint }) => format!("the host key of {host} ({fingerprint}) is not in sftp.known_hosts_file: refusing to connect, nothing is sent (add the server's key after checking its fingerprint){authorities}"),
+        Some(HostKey::Checked { verdict: Verdict::Changed { line }, fingerprint }) => format!("the host key of {host} CHANGED: the server offers {fingerprint}, sftp.known_hosts_file line {line} lists another; refusing to connect, nothing is sent"),
+        Some(HostKey::Checked { verdict: Verdict::Revoked { line }, fingerprint }) => format!("the host key of {host} ({fingerprint}) is REVOKED in sftp.known_hosts_file line {line}: refusing to connect, nothing is sent"),
+        Some(HostKey::Certificate) => format!("the host key of {host} was refused: the server offered a host certificate; only keys listed in sftp.known_hosts_file are accepted{authorities}"),
+        Some(HostKey::Checked { verdict: Verdict::Known, .. }) | None => {
+            return fail(FailureKind::Transient, format!("cannot connect: {err}"))
+        }
+    };
+    fail(FailureKind::Permanent, detail)
 }
 
 /// Key authentication as the URL's user. An RSA key signs with the best

@@ -7,6 +7,7 @@
 
 mod connect;
 mod failure;
+mod known_hosts;
 mod ops;
 mod probe;
 
