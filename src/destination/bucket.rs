@@ -8,12 +8,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use object_store::aws::S3CopyIfNotExists;
 use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, S3ConditionalPut};
 use object_store::path::Path;
 use object_store::{
-    ClientConfigKey, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    ClientConfigKey, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions,
+    PutPayload, RetryConfig,
 };
 use sha2::{Digest, Sha256};
 
@@ -28,6 +28,10 @@ use crate::domain::DestinationUrl;
 /// starting with a dot, so a collector taking `DE_*_APP_*.DAT` ignores
 /// it, and listed alone when temporaries are looked for.
 pub(super) const TEMP_DIR: &str = ".esr-exporter-tmp";
+
+/// Bytes read back per request when a file's SHA-256 is checked: at
+/// 100 KB/s one range takes about 10 s, well within a request's bound.
+pub(super) const READ_BACK_RANGE: u64 = 1024 * 1024;
 
 /// A bucket and key prefix, with the request policy of `[s3]`.
 #[derive(Debug, Clone)]
@@ -215,23 +219,61 @@ impl Bucket {
     }
 
     /// The SHA-256 of the object's bytes, read back; `None` when absent.
+    /// Read in ranges of [`READ_BACK_RANGE`] bytes, each a request with
+    /// its own bound and retries, all of the same object (`If-Match` its
+    /// ETag): a large file on a slow link is bounded by its progress, not
+    /// read whole under one bound.
     ///
     /// # Errors
-    /// When the store fails beyond the policy.
+    /// When the store fails beyond the policy, or the object changes while
+    /// it is read.
     pub async fn sha256(&self, name: &str) -> Result<Option<String>, DestinationError> {
-        let path = self.path(name);
-        self.request("read", name, self.policy.timeout * 4, || async {
-            let result = match self.store.get(&path).await {
-                Ok(result) => result,
-                Err(object_store::Error::NotFound { .. }) => return Ok(None),
-                Err(err) => return Err(self.fail("read", name, &err)),
+        let Some(found) = self.lookup(name).await? else {
+            return Ok(None);
+        };
+        let mut hasher = Sha256::new();
+        let mut at = 0;
+        while at < found.size {
+            let range = at..(at + READ_BACK_RANGE).min(found.size);
+            let Some(bytes) = self.read_range(name, range.clone(), &found).await? else {
+                return Ok(None);
             };
-            let mut stream = result.into_stream();
-            let mut hasher = Sha256::new();
-            while let Some(chunk) = stream.next().await {
-                hasher.update(chunk.map_err(|err| self.fail("read", name, &err))?);
+            hasher.update(&bytes);
+            at = range.end;
+        }
+        Ok(Some(hex::encode(hasher.finalize())))
+    }
+
+    /// One range of the object `found` describes; `None` when it is gone.
+    async fn read_range(
+        &self,
+        name: &str,
+        range: std::ops::Range<u64>,
+        found: &Found,
+    ) -> Result<Option<Bytes>, DestinationError> {
+        let path = self.path(name);
+        self.request("read", name, self.policy.timeout, || async {
+            let options = GetOptions {
+                if_match: found.etag.clone(),
+                range: Some(GetRange::Bounded(range.clone())),
+                ..GetOptions::default()
+            };
+            let got = match self.store.get_opts(&path, options).await {
+                Ok(got) => got.bytes().await,
+                Err(err) => Err(err),
+            };
+            match got {
+                Ok(bytes) => Ok(Some(bytes)),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(object_store::Error::Precondition { .. }) => Err(DestinationError::new(
+                    FailureKind::Transient,
+                    &self.url,
+                    "read",
+                    &self.key(name),
+                    "the object changed while it was read back; it is looked at again",
+                )),
+                Err(err) => Err(self.fail("read", name, &err)),
             }
-            Ok(Some(hex::encode(hasher.finalize())))
         })
         .await
     }

@@ -3,7 +3,8 @@
 //! after the manifest, during a multipart upload, after the `.DAT` (before
 //! the publication is recorded), and after a multipart copy created the
 //! `.DAT` (its temporary object not yet removed). The next run, on another
-//! staging folder (another host), delivers every record exactly once.
+//! staging folder (another host), delivers every record exactly once; one
+//! reads the kept file back through a link of 100 KB/s.
 
 use std::time::Duration;
 
@@ -53,9 +54,19 @@ where
 
 /// The next run, directly against the store and from another folder.
 async fn finish_elsewhere(app: &TestApp, bucket: &TestBucket, extra: &[(String, String)]) {
+    finish_elsewhere_through(app, bucket, &s3_endpoint(), extra).await;
+}
+
+/// The next run, through `endpoint` and from another folder.
+async fn finish_elsewhere_through(
+    app: &TestApp,
+    bucket: &TestBucket,
+    endpoint: &str,
+    extra: &[(String, String)],
+) {
     app.until_leases_lapse().await;
     let elsewhere = tempfile::tempdir().unwrap();
-    let mut env = bucket_env(&bucket.destination(), &s3_endpoint());
+    let mut env = bucket_env(&bucket.destination(), endpoint);
     env.extend(extra.iter().cloned());
     env.push((
         "ESR_EXPORT__OUTPUT_DIR".to_owned(),
@@ -116,6 +127,48 @@ async fn killed_after_the_file_before_its_publication_is_recorded_the_file_is_ke
         bucket.objects().await[&dat],
         before[&dat],
         "the same object, kept"
+    );
+}
+
+#[tokio::test]
+async fn a_file_kept_on_a_resume_is_read_back_in_ranges_on_a_slow_link() {
+    let (app, bucket, proxy, ids) = setup(30_000).await;
+    killed_after_the_create(&app, &bucket, &proxy).await;
+    let before = bucket.objects().await;
+    let dat = bucket.dat_keys().await.remove(0);
+    // 100 KB/s, with the default bounds: a request's 30 s, a lease's 60 s.
+    let slow = S3Proxy::start(&s3_endpoint()).await;
+    let reads = slow.add(Rule::new("GET", ".DAT", Action::Throttle(100_000)));
+    let defaults = [
+        ("ESR_S3__REQUEST_TIMEOUT_MS", "30000"),
+        ("ESR_EXPORT__LEASE_SECONDS", "60"),
+    ];
+    let defaults: Vec<(String, String)> = defaults
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    let started = std::time::Instant::now();
+    finish_elsewhere_through(&app, &bucket, &slow.endpoint(), &defaults).await;
+    let took = started.elapsed();
+    assert_delivered_once(&app, &bucket, &ids).await;
+    assert_eq!(
+        bucket.objects().await[&dat],
+        before[&dat],
+        "kept, not sent again"
+    );
+    let size = before[&dat].len();
+    assert!(
+        size > 3 * 1024 * 1024,
+        "a file of several ranges: {size} bytes"
+    );
+    assert!(
+        reads.matched() >= size.div_ceil(1024 * 1024),
+        "read in ranges: {}",
+        reads.matched()
+    );
+    println!(
+        "resume read back {size} bytes at 100 KB/s in {:.1} s",
+        took.as_secs_f64()
     );
 }
 

@@ -7,7 +7,9 @@
 //!   never delivered (a lost reply);
 //! - respond: an error answer instead of forwarding (503 SlowDown, 403);
 //! - strip a header: the request is forwarded without it (a store that
-//!   ignores `If-None-Match`).
+//!   ignores `If-None-Match`);
+//! - throttle: the answer's body is delivered at a given rate (a slow
+//!   link).
 //!
 //! Each rule fires a number of times (or always); `matched` counts the
 //! requests a rule caught, so a test can wait for the moment it names.
@@ -19,8 +21,11 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
+use futures_util::StreamExt;
+
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::Client;
@@ -37,6 +42,8 @@ pub enum Action {
     /// Forwards the request after this long (another writer may act
     /// meanwhile).
     Delay(std::time::Duration),
+    /// Delivers the answer's body at this many bytes a second.
+    Throttle(u64),
 }
 
 /// Which requests a rule matches: method, a path suffix, a query part.
@@ -150,7 +157,7 @@ async fn handle(
     client: UpstreamClient,
     upstream: String,
     rules: Rules,
-) -> Result<Response<Full<Bytes>>, Infallible> {
+) -> Result<Response<BoxBody<Bytes, Infallible>>, Infallible> {
     let action = {
         let rules = rules.lock().unwrap();
         rules
@@ -158,6 +165,41 @@ async fn handle(
             .find(|rule| rule.catches(&req))
             .map(|r| r.action.clone())
     };
+    if let Some(Action::Throttle(rate)) = action {
+        let response = forward(req, &client, &upstream, None).await;
+        return Ok(throttled(response, rate));
+    }
+    let response = act(req, action, &client, &upstream).await;
+    Ok(response.map_or_else(|never| match never {}, |r| r.map(BodyExt::boxed)))
+}
+
+/// The answer with its body delivered at `rate` bytes a second, in
+/// tenths of a second.
+fn throttled(response: Response<Full<Bytes>>, rate: u64) -> Response<BoxBody<Bytes, Infallible>> {
+    let (parts, body) = response.into_parts();
+    let chunk = (rate / 10).max(1) as usize;
+    let bytes = futures_util::FutureExt::now_or_never(body.collect())
+        .and_then(Result::ok)
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let chunks: Vec<Bytes> = (0..bytes.len())
+        .step_by(chunk)
+        .map(|at| bytes.slice(at..(at + chunk).min(bytes.len())))
+        .collect();
+    let paced = futures_util::stream::iter(chunks).then(|piece| async move {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        Ok::<_, Infallible>(hyper::body::Frame::data(piece))
+    });
+    Response::from_parts(parts, BodyExt::boxed(StreamBody::new(paced)))
+}
+
+async fn act(
+    req: Request<Incoming>,
+    action: Option<Action>,
+    client: &UpstreamClient,
+    upstream: &str,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    let (client, upstream) = (client.clone(), upstream.to_owned());
     match action {
         Some(Action::HoldBefore) => std::future::pending().await,
         Some(Action::Respond(status, code)) => Ok(error_response(status, code)),
@@ -170,7 +212,7 @@ async fn handle(
             tokio::time::sleep(delay).await;
             Ok(forward(req, &client, &upstream, None).await)
         }
-        None => Ok(forward(req, &client, &upstream, None).await),
+        Some(Action::Throttle(_)) | None => Ok(forward(req, &client, &upstream, None).await),
     }
 }
 
