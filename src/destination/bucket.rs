@@ -29,6 +29,9 @@ use crate::domain::DestinationUrl;
 /// it, and listed alone when temporaries are looked for.
 pub(super) const TEMP_DIR: &str = ".esr-exporter-tmp";
 
+/// The most S3 copies in one request (`CopyObject`): 5 GiB.
+const MAX_SINGLE_COPY: u64 = 5 * 1024 * 1024 * 1024;
+
 /// Bytes read back per request when a file's SHA-256 is checked: at
 /// 100 KB/s one range takes about 10 s, well within a request's bound.
 pub(super) const READ_BACK_RANGE: u64 = 1024 * 1024;
@@ -341,6 +344,7 @@ impl Bucket {
                 .map_err(|err| self.local_error(name, file, &err))?;
             return self.create_bytes(name, Bytes::from(bytes)).await;
         }
+        self.refuse_over_single_copy(name, size)?;
         let temp = format!("{TEMP_DIR}/.{name}.{}.tmp", uuid::Uuid::new_v4().simple());
         self.upload_parts(&temp, file, size).await?;
         let copied = self.copy_if_absent(&temp, name).await;
@@ -354,6 +358,26 @@ impl Bucket {
             etag: None,
             version: None,
         }))
+    }
+
+    /// A large file is created only if absent by one conditional copy of
+    /// its uploaded parts, and S3 copies at most 5 GiB in one request:
+    /// a larger file is refused before anything is uploaded.
+    fn refuse_over_single_copy(&self, name: &str, size: u64) -> Result<(), DestinationError> {
+        if size <= MAX_SINGLE_COPY {
+            return Ok(());
+        }
+        Err(DestinationError::new(
+            FailureKind::Permanent,
+            &self.url,
+            "create",
+            &self.key(name),
+            format!(
+                "the file is {size} bytes, over the 5 GiB that S3 copies in one request; a bucket's \
+                 name is created only if absent by one conditional copy, so nothing was uploaded \
+                 (publish such a file to a folder or an SFTP server)"
+            ),
+        ))
     }
 
     fn local_error(&self, name: &str, file: &LocalPath, err: &std::io::Error) -> DestinationError {
@@ -471,5 +495,32 @@ impl Bucket {
             }
         }
         Ok(removed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_file_over_five_gib_is_refused_before_anything_is_sent() {
+        let env = std::collections::HashMap::new();
+        let settings = crate::config::Settings::load_with_env(None, Some(env)).unwrap();
+        let bucket = Bucket::open("b", "app", &settings.s3).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let big = dir.path().join("big");
+        std::fs::File::create(&big)
+            .unwrap()
+            .set_len(MAX_SINGLE_COPY + 1)
+            .unwrap();
+        let err = bucket.create_from_file("F.DAT", &big).await.unwrap_err();
+        assert_eq!(err.kind, FailureKind::Permanent, "{err}");
+        assert!(
+            err.detail.contains("5 GiB") && err.detail.contains("nothing was uploaded"),
+            "{err}"
+        );
+        assert!(bucket
+            .refuse_over_single_copy("F.DAT", MAX_SINGLE_COPY)
+            .is_ok());
     }
 }
