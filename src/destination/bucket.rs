@@ -221,11 +221,9 @@ impl Bucket {
         }))
     }
 
-    /// The SHA-256 of the object's bytes, read back; `None` when absent.
-    /// Read in ranges of [`READ_BACK_RANGE`] bytes, each a request with
-    /// its own bound and retries, all of the same object (`If-Match` its
-    /// ETag): a large file on a slow link is bounded by its progress, not
-    /// read whole under one bound.
+    /// The SHA-256 of the object's bytes, read back in ranges (each a
+    /// request with its own bound, all `If-Match` its ETag); `None` when
+    /// absent. A large file on a slow link is bounded by its progress.
     ///
     /// # Errors
     /// When the store fails beyond the policy, or the object changes while
@@ -360,9 +358,8 @@ impl Bucket {
         }))
     }
 
-    /// A large file is created only if absent by one conditional copy of
-    /// its uploaded parts, and S3 copies at most 5 GiB in one request:
-    /// a larger file is refused before anything is uploaded.
+    /// A large file's name is created by one conditional copy, and S3
+    /// copies at most 5 GiB in one request: refused before any upload.
     fn refuse_over_single_copy(&self, name: &str, size: u64) -> Result<(), DestinationError> {
         if size <= MAX_SINGLE_COPY {
             return Ok(());
@@ -499,28 +496,5 @@ impl Bucket {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn a_file_over_five_gib_is_refused_before_anything_is_sent() {
-        let env = std::collections::HashMap::new();
-        let settings = crate::config::Settings::load_with_env(None, Some(env)).unwrap();
-        let bucket = Bucket::open("b", "app", &settings.s3).unwrap();
-        let dir = tempfile::tempdir().unwrap();
-        let big = dir.path().join("big");
-        std::fs::File::create(&big)
-            .unwrap()
-            .set_len(MAX_SINGLE_COPY + 1)
-            .unwrap();
-        let err = bucket.create_from_file("F.DAT", &big).await.unwrap_err();
-        assert_eq!(err.kind, FailureKind::Permanent, "{err}");
-        assert!(
-            err.detail.contains("5 GiB") && err.detail.contains("nothing was uploaded"),
-            "{err}"
-        );
-        assert!(bucket
-            .refuse_over_single_copy("F.DAT", MAX_SINGLE_COPY)
-            .is_ok());
-    }
-}
+#[path = "bucket_tests.rs"]
+mod tests;

@@ -137,13 +137,7 @@ async fn an_unknown_or_changed_host_key_is_refused_naming_host_and_fingerprint()
             .to_owned()
     };
     let offered = fingerprint(&sshd.dir.path().join("host_key.pub"));
-    let other = sshd.dir.path().join("other_host_key");
-    std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&other)
-        .status()
-        .unwrap();
-    let other_key = std::fs::read_to_string(other.with_extension("pub")).unwrap();
+    let other_key = another_key();
     let host = format!("[127.0.0.1]:{}", sshd.port);
     let cases = [
         ("unknown", format!("[127.0.0.1]:1 {other_key}")),
@@ -172,6 +166,20 @@ async fn an_unknown_or_changed_host_key_is_refused_naming_host_and_fingerprint()
     );
 }
 
+/// A new ed25519 public key, as its `.pub` file holds it: a key no server
+/// has.
+fn another_key() -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("key");
+    let made = std::process::Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(made.success(), "ssh-keygen");
+    std::fs::read_to_string(key.with_extension("pub")).unwrap()
+}
+
 /// The server's key of `kind` as a `known_hosts` line for its port.
 fn pinned(sshd: &TestSshd, key_line: &str) -> String {
     let key: Vec<&str> = key_line.split_whitespace().take(2).collect();
@@ -183,14 +191,7 @@ async fn the_known_hosts_file_is_read_as_openssh_reads_it() {
     let (app, mut sshd) = (spawn_app().await, TestSshd::start().await);
     let ed25519 = std::fs::read_to_string(sshd.dir.path().join("host_key.pub")).unwrap();
     let rsa = sshd.add_host_key("rsa").await;
-    let other = tempfile::tempdir().unwrap();
-    let other_key = other.path().join("key");
-    std::process::Command::new("ssh-keygen")
-        .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-        .arg(&other_key)
-        .status()
-        .unwrap();
-    let other_key = std::fs::read_to_string(other_key.with_extension("pub")).unwrap();
+    let other_key = another_key();
     let cases = [
         // Several keys of one type for the host: any of them is the host.
         (
