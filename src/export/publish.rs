@@ -58,7 +58,7 @@ impl Exporter {
             file::remove_staged(&dir, &name)
         })
         .await?;
-        self.record_publication(ctx, run, found).await
+        self.record_publication(found, ctx, run).await
     }
 
     /// Manifest, then `.DAT`, each created only if absent.
@@ -79,9 +79,9 @@ impl Exporter {
     /// Records where the file now is (`WRITTEN`); records are marked after.
     async fn record_publication(
         &self,
+        found: Found,
         ctx: &mut RunContext<'_>,
         run: &mut RunDoc,
-        found: Found,
     ) -> Result<(), ExportError> {
         let staged = recorded(run)?;
         let name = run.file_name.clone().unwrap_or_default();

@@ -154,19 +154,13 @@ impl Store {
         run_id: &str,
         redelivery: Document,
     ) -> Result<(), StoreError> {
-        let (runs, redelivery) = (&self.runs, &redelivery);
+        let push = doc! {"$push": {"redeliveries": redelivery}};
+        let (runs, push) = (&self.runs, &push);
+        let scope = RetryScope::global("record_redelivery");
         self.retry
-            .run(
-                RetryScope::global("record_redelivery"),
-                &self.counters,
-                || async move {
-                    runs.update_one(
-                        doc! {"_id": run_id},
-                        doc! {"$push": {"redeliveries": redelivery.clone()}},
-                    )
-                    .await
-                },
-            )
+            .run(scope, &self.counters, || async move {
+                runs.update_one(doc! {"_id": run_id}, push.clone()).await
+            })
             .await?;
         Ok(())
     }
