@@ -40,6 +40,15 @@ pub(super) fn generic_failure(err: &SftpError) -> bool {
     matches!(err, SftpError::Status(status) if status.status_code == StatusCode::Failure)
 }
 
+/// True when a refused rename may mean the target name is taken: the
+/// generic failure (OpenSSH), or permission denied (servers that answer
+/// so for an existing target). The target is then looked at before the
+/// refusal is called anything else, such as a read-only folder.
+pub(super) fn rename_refusal_may_mean_taken(err: &SftpError) -> bool {
+    generic_failure(err)
+        || matches!(err, SftpError::Status(status) if status.status_code == StatusCode::PermissionDenied)
+}
+
 impl From<SftpError> for Failed {
     fn from(err: SftpError) -> Self {
         let (kind, lost) = match &err {
@@ -137,6 +146,16 @@ mod tests {
             error_message: "m".into(),
             language_tag: "en".into(),
         })
+    }
+
+    #[test]
+    fn a_rename_refused_as_failure_or_permission_denied_is_looked_at_again() {
+        for code in [StatusCode::Failure, StatusCode::PermissionDenied] {
+            assert!(rename_refusal_may_mean_taken(&status(code)), "{code:?}");
+        }
+        for code in [StatusCode::NoSuchFile, StatusCode::ConnectionLost] {
+            assert!(!rename_refusal_may_mean_taken(&status(code)), "{code:?}");
+        }
     }
 
     #[test]

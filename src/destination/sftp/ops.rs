@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use super::super::error::{DestinationError, FailureKind};
 use super::super::Found;
 use super::connect::Connection;
-use super::failure::{explain, generic_failure, no_such_file, Failed};
+use super::failure::{explain, no_such_file, rename_refusal_may_mean_taken, Failed};
 use super::{Sftp, TEMP_DIR};
 
 /// Bytes per read and write of a file.
@@ -389,13 +389,14 @@ async fn make_temp_dir(c: &Connection, dir: &str) -> Result<(), Failed> {
 }
 
 /// Plain `SSH_FXP_RENAME`, which refuses an existing target; when refused
-/// with the generic status and the target exists, the name is taken.
+/// with the generic status or permission denied and the target exists, the
+/// name is taken.
 async fn rename_if_absent(c: &Connection, temp: &str, target: &str) -> Result<(), Failed> {
     let err = match c.sftp.rename(temp, target).await {
         Ok(()) => return Ok(()),
         Err(err) => err,
     };
-    if generic_failure(&err) && c.sftp.try_exists(target).await.unwrap_or(false) {
+    if rename_refusal_may_mean_taken(&err) && c.sftp.try_exists(target).await.unwrap_or(false) {
         return Err(Failed::new(
             FailureKind::Occupied,
             "a file already holds the name (the server refused to rename over it)",
