@@ -221,22 +221,23 @@ impl Bucket {
         }))
     }
 
-    /// The SHA-256 of the object's bytes, read back in ranges (each a
-    /// request with its own bound, all `If-Match` its ETag); `None` when
-    /// absent. A large file on a slow link is bounded by its progress.
+    /// The SHA-256 of the object `found` describes, read back in ranges
+    /// (each a request with its own bound, all `If-Match` its ETag); `None`
+    /// when it is gone. A large file on a slow link is bounded by its progress.
     ///
     /// # Errors
     /// When the store fails beyond the policy, or the object changes while
     /// it is read.
-    pub async fn sha256(&self, name: &str) -> Result<Option<String>, DestinationError> {
-        let Some(found) = self.lookup(name).await? else {
-            return Ok(None);
-        };
+    pub async fn sha256(
+        &self,
+        name: &str,
+        found: &Found,
+    ) -> Result<Option<String>, DestinationError> {
         let mut hasher = Sha256::new();
         let mut at = 0;
         while at < found.size {
             let range = at..(at + READ_BACK_RANGE).min(found.size);
-            let Some(bytes) = self.read_range(name, range.clone(), &found).await? else {
+            let Some(bytes) = self.read_range(name, range.clone(), found).await? else {
                 return Ok(None);
             };
             hasher.update(&bytes);

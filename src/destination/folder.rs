@@ -101,7 +101,11 @@ impl Folder {
     ///
     /// # Errors
     /// I/O errors as transient.
-    pub async fn sha256(&self, name: &str) -> Result<Option<String>, DestinationError> {
+    pub async fn sha256(
+        &self,
+        name: &str,
+        _found: &Found,
+    ) -> Result<Option<String>, DestinationError> {
         let path = self.dir.join(name);
         self.blocking("read", name, move || hash_if_present(&path))
             .await
@@ -331,7 +335,10 @@ mod tests {
     async fn a_symlink_under_the_name_is_occupied_and_absent_is_none() {
         let (dir, folder) = folder();
         assert_eq!(folder.lookup("F.DAT").await.unwrap(), None);
-        assert_eq!(folder.sha256("F.DAT").await.unwrap(), None);
+        assert_eq!(
+            folder.sha256("F.DAT", &Found::default()).await.unwrap(),
+            None
+        );
         std::os::unix::fs::symlink("/etc/hostname", dir.path().join("F.DAT")).unwrap();
         let err = folder.lookup("F.DAT").await.unwrap_err();
         assert_eq!(err.kind, FailureKind::Occupied, "{err}");

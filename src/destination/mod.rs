@@ -236,7 +236,8 @@ impl Destination {
         let Some(found) = self.lookup(name).await? else {
             return Ok(Holding::Absent);
         };
-        let hash = each!(self, d => d.sha256(name).await)?;
+        // The look-up's size and ETag bound the read back: no second look.
+        let hash = each!(self, d => d.sha256(name, &found).await)?;
         Ok(match hash {
             None => Holding::Absent,
             Some(hash) if hash == sha256 => Holding::Same(found),

@@ -131,10 +131,11 @@ impl Sftp {
     ///
     /// # Errors
     /// When the server fails beyond the policy.
-    pub async fn sha256(&self, name: &str) -> Result<Option<String>, DestinationError> {
-        let Some(found) = self.lookup(name).await? else {
-            return Ok(None);
-        };
+    pub async fn sha256(
+        &self,
+        name: &str,
+        found: &Found,
+    ) -> Result<Option<String>, DestinationError> {
         let path = self.key(name);
         let bound = self.policy.timeout * bounds_for(found.size);
         self.request("read", name, bound, |c| {
