@@ -107,6 +107,20 @@ pub enum Command {
         #[arg(long)]
         replace: bool,
     },
+    /// Settle a publication in doubt (its create was interrupted and
+    /// nothing is under its name: it may have been delivered and taken),
+    /// then finish the deanery's run.
+    #[command(group(clap::ArgGroup::new("settlement").required(true).args(["delivered", "not_delivered"])))]
+    Resolve {
+        /// The file's name, e.g. DE_MER_APP_20261202_00001.DAT.
+        file_name: String,
+        /// The receiver has the file: mark its records, send nothing.
+        #[arg(long)]
+        delivered: bool,
+        /// The receiver never had it: publish the recorded bytes, then mark.
+        #[arg(long)]
+        not_delivered: bool,
+    },
     /// Load and validate the settings and print them with secrets redacted.
     CheckConfig,
     /// Print the completion script for a shell (needs no settings).
@@ -229,6 +243,11 @@ pub async fn execute(cli: Cli) -> ExitCode {
             to,
             replace,
         } => incident::run_redeliver(&settings, &file_name, to.as_ref(), replace).await,
+        Command::Resolve {
+            file_name,
+            delivered,
+            ..
+        } => crate::incident::resolve::run_resolve(&settings, &file_name, delivered).await,
     };
     result.unwrap_or_else(|err| {
         report_failure(&err);

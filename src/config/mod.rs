@@ -26,6 +26,7 @@ pub use sections::AmqpSettings;
 pub use sections::DaemonSettings;
 pub use sections::ExportSettings;
 pub use sections::HttpSettings;
+pub use sections::InDoubt;
 pub use sections::LogFormat;
 pub use sections::LogSettings;
 pub use sections::MongoSettings;

@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::sections::{
-    AmqpSettings, DaemonSettings, ExportSettings, HttpSettings, LogSettings, MongoSettings,
+    AmqpSettings, DaemonSettings, ExportSettings, HttpSettings, InDoubt, LogSettings, MongoSettings,
     RetrySettings, S3Settings, ScheduleSettings, WatchdogSettings,
 };
 use super::sftp::SftpSettings;
@@ -43,6 +43,7 @@ struct RawExportSettings {
     cursor_batch_size: u32,
     lease_seconds: u64,
     parallel_runs: u32,
+    in_doubt: String,
 }
 
 /// `[schedule]` as written.
@@ -105,6 +106,8 @@ impl RawExportSettings {
             cursor_batch_size: self.cursor_batch_size,
             lease_seconds: self.lease_seconds,
             parallel_runs: self.parallel_runs,
+            in_doubt: InDoubt::parse(&self.in_doubt)
+                .map_err(|err| invalid("export.in_doubt", err))?,
         })
     }
 }

@@ -173,6 +173,44 @@ pub struct ExportSettings {
     pub lease_seconds: u64,
     /// Deaneries exported at once by `export --all`.
     pub parallel_runs: u32,
+    /// What a resume does with a publication in doubt (`export.in_doubt`).
+    #[serde(serialize_with = "serialise::display")]
+    pub in_doubt: InDoubt,
+}
+
+/// What a resume does when an interrupted final create left nothing under
+/// the file's name: the file may have been delivered and taken.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum InDoubt {
+    /// Hold the run until someone settles it (`esr-exporter resolve`).
+    #[default]
+    Hold,
+    /// Publish the recorded bytes again, with a WARN naming the file: for
+    /// receivers that drop a name they have already seen.
+    Publish,
+}
+
+impl InDoubt {
+    /// `"hold"` or `"publish"`.
+    ///
+    /// # Errors
+    /// Anything else, with what is accepted.
+    pub(crate) fn parse(value: &str) -> Result<Self, String> {
+        match value {
+            "hold" => Ok(Self::Hold),
+            "publish" => Ok(Self::Publish),
+            other => Err(format!("must be \"hold\" or \"publish\", not {other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for InDoubt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Hold => "hold",
+            Self::Publish => "publish",
+        })
+    }
 }
 
 impl ExportSettings {

@@ -20,6 +20,8 @@ use sha2::{Digest, Sha256};
 use super::credentials::CredentialSource;
 use super::error::{DestinationError, FailureKind};
 use super::retry::RequestPolicy;
+use super::upload::Ready;
+use super::versions::{self, VersionsClient};
 use super::Found;
 use crate::config::S3Settings;
 use crate::domain::DestinationUrl;
@@ -46,6 +48,7 @@ pub struct Bucket {
     policy: RequestPolicy,
     multipart_threshold: u64,
     part_size: usize,
+    versions: VersionsClient,
 }
 
 impl Bucket {
@@ -89,6 +92,7 @@ impl Bucket {
                 format!("{}ms", s3.connect_timeout_ms),
             );
         let credentials = CredentialSource::of(&builder);
+        let versions = versions_client(&builder, bucket);
         let store = builder
             .build()
             .map_err(|err| DestinationError::from_store(&url, "configure", "", &err))?;
@@ -100,6 +104,7 @@ impl Bucket {
             policy: RequestPolicy::from_settings(s3),
             multipart_threshold: s3.multipart_threshold_bytes,
             part_size: s3.part_size_bytes as usize,
+            versions,
         })
     }
 
@@ -334,6 +339,21 @@ impl Bucket {
         name: &str,
         file: &LocalPath,
     ) -> Result<Found, DestinationError> {
+        let ready = self.upload_file(name, file).await?;
+        self.finish(name, ready).await
+    }
+
+    /// Makes a local file ready for `name`: up to
+    /// `s3.multipart_threshold_bytes` its bytes, read for one conditional
+    /// PUT; above, its parts uploaded to a temporary key.
+    ///
+    /// # Errors
+    /// As the read or the upload meets them.
+    pub(super) async fn upload_file(
+        &self,
+        name: &str,
+        file: &LocalPath,
+    ) -> Result<Ready, DestinationError> {
         let size = std::fs::metadata(file)
             .map_err(|err| self.local_error(name, file, &err))?
             .len();
@@ -341,11 +361,25 @@ impl Bucket {
             let bytes = tokio::fs::read(file)
                 .await
                 .map_err(|err| self.local_error(name, file, &err))?;
-            return self.create_bytes(name, Bytes::from(bytes)).await;
+            return Ok(Ready::Bytes(Bytes::from(bytes)));
         }
         self.refuse_over_single_copy(name, size)?;
         let temp = format!("{TEMP_DIR}/.{name}.{}.tmp", uuid::Uuid::new_v4().simple());
         self.upload_parts(&temp, file, size).await?;
+        Ok(Ready::Temporary { key: temp, size })
+    }
+
+    /// Creates the name from what is ready only if absent: one conditional
+    /// PUT, or one conditional copy of the temporary (then removed).
+    ///
+    /// # Errors
+    /// [`FailureKind::Occupied`] when the name exists; others as classified.
+    pub(super) async fn finish(&self, name: &str, ready: Ready) -> Result<Found, DestinationError> {
+        let (temp, size) = match ready {
+            Ready::Bytes(bytes) => return self.create_bytes(name, bytes).await,
+            Ready::Local(file) => return Box::pin(self.create_from_file(name, &file)).await,
+            Ready::Temporary { key, size } => (key, size),
+        };
         let copied = self.copy_if_absent(&temp, name).await;
         if let Err(err) = self.delete(&temp).await {
             tracing::warn!(destination = %self.url, key = %self.key(&temp), error = %crate::error_chain::Chain(&err), "could not remove a temporary object; the next run of the deanery removes it");
@@ -428,6 +462,27 @@ impl Bucket {
         .await
     }
 
+    /// The version of `name` a delete marker hides, when the newest
+    /// version under the name is one (a versioned bucket: the name was
+    /// created and then taken); `None` otherwise, or when the versions
+    /// cannot be listed (said at WARN).
+    pub async fn taken(&self, name: &str) -> Option<Found> {
+        let key = self.key(name);
+        let signs = self.credentials.signs();
+        let listed = self
+            .request("list versions", name, self.policy.timeout, || async {
+                let reply = self.versions.list(&self.store, signs, &key).await;
+                let reply = reply.map_err(|err| versions::failed(&self.url, &key, err))?;
+                versions::deleted_version(&reply, &key)
+                    .map_err(|err| versions::failed(&self.url, &key, err))
+            })
+            .await;
+        listed.unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "cannot read the name's versions; a delete marker cannot settle the doubt");
+            None
+        })
+    }
+
     /// Removes the name (absent is fine).
     ///
     /// # Errors
@@ -499,3 +554,19 @@ impl Bucket {
 #[cfg(test)]
 #[path = "bucket_tests.rs"]
 mod tests;
+
+/// Where the store's client sends a bucket's requests, as the crate
+/// addresses them (an endpoint, path or virtual-hosted style, or AWS's).
+fn versions_client(builder: &AmazonS3Builder, bucket: &str) -> VersionsClient {
+    let value = |key| builder.get_config_value(&key);
+    let region = value(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".to_owned());
+    let virtual_hosted = value(AmazonS3ConfigKey::VirtualHostedStyleRequest)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let endpoint = match (value(AmazonS3ConfigKey::Endpoint), virtual_hosted) {
+        (Some(endpoint), true) => endpoint,
+        (Some(endpoint), false) => format!("{}/{bucket}", endpoint.trim_end_matches('/')),
+        (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+        (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+    };
+    VersionsClient::new(endpoint, region)
+}

@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::error::{DestinationError, FailureKind};
 use super::Found;
+use super::upload::{self, Ready};
 
 const TEMP_SUFFIX: &str = ".part";
 
@@ -172,6 +173,30 @@ impl Folder {
             Ok(found(size))
         })
         .await
+    }
+
+    /// Nothing to upload: the staged file itself is linked.
+    ///
+    /// # Errors
+    /// None.
+    pub(super) async fn upload_file(
+        &self,
+        _name: &str,
+        file: &Path,
+    ) -> Result<Ready, DestinationError> {
+        Ok(Ready::Local(file.to_owned()))
+    }
+
+    /// Creates the name from what is ready only if absent.
+    ///
+    /// # Errors
+    /// [`FailureKind::Occupied`] when the name exists.
+    pub(super) async fn finish(&self, name: &str, ready: Ready) -> Result<Found, DestinationError> {
+        match ready {
+            Ready::Local(file) => self.create_from_file(name, &file).await,
+            Ready::Bytes(bytes) => self.create_bytes(name, bytes).await,
+            Ready::Temporary { .. } => Err(upload::mismatched(&self.url, &self.key(name))),
+        }
     }
 
     /// Removes the name (absent is fine).

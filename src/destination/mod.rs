@@ -18,12 +18,15 @@ mod multipart;
 mod probe;
 mod retry;
 mod sftp;
+mod upload;
+mod versions;
 
 pub use bucket::Bucket;
 pub use error::{DestinationError, FailureKind};
 pub(crate) use folder::hash_if_present;
 pub use folder::Folder;
 pub use sftp::Sftp;
+pub use upload::Upload;
 
 use std::path::Path;
 
@@ -207,7 +210,26 @@ impl Destination {
         name: &str,
         file: &Path,
     ) -> Result<Found, DestinationError> {
-        each!(self, d => d.create_from_file(name, file).await)
+        let upload = self.upload(name, file).await?;
+        self.finish(name, upload).await
+    }
+
+    /// Makes the local file's bytes ready for `name` without creating it
+    /// (a temporary upload, or nothing for a folder).
+    ///
+    /// # Errors
+    /// As the upload meets them.
+    pub async fn upload(&self, name: &str, file: &Path) -> Result<Upload, DestinationError> {
+        Ok(Upload(each!(self, d => d.upload_file(name, file).await)?))
+    }
+
+    /// Creates `name` from an upload only if nothing is there: the one
+    /// step that makes the file visible under its name.
+    ///
+    /// # Errors
+    /// [`FailureKind::Occupied`] when the name exists; others as classified.
+    pub async fn finish(&self, name: &str, upload: Upload) -> Result<Found, DestinationError> {
+        each!(self, d => d.finish(name, upload.0).await)
     }
 
     /// Removes the name (absent is fine).
@@ -225,6 +247,16 @@ impl Destination {
     /// When the destination fails beyond the policy.
     pub async fn remove_temporaries(&self, name_prefix: &str) -> Result<usize, DestinationError> {
         each!(self, d => d.remove_temporaries(name_prefix).await)
+    }
+
+    /// What a delete marker under the name hides, on a versioned bucket:
+    /// proof that the name was created and taken. `None` for a folder or a
+    /// server, which keep no history, and when the history cannot be read.
+    pub async fn taken(&self, name: &str) -> Option<Found> {
+        match self {
+            Self::Bucket(bucket) => bucket.taken(name).await,
+            Self::Folder(_) | Self::Sftp(_) => None,
+        }
     }
 
     /// What the name holds compared with `sha256`: absent, the same bytes

@@ -52,6 +52,24 @@ pub(crate) enum ExportError {
         /// Records left `EXPORTING`.
         left: u64,
     },
+    /// The file's final create was interrupted and nothing is under its
+    /// name: it may have been delivered and taken. Held until settled.
+    #[error(
+        "{file} may have been delivered and taken by the receiver: its create was interrupted \
+         (intended by {host} at {at}) and nothing is under the name now; nothing more of deanery \
+         {deanery} is published until it is settled: `esr-exporter resolve {file} --delivered` if \
+         the receiver has it, `esr-exporter resolve {file} --not-delivered` to publish it"
+    )]
+    InDoubt {
+        /// The file's name.
+        file: String,
+        /// The deanery.
+        deanery: String,
+        /// Host that intended the create.
+        host: String,
+        /// When.
+        at: String,
+    },
     /// The run document contradicts itself.
     #[error("export run {run_id} is inconsistent: {reason}")]
     Inconsistent {
@@ -76,7 +94,8 @@ impl ExportError {
             | Self::ClaimMismatch { .. }
             | Self::MarkIncomplete { .. }
             | Self::File { .. } => true,
-            Self::Inconsistent { .. } => false,
+            // Waiting cannot settle it: a person (or a versioned bucket) must.
+            Self::InDoubt { .. } | Self::Inconsistent { .. } => false,
         }
     }
 

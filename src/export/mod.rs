@@ -23,6 +23,7 @@
 
 mod claim;
 mod context;
+mod doubt;
 mod error;
 pub mod file;
 mod io;

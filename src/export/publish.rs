@@ -11,11 +11,14 @@ use std::time::Instant;
 use bytes::Bytes;
 
 use super::context::RunContext;
+use super::doubt::Weighed;
 use super::file::{self, FileHeader, Staged};
 use super::io::blocking;
 use super::stage::recorded;
 use super::{ExportError, Exporter};
-use crate::destination::{metrics, Destination, DestinationError, FailureKind, Found, Holding};
+use crate::destination::{
+    metrics, Destination, DestinationError, FailureKind, Found, Holding, Upload,
+};
 use crate::store::{Publication, RunDoc, Transition};
 
 impl Exporter {
@@ -41,12 +44,15 @@ impl Exporter {
                 found
             }
             Holding::Other(hash) => return Err(occupied(to, &name, &hash).into()),
-            Holding::Absent => {
-                let Some((staged, path)) = self.staged_here(ctx, run).await? else {
-                    return Ok(ctx.record_nothing_to_write(run).await?);
-                };
-                self.create_file(ctx, run, &staged, path).await?
-            }
+            Holding::Absent => match self.weigh_absence(ctx, run, &name).await? {
+                Weighed::Delivered(found) => found,
+                Weighed::Publish => {
+                    let Some((staged, path)) = self.staged_here(ctx, run).await? else {
+                        return Ok(ctx.record_nothing_to_write(run).await?);
+                    };
+                    self.create_file(ctx, run, &staged, path).await?
+                }
+            },
         };
         // A try that failed mid-upload (a lost connection) may have left
         // its temporary behind: none outlives a completed publication.
@@ -61,11 +67,13 @@ impl Exporter {
         self.record_publication(found, ctx, run).await
     }
 
-    /// Manifest, then `.DAT`, each created only if absent.
+    /// Manifest, then `.DAT`, each created only if absent; the intent to
+    /// create the `.DAT` is recorded first, and cleared when the create is
+    /// refused for certain.
     async fn create_file(
         &self,
         ctx: &mut RunContext<'_>,
-        run: &RunDoc,
+        run: &mut RunDoc,
         staged: &Staged,
         path: PathBuf,
     ) -> Result<Found, ExportError> {
@@ -73,7 +81,16 @@ impl Exporter {
         ensure_manifest(&self.destination, &header, staged, true).await?;
         // Only the lease holder may create the file.
         ctx.renew_lease().await?;
-        Ok(create_file(&self.destination, &header.file_name, staged, &path).await?)
+        let (to, name, started) = (&self.destination, &header.file_name, Instant::now());
+        let upload = to.upload(name, &path).await?;
+        self.record_intent(ctx, run, name, &staged.sha256).await?;
+        let created = finish_file(to, name, staged, (upload, started)).await;
+        if let Err(err) = &created {
+            if matches!(err.kind, FailureKind::Permanent | FailureKind::Occupied) {
+                ctx.store.transition(run, Transition::Refused).await?;
+            }
+        }
+        Ok(created?)
     }
 
     /// Records where the file now is (`WRITTEN`); records are marked after.
@@ -101,6 +118,7 @@ impl Exporter {
         );
         let published = Transition::Published(publication);
         ctx.store.transition(run, published).await?;
+        crate::ops::metrics::set_publication_in_doubt(ctx.deanery.as_str(), false);
         Ok(())
     }
 }
@@ -133,7 +151,19 @@ async fn create_file(
     path: &Path,
 ) -> Result<Found, DestinationError> {
     let started = Instant::now();
-    match to.create_from_file(name, path).await {
+    let upload = to.upload(name, path).await?;
+    finish_file(to, name, staged, (upload, started)).await
+}
+
+/// Creates `name` from an upload (started then) only if absent, as
+/// [`create_file`].
+async fn finish_file(
+    to: &Destination,
+    name: &str,
+    staged: &Staged,
+    (upload, started): (Upload, Instant),
+) -> Result<Found, DestinationError> {
+    match to.finish(name, upload).await {
         Ok(created) => {
             metrics::record_created(to.scheme(), created.size, started.elapsed());
             Ok(created)

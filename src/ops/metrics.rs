@@ -31,6 +31,7 @@
 //! | `esr_build_info` | gauge | `version`, `commit`, `built` (always 1) |
 //! | `esr_export_run_duration_seconds` | histogram | `deanery` |
 //! | `esr_records_waiting` | gauge | `deanery` |
+//! | `esr_publications_in_doubt` | gauge | `deanery` |
 //! | `process_cpu_seconds_total` | counter | |
 //! | `process_open_fds` | gauge | |
 //! | `process_max_fds` | gauge | |
@@ -109,7 +110,7 @@ enum Kind {
 }
 
 /// Every metric: name, kind, HELP text.
-const HELP: [(&str, Kind, &str); 29] = [
+const HELP: [(&str, Kind, &str); 30] = [
     (
         "esr_export_runs_total",
         Kind::Counter,
@@ -251,6 +252,11 @@ const HELP: [(&str, Kind, &str); 29] = [
         "Records TO_EXPORT now, by deanery, counted by the watchdog every period.",
     ),
     (
+        "esr_publications_in_doubt",
+        Kind::Gauge,
+        "1 while a deanery's run is held because its file's create was interrupted and nothing is under the name (it may have been delivered and taken); 0 once settled.",
+    ),
+    (
         "esr_build_info",
         Kind::Gauge,
         "Always 1; its labels say which build runs: version, git commit, build date.",
@@ -373,6 +379,12 @@ pub(crate) fn zero_counters(deaneries: &[String]) {
 /// Sets how many records of a deanery wait.
 pub(crate) fn set_records_waiting(deanery: &str, waiting: i64) {
     gauge!("esr_records_waiting", "deanery" => deanery.to_owned()).set(waiting as f64);
+}
+
+/// Sets whether a deanery's run is held in doubt.
+pub(crate) fn set_publication_in_doubt(deanery: &str, held: bool) {
+    let value = if held { 1.0 } else { 0.0 };
+    gauge!("esr_publications_in_doubt", "deanery" => deanery.to_owned()).set(value);
 }
 
 /// Sets how many dead letters wait.

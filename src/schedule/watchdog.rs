@@ -36,6 +36,8 @@ pub(crate) struct Watchdog {
     /// Deaneries the previous count found waiting, so their gauges drop
     /// to 0 once they drain.
     counted: Arc<Mutex<Vec<String>>>,
+    /// Deaneries the previous count found held in doubt.
+    doubted: Arc<Mutex<Vec<String>>>,
 }
 
 /// One check's findings.
@@ -65,6 +67,7 @@ impl Watchdog {
             deaneries: schedule.deaneries.clone(),
             previous: Arc::default(),
             counted: Arc::default(),
+            doubted: Arc::default(),
         }
     }
 
@@ -86,6 +89,7 @@ impl Watchdog {
             }
             self.count_dead_letters().await;
             self.count_waiting().await;
+            self.count_in_doubt().await;
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = shutdown.recv() => return,
@@ -105,21 +109,50 @@ impl Watchdog {
             }
         };
         let waiting = crate::domain::RecordStatus::ToExport.as_str();
-        let mut seen = Vec::new();
-        for row in counts.iter().filter(|r| r.status.as_str() == Some(waiting)) {
-            if let Some(deanery) = row.deanery.as_str() {
-                metrics::set_records_waiting(deanery, row.count);
-                seen.push(deanery.to_owned());
+        let seen = counts
+            .iter()
+            .filter(|r| r.status.as_str() == Some(waiting))
+            .filter_map(|row| Some((row.deanery.as_str()?.to_owned(), row.count)))
+            .collect();
+        self.refresh(&self.counted, seen, metrics::set_records_waiting);
+    }
+
+    /// Sets `esr_publications_in_doubt` to 1 for every deanery whose run
+    /// is held in doubt and 0 for the others (a `resolve` run elsewhere
+    /// settles it); MongoDB away leaves them.
+    async fn count_in_doubt(&self) {
+        let held = match self.store.runs_in_doubt().await {
+            Ok(held) => held,
+            Err(err) => {
+                tracing::warn!(error = %crate::error_chain::Chain(&err), "cannot count the publications in doubt; trying again next period");
+                return;
             }
+        };
+        let seen = held.into_iter().map(|run| (run.deanery, 1)).collect();
+        self.refresh(&self.doubted, seen, |deanery, held| {
+            metrics::set_publication_in_doubt(deanery, held > 0);
+        });
+    }
+
+    /// Sets a per-deanery gauge to what was `seen`, and to 0 for the
+    /// configured deaneries and those `last` saw that are not seen now.
+    fn refresh(
+        &self,
+        last: &Mutex<Vec<String>>,
+        seen: Vec<(String, i64)>,
+        set: impl Fn(&str, i64),
+    ) {
+        for (deanery, value) in &seen {
+            set(deanery, *value);
         }
         let configured = self.deaneries.iter().map(|d| d.as_str().to_owned());
-        let mut counted = self.counted.lock().unwrap_or_else(|e| e.into_inner());
-        for drained in configured.chain(counted.drain(..)) {
-            if !seen.contains(&drained) {
-                metrics::set_records_waiting(&drained, 0);
+        let mut last = last.lock().unwrap_or_else(|e| e.into_inner());
+        for gone in configured.chain(last.drain(..)) {
+            if !seen.iter().any(|(deanery, _)| *deanery == gone) {
+                set(&gone, 0);
             }
         }
-        *counted = seen;
+        *last = seen.into_iter().map(|(deanery, _)| deanery).collect();
     }
 
     /// Sets `esr_dead_letter_queue_messages` from the dead-letter queue;

@@ -28,6 +28,7 @@
 mod agreement;
 mod claim;
 mod counts;
+mod doubt;
 mod id_range;
 mod incident;
 mod indexes;
@@ -51,6 +52,7 @@ use mongodb::options::{ClientOptions, ReadPreference, SelectionCriteria};
 use mongodb::{Client, ClientSession, Collection};
 
 pub(crate) use claim::{Claim, ClaimedChunk};
+pub(crate) use doubt::{CreateIntent, Settlement};
 pub(crate) use counts::{LatestRun, OldestWaiting, StatusCount, StatusQuery};
 pub(crate) use id_range::IdRange;
 pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};

@@ -5,6 +5,7 @@ use bson::oid::ObjectId;
 use bson::{doc, DateTime, Document};
 use serde::{Deserialize, Serialize};
 
+use super::doubt::{CreateIntent, Doubt};
 use super::{now, Find, Store, StoreError};
 use crate::domain::{Deanery, Location};
 
@@ -79,6 +80,14 @@ pub(crate) struct RunDoc {
     /// Each time the file was delivered again (`esr-exporter redeliver`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub(crate) redeliveries: Vec<Document>,
+    /// The final create of the file about to be tried (name and hash),
+    /// recorded before it: a later resume that finds nothing under the
+    /// name knows the file may have been delivered and taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) create_intent: Option<CreateIntent>,
+    /// Held in doubt: nothing under the name after an intent to create it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub(crate) doubt: Option<Doubt>,
 }
 
 /// Where a run's file was published.
@@ -160,6 +169,8 @@ impl RunDoc {
             last_error: None,
             publication: None,
             redeliveries: Vec::new(),
+            create_intent: None,
+            doubt: None,
         }
     }
 

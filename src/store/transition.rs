@@ -6,6 +6,7 @@
 
 use bson::{doc, Bson, DateTime, Document};
 
+use super::doubt::{CreateIntent, Doubt, Settlement};
 use super::runs::{Publication, RunDoc, RunPhase};
 use super::{now, Store, StoreError};
 
@@ -21,6 +22,16 @@ pub(crate) enum Transition {
         /// SHA-256 of the file's bytes.
         sha256: String,
     },
+    /// The final create of the file is about to be tried (`FINALIZING`).
+    Intends(CreateIntent),
+    /// The final create was refused for certain (the name was not
+    /// created): no doubt is left about it.
+    Refused,
+    /// A resume found nothing under the name after an intent: the run is
+    /// held until settled.
+    Doubted(DateTime),
+    /// The doubt is settled.
+    Settled(Settlement),
     /// Every record the run claimed turned out invalid: no file, and
     /// `recordCount` 0 (`WRITTEN`).
     NothingToWrite,
@@ -62,7 +73,11 @@ impl Transition {
             Self::Staged { .. } | Self::NothingToWrite => {
                 &[RunPhase::Claiming, RunPhase::Finalizing]
             }
-            Self::Published(_) => &[RunPhase::Finalizing],
+            Self::Published(_)
+            | Self::Intends(_)
+            | Self::Refused
+            | Self::Doubted(_)
+            | Self::Settled(_) => &[RunPhase::Finalizing],
             Self::Completed { .. } => &[RunPhase::Written],
         }
     }
@@ -70,7 +85,11 @@ impl Transition {
     /// The phase it enters.
     pub(crate) fn enters(&self) -> RunPhase {
         match self {
-            Self::Staged { .. } => RunPhase::Finalizing,
+            Self::Staged { .. }
+            | Self::Intends(_)
+            | Self::Refused
+            | Self::Doubted(_)
+            | Self::Settled(_) => RunPhase::Finalizing,
             Self::NothingToWrite | Self::Published(_) => RunPhase::Written,
             Self::Completed { .. } => RunPhase::Completed,
         }
@@ -84,13 +103,11 @@ impl Transition {
                 sha256,
             } => doc! {"recordCount": *record_count as i64, "sha256": sha256},
             Self::NothingToWrite => doc! {"recordCount": 0_i64},
-            Self::Published(publication) => {
-                let stored = bson::to_bson(publication).map_err(|err| StoreError::Malformed {
-                    what: "publication",
-                    reason: err.to_string(),
-                })?;
-                doc! {"publication": stored}
-            }
+            Self::Published(publication) => doc! {"publication": stored("publication", publication)?},
+            Self::Intends(intent) => doc! {"createIntent": stored("intent", intent)?},
+            Self::Refused => doc! {"createIntent": Bson::Null},
+            Self::Doubted(since) => doc! {"doubt.since": since},
+            Self::Settled(settlement) => doc! {"doubt.settled": stored("settlement", settlement)?},
             Self::Completed { at, .. } => doc! {"finishedAt": at, "lastError": Bson::Null},
         };
         set.insert("phase", self.enters().as_str());
@@ -136,6 +153,18 @@ impl Transition {
             }
             Self::NothingToWrite => run.record_count = Some(0),
             Self::Published(publication) => run.publication = Some(publication),
+            Self::Intends(intent) => run.create_intent = Some(intent),
+            Self::Refused => run.create_intent = None,
+            Self::Doubted(since) => {
+                run.doubt.get_or_insert(Doubt { since, settled: None });
+            }
+            Self::Settled(settlement) => {
+                let since = run.doubt.as_ref().map_or_else(super::now, |d| d.since);
+                run.doubt = Some(Doubt {
+                    since,
+                    settled: Some(settlement),
+                });
+            }
             Self::Completed {
                 add_transactions,
                 at,
@@ -154,9 +183,21 @@ impl Transition {
             Self::Staged { .. } => "record_staged",
             Self::NothingToWrite => "record_nothing_to_write",
             Self::Published(_) => "record_publication",
+            Self::Intends(_) => "record_create_intent",
+            Self::Refused => "record_create_refused",
+            Self::Doubted(_) => "record_doubt",
+            Self::Settled(_) => "record_settlement",
             Self::Completed { .. } => "complete_run",
         }
     }
+}
+
+/// A value as BSON, or why it cannot be.
+fn stored(what: &'static str, value: &impl serde::Serialize) -> Result<Bson, StoreError> {
+    bson::to_bson(value).map_err(|err| StoreError::Malformed {
+        what,
+        reason: err.to_string(),
+    })
 }
 
 /// The phases as stored, for a filter.

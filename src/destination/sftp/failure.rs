@@ -34,6 +34,13 @@ pub(super) fn no_such_file(err: &SftpError) -> bool {
     matches!(err, SftpError::Status(status) if status.status_code == StatusCode::NoSuchFile)
 }
 
+/// True when the server answered that the name exists
+/// (`SSH_FX_FILE_ALREADY_EXISTS`, 11: ProFTPD's answer to a rename onto an
+/// existing name, even to a version 3 client).
+pub(super) fn name_taken(err: &SftpError) -> bool {
+    matches!(err, SftpError::Status(status) if status.status_code == StatusCode::FileAlreadyExists)
+}
+
 /// True when the server answered the generic failure status (OpenSSH's
 /// answer to a rename onto an existing name, and to a write on a full disk).
 pub(super) fn generic_failure(err: &SftpError) -> bool {
@@ -57,7 +64,12 @@ impl From<SftpError> for Failed {
                     (FailureKind::Transient, true)
                 }
                 // Generic: a full disk or a quota on a write. It may pass.
-                StatusCode::Failure => (FailureKind::Transient, false),
+                StatusCode::Failure
+                | StatusCode::NoSpaceOnFilesystem
+                | StatusCode::QuotaExceeded
+                | StatusCode::LockConflict
+                | StatusCode::DeletePending => (FailureKind::Transient, false),
+                StatusCode::FileAlreadyExists => (FailureKind::Occupied, false),
                 _ => (FailureKind::Permanent, false),
             },
             SftpError::Timeout => (FailureKind::Timeout, true),

@@ -14,7 +14,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use super::super::error::{DestinationError, FailureKind};
 use super::super::Found;
 use super::connect::Connection;
-use super::failure::{explain, no_such_file, rename_refusal_may_mean_taken, Failed};
+use super::failure::{explain, name_taken, no_such_file, rename_refusal_may_mean_taken, Failed};
+use super::super::upload::Ready;
 use super::{Sftp, TEMP_DIR};
 
 /// Bytes per read and write of a file.
@@ -177,7 +178,8 @@ impl Sftp {
     /// [`FailureKind::Occupied`] when the name exists; others as classified.
     pub async fn create_bytes(&self, name: &str, bytes: Bytes) -> Result<Found, DestinationError> {
         let size = bytes.len() as u64;
-        self.create(name, Source::Bytes(&bytes), size).await
+        let temp = self.upload(name, Source::Bytes(&bytes), size).await?;
+        self.rename_into(name, &temp, size).await
     }
 
     /// Creates the name from a local file only if nothing is there.
@@ -189,11 +191,41 @@ impl Sftp {
         name: &str,
         file: &LocalPath,
     ) -> Result<Found, DestinationError> {
+        let ready = self.upload_file(name, file).await?;
+        self.finish(name, ready).await
+    }
+
+    /// Uploads a local file to a temporary name, durable.
+    ///
+    /// # Errors
+    /// As the read or the upload meets them.
+    pub(in crate::destination) async fn upload_file(
+        &self,
+        name: &str,
+        file: &LocalPath,
+    ) -> Result<Ready, DestinationError> {
         let size = tokio::fs::metadata(file)
             .await
             .map_err(|err| self.local_error(name, file, &err))?
             .len();
-        self.create(name, Source::File(file), size).await
+        let key = self.upload(name, Source::File(file), size).await?;
+        Ok(Ready::Temporary { key, size })
+    }
+
+    /// Renames what is ready to the name only if absent.
+    ///
+    /// # Errors
+    /// [`FailureKind::Occupied`] when the name exists; others as classified.
+    pub(in crate::destination) async fn finish(
+        &self,
+        name: &str,
+        ready: Ready,
+    ) -> Result<Found, DestinationError> {
+        match ready {
+            Ready::Temporary { key, size } => self.rename_into(name, &key, size).await,
+            Ready::Bytes(bytes) => self.create_bytes(name, bytes).await,
+            Ready::Local(file) => Box::pin(self.create_from_file(name, &file)).await,
+        }
     }
 
     fn local_error(&self, name: &str, file: &LocalPath, err: &std::io::Error) -> DestinationError {
@@ -207,43 +239,53 @@ impl Sftp {
         )
     }
 
-    /// Uploads to a temporary name, makes it durable, and renames it to
-    /// the name without overwriting; a refused rename with the name taken
-    /// is [`FailureKind::Occupied`].
-    async fn create(
+    /// Uploads to a temporary name (its folder made when missing) and
+    /// makes it durable; the temporary's path. A refused write removes it.
+    async fn upload(
         &self,
         name: &str,
         source: Source<'_>,
         size: u64,
-    ) -> Result<Found, DestinationError> {
+    ) -> Result<String, DestinationError> {
         let bound = self.policy.timeout * bounds_for(size);
-        let (dir, target) = (self.dir.clone(), self.key(name));
+        let dir = self.dir.clone();
         let base = name.rsplit('/').next().unwrap_or(name).to_owned();
-        self.request("create", name, bound, |c| {
-            let (dir, target, base) = (dir.clone(), target.clone(), base.clone());
+        self.request("upload", name, bound, |c| {
+            let (dir, base) = (dir.clone(), base.clone());
             async move {
                 let temp = format!(
                     "{dir}/{TEMP_DIR}/.{base}.{}.tmp",
                     uuid::Uuid::new_v4().simple()
                 );
-                let uploaded = upload(&c, &dir, &temp, source).await;
-                let renamed = match uploaded {
-                    Ok(()) => rename_if_absent(&c, &temp, &target).await,
-                    Err(failed) => Err(failed),
-                };
-                let Err(failed) = renamed else {
-                    return Ok(Found {
+                match upload(&c, &dir, &temp, source).await {
+                    Ok(()) => Ok(temp),
+                    Err(failed) => Err(refused(&c, &dir, &temp, failed, size).await),
+                }
+            }
+        })
+        .await
+    }
+
+    /// Renames the temporary to the name without overwriting; a refused
+    /// rename with the name taken is [`FailureKind::Occupied`].
+    async fn rename_into(
+        &self,
+        name: &str,
+        temp: &str,
+        size: u64,
+    ) -> Result<Found, DestinationError> {
+        let (dir, target) = (self.dir.clone(), self.key(name));
+        self.request("create", name, self.policy.timeout, |c| {
+            let (dir, target, temp) = (dir.clone(), target.clone(), temp.to_owned());
+            async move {
+                match rename_if_absent(&c, &temp, &target).await {
+                    Ok(()) => Ok(Found {
                         size,
                         etag: None,
                         version: None,
-                    });
-                };
-                if failed.lost {
-                    return Err(failed);
+                    }),
+                    Err(failed) => Err(refused(&c, &dir, &temp, failed, size).await),
                 }
-                drop(c.sftp.remove_file(temp).await);
-                let fs = c.sftp.fs_info(dir).await.ok().flatten();
-                Err(explain(failed, fs.as_ref(), size))
             }
         })
         .await
@@ -389,15 +431,37 @@ async fn make_temp_dir(c: &Connection, dir: &str) -> Result<(), Failed> {
     }
 }
 
-/// Plain `SSH_FXP_RENAME`, which refuses an existing target; when refused
-/// with the generic status or permission denied and the target exists, the
-/// name is taken.
+/// A request the server refused (the connection still up): the temporary
+/// removed, and the refusal explained by the folder's file system.
+async fn refused(c: &Connection, dir: &str, temp: &str, failed: Failed, size: u64) -> Failed {
+    if failed.lost {
+        return failed;
+    }
+    drop(c.sftp.remove_file(temp).await);
+    let fs = c.sftp.fs_info(dir).await.ok().flatten();
+    explain(failed, fs.as_ref(), size)
+}
+
+/// Plain `SSH_FXP_RENAME`, which refuses an existing target: the name is
+/// taken when the server says so (status 11, ProFTPD), or when it refused
+/// with the generic status (OpenSSH) or permission denied and the target
+/// exists.
 async fn rename_if_absent(c: &Connection, temp: &str, target: &str) -> Result<(), Failed> {
     let err = match c.sftp.rename(temp, target).await {
         Ok(()) => return Ok(()),
         Err(err) => err,
     };
-    if rename_refusal_may_mean_taken(&err) && c.sftp.try_exists(target).await.unwrap_or(false) {
+    if name_taken(&err) {
+        return Err(Failed::new(
+            FailureKind::Occupied,
+            "a file already holds the name (the server answered SSH_FX_FILE_ALREADY_EXISTS)",
+        ));
+    }
+    // A rename tried again after a lost reply finds its temporary gone
+    // when the first one applied: the name is then looked at too.
+    let gone = no_such_file(&err) && !c.sftp.try_exists(temp).await.unwrap_or(true);
+    let may_be_taken = gone || rename_refusal_may_mean_taken(&err);
+    if may_be_taken && c.sftp.try_exists(target).await.unwrap_or(false) {
         return Err(Failed::new(
             FailureKind::Occupied,
             "a file already holds the name (the server refused to rename over it)",
