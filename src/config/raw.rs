@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 
 use super::sections::{
-    AmqpSettings, DaemonSettings, ExportSettings, HttpSettings, InDoubt, LogSettings, MongoSettings,
-    RetrySettings, S3Settings, ScheduleSettings, WatchdogSettings,
+    AmqpSettings, DaemonSettings, ExportSettings, HttpSettings, InDoubt, LogSettings,
+    MongoSettings, RetrySettings, S3Settings, ScheduleSettings, WatchdogSettings,
 };
 use super::sftp::SftpSettings;
 use super::{ConfigError, Settings};

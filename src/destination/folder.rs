@@ -16,8 +16,8 @@ use bytes::Bytes;
 use sha2::{Digest, Sha256};
 
 use super::error::{DestinationError, FailureKind};
-use super::Found;
 use super::upload::{self, Ready};
+use super::Found;
 
 const TEMP_SUFFIX: &str = ".part";
 

@@ -47,12 +47,19 @@ pub async fn run_resolve(
         .transition(&mut run, Transition::Settled(settlement))
         .await
         .context("Failed to record the settlement")?;
-    tracing::warn!(file = file_name, settlement = settlement.as_str(), "publication in doubt settled");
+    tracing::warn!(
+        file = file_name,
+        settlement = settlement.as_str(),
+        "publication in doubt settled"
+    );
     let deanery = Deanery::parse(&run.deanery).context("The run's deanery")?;
     let destination = Destination::proven(settings).await?;
     let exporter = Exporter::new(store.clone(), settings.export.clone(), destination);
     let summary = exporter.run(&deanery).await;
-    println!("{}", serde_json::to_string(&summary).context("Failed to encode the summary")?);
+    println!(
+        "{}",
+        serde_json::to_string(&summary).context("Failed to encode the summary")?
+    );
     store.shutdown().await;
     Ok(match summary.status() {
         RunStatus::Failed => ExitCode::FAILURE,

@@ -52,8 +52,8 @@ use mongodb::options::{ClientOptions, ReadPreference, SelectionCriteria};
 use mongodb::{Client, ClientSession, Collection};
 
 pub(crate) use claim::{Claim, ClaimedChunk};
-pub(crate) use doubt::{CreateIntent, Settlement};
 pub(crate) use counts::{LatestRun, OldestWaiting, StatusCount, StatusQuery};
+pub(crate) use doubt::{CreateIntent, Settlement};
 pub(crate) use id_range::IdRange;
 pub use indexes::{LEGACY_RECORDS_INDEX, RECORDS_BY_STATUS_INDEX};
 pub(crate) use leases::LeaseOutcome;

@@ -103,7 +103,9 @@ impl Transition {
                 sha256,
             } => doc! {"recordCount": *record_count as i64, "sha256": sha256},
             Self::NothingToWrite => doc! {"recordCount": 0_i64},
-            Self::Published(publication) => doc! {"publication": stored("publication", publication)?},
+            Self::Published(publication) => {
+                doc! {"publication": stored("publication", publication)?}
+            }
             Self::Intends(intent) => doc! {"createIntent": stored("intent", intent)?},
             Self::Refused => doc! {"createIntent": Bson::Null},
             Self::Doubted(since) => doc! {"doubt.since": since},
@@ -156,7 +158,10 @@ impl Transition {
             Self::Intends(intent) => run.create_intent = Some(intent),
             Self::Refused => run.create_intent = None,
             Self::Doubted(since) => {
-                run.doubt.get_or_insert(Doubt { since, settled: None });
+                run.doubt.get_or_insert(Doubt {
+                    since,
+                    settled: None,
+                });
             }
             Self::Settled(settlement) => {
                 let since = run.doubt.as_ref().map_or_else(super::now, |d| d.since);

@@ -80,15 +80,19 @@ async fn finish_elsewhere_through(
     );
 }
 
-async fn setup(records: usize) -> (TestApp, TestBucket, S3Proxy, Vec<ObjectId>) {
+pub(crate) async fn setup(records: usize) -> (TestApp, TestBucket, S3Proxy, Vec<ObjectId>) {
     let (app, bucket) = (spawn_app().await, TestBucket::create().await);
     let ids = app.seed("MER", records).await;
     let proxy = S3Proxy::start(&s3_endpoint()).await;
     (app, bucket, proxy, ids)
 }
 
+/// Killed while the `.DAT`'s conditional PUT (its final create) is held
+/// before the store: the manifest is published, the file may or may not
+/// be; the next run holds the deanery in doubt, and `resolve
+/// --not-delivered` publishes it once.
 #[tokio::test]
-async fn killed_after_the_manifest_the_next_run_publishes_the_file_once() {
+async fn killed_during_the_files_put_the_run_is_held_until_resolved() {
     let (app, bucket, proxy, ids) = setup(30).await;
     let rule = proxy.add(Rule::new("PUT", ".DAT", Action::HoldBefore));
     let env = bucket_env(&bucket.destination(), &proxy.endpoint());
@@ -100,13 +104,26 @@ async fn killed_after_the_manifest_the_next_run_publishes_the_file_once() {
         objects.keys()
     );
     assert!(bucket.dat_keys().await.is_empty(), "no file yet");
-    finish_elsewhere(&app, &bucket, &[]).await;
+    app.until_leases_lapse().await;
+    let direct = bucket_env(&bucket.destination(), &s3_endpoint());
+    let held = run_binary(&app, &["export", "--deanery", "MER"], &pairs(&direct)).await;
+    let said = String::from_utf8_lossy(&held.stderr).into_owned();
+    assert_eq!(held.status.code(), Some(1), "{said}");
+    assert!(said.contains("may have been delivered and taken"), "{said}");
+    let run = app.run_doc(bson::doc! {"deanery": "MER"}).await.unwrap();
+    let file = run.get_str("fileName").unwrap();
+    let resolved = run_binary(&app, &["resolve", file, "--not-delivered"], &pairs(&direct)).await;
+    assert!(
+        resolved.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resolved.stderr)
+    );
     assert_delivered_once(&app, &bucket, &ids).await;
 }
 
 /// Runs `export` until the `.DAT` is created and the store's reply is
 /// held (its publication not yet recorded), then SIGKILLs it.
-async fn killed_after_the_create(app: &TestApp, bucket: &TestBucket, proxy: &S3Proxy) {
+pub(crate) async fn killed_after_the_create(app: &TestApp, bucket: &TestBucket, proxy: &S3Proxy) {
     let rule = proxy.add(Rule::new("PUT", ".DAT", Action::HoldAfter));
     let env = bucket_env(&bucket.destination(), &proxy.endpoint());
     kill_at(app, &env, &rule, || async {

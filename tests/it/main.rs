@@ -17,6 +17,7 @@ mod faults;
 mod helpers;
 mod history;
 mod hostile;
+mod in_doubt;
 mod incident;
 mod infra;
 mod logs;

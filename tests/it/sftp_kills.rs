@@ -1,12 +1,13 @@
 //! The binary killed with SIGKILL at each step of a publication to an SFTP
 //! server, and the server killed mid-upload: during the manifest's upload
-//! and just before the `.DAT`'s rename (the server's SFTP subsystem holds
-//! that request: `tests/support/sftp_hold.py`), during the `.DAT`'s upload
+//! (the server's SFTP subsystem holds that request:
+//! `tests/support/sftp_hold.py`), during the `.DAT`'s upload
 //! (the manifest published, the temporary file half written), and after
 //! the `.DAT`'s rename (its publication not yet recorded: MongoDB is held
 //! by a proxy at that write). The next run, on another staging folder
 //! (another host), delivers every record exactly once and leaves no
-//! temporary file behind.
+//! temporary file behind. A kill during the `.DAT`'s rename itself leaves
+//! it in doubt (`in_doubt.rs`).
 
 use std::time::{Duration, Instant};
 
@@ -24,7 +25,7 @@ use crate::support::sshd::TestSshd;
 /// Records enough for an upload that lasts a while.
 const BIG: usize = 45_000;
 
-fn env_of(sshd: &TestSshd) -> Vec<(String, String)> {
+pub(crate) fn env_of(sshd: &TestSshd) -> Vec<(String, String)> {
     let mut env = sshd.env();
     env.push(("ESR_EXPORT__LEASE_SECONDS".to_owned(), "2".to_owned()));
     env.push(("ESR_EXPORT__CHUNK_SIZE".to_owned(), "5000".to_owned()));
@@ -90,7 +91,7 @@ async fn killed_during_the_upload_the_next_run_removes_the_temporary_and_deliver
 /// Runs `export` until the `.DAT` is renamed into place and the write of
 /// its publication is held (MongoDB black-holed at that write), then
 /// SIGKILLs it; the `.DAT`'s name.
-async fn killed_after_the_rename(app: &TestApp, sshd: &TestSshd) -> String {
+pub(crate) async fn killed_after_the_rename(app: &TestApp, sshd: &TestSshd) -> String {
     let proxy = WireProxy::start(&primary_host_port().await).await;
     proxy.arm(Fault::BlackHole, |r| {
         r.is("update", "exportRuns", "publication")
@@ -184,7 +185,7 @@ async fn killed_after_the_rename_then_other_bytes_under_its_name_the_resume_refu
 
 /// Runs `export` against `sshd` until its subsystem holds the request it
 /// waits for, then SIGKILLs it.
-async fn killed_when_held(app: &TestApp, sshd: &TestSshd) {
+pub(crate) async fn killed_when_held(app: &TestApp, sshd: &TestSshd) {
     let env = env_of(sshd);
     let mut child = binary(app, &["export", "--deanery", "MER"], &pairs(&env))
         .spawn()
@@ -213,32 +214,6 @@ async fn killed_during_the_manifest_upload_the_next_run_delivers_once() {
     assert!(
         temporaries.iter().any(|t| t.contains(".DAT.json.")),
         "the manifest's temporary: {temporaries:?}"
-    );
-    finish_elsewhere(&app, &sshd, &ids).await;
-}
-
-/// Killed just before the `.DAT`'s rename (uploaded and made durable under
-/// its temporary name, the rename held): the manifest is published, the
-/// file is not; the next run delivers it once and removes the temporary.
-#[tokio::test]
-async fn killed_just_before_the_rename_the_next_run_delivers_once() {
-    let (app, sshd) = (
-        spawn_app().await,
-        TestSshd::start_holding("rename-to", ".DAT").await,
-    );
-    let ids = app.seed("MER", 500).await;
-    killed_when_held(&app, &sshd).await;
-    let files = sshd.files();
-    assert!(
-        files.iter().all(|f| f.ends_with(".json")),
-        "only the manifest: {files:?}"
-    );
-    let temporaries = sshd.temporaries();
-    assert!(
-        temporaries
-            .iter()
-            .any(|t| t.contains(".DAT.") && !t.contains(".json.")),
-        "the file under its temporary name: {temporaries:?}"
     );
     finish_elsewhere(&app, &sshd, &ids).await;
 }

@@ -25,6 +25,7 @@ pub fn s3_endpoint() -> String {
 /// A bucket created for one test, and a client that reads it directly.
 pub struct TestBucket {
     pub name: String,
+    endpoint: String,
     store: AmazonS3,
 }
 
@@ -59,7 +60,19 @@ impl TestBucket {
             .with_secret_access_key("test")
             .build()
             .unwrap();
-        Self { name, store }
+        Self {
+            name,
+            endpoint: endpoint.to_owned(),
+            store,
+        }
+    }
+
+    /// Turns versioning on: a delete then leaves a delete marker.
+    pub async fn enable_versioning(&self) {
+        let body = "<VersioningConfiguration xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Status>Enabled</Status></VersioningConfiguration>";
+        let path = format!("/{}?versioning", self.name);
+        let status = raw_request_with(&self.endpoint, "PUT", &path, body).await;
+        assert_eq!(status, 200, "versioning on {}", self.name);
     }
 
     pub fn destination(&self) -> String {
@@ -156,12 +169,19 @@ pub fn bucket_env(destination: &str, endpoint: &str) -> Vec<(String, String)> {
 
 /// One HTTP/1.1 request without a body; the status code.
 async fn raw_request(endpoint: &str, method: &str, path: &str) -> u16 {
+    raw_request_with(endpoint, method, path, "").await
+}
+
+/// One unsigned request with `body` (moto takes them); its status.
+async fn raw_request_with(endpoint: &str, method: &str, path: &str, body: &str) -> u16 {
     let host = endpoint.trim_start_matches("http://");
     let mut stream = tokio::net::TcpStream::connect(host)
         .await
         .expect("connect S3");
-    let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    let length = body.len();
+    let request = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {host}\r\nContent-Length: {length}\r\nConnection: close\r\n\r\n{body}"
+    );
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut response = String::new();
     tokio::time::timeout(

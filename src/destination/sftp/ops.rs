@@ -12,10 +12,10 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::super::error::{DestinationError, FailureKind};
+use super::super::upload::Ready;
 use super::super::Found;
 use super::connect::Connection;
 use super::failure::{explain, name_taken, no_such_file, rename_refusal_may_mean_taken, Failed};
-use super::super::upload::Ready;
 use super::{Sftp, TEMP_DIR};
 
 /// Bytes per read and write of a file.
