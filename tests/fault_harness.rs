@@ -8,14 +8,19 @@
 //! seeded record `EXPORTED` exactly once; each record id in exactly one
 //! `.DAT` file, one file per deanery; trailer counts and manifest hashes
 //! match; no temporary files; nothing dead-lettered (every command was
-//! valid).
+//! valid). A publication the daemon holds in doubt (a kill during a final
+//! create) is settled as an operator would: `resolve FILE --delivered` when
+//! the round's collector took the file (it is then counted among the
+//! published), `--not-delivered` otherwise.
 //!
 //! A run first meets every fault kind ([`Kind::ALL`]) once, in an order
 //! and on targets drawn from the seed: kills at a `.DAT`'s create on a
-//! bucket (moto, `scripts/services`), kills during an upload and of `sshd`
-//! on an SFTP server (OpenSSH's `sshd`, one per round), every other kind
-//! spread over the folder, a bucket and an SFTP server. Then `--rounds N`
-//! rounds of a random kind on a random target (20; 3 with `--quick`).
+//! bucket (moto, `scripts/services`; once with the file taken by a
+//! collector before the restart), kills during an upload and of the server
+//! on each SFTP server (OpenSSH's `sshd` and ProFTPD's `mod_sftp`, one per
+//! round), every other kind spread over the folder, a bucket and the two
+//! SFTP servers. Then `--rounds N` rounds of a random kind on a random
+//! target (20; 3 with `--quick`).
 //!
 //! A fault must be hit to count: a proxy's fault fired on a request, a kill
 //! at publication or upload found the request or the upload under way, a
@@ -122,6 +127,7 @@ enum Kind {
     StepDown,
     KillBeforeCreate,
     KillAfterCreate,
+    KillTakenInDoubt,
     KillAtSftpUpload,
     KillSshd,
     DeleteQueues,
@@ -129,7 +135,7 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Self; 17] = [
+    const ALL: [Self; 18] = [
         Self::KillDaemon,
         Self::CloseBrokerConnections,
         Self::BlackHole,
@@ -143,6 +149,7 @@ impl Kind {
         Self::StepDown,
         Self::KillBeforeCreate,
         Self::KillAfterCreate,
+        Self::KillTakenInDoubt,
         Self::KillAtSftpUpload,
         Self::KillSshd,
         Self::DeleteQueues,
@@ -164,6 +171,7 @@ impl Kind {
             Self::StepDown => "step-down codes",
             Self::KillBeforeCreate => "SIGKILL at .DAT create",
             Self::KillAfterCreate => "SIGKILL after .DAT create",
+            Self::KillTakenInDoubt => "SIGKILL after .DAT create, taken",
             Self::KillAtSftpUpload => "SIGKILL during SFTP upload",
             Self::KillSshd => "sshd killed",
             Self::DeleteQueues => "delete retry and DLQ",
@@ -174,14 +182,19 @@ impl Kind {
     /// The one target a kind needs, if it needs one.
     fn only_on(self) -> Option<Target> {
         match self {
-            Self::KillBeforeCreate | Self::KillAfterCreate => Some(Target::Bucket),
+            Self::KillBeforeCreate | Self::KillAfterCreate | Self::KillTakenInDoubt => {
+                Some(Target::Bucket)
+            }
             Self::KillAtSftpUpload | Self::KillSshd => Some(Target::Sftp),
             _ => None,
         }
     }
 
+    /// Whether a round of this kind can publish to `target` (an SFTP
+    /// kind to either SFTP server).
     fn fits(self, target: Target) -> bool {
-        self.only_on().is_none_or(|only| only == target)
+        self.only_on()
+            .is_none_or(|only| only == target || (only, target) == (Target::Sftp, Target::Proftpd))
     }
 
     /// A fault of this kind, its details drawn.
@@ -216,8 +229,18 @@ impl Kind {
                 Fault::fail_point(self, "find", data, "net-close", rng)
             }
             Self::StepDown => Fault::step_down(rng),
-            Self::KillBeforeCreate => Fault::KillAtPublication { after_reply: false },
-            Self::KillAfterCreate => Fault::KillAtPublication { after_reply: true },
+            Self::KillBeforeCreate => Fault::KillAtPublication {
+                after_reply: false,
+                taken: false,
+            },
+            Self::KillAfterCreate => Fault::KillAtPublication {
+                after_reply: true,
+                taken: false,
+            },
+            Self::KillTakenInDoubt => Fault::KillAtPublication {
+                after_reply: true,
+                taken: true,
+            },
             Self::KillAtSftpUpload => Fault::KillAtSftpUpload,
             Self::KillSshd => Fault::KillSshd {
                 down_ms: 200 + rng.below(2_000),
@@ -257,9 +280,12 @@ enum Fault {
         label: String,
     },
     /// Bucket rounds: SIGKILL while the first `.DAT` create is held, before
-    /// it reaches the store or after it applied (its reply withheld).
+    /// it reaches the store or after it applied (its reply withheld); when
+    /// `taken`, a collector then takes the `.DAT` before the daemon starts
+    /// again (a publication in doubt, settled `--delivered`).
     KillAtPublication {
         after_reply: bool,
+        taken: bool,
     },
     /// SFTP rounds: SIGKILL while the `.DAT`'s temporary file is written.
     KillAtSftpUpload,
@@ -291,8 +317,13 @@ impl Fault {
             Self::ResetConnections => Kind::ResetConnections,
             Self::LostReply { .. } => Kind::LostReply,
             Self::FailPoint { kind, .. } => *kind,
-            Self::KillAtPublication { after_reply: false } => Kind::KillBeforeCreate,
-            Self::KillAtPublication { after_reply: true } => Kind::KillAfterCreate,
+            Self::KillAtPublication { taken: true, .. } => Kind::KillTakenInDoubt,
+            Self::KillAtPublication {
+                after_reply: false, ..
+            } => Kind::KillBeforeCreate,
+            Self::KillAtPublication {
+                after_reply: true, ..
+            } => Kind::KillAfterCreate,
             Self::KillAtSftpUpload => Kind::KillAtSftpUpload,
             Self::KillSshd { .. } => Kind::KillSshd,
             Self::DeleteQueues => Kind::DeleteQueues,
@@ -378,10 +409,15 @@ impl Fault {
                 times,
             } => format!("lost reply {command} {collection} x{times}").replace("  ", " "),
             Self::FailPoint { label, .. } => label.clone(),
-            Self::KillAtPublication { after_reply: false } => "SIGKILL at .DAT create".to_owned(),
-            Self::KillAtPublication { after_reply: true } => {
-                "SIGKILL after .DAT create, reply lost".to_owned()
+            Self::KillAtPublication { taken: true, .. } => {
+                "SIGKILL after .DAT create, reply lost, file taken".to_owned()
             }
+            Self::KillAtPublication {
+                after_reply: false, ..
+            } => "SIGKILL at .DAT create".to_owned(),
+            Self::KillAtPublication {
+                after_reply: true, ..
+            } => "SIGKILL after .DAT create, reply lost".to_owned(),
             Self::KillAtSftpUpload => "SIGKILL during .DAT upload".to_owned(),
             Self::KillSshd { down_ms } => format!("sshd killed, down {down_ms} ms"),
             Self::DeleteQueues => "delete retry and DLQ".to_owned(),
@@ -398,17 +434,21 @@ impl Fault {
 enum Target {
     Folder,
     Bucket,
+    /// OpenSSH's `sshd`.
     Sftp,
+    /// ProFTPD's `mod_sftp`.
+    Proftpd,
 }
 
 impl Target {
-    const ALL: [Self; 3] = [Self::Folder, Self::Bucket, Self::Sftp];
+    const ALL: [Self; 4] = [Self::Folder, Self::Bucket, Self::Sftp, Self::Proftpd];
 
     fn name(self) -> &'static str {
         match self {
             Self::Folder => "folder",
             Self::Bucket => "s3",
             Self::Sftp => "sftp",
+            Self::Proftpd => "sftp-proftpd",
         }
     }
 }
@@ -420,9 +460,10 @@ struct Planned {
     target: Target,
 }
 
-/// The run's rounds: every kind once (the kinds that need a target on it;
-/// the others in a drawn order over the three targets in turn), then
-/// `random` rounds of a kind drawn for a drawn target.
+/// The run's rounds: every kind once (the kinds that need a target on it,
+/// an SFTP kind on each SFTP server; the others in a drawn order over the
+/// targets in turn), then `random` rounds of a kind drawn for a drawn
+/// target.
 fn plan(seed: u64, random: usize) -> Vec<Planned> {
     let mut rng = Rng::of(seed, 0, 0);
     let mut free: Vec<Kind> = Kind::ALL
@@ -430,22 +471,25 @@ fn plan(seed: u64, random: usize) -> Vec<Planned> {
         .filter(|kind| kind.only_on().is_none())
         .collect();
     rng.shuffle(&mut free);
-    let first = rng.below(3) as usize;
+    let targets = Target::ALL.len();
+    let first = rng.below(targets as u64) as usize;
     let mut rounds: Vec<Planned> = free
         .into_iter()
         .enumerate()
         .map(|(i, kind)| Planned {
             kind,
-            target: Target::ALL[(first + i) % 3],
+            target: Target::ALL[(first + i) % targets],
         })
         .collect();
-    rounds.extend(Kind::ALL.into_iter().filter_map(|kind| {
-        let target = kind.only_on()?;
-        Some(Planned { kind, target })
-    }));
+    for kind in Kind::ALL {
+        let fitting = Target::ALL.into_iter().filter(|t| kind.fits(*t));
+        if kind.only_on().is_some() {
+            rounds.extend(fitting.map(|target| Planned { kind, target }));
+        }
+    }
     rng.shuffle(&mut rounds);
     for _ in 0..random {
-        let target = Target::ALL[rng.below(3) as usize];
+        let target = Target::ALL[rng.below(targets as u64) as usize];
         let fitting: Vec<Kind> = Kind::ALL
             .into_iter()
             .filter(|kind| kind.fits(target))
@@ -477,9 +521,65 @@ struct Round {
     daemons_started: usize,
     bucket: Option<support::bucket::TestBucket>,
     sftp: Option<support::sshd::TestSshd>,
+    /// The `.DAT` files a collector took from the bucket.
+    collected: Vec<Published>,
+    /// The publications in doubt the round settled, each `FILE how`.
+    settled: Vec<String>,
 }
 
 impl Round {
+    /// Takes the bucket's first `.DAT` as a collector does (kept, with its
+    /// manifest, for the checks); false when there is none.
+    async fn collect(&mut self) -> anyhow::Result<bool> {
+        let bucket = self
+            .bucket
+            .as_ref()
+            .context("a collector without a bucket")?;
+        let objects = bucket.objects().await;
+        let Some((key, bytes)) = objects.iter().find(|(k, _)| k.ends_with(".DAT")) else {
+            return Ok(false);
+        };
+        let manifest = objects
+            .get(&format!("{key}.json"))
+            .cloned()
+            .unwrap_or_default();
+        let name = key.rsplit('/').next().unwrap_or(key).to_owned();
+        bucket.delete(key).await;
+        self.collected.push((name, bytes.clone(), manifest));
+        Ok(true)
+    }
+
+    /// Settles every publication held in doubt as an operator would:
+    /// `--delivered` when the collector has the file, else
+    /// `--not-delivered` (nothing else takes files here).
+    async fn settle_doubts(&mut self, runs: &Collection<Document>) -> anyhow::Result<()> {
+        let held = doc! {"doubt.since": {"$exists": true}, "doubt.settled": {"$exists": false}};
+        let mut cursor = runs.find(held).await?;
+        while let Some(run) = cursor.try_next().await? {
+            let file = run.get_str("fileName")?.to_owned();
+            let taken = self.collected.iter().any(|(name, _, _)| *name == file);
+            let how = if taken {
+                "--delivered"
+            } else {
+                "--not-delivered"
+            };
+            let output = Command::new(env!("CARGO_BIN_EXE_esr-exporter"))
+                .args(["resolve", &file, how])
+                .env_clear()
+                .envs(&self.env)
+                .stdin(Stdio::null())
+                .output()
+                .await?;
+            anyhow::ensure!(
+                output.status.success(),
+                "resolve {file} {how}: {}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            self.settled.push(format!("{file} {how}"));
+        }
+        Ok(())
+    }
+
     fn spawn_daemon(&mut self) -> anyhow::Result<Child> {
         self.daemons_started += 1;
         let log = std::fs::File::create(
@@ -591,6 +691,7 @@ async fn published(round: &Round) -> anyhow::Result<(Vec<Published>, Vec<String>
     let (mut files, mut temporaries) = (Vec::new(), Vec::new());
     if let Some(bucket) = &round.bucket {
         let objects = bucket.objects().await;
+        files.extend(round.collected.iter().cloned());
         for (key, bytes) in &objects {
             let name = key.rsplit('/').next().unwrap_or(key).to_owned();
             if name.starts_with('.') {
@@ -731,6 +832,7 @@ async fn run_round(
     };
     let target_sftp = match target {
         Target::Sftp => Some(support::sshd::TestSshd::start().await),
+        Target::Proftpd => Some(support::sshd::TestSshd::start_proftpd().await),
         _ => None,
     };
     let s3proxy = match fault {
@@ -793,6 +895,8 @@ async fn run_round(
         daemons_started: 0,
         bucket: target_bucket,
         sftp: target_sftp,
+        collected: Vec::new(),
+        settled: Vec::new(),
     };
 
     // Seed.
@@ -838,7 +942,7 @@ async fn run_round(
     // failpoints are looked at once the run is done).
     let mut hit = true;
     match &fault {
-        Fault::KillAtPublication { after_reply } => {
+        Fault::KillAtPublication { after_reply, taken } => {
             let proxy = s3proxy
                 .as_ref()
                 .context("kill at publication without a proxy")?;
@@ -860,6 +964,9 @@ async fn run_round(
                 tokio::time::sleep(Duration::from_millis(200)).await; // it applies
             }
             daemon.kill().await?; // SIGKILL
+            if *taken {
+                hit &= round.collect().await?;
+            }
             daemon = round.spawn_daemon()?;
         }
         Fault::KillDaemon => {
@@ -956,9 +1063,13 @@ async fn run_round(
         }
     }
 
-    // Wait for completion.
+    // Wait for completion, settling what is held in doubt.
+    let runs = client
+        .database(&round.settings.mongodb.database)
+        .collection::<Document>("exportRuns");
     let deadline = Instant::now() + Duration::from_secs(180);
     loop {
+        round.settle_doubts(&runs).await?;
         let done = records.count_documents(doc! {"status": "EXPORTED"}).await? == total as u64
             && support::broker::queue_len(&round.settings.amqp, &round.settings.amqp.queue).await?
                 == 0
@@ -1017,6 +1128,9 @@ async fn run_round(
     }
     if !hit {
         met = " (not hit)".to_owned();
+    }
+    if !round.settled.is_empty() {
+        met.push_str(&format!(" (in doubt, resolved {})", round.settled.len()));
     }
     if target != Target::Folder {
         met.push_str(&format!(" [{}]", target.name()));

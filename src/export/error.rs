@@ -94,8 +94,11 @@ impl ExportError {
             | Self::ClaimMismatch { .. }
             | Self::MarkIncomplete { .. }
             | Self::File { .. } => true,
-            // Waiting cannot settle it: a person (or a versioned bucket) must.
-            Self::InDoubt { .. } | Self::Inconsistent { .. } => false,
+            // Held until a person settles it (`resolve`, which finishes the
+            // run): the command is retried meanwhile, and its next try
+            // after the settlement finds the work done.
+            Self::InDoubt { .. } => true,
+            Self::Inconsistent { .. } => false,
         }
     }
 

@@ -119,9 +119,11 @@ async fn a_staging_folder_that_failed_once_recovers_with_the_next_run_to_a_bucke
     daemon.kill().await.unwrap();
 }
 
-/// A store that does not answer one create within its bound: the attempt
-/// fails, the command's retry delivers the file, and the failure is
-/// counted by its kind, `esr_destination_failures_total{kind="timeout"}`.
+/// A store that does not answer one create (the manifest's: a `.DAT`'s
+/// create without an answer would leave the file in doubt) within its
+/// bound: the attempt fails, the command's retry delivers the file, and the
+/// failure is counted by its kind,
+/// `esr_destination_failures_total{kind="timeout"}`.
 #[tokio::test]
 async fn a_destination_failure_is_counted_by_its_kind() {
     let (app, bucket) = (spawn_app().await, TestBucket::create().await);
@@ -130,7 +132,7 @@ async fn a_destination_failure_is_counted_by_its_kind() {
     let mut env = bucket_env(&bucket.destination(), &proxy.endpoint());
     env.push(("ESR_S3__REQUEST_TIMEOUT_MS".to_owned(), "1500".to_owned()));
     let (mut daemon, addr) = ready_daemon(&app, &env).await;
-    let held = proxy.add(Rule::new("PUT", ".DAT", Action::HoldBefore).times(1));
+    let held = proxy.add(Rule::new("PUT", ".DAT.json", Action::HoldBefore).times(1));
 
     app.publish_command("MER", Slot::Manual).await;
     eventually("exported on a retry", Duration::from_secs(60), || async {

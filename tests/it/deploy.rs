@@ -47,6 +47,7 @@ const ALERTS: &[&str] = &[
     "EsrDeadLettersWaiting",
     "EsrOutputFolderNotWritable",
     "EsrExporterDown",
+    "EsrPublicationInDoubt",
 ];
 
 fn read(path: &str) -> String {

@@ -4,7 +4,9 @@
 use bson::{doc, Bson, Document};
 use esr_exporter::domain::RunStatus;
 
-use crate::helpers::{deanery, seeded, spawn_app, spawn_app_with, valid_record, ExportedFile};
+use crate::helpers::{
+    deanery, run_binary, seeded, spawn_app, spawn_app_with, valid_record, ExportedFile,
+};
 
 #[tokio::test]
 async fn a_deaneries_records_land_in_one_well_formed_file_and_others_are_untouched() {
@@ -255,10 +257,11 @@ async fn an_equivalent_index_is_reused_and_a_name_taken_by_other_keys_is_a_clear
 }
 
 #[tokio::test]
-async fn a_file_gone_before_its_publication_was_recorded_is_published_again_with_the_same_bytes() {
+async fn a_file_gone_before_its_publication_was_recorded_is_held_then_published_again_with_the_same_bytes(
+) {
     // Arrange: a completed run, wound back to the moment after its file
-    // was published and a reader took it, before the run recorded that.
-    // Nothing says where the file went, so it is not assumed delivered.
+    // was created and a reader took it, before the run recorded that.
+    // Nothing says whether the file went: the run is held in doubt.
     let (app, ids) = seeded("EMD", 35, "ESR_EXPORT__CHUNK_SIZE=10").await;
     let first = app.exporter.run(&deanery("EMD")).await;
     let name = first.file.clone().unwrap();
@@ -281,13 +284,25 @@ async fn a_file_gone_before_its_publication_was_recorded_is_published_again_with
     std::fs::remove_file(&taken).unwrap();
     std::fs::remove_file(app.export_dir().join(format!("{name}.json"))).unwrap();
 
-    // Act
-    let again = app.exporter.run(&deanery("EMD")).await;
+    // Act: the resume is held; the receiver never had it.
+    let held = app.exporter.run(&deanery("EMD")).await;
+    assert_eq!(held.status(), RunStatus::Failed, "{held:?}");
+    let error = held.error().unwrap_or_default();
+    assert!(
+        error.contains(&format!("{name} may have been delivered and taken")),
+        "{error}"
+    );
+    assert!(!taken.exists(), "nothing published while in doubt");
+    let resolve = ["resolve", name.as_str(), "--not-delivered"];
+    let output = run_binary(&app, &resolve, &[]).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
 
-    // Assert: resumed and completed; the same name holds the same bytes
-    // again, with its manifest, and every record is EXPORTED with it.
-    assert_eq!(again.status(), RunStatus::Completed, "{again:?}");
-    assert!(again.resumed);
+    // Assert: the same name holds the same bytes again, with its manifest,
+    // and every record is EXPORTED with it.
     assert_eq!(
         std::fs::read(&taken).unwrap(),
         bytes,

@@ -100,9 +100,10 @@ async fn killed_during_the_rename_the_deanery_is_held_until_resolved_not_deliver
     );
 }
 
-#[tokio::test]
-async fn a_file_taken_before_its_publication_was_recorded_is_held_then_resolved_delivered() {
-    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+async fn a_file_taken_before_its_publication_was_recorded_is_held_then_resolved_delivered(
+    sshd: TestSshd,
+) {
+    let app = spawn_app().await;
     let ids = app.seed("MER", 300).await;
     let file = killed_after_the_rename(&app, &sshd).await;
     let sha = sshd.sha256(&file);
@@ -136,6 +137,10 @@ async fn a_file_taken_before_its_publication_was_recorded_is_held_then_resolved_
     let publication = run.get_document("publication").unwrap();
     assert_eq!(publication.get_str("sha256").unwrap(), sha);
 }
+
+on_both_sftp_servers!(
+    a_file_taken_before_its_publication_was_recorded_is_held_then_resolved_delivered
+);
 
 #[tokio::test]
 async fn with_in_doubt_publish_a_taken_file_is_published_again_with_a_warning() {

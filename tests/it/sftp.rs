@@ -1,5 +1,7 @@
-//! The SFTP destination against OpenSSH's `sshd`: files delivered once
-//! (also by two replicas on one server), the publication recorded, the
+//! The SFTP destination against OpenSSH's `sshd` (and, where a test says
+//! `on_both_sftp_servers!`, ProFTPD's `mod_sftp` too): the probe, files
+//! delivered once (also by two replicas on one server), the publication
+//! recorded, the
 //! host key pinned (unknown and changed keys refused, naming the host and
 //! the fingerprint; `known_hosts` read as OpenSSH reads it: several keys,
 //! an RSA-only pin, `@revoked`), a refused login, a foreign file under the name, a
@@ -27,9 +29,8 @@ fn set(env: &mut Vec<(String, String)>, key: &str, value: &str) {
     env.push((key.to_owned(), value.to_owned()));
 }
 
-#[tokio::test]
-async fn a_run_publishes_manifest_and_file_to_the_server_and_records_where() {
-    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+async fn a_run_publishes_manifest_and_file_to_the_server_and_records_where(sshd: TestSshd) {
+    let app = spawn_app().await;
     let ids = app.seed("MER", 40).await;
     let output = export(&app, &sshd.env(), "MER").await;
     assert!(
@@ -49,6 +50,26 @@ async fn a_run_publishes_manifest_and_file_to_the_server_and_records_where() {
     let publication = assert_published(&app, &run, &sshd.destination(), &key);
     assert_eq!(publication.get_str("sha256").unwrap(), sshd.sha256(&file));
 }
+
+on_both_sftp_servers!(a_run_publishes_manifest_and_file_to_the_server_and_records_where);
+
+/// The probe's second create of a name is refused by both servers (OpenSSH
+/// with its generic failure, ProFTPD with status 11, "file already
+/// exists"): the probe passes and leaves nothing behind.
+async fn check_config_proves_the_server_refuses_a_second_create(sshd: TestSshd) {
+    let app = spawn_app().await;
+    let output = run_binary(&app, &["check-config"], &pairs(&sshd.env())).await;
+    let said = stderr(&output);
+    assert!(output.status.success(), "{said}\n{}", sshd.log());
+    assert!(
+        said.contains("refuses a second create of a name (probe passed)"),
+        "{said}"
+    );
+    assert!(sshd.temporaries().is_empty(), "{:?}", sshd.temporaries());
+    assert!(sshd.files().is_empty(), "{:?}", sshd.files());
+}
+
+on_both_sftp_servers!(check_config_proves_the_server_refuses_a_second_create);
 
 #[tokio::test]
 async fn check_config_proves_the_server_and_never_prints_the_passphrase() {
@@ -266,9 +287,8 @@ async fn a_refused_login_is_permanent_and_a_read_only_folder_is_named_as_such() 
     );
 }
 
-#[tokio::test]
-async fn a_file_someone_else_put_under_the_name_is_refused_and_nothing_is_marked() {
-    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+async fn a_file_someone_else_put_under_the_name_is_refused_and_nothing_is_marked(sshd: TestSshd) {
+    let app = spawn_app().await;
     let ids = app.seed("MER", 10).await;
     let today = chrono::Utc::now().format("%Y%m%d");
     let name = format!("DE_MER_APP_{today}_00001.DAT");
@@ -287,6 +307,8 @@ async fn a_file_someone_else_put_under_the_name_is_refused_and_nothing_is_marked
     let _ = std::fs::remove_file(sshd.inbox.join(format!("{name}.json")));
     export_once_the_lease_lapses(&app, &env, &sshd, &ids).await;
 }
+
+on_both_sftp_servers!(a_file_someone_else_put_under_the_name_is_refused_and_nothing_is_marked);
 
 #[tokio::test]
 async fn a_full_disk_fails_the_attempt_transiently_and_the_next_one_delivers() {
@@ -379,9 +401,8 @@ async fn a_black_holed_server_fails_the_attempt_within_the_bound_naming_the_dest
     assert_eq!(app.count(doc! {"status": "EXPORTED"}).await, 0);
 }
 
-#[tokio::test]
-async fn two_replicas_with_their_own_staging_folders_deliver_each_file_once() {
-    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+async fn two_replicas_with_their_own_staging_folders_deliver_each_file_once(sshd: TestSshd) {
+    let app = spawn_app().await;
     let other_dir = tempfile::tempdir().unwrap();
     let mut env = sshd.env();
     set(&mut env, "ESR_EXPORT__LEASE_SECONDS", "2");
@@ -395,12 +416,13 @@ async fn two_replicas_with_their_own_staging_folders_deliver_each_file_once() {
     assert_delivered_once(&app, &sshd, &ids).await;
 }
 
+on_both_sftp_servers!(two_replicas_with_their_own_staging_folders_deliver_each_file_once);
+
 /// Probe files a killed process left in the server's temporary folder: the
 /// next probe on this host removes those of processes that no longer run,
 /// and keeps another host's that are young enough to be under way.
-#[tokio::test]
-async fn the_probe_files_of_killed_processes_are_removed_by_the_next_probe() {
-    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+async fn the_probe_files_of_killed_processes_are_removed_by_the_next_probe(sshd: TestSshd) {
+    let app = spawn_app().await;
     let host: String = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .unwrap()
         .trim()
@@ -427,6 +449,8 @@ async fn the_probe_files_of_killed_processes_are_removed_by_the_next_probe() {
     assert!(output.status.success(), "{}", stderr(&output));
     assert_eq!(sshd.temporaries(), [elsewhere], "{}", stderr(&output));
 }
+
+on_both_sftp_servers!(the_probe_files_of_killed_processes_are_removed_by_the_next_probe);
 
 /// A folder for temporaries that cannot be made (a file holds its name) is
 /// said as such, naming it, not as a full disk or a quota.

@@ -66,9 +66,10 @@ async fn finish_elsewhere(app: &TestApp, sshd: &TestSshd, ids: &[ObjectId]) {
     assert_delivered_once(app, sshd, ids).await;
 }
 
-#[tokio::test]
-async fn killed_during_the_upload_the_next_run_removes_the_temporary_and_delivers_once() {
-    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+async fn killed_during_the_upload_the_next_run_removes_the_temporary_and_delivers_once(
+    sshd: TestSshd,
+) {
+    let app = spawn_app().await;
     let ids = app.seed("MER", BIG).await;
     let env = env_of(&sshd);
     let mut child = binary(&app, &["export", "--deanery", "MER"], &pairs(&env))
@@ -87,6 +88,10 @@ async fn killed_during_the_upload_the_next_run_removes_the_temporary_and_deliver
     );
     finish_elsewhere(&app, &sshd, &ids).await;
 }
+
+on_both_sftp_servers!(
+    killed_during_the_upload_the_next_run_removes_the_temporary_and_delivers_once
+);
 
 /// Runs `export` until the `.DAT` is renamed into place and the write of
 /// its publication is held (MongoDB black-holed at that write), then
@@ -115,9 +120,10 @@ pub(crate) async fn killed_after_the_rename(app: &TestApp, sshd: &TestSshd) -> S
     dat[0].clone()
 }
 
-#[tokio::test]
-async fn killed_after_the_rename_before_the_publication_is_recorded_the_file_is_kept() {
-    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+async fn killed_after_the_rename_before_the_publication_is_recorded_the_file_is_kept(
+    sshd: TestSshd,
+) {
+    let app = spawn_app().await;
     let ids = app.seed("MER", 500).await;
     let dat = killed_after_the_rename(&app, &sshd).await;
     let before = std::fs::metadata(sshd.inbox.join(&dat))
@@ -134,6 +140,8 @@ async fn killed_after_the_rename_before_the_publication_is_recorded_the_file_is_
         "the file with the recorded hash is kept, not sent again"
     );
 }
+
+on_both_sftp_servers!(killed_after_the_rename_before_the_publication_is_recorded_the_file_is_kept);
 
 #[tokio::test]
 async fn sshd_killed_mid_upload_and_restarted_the_run_reconnects_and_delivers_once() {
@@ -164,9 +172,10 @@ async fn sshd_killed_mid_upload_and_restarted_the_run_reconnects_and_delivers_on
 /// the file under its name is replaced by other bytes: the next run finds
 /// what it did not publish and refuses, naming the file at ERROR, and
 /// marks nothing. The file stays as the other writer left it.
-#[tokio::test]
-async fn killed_after_the_rename_then_other_bytes_under_its_name_the_resume_refuses() {
-    let (app, sshd) = (spawn_app().await, TestSshd::start().await);
+async fn killed_after_the_rename_then_other_bytes_under_its_name_the_resume_refuses(
+    sshd: TestSshd,
+) {
+    let app = spawn_app().await;
     app.seed("MER", 500).await;
     let name = killed_after_the_rename(&app, &sshd).await;
     std::fs::write(sshd.inbox.join(&name), b"someone else's bytes").unwrap();
@@ -182,6 +191,8 @@ async fn killed_after_the_rename_then_other_bytes_under_its_name_the_resume_refu
     let kept = std::fs::read(sshd.inbox.join(&name)).unwrap();
     assert_eq!(kept, b"someone else's bytes", "never written over");
 }
+
+on_both_sftp_servers!(killed_after_the_rename_then_other_bytes_under_its_name_the_resume_refuses);
 
 /// Runs `export` against `sshd` until its subsystem holds the request it
 /// waits for, then SIGKILLs it.

@@ -1,6 +1,8 @@
-//! OpenSSH's `sshd` for the SFTP tests: one server per test, as root, on a
-//! free loopback port, with its own config, host key and authorized key
-//! (all generated with `ssh-keygen`), `PasswordAuthentication no` and
+//! The SFTP servers of the SFTP tests: OpenSSH's `sshd`, or ProFTPD's
+//! `mod_sftp` ([`TestSshd::start_proftpd`]; its authorized key in RFC 4716
+//! form, `ssh-keygen -e`). One server per test, as root, on a free
+//! loopback port, with its own config, host key and authorized key (all
+//! generated with `ssh-keygen`), key authentication only; for `sshd`,
 //! `Subsystem sftp internal-sftp` (or `sftp-server` behind a relay that
 //! holds one request, `sftp_hold.py`). The folder files go to may be a small
 //! tmpfs (a full disk) or made read-only with a read-only remount.
@@ -36,6 +38,17 @@ pub struct TestSshd {
     subsystem: Option<String>,
     /// Host keys served besides `host_key`.
     more_host_keys: Vec<PathBuf>,
+    /// Which server.
+    server: Server,
+}
+
+/// Which SFTP server a [`TestSshd`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Server {
+    /// OpenSSH's `sshd` (Debian `openssh-server`).
+    OpenSsh,
+    /// ProFTPD's `mod_sftp` (Debian `proftpd-core`, `proftpd-mod-crypto`).
+    Proftpd,
 }
 
 fn keygen(path: &Path) {
@@ -102,7 +115,22 @@ impl TestSshd {
         self.dir.path().join("held").exists()
     }
 
+    /// Starts ProFTPD's `mod_sftp` instead of `sshd`, its inbox a plain
+    /// folder.
+    pub async fn start_proftpd() -> Self {
+        Self::start_on(None, Server::Proftpd).await
+    }
+
+    /// Starts `server`, its inbox a plain folder.
+    pub async fn start_server(server: Server) -> Self {
+        Self::start_on(None, server).await
+    }
+
     async fn start_with(tmpfs: Option<u64>) -> Self {
+        Self::start_on(tmpfs, Server::OpenSsh).await
+    }
+
+    async fn start_on(tmpfs: Option<u64>, server: Server) -> Self {
         let dir = tempfile::tempdir().expect("sshd dir");
         let inbox = dir.path().join("inbox");
         std::fs::create_dir(&inbox).unwrap();
@@ -133,6 +161,7 @@ impl TestSshd {
             mounted: tmpfs.is_some(),
             subsystem: None,
             more_host_keys: Vec::new(),
+            server,
         };
         sshd.write_config();
         sshd.restart().await;
@@ -140,6 +169,9 @@ impl TestSshd {
     }
 
     fn write_config(&self) {
+        if self.server == Server::Proftpd {
+            return self.write_proftpd_config();
+        }
         let d = self.dir.path().display();
         let subsystem = self.subsystem.as_deref().unwrap_or("internal-sftp");
         let more: String = self
@@ -156,6 +188,41 @@ impl TestSshd {
             port = self.port
         );
         std::fs::write(self.dir.path().join("sshd_config"), config).unwrap();
+    }
+
+    /// `mod_sftp` on the port as root, with the host keys and the client's
+    /// key in RFC 4716 form; its logs in `sshd.log`.
+    fn write_proftpd_config(&self) {
+        assert!(self.subsystem.is_none(), "a relay needs sshd");
+        let d = self.dir.path().display();
+        let rfc4716 = Command::new("ssh-keygen")
+            .args(["-e", "-f"])
+            .arg(self.dir.path().join("id_ed25519.pub"))
+            .output()
+            .expect("ssh-keygen -e");
+        assert!(rfc4716.status.success(), "ssh-keygen -e");
+        std::fs::write(
+            self.dir.path().join("authorized_keys.rfc4716"),
+            rfc4716.stdout,
+        )
+        .unwrap();
+        let more: String = self
+            .more_host_keys
+            .iter()
+            .map(|key| format!("SFTPHostKey {}\n", key.display()))
+            .collect();
+        let config = format!(
+            "ModulePath /usr/lib/proftpd\nLoadModule mod_sftp.c\nServerName \"esr-test\"\n\
+             ServerType standalone\nDefaultServer on\nDefaultAddress 127.0.0.1\nPort {port}\n\
+             UseIPv6 off\nUser root\nGroup root\nPidFile {d}/proftpd.pid\n\
+             ScoreboardFile {d}/proftpd.scoreboard\nDelayTable none\nWtmpLog off\n\
+             TransferLog none\nSystemLog {d}/sshd.log\nRootLogin on\nUseFtpUsers off\n\
+             RequireValidShell off\nUseReverseDNS off\nSFTPEngine on\nSFTPLog {d}/sshd.log\n\
+             SFTPHostKey {d}/host_key\n{more}SFTPAuthorizedUserKeys file:{d}/authorized_keys.rfc4716\n\
+             SFTPAuthMethods publickey\n",
+            port = self.port
+        );
+        std::fs::write(self.dir.path().join("proftpd.conf"), config).unwrap();
     }
 
     /// Serves a host key of `kind` (`rsa`, `ecdsa`) besides the ed25519
@@ -178,14 +245,28 @@ impl TestSshd {
             .append(true)
             .open(self.dir.path().join("sshd.log"))
             .unwrap();
-        let child = Command::new("/usr/sbin/sshd")
-            .args(["-D", "-e", "-f"])
-            .arg(self.dir.path().join("sshd_config"))
+        let mut command = match self.server {
+            Server::OpenSsh => {
+                let mut command = Command::new("/usr/sbin/sshd");
+                command
+                    .args(["-D", "-e", "-f"])
+                    .arg(self.dir.path().join("sshd_config"));
+                command
+            }
+            Server::Proftpd => {
+                let mut command = Command::new("/usr/sbin/proftpd");
+                command
+                    .args(["-n", "-c"])
+                    .arg(self.dir.path().join("proftpd.conf"));
+                command
+            }
+        };
+        let child = command
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("sshd (Debian openssh-server; run scripts/services)");
+            .expect("sshd or proftpd (Debian openssh-server, proftpd-core; run scripts/services)");
         self.child = Some(child);
         let deadline = Instant::now() + Duration::from_secs(20);
         while tokio::net::TcpStream::connect(("127.0.0.1", self.port))
