@@ -19,7 +19,6 @@ mod probe;
 mod retry;
 mod sftp;
 mod upload;
-mod versions;
 
 pub use bucket::Bucket;
 pub use error::{DestinationError, FailureKind};

@@ -4,12 +4,13 @@
 //! object version before it, proves the name was created and then taken.
 
 use bytes::Bytes;
-use object_store::aws::{AmazonS3, AwsAuthorizer};
+use object_store::aws::{AmazonS3, AmazonS3Builder, AmazonS3ConfigKey, AwsAuthorizer};
 use object_store::client::HttpRequestBody;
 use serde::Deserialize;
 
-use super::error::{DestinationError, FailureKind};
-use super::Found;
+use super::Bucket;
+use crate::destination::error::{DestinationError, FailureKind};
+use crate::destination::Found;
 
 /// Where a bucket's requests go: what `ListObjectVersions` needs.
 #[derive(Debug, Clone)]
@@ -72,6 +73,44 @@ impl VersionsClient {
         }
         Ok(body)
     }
+}
+
+impl Bucket {
+    /// The version of `name` a delete marker hides, when the newest
+    /// version under the name is one (a versioned bucket: the name was
+    /// created and then taken); `None` otherwise, or when the versions
+    /// cannot be listed (said at WARN).
+    pub async fn taken(&self, name: &str) -> Option<Found> {
+        let key = self.key(name);
+        let signs = self.credentials.signs();
+        let listed = self
+            .request("list versions", name, self.policy.timeout, || async {
+                let reply = self.versions.list(&self.store, signs, &key).await;
+                let reply = reply.map_err(|err| failed(&self.url, &key, err))?;
+                deleted_version(&reply, &key).map_err(|err| failed(&self.url, &key, err))
+            })
+            .await;
+        listed.unwrap_or_else(|err| {
+            tracing::warn!(error = %err, "cannot read the name's versions; a delete marker cannot settle the doubt");
+            None
+        })
+    }
+}
+
+/// Where the store's client sends a bucket's requests, as the crate
+/// addresses them (an endpoint, path or virtual-hosted style, or AWS's).
+pub(super) fn client_of(builder: &AmazonS3Builder, bucket: &str) -> VersionsClient {
+    let value = |key| builder.get_config_value(&key);
+    let region = value(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".to_owned());
+    let virtual_hosted = value(AmazonS3ConfigKey::VirtualHostedStyleRequest)
+        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
+    let endpoint = match (value(AmazonS3ConfigKey::Endpoint), virtual_hosted) {
+        (Some(endpoint), true) => endpoint,
+        (Some(endpoint), false) => format!("{}/{bucket}", endpoint.trim_end_matches('/')),
+        (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
+        (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
+    };
+    VersionsClient::new(endpoint, region)
 }
 
 /// The versions and delete markers of a `ListObjectVersions` reply.

@@ -3,7 +3,6 @@
 //! temporary key and finished with a conditional multipart copy, names
 //! looked up by size, ETag and SHA-256 read back.
 
-use std::path::Path as LocalPath;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,14 +16,16 @@ use object_store::{
 };
 use sha2::{Digest, Sha256};
 
+mod create;
+mod versions;
+
 use super::credentials::CredentialSource;
 use super::error::{DestinationError, FailureKind};
 use super::retry::RequestPolicy;
-use super::upload::Ready;
-use super::versions::{self, VersionsClient};
 use super::Found;
 use crate::config::S3Settings;
 use crate::domain::DestinationUrl;
+use versions::VersionsClient;
 
 /// The folder under the prefix that holds temporary and probe objects:
 /// starting with a dot, so a collector taking `DE_*_APP_*.DAT` ignores
@@ -92,7 +93,7 @@ impl Bucket {
                 format!("{}ms", s3.connect_timeout_ms),
             );
         let credentials = CredentialSource::of(&builder);
-        let versions = versions_client(&builder, bucket);
+        let versions = versions::client_of(&builder, bucket);
         let store = builder
             .build()
             .map_err(|err| DestinationError::from_store(&url, "configure", "", &err))?;
@@ -329,160 +330,6 @@ impl Bucket {
         })
     }
 
-    /// Creates the name from a local file only if nothing is there: in one
-    /// request up to `s3.multipart_threshold_bytes`, else in parts.
-    ///
-    /// # Errors
-    /// [`FailureKind::Occupied`] when the name exists; others as classified.
-    pub async fn create_from_file(
-        &self,
-        name: &str,
-        file: &LocalPath,
-    ) -> Result<Found, DestinationError> {
-        let ready = self.upload_file(name, file).await?;
-        self.finish(name, ready).await
-    }
-
-    /// Makes a local file ready for `name`: up to
-    /// `s3.multipart_threshold_bytes` its bytes, read for one conditional
-    /// PUT; above, its parts uploaded to a temporary key.
-    ///
-    /// # Errors
-    /// As the read or the upload meets them.
-    pub(super) async fn upload_file(
-        &self,
-        name: &str,
-        file: &LocalPath,
-    ) -> Result<Ready, DestinationError> {
-        let size = std::fs::metadata(file)
-            .map_err(|err| self.local_error(name, file, &err))?
-            .len();
-        if size <= self.multipart_threshold {
-            let bytes = tokio::fs::read(file)
-                .await
-                .map_err(|err| self.local_error(name, file, &err))?;
-            return Ok(Ready::Bytes(Bytes::from(bytes)));
-        }
-        self.refuse_over_single_copy(name, size)?;
-        let temp = format!("{TEMP_DIR}/.{name}.{}.tmp", uuid::Uuid::new_v4().simple());
-        self.upload_parts(&temp, file, size).await?;
-        Ok(Ready::Temporary { key: temp, size })
-    }
-
-    /// Creates the name from what is ready only if absent: one conditional
-    /// PUT, or one conditional copy of the temporary (then removed).
-    ///
-    /// # Errors
-    /// [`FailureKind::Occupied`] when the name exists; others as classified.
-    pub(super) async fn finish(&self, name: &str, ready: Ready) -> Result<Found, DestinationError> {
-        let (temp, size) = match ready {
-            Ready::Bytes(bytes) => return self.create_bytes(name, bytes).await,
-            Ready::Local(file) => return Box::pin(self.create_from_file(name, &file)).await,
-            Ready::Temporary { key, size } => (key, size),
-        };
-        let copied = self.copy_if_absent(&temp, name).await;
-        if let Err(err) = self.delete(&temp).await {
-            tracing::warn!(destination = %self.url, key = %self.key(&temp), error = %crate::error_chain::Chain(&err), "could not remove a temporary object; the next run of the deanery removes it");
-        }
-        copied?;
-        // The copy's reply carries no ETag: look the new object up.
-        Ok(self.lookup(name).await?.unwrap_or(Found {
-            size,
-            etag: None,
-            version: None,
-        }))
-    }
-
-    /// A large file's name is created by one conditional copy, and S3
-    /// copies at most 5 GiB in one request: refused before any upload.
-    fn refuse_over_single_copy(&self, name: &str, size: u64) -> Result<(), DestinationError> {
-        if size <= MAX_SINGLE_COPY {
-            return Ok(());
-        }
-        Err(DestinationError::new(
-            FailureKind::Permanent,
-            &self.url,
-            "create",
-            &self.key(name),
-            format!(
-                "the file is {size} bytes, over the 5 GiB that S3 copies in one request; a bucket's \
-                 name is created only if absent by one conditional copy, so nothing was uploaded \
-                 (publish such a file to a folder or an SFTP server)"
-            ),
-        ))
-    }
-
-    fn local_error(&self, name: &str, file: &LocalPath, err: &std::io::Error) -> DestinationError {
-        let detail = format!("cannot read the staged file {}: {err}", file.display());
-        DestinationError::new(
-            FailureKind::Transient,
-            &self.url,
-            "create",
-            &self.key(name),
-            detail,
-        )
-    }
-
-    /// Uploads the file in parts under a temporary name (unconditional:
-    /// the crate sends no condition on a multipart completion), one part
-    /// in flight while the next is read, so memory holds two parts.
-    async fn upload_parts(
-        &self,
-        temp: &str,
-        file: &LocalPath,
-        size: u64,
-    ) -> Result<(), DestinationError> {
-        let parts = size / self.part_size as u64 + 2;
-        let bound = self.policy.timeout * u32::try_from(parts).unwrap_or(u32::MAX);
-        self.request("upload", temp, bound, || async {
-            super::multipart::upload(self.store.as_ref(), &self.path(temp), file, self.part_size)
-                .await
-                .map_err(|err| match err {
-                    super::multipart::UploadError::Store(err) => self.fail("upload", temp, &err),
-                    super::multipart::UploadError::Local(err) => self.local_error(temp, file, &err),
-                })
-        })
-        .await
-    }
-
-    /// Copies `from` to `to` only if `to` is absent: a multipart copy
-    /// completed with `If-None-Match: *`.
-    pub(crate) async fn copy_if_absent(
-        &self,
-        from: &str,
-        to: &str,
-    ) -> Result<(), DestinationError> {
-        let (from_path, to_path) = (self.path(from), self.path(to));
-        self.request("create", to, self.policy.timeout * 2, || async {
-            self.store
-                .copy_if_not_exists(&from_path, &to_path)
-                .await
-                .map_err(|err| self.fail("create", to, &err))
-        })
-        .await
-    }
-
-    /// The version of `name` a delete marker hides, when the newest
-    /// version under the name is one (a versioned bucket: the name was
-    /// created and then taken); `None` otherwise, or when the versions
-    /// cannot be listed (said at WARN).
-    pub async fn taken(&self, name: &str) -> Option<Found> {
-        let key = self.key(name);
-        let signs = self.credentials.signs();
-        let listed = self
-            .request("list versions", name, self.policy.timeout, || async {
-                let reply = self.versions.list(&self.store, signs, &key).await;
-                let reply = reply.map_err(|err| versions::failed(&self.url, &key, err))?;
-                versions::deleted_version(&reply, &key)
-                    .map_err(|err| versions::failed(&self.url, &key, err))
-            })
-            .await;
-        listed.unwrap_or_else(|err| {
-            tracing::warn!(error = %err, "cannot read the name's versions; a delete marker cannot settle the doubt");
-            None
-        })
-    }
-
     /// Removes the name (absent is fine).
     ///
     /// # Errors
@@ -552,21 +399,4 @@ impl Bucket {
 }
 
 #[cfg(test)]
-#[path = "bucket_tests.rs"]
 mod tests;
-
-/// Where the store's client sends a bucket's requests, as the crate
-/// addresses them (an endpoint, path or virtual-hosted style, or AWS's).
-fn versions_client(builder: &AmazonS3Builder, bucket: &str) -> VersionsClient {
-    let value = |key| builder.get_config_value(&key);
-    let region = value(AmazonS3ConfigKey::Region).unwrap_or_else(|| "us-east-1".to_owned());
-    let virtual_hosted = value(AmazonS3ConfigKey::VirtualHostedStyleRequest)
-        .is_some_and(|v| v.eq_ignore_ascii_case("true"));
-    let endpoint = match (value(AmazonS3ConfigKey::Endpoint), virtual_hosted) {
-        (Some(endpoint), true) => endpoint,
-        (Some(endpoint), false) => format!("{}/{bucket}", endpoint.trim_end_matches('/')),
-        (None, true) => format!("https://{bucket}.s3.{region}.amazonaws.com"),
-        (None, false) => format!("https://s3.{region}.amazonaws.com/{bucket}"),
-    };
-    VersionsClient::new(endpoint, region)
-}
