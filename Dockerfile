@@ -36,7 +36,7 @@ LABEL org.opencontainers.image.title="esr-exporter" \
       org.opencontainers.image.revision="${ESR_BUILD_COMMIT}" \
       org.opencontainers.image.created="${ESR_BUILD_DATE}" \
       org.opencontainers.image.documentation="README.md"
-# ca-certificates: the bundle every TLS connection trusts (README: TLS);
+# ca-certificates: the bundle every TLS connection trusts (docs/src/configuration.md: TLS);
 # curl: the HEALTHCHECK below.
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates curl \

@@ -471,7 +471,8 @@ async fn run_status(settings: &Settings, json: bool) -> anyhow::Result<ExitCode>
         .await
         .context("Failed to connect to MongoDB")?
         .said_by_caller();
-    let report = crate::status::report(&store)
+    let due_by = settings.watchdog.due_by(chrono::Utc::now());
+    let report = crate::status::report(&store, due_by)
         .await
         .context("Failed to read the status from MongoDB")?;
     crate::incident::commands::print_as(&report, json, crate::status::render_table)?;

@@ -41,6 +41,9 @@ pub struct DeaneryStatus {
     /// Age in seconds of the oldest `TO_EXPORT` record (by `createdAt`,
     /// else by its `_id` timestamp); null when none waits.
     pub oldest_to_export_age_seconds: Option<i64>,
+    /// `TO_EXPORT` records whose placement starts within
+    /// `watchdog.due_within_days` (or started already).
+    pub due_soon: i64,
     /// The most recent export run.
     pub last_run: Option<LastRun>,
 }
@@ -102,8 +105,15 @@ fn line<'a>(lines: &'a mut Lines, deanery: &Bson) -> &'a mut DeaneryStatus {
             .map(|status| (status.as_str().to_owned(), 0))
             .collect(),
         oldest_to_export_age_seconds: None,
+        due_soon: 0,
         last_run: None,
     })
+}
+
+fn add_due_soon(lines: &mut Lines, due: Vec<StatusCount>) {
+    for row in due {
+        line(lines, &row.deanery).due_soon += row.count;
+    }
 }
 
 fn add_counts(lines: &mut Lines, counts: Vec<StatusCount>) {
@@ -137,11 +147,12 @@ fn add_last_runs(lines: &mut Lines, runs: Vec<LatestRun>) {
     }
 }
 
-/// Builds the report.
+/// Builds the report; a waiting record is due soon when its placement
+/// starts by `due_by` (now and `watchdog.due_within_days`).
 ///
 /// # Errors
 /// When MongoDB fails beyond the retry policy.
-pub async fn report(store: &Store) -> Result<StatusReport, StoreError> {
+pub async fn report(store: &Store, due_by: bson::DateTime) -> Result<StatusReport, StoreError> {
     let missing = store.missing_indexes().await?;
     if !missing.is_empty() {
         return Err(StoreError::IndexesMissing(missing));
@@ -154,11 +165,13 @@ pub async fn report(store: &Store) -> Result<StatusReport, StoreError> {
     let oldest = store.status_rows(StatusQuery::oldest_waiting()).await?;
     let last_runs = StatusQuery::latest_runs(since);
     let last_runs = store.status_rows(last_runs).await?;
+    let due = store.status_rows(StatusQuery::due_soon(due_by)).await?;
 
     let mut lines = Lines::new();
     add_counts(&mut lines, counts);
     add_counts(&mut lines, totals);
     add_oldest(&mut lines, oldest, now);
+    add_due_soon(&mut lines, due);
     add_last_runs(&mut lines, last_runs);
     Ok(StatusReport {
         generated_at: now.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
@@ -183,8 +196,8 @@ pub(crate) fn render_table(report: &StatusReport) -> String {
         report.window_days
     );
     out += &format!(
-        "{:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  {}\n",
-        "DEANERY", a, b, c, d, "OLDEST_WAIT", "LAST RUN"
+        "{:<9} {:>10} {:>10} {:>10} {:>10} {:>12} {:>9}  {}\n",
+        "DEANERY", a, b, c, d, "OLDEST_WAIT", "DUE_SOON", "LAST RUN"
     );
     for line in &report.deaneries {
         out.push_str(&render_line(line));
@@ -203,8 +216,8 @@ fn render_line(d: &DeaneryStatus) -> String {
         .as_ref()
         .map_or_else(|| "never".to_owned(), render_last_run);
     format!(
-        "{:<9} {:>10} {:>10} {:>10} {:>10} {:>12}  {}\n",
-        d.deanery, a, b, c, e, oldest, last
+        "{:<9} {:>10} {:>10} {:>10} {:>10} {:>12} {:>9}  {}\n",
+        d.deanery, a, b, c, e, oldest, d.due_soon, last
     )
 }
 

@@ -103,7 +103,7 @@ impl Consumer {
                 tracing::error!(
                     error = %crate::error_chain::Chain(&err),
                     queue = %self.settings.queue,
-                    "RabbitMQ refused this user (ACCESS_REFUSED); stopping: it needs configure, write and read on ^<queue>(\\..*)?$ and write on amq.default (README: Permissions)"
+                    "RabbitMQ refused this user (ACCESS_REFUSED); stopping: it needs configure, write and read on ^<queue>(\\..*)?$ and write on amq.default (docs/src/configuration.md, Permissions)"
                 );
                 return;
             }

@@ -301,6 +301,17 @@ pub struct WatchdogSettings {
     pub grace_minutes: u64,
     /// Publish catch-up commands for stuck deaneries.
     pub(crate) catch_up: bool,
+    /// A waiting record whose placement starts within this many days (or
+    /// started already) is due soon.
+    pub due_within_days: u64,
+}
+
+impl WatchdogSettings {
+    /// The latest placement start of a record due soon at `now`.
+    pub(crate) fn due_by(&self, now: chrono::DateTime<chrono::Utc>) -> bson::DateTime {
+        let days = i64::try_from(self.due_within_days).unwrap_or(i64::MAX);
+        bson::DateTime::from_chrono(now + chrono::Duration::days(days.min(36_500)))
+    }
 }
 
 /// `[daemon]`

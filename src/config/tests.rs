@@ -175,10 +175,10 @@ fn the_printed_settings_are_the_configured_values() {
     }
 }
 
-/// The README's configuration table lists exactly the keys of
-/// `config/default.toml`, with the same defaults.
+/// The book's configuration table (`docs/src/configuration.md`) lists
+/// exactly the keys of `config/default.toml`, with the same defaults.
 #[test]
-fn the_readme_configuration_reference_matches_the_defaults() {
+fn the_configuration_reference_matches_the_defaults() {
     let defaults: toml::Table = toml::from_str(DEFAULT_TOML).unwrap();
     let mut expected = std::collections::BTreeMap::new();
     for (section, table) in &defaults {
@@ -191,7 +191,7 @@ fn the_readme_configuration_reference_matches_the_defaults() {
             expected.insert(format!("{section}.{key}"), shown);
         }
     }
-    let readme = include_str!("../../README.md");
+    let readme = include_str!("../../docs/src/configuration.md");
     let mut documented = std::collections::BTreeMap::new();
     for line in readme.lines() {
         let cells: Vec<&str> = line.split('|').map(str::trim).collect();
@@ -218,7 +218,7 @@ fn the_readme_configuration_reference_matches_the_defaults() {
         assert_eq!(
             Some(default),
             expected.get(key),
-            "README default of `{key}`"
+            "docs/src/configuration.md: the default of `{key}`"
         );
     }
 }

@@ -152,7 +152,7 @@ impl Settings {
     }
 
     /// `(key, value, lowest, highest)` of each bounded number.
-    fn bounds(&self) -> [(&'static str, u64, u64, u64); 22] {
+    fn bounds(&self) -> [(&'static str, u64, u64, u64); 23] {
         let (m, r, a, s) = (&self.mongodb, &self.retry, &self.amqp, &self.schedule);
         let (w, d, e) = (&self.watchdog, &self.daemon, &self.export);
         [
@@ -206,6 +206,7 @@ impl Settings {
             ),
             ("watchdog.period_seconds", w.period_seconds, 1, 86_400),
             ("watchdog.grace_minutes", w.grace_minutes, 0, 43_200),
+            ("watchdog.due_within_days", w.due_within_days, 0, 365),
             (
                 "daemon.shutdown_grace_seconds",
                 d.shutdown_grace_seconds,

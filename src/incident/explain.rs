@@ -38,6 +38,19 @@ pub struct Explanation {
     pub run: Option<RunView>,
     /// Why a record not yet exported is waiting.
     pub waiting: Option<Waiting>,
+    /// A waiting record whose placement starts within
+    /// `watchdog.due_within_days` (or started already).
+    pub due_soon: Option<DueSoon>,
+}
+
+/// A waiting record due soon.
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DueSoon {
+    /// Its `placementStartDate`, RFC 3339.
+    pub placement_start: String,
+    /// `watchdog.due_within_days`.
+    pub within_days: u64,
 }
 
 /// A run as `explain` shows it.
@@ -160,6 +173,10 @@ pub async fn explain(
         Ok(run_id) => store.find_run(run_id).await?,
         Err(_) => None,
     };
+    let due_soon = match status.as_str() {
+        "TO_EXPORT" => due_soon(&record, &settings.watchdog),
+        _ => None,
+    };
     let waiting = match status.as_str() {
         "TO_EXPORT" => Some(why_waiting(store, settings, &record, &deanery).await?),
         "EXPORTING" => claimed_by(store, run.as_ref(), &deanery).await?,
@@ -176,7 +193,18 @@ pub async fn explain(
         status,
         deanery,
         waiting,
+        due_soon,
     }))
+}
+
+/// Whether a waiting record's placement starts within
+/// `watchdog.due_within_days`; a record without a date there never is.
+fn due_soon(record: &Document, watchdog: &crate::config::WatchdogSettings) -> Option<DueSoon> {
+    let start = date_of(record, "placementStartDate")?;
+    (start <= watchdog.due_by(Utc::now()).to_chrono()).then(|| DueSoon {
+        placement_start: rfc3339(start),
+        within_days: watchdog.due_within_days,
+    })
 }
 
 /// A waiting record: stuck past the grace period, or a run since that has
@@ -259,6 +287,13 @@ pub fn render(e: &Explanation) -> String {
     }
     if let Some(waiting) = &e.waiting {
         line("waiting", Some(&render_waiting(waiting)));
+    }
+    if let Some(due) = &e.due_soon {
+        let said = format!(
+            "DUE SOON: its placement starts {}, within {} days (watchdog.due_within_days)",
+            due.placement_start, due.within_days
+        );
+        line("due soon", Some(&said));
     }
     out
 }

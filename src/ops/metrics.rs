@@ -32,6 +32,7 @@
 //! | `esr_export_run_duration_seconds` | histogram | `deanery` |
 //! | `esr_records_waiting` | gauge | `deanery` |
 //! | `esr_publications_in_doubt` | gauge | `deanery` |
+//! | `esr_records_due_soon` | gauge | `deanery` |
 //! | `process_cpu_seconds_total` | counter | |
 //! | `process_open_fds` | gauge | |
 //! | `process_max_fds` | gauge | |
@@ -110,7 +111,7 @@ enum Kind {
 }
 
 /// Every metric: name, kind, HELP text.
-const HELP: [(&str, Kind, &str); 30] = [
+const HELP: [(&str, Kind, &str); 31] = [
     (
         "esr_export_runs_total",
         Kind::Counter,
@@ -257,6 +258,11 @@ const HELP: [(&str, Kind, &str); 30] = [
         "1 while a deanery's run is held because its file's create was interrupted and nothing is under the name (it may have been delivered and taken); 0 once settled.",
     ),
     (
+        "esr_records_due_soon",
+        Kind::Gauge,
+        "Records TO_EXPORT whose placement starts within watchdog.due_within_days (or started already), by deanery, counted by the watchdog every period.",
+    ),
+    (
         "esr_build_info",
         Kind::Gauge,
         "Always 1; its labels say which build runs: version, git commit, build date.",
@@ -379,6 +385,11 @@ pub(crate) fn zero_counters(deaneries: &[String]) {
 /// Sets how many records of a deanery wait.
 pub(crate) fn set_records_waiting(deanery: &str, waiting: i64) {
     gauge!("esr_records_waiting", "deanery" => deanery.to_owned()).set(waiting as f64);
+}
+
+/// Sets how many waiting records of a deanery are due soon.
+pub(crate) fn set_records_due_soon(deanery: &str, due: i64) {
+    gauge!("esr_records_due_soon", "deanery" => deanery.to_owned()).set(due as f64);
 }
 
 /// Sets whether a deanery's run is held in doubt.

@@ -38,6 +38,8 @@ pub(crate) struct Watchdog {
     counted: Arc<Mutex<Vec<String>>>,
     /// Deaneries the previous count found held in doubt.
     doubted: Arc<Mutex<Vec<String>>>,
+    /// Deaneries the previous count found with records due soon.
+    due_soon: Arc<Mutex<Vec<String>>>,
 }
 
 /// One check's findings.
@@ -68,6 +70,7 @@ impl Watchdog {
             previous: Arc::default(),
             counted: Arc::default(),
             doubted: Arc::default(),
+            due_soon: Arc::default(),
         }
     }
 
@@ -90,6 +93,7 @@ impl Watchdog {
             self.count_dead_letters().await;
             self.count_waiting().await;
             self.count_in_doubt().await;
+            self.count_due_soon().await;
             tokio::select! {
                 _ = tokio::time::sleep(period) => {}
                 _ = shutdown.recv() => return,
@@ -132,6 +136,25 @@ impl Watchdog {
         self.refresh(&self.doubted, seen, |deanery, held| {
             metrics::set_publication_in_doubt(deanery, held > 0);
         });
+    }
+
+    /// Sets `esr_records_due_soon` for every deanery with waiting records
+    /// whose placement starts within `watchdog.due_within_days`, and 0 for
+    /// the others; MongoDB away leaves them.
+    async fn count_due_soon(&self) {
+        let query = StatusQuery::due_soon(self.settings.due_by(Utc::now()));
+        let rows = match self.store.status_rows(query).await {
+            Ok(rows) => rows,
+            Err(err) => {
+                tracing::warn!(error = %crate::error_chain::Chain(&err), "cannot count the records due soon; trying again next period");
+                return;
+            }
+        };
+        let seen = rows
+            .into_iter()
+            .filter_map(|row| Some((row.deanery.as_str()?.to_owned(), row.count)))
+            .collect();
+        self.refresh(&self.due_soon, seen, metrics::set_records_due_soon);
     }
 
     /// Sets a per-deanery gauge to what was `seen`, and to 0 for the

@@ -165,6 +165,36 @@ impl StatusQuery<StatusCount> {
     }
 }
 
+impl StatusQuery<StatusCount> {
+    /// The waiting records of each deanery value whose placement starts
+    /// by `due_by` (or started), as `DUE_SOON` counts. A record without a
+    /// date there is never counted: only dates compare with a date.
+    pub(crate) fn due_soon(due_by: DateTime) -> Self {
+        let pipeline = vec![
+            doc! {"$match": {
+                "status": RecordStatus::ToExport.as_str(),
+                "placementStartDate": {"$lte": due_by},
+            }},
+            doc! {"$group": {"_id": "$deanery", "n": {"$sum": 1}}},
+        ];
+        let read = |row: &Document| {
+            vec![StatusCount {
+                deanery: value(row, "_id"),
+                status: Bson::from(DUE_SOON),
+                count: int(row.get("n")).unwrap_or(0),
+            }]
+        };
+        StatusQuery {
+            over: Over::Records,
+            pipeline,
+            read,
+        }
+    }
+}
+
+/// The status report's name for waiting records due soon.
+pub(crate) const DUE_SOON: &str = "DUE_SOON";
+
 impl StatusQuery<OldestWaiting> {
     /// The oldest `TO_EXPORT` record of each deanery value.
     pub(crate) fn oldest_waiting() -> Self {

@@ -33,9 +33,9 @@ const EXTERNAL: &[&str] = &["up", "probe_success", "kube_pod_status_ready"];
 
 /// The placeholder base of every runbook_url (`scripts/render-alerts`
 /// replaces it).
-const RUNBOOK_BASE: &str = "https://runbooks.invalid/esr-exporter/README.md";
+const RUNBOOK_BASE: &str = "https://runbooks.invalid/esr-exporter";
 
-/// The alerts README.md's "Alerts and what they mean" promises.
+/// The alerts the book's "Alerts and what they mean" promises.
 const ALERTS: &[&str] = &[
     "EsrStuckRecords",
     "EsrCommandsDeadLettered",
@@ -288,7 +288,7 @@ fn check_uses(what: &str, expr: &str, external: &[&str], documented: &BTreeMap<S
     }
 }
 
-/// GitHub's anchor for a Markdown heading.
+/// mdBook's (and GitHub's) anchor for a Markdown heading.
 fn anchor(heading: &str) -> String {
     heading
         .trim()
@@ -302,12 +302,12 @@ fn anchor(heading: &str) -> String {
         .collect()
 }
 
-/// The anchors of README.md: its headings' (as GitHub makes them, outside
-/// code blocks) and its `<a id="...">` ones.
-fn readme_anchors(readme: &str) -> Vec<String> {
+/// The anchors of a Markdown page: its headings' (outside code blocks)
+/// and its `<a id="...">` ones.
+fn page_anchors(page: &str) -> Vec<String> {
     let mut anchors = Vec::new();
     let mut in_code = false;
-    for line in readme.lines() {
+    for line in page.lines() {
         if line.starts_with("```") {
             in_code = !in_code;
         }
@@ -322,22 +322,71 @@ fn readme_anchors(readme: &str) -> Vec<String> {
     anchors
 }
 
-/// Every `](#anchor)` link of README.md leads somewhere in it.
-#[test]
-fn every_link_inside_the_readme_has_its_anchor() {
-    let readme = read("README.md");
-    let anchors = readme_anchors(&readme);
-    let mut links = 0;
-    for (at, _) in readme.match_indices("](#") {
-        let target = &readme[at + 3..];
-        let target = &target[..target.find(')').expect("a closed link")];
-        assert!(
-            anchors.iter().any(|a| a == target),
-            "README.md links to #{target}, which it does not have"
+/// The README and the book's pages, relative to the project.
+fn documentation_pages() -> Vec<String> {
+    let mut pages = vec!["README.md".to_owned()];
+    for dir in ["docs/src", "docs/src/runbooks"] {
+        let listed = std::fs::read_dir(format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let names = listed
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok());
+        pages.extend(
+            names
+                .filter(|n| n.ends_with(".md"))
+                .map(|n| format!("{dir}/{n}")),
         );
-        links += 1;
     }
-    assert!(links >= 5, "{links} links found");
+    pages
+}
+
+/// The relative link targets of a Markdown page, outside code blocks.
+fn relative_links(page: &str) -> Vec<String> {
+    let mut links = Vec::new();
+    let mut in_code = false;
+    for line in page.lines() {
+        if line.starts_with("```") {
+            in_code = !in_code;
+        }
+        for (at, _) in line.match_indices("](").filter(|_| !in_code) {
+            let target = &line[at + 2..];
+            let target = &target[..target.find(')').unwrap_or(target.len())];
+            if !target.contains("://") && !target.starts_with("mailto:") {
+                links.push(target.to_owned());
+            }
+        }
+    }
+    links
+}
+
+/// Every relative link of the README and the book leads to a page that
+/// exists, and to an anchor that page has.
+#[test]
+fn every_link_of_the_readme_and_the_book_has_its_page_and_anchor() {
+    let mut links = 0;
+    for page in documentation_pages() {
+        let dir = std::path::Path::new(&page).parent().unwrap().to_path_buf();
+        for target in relative_links(&read(&page)) {
+            let (file, fragment) = target.split_once('#').unwrap_or((&target, ""));
+            let file = match file {
+                "" => page.clone(),
+                file => dir.join(file).to_string_lossy().into_owned(),
+            };
+            let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(&file);
+            assert!(
+                path.exists(),
+                "{page} links to {target}: {file} does not exist"
+            );
+            if !fragment.is_empty() {
+                let anchors = page_anchors(&std::fs::read_to_string(&path).unwrap());
+                assert!(
+                    anchors.iter().any(|a| a == fragment),
+                    "{page} links to {target}: {file} has no #{fragment}"
+                );
+            }
+            links += 1;
+        }
+    }
+    assert!(links >= 50, "{links} links found");
 }
 
 #[test]
@@ -345,7 +394,6 @@ fn every_metric_the_alert_rules_and_the_dashboard_use_is_one_the_daemon_exports(
     let documented = documented_metrics();
 
     let rules = alert_rules();
-    let readme_anchors = readme_anchors(&read("README.md"));
     let mut alerts = Vec::new();
     for rule in &rules {
         let name = rule["alert"].as_str().expect("alerting rules only");
@@ -360,15 +408,20 @@ fn every_metric_the_alert_rules_and_the_dashboard_use_is_one_the_daemon_exports(
         let runbook = rule["annotations"]["runbook_url"]
             .as_str()
             .unwrap_or_else(|| panic!("{name} has a runbook_url"));
-        let section = runbook
-            .strip_prefix(RUNBOOK_BASE)
-            .and_then(|rest| rest.strip_prefix('#'))
-            .unwrap_or_else(|| panic!("{name}: runbook {runbook} is {RUNBOOK_BASE}#<anchor>"));
-        assert_eq!(section, name.to_lowercase(), "{name} has its own anchor");
-        assert!(
-            readme_anchors.iter().any(|a| a == section),
-            "{name}: README.md has no anchor #{section}"
+        let page = format!("runbooks/{}", name.to_lowercase());
+        assert_eq!(
+            runbook,
+            format!("{RUNBOOK_BASE}/{page}.html"),
+            "{name} points at its own page of the book"
         );
+        let source = read(&format!("docs/src/{page}.md"));
+        assert!(
+            source.starts_with(&format!("# {name}\n")),
+            "docs/src/{page}.md is {name}'s"
+        );
+        for section in ["## What it means", "## How to confirm", "## What to do"] {
+            assert!(source.contains(section), "docs/src/{page}.md: {section}");
+        }
         assert!(rule["annotations"]["summary"].as_str().is_some(), "{name}");
         alerts.push(name.to_owned());
     }
@@ -378,11 +431,16 @@ fn every_metric_the_alert_rules_and_the_dashboard_use_is_one_the_daemon_exports(
             "{expected} in {alerts:?}"
         );
     }
-    let readme = read("README.md");
+    let (overview, summary) = (read("docs/src/alerts.md"), read("docs/src/SUMMARY.md"));
     for alert in &alerts {
+        let page = format!("runbooks/{}.md", alert.to_lowercase());
         assert!(
-            readme.contains(&format!("`{alert}`")),
-            "README.md explains {alert}"
+            overview.contains(&page),
+            "docs/src/alerts.md links {alert}'s runbook"
+        );
+        assert!(
+            summary.contains(&page),
+            "docs/src/SUMMARY.md lists {alert}'s runbook"
         );
     }
 

@@ -176,7 +176,9 @@ impl TestApp {
         esr_exporter::status::StatusReport,
         esr_exporter::status::DeaneryStatus,
     ) {
-        let report = esr_exporter::status::report(&self.store).await.unwrap();
+        let report = esr_exporter::status::report(&self.store, bson::DateTime::now())
+            .await
+            .unwrap();
         let row = report.deaneries.iter().find(|d| d.deanery == code).cloned();
         (
             report.clone(),

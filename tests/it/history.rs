@@ -43,7 +43,9 @@ async fn status_says_which_indexes_are_missing_instead_of_scanning() {
         .await
         .unwrap();
 
-    let err = esr_exporter::status::report(&app.store).await.unwrap_err();
+    let err = esr_exporter::status::report(&app.store, bson::DateTime::now())
+        .await
+        .unwrap_err();
 
     assert!(matches!(err, StoreError::IndexesMissing(_)), "{err}");
     let message = err.to_string();
@@ -82,7 +84,9 @@ async fn status_on_a_database_never_written_says_which_indexes_to_create() {
     let app = spawn_app().await;
     app.db.drop().await.unwrap();
 
-    let err = esr_exporter::status::report(&app.store).await.unwrap_err();
+    let err = esr_exporter::status::report(&app.store, bson::DateTime::now())
+        .await
+        .unwrap_err();
 
     assert!(matches!(err, StoreError::IndexesMissing(_)), "{err}");
 }

@@ -33,6 +33,7 @@ mod commands;
 mod crash;
 mod delivery;
 mod deploy;
+mod due_soon;
 mod export;
 mod faults;
 mod helpers;

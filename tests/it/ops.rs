@@ -242,6 +242,7 @@ async fn the_alert_gauges_are_set_at_start_from_the_runs_and_the_dead_letter_que
         &[
             ("ESR_WATCHDOG__ENABLED", "true".into()),
             ("ESR_WATCHDOG__PERIOD_SECONDS", "1".into()),
+            ("ESR_WATCHDOG__DUE_WITHIN_DAYS", "365".into()),
             ("ESR_SCHEDULE__DEANERIES", code.clone()),
             ("ESR_HTTP__LISTEN", format!("127.0.0.1:{port}")),
         ],
@@ -259,6 +260,8 @@ async fn the_alert_gauges_are_set_at_start_from_the_runs_and_the_dead_letter_que
                 of("esr_last_successful_run_timestamp_seconds") == Some(completed as f64)
                     && of("esr_last_failed_run_timestamp_seconds") == Some(failed as f64)
                     && of("esr_records_waiting") == Some(3.0)
+                    // The seeded placements start on 2026-12-12: within 365 days.
+                    && of("esr_records_due_soon") == Some(3.0)
                     && metric(&text, "esr_dead_letter_queue_messages") == Some(1.0)
                     && metric(&text, &zeroed) == Some(0.0)
                     && metric(&text, "process_open_fds").is_some_and(|fds| fds > 0.0)

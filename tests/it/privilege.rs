@@ -191,7 +191,7 @@ async fn a_user_denied_configure_stops_the_daemon_with_exit_1_naming_the_permiss
     assert_eq!(output.status.code(), Some(1), "{}", text(&output));
     let log = text(&output);
     assert!(
-        log.contains("ACCESS_REFUSED") && log.contains("README: Permissions"),
+        log.contains("ACCESS_REFUSED") && log.contains("docs/src/configuration.md, Permissions"),
         "{log}"
     );
     let refusals = log.matches("RabbitMQ refused this user").count();

@@ -1,7 +1,7 @@
-//! The README's metrics are the daemon's: every row of its metrics table
-//! names a metric of `src/ops/metrics.rs`'s table with the same type and
-//! labels (and every metric there has a row), and every sample the README
-//! writes out (`esr_export_runs_total{outcome="failed"}`) uses a label the
+//! The book's metrics are the daemon's: every row of its metrics table
+//! (`docs/src/metrics.md`) names a metric of `src/ops/metrics.rs`'s table
+//! with the same type and labels (and every metric there has a row), and
+//! every sample the README and the book write out (`esr_export_runs_total{outcome="failed"}`) uses a label the
 //! metric has. `deploy::promtool_check_metrics_passes_over_a_real_scrape_of_the_daemon`
 //! holds the source's table to a real scrape.
 
@@ -17,6 +17,27 @@ struct Row {
 fn read(path: &str) -> String {
     std::fs::read_to_string(format!("{}/{path}", env!("CARGO_MANIFEST_DIR")))
         .unwrap_or_else(|err| panic!("{path}: {err}"))
+}
+
+/// The README and every page of the book, one after the other.
+fn documentation() -> String {
+    let mut pages = vec!["README.md".to_owned()];
+    for dir in ["docs/src", "docs/src/runbooks"] {
+        let listed = std::fs::read_dir(format!("{}/{dir}", env!("CARGO_MANIFEST_DIR"))).unwrap();
+        let mut names: Vec<String> = listed
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| n.ends_with(".md"))
+            .map(|n| format!("{dir}/{n}"))
+            .collect();
+        names.sort();
+        pages.extend(names);
+    }
+    pages
+        .iter()
+        .map(|page| read(page))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// The label names of a cell: each backquoted word outside parentheses
@@ -57,22 +78,25 @@ fn metric_rows(text: &str, prefix: &str) -> BTreeMap<String, Row> {
 }
 
 #[test]
-fn the_readme_metrics_table_is_the_daemons() {
+fn the_books_metrics_table_is_the_daemons() {
     let source = metric_rows(&read("src/ops/metrics.rs"), "//! ");
-    let readme = metric_rows(&read("README.md"), "");
+    let book = metric_rows(&read("docs/src/metrics.md"), "");
     assert!(source.len() >= 20, "{source:?}");
-    for (name, row) in &readme {
+    for (name, row) in &book {
         let exported = source.get(name);
-        assert_eq!(exported, Some(row), "README.md's row for {name}");
+        assert_eq!(exported, Some(row), "docs/src/metrics.md's row for {name}");
     }
-    let missing: Vec<&String> = source.keys().filter(|n| !readme.contains_key(*n)).collect();
-    assert!(missing.is_empty(), "README.md has no row for {missing:?}");
+    let missing: Vec<&String> = source.keys().filter(|n| !book.contains_key(*n)).collect();
+    assert!(
+        missing.is_empty(),
+        "docs/src/metrics.md has no row for {missing:?}"
+    );
 }
 
 #[test]
-fn every_sample_the_readme_writes_uses_labels_its_metric_has() {
+fn every_sample_the_documentation_writes_uses_labels_its_metric_has() {
     let source = metric_rows(&read("src/ops/metrics.rs"), "//! ");
-    let readme = read("README.md");
+    let readme = documentation();
     let mut checked = 0;
     for (start, _) in readme.match_indices("esr_") {
         let rest = &readme[start..];
@@ -92,7 +116,7 @@ fn every_sample_the_readme_writes_uses_labels_its_metric_has() {
             })
             .unwrap_or(&name);
         let row = source.get(base).unwrap_or_else(|| {
-            panic!("README.md writes {name}{{…}}, which the daemon does not export")
+            panic!("the documentation writes {name}{{…}}, which the daemon does not export")
         });
         for matcher in selector.split(',').filter(|m| !m.trim().is_empty()) {
             let label = matcher
@@ -105,11 +129,14 @@ fn every_sample_the_readme_writes_uses_labels_its_metric_has() {
                     || label == "le"
                     || label == "instance"
                     || label == "job",
-                "README.md: {name}{{{selector}}} uses the label {label:?}; {base} has {:?}",
+                "the documentation: {name}{{{selector}}} uses the label {label:?}; {base} has {:?}",
                 row.labels
             );
             checked += 1;
         }
     }
-    assert!(checked >= 3, "the README's samples were found: {checked}");
+    assert!(
+        checked >= 3,
+        "the documentation's samples were found: {checked}"
+    );
 }

@@ -11,24 +11,10 @@ use object_store::ObjectStoreExt;
 
 use super::{Bucket, MAX_SINGLE_COPY, TEMP_DIR};
 use crate::destination::error::{DestinationError, FailureKind};
-use crate::destination::upload::Ready;
+use crate::destination::upload::{self, Ready};
 use crate::destination::Found;
 
 impl Bucket {
-    /// Creates the name from a local file only if nothing is there: in one
-    /// request up to `s3.multipart_threshold_bytes`, else in parts.
-    ///
-    /// # Errors
-    /// [`FailureKind::Occupied`] when the name exists; others as classified.
-    pub async fn create_from_file(
-        &self,
-        name: &str,
-        file: &LocalPath,
-    ) -> Result<Found, DestinationError> {
-        let ready = self.upload_file(name, file).await?;
-        self.finish(name, ready).await
-    }
-
     /// Makes a local file ready for `name`: up to
     /// `s3.multipart_threshold_bytes` its bytes, read for one conditional
     /// PUT; above, its parts uploaded to a temporary key.
@@ -67,7 +53,7 @@ impl Bucket {
     ) -> Result<Found, DestinationError> {
         let (temp, size) = match ready {
             Ready::Bytes(bytes) => return self.create_bytes(name, bytes).await,
-            Ready::Local(file) => return Box::pin(self.create_from_file(name, &file)).await,
+            Ready::Local(_) => return Err(upload::mismatched(&self.url, &self.key(name))),
             Ready::Temporary { key, size } => (key, size),
         };
         let copied = self.copy_if_absent(&temp, name).await;
@@ -85,7 +71,11 @@ impl Bucket {
 
     /// A large file's name is created by one conditional copy, and S3
     /// copies at most 5 GiB in one request: refused before any upload.
-    pub(super) fn refuse_over_single_copy(&self, name: &str, size: u64) -> Result<(), DestinationError> {
+    pub(super) fn refuse_over_single_copy(
+        &self,
+        name: &str,
+        size: u64,
+    ) -> Result<(), DestinationError> {
         if size <= MAX_SINGLE_COPY {
             return Ok(());
         }

@@ -12,7 +12,7 @@ async fn a_file_over_five_gib_is_refused_before_anything_is_sent() {
         .unwrap()
         .set_len(MAX_SINGLE_COPY + 1)
         .unwrap();
-    let err = bucket.create_from_file("F.DAT", &big).await.unwrap_err();
+    let err = bucket.upload_file("F.DAT", &big).await.unwrap_err();
     assert_eq!(err.kind, FailureKind::Permanent, "{err}");
     assert!(
         err.detail.contains("5 GiB") && err.detail.contains("nothing was uploaded"),

@@ -12,7 +12,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 
 use super::super::error::{DestinationError, FailureKind};
-use super::super::upload::Ready;
+use super::super::upload::{self, Ready};
 use super::super::Found;
 use super::connect::Connection;
 use super::failure::{explain, name_taken, no_such_file, rename_refusal_may_mean_taken, Failed};
@@ -182,19 +182,6 @@ impl Sftp {
         self.rename_into(name, &temp, size).await
     }
 
-    /// Creates the name from a local file only if nothing is there.
-    ///
-    /// # Errors
-    /// [`FailureKind::Occupied`] when the name exists; others as classified.
-    pub async fn create_from_file(
-        &self,
-        name: &str,
-        file: &LocalPath,
-    ) -> Result<Found, DestinationError> {
-        let ready = self.upload_file(name, file).await?;
-        self.finish(name, ready).await
-    }
-
     /// Uploads a local file to a temporary name, durable.
     ///
     /// # Errors
@@ -224,7 +211,7 @@ impl Sftp {
         match ready {
             Ready::Temporary { key, size } => self.rename_into(name, &key, size).await,
             Ready::Bytes(bytes) => self.create_bytes(name, bytes).await,
-            Ready::Local(file) => Box::pin(self.create_from_file(name, &file)).await,
+            Ready::Local(_) => Err(upload::mismatched(&self.url, &self.key(name))),
         }
     }
 
