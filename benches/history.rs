@@ -8,6 +8,7 @@
 //! `--waiting` `TO_EXPORT` records over 14 deaneries, then times:
 //!
 //! - `esr-exporter status --json` (the release binary, as a process);
+//! - the status page, `GET /` of a running daemon (the slowest of five);
 //! - the listing of deaneries with work (`export::deaneries_to_export`);
 //! - the watchdog's stuck-record query;
 //! - `esr-exporter export --all` of the waiting records, with its peak RSS.
@@ -23,6 +24,8 @@ use clap::Parser;
 use mongodb::{Client, Collection};
 
 mod common;
+#[path = "common/status_page.rs"]
+mod status_page;
 #[path = "../tests/support/mod.rs"]
 mod support;
 use common::{export_all, prepare, record, seed, start_server, DEANERIES};
@@ -48,6 +51,7 @@ struct Figures {
     history: usize,
     seed: Duration,
     status: Duration,
+    page: Duration,
     listing: Duration,
     watchdog: Duration,
     export: Duration,
@@ -161,6 +165,7 @@ async fn scenario(args: &Args, history: usize) -> anyhow::Result<Figures> {
     seed(&db.collection("generatedAppRecords"), args.waiting).await?;
     let seeded = started.elapsed();
     let status = time_status(&server.uri, &db_name).await?;
+    let page = status_page::time_status_page(&server.uri, &db_name, 5).await?;
     let (listing, watchdog) = time_queries(&server.uri, &db_name, args.waiting).await?;
     let dir = tempfile::tempdir()?;
     let run = export_all(&server.uri, &db_name, dir.path(), 1_000).await?;
@@ -179,6 +184,7 @@ async fn scenario(args: &Args, history: usize) -> anyhow::Result<Figures> {
         history,
         seed: seeded,
         status,
+        page,
         listing,
         watchdog,
         export: run.wall,
@@ -195,14 +201,15 @@ fn print_table(rows: &[Figures], waiting: usize) {
         "waiting records: {waiting} over {} deaneries",
         DEANERIES.len()
     );
-    println!("| history | seed | status | listing | watchdog query | export --all | peak RSS |");
-    println!("| --- | --- | --- | --- | --- | --- | --- |");
+    println!("| history | seed | status | status page | listing | watchdog query | export --all | peak RSS |");
+    println!("| --- | --- | --- | --- | --- | --- | --- | --- |");
     for f in rows {
         println!(
-            "| {} | {} | {} | {} | {} | {} | {:.1} MiB |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.1} MiB |",
             f.history,
             ms(f.seed),
             ms(f.status),
+            ms(f.page),
             ms(f.listing),
             ms(f.watchdog),
             ms(f.export),
@@ -214,9 +221,10 @@ fn print_table(rows: &[Figures], waiting: usize) {
     };
     let ratio = |a: Duration, b: Duration| b.as_secs_f64() / a.as_secs_f64().max(1e-6);
     println!(
-        "history {} / {}: status {:.2}x, listing {:.2}x, watchdog {:.2}x, export {:.2}x, peak RSS {:.2}x (target: each within 1.25x; status under 1 s)",
+        "history {} / {}: status {:.2}x, status page {:.2}x, listing {:.2}x, watchdog {:.2}x, export {:.2}x, peak RSS {:.2}x (target: each within 1.25x; status and the page under 1 s)",
         last.history, first.history,
-        ratio(first.status, last.status), ratio(first.listing, last.listing),
+        ratio(first.status, last.status), ratio(first.page, last.page),
+        ratio(first.listing, last.listing),
         ratio(first.watchdog, last.watchdog), ratio(first.export, last.export),
         last.peak_rss_kib as f64 / (first.peak_rss_kib as f64).max(1.0),
     );

@@ -73,6 +73,13 @@ pub struct LastRun {
     pub(crate) last_error: Option<String>,
 }
 
+impl LastRun {
+    /// True when its last attempt failed and it has not completed since.
+    pub(crate) fn failed(&self) -> bool {
+        self.last_error.is_some() && self.phase != "COMPLETED"
+    }
+}
+
 /// A stored deanery value as shown: escaped and bounded, since another
 /// service wrote it and it may hold line breaks or terminal escapes.
 fn deanery_key(value: Option<&Bson>) -> String {
@@ -238,7 +245,8 @@ fn render_last_run(r: &LastRun) -> String {
     )
 }
 
-fn human_age(seconds: i64) -> String {
+/// An age in the largest sensible unit (`5s`, `10m`, `3h`, `3d`).
+pub(crate) fn human_age(seconds: i64) -> String {
     match seconds {
         s if s < 120 => format!("{s}s"),
         s if s < 7_200 => format!("{}m", s / 60),

@@ -328,6 +328,8 @@ pub struct DaemonSettings {
 pub struct HttpSettings {
     /// Listen address, `host:port`.
     pub listen: String,
+    /// Serve the status page at `GET /`.
+    pub status_page: bool,
 }
 
 /// `[log]`

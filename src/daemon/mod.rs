@@ -3,6 +3,7 @@
 //! when the shutdown future completes.
 
 mod startup;
+mod status_page;
 mod tasks;
 
 use std::future::Future;
@@ -103,7 +104,8 @@ impl Daemon {
             output_dir: settings.export.output_dir.clone(),
             destination: destination.clone(),
         };
-        let serve = crate::ops::http::serve(listener, http_state, shutdown.clone());
+        let routes = status_page::routes(http_state, &settings);
+        let serve = crate::ops::http::serve(listener, routes, shutdown.clone());
         tasks.spawn("http", serve);
         announce_serving(&mut tasks, &shutdown);
         tokio::pin!(signal);

@@ -40,13 +40,17 @@ pub(crate) struct HttpState {
     pub destination: Destination,
 }
 
-/// The routes.
-pub(crate) fn router(state: HttpState) -> Router {
-    Router::new()
+/// The routes, and `more` (the status page) beside them.
+pub(crate) fn router(state: HttpState, more: Option<Router>) -> Router {
+    let routes = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
-        .with_state(state)
+        .with_state(state);
+    match more {
+        Some(more) => routes.merge(more),
+        None => routes,
+    }
 }
 
 /// Connections served at once; more are closed as soon as they are
@@ -58,10 +62,10 @@ pub(crate) const HEADER_TIMEOUT: Duration = Duration::from_secs(10);
 /// takes milliseconds; Prometheus reconnects).
 pub(crate) const CONNECTION_LIFETIME: Duration = Duration::from_secs(60);
 
-/// Serves until shutdown, within [`MAX_CONNECTIONS`], [`HEADER_TIMEOUT`]
-/// and [`CONNECTION_LIFETIME`].
-pub(crate) async fn serve(listener: TcpListener, state: HttpState, mut shutdown: Shutdown) {
-    let service = hyper_util::service::TowerToHyperService::new(router(state));
+/// Serves `routes` until shutdown, within [`MAX_CONNECTIONS`],
+/// [`HEADER_TIMEOUT`] and [`CONNECTION_LIFETIME`].
+pub(crate) async fn serve(listener: TcpListener, routes: Router, mut shutdown: Shutdown) {
+    let service = hyper_util::service::TowerToHyperService::new(routes);
     let permits = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let mut connections = tokio::task::JoinSet::new();
     loop {
@@ -109,23 +113,7 @@ async fn healthz() -> impl IntoResponse {
 /// (plus a little), whatever fails: a readiness probe's timeout of 3 s
 /// or more is enough.
 async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
-    let (mongodb, folder, destination) = tokio::join!(
-        check_mongodb(&state.store),
-        check_folder(state.output_dir.clone()),
-        check_destination(&state.destination),
-    );
-    let startup = match state.readiness.waiting_for() {
-        Some(what) => Err(format!("waiting for {what}")),
-        None => Ok(()),
-    };
-    let rabbitmq = check_rabbitmq(&state.readiness);
-    let checks = [
-        ("startup", startup),
-        ("mongodb", mongodb),
-        ("rabbitmq", rabbitmq),
-        ("outputFolder", folder),
-        ("destination", destination),
-    ];
+    let checks = readiness_checks(&state).await;
     let ready = checks.iter().all(|(_, check)| check.is_ok());
     let shown: serde_json::Map<String, serde_json::Value> = checks
         .into_iter()
@@ -146,6 +134,27 @@ async fn readyz(State(state): State<HttpState>) -> impl IntoResponse {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (code, body)
+}
+
+/// The readiness checks, by name, run at once: each `Ok`, or why not.
+pub(crate) async fn readiness_checks(state: &HttpState) -> [(&'static str, Result<(), String>); 5] {
+    let (mongodb, folder, destination) = tokio::join!(
+        check_mongodb(&state.store),
+        check_folder(state.output_dir.clone()),
+        check_destination(&state.destination),
+    );
+    let startup = match state.readiness.waiting_for() {
+        Some(what) => Err(format!("waiting for {what}")),
+        None => Ok(()),
+    };
+    let rabbitmq = check_rabbitmq(&state.readiness);
+    [
+        ("startup", startup),
+        ("mongodb", mongodb),
+        ("rabbitmq", rabbitmq),
+        ("outputFolder", folder),
+        ("destination", destination),
+    ]
 }
 
 /// MongoDB's `hello` says it is a writable primary, within the bound.

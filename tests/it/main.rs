@@ -53,6 +53,7 @@ mod sftp;
 mod sftp_daemon;
 mod sftp_kills;
 mod stalls;
+mod status_page;
 mod supervision;
 #[path = "../support/mod.rs"]
 mod support;
