@@ -48,6 +48,10 @@ pub struct DestinationError {
     pub key: String,
     /// What happened.
     pub detail: String,
+    /// The request may have reached the store with no answer back (a
+    /// timeout, a connection lost during it): whether it applied is not
+    /// known. False when the store answered, or nothing was sent.
+    pub unanswered: bool,
 }
 
 impl fmt::Display for DestinationError {
@@ -75,6 +79,7 @@ impl DestinationError {
             op,
             key: key.to_owned(),
             detail: detail.into(),
+            unanswered: false,
         }
     }
 
@@ -94,7 +99,10 @@ impl DestinationError {
             "no answer within {} ms ({setting}); the attempt is retried later",
             bound.as_millis()
         );
-        Self::new(FailureKind::Timeout, destination, op, key, detail)
+        Self {
+            unanswered: true,
+            ..Self::new(FailureKind::Timeout, destination, op, key, detail)
+        }
     }
 
     /// True when a later attempt may succeed without anyone fixing anything.
@@ -110,7 +118,10 @@ impl DestinationError {
         err: &object_store::Error,
     ) -> Self {
         let kind = classify(err);
-        Self::new(kind, destination, op, key, describe(kind, err))
+        Self {
+            unanswered: unanswered(err),
+            ..Self::new(kind, destination, op, key, describe(kind, err))
+        }
     }
 }
 
@@ -162,6 +173,17 @@ pub(crate) fn classify_status(status: u16) -> FailureKind {
         500..=599 | 429 | 409 | 408 => FailureKind::Transient,
         412 | 304 => FailureKind::Occupied,
         _ => FailureKind::Permanent,
+    }
+}
+
+/// Whether a request that failed so may have reached the store: any
+/// transport failure but a failed connect, or a reply that could not be
+/// read; not when the store answered with a status.
+fn unanswered(err: &object_store::Error) -> bool {
+    match transport_kind(err) {
+        Some(object_store::client::HttpErrorKind::Connect) => false,
+        Some(_) => true,
+        None => status_of(&err.to_string()).is_none() && classify(err) == FailureKind::Transient,
     }
 }
 

@@ -40,7 +40,8 @@ impl Exporter {
         match run.doubt.as_ref().and_then(|doubt| doubt.settled) {
             Some(Settlement::Delivered) => {
                 tracing::warn!(file = name, "settled as delivered: the file is recorded as published, nothing is sent, and its records are marked");
-                return Ok(Weighed::Delivered(unseen()));
+                // A file the receiver has and this process never looked at.
+                return Ok(Weighed::Delivered(Found::default()));
             }
             Some(Settlement::NotDelivered) => {
                 tracing::warn!(file = name, sha256 = %intent.sha256, "settled as not delivered: publishing the recorded bytes");
@@ -84,8 +85,10 @@ impl Exporter {
         }
     }
 
-    /// Records the intent to create the file with `sha256`, refusing
-    /// bytes other than those an earlier intent named.
+    /// Records the intent to create the file with `sha256` now, refusing
+    /// bytes other than those an earlier intent named. A doubt settled
+    /// before is closed (kept in `settledDoubts`): were this create
+    /// interrupted too, it is weighed afresh.
     ///
     /// # Errors
     /// [`ExportError::Inconsistent`] when the bytes differ from the
@@ -97,10 +100,7 @@ impl Exporter {
         name: &str,
         sha256: &str,
     ) -> Result<(), ExportError> {
-        if let Some(earlier) = &run.create_intent {
-            if earlier.sha256 == sha256 {
-                return Ok(());
-            }
+        if let Some(earlier) = run.create_intent.as_ref().filter(|e| e.sha256 != sha256) {
             let reason = format!(
                 "{name} was about to be created with sha256 {} and may have been delivered; the \
                  bytes staged now have sha256 {sha256} (claimed records changed since): refusing \
@@ -109,16 +109,10 @@ impl Exporter {
             );
             return Err(ExportError::inconsistent(&run.id, &reason));
         }
-        let intent = Transition::Intends(CreateIntent::now(name, sha256));
+        let intent = Transition::Intends {
+            intent: CreateIntent::now(name, sha256),
+            closing: run.doubt.clone(),
+        };
         Ok(ctx.store.transition(run, intent).await?)
-    }
-}
-
-/// A file the receiver has and this process never looked at.
-fn unseen() -> Found {
-    Found {
-        size: 0,
-        etag: None,
-        version: None,
     }
 }

@@ -79,14 +79,16 @@ impl Exporter {
     ) -> Result<Found, ExportError> {
         let header = self.header(run, ctx.deanery)?;
         ensure_manifest(&self.destination, &header, staged, true).await?;
-        // Only the lease holder may create the file.
-        ctx.renew_lease().await?;
         let (to, name, started) = (&self.destination, &header.file_name, Instant::now());
         let upload = to.upload(name, &path).await?;
+        // Only the lease holder may create the file (an upload may be long).
+        ctx.renew_lease().await?;
         self.record_intent(ctx, run, name, &staged.sha256).await?;
         let created = finish_file(to, name, staged, (upload, started)).await;
         if let Err(err) = &created {
-            if matches!(err.kind, FailureKind::Permanent | FailureKind::Occupied) {
+            // The store answered (or nothing was sent): the name was not
+            // created, so nothing is in doubt.
+            if !err.unanswered {
                 ctx.store.transition(run, Transition::Refused).await?;
             }
         }

@@ -63,7 +63,15 @@ pub async fn run_resolve(
     store.shutdown().await;
     Ok(match summary.status() {
         RunStatus::Failed => ExitCode::FAILURE,
-        RunStatus::Completed | RunStatus::Skipped => ExitCode::SUCCESS,
+        RunStatus::Completed => ExitCode::SUCCESS,
+        RunStatus::Skipped => {
+            eprintln!(
+                "settled; the run was not finished now: another process holds deanery {}'s \
+                 lease and applies the settlement on its next attempt (its retried command)",
+                run.deanery
+            );
+            ExitCode::SUCCESS
+        }
     })
 }
 

@@ -22,8 +22,14 @@ pub(crate) enum Transition {
         /// SHA-256 of the file's bytes.
         sha256: String,
     },
-    /// The final create of the file is about to be tried (`FINALIZING`).
-    Intends(CreateIntent),
+    /// The final create of the file is about to be tried (`FINALIZING`);
+    /// a doubt settled before is closed (moved to `settledDoubts`).
+    Intends {
+        /// What is about to be created.
+        intent: CreateIntent,
+        /// The doubt this create settles, if any.
+        closing: Option<Doubt>,
+    },
     /// The final create was refused for certain (the name was not
     /// created): no doubt is left about it.
     Refused,
@@ -74,7 +80,7 @@ impl Transition {
                 &[RunPhase::Claiming, RunPhase::Finalizing]
             }
             Self::Published(_)
-            | Self::Intends(_)
+            | Self::Intends { .. }
             | Self::Refused
             | Self::Doubted(_)
             | Self::Settled(_) => &[RunPhase::Finalizing],
@@ -86,7 +92,7 @@ impl Transition {
     pub(crate) fn enters(&self) -> RunPhase {
         match self {
             Self::Staged { .. }
-            | Self::Intends(_)
+            | Self::Intends { .. }
             | Self::Refused
             | Self::Doubted(_)
             | Self::Settled(_) => RunPhase::Finalizing,
@@ -106,7 +112,7 @@ impl Transition {
             Self::Published(publication) => {
                 doc! {"publication": stored("publication", publication)?}
             }
-            Self::Intends(intent) => doc! {"createIntent": stored("intent", intent)?},
+            Self::Intends { intent, .. } => doc! {"createIntent": stored("intent", intent)?},
             Self::Refused => doc! {"createIntent": Bson::Null},
             Self::Doubted(since) => doc! {"doubt.since": since},
             Self::Settled(settlement) => doc! {"doubt.settled": stored("settlement", settlement)?},
@@ -120,6 +126,16 @@ impl Transition {
     /// added and the trigger recorded.
     fn update(&self, set: &Document) -> Document {
         let mut update = doc! {"$set": set.clone()};
+        if let Self::Intends {
+            closing: Some(doubt),
+            ..
+        } = self
+        {
+            update.insert("$unset", doc! {"doubt": ""});
+            if let Ok(closed) = bson::to_bson(doubt) {
+                update.insert("$push", doc! {"settledDoubts": closed});
+            }
+        }
         if let Self::Completed {
             add_transactions,
             slot,
@@ -155,7 +171,10 @@ impl Transition {
             }
             Self::NothingToWrite => run.record_count = Some(0),
             Self::Published(publication) => run.publication = Some(publication),
-            Self::Intends(intent) => run.create_intent = Some(intent),
+            Self::Intends { intent, .. } => {
+                run.create_intent = Some(intent);
+                run.doubt = None;
+            }
             Self::Refused => run.create_intent = None,
             Self::Doubted(since) => {
                 run.doubt.get_or_insert(Doubt {
@@ -188,7 +207,7 @@ impl Transition {
             Self::Staged { .. } => "record_staged",
             Self::NothingToWrite => "record_nothing_to_write",
             Self::Published(_) => "record_publication",
-            Self::Intends(_) => "record_create_intent",
+            Self::Intends { .. } => "record_create_intent",
             Self::Refused => "record_create_refused",
             Self::Doubted(_) => "record_doubt",
             Self::Settled(_) => "record_settlement",

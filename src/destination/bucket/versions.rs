@@ -69,7 +69,8 @@ impl VersionsClient {
         let body = reply.bytes().await.map_err(|err| err.to_string())?;
         if !status.is_success() {
             let text = String::from_utf8_lossy(&body);
-            return Err(format!("HTTP {status}: {}", text.trim()));
+            // The store answered: its status says whether to try again.
+            return Err(format!("{ANSWERED}{}: {}", status.as_u16(), text.trim()));
         }
         Ok(body)
     }
@@ -162,10 +163,22 @@ pub(super) fn deleted_version(reply: &[u8], key: &str) -> Result<Option<Found>, 
     }))
 }
 
-/// A version listing that failed: said, and treated as "cannot tell".
+/// How a listing the store refused is said: `HTTP <status>: <body>`.
+const ANSWERED: &str = "HTTP ";
+
+/// A version listing that failed: said, and treated as "cannot tell". A
+/// refusal with a 4xx (no `s3:ListBucketVersions`) is not tried again.
 pub(super) fn failed(destination: &str, key: &str, detail: String) -> DestinationError {
-    DestinationError::new(
+    let status = detail
+        .strip_prefix(ANSWERED)
+        .and_then(|rest| rest.get(..3))
+        .and_then(|code| code.parse().ok());
+    let kind = status.map_or(
         FailureKind::Transient,
+        crate::destination::error::classify_status,
+    );
+    DestinationError::new(
+        kind,
         destination,
         "list versions",
         key,
@@ -192,6 +205,21 @@ mod tests {
             .expect("taken");
         assert_eq!(found.version.as_deref(), Some("v1"));
         assert_eq!(found.size, 42);
+    }
+
+    #[test]
+    fn a_listing_refused_with_a_4xx_is_not_tried_again() {
+        let denied = failed(
+            "s3://b/app",
+            "k",
+            "HTTP 403: <Error>AccessDenied</Error>".into(),
+        );
+        assert_eq!(denied.kind, FailureKind::Permanent);
+        assert!(denied.detail.contains("s3:ListBucketVersions"), "{denied}");
+        let busy = failed("s3://b/app", "k", "HTTP 503: SlowDown".into());
+        assert_eq!(busy.kind, FailureKind::Transient);
+        let lost = failed("s3://b/app", "k", "connection reset".into());
+        assert_eq!(lost.kind, FailureKind::Transient);
     }
 
     #[test]

@@ -56,13 +56,11 @@ impl Sftp {
                 if failed.lost {
                     self.forget(&connection).await;
                 }
-                Err(DestinationError::new(
-                    failed.kind,
-                    &self.url,
-                    op,
-                    &key,
-                    failed.detail,
-                ))
+                let unanswered = failed.lost || failed.kind == FailureKind::Timeout;
+                Err(DestinationError {
+                    unanswered,
+                    ..DestinationError::new(failed.kind, &self.url, op, &key, failed.detail)
+                })
             })
             .await
     }
@@ -262,20 +260,49 @@ impl Sftp {
         size: u64,
     ) -> Result<Found, DestinationError> {
         let (dir, target) = (self.dir.clone(), self.key(name));
-        self.request("create", name, self.policy.timeout, |c| {
-            let (dir, target, temp) = (dir.clone(), target.clone(), temp.to_owned());
-            async move {
-                match rename_if_absent(&c, &temp, &target).await {
-                    Ok(()) => Ok(Found {
-                        size,
-                        etag: None,
-                        version: None,
-                    }),
-                    Err(failed) => Err(refused(&c, &dir, &temp, failed, size).await),
+        let renamed = self
+            .request("create", name, self.policy.timeout, |c| {
+                let (dir, target, temp) = (dir.clone(), target.clone(), temp.to_owned());
+                async move {
+                    match rename_if_absent(&c, &temp, &target).await {
+                        Ok(()) => Ok(Found {
+                            size,
+                            etag: None,
+                            version: None,
+                        }),
+                        // Kept for the next try: removed once the policy gives up.
+                        Err(failed) if failed.lost => Err(failed),
+                        Err(failed) => {
+                            let fs = c.sftp.fs_info(dir).await.ok().flatten();
+                            Err(explain(failed, fs.as_ref(), size))
+                        }
+                    }
                 }
-            }
-        })
-        .await
+            })
+            .await;
+        if renamed.is_err() {
+            self.remove_temporary(name, temp).await;
+        }
+        renamed
+    }
+
+    /// Removes a temporary the rename gave up on (best effort: the next
+    /// run of the deanery sweeps what is left).
+    async fn remove_temporary(&self, name: &str, temp: &str) {
+        let removed = self
+            .request("remove temporary", name, self.policy.timeout, |c| {
+                let temp = temp.to_owned();
+                async move {
+                    match c.sftp.remove_file(temp).await {
+                        Err(err) if !no_such_file(&err) => Err(Failed::from(err)),
+                        _ => Ok(()),
+                    }
+                }
+            })
+            .await;
+        if let Err(err) = removed {
+            tracing::warn!(error = %err, "could not remove a temporary file; the next run of the deanery removes it");
+        }
     }
 
     /// Removes the name (absent is fine).
@@ -418,8 +445,9 @@ async fn make_temp_dir(c: &Connection, dir: &str) -> Result<(), Failed> {
     }
 }
 
-/// A request the server refused (the connection still up): the temporary
-/// removed, and the refusal explained by the folder's file system.
+/// An upload the server refused (the connection still up): its temporary
+/// removed (each try uploads under a new name), and the refusal explained
+/// by the folder's file system.
 async fn refused(c: &Connection, dir: &str, temp: &str, failed: Failed, size: u64) -> Failed {
     if failed.lost {
         return failed;
@@ -445,13 +473,21 @@ async fn rename_if_absent(c: &Connection, temp: &str, target: &str) -> Result<()
         ));
     }
     // A rename tried again after a lost reply finds its temporary gone
-    // when the first one applied: the name is then looked at too.
+    // when the first one applied: the name holds it, or (taken at once by
+    // the receiver) nothing does, and whether it applied is unknown.
     let gone = no_such_file(&err) && !c.sftp.try_exists(temp).await.unwrap_or(true);
     let may_be_taken = gone || rename_refusal_may_mean_taken(&err);
     if may_be_taken && c.sftp.try_exists(target).await.unwrap_or(false) {
         return Err(Failed::new(
             FailureKind::Occupied,
             "a file already holds the name (the server refused to rename over it)",
+        ));
+    }
+    if gone {
+        return Err(Failed::new(
+            FailureKind::Timeout,
+            "the temporary file is gone and nothing holds the name: an earlier try of this \
+             rename may have applied, and the file been taken since",
         ));
     }
     Err(Failed::from(err))
