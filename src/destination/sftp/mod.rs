@@ -10,6 +10,7 @@ mod failure;
 mod known_hosts;
 mod ops;
 mod probe;
+mod rename;
 
 use std::fmt;
 use std::sync::Arc;
