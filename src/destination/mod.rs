@@ -200,19 +200,6 @@ impl Destination {
         each!(self, d => d.create_bytes(name, bytes).await)
     }
 
-    /// Creates the name from a local file only if nothing is there.
-    ///
-    /// # Errors
-    /// [`FailureKind::Occupied`] when the name exists; others as classified.
-    pub async fn create_from_file(
-        &self,
-        name: &str,
-        file: &Path,
-    ) -> Result<Found, DestinationError> {
-        let upload = self.upload(name, file).await?;
-        self.finish(name, upload).await
-    }
-
     /// Makes the local file's bytes ready for `name` without creating it
     /// (a temporary upload, or nothing for a folder).
     ///
